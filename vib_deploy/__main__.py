@@ -1,0 +1,3 @@
+from vib_deploy.cli import main
+
+main()

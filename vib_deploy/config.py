@@ -1,0 +1,158 @@
+"""Pipeline files (`pipelines/*.yaml`): pydantic models, safe YAML loading and `--set a.b=c` overrides."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from vib_deploy.errors import UserError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelConfig(_Strict):
+    name: Literal["lenet300", "lenet5"]  # a zoo model (see vib_deploy/zoo)
+
+
+class DataConfig(_Strict):
+    dataset: Literal["mnist", "fashion-mnist"] = "mnist"
+    root: str | None = None  # folder with the IDX files; else $VIB_DEPLOY_DATA, else the user cache
+    val_size: int = Field(5000, ge=1)  # the last `val_size` training images are held out for validation
+    train_limit: int | None = Field(None, ge=1)  # use only the first N training images (tests, smoke runs)
+    test_limit: int | None = Field(None, ge=1)  # use only the first N test images (tests only: the report says so)
+
+
+class DenseTrainConfig(_Strict):
+    epochs: int = Field(10, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+
+
+class VIBTrainConfig(_Strict):
+    epochs: int = Field(30, ge=1)
+    lr: float = Field(1e-3, gt=0)  # weights
+    gate_lr: float = Field(1e-2, gt=0)  # gate parameters mu, logD (their own Adam group)
+    kl_factor: float = Field(1e-5, ge=0)  # the one knob: loss = CE + kl_factor * sum of KL
+    threshold: float = 0.0  # a unit is kept when logα < threshold
+
+
+class TrainConfig(_Strict):
+    seed: int = 0
+    batch_size: int = Field(100, ge=1)
+    device: Literal["cpu", "cuda", "auto"] = "cpu"
+    dense: DenseTrainConfig = DenseTrainConfig()
+    vib: VIBTrainConfig = VIBTrainConfig()
+
+
+class PruneConfig(_Strict):
+    tolerance: float = Field(1e-5, gt=0)  # max |Δlogit| pruned vs VIB (inference mode), enforced
+
+
+class ExportConfig(_Strict):
+    opset: int = Field(17, ge=17, le=23)
+    tolerance: float = Field(1e-4, gt=0)  # max |Δlogit| ONNX Runtime vs torch, enforced
+    min_argmax_agreement: float = Field(0.999, gt=0, le=1)
+
+
+class BenchConfig(_Strict):
+    backends: list[Literal["onnxruntime", "torch"]] = ["onnxruntime", "torch"]
+    batch_sizes: list[int] = [1, 64]
+    threads: int = Field(1, ge=1)  # intra-op threads for every backend, so the comparison is like for like
+    rounds: int = Field(20, ge=1)  # alternating dense/pruned rounds
+    iters_per_round: int = Field(50, ge=1)
+    warmup: int = Field(20, ge=0)
+    memory: bool = True  # peak RSS of a fresh process per variant (slower: one subprocess each)
+
+    @field_validator("batch_sizes")
+    @classmethod
+    def _positive(cls, v: list[int]) -> list[int]:
+        if not v or any(b < 1 for b in v):
+            raise ValueError("batch sizes must be a non-empty list of integers >= 1")
+        return v
+
+
+class PipelineConfig(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    model: ModelConfig
+    data: DataConfig = DataConfig()
+    train: TrainConfig = TrainConfig()
+    prune: PruneConfig = PruneConfig()
+    export: ExportConfig = ExportConfig()
+    bench: BenchConfig = BenchConfig()
+
+
+def _describe(err: ValidationError, source: str) -> str:
+    first = err.errors()[0]
+    key = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    kind = first["type"]
+    if kind == "extra_forbidden":
+        return f"{source}: unknown key '{key}'"
+    if kind == "missing":
+        return f"{source}: missing key '{key}'"
+    return f"{source}: key '{key}': {first['msg']} (got {first.get('input')!r})"
+
+
+def apply_override(tree: dict[str, Any], assignment: str) -> None:
+    """Apply one `a.b.c=value` override in place; the value is parsed as YAML (so 2e-5, true, [1,64] work)."""
+    if "=" not in assignment:
+        raise UserError(f"--set {assignment!r}: expected key.path=value")
+    dotted, raw = assignment.split("=", 1)
+    parts = dotted.strip().split(".")
+    if not all(parts):
+        raise UserError(f"--set {assignment!r}: empty key in {dotted!r}")
+    node = tree
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise UserError(f"--set {assignment!r}: '{part}' is not a section")
+        node = child
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        value = raw
+    if isinstance(value, str):
+        # YAML 1.1 reads "2e-5" (no dot) as a string; take the number people mean
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    node[parts[-1]] = value
+
+
+def parse_config(tree: Any, source: str) -> PipelineConfig:
+    """Validate a raw mapping; every problem becomes one UserError line naming the key."""
+    if not isinstance(tree, dict):
+        raise UserError(f"{source}: expected a mapping at the top level, got {type(tree).__name__}")
+    try:
+        return PipelineConfig.model_validate(tree)
+    except ValidationError as e:
+        raise UserError(_describe(e, source)) from e
+
+
+def load_config(path: Path, overrides: list[str] | None = None) -> PipelineConfig:
+    """Read a pipeline file with safe YAML loading, apply `--set` overrides and validate."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"pipeline file {path} not found")
+    try:
+        tree = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise UserError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from e
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not a text file ({e})") from e
+    if tree is None:
+        raise UserError(f"{path}: the file is empty")
+    if isinstance(tree, dict):
+        for assignment in overrides or []:
+            apply_override(tree, assignment)
+    return parse_config(tree, str(path))
+
+
+def config_to_yaml(config: PipelineConfig) -> str:
+    """The resolved config as YAML (what a run directory keeps as config.yaml)."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

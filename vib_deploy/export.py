@@ -1,0 +1,100 @@
+"""ONNX export (torch.export-based exporter, dynamic batch axis), full checker pass, and numeric parity
+against the torch model on real data through ONNX Runtime."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from vib_deploy.errors import UserError
+from vib_deploy.runs import atomic_write
+
+INPUT_NAME = "input"
+OUTPUT_NAME = "logits"
+
+
+def export_onnx(model: nn.Module, path: Path, input_shape: tuple[int, ...], opset: int, metadata: dict[str, str] | None = None) -> None:
+    """Export `model` to `path` atomically with a dynamic batch axis and run onnx.checker (full check)."""
+    import onnx
+
+    model = model.cpu().eval()
+    example = torch.zeros((2,) + tuple(input_shape))
+
+    def write(tmp: Path) -> None:
+        logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+        out = io.StringIO()
+        try:
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+                program = torch.onnx.export(
+                    model, (example,), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                    dynamic_shapes={"input": {0: torch.export.Dim("batch", min=1)}},
+                    opset_version=opset, dynamo=True, verbose=False,
+                )
+        except Exception as e:
+            raise UserError(f"ONNX export of {path.name} failed: {_first_line(e)}") from e
+        assert program is not None
+        proto = program.model_proto
+        for key, value in (metadata or {}).items():
+            proto.metadata_props.add(key=key, value=value)
+        onnx.save_model(proto, str(tmp))
+        try:
+            onnx.checker.check_model(str(tmp), full_check=True)
+        except onnx.checker.ValidationError as e:
+            raise UserError(f"ONNX checker rejected {path.name}: {_first_line(e)}") from e
+
+    atomic_write(path, write)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0] if text else ''}"[:400]
+
+
+def onnx_summary(path: Path) -> dict[str, Any]:
+    """Opset, input/output names and shapes (symbolic dims as names), and metadata of an ONNX file."""
+    import onnx
+
+    model = onnx.load(str(path))
+
+    def dims(value: Any) -> list[Any]:
+        return [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim]
+
+    return {
+        "opset": max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")),
+        "inputs": {i.name: dims(i) for i in model.graph.input},
+        "outputs": {o.name: dims(o) for o in model.graph.output},
+        "metadata": {p.key: p.value for p in model.metadata_props},
+        "ops": sorted({n.op_type for n in model.graph.node}),
+    }
+
+
+def parity(onnx_path: Path, model: nn.Module, x: np.ndarray, tolerance: float, min_agreement: float, batch: int = 1000) -> dict[str, Any]:
+    """ONNX Runtime (CPU) vs torch on all of `x`: max |Δlogit| and argmax agreement, enforced."""
+    from vib_deploy.backends.onnxruntime import OnnxRuntimeRunner
+
+    runner = OnnxRuntimeRunner(onnx_path, threads=2).activate()
+    model = model.cpu().eval()
+    worst, agree = 0.0, 0
+    with torch.no_grad():
+        for i in range(0, len(x), batch):
+            xb = np.ascontiguousarray(x[i : i + batch], dtype=np.float32)
+            ref = model(torch.from_numpy(xb)).numpy()
+            got = runner.infer(xb)
+            worst = max(worst, float(np.abs(ref - got).max()))
+            agree += int((ref.argmax(1) == got.argmax(1)).sum())
+    runner.deactivate()
+    result = {"max_abs_diff": worst, "argmax_agreement": agree / len(x), "samples": len(x), "tolerance": tolerance}
+    if not worst <= tolerance or result["argmax_agreement"] < min_agreement:
+        raise UserError(
+            f"{onnx_path.name}: ONNX Runtime differs from torch by {worst:.3g} (tolerance {tolerance:g}), "
+            f"argmax agreement {result['argmax_agreement']:.4%} (minimum {min_agreement:.2%})"
+        )
+    return result
+

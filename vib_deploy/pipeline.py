@@ -1,0 +1,169 @@
+"""The stage registry and `run`: train-dense -> train-vib -> prune -> export -> bench -> report.
+
+Each stage reads the artifacts of the stages it needs (sha256-verified against the manifest) and
+writes its own atomically. Its cache key hashes its config section, its inputs' sha256 and the
+package version; a rerun skips a stage whose key matches and whose outputs verify.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from vib_deploy import __version__
+from vib_deploy.config import PipelineConfig, config_to_yaml, load_config
+from vib_deploy.errors import UserError
+from vib_deploy.runs import RunDir, atomic_write_text, sha256_file, stage_key
+
+CONFIG_FILE = "config.yaml"
+
+
+@dataclass
+class Context:
+    """What a stage gets: the run directory, the resolved config, and shared lazily-loaded data."""
+
+    run: RunDir
+    config: PipelineConfig
+    progress: Any = None
+    key: str = ""  # the running stage's cache key (training checkpoints are tagged with it)
+    _splits: Any = field(default=None, repr=False)
+
+    def splits(self) -> Any:
+        if self._splits is None:
+            from vib_deploy.data import load_splits
+
+            d = self.config.data
+            self._splits = load_splits(d.dataset, d.root, d.val_size, d.train_limit, d.test_limit)
+        return self._splits
+
+    def read_json(self, name: str) -> dict[str, Any]:
+        return json.loads(self.run.verified(name).read_text())
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    needs: tuple[str, ...]  # stages whose outputs this one reads
+    section: Callable[[PipelineConfig], Any]  # the config that keys this stage
+    run: Callable[[Context], list[str]]  # does the work, returns the artifact names it wrote
+    uses_data: bool = False  # the dataset's files are inputs too
+
+
+def _train_common(c: PipelineConfig) -> dict[str, Any]:
+    t = c.train
+    return {"model": c.model.model_dump(), "data": c.data.model_dump(), "seed": t.seed,
+            "batch_size": t.batch_size, "device": t.device}
+
+
+def _stages() -> list[Stage]:
+    from vib_deploy import stages as s
+
+    return [
+        Stage("train-dense", (), lambda c: {**_train_common(c), "dense": c.train.dense.model_dump()}, s.train_dense, True),
+        Stage("train-vib", ("train-dense",), lambda c: {**_train_common(c), "vib": c.train.vib.model_dump()}, s.train_vib, True),
+        Stage("prune", ("train-vib",), lambda c: {"prune": c.prune.model_dump(), "data": c.data.model_dump()}, s.prune, True),
+        Stage("export", ("train-dense", "prune"), lambda c: {"export": c.export.model_dump(), "data": c.data.model_dump()}, s.export, True),
+        Stage("bench", ("train-dense", "prune", "export"), lambda c: {"bench": c.bench.model_dump()}, s.bench),
+        Stage("report", ("train-dense", "train-vib", "prune", "export", "bench"), lambda c: {}, s.report),
+    ]
+
+
+STAGE_NAMES = ["train-dense", "train-vib", "prune", "export", "bench", "report"]
+
+
+def _data_hashes(ctx: Context) -> dict[str, str]:
+    from vib_deploy.data import SPLIT_FILES, _find_split
+
+    root = ctx.splits().root
+    return {f"data:{stem}": sha256_file(p) for stem in SPLIT_FILES.values() if (p := _find_split(root, stem))}
+
+
+def _input_hashes(ctx: Context, stage: Stage) -> dict[str, str]:
+    manifest = ctx.run.manifest()
+    hashes: dict[str, str] = {}
+    for need in stage.needs:
+        entry = manifest["stages"].get(need)
+        if entry is None:
+            raise UserError(f"stage {stage.name} needs stage {need}, which has not run in {ctx.run.path}")
+        for name in entry["outputs"]:
+            ctx.run.verified(name)
+            hashes[name] = manifest["artifacts"][name]["sha256"]
+    if stage.uses_data:
+        hashes.update(_data_hashes(ctx))
+    return hashes
+
+
+def run_stage(ctx: Context, stage: Stage, force: bool = False, echo: Callable[[str], None] = print) -> bool:
+    """Run one stage unless its key matches and outputs verify; returns True when it ran."""
+    key = stage_key(stage.section(ctx.config), _input_hashes(ctx, stage), __version__)
+    if not force and ctx.run.stage_is_current(stage.name, key):
+        echo(f"[cached] {stage.name}")
+        return False
+    ctx.run.forget(stage.name)
+    echo(f"[run] {stage.name}")
+    ctx.key = key
+    outputs = stage.run(ctx)
+    ctx.run.finish(stage.name, key, outputs)
+    return True
+
+
+def open_run(config: PipelineConfig, run_dir: Path | None) -> RunDir:
+    return RunDir(Path(run_dir) if run_dir else Path("runs") / config.name)
+
+
+def write_config(run: RunDir, config: PipelineConfig) -> None:
+    path = run.file(CONFIG_FILE)
+    text = config_to_yaml(config)
+    if not path.exists() or path.read_text() != text:
+        atomic_write_text(path, text)
+
+
+def read_run_config(run_dir: Path) -> PipelineConfig:
+    """The resolved config a run directory was made with."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise UserError(f"run directory {run_dir} not found")
+    path = run_dir / CONFIG_FILE
+    if not path.exists():
+        raise UserError(f"{run_dir} is not a vib-deploy run directory (no {CONFIG_FILE}); start one with `vib-deploy run PIPELINE.yaml`")
+    return load_config(path)
+
+
+def run_pipeline(config: PipelineConfig, run_dir: Path | None = None, force: str | None = None,
+                 progress: Any = None, echo: Callable[[str], None] = print, until: str | None = None) -> RunDir:
+    """Run every stage in order (skipping current ones); `force` reruns from that stage on."""
+    if force is not None and force not in STAGE_NAMES:
+        raise UserError(f"--force {force!r}: not a stage; stages are {', '.join(STAGE_NAMES)}")
+    run = open_run(config, run_dir)
+    with run.locked():
+        write_config(run, config)
+        ctx = Context(run, config, progress)
+        forcing = False
+        for stage in _stages():
+            forcing = forcing or stage.name == force
+            run_stage(ctx, stage, force=forcing, echo=echo)
+            if stage.name == until:
+                break
+    return run
+
+
+def run_single(run_dir: Path, stage_name: str, progress: Any = None, echo: Callable[[str], None] = print) -> RunDir:
+    """Run one stage of an existing run directory (always reruns it)."""
+    config = read_run_config(run_dir)
+    run = RunDir(Path(run_dir))
+    stage = {s.name: s for s in _stages()}[stage_name]
+    with run.locked():
+        run_stage(Context(run, config, progress), stage, force=True, echo=echo)
+    return run
+
+
+def init_run(config_path: Path, overrides: list[str], run_dir: Path | None) -> RunDir:
+    """Create a run directory with its resolved config (for running stages one at a time)."""
+    config = load_config(config_path, overrides)
+    run = open_run(config, run_dir)
+    with run.locked():
+        write_config(run, config)
+    return run
+

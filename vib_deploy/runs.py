@@ -1,0 +1,226 @@
+"""Run directories: atomic writes, the sha256 manifest, stage cache keys and the run lock.
+
+Every artifact a stage writes goes through `atomic_write_*` (temp file in the same directory,
+fsync, rename), so a run killed at any moment leaves the old file or the new one, never a partial
+one. `manifest.json` records each artifact's sha256 and the stage that made it; readers call
+`RunDir.verified(name)` before loading anything.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from vib_deploy.errors import UserError
+
+MANIFEST = "manifest.json"
+LOCK = ".lock"
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _disk_full_message(path: Path, needed: int | None) -> str:
+    free = shutil.disk_usage(path.parent).free
+    need = f"{needed:,} bytes needed, " if needed is not None else ""
+    return f"disk full while writing {path}: {need}{free:,} bytes free on {path.parent}"
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Call `write(tmp_path)`, fsync the result and rename it onto `path`.
+
+    The temp file lives in the same directory so the rename is atomic on POSIX file systems.
+    A disk-full error becomes a UserError naming the file; the temp file is always removed.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        if e.errno == errno.ENOSPC:
+            needed = tmp.stat().st_size if tmp.exists() else None
+            raise UserError(_disk_full_message(path, needed)) from e
+        raise
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _fsync_dir(directory: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write bytes atomically."""
+    try:
+        atomic_write(path, lambda tmp: tmp.write_bytes(data))
+    except UserError as e:
+        raise UserError(f"{e} ({len(data):,} bytes needed)") from e
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write text (UTF-8) atomically."""
+    atomic_write_bytes(path, text.encode())
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    """Write JSON atomically (sorted keys, indented, trailing newline)."""
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def stage_key(section: Any, input_hashes: dict[str, str], version: str) -> str:
+    """Cache key of a stage: hash of its config section, its inputs' sha256 and the package version."""
+    blob = json.dumps({"config": section, "inputs": input_hashes, "version": version}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """A run directory `runs/<name>/` and its manifest."""
+
+    path: Path
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    # -- manifest -------------------------------------------------------------------------
+    def manifest(self) -> dict[str, Any]:
+        """The manifest: {"artifacts": {name: {sha256, stage, bytes}}, "stages": {stage: {key, outputs}}}."""
+        path = self.file(MANIFEST)
+        if not path.exists():
+            return {"artifacts": {}, "stages": {}}
+        try:
+            data = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise UserError(f"{path} is corrupt ({e}); delete the run directory or rerun with --force") from e
+        if not isinstance(data, dict) or not isinstance(data.get("artifacts"), dict):
+            raise UserError(f"{path} is not a vib-deploy manifest")
+        data.setdefault("stages", {})
+        return data
+
+    def add_artifacts(self, stage: str, outputs: list[str]) -> None:
+        """List files in the manifest with their sha256 and the stage that made them."""
+        manifest = self.manifest()
+        for name in outputs:
+            p = self.file(name)
+            manifest["artifacts"][name] = {"sha256": sha256_file(p), "stage": stage, "bytes": p.stat().st_size}
+        atomic_write_json(self.file(MANIFEST), manifest)
+
+    def finish(self, stage: str, key: str, outputs: list[str]) -> None:
+        """Record a finished stage: its outputs' sha256 and its cache key."""
+        self.add_artifacts(stage, outputs)
+        manifest = self.manifest()
+        manifest["stages"][stage] = {"key": key, "outputs": outputs}
+        atomic_write_json(self.file(MANIFEST), manifest)
+
+    def forget(self, stage: str) -> None:
+        """Drop a stage's cache entry (its artifacts stay listed until it is rerun)."""
+        manifest = self.manifest()
+        if manifest["stages"].pop(stage, None) is not None:
+            atomic_write_json(self.file(MANIFEST), manifest)
+
+    def verified(self, name: str) -> Path:
+        """Path of artifact `name` after checking it exists and matches its manifest sha256."""
+        path = self.file(name)
+        entry = self.manifest()["artifacts"].get(name)
+        if not path.exists():
+            raise UserError(f"{path} is missing; run the stage that makes it first")
+        if entry is None:
+            raise UserError(f"{path} is not listed in {self.file(MANIFEST)}; it was not written by vib-deploy")
+        actual = sha256_file(path)
+        if actual != entry["sha256"]:
+            raise UserError(
+                f"{path} is corrupt or was altered: sha256 {actual[:12]}… != manifest {entry['sha256'][:12]}… "
+                f"({path.stat().st_size:,} bytes, expected {entry['bytes']:,}); rerun its stage with --force {entry['stage']}"
+            )
+        return path
+
+    def verify_all(self) -> list[str]:
+        """Check every artifact in the manifest; returns the names checked, raises on the first bad one."""
+        names = sorted(self.manifest()["artifacts"])
+        for name in names:
+            self.verified(name)
+        return names
+
+    def stage_is_current(self, stage: str, key: str) -> bool:
+        """True when `stage` ran with this key and all its outputs still verify."""
+        entry = self.manifest()["stages"].get(stage)
+        if entry is None or entry["key"] != key:
+            return False
+        try:
+            for name in entry["outputs"]:
+                self.verified(name)
+        except UserError:
+            return False
+        return True
+
+    # -- lock -----------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the run directory's lock file; a second writer gets a clear error naming the holder."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        lock = self.file(LOCK)
+        while True:
+            try:
+                fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                break
+            except FileExistsError:
+                holder = _read_pid(lock)
+                if holder is not None and _pid_alive(holder):
+                    raise UserError(
+                        f"{self.path} is in use by another vib-deploy process (pid {holder}); "
+                        f"wait for it or stop it (a stale lock is {lock})"
+                    ) from None
+                lock.unlink(missing_ok=True)  # stale: its process is gone
+        try:
+            os.write(fd, str(os.getpid()).encode())
+            os.close(fd)
+            yield
+        finally:
+            lock.unlink(missing_ok=True)
+
+
+def _read_pid(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -1,0 +1,158 @@
+"""The glue of each stage: read verified artifacts, call the library, write artifacts atomically.
+
+Artifacts of a run directory:
+  train-dense: dense.pt, train-dense.json          train-vib: vib.pt, train-vib.json
+  prune: pruned.pt, [pruned_reduced.pt], prune.json  export: *.onnx, export.json
+  bench: bench.json                                 report: metrics.json, report.md, plots/*.png
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+
+from vib_deploy.nets import count_flops, count_params, load_model, save_model
+from vib_deploy.runs import atomic_write_json
+from vib_deploy.zoo import INPUT_SHAPE, architecture, gated_model, load_dense_into_gated, strip_gates
+
+
+def _error(model: torch.nn.Module, x: Any, y: Any) -> float:
+    from vib_deploy.train import accuracy
+
+    return 1.0 - accuracy(model, x, y, torch.device("cpu"))
+
+
+def _spec(ctx: Any, stage: str, **kw: Any) -> Any:
+    from vib_deploy.train import TrainSpec, resolve_device
+
+    t = ctx.config.train
+    return TrainSpec(stage=stage, key=ctx.key, batch_size=t.batch_size, seed=t.seed, device=resolve_device(t.device), **kw)
+
+
+def train_dense(ctx: Any) -> list[str]:
+    """Ordinary training of the dense net; keeps the epoch with the best validation accuracy."""
+    from vib_deploy.train import train
+
+    cfg = ctx.config.train.dense
+    data = ctx.splits()
+    torch.manual_seed(ctx.config.train.seed)
+    dense = strip_gates(gated_model(ctx.config.model.name))
+    t0 = time.time()
+    result = train(dense, _spec(ctx, "train-dense", epochs=cfg.epochs, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                select_best=True), data, ctx.run, ctx.progress)
+    dense = dense.cpu()
+    save_model(dense, ctx.run.file("dense.pt"))
+    atomic_write_json(ctx.run.file("train-dense.json"), {
+        "history": result.history, "best_epoch": result.best_epoch, "resumed_from_epoch": result.resumed_from,
+        "seconds": time.time() - t0, "test_error": _error(dense, data.x_test, data.y_test),
+        "val_error": _error(dense, data.x_val, data.y_val), "test_samples": len(data.y_test),
+    })
+    return ["dense.pt", "train-dense.json"]
+
+
+def train_vib(ctx: Any) -> list[str]:
+    """VIB training from the dense weights; keeps the last epoch (no test-set or best-epoch selection)."""
+    from vib_deploy.train import gate_summary, train
+
+    cfg = ctx.config.train.vib
+    data = ctx.splits()
+    torch.manual_seed(ctx.config.train.seed)
+    gated = gated_model(ctx.config.model.name)
+    for gate in gated:
+        if hasattr(gate, "threshold"):
+            gate.threshold = cfg.threshold
+    load_dense_into_gated(load_model(ctx.run.verified("dense.pt")), gated)
+    t0 = time.time()
+    result = train(gated, _spec(ctx, "train-vib", epochs=cfg.epochs, lr=cfg.lr, gate_lr=cfg.gate_lr,
+                                kl_factor=cfg.kl_factor), data, ctx.run, ctx.progress)
+    gated = gated.cpu()
+    save_model(gated, ctx.run.file("vib.pt"))
+    atomic_write_json(ctx.run.file("train-vib.json"), {
+        "history": result.history, "resumed_from_epoch": result.resumed_from, "seconds": time.time() - t0,
+        "test_error": _error(gated, data.x_test, data.y_test), "val_error": _error(gated, data.x_val, data.y_val),
+        "gates": gate_summary(gated), "architecture": architecture(gated),
+    })
+    return ["vib.pt", "train-vib.json"]
+
+
+def prune(ctx: Any) -> list[str]:
+    """Structural pruning, checked exact against the VIB model on the full test set."""
+    from vib_deploy.prune import check_exact, prune_gated
+
+    vib_model = load_model(ctx.run.verified("vib.pt"))
+    data = ctx.splits()
+    result = prune_gated(vib_model, INPUT_SHAPE)
+    exact = check_exact(result, vib_model, torch.as_tensor(data.x_test), ctx.config.prune.tolerance)
+    outputs = ["pruned.pt"]
+    save_model(result.model, ctx.run.file("pruned.pt"), {"kept_pixels": result.kept_pixels})
+    if result.reduced_model is not None:
+        save_model(result.reduced_model, ctx.run.file("pruned_reduced.pt"), {"kept_pixels": result.kept_pixels})
+        outputs.append("pruned_reduced.pt")
+    dense = strip_gates(gated_model(ctx.config.model.name))
+    kept = [len(k) for k in result.kept_per_gate]
+    atomic_write_json(ctx.run.file("prune.json"), {
+        **exact, "architecture": kept, "dense_architecture": architecture(vib_model),
+        "kept_indices": result.kept_per_gate, "kept_pixels": result.kept_pixels, "scales_left": result.scales_left,
+        "test_error": _error(result.model, data.x_test, data.y_test),
+        "dense": {"flops": count_flops(dense, INPUT_SHAPE), "params": count_params(dense)},
+        "pruned": {"flops": count_flops(result.model, INPUT_SHAPE), "params": count_params(result.model)},
+    })
+    return outputs + ["prune.json"]
+
+
+def export(ctx: Any) -> list[str]:
+    """ONNX for dense, pruned (full image) and pruned_reduced (kept pixels), each checked and compared."""
+    from vib_deploy.export import export_onnx, onnx_summary, parity
+
+    cfg = ctx.config.export
+    data = ctx.splits()
+    x_test = data.x_test
+    prune_info = ctx.read_json("prune.json")
+    report: dict[str, Any] = {}
+    outputs = []
+    for variant in ("dense", "pruned", "pruned_reduced"):
+        if variant == "pruned_reduced" and prune_info["kept_pixels"] is None:
+            continue
+        model = load_model(ctx.run.verified(f"{variant}.pt"))
+        x = x_test
+        shape: tuple[int, ...] = INPUT_SHAPE
+        meta = {"vib_deploy.variant": variant, "vib_deploy.run": ctx.config.name}
+        if variant == "pruned_reduced":
+            x = x_test.reshape(len(x_test), -1)[:, prune_info["kept_pixels"]]
+            shape = (len(prune_info["kept_pixels"]),)
+            meta["vib_deploy.kept_pixels"] = ",".join(map(str, prune_info["kept_pixels"]))
+        path = ctx.run.file(f"{variant}.onnx")
+        export_onnx(model, path, shape, cfg.opset, meta)
+        report[variant] = {**parity(path, model, x, cfg.tolerance, cfg.min_argmax_agreement), **onnx_summary(path)}
+        report[variant].pop("metadata")
+        outputs.append(f"{variant}.onnx")
+    atomic_write_json(ctx.run.file("export.json"), report)
+    return outputs + ["export.json"]
+
+
+def bench(ctx: Any) -> list[str]:
+    """Dense vs pruned latency/throughput/memory on each configured backend, alternating rounds."""
+    from vib_deploy.bench import Variant, machine_info, run_bench, speedups
+
+    cfg = ctx.config.bench
+    prune_info = ctx.read_json("prune.json")
+    run = ctx.run
+    variants = [Variant("dense", {".onnx": run.verified("dense.onnx"), ".pt": run.verified("dense.pt")}),
+                Variant("pruned", {".onnx": run.verified("pruned.onnx"), ".pt": run.verified("pruned.pt")})]
+    if prune_info["kept_pixels"] is not None:
+        variants.append(Variant("pruned_reduced", {".onnx": run.verified("pruned_reduced.onnx"),
+                                                   ".pt": run.verified("pruned_reduced.pt")}, prune_info["kept_pixels"]))
+    images = ctx.splits().x_test[:512]
+    records = run_bench(variants, images, cfg.backends, cfg.batch_sizes, cfg.threads, cfg.rounds, cfg.iters_per_round,
+                        cfg.warmup, cfg.memory, ctx.progress)
+    atomic_write_json(run.file("bench.json"), {"records": records, "speedup": speedups(records), "machine": machine_info()})
+    return ["bench.json"]
+
+
+def report(ctx: Any) -> list[str]:
+    """metrics.json, report.md and plots."""
+    from vib_deploy.report import write_report
+
+    return write_report(ctx.run, ctx.config)

@@ -1,0 +1,202 @@
+"""One training loop for the dense net and the VIB net, with per-epoch checkpoints and exact resume.
+
+A checkpoint (model, optimizer, scheduler, RNG states, epoch, best metric, history) is written
+atomically at the end of every epoch. A run killed mid-epoch resumes from the last complete epoch
+and, on CPU, ends bitwise equal to an uninterrupted run (same seed, same thread count): the
+shuffling generator and the global RNG that draws gate noise are restored with everything else.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from vib_deploy.errors import UserError
+from vib_deploy.runs import RunDir, atomic_write
+from vib_deploy.vib import VIBGate, gates, vib_loss
+
+
+@dataclass
+class TrainSpec:
+    """What to train and how: one for the dense stage, one for the VIB stage."""
+
+    stage: str  # "train-dense" or "train-vib"; names the checkpoint file
+    key: str  # the stage's cache key: a checkpoint from another key is not resumed
+    epochs: int
+    lr: float
+    batch_size: int
+    seed: int
+    device: torch.device
+    weight_decay: float = 0.0
+    gate_lr: float | None = None  # VIB only: Adam group of the gates
+    kl_factor: float | None = None  # VIB only
+    select_best: bool = False  # keep the epoch with the best validation accuracy (dense)
+
+
+@dataclass
+class TrainResult:
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best_epoch: int = 0
+    resumed_from: int = 0  # epochs done before this process started
+
+
+def resolve_device(name: str) -> torch.device:
+    """cpu | cuda | auto -> torch.device; cuda without a GPU is a user error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"train.device={name} but torch sees no CUDA device (torch {torch.__version__})")
+    return torch.device(name)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, x: np.ndarray | torch.Tensor, device: torch.device | None = None, batch: int = 2000) -> torch.Tensor:
+    """Logits of `model` in eval mode for all of `x` (fp32, on CPU)."""
+    model.eval()
+    device = device or next(model.parameters()).device
+    x = torch.as_tensor(x)
+    return torch.cat([model(x[i : i + batch].to(device)).float().cpu() for i in range(0, len(x), batch)])
+
+
+def accuracy(model: nn.Module, x: np.ndarray, y: np.ndarray, device: torch.device | None = None) -> float:
+    """Fraction of correct argmax predictions."""
+    return float((predict(model, x, device).argmax(1).numpy() == y).mean())
+
+
+def units_alive(model: nn.Module) -> list[int]:
+    """Units kept per gate layer at inference."""
+    return [int(g.keep_mask().sum()) for g in gates(model)]
+
+
+def _optimizer(model: nn.Module, spec: TrainSpec) -> torch.optim.Optimizer:
+    gate_params = [p for g in gates(model) for p in g.parameters()]
+    gate_ids = {id(p) for p in gate_params}
+    weights = [p for p in model.parameters() if id(p) not in gate_ids]
+    groups: list[dict[str, Any]] = [{"params": weights, "lr": spec.lr, "weight_decay": spec.weight_decay}]
+    if gate_params:
+        groups.append({"params": gate_params, "lr": spec.gate_lr or spec.lr, "weight_decay": 0.0})
+    return torch.optim.Adam(groups)
+
+
+def _checkpoint_state(model, opt, sched, gen, epoch, best, best_state, history, key) -> dict[str, Any]:
+    return {
+        "key": key, "epoch": epoch, "best": best, "history": history,
+        "model": model.state_dict(), "best_model": best_state,
+        "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+        "rng_torch": torch.get_rng_state(), "rng_shuffle": gen.get_state(),
+        "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def _load_checkpoint(run: RunDir, name: str) -> dict[str, Any] | None:
+    path = run.file(name)
+    if not path.exists():
+        return None
+    run.verified(name)  # a truncated or altered checkpoint is an error, never a silent restart
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def train(model: nn.Module, spec: TrainSpec, data: Any, run: RunDir, progress: Any = None) -> TrainResult:
+    """Train `model` in place; resumes from `<stage>.ckpt` in `run` when its key matches.
+
+    `data` has x_train/y_train/x_val/y_val numpy arrays. With `select_best`, the model ends holding
+    the weights of the epoch with the best validation accuracy; otherwise those of the last epoch.
+    """
+    ckpt_name = f"{spec.stage}.ckpt"
+    device = spec.device
+    model.to(device)
+    opt = _optimizer(model, spec)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=spec.epochs)
+    gen = torch.Generator().manual_seed(spec.seed)
+    torch.manual_seed(spec.seed)
+    result = TrainResult()
+    best, best_state, start = -1.0, None, 0
+
+    ckpt = _load_checkpoint(run, ckpt_name)
+    if ckpt is not None and ckpt["key"] == spec.key and ckpt["epoch"] <= spec.epochs:
+        model.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        sched.load_state_dict(ckpt["scheduler"])
+        torch.set_rng_state(ckpt["rng_torch"])
+        gen.set_state(ckpt["rng_shuffle"])
+        if ckpt["rng_cuda"]:
+            torch.cuda.set_rng_state_all(ckpt["rng_cuda"])
+        start, best, best_state = ckpt["epoch"], ckpt["best"], ckpt["best_model"]
+        result.history = list(ckpt["history"])
+        result.resumed_from = start
+
+    x_train, y_train = torch.as_tensor(data.x_train), torch.as_tensor(data.y_train)
+    n = len(x_train)
+    steps = math.ceil(n / spec.batch_size)
+    task = progress.add_task(spec.stage, total=spec.epochs * steps, completed=start * steps) if progress else None
+    epoch = start
+    batch_i = 0
+    try:
+        for epoch in range(start, spec.epochs):
+            model.train()
+            perm = torch.randperm(n, generator=gen)
+            sums = {"loss": 0.0, "ce": 0.0, "kl": 0.0}
+            for batch_i in range(steps):
+                idx = perm[batch_i * spec.batch_size : (batch_i + 1) * spec.batch_size]
+                xb, yb = x_train[idx].to(device), y_train[idx].to(device)
+                logits = model(xb)
+                if spec.kl_factor is not None:
+                    loss, ce, kl = vib_loss(logits, yb, model, spec.kl_factor)
+                else:
+                    loss = ce = nn.functional.cross_entropy(logits, yb)
+                    kl = torch.zeros(())
+                if not torch.isfinite(loss):
+                    raise UserError(
+                        f"{spec.stage}: loss is {loss.item()} at epoch {epoch + 1}, batch {batch_i + 1}; "
+                        f"stopped, the last good checkpoint ({epoch} epochs) is kept in {run.file(ckpt_name)} "
+                        "(try a lower learning rate or kl_factor)"
+                    )
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sums["loss"] += loss.item()
+                sums["ce"] += ce.item()
+                sums["kl"] += kl.item()
+                if progress is not None:
+                    progress.advance(task)
+            sched.step()
+            val_acc = accuracy(model, data.x_val, data.y_val, device)
+            record = {"epoch": epoch + 1, "val_acc": val_acc, **{k: v / steps for k, v in sums.items()},
+                      "units_alive": units_alive(model)}
+            result.history.append(record)
+            if spec.select_best and val_acc > best:
+                best = val_acc
+                best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            state = _checkpoint_state(model, opt, sched, gen, epoch + 1, best, best_state, result.history, spec.key)
+            atomic_write(run.file(ckpt_name), lambda tmp: torch.save(state, tmp))
+            run.add_artifacts(spec.stage, [ckpt_name])
+            if progress is not None:
+                alive = "-".join(map(str, record["units_alive"])) if record["units_alive"] else ""
+                progress.update(task, description=f"{spec.stage} ep {epoch + 1} val {val_acc:.4f} {alive}")
+    except KeyboardInterrupt:
+        raise UserError(
+            f"{spec.stage} interrupted at epoch {epoch + 1}, batch {batch_i + 1}; {epoch} complete epoch(s) are "
+            f"checkpointed in {run.file(ckpt_name)}; rerun the same command to resume"
+        ) from None
+    if spec.select_best and best_state is not None:
+        model.load_state_dict(best_state)
+        result.best_epoch = max(range(len(result.history)), key=lambda i: result.history[i]["val_acc"]) + 1
+    else:
+        result.best_epoch = len(result.history)
+    return result
+
+
+def gate_summary(model: nn.Module) -> list[dict[str, Any]]:
+    """Per gate layer: units, kept, and the sign of kept mu (what pruning must handle)."""
+    out = []
+    for g in gates(model):
+        assert isinstance(g, VIBGate)
+        mask = g.keep_mask()
+        out.append({"units": g.units, "kept": int(mask.sum()), "negative_mu_kept": int((g.mu[mask] < 0).sum())})
+    return out
