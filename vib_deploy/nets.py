@@ -22,7 +22,7 @@ class ChannelScale(nn.Module):
 
     def __init__(self, values: torch.Tensor):
         super().__init__()
-        self.register_buffer("values", values.detach().clone().float())
+        self.register_buffer("values", values.detach().clone())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * self.values.reshape((1, -1) + (1,) * (x.dim() - 2))

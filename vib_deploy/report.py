@@ -34,8 +34,8 @@ def build_metrics(run: RunDir, config: Any) -> dict[str, Any]:
                 "kl_factor": config.train.vib.kl_factor, "seconds": vib["seconds"]},
         "pruned": {"error": pruned["test_error"], "architecture": pruned["architecture"], "flops": flops_p,
                    "params": params_p, "bytes": params_p * BYTES_PER_PARAM, "scales_left": pruned["scales_left"]},
-        "prune": {"max_abs_diff": pruned["max_abs_diff"], "reduced_max_abs_diff": pruned.get("reduced_max_abs_diff"),
-                  "tolerance": pruned["tolerance"]},
+        "prune": {k: pruned.get(k) for k in ("max_abs_diff", "max_abs_diff_float64", "argmax_agreement", "reduced_max_abs_diff",
+                                             "reduced_max_abs_diff_float64", "tolerance", "logit_scale", "vib_fp32_rounding")},
         "export": {"max_abs_diff": max(v["max_abs_diff"] for v in export.values()),
                    "argmax_agreement": min(v["argmax_agreement"] for v in export.values()),
                    "opset": min(v["opset"] for v in export.values()), "variants": export},
@@ -61,7 +61,8 @@ def summary_rows(metrics: dict[str, Any]) -> list[tuple[str, str]]:
         ("KFLOPs dense → pruned", f"{d['flops'] / 1e3:,.1f} → {p['flops'] / 1e3:,.1f}  (ideal speedup {metrics['ideal_speedup']:.1f}×)"),
         ("parameters dense → pruned", f"{d['params']:,} → {p['params']:,}"),
         ("bytes (fp32) dense → pruned", f"{d['bytes']:,} → {p['bytes']:,}"),
-        ("pruning exact (max |Δlogit|)", f"{metrics['prune']['max_abs_diff']:.2e} (≤ {metrics['prune']['tolerance']:g})"),
+        ("pruning exact (max |Δlogit|)", f"fp32 {metrics['prune']['max_abs_diff']:.2e} (≤ {metrics['prune']['tolerance']:g} × "
+                                          f"{metrics['prune']['logit_scale']:.1f}), fp64 {metrics['prune']['max_abs_diff_float64']:.1e}"),
         ("ONNX parity (max |Δ|, argmax)", f"{metrics['export']['max_abs_diff']:.2e}, {metrics['export']['argmax_agreement']:.2%}"),
     ]
     by = {(r["backend"], r["batch"], r["variant"]): r for r in metrics["bench"]}

@@ -86,18 +86,19 @@ def prune(ctx: Any) -> list[str]:
     result = prune_gated(vib_model, INPUT_SHAPE)
     exact = check_exact(result, vib_model, torch.as_tensor(data.x_test), ctx.config.prune.tolerance)
     outputs = ["pruned.pt"]
-    save_model(result.model, ctx.run.file("pruned.pt"), {"kept_pixels": result.kept_pixels})
+    pruned = result.model.float()
+    save_model(pruned, ctx.run.file("pruned.pt"), {"kept_pixels": result.kept_pixels})
     if result.reduced_model is not None:
-        save_model(result.reduced_model, ctx.run.file("pruned_reduced.pt"), {"kept_pixels": result.kept_pixels})
+        save_model(result.reduced_model.float(), ctx.run.file("pruned_reduced.pt"), {"kept_pixels": result.kept_pixels})
         outputs.append("pruned_reduced.pt")
     dense = strip_gates(gated_model(ctx.config.model.name))
     kept = [len(k) for k in result.kept_per_gate]
     atomic_write_json(ctx.run.file("prune.json"), {
         **exact, "architecture": kept, "dense_architecture": architecture(vib_model),
         "kept_indices": result.kept_per_gate, "kept_pixels": result.kept_pixels, "scales_left": result.scales_left,
-        "test_error": _error(result.model, data.x_test, data.y_test),
+        "test_error": _error(pruned, data.x_test, data.y_test),
         "dense": {"flops": count_flops(dense, INPUT_SHAPE), "params": count_params(dense)},
-        "pruned": {"flops": count_flops(result.model, INPUT_SHAPE), "params": count_params(result.model)},
+        "pruned": {"flops": count_flops(pruned, INPUT_SHAPE), "params": count_params(pruned)},
     })
     return outputs + ["prune.json"]
 

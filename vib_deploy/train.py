@@ -177,8 +177,11 @@ def train(model: nn.Module, spec: TrainSpec, data: Any, run: RunDir, progress: A
             atomic_write(run.file(ckpt_name), lambda tmp: torch.save(state, tmp))
             run.add_artifacts(spec.stage, [ckpt_name])
             if progress is not None:
-                alive = "-".join(map(str, record["units_alive"])) if record["units_alive"] else ""
-                progress.update(task, description=f"{spec.stage} ep {epoch + 1} val {val_acc:.4f} {alive}")
+                alive = "-".join(map(str, record["units_alive"]))
+                line = f"{spec.stage} epoch {epoch + 1}/{spec.epochs} val_acc {val_acc:.4f} ce {record['ce']:.4f}"
+                line += f" kl {record['kl']:.1f} alive {alive}" if alive else ""
+                progress.update(task, description=f"{spec.stage} ep {epoch + 1}")
+                progress.console.print(line)
     except KeyboardInterrupt:
         raise UserError(
             f"{spec.stage} interrupted at epoch {epoch + 1}, batch {batch_i + 1}; {epoch} complete epoch(s) are "

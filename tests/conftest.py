@@ -1,0 +1,30 @@
+"""Shared fixtures: real MNIST (from the user cache or $VIB_DEPLOY_DATA) and small helpers."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def mnist_root() -> Path:
+    from vib_deploy.data import resolve_root
+    from vib_deploy.errors import UserError
+
+    try:
+        return resolve_root("mnist", None)
+    except UserError as e:
+        pytest.skip(f"real MNIST is not available ({e}); `make test` fetches it first")
+
+
+def run_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run `python -m vib_deploy ARGS` the way a user runs the console script."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, "-m", "vib_deploy", *args], cwd=cwd or ROOT, capture_output=True,
+                          text=True, env=full_env, timeout=timeout)
