@@ -1,0 +1,55 @@
+"""The benchmark: alternating order, percentiles, speedups, real runners."""
+
+import numpy as np
+import pytest
+import torch
+
+from vib_deploy.bench import Variant, make_input, percentiles, run_bench, speedups, time_alternating
+from vib_deploy.nets import save_model
+from vib_deploy.zoo import gated_model, strip_gates
+
+
+class _Recorder:
+    def __init__(self, name, log):
+        self.name, self.log = name, log
+
+    def infer(self, x):
+        self.log.append(self.name)
+
+
+def test_rounds_alternate_order():
+    log = []
+    runners = {"dense": _Recorder("dense", log), "pruned": _Recorder("pruned", log)}
+    time_alternating(runners, {"dense": None, "pruned": None}, rounds=4, iters=2, warmup=0)
+    assert log == ["dense"] * 2 + ["pruned"] * 4 + ["dense"] * 4 + ["pruned"] * 4 + ["dense"] * 2
+
+
+def test_percentiles_and_speedups():
+    stats = percentiles([1_000_000] * 98 + [5_000_000, 9_000_000])
+    assert stats["p50_ms"] == 1.0 and stats["p99_ms"] > 5.0
+    recs = [{"backend": "ort", "batch": 1, "variant": "dense", "p50_ms": 4.0},
+            {"backend": "ort", "batch": 1, "variant": "pruned", "p50_ms": 1.0}]
+    assert speedups(recs) == [{"backend": "ort", "batch": 1, "variant": "pruned", "speedup": 4.0}]
+
+
+def test_reduced_input_layout():
+    images = np.arange(2 * 784, dtype=np.float32).reshape(2, 1, 28, 28)
+    x = make_input(Variant("r", {}, [0, 5, 783]), images, batch=3)
+    assert x.shape == (3, 3) and x[2, 1] == 5.0 and x[1, 2] == 784 + 783
+
+
+def test_real_run_on_both_backends(tmp_path):
+    from vib_deploy.export import export_onnx
+
+    torch.manual_seed(0)
+    dense = strip_gates(gated_model("lenet300")).eval()
+    save_model(dense, tmp_path / "d.pt")
+    export_onnx(dense, tmp_path / "d.onnx", (1, 28, 28), 18)
+    v = Variant("dense", {".pt": tmp_path / "d.pt", ".onnx": tmp_path / "d.onnx"})
+    images = np.random.default_rng(0).random((16, 1, 28, 28), dtype=np.float32)
+    recs = run_bench([v], images, ["onnxruntime", "torch"], [1, 4], threads=1, rounds=2, iters=3, warmup=1, memory=True)
+    assert {(r["backend"], r["batch"]) for r in recs} == {("onnxruntime", 1), ("onnxruntime", 4), ("torch", 1), ("torch", 4)}
+    for r in recs:
+        assert 0 < r["p50_ms"] <= r["p90_ms"] <= r["p99_ms"] and r["calls"] == 6
+        assert r["throughput"] == pytest.approx(r["batch"] / (r["mean_ms"] / 1e3))
+        assert r["peak_memory_bytes"] >= 0

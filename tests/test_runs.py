@@ -1,0 +1,71 @@
+"""Atomic writes, the sha256 manifest, stage keys and the run lock."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from vib_deploy.errors import UserError
+from vib_deploy.runs import RunDir, atomic_write, atomic_write_text, stage_key
+
+
+def test_atomic_write_leaves_old_file_on_failure(tmp_path):
+    target = tmp_path / "a.txt"
+    atomic_write_text(target, "old")
+
+    def boom(tmp):
+        tmp.write_text("partial")
+        raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError):
+        atomic_write(target, boom)
+    assert target.read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt"]  # no temp file left behind
+
+
+def test_manifest_detects_altered_and_truncated(tmp_path):
+    run = RunDir(tmp_path)
+    atomic_write_text(run.file("x.json"), '{"a": 1}')
+    run.finish("s", "k", ["x.json"])
+    assert run.verified("x.json") == tmp_path / "x.json"
+    assert run.stage_is_current("s", "k") and not run.stage_is_current("s", "other")
+    (tmp_path / "x.json").write_text('{"a": 2}')
+    with pytest.raises(UserError, match="x.json is corrupt or was altered"):
+        run.verified("x.json")
+    assert not run.stage_is_current("s", "k")
+    (tmp_path / "x.json").write_text("")
+    with pytest.raises(UserError, match="0 bytes, expected 8"):
+        run.verify_all()
+
+
+def test_unlisted_and_missing(tmp_path):
+    run = RunDir(tmp_path)
+    (tmp_path / "y.bin").write_bytes(b"1")
+    with pytest.raises(UserError, match="not listed"):
+        run.verified("y.bin")
+    with pytest.raises(UserError, match="missing"):
+        run.verified("z.bin")
+
+
+def test_stage_key_changes_with_each_part():
+    base = stage_key({"a": 1}, {"f": "h"}, "1")
+    assert base == stage_key({"a": 1}, {"f": "h"}, "1")
+    assert len({base, stage_key({"a": 2}, {"f": "h"}, "1"), stage_key({"a": 1}, {"f": "g"}, "1"),
+                stage_key({"a": 1}, {"f": "h"}, "2")}) == 4
+
+
+def test_lock_names_the_other_process(tmp_path):
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        (tmp_path / ".lock").write_text(str(holder.pid))
+        with pytest.raises(UserError, match=f"in use by another vib-deploy process \\(pid {holder.pid}\\)"):
+            with RunDir(tmp_path).locked():
+                pass
+    finally:
+        holder.kill()
+        holder.wait()
+    # the holder is gone: its lock is stale and is taken over
+    with RunDir(tmp_path).locked():
+        assert (tmp_path / ".lock").read_text() == str(os.getpid())
+    assert not (tmp_path / ".lock").exists()
