@@ -147,3 +147,44 @@ def machine_info() -> dict[str, Any]:
         pass
     return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
             "max_rss_self_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+
+
+def profile_onnx(path: Path, x: np.ndarray, runs: int = 200, threads: int = 1) -> list[dict[str, Any]]:
+    """Per-node time of an ONNX model in ONNX Runtime (its own profiler): where the latency goes.
+
+    Returns one record per node (name, op type, mean µs per run, share of the total), largest first.
+    """
+    import os
+    import tempfile
+
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    with tempfile.TemporaryDirectory() as tmp:
+        options.enable_profiling = True
+        options.profile_file_prefix = os.path.join(tmp, "ort")
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        name = session.get_inputs()[0].name
+        for _ in range(20):
+            session.run(None, {name: x})
+        start_runs = runs
+        for _ in range(runs):
+            session.run(None, {name: x})
+        trace = json.loads(Path(session.end_profiling()).read_text())
+    per_node: dict[str, dict[str, Any]] = {}
+    for event in trace:
+        if event.get("cat") != "Node" or not event["name"].endswith("_kernel_time"):
+            continue
+        node = event["name"][: -len("_kernel_time")]
+        rec = per_node.setdefault(node, {"node": node, "op": event["args"].get("op_name", "?"), "total_us": 0.0, "calls": 0})
+        rec["total_us"] += event["dur"]
+        rec["calls"] += 1
+    total = sum(r["total_us"] for r in per_node.values()) or 1.0
+    out = []
+    for rec in per_node.values():
+        calls_per_run = rec["calls"] / (start_runs + 20)
+        out.append({"node": rec["node"], "op": rec["op"], "mean_us": rec["total_us"] / rec["calls"] * calls_per_run,
+                    "share": rec["total_us"] / total})
+    return sorted(out, key=lambda r: -r["mean_us"])

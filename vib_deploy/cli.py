@@ -7,6 +7,7 @@ traceback instead. Heavy libraries (torch, onnxruntime) are imported inside the 
 from __future__ import annotations
 
 import contextlib
+import json
 import sys
 from pathlib import Path
 from typing import Any, Iterator, List, Optional
@@ -115,6 +116,39 @@ def verify(run_dir: Path = RUN_DIR) -> None:
     if not names:
         raise UserError(f"{run_dir} has no manifest entries: nothing to verify")
     typer.echo(f"ok: {len(names)} artifacts in {run_dir} match manifest.json")
+
+
+@app.command()
+def profile(
+    run_dir: Path = RUN_DIR,
+    batch: int = typer.Option(64, "--batch", help="Batch size."),
+    runs: int = typer.Option(200, "--runs", help="Profiled runs per model."),
+    threads: int = typer.Option(1, "--threads", help="ONNX Runtime intra-op threads."),
+) -> None:
+    """Where the latency goes: ONNX Runtime's per-node profile of the dense and pruned ONNX models."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from vib_deploy.bench import Variant, make_input, profile_onnx
+    from vib_deploy.data import load_splits
+    from vib_deploy.pipeline import read_run_config
+    from vib_deploy.runs import RunDir
+
+    config = read_run_config(run_dir)
+    run = RunDir(run_dir)
+    d = config.data
+    images = load_splits(d.dataset, d.root, d.val_size, d.train_limit, d.test_limit).x_test[:512]
+    kept = json.loads(run.verified("prune.json").read_text())["kept_pixels"]
+    names = ["dense", "pruned"] + (["pruned_reduced"] if kept is not None else [])
+    for name in names:
+        variant = Variant(name, {}, kept if name == "pruned_reduced" else None)
+        records = profile_onnx(run.verified(f"{name}.onnx"), make_input(variant, images, batch), runs, threads)
+        table = Table(title=f"{name}.onnx, batch {batch}: {sum(r['mean_us'] for r in records):.1f} µs of kernel time per run")
+        for col in ("node", "op", "µs/run", "share"):
+            table.add_column(col)
+        for r in records:
+            table.add_row(r["node"], r["op"], f"{r['mean_us']:.2f}", f"{r['share']:.1%}")
+        Console().print(table)
 
 
 @data_app.command("fetch")

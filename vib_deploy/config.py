@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from vib_deploy.errors import UserError
 
@@ -39,6 +39,14 @@ class VIBTrainConfig(_Strict):
     gate_lr: float = Field(1e-2, gt=0)  # gate parameters mu, logD (their own Adam group)
     kl_factor: float = Field(1e-5, ge=0)  # the one knob: loss = CE + kl_factor * sum of KL
     threshold: float = 0.0  # a unit is kept when logα < threshold
+    finetune_epochs: int = Field(0, ge=0)  # of `epochs`, the last N train weights only, gates frozen (no noise, no KL)
+
+
+    @model_validator(mode="after")
+    def _finetune_within_epochs(self) -> "VIBTrainConfig":
+        if self.finetune_epochs >= self.epochs:
+            raise ValueError(f"finetune_epochs ({self.finetune_epochs}) must be less than epochs ({self.epochs})")
+        return self
 
 
 class TrainConfig(_Strict):

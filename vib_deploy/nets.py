@@ -116,7 +116,10 @@ def load_model(path: str | Path) -> nn.Sequential:
     """
     path = Path(path)
     payload = load_payload(path)
-    model = build(payload["layers"])
+    try:
+        model = build(payload["layers"])
+    except UserError as e:
+        raise UserError(f"{path}: {e}") from e
     try:
         model.load_state_dict(payload["state_dict"])
     except RuntimeError as e:

@@ -123,6 +123,10 @@ class RunDir:
         if not isinstance(data, dict) or not isinstance(data.get("artifacts"), dict):
             raise UserError(f"{path} is not a vib-deploy manifest")
         data.setdefault("stages", {})
+        for name, entry in data["artifacts"].items():
+            if not isinstance(entry, dict) or not {"sha256", "stage", "bytes"} <= entry.keys():
+                raise UserError(f"{path} is corrupt (its entry for {name} lacks sha256/stage/bytes); "
+                                "delete the run directory or rerun with --force")
         return data
 
     def add_artifacts(self, stage: str, outputs: list[str]) -> None:
@@ -132,6 +136,24 @@ class RunDir:
             p = self.file(name)
             manifest["artifacts"][name] = {"sha256": sha256_file(p), "stage": stage, "bytes": p.stat().st_size}
         atomic_write_json(self.file(MANIFEST), manifest)
+
+    def write_artifact(self, stage: str, name: str, write: Callable[[Path], None]) -> None:
+        """`atomic_write` artifact `name` and list it, so that a kill at any moment leaves a file that verifies.
+
+        The new file's sha256 is listed as `pending` before the rename and becomes `sha256` after it:
+        between the two, the manifest accepts either the old bytes or the new ones (both complete).
+        """
+
+        def write_then_announce(tmp: Path) -> None:
+            write(tmp)
+            manifest = self.manifest()
+            sha = sha256_file(tmp)
+            entry = manifest["artifacts"].get(name) or {"sha256": sha, "stage": stage, "bytes": tmp.stat().st_size}
+            manifest["artifacts"][name] = {**entry, "pending": sha}
+            atomic_write_json(self.file(MANIFEST), manifest)
+
+        atomic_write(self.file(name), write_then_announce)
+        self.add_artifacts(stage, [name])
 
     def finish(self, stage: str, key: str, outputs: list[str]) -> None:
         """Record a finished stage: its outputs' sha256 and its cache key."""
@@ -155,7 +177,7 @@ class RunDir:
         if entry is None:
             raise UserError(f"{path} is not listed in {self.file(MANIFEST)}; it was not written by vib-deploy")
         actual = sha256_file(path)
-        if actual != entry["sha256"]:
+        if actual != entry["sha256"] and actual != entry.get("pending"):
             raise UserError(
                 f"{path} is corrupt or was altered: sha256 {actual[:12]}… != manifest {entry['sha256'][:12]}… "
                 f"({path.stat().st_size:,} bytes, expected {entry['bytes']:,}); rerun its stage with --force {entry['stage']}"
@@ -185,7 +207,10 @@ class RunDir:
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
         """Hold the run directory's lock file; a second writer gets a clear error naming the holder."""
-        self.path.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as e:  # a file in the way, no permission
+            raise UserError(f"cannot use {self.path} as a run directory ({e.strerror})") from e
         lock = self.file(LOCK)
         while True:
             try:
@@ -202,6 +227,8 @@ class RunDir:
         try:
             os.write(fd, str(os.getpid()).encode())
             os.close(fd)
+            for tmp in self.path.rglob(".*.tmp"):  # left by a killed writer: only the lock holder writes here
+                tmp.unlink(missing_ok=True)
             yield
         finally:
             lock.unlink(missing_ok=True)

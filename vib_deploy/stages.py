@@ -55,18 +55,18 @@ def train_dense(ctx: Any) -> list[str]:
 def train_vib(ctx: Any) -> list[str]:
     """VIB training from the dense weights; keeps the last epoch (no test-set or best-epoch selection)."""
     from vib_deploy.train import gate_summary, train
+    from vib_deploy.vib import gates
 
     cfg = ctx.config.train.vib
     data = ctx.splits()
     torch.manual_seed(ctx.config.train.seed)
     gated = gated_model(ctx.config.model.name)
-    for gate in gated:
-        if hasattr(gate, "threshold"):
-            gate.threshold = cfg.threshold
+    for gate in gates(gated):
+        gate.threshold = cfg.threshold
     load_dense_into_gated(load_model(ctx.run.verified("dense.pt")), gated)
     t0 = time.time()
     result = train(gated, _spec(ctx, "train-vib", epochs=cfg.epochs, lr=cfg.lr, gate_lr=cfg.gate_lr,
-                                kl_factor=cfg.kl_factor), data, ctx.run, ctx.progress)
+                                kl_factor=cfg.kl_factor, finetune_epochs=cfg.finetune_epochs), data, ctx.run, ctx.progress)
     gated = gated.cpu()
     save_model(gated, ctx.run.file("vib.pt"))
     atomic_write_json(ctx.run.file("train-vib.json"), {

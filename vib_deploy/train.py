@@ -18,8 +18,8 @@ import torch
 from torch import nn
 
 from vib_deploy.errors import UserError
-from vib_deploy.runs import RunDir, atomic_write
-from vib_deploy.vib import VIBGate, gates, vib_loss
+from vib_deploy.runs import RunDir
+from vib_deploy.vib import VIBGate, gates, total_kl, vib_loss
 
 
 @dataclass
@@ -37,6 +37,7 @@ class TrainSpec:
     gate_lr: float | None = None  # VIB only: Adam group of the gates
     kl_factor: float | None = None  # VIB only
     select_best: bool = False  # keep the epoch with the best validation accuracy (dense)
+    finetune_epochs: int = 0  # VIB only: last N epochs with gates frozen at their inference value z = mu * mask
 
 
 @dataclass
@@ -99,7 +100,13 @@ def _load_checkpoint(run: RunDir, name: str) -> dict[str, Any] | None:
     if not path.exists():
         return None
     run.verified(name)  # a truncated or altered checkpoint is an error, never a silent restart
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for garbage files
+        raise UserError(f"{path}: not a loadable checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from e
+    if not isinstance(ckpt, dict) or "key" not in ckpt or "epoch" not in ckpt:
+        raise UserError(f"{path}: not a vib-deploy training checkpoint")
+    return ckpt
 
 
 def train(model: nn.Module, spec: TrainSpec, data: Any, run: RunDir, progress: Any = None) -> TrainResult:
@@ -140,17 +147,22 @@ def train(model: nn.Module, spec: TrainSpec, data: Any, run: RunDir, progress: A
     try:
         for epoch in range(start, spec.epochs):
             model.train()
+            finetune = epoch >= spec.epochs - spec.finetune_epochs
+            for gate in gates(model):
+                # fine-tuning: the architecture is fixed, weights adapt to the deterministic gates
+                gate.train(not finetune)
+                gate.requires_grad_(not finetune)
             perm = torch.randperm(n, generator=gen)
             sums = {"loss": 0.0, "ce": 0.0, "kl": 0.0}
             for batch_i in range(steps):
                 idx = perm[batch_i * spec.batch_size : (batch_i + 1) * spec.batch_size]
                 xb, yb = x_train[idx].to(device), y_train[idx].to(device)
                 logits = model(xb)
-                if spec.kl_factor is not None:
+                if spec.kl_factor is not None and not finetune:
                     loss, ce, kl = vib_loss(logits, yb, model, spec.kl_factor)
                 else:
                     loss = ce = nn.functional.cross_entropy(logits, yb)
-                    kl = torch.zeros(())
+                    kl = total_kl(model).detach() if spec.kl_factor is not None else torch.zeros(())
                 if not torch.isfinite(loss):
                     raise UserError(
                         f"{spec.stage}: loss is {loss.item()} at epoch {epoch + 1}, batch {batch_i + 1}; "
@@ -174,8 +186,7 @@ def train(model: nn.Module, spec: TrainSpec, data: Any, run: RunDir, progress: A
                 best = val_acc
                 best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
             state = _checkpoint_state(model, opt, sched, gen, epoch + 1, best, best_state, result.history, spec.key)
-            atomic_write(run.file(ckpt_name), lambda tmp: torch.save(state, tmp))
-            run.add_artifacts(spec.stage, [ckpt_name])
+            run.write_artifact(spec.stage, ckpt_name, lambda tmp: torch.save(state, tmp))
             if progress is not None:
                 alive = "-".join(map(str, record["units_alive"]))
                 line = f"{spec.stage} epoch {epoch + 1}/{spec.epochs} val_acc {val_acc:.4f} ce {record['ce']:.4f}"

@@ -7,6 +7,7 @@ import importlib.util
 import numpy as np
 
 from vib_deploy.backends.base import Runner
+from vib_deploy.errors import UserError
 
 
 class OnnxRuntimeRunner(Runner):
@@ -26,7 +27,10 @@ class OnnxRuntimeRunner(Runner):
         options.intra_op_num_threads = self.threads
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+        try:
+            self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+        except Exception as e:  # onnxruntime raises its own types for garbage or unsupported models
+            raise UserError(f"{self.path}: ONNX Runtime cannot load it ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from e
         self.input_name = self.session.get_inputs()[0].name
 
     def infer_impl(self, x: np.ndarray) -> np.ndarray:

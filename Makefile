@@ -1,0 +1,29 @@
+# Two commands do all set-up on a fresh machine: `make run` and `make test`.
+PYTHON ?= python3
+TORCH ?= torch==2.13.0   # the CPU build; an unpinned torch may pull a multi-GB CUDA build
+VENV := .venv
+BIN := $(VENV)/bin
+PIPELINE ?= pipelines/mnist-lenet300.yaml
+
+.PHONY: setup data run test clean
+
+$(BIN)/vib-deploy: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q "$(TORCH)"
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $@
+
+setup: $(BIN)/vib-deploy
+
+data: setup
+	$(BIN)/vib-deploy data fetch mnist
+
+run: data
+	$(BIN)/vib-deploy run $(PIPELINE)
+
+test: data
+	$(BIN)/python -m pytest -q tests
+
+clean:
+	rm -rf $(VENV) runs

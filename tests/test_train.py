@@ -1,0 +1,93 @@
+"""The training loop: gates frozen while fine-tuning, NaN stops with a clear error, exact resume."""
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from vib_deploy.errors import UserError
+from vib_deploy.runs import RunDir
+from vib_deploy.train import TrainSpec, train
+from vib_deploy.vib import gates
+from vib_deploy.zoo import gated_model
+
+
+def _data(n=300):
+    rng = np.random.default_rng(0)
+    x = rng.random((n, 1, 28, 28), dtype=np.float32)
+    y = rng.integers(0, 10, n).astype(np.int64)
+    return SimpleNamespace(x_train=x[:250], y_train=y[:250], x_val=x[250:], y_val=y[250:])
+
+
+def _spec(**kw):
+    base = dict(stage="train-vib", key="k", epochs=3, lr=1e-3, batch_size=50, seed=0, device=torch.device("cpu"),
+                gate_lr=1e-2, kl_factor=1e-3)
+    return TrainSpec(**{**base, **kw})
+
+
+def test_finetune_epochs_freeze_gates(tmp_path):
+    torch.manual_seed(0)
+    model = gated_model("lenet300")
+    spec = _spec(epochs=3, finetune_epochs=2)
+    result = train(model, spec, _data(), RunDir(tmp_path))
+    assert len(result.history) == 3
+    assert result.history[1]["units_alive"] == result.history[2]["units_alive"]
+    epoch1 = torch.load(tmp_path / "train-vib.ckpt", weights_only=True)["history"][0]
+    assert epoch1["units_alive"] == result.history[0]["units_alive"]
+    # with frozen gates the KL is logged but constant
+    assert result.history[1]["kl"] == pytest.approx(result.history[2]["kl"])
+    assert result.history[0]["kl"] != pytest.approx(result.history[1]["kl"])
+
+
+def test_nan_loss_stops_with_epoch_and_batch(tmp_path):
+    torch.manual_seed(0)
+    model = gated_model("lenet300")
+    data = _data()
+    data.x_train[60] = np.nan  # second batch of the first epoch (batch 50) after shuffling: somewhere in epoch 1
+    with pytest.raises(UserError, match=r"loss is nan at epoch 1, batch \d+"):
+        train(model, _spec(epochs=2), data, RunDir(tmp_path))
+    assert not (tmp_path / "train-vib.ckpt").exists()  # no epoch completed: nothing half-written either
+
+
+class _InterruptAfter:
+    """A progress sink that presses Ctrl-C after `steps` training steps."""
+
+    def __init__(self, steps):
+        self.steps = steps
+        self.console = SimpleNamespace(print=lambda *a, **k: None)
+
+    def add_task(self, *a, **k):
+        return 0
+
+    def update(self, *a, **k):
+        pass
+
+    def advance(self, task):
+        self.steps -= 1
+        if self.steps == 0:
+            raise KeyboardInterrupt
+
+
+def test_resume_after_interruption_is_bitwise(tmp_path):
+    torch.manual_seed(0)
+    full = gated_model("lenet300")
+    train(full, _spec(epochs=3), _data(), RunDir(tmp_path / "full"))
+    run = RunDir(tmp_path / "part")
+    torch.manual_seed(0)
+    with pytest.raises(UserError, match="interrupted at epoch 3, batch 2; 2 complete epoch"):
+        train(gated_model("lenet300"), _spec(epochs=3), _data(), run, _InterruptAfter(5 + 5 + 2))
+    torch.manual_seed(123)  # a different global seed: the checkpoint's RNG state must win
+    resumed = gated_model("lenet300")
+    result = train(resumed, _spec(epochs=3), _data(), run)
+    assert result.resumed_from == 2
+    for a, b in zip(full.state_dict().values(), resumed.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_checkpoint_of_other_key_is_not_resumed(tmp_path):
+    run = RunDir(tmp_path)
+    torch.manual_seed(0)
+    train(gated_model("lenet300"), _spec(epochs=1, key="old"), _data(), run)
+    result = train(gated_model("lenet300"), _spec(epochs=1, key="new"), _data(), run)
+    assert result.resumed_from == 0
