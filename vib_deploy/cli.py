@@ -7,7 +7,6 @@ traceback instead. Heavy libraries (torch, onnxruntime) are imported inside the 
 from __future__ import annotations
 
 import contextlib
-import json
 import sys
 from pathlib import Path
 from typing import Any, Iterator, List, Optional
@@ -138,7 +137,7 @@ def profile(
     run = RunDir(run_dir)
     d = config.data
     images = load_splits(d.dataset, d.root, d.val_size, d.train_limit, d.test_limit).x_test[:512]
-    kept = json.loads(run.verified("prune.json").read_text())["kept_pixels"]
+    kept = run.read_json("prune.json")["kept_pixels"]
     names = ["dense", "pruned"] + (["pruned_reduced"] if kept is not None else [])
     for name in names:
         variant = Variant(name, {}, kept if name == "pruned_reduced" else None)

@@ -12,7 +12,7 @@ from vib_deploy.errors import UserError
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)  # .inf/.nan: never a usable setting
 
 
 class ModelConfig(_Strict):
@@ -96,13 +96,13 @@ class PipelineConfig(_Strict):
 
 def _describe(err: ValidationError, source: str) -> str:
     first = err.errors()[0]
-    key = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    key = ".".join(str(p) for p in first["loc"]) if first["loc"] else "(top level)"
     kind = first["type"]
-    if kind == "extra_forbidden":
-        return f"{source}: unknown key '{key}'"
+    if kind == "extra_forbidden":  # repr: a key with a quote or newline in it still reads as one line
+        return f"{source}: unknown key {key!r}"
     if kind == "missing":
-        return f"{source}: missing key '{key}'"
-    return f"{source}: key '{key}': {first['msg']} (got {first.get('input')!r})"
+        return f"{source}: missing key {key!r}"
+    return f"{source}: key {key!r}: {first['msg']} (got {first.get('input')!r})"
 
 
 def apply_override(tree: dict[str, Any], assignment: str) -> None:

@@ -7,7 +7,6 @@ package version; a rerun skips a stage whose key matches and whose outputs verif
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -39,7 +38,7 @@ class Context:
         return self._splits
 
     def read_json(self, name: str) -> dict[str, Any]:
-        return json.loads(self.run.verified(name).read_text())
+        return self.run.read_json(name)
 
 
 @dataclass(frozen=True)
@@ -95,13 +94,18 @@ def _input_hashes(ctx: Context, stage: Stage) -> dict[str, str]:
     return hashes
 
 
-def run_stage(ctx: Context, stage: Stage, force: bool = False, echo: Callable[[str], None] = print) -> bool:
-    """Run one stage unless its key matches and outputs verify; returns True when it ran."""
+def run_stage(ctx: Context, stage: Stage, force: bool = False, echo: Callable[[str], None] = print, fresh: bool = False) -> bool:
+    """Run one stage unless its key matches and outputs verify; returns True when it ran.
+
+    `fresh` also drops the stage's training checkpoint, so training starts over instead of resuming.
+    """
     key = stage_key(stage.section(ctx.config), _input_hashes(ctx, stage), __version__)
     if not force and ctx.run.stage_is_current(stage.name, key):
         echo(f"[cached] {stage.name}")
         return False
     ctx.run.forget(stage.name)
+    if fresh:
+        ctx.run.file(f"{stage.name}.ckpt").unlink(missing_ok=True)
     echo(f"[run] {stage.name}")
     ctx.key = key
     outputs = stage.run(ctx)
@@ -143,7 +147,7 @@ def run_pipeline(config: PipelineConfig, run_dir: Path | None = None, force: str
         forcing = False
         for stage in _stages():
             forcing = forcing or stage.name == force
-            run_stage(ctx, stage, force=forcing, echo=echo)
+            run_stage(ctx, stage, force=forcing, echo=echo, fresh=forcing)
             if stage.name == until:
                 break
     return run

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +14,7 @@ BYTES_PER_PARAM = 4  # fp32
 def build_metrics(run: RunDir, config: Any) -> dict[str, Any]:
     """Collect every stage's JSON into the metrics.json contract."""
 
-    def read(name: str) -> dict[str, Any]:
-        return json.loads(run.verified(name).read_text())
-
-    dense, vib, pruned, export, bench = (read(n) for n in ("train-dense.json", "train-vib.json", "prune.json",
+    dense, vib, pruned, export, bench = (run.read_json(n) for n in ("train-dense.json", "train-vib.json", "prune.json",
                                                             "export.json", "bench.json"))
     flops_d, flops_p = pruned["dense"]["flops"], pruned["pruned"]["flops"]
     params_d, params_p = pruned["dense"]["params"], pruned["pruned"]["params"]
@@ -199,5 +195,4 @@ def write_report(run: RunDir, config: Any) -> list[str]:
 
 
 def load_metrics(run_dir: Path) -> dict[str, Any]:
-    run = RunDir(Path(run_dir))
-    return json.loads(run.verified("metrics.json").read_text())
+    return RunDir(Path(run_dir)).read_json("metrics.json")

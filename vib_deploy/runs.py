@@ -22,6 +22,8 @@ from typing import Any, Callable, Iterator
 from vib_deploy.errors import UserError
 
 MANIFEST = "manifest.json"
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 LOCK = ".lock"
 
 
@@ -51,6 +53,7 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp_name)
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; artifacts get the usual permissions
     try:
         write(tmp)
         with open(tmp, "rb+") as f:
@@ -183,6 +186,14 @@ class RunDir:
                 f"({path.stat().st_size:,} bytes, expected {entry['bytes']:,}); rerun its stage with --force {entry['stage']}"
             )
         return path
+
+    def read_json(self, name: str) -> Any:
+        """A verified JSON artifact; garbage that the manifest agrees with is still one clear error."""
+        path = self.verified(name)
+        try:
+            return json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise UserError(f"{path} is not valid JSON ({e}); rerun the stage that makes it with --force") from e
 
     def verify_all(self) -> list[str]:
         """Check every artifact in the manifest; returns the names checked, raises on the first bad one."""
