@@ -52,4 +52,4 @@ def test_real_run_on_both_backends(tmp_path):
     for r in recs:
         assert 0 < r["p50_ms"] <= r["p90_ms"] <= r["p99_ms"] and r["calls"] == 6
         assert r["throughput"] == pytest.approx(r["batch"] / (r["mean_ms"] / 1e3))
-        assert r["peak_memory_bytes"] >= 0
+        assert r["peak_memory_bytes"] > 0  # the model's own load + inference peak, not 0

@@ -2,6 +2,7 @@
 
 User errors (`UserError`) are caught here once: one line on stderr, exit code 2; `--debug` shows the
 traceback instead. Heavy libraries (torch, onnxruntime) are imported inside the commands.
+Under torchrun (`torchrun ... -m vib_deploy run ...`) only rank 0 shows progress and the final table.
 """
 
 from __future__ import annotations
@@ -30,6 +31,11 @@ def _main(debug: bool = typer.Option(False, "--debug", help="Show full traceback
 
 @contextlib.contextmanager
 def _progress() -> Iterator[Any]:
+    from vib_deploy.distributed import is_main
+
+    if not is_main():
+        yield None
+        return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -42,7 +48,11 @@ def _echo(message: str) -> None:
 
 
 def _summary(run_dir: Path) -> None:
+    from vib_deploy.distributed import is_main
     from vib_deploy.report import load_metrics, print_summary
+
+    if not is_main():
+        return
 
     print_summary(load_metrics(run_dir))
     typer.echo(f"report: {run_dir / 'report.md'}")
@@ -77,7 +87,11 @@ def init(
     """Create a run directory with the resolved config, to run stages one at a time."""
     from vib_deploy.pipeline import init_run
 
-    typer.echo(init_run(pipeline, set_ or [], run_dir).path)
+    from vib_deploy.distributed import is_main
+
+    path = init_run(pipeline, set_ or [], run_dir).path
+    if is_main():
+        typer.echo(path)
 
 
 def _stage_command(name: str, doc: str) -> None:

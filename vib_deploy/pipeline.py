@@ -3,13 +3,17 @@
 Each stage reads the artifacts of the stages it needs (sha256-verified against the manifest) and
 writes its own atomically. Its cache key hashes its config section, its inputs' sha256 and the
 package version; a rerun skips a stage whose key matches and whose outputs verify.
+
+Under torchrun, rank 0 holds the run lock, decides what is cached and keeps the manifest; the training
+stages run on every rank (data-parallel), the others on rank 0 while the other ranks wait.
 """
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from vib_deploy import __version__
 from vib_deploy.config import PipelineConfig, config_to_yaml, load_config
@@ -48,6 +52,7 @@ class Stage:
     section: Callable[[PipelineConfig], Any]  # the config that keys this stage
     run: Callable[[Context], list[str]]  # does the work, returns the artifact names it wrote
     uses_data: bool = False  # the dataset's files are inputs too
+    all_ranks: bool = False  # under torchrun every rank runs it (training); else rank 0 alone
 
 
 def _train_common(c: PipelineConfig) -> dict[str, Any]:
@@ -60,8 +65,8 @@ def _stages() -> list[Stage]:
     from vib_deploy import stages as s
 
     return [
-        Stage("train-dense", (), lambda c: {**_train_common(c), "dense": c.train.dense.model_dump()}, s.train_dense, True),
-        Stage("train-vib", ("train-dense",), lambda c: {**_train_common(c), "vib": c.train.vib.model_dump()}, s.train_vib, True),
+        Stage("train-dense", (), lambda c: {**_train_common(c), "dense": c.train.dense.model_dump()}, s.train_dense, True, True),
+        Stage("train-vib", ("train-dense",), lambda c: {**_train_common(c), "vib": c.train.vib.model_dump()}, s.train_vib, True, True),
         Stage("prune", ("train-vib",), lambda c: {"prune": c.prune.model_dump(), "data": c.data.model_dump()}, s.prune, True),
         Stage("export", ("train-dense", "prune"), lambda c: {"export": c.export.model_dump(), "data": c.data.model_dump()}, s.export, True),
         Stage("bench", ("train-dense", "prune", "export"), lambda c: {"bench": c.bench.model_dump()}, s.bench),
@@ -98,19 +103,43 @@ def run_stage(ctx: Context, stage: Stage, force: bool = False, echo: Callable[[s
     """Run one stage unless its key matches and outputs verify; returns True when it ran.
 
     `fresh` also drops the stage's training checkpoint, so training starts over instead of resuming.
+    Under torchrun rank 0 decides and records; every rank learns the decision and its errors.
     """
+    from vib_deploy import distributed
+
+    key = distributed.on_main(lambda: _start_stage(ctx, stage, force, echo, fresh))
+    if key is None:
+        return False
+    ctx.key = key
+    if stage.all_ranks:
+        outputs = stage.run(ctx)
+    else:  # one process's work (prune, export, bench, report): the other ranks wait
+        outputs = distributed.on_main(lambda: stage.run(ctx))
+    distributed.on_main(lambda: ctx.run.finish(stage.name, key, outputs))
+    return True
+
+
+def _start_stage(ctx: Context, stage: Stage, force: bool, echo: Callable[[str], None], fresh: bool) -> str | None:
+    """The stage's cache key, its old cache entry dropped; None when the stage is current."""
     key = stage_key(stage.section(ctx.config), _input_hashes(ctx, stage), __version__)
     if not force and ctx.run.stage_is_current(stage.name, key):
         echo(f"[cached] {stage.name}")
-        return False
+        return None
     ctx.run.forget(stage.name)
     if fresh:
         ctx.run.file(f"{stage.name}.ckpt").unlink(missing_ok=True)
     echo(f"[run] {stage.name}")
-    ctx.key = key
-    outputs = stage.run(ctx)
-    ctx.run.finish(stage.name, key, outputs)
-    return True
+    return key
+
+
+@contextlib.contextmanager
+def _locked(run: RunDir) -> Iterator[None]:
+    """Join torchrun's process group (if any) and hold the run lock; under torchrun rank 0 holds it."""
+    from vib_deploy import distributed
+
+    with distributed.process_group(), contextlib.ExitStack() as stack:
+        distributed.on_main(lambda: stack.enter_context(run.locked()))
+        yield
 
 
 def open_run(config: PipelineConfig, run_dir: Path | None) -> RunDir:
@@ -140,9 +169,11 @@ def run_pipeline(config: PipelineConfig, run_dir: Path | None = None, force: str
     """Run every stage in order (skipping current ones); `force` reruns from that stage on."""
     if force is not None and force not in STAGE_NAMES:
         raise UserError(f"--force {force!r}: not a stage; stages are {', '.join(STAGE_NAMES)}")
+    from vib_deploy import distributed
+
     run = open_run(config, run_dir)
-    with run.locked():
-        write_config(run, config)
+    with _locked(run):
+        distributed.on_main(lambda: write_config(run, config))
         ctx = Context(run, config, progress)
         forcing = False
         for stage in _stages():
@@ -158,16 +189,18 @@ def run_single(run_dir: Path, stage_name: str, progress: Any = None, echo: Calla
     config = read_run_config(run_dir)
     run = RunDir(Path(run_dir))
     stage = {s.name: s for s in _stages()}[stage_name]
-    with run.locked():
+    with _locked(run):
         run_stage(Context(run, config, progress), stage, force=True, echo=echo)
     return run
 
 
 def init_run(config_path: Path, overrides: list[str], run_dir: Path | None) -> RunDir:
     """Create a run directory with its resolved config (for running stages one at a time)."""
+    from vib_deploy import distributed
+
     config = load_config(config_path, overrides)
     run = open_run(config, run_dir)
-    with run.locked():
-        write_config(run, config)
+    with _locked(run):
+        distributed.on_main(lambda: write_config(run, config))
     return run
 

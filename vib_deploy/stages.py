@@ -4,6 +4,9 @@ Artifacts of a run directory:
   train-dense: dense.pt, train-dense.json          train-vib: vib.pt, train-vib.json
   prune: pruned.pt, [pruned_reduced.pt], prune.json  export: *.onnx, export.json
   bench: bench.json                                 report: metrics.json, report.md, plots/*.png
+
+Under torchrun every rank runs the training stages (the loop is data-parallel) and rank 0 alone writes
+their artifacts; the other stages run on rank 0 only (see `pipeline.run_stage`).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from typing import Any
 
 import torch
 
+from vib_deploy import distributed
 from vib_deploy.nets import count_flops, count_params, load_model, save_model
 from vib_deploy.runs import atomic_write_json
 from vib_deploy.zoo import INPUT_SHAPE, architecture, gated_model, load_dense_into_gated, strip_gates
@@ -42,19 +46,25 @@ def train_dense(ctx: Any) -> list[str]:
     t0 = time.time()
     result = train(dense, _spec(ctx, "train-dense", epochs=cfg.epochs, lr=cfg.lr, weight_decay=cfg.weight_decay,
                                 select_best=True), data, ctx.run, ctx.progress)
+    seconds = time.time() - t0
     dense = dense.cpu()
-    save_model(dense, ctx.run.file("dense.pt"))
-    atomic_write_json(ctx.run.file("train-dense.json"), {
-        "history": result.history, "best_epoch": result.best_epoch, "resumed_from_epoch": result.resumed_from,
-        "seconds": time.time() - t0, "test_error": _error(dense, data.x_test, data.y_test),
-        "val_error": _error(dense, data.x_val, data.y_val), "test_samples": len(data.y_test),
-    })
-    return ["dense.pt", "train-dense.json"]
+
+    def write() -> list[str]:
+        save_model(dense, ctx.run.file("dense.pt"))
+        atomic_write_json(ctx.run.file("train-dense.json"), {
+            "history": result.history, "best_epoch": result.best_epoch, "resumed_from_epoch": result.resumed_from,
+            "seconds": seconds, "test_error": _error(dense, data.x_test, data.y_test),
+            "val_error": _error(dense, data.x_val, data.y_val), "test_samples": len(data.y_test),
+            "world_size": distributed.world_size(), "images_per_second": result.images_per_second,
+        })
+        return ["dense.pt", "train-dense.json"]
+
+    return distributed.on_main(write)  # under torchrun the other ranks wait for rank 0's files
 
 
 def train_vib(ctx: Any) -> list[str]:
     """VIB training from the dense weights; keeps the last epoch (no test-set or best-epoch selection)."""
-    from vib_deploy.train import gate_summary, train
+    from vib_deploy.train import gate_summary, mask_digest, train
     from vib_deploy.vib import gates
 
     cfg = ctx.config.train.vib
@@ -67,14 +77,22 @@ def train_vib(ctx: Any) -> list[str]:
     t0 = time.time()
     result = train(gated, _spec(ctx, "train-vib", epochs=cfg.epochs, lr=cfg.lr, gate_lr=cfg.gate_lr,
                                 kl_factor=cfg.kl_factor, finetune_epochs=cfg.finetune_epochs), data, ctx.run, ctx.progress)
+    seconds = time.time() - t0
     gated = gated.cpu()
-    save_model(gated, ctx.run.file("vib.pt"))
-    atomic_write_json(ctx.run.file("train-vib.json"), {
-        "history": result.history, "resumed_from_epoch": result.resumed_from, "seconds": time.time() - t0,
-        "test_error": _error(gated, data.x_test, data.y_test), "val_error": _error(gated, data.x_val, data.y_val),
-        "gates": gate_summary(gated), "architecture": architecture(gated),
-    })
-    return ["vib.pt", "train-vib.json"]
+    masks = distributed.same_on_all_ranks("gate masks", mask_digest(gated))  # what pruning will cut, from every rank
+
+    def write() -> list[str]:
+        save_model(gated, ctx.run.file("vib.pt"))
+        atomic_write_json(ctx.run.file("train-vib.json"), {
+            "history": result.history, "resumed_from_epoch": result.resumed_from, "seconds": seconds,
+            "test_error": _error(gated, data.x_test, data.y_test), "val_error": _error(gated, data.x_val, data.y_val),
+            "gates": gate_summary(gated), "architecture": architecture(gated),
+            "world_size": distributed.world_size(), "images_per_second": result.images_per_second,
+            "mask_sha256_per_rank": masks,
+        })
+        return ["vib.pt", "train-vib.json"]
+
+    return distributed.on_main(write)  # under torchrun the other ranks wait for rank 0's files
 
 
 def prune(ctx: Any) -> list[str]:

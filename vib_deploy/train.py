@@ -4,11 +4,25 @@ A checkpoint (model, optimizer, scheduler, RNG states, epoch, best metric, histo
 atomically at the end of every epoch. A run killed mid-epoch resumes from the last complete epoch
 and, on CPU, ends bitwise equal to an uninterrupted run (same seed, same thread count): the
 shuffling generator and the global RNG that draws gate noise are restored with everything else.
+
+Under torchrun (see `vib_deploy.distributed`) the model is wrapped in DistributedDataParallel. Data are
+not split with a DistributedSampler: every rank draws the same global permutation from the shared
+shuffling generator and takes its slice of each global batch of `batch_size` images, so an N-rank run
+steps through exactly the batches of a 1-rank run with the same batch_size. Each rank's loss is its local
+mean CE + kl_factor * KL; DDP averages gradients over ranks, which (with equal slices) is the gradient
+of the global batch's mean CE + kl_factor * KL: the KL counts once, not N times. Gate noise comes from
+the global RNG seeded seed + rank, so runs with and without torchrun agree in distribution only, except
+where there is no noise (dense training, fine-tuning epochs), where they agree up to float rounding.
+Checkpoints hold every rank's RNG state (gathered by rank 0, which alone writes them); every rank
+resumes from rank 0's checkpoint in the shared run directory. Validation is split over the ranks and
+its counts summed, so all ranks see the same accuracy; gate masks are checked equal on all ranks.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from vib_deploy import distributed
 from vib_deploy.errors import UserError
 from vib_deploy.runs import RunDir
 from vib_deploy.vib import VIBGate, gates, total_kl, vib_loss
@@ -45,14 +60,17 @@ class TrainResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     best_epoch: int = 0
     resumed_from: int = 0  # epochs done before this process started
+    images_per_second: float | None = None  # training images over the wall time of the epochs run here
 
 
 def resolve_device(name: str) -> torch.device:
     """cpu | cuda | auto -> torch.device; cuda without a GPU is a user error."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"train.device={name} but torch sees no CUDA device (torch {torch.__version__})")
+    if name == "cuda" and distributed.active():
+        return torch.device("cuda", distributed.local_rank())  # one GPU per process
     return torch.device(name)
 
 
@@ -85,14 +103,62 @@ def _optimizer(model: nn.Module, spec: TrainSpec) -> torch.optim.Optimizer:
     return torch.optim.Adam(groups)
 
 
+def _rng_state() -> dict[str, Any]:
+    return {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
 def _checkpoint_state(model, opt, sched, gen, epoch, best, best_state, history, key) -> dict[str, Any]:
-    return {
+    rng = _rng_state()
+    state = {
         "key": key, "epoch": epoch, "best": best, "history": history,
         "model": model.state_dict(), "best_model": best_state,
         "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-        "rng_torch": torch.get_rng_state(), "rng_shuffle": gen.get_state(),
-        "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "rng_torch": rng["torch"], "rng_shuffle": gen.get_state(), "rng_cuda": rng["cuda"],
     }
+    if distributed.active():  # a collective: every rank calls this, rank 0 writes the result
+        state["world_size"] = distributed.world_size()
+        state["rng_ranks"] = distributed.all_gather(rng)
+    return state
+
+
+def _restore_rng(ckpt: dict[str, Any], gen: torch.Generator, path: Path, epochs_left: int) -> None:
+    """The shuffling generator and this rank's global RNG (gate noise) as they were at the checkpoint."""
+    saved_world, world = ckpt.get("world_size", 1), distributed.world_size()
+    if saved_world != world and epochs_left > 0:
+        raise UserError(f"{path} was written by a {saved_world}-process run and has {epochs_left} epoch(s) left, but this "
+                        f"run has {world} process(es); resume with {saved_world} (each rank's gate-noise RNG is in it) "
+                        "or delete the checkpoint to start the stage over")
+    gen.set_state(ckpt["rng_shuffle"])
+    own = ckpt["rng_ranks"][distributed.rank()] if saved_world > 1 else {"torch": ckpt["rng_torch"], "cuda": ckpt["rng_cuda"]}
+    torch.set_rng_state(own["torch"])
+    if own["cuda"]:
+        torch.cuda.set_rng_state_all(own["cuda"])
+
+
+def _replicated(model: nn.Module, device: torch.device) -> nn.Module:
+    """`model` in DistributedDataParallel: backward averages every gradient (gates' too) over the ranks."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+
+
+def _shard_of(idx: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """This rank's slice of a global batch, and the weight of its mean CE that makes DDP's average exact.
+
+    Slices differ by at most one image (only in a last, partial batch); weighting each rank's mean by
+    world * slice / batch makes the average over ranks the global batch's mean. Equal slices: weight 1.
+    """
+    world = distributed.world_size()
+    shard = torch.tensor_split(idx, world)[distributed.rank()]
+    return shard, world * len(shard) / len(idx)
+
+
+def _sharded_accuracy(model: nn.Module, x: np.ndarray, y: np.ndarray, device: torch.device) -> float:
+    """`accuracy` with the images split over the ranks and the correct counts summed: the same on every rank."""
+    rank, world = distributed.rank(), distributed.world_size()
+    lo, hi = len(y) * rank // world, len(y) * (rank + 1) // world
+    correct = int((predict(model, x[lo:hi], device).argmax(1).numpy() == y[lo:hi]).sum()) if hi > lo else 0
+    return int(distributed.all_reduce_sum(torch.tensor(correct))) / len(y)
 
 
 def _load_checkpoint(run: RunDir, name: str) -> dict[str, Any] | None:
@@ -120,8 +186,9 @@ def train(model: nn.Module, spec: TrainSpec, data: Any, run: RunDir, progress: A
     model.to(device)
     opt = _optimizer(model, spec)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=spec.epochs)
-    gen = torch.Generator().manual_seed(spec.seed)
-    torch.manual_seed(spec.seed)
+    gen = torch.Generator().manual_seed(spec.seed)  # the same on every rank: one global permutation
+    torch.manual_seed(spec.seed + distributed.rank())  # gate noise: each rank draws its own
+    world = distributed.world_size()
     result = TrainResult()
     best, best_state, start = -1.0, None, 0
 
@@ -130,10 +197,7 @@ def train(model: nn.Module, spec: TrainSpec, data: Any, run: RunDir, progress: A
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
         sched.load_state_dict(ckpt["scheduler"])
-        torch.set_rng_state(ckpt["rng_torch"])
-        gen.set_state(ckpt["rng_shuffle"])
-        if ckpt["rng_cuda"]:
-            torch.cuda.set_rng_state_all(ckpt["rng_cuda"])
+        _restore_rng(ckpt, gen, run.file(ckpt_name), spec.epochs - ckpt["epoch"])
         start, best, best_state = ckpt["epoch"], ckpt["best"], ckpt["best_model"]
         result.history = list(ckpt["history"])
         result.resumed_from = start
@@ -141,9 +205,15 @@ def train(model: nn.Module, spec: TrainSpec, data: Any, run: RunDir, progress: A
     x_train, y_train = torch.as_tensor(data.x_train), torch.as_tensor(data.y_train)
     n = len(x_train)
     steps = math.ceil(n / spec.batch_size)
+    smallest_batch = n - (steps - 1) * spec.batch_size
+    if world > 1 and smallest_batch < world:
+        raise UserError(f"{spec.stage}: a batch of {smallest_batch} image(s) cannot be split over {world} processes; "
+                        "change train.batch_size or data.train_limit so every batch has an image per process")
     task = progress.add_task(spec.stage, total=spec.epochs * steps, completed=start * steps) if progress else None
     epoch = start
     batch_i = 0
+    net, net_finetune = model, None  # what the steps call: `model`, or `model` in DDP under torchrun
+    t0 = time.perf_counter()
     try:
         for epoch in range(start, spec.epochs):
             model.train()
@@ -152,33 +222,49 @@ def train(model: nn.Module, spec: TrainSpec, data: Any, run: RunDir, progress: A
                 # fine-tuning: the architecture is fixed, weights adapt to the deterministic gates
                 gate.train(not finetune)
                 gate.requires_grad_(not finetune)
+            if world > 1 and net_finetune != finetune:
+                net = model  # drops the old DDP and its gradient hooks first
+                net, net_finetune = _replicated(model, device), finetune  # DDP syncs what needs gradients now
             perm = torch.randperm(n, generator=gen)
             sums = {"loss": 0.0, "ce": 0.0, "kl": 0.0}
             for batch_i in range(steps):
                 idx = perm[batch_i * spec.batch_size : (batch_i + 1) * spec.batch_size]
+                ce_weight = 1.0
+                if world > 1:
+                    idx, ce_weight = _shard_of(idx)
                 xb, yb = x_train[idx].to(device), y_train[idx].to(device)
-                logits = model(xb)
+                logits = net(xb)
                 if spec.kl_factor is not None and not finetune:
                     loss, ce, kl = vib_loss(logits, yb, model, spec.kl_factor)
                 else:
                     loss = ce = nn.functional.cross_entropy(logits, yb)
                     kl = total_kl(model).detach() if spec.kl_factor is not None else torch.zeros(())
-                if not torch.isfinite(loss):
+                if ce_weight != 1.0:
+                    loss = loss + (ce_weight - 1.0) * ce  # this rank's CE weighted as `_shard_of` says; KL once
+                values = torch.stack([loss.detach(), ce.detach() * ce_weight, kl.detach().to(loss.device)])
+                if world > 1:
+                    values = distributed.all_reduce_sum(values) / world  # the global batch's, so all ranks stop together
+                loss_v, ce_v, kl_v = values.tolist()
+                if not math.isfinite(loss_v):
                     raise UserError(
-                        f"{spec.stage}: loss is {loss.item()} at epoch {epoch + 1}, batch {batch_i + 1}; "
+                        f"{spec.stage}: loss is {loss_v} at epoch {epoch + 1}, batch {batch_i + 1}; "
                         f"stopped, the last good checkpoint ({epoch} epochs) is kept in {run.file(ckpt_name)} "
                         "(try a lower learning rate or kl_factor)"
                     )
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-                sums["loss"] += loss.item()
-                sums["ce"] += ce.item()
-                sums["kl"] += kl.item()
+                sums["loss"] += loss_v
+                sums["ce"] += ce_v
+                sums["kl"] += kl_v
                 if progress is not None:
                     progress.advance(task)
             sched.step()
-            val_acc = accuracy(model, data.x_val, data.y_val, device)
+            if world > 1:
+                val_acc = _sharded_accuracy(model, data.x_val, data.y_val, device)
+                distributed.same_on_all_ranks("gate masks", mask_digest(model))
+            else:
+                val_acc = accuracy(model, data.x_val, data.y_val, device)
             record = {"epoch": epoch + 1, "val_acc": val_acc, **{k: v / steps for k, v in sums.items()},
                       "units_alive": units_alive(model)}
             result.history.append(record)
@@ -186,7 +272,7 @@ def train(model: nn.Module, spec: TrainSpec, data: Any, run: RunDir, progress: A
                 best = val_acc
                 best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
             state = _checkpoint_state(model, opt, sched, gen, epoch + 1, best, best_state, result.history, spec.key)
-            run.write_artifact(spec.stage, ckpt_name, lambda tmp: torch.save(state, tmp))
+            distributed.on_main(lambda: run.write_artifact(spec.stage, ckpt_name, lambda tmp: torch.save(state, tmp)))
             if progress is not None:
                 alive = "-".join(map(str, record["units_alive"]))
                 line = f"{spec.stage} epoch {epoch + 1}/{spec.epochs} val_acc {val_acc:.4f} ce {record['ce']:.4f}"
@@ -198,12 +284,20 @@ def train(model: nn.Module, spec: TrainSpec, data: Any, run: RunDir, progress: A
             f"{spec.stage} interrupted at epoch {epoch + 1}, batch {batch_i + 1}; {epoch} complete epoch(s) are "
             f"checkpointed in {run.file(ckpt_name)}; rerun the same command to resume"
         ) from None
+    if spec.epochs > start:
+        result.images_per_second = (spec.epochs - start) * n / (time.perf_counter() - t0)
     if spec.select_best and best_state is not None:
         model.load_state_dict(best_state)
         result.best_epoch = max(range(len(result.history)), key=lambda i: result.history[i]["val_acc"]) + 1
     else:
         result.best_epoch = len(result.history)
     return result
+
+
+def mask_digest(model: nn.Module) -> str:
+    """A short hash of every gate's keep mask: equal on all ranks unless the replicas diverged."""
+    masks = [g.keep_mask().cpu().numpy().tobytes() for g in gates(model)]
+    return hashlib.sha256(b"".join(masks)).hexdigest()[:16]
 
 
 def gate_summary(model: nn.Module) -> list[dict[str, Any]]:
