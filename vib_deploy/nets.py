@@ -7,6 +7,7 @@ process, without the code or config that made it (`load_model`).
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any, Callable
 
@@ -91,11 +92,18 @@ def build(spec: list[dict[str, Any]]) -> nn.Sequential:
 
 def save_model(model: nn.Sequential, path: Path, extra: dict[str, Any] | None = None) -> None:
     """Save architecture + weights (+ JSON-able extras) atomically, loadable with weights_only=True."""
-    from vib_deploy.runs import atomic_write
+    from vib_deploy.runs import atomic_write_bytes
 
     payload = {"layers": describe(model), "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
                "extra": extra or {}}
-    atomic_write(path, lambda tmp: torch.save(payload, tmp))
+    atomic_write_bytes(path, to_bytes(payload))
+
+
+def to_bytes(obj: Any) -> bytes:
+    """torch.save into memory, so a writer knows the size before it touches the disk."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
 
 
 def load_payload(path: Path) -> dict[str, Any]:

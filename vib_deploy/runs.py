@@ -36,17 +36,18 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _disk_full_message(path: Path, needed: int | None) -> str:
+def _disk_full_message(path: Path, size: int | None, written: int) -> str:
     free = shutil.disk_usage(path.parent).free
-    need = f"{needed:,} bytes needed, " if needed is not None else ""
-    return f"disk full while writing {path}: {need}{free:,} bytes free on {path.parent}"
+    need = f"{size:,} bytes needed" if size is not None else f"more than the {written:,} bytes written needed"
+    return f"disk full while writing {path}: {need}, {free:,} bytes free on {path.parent}"
 
 
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+def atomic_write(path: Path, write: Callable[[Path], None], size: int | None = None) -> None:
     """Call `write(tmp_path)`, fsync the result and rename it onto `path`.
 
     The temp file lives in the same directory so the rename is atomic on POSIX file systems.
-    A disk-full error becomes a UserError naming the file; the temp file is always removed.
+    A disk-full error becomes a UserError naming the file and how much was needed (`size` when the
+    caller knows it, else at least what was written); the temp file is always removed.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -61,10 +62,10 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
         os.replace(tmp, path)
         _fsync_dir(path.parent)
     except OSError as e:
+        written = tmp.stat().st_size if tmp.exists() else 0
         tmp.unlink(missing_ok=True)
         if e.errno == errno.ENOSPC:
-            needed = tmp.stat().st_size if tmp.exists() else None
-            raise UserError(_disk_full_message(path, needed)) from e
+            raise UserError(_disk_full_message(path, size, written)) from e
         raise
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -82,10 +83,7 @@ def _fsync_dir(directory: Path) -> None:
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write bytes atomically."""
-    try:
-        atomic_write(path, lambda tmp: tmp.write_bytes(data))
-    except UserError as e:
-        raise UserError(f"{e} ({len(data):,} bytes needed)") from e
+    atomic_write(path, lambda tmp: tmp.write_bytes(data), size=len(data))
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -140,7 +138,7 @@ class RunDir:
             manifest["artifacts"][name] = {"sha256": sha256_file(p), "stage": stage, "bytes": p.stat().st_size}
         atomic_write_json(self.file(MANIFEST), manifest)
 
-    def write_artifact(self, stage: str, name: str, write: Callable[[Path], None]) -> None:
+    def write_artifact(self, stage: str, name: str, write: Callable[[Path], None], size: int | None = None) -> None:
         """`atomic_write` artifact `name` and list it, so that a kill at any moment leaves a file that verifies.
 
         The new file's sha256 is listed as `pending` before the rename and becomes `sha256` after it:
@@ -155,7 +153,7 @@ class RunDir:
             manifest["artifacts"][name] = {**entry, "pending": sha}
             atomic_write_json(self.file(MANIFEST), manifest)
 
-        atomic_write(self.file(name), write_then_announce)
+        atomic_write(self.file(name), write_then_announce, size)
         self.add_artifacts(stage, [name])
 
     def finish(self, stage: str, key: str, outputs: list[str]) -> None:

@@ -33,6 +33,7 @@ from torch import nn
 
 from vib_deploy import distributed
 from vib_deploy.errors import UserError
+from vib_deploy.nets import to_bytes
 from vib_deploy.runs import RunDir
 from vib_deploy.vib import VIBGate, gates, total_kl, vib_loss
 
@@ -161,6 +162,11 @@ def _sharded_accuracy(model: nn.Module, x: np.ndarray, y: np.ndarray, device: to
     return int(distributed.all_reduce_sum(torch.tensor(correct))) / len(y)
 
 
+def _save_checkpoint(run: RunDir, stage: str, name: str, state: dict[str, Any]) -> None:
+    data = to_bytes(state)  # in memory first: a disk-full error can say how much was needed
+    run.write_artifact(stage, name, lambda tmp: tmp.write_bytes(data), len(data))
+
+
 def _load_checkpoint(run: RunDir, name: str) -> dict[str, Any] | None:
     path = run.file(name)
     if not path.exists():
@@ -272,7 +278,7 @@ def train(model: nn.Module, spec: TrainSpec, data: Any, run: RunDir, progress: A
                 best = val_acc
                 best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
             state = _checkpoint_state(model, opt, sched, gen, epoch + 1, best, best_state, result.history, spec.key)
-            distributed.on_main(lambda: run.write_artifact(spec.stage, ckpt_name, lambda tmp: torch.save(state, tmp)))
+            distributed.on_main(lambda: _save_checkpoint(run, spec.stage, ckpt_name, state))
             if progress is not None:
                 alive = "-".join(map(str, record["units_alive"]))
                 line = f"{spec.stage} epoch {epoch + 1}/{spec.epochs} val_acc {val_acc:.4f} ce {record['ce']:.4f}"
