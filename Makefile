@@ -5,13 +5,15 @@ VENV := .venv
 BIN := $(VENV)/bin
 PIPELINE ?= pipelines/mnist-lenet300.yaml
 
-.PHONY: setup data run test clean
+.PHONY: setup data run test typecheck clean
 
 $(BIN)/vib-deploy: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "$(TORCH)"
 	$(BIN)/pip install -q -e ".[dev]"
+	# TensorRT's type stubs only (its runtime deps come from NVIDIA's index): pyright checks the TensorRT code
+	$(BIN)/pip install -q --no-deps tensorrt-stubs
 	touch $@
 
 setup: $(BIN)/vib-deploy
@@ -22,8 +24,11 @@ data: setup
 run: data
 	$(BIN)/vib-deploy run $(PIPELINE)
 
-test: data
+test: data typecheck
 	$(BIN)/python -m pytest -q tests
+
+typecheck: setup
+	$(BIN)/pyright --pythonpath $(BIN)/python
 
 clean:
 	rm -rf $(VENV) runs

@@ -164,6 +164,35 @@ def profile(
         Console().print(table)
 
 
+@app.command("build-engine")
+def build_engine(
+    run_dir: Path = RUN_DIR,
+    precision: str = typer.Option("fp32", "--precision", help="fp32 or fp16."),
+    min_batch: int = typer.Option(1, "--min-batch", help="Optimization profile: smallest batch."),
+    opt_batch: int = typer.Option(64, "--opt-batch", help="Optimization profile: the batch TensorRT tunes for."),
+    max_batch: int = typer.Option(256, "--max-batch", help="Optimization profile: largest batch."),
+    workspace_mb: int = typer.Option(1024, "--workspace-mb", help="Builder workspace limit (MiB)."),
+) -> None:
+    """Build TensorRT engines (dense.plan, pruned.plan) from the run's ONNX files; needs a GPU and TensorRT."""
+    from vib_deploy.engine import build_engine as build, unavailable
+    from vib_deploy.runs import RunDir
+
+    problem = unavailable()
+    if problem:
+        raise UserError(f"TensorRT engines cannot be built here: {problem}")
+    run = RunDir(run_dir)
+    with run.locked():
+        names = []
+        for variant in ("dense", "pruned"):
+            plan = run.file(f"{variant}.plan")
+            sidecar = build(run.verified(f"{variant}.onnx"), plan, precision, min_batch, opt_batch, max_batch,
+                            workspace_mb << 20, run.file("timing.cache"))
+            names += [plan.name, plan.name + ".json"]
+            typer.echo(f"{plan}: {sidecar.precision}, built in {sidecar.build_seconds:.1f} s, "
+                       f"device memory {sidecar.device_memory_bytes:,} bytes")
+        run.add_artifacts("build-engine", names)
+
+
 @data_app.command("fetch")
 def data_fetch(
     dataset: str = typer.Argument(..., help="mnist or fashion-mnist"),
@@ -192,7 +221,10 @@ def env() -> None:
         typer.echo(f"onnxruntime {onnxruntime.__version__}: {', '.join(onnxruntime.get_available_providers())}")
     else:
         typer.echo("onnxruntime: not installed")
-    typer.echo(f"tensorrt: {'installed' if importlib.util.find_spec('tensorrt') else 'not available'}")
+    from vib_deploy.engine import tensorrt_version, unavailable
+
+    problem = unavailable()
+    typer.echo(f"tensorrt: {tensorrt_version() or 'not installed'}; engines {'can be built' if not problem else 'not available: ' + problem}")
 
 
 def main() -> None:
