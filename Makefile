@@ -14,6 +14,9 @@ $(BIN)/vib-deploy: pyproject.toml
 	$(BIN)/pip install -q -e ".[dev]"
 	# TensorRT's type stubs only (its runtime deps come from NVIDIA's index): pyright checks the TensorRT code
 	$(BIN)/pip install -q --no-deps tensorrt-stubs
+	# a real tritonserver 2.51 + Python backend for `vib-deploy serve` (55 MB wheel); --no-deps: it pins numpy<2,
+	# and only its bundled server is used
+	$(BIN)/pip install -q --no-deps "nvidia-pytriton==0.7.0"
 	touch $@
 
 setup: $(BIN)/vib-deploy
@@ -23,6 +26,7 @@ data: setup
 
 run: data
 	$(BIN)/vib-deploy run $(PIPELINE)
+	$(BIN)/vib-deploy package runs/$(basename $(notdir $(PIPELINE))) --repo models
 
 test: data typecheck
 	$(BIN)/python -m pytest -q tests
@@ -31,4 +35,4 @@ typecheck: setup
 	$(BIN)/pyright --pythonpath $(BIN)/python
 
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) runs models

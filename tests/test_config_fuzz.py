@@ -209,7 +209,7 @@ def test_random_set_is_accepted_or_one_line_user_error(assignment):
     pytest.param(lambda t: t["train"]["vib"].update(kl_factor=math.inf), "key 'train.vib.kl_factor'", id="infinite-kl-factor"),
     pytest.param(lambda t: t["prune"].update(tolerance=math.nan), "key 'prune.tolerance'", id="nan-tolerance"),
     pytest.param(lambda t: t["train"]["dense"].update(epochs=-3), "key 'train.dense.epochs'", id="negative-epochs"),
-    pytest.param(lambda t: t["train"]["vib"].update(finetune_epochs=40), "key 'train.vib'", id="finetune-not-below-epochs"),
+    pytest.param(lambda t: t["train"]["vib"].update(finetune_epochs=t["train"]["vib"]["epochs"]), "key 'train.vib'", id="finetune-not-below-epochs"),
 ])
 def test_cli_names_the_key(tmp_path, mutate, fragment):
     tree = copy.deepcopy(FULL)

@@ -132,6 +132,39 @@ def run_bench(variants: list[Variant], images: np.ndarray, backends: list[str], 
     return records
 
 
+def time_concurrent(runners: list[Any], x: np.ndarray, requests: int, warmup: int = 5) -> dict[str, Any]:
+    """Latency and throughput with `len(runners)` clients sending `requests` calls each at the same time.
+
+    Each runner (one per concurrent client, already active) runs in its own thread; latencies are per call,
+    throughput is images per second over the wall time of all calls together.
+    """
+    import threading
+
+    for runner in runners:
+        for _ in range(warmup):
+            runner.infer(x)
+    samples: list[list[int]] = [[] for _ in runners]
+    start = threading.Barrier(len(runners) + 1)
+
+    def client(i: int) -> None:
+        start.wait()
+        for _ in range(requests):
+            t0 = time.perf_counter_ns()
+            runners[i].infer(x)
+            samples[i].append(time.perf_counter_ns() - t0)
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(len(runners))]
+    for t in threads:
+        t.start()
+    start.wait()
+    t0 = time.perf_counter()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    flat = [s for per in samples for s in per]
+    return {**percentiles(flat), "throughput": len(flat) * len(x) / wall, "calls": len(flat), "concurrency": len(runners)}
+
+
 def speedups(records: list[dict[str, Any]], baseline: str = "dense") -> list[dict[str, Any]]:
     """dense p50 / variant p50 per backend, batch and non-dense variant."""
     by_key = {(r["backend"], r["batch"], r["variant"]): r for r in records}

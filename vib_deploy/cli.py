@@ -112,23 +112,126 @@ for _name, _doc in [
     ("train-vib", "Add VIB gates to the dense net and train with the VIB loss."),
     ("prune", "Remove gated-off units structurally; verified exact against the VIB model."),
     ("export", "Export dense and pruned models to ONNX; checker + parity with torch."),
-    ("bench", "Time dense vs pruned on each backend, alternating rounds; memory per variant."),
     ("report", "Write metrics.json, report.md and plots, and print the final table."),
 ]:
     _stage_command(_name, _doc)
 
 
 @app.command()
-def verify(run_dir: Path = RUN_DIR) -> None:
-    """Check every artifact of a run directory against the sha256 in its manifest."""
+def bench(
+    run_dir: Path = RUN_DIR,
+    backend: Optional[str] = typer.Option(None, "--backend", help="triton: through a local Triton server (default: the "
+                                          "pipeline's bench stage on its in-process backends)."),
+    concurrency: str = typer.Option("1,4,16", "--concurrency", help="With --backend triton: concurrent clients, comma-separated."),
+    batch_sizes: str = typer.Option("1,64", "--batch-sizes", help="With --backend triton: batch sizes, comma-separated."),
+    requests: int = typer.Option(100, "--requests", help="With --backend triton: calls per client."),
+    protocol: str = typer.Option("grpc", "--protocol", help="With --backend triton: grpc or http."),
+) -> None:
+    """Time dense vs pruned on each backend, alternating rounds; memory per variant (--backend triton: through a server)."""
+    if backend is None:
+        from vib_deploy.pipeline import run_single
+
+        with _progress() as progress:
+            run_single(run_dir, "bench", progress, _echo)
+        return
+    if backend != "triton":
+        raise UserError(f"--backend {backend!r}: only 'triton' is taken here; in-process backends come from the pipeline's bench.backends")
+    if protocol not in ("grpc", "http"):
+        raise UserError(f"--protocol must be grpc or http, got {protocol!r}")
+    if requests < 1:
+        raise UserError(f"--requests must be at least 1, got {requests}")
+    from vib_deploy.bench_triton import bench_triton, print_table
+
+    records = bench_triton(run_dir, _int_list(concurrency, "--concurrency"), _int_list(batch_sizes, "--batch-sizes"),
+                           requests, protocol, _echo)
+    print_table(records)
+    typer.echo(f"records: {run_dir / 'bench-triton.json'}")
+
+
+@app.command()
+def verify(run_dir: Path = typer.Argument(..., help="A run directory (runs/mnist-lenet300) or a Triton model repository (models/).")) -> None:
+    """Check a run directory's artifacts, or a model repository's versions, against their sha256 manifests."""
     from vib_deploy.runs import RunDir
+    from vib_deploy.ship import is_model_repository, verify_repository
 
     if not run_dir.is_dir():
         raise UserError(f"run directory {run_dir} not found")
+    if is_model_repository(run_dir):
+        checked = verify_repository(run_dir)
+        typer.echo(f"ok: {len(checked)} model versions in {run_dir} match their manifests; every config.pbtxt parses with Triton's schema")
+        return
     names = RunDir(run_dir).verify_all()
     if not names:
         raise UserError(f"{run_dir} has no manifest entries: nothing to verify")
     typer.echo(f"ok: {len(names)} artifacts in {run_dir} match manifest.json")
+
+
+def _int_list(text: str, option: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise UserError(f"{option} takes comma-separated integers, e.g. 16,64; got {text!r}") from None
+    if not values:
+        raise UserError(f"{option} needs at least one value")
+    return values
+
+
+@app.command()
+def package(
+    run_dir: Path = RUN_DIR,
+    repo: Path = typer.Option(Path("models"), "--repo", help="Triton model repository to add the models to."),
+    version: Optional[int] = typer.Option(None, "--version", help="Version number (default: one above the newest); an existing one is replaced."),
+    name: Optional[str] = typer.Option(None, "--name", help="Model name prefix (default: the run's name); models are <name>-dense and <name>-pruned."),
+    max_batch_size: int = typer.Option(256, "--max-batch-size", help="config.pbtxt max_batch_size."),
+    preferred_batch_sizes: str = typer.Option("16,64", "--preferred-batch-sizes", help="dynamic_batching preferred sizes, comma-separated."),
+    max_queue_delay_us: int = typer.Option(100, "--max-queue-delay-us", help="dynamic_batching max queue delay (µs)."),
+    instances: int = typer.Option(1, "--instances", help="instance_group count."),
+    kind: str = typer.Option("KIND_CPU", "--kind", help="instance_group kind: KIND_CPU or KIND_GPU."),
+) -> None:
+    """Add the run's dense and pruned ONNX models to a Triton model repository (config validated, versioned, manifest)."""
+    from vib_deploy.ship import ShipOptions, package as ship
+
+    options = ShipOptions(max_batch_size, _int_list(preferred_batch_sizes, "--preferred-batch-sizes"), max_queue_delay_us,
+                          instances, kind)
+    for model in ship(run_dir, repo, version, name, options):
+        if model.files:
+            typer.echo(f"{model.path}: {model.name} version {model.version} ({', '.join(sorted(model.files))})")
+        else:
+            typer.echo(f"{model.path}: {model.name} version {model.version} unchanged (same model.onnx and config)")
+
+
+@app.command()
+def serve(
+    repo: Path = typer.Argument(..., help="A Triton model repository made by `vib-deploy package`."),
+    http_port: int = typer.Option(8000, "--http-port", help="HTTP port (0: a free one)."),
+    grpc_port: int = typer.Option(8001, "--grpc-port", help="gRPC port (0: a free one)."),
+) -> None:
+    """Serve a model repository with a local Triton (nvidia-pytriton's tritonserver) until Ctrl-C or SIGTERM."""
+    import signal
+    import time
+
+    from vib_deploy.serve import TritonServer
+    from vib_deploy.ship import is_model_repository
+
+    if not is_model_repository(repo):
+        raise UserError(f"{repo} is not a Triton model repository (no <model>/config.pbtxt); make one with `vib-deploy package`")
+    _echo("note: this tritonserver has no onnxruntime backend; each model runs the same model.onnx through a generated "
+          "Python-backend model.py (onnxruntime) in a temporary serving copy; the repository is unchanged")
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt  # SIGTERM stops the server like Ctrl-C does
+
+    signal.signal(signal.SIGTERM, interrupt)
+    with TritonServer(repo, http_port, grpc_port) as server:
+        skipped = sorted(p.name for p in repo.iterdir() if (p / "config.pbtxt").is_file() and p.name not in server.models)
+        if skipped:
+            _echo(f"not served here (only onnxruntime_onnx models have a stand-in): {', '.join(skipped)}")
+        typer.echo(f"ready in {server.start_seconds:.1f} s: {', '.join(server.models)}; HTTP {server.http_url}, "
+                   f"gRPC {server.grpc_url} (pid {server.process.pid}); Ctrl-C stops it")
+        sys.stdout.flush()
+        while server.process.poll() is None:
+            time.sleep(0.5)
+        raise UserError(f"tritonserver exited with code {server.process.returncode}: {server.log_tail()}")
 
 
 @app.command()

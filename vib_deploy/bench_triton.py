@@ -1,0 +1,79 @@
+"""`vib-deploy bench RUN_DIR --backend triton`: dense vs pruned through a local Triton server.
+
+The run is packaged into a temporary model repository, served by `serve.TritonServer`, and timed with
+1, 4, 16… concurrent clients (`bench.time_concurrent`, one `TritonRunner` per client) at each batch size,
+beside the run's own in-process ONNX Runtime figures, so the cost of serving is visible. Figures, not tests.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+from vib_deploy.errors import UserError
+
+
+def bench_triton(run_dir: Path, concurrency: tuple[int, ...], batch_sizes: tuple[int, ...], requests: int,
+                 protocol: str = "grpc", echo: Callable[[str], None] = print) -> list[dict[str, Any]]:
+    """Records {variant, batch, concurrency, p50_ms, p99_ms, throughput, in_process_p50_ms}; also written to bench-triton.json."""
+    from vib_deploy.backends.triton import TritonRunner
+    from vib_deploy.bench import Variant, machine_info, make_input, time_concurrent
+    from vib_deploy.data import load_splits
+    from vib_deploy.pipeline import read_run_config
+    from vib_deploy.runs import RunDir, atomic_write_json
+    from vib_deploy.serve import TritonServer
+    from vib_deploy.ship import package
+
+    if any(c < 1 for c in concurrency) or any(b < 1 for b in batch_sizes):
+        raise UserError("--concurrency and --batch-sizes take positive integers")
+    problem = TritonRunner.unavailable()
+    if problem:
+        raise UserError(f"backend triton is not available: {problem}")
+    run_dir = Path(run_dir)
+    config = read_run_config(run_dir)
+    run = RunDir(run_dir)
+    d = config.data
+    images = load_splits(d.dataset, d.root, d.val_size, d.train_limit, d.test_limit).x_test[:512]
+    in_process = {(r["variant"], r["batch"]): r["p50_ms"] for r in run.read_json("bench.json")["records"]
+                  if r["backend"] == "onnxruntime"}
+    records = []
+    with tempfile.TemporaryDirectory(prefix="vib-deploy-bench-") as tmp:
+        shipped = {m.name.rsplit("-", 1)[1]: m for m in package(run_dir, Path(tmp) / "models", name="bench")}
+        with TritonServer(Path(tmp) / "models") as server:
+            echo(f"tritonserver ready in {server.start_seconds:.1f} s ({protocol}); timing {len(shipped)} models × "
+                 f"batches {list(batch_sizes)} × concurrency {list(concurrency)}, {requests} calls per client")
+            url = server.grpc_url if protocol == "grpc" else server.http_url
+            for variant, model in shipped.items():
+                for batch in batch_sizes:
+                    x = make_input(Variant(variant, {}), images, batch)
+                    for clients in concurrency:
+                        runners = [TritonRunner(run.file(f"{variant}.onnx"), url=url, model=model.name, protocol=protocol).activate()
+                                   for _ in range(clients)]
+                        try:
+                            stats = time_concurrent(runners, x, requests)
+                        finally:
+                            for r in runners:
+                                r.deactivate()
+                        records.append({"backend": "triton", "protocol": protocol, "variant": variant, "batch": batch, **stats,
+                                        "in_process_p50_ms": in_process.get((variant, batch))})
+    with run.locked():
+        atomic_write_json(run.file("bench-triton.json"), {"records": records, "machine": machine_info(),
+                                                          "server": "tritonserver 2.51 (nvidia-pytriton), Python backend running onnxruntime"})
+        run.add_artifacts("bench-triton", ["bench-triton.json"])
+    return records
+
+
+def print_table(records: list[dict[str, Any]]) -> None:
+    """The figures as one rich table."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="through Triton (local server) vs in-process ONNX Runtime")
+    for col in ("variant", "batch", "clients", "p50 ms", "p99 ms", "images/s", "in-process p50 ms"):
+        table.add_column(col)
+    for r in records:
+        ip = r["in_process_p50_ms"]
+        table.add_row(r["variant"], str(r["batch"]), str(r["concurrency"]), f"{r['p50_ms']:.3f}", f"{r['p99_ms']:.3f}",
+                      f"{r['throughput']:,.0f}", "-" if ip is None else f"{ip:.4f}")
+    Console().print(table)

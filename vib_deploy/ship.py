@@ -1,0 +1,394 @@
+"""Ship a run to a Triton Inference Server model repository, and verify such a repository.
+
+Layout (Triton's own, so it can be copied straight into a server's `--model-repository`):
+
+    models/<run>-dense/config.pbtxt      platform onnxruntime_onnx, generated from the ONNX graph
+    models/<run>-dense/labels.txt        class names, one per output index (label_filename)
+    models/<run>-dense/<version>/model.onnx
+    models/<run>-dense/<version>/manifest.json   sha256 of every file, the run it came from, its metrics
+    models/<run>-pruned/...              the same for the pruned model
+    models/<run>-dense_trt/<version>/model.plan (+ model.plan.json: TensorRT version, GPU), platform
+                                         tensorrt_plan, KIND_GPU: only where `vib-deploy build-engine` made one
+
+Dense and pruned ship as two models so a server can serve both and a client can compare them; the
+pruned model with a reduced input (`pruned_reduced.onnx`) is not shipped: it takes kept pixels, not images.
+
+Every config is parsed with Triton's schema (`tritonclient.grpc.model_config_pb2`) before it is written.
+A version is built in a hidden folder beside its final place and renamed into it, so a server polling
+the repository never sees a half-written version.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import os
+import re
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vib_deploy import __version__
+from vib_deploy.errors import UserError
+from vib_deploy.runs import RunDir, atomic_write_bytes, atomic_write_json, atomic_write_text, sha256_file
+
+VARIANTS = ("dense", "pruned")
+MODEL_FILE = "model.onnx"
+PLAN_FILE = "model.plan"  # TensorRT engine; its sidecar (TensorRT version, GPU) is model.plan.json beside it
+VERSION_MANIFEST = "manifest.json"
+CONFIG = "config.pbtxt"
+LABELS = "labels.txt"
+CLASS_NAMES = {"mnist": [str(i) for i in range(10)],
+               "fashion-mnist": ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
+                                 "Bag", "Ankle boot"]}
+# ONNX TensorProto element types -> Triton data types
+_ONNX_TO_TRITON = {1: "TYPE_FP32", 2: "TYPE_UINT8", 3: "TYPE_INT8", 4: "TYPE_UINT16", 5: "TYPE_INT16", 6: "TYPE_INT32",
+                   7: "TYPE_INT64", 9: "TYPE_BOOL", 10: "TYPE_FP16", 11: "TYPE_FP64", 12: "TYPE_UINT32",
+                   13: "TYPE_UINT64", 16: "TYPE_BF16"}
+
+
+@dataclass(frozen=True)
+class ShipOptions:
+    """How Triton should schedule the model (defaults suit a small CPU model)."""
+
+    max_batch_size: int = 256  # largest batch Triton forms or accepts
+    preferred_batch_sizes: tuple[int, ...] = (16, 64)  # dynamic batcher aims for these
+    max_queue_delay_us: int = 100  # how long a request may wait for others to batch with
+    instance_count: int = 1  # model instances (each runs one batch at a time)
+    kind: str = "KIND_CPU"  # KIND_CPU or KIND_GPU
+
+    def check(self) -> None:
+        """Reject options Triton would reject, with one clear line."""
+        if self.max_batch_size < 1:
+            raise UserError(f"--max-batch-size must be at least 1, got {self.max_batch_size}")
+        bad = [b for b in self.preferred_batch_sizes if not 1 <= b <= self.max_batch_size]
+        if bad:
+            raise UserError(f"--preferred-batch-sizes {bad} must lie in 1..{self.max_batch_size} (--max-batch-size)")
+        if self.max_queue_delay_us < 0:
+            raise UserError(f"--max-queue-delay-us must be >= 0, got {self.max_queue_delay_us}")
+        if self.instance_count < 1:
+            raise UserError(f"--instances must be at least 1, got {self.instance_count}")
+        if self.kind not in ("KIND_CPU", "KIND_GPU"):
+            raise UserError(f"--kind must be KIND_CPU or KIND_GPU, got {self.kind}")
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One graph input or output as Triton sees it: name, data type, dims without the batch axis."""
+
+    name: str
+    data_type: str
+    dims: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class ShippedModel:
+    """What `package` wrote for one model."""
+
+    name: str
+    version: int
+    path: Path  # the version folder
+    files: dict[str, str] = field(default_factory=dict)  # relative path -> sha256
+
+
+def graph_io(onnx_path: Path) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    """The ONNX graph's real inputs and outputs; the first axis must be a dynamic batch axis."""
+    import onnx
+
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    initializers = {i.name for i in model.graph.initializer}
+
+    def spec(value: Any) -> TensorSpec:
+        t = value.type.tensor_type
+        if t.elem_type not in _ONNX_TO_TRITON:
+            raise UserError(f"{onnx_path}: {value.name} has ONNX element type {t.elem_type}, which Triton does not take")
+        dims = [d.dim_param or (d.dim_value if d.HasField("dim_value") else "?") for d in t.shape.dim]
+        if not dims or isinstance(dims[0], int):
+            raise UserError(f"{onnx_path}: {value.name} has no dynamic batch axis (shape {dims}); export with one")
+        return TensorSpec(value.name, _ONNX_TO_TRITON[t.elem_type], tuple(-1 if isinstance(d, str) else d for d in dims[1:]))
+
+    inputs = [spec(v) for v in model.graph.input if v.name not in initializers]
+    return inputs, [spec(v) for v in model.graph.output]
+
+
+def _dims(dims: tuple[int, ...]) -> str:
+    return "[ " + ", ".join(str(d) for d in dims) + " ]"
+
+
+def render_config(name: str, inputs: list[TensorSpec], outputs: list[TensorSpec], options: ShipOptions,
+                  platform: str = "onnxruntime_onnx") -> str:
+    """config.pbtxt text for an ONNX model; the first output carries the labels file."""
+    lines = [f'name: "{name}"', f'platform: "{platform}"', f"max_batch_size: {options.max_batch_size}",
+             "version_policy: { latest: { num_versions: 1 } }"]
+    for t in inputs:
+        lines += ["input [", "  {", f'    name: "{t.name}"', f"    data_type: {t.data_type}", f"    dims: {_dims(t.dims)}",
+                  "  }", "]"]
+    for i, t in enumerate(outputs):
+        label = [f'    label_filename: "{LABELS}"'] if i == 0 else []
+        lines += ["output [", "  {", f'    name: "{t.name}"', f"    data_type: {t.data_type}", f"    dims: {_dims(t.dims)}",
+                  *label, "  }", "]"]
+    preferred = ", ".join(str(b) for b in options.preferred_batch_sizes)
+    lines += ["dynamic_batching {", f"  preferred_batch_size: [ {preferred} ]",
+              f"  max_queue_delay_microseconds: {options.max_queue_delay_us}", "}",
+              "instance_group [", "  {", f"    count: {options.instance_count}", f"    kind: {options.kind}", "  }", "]",
+              "model_warmup [", "  {", '    name: "zeros_batch_1"', "    batch_size: 1"]
+    for t in inputs:
+        if -1 in t.dims:
+            raise UserError(f"input {t.name} has a dynamic non-batch axis {t.dims}; model_warmup needs fixed dims")
+        lines += ["    inputs {", f'      key: "{t.name}"', "      value: {", f"        data_type: {t.data_type}",
+                  f"        dims: {_dims(t.dims)}", "        zero_data: true", "      }", "    }"]
+    lines += ["  }", "]"]
+    return "\n".join(lines) + "\n"
+
+
+def parse_config(text: str, where: str) -> Any:
+    """Parse config.pbtxt text with Triton's schema (`model_config_pb2.ModelConfig`); a bad field is a UserError."""
+    from google.protobuf import text_format
+
+    model_config_pb2 = _schema()
+    try:
+        return text_format.Parse(text, model_config_pb2.ModelConfig())
+    except text_format.ParseError as e:
+        raise UserError(f"{where} is not a valid Triton model config: {e}") from e
+
+
+def _schema() -> Any:
+    try:
+        from tritonclient.grpc import model_config_pb2
+    except ImportError as e:
+        raise UserError(f"Triton's config schema is not installed ({e}); pip install 'vib-deploy[ship]'") from e
+    return model_config_pb2
+
+
+def check_config_matches(config: Any, inputs: list[TensorSpec], outputs: list[TensorSpec], where: str) -> None:
+    """The parsed config must name exactly the graph's inputs and outputs, with their types and dims."""
+    model_config_pb2 = _schema()
+
+    def as_specs(entries: Any) -> list[TensorSpec]:
+        return [TensorSpec(e.name, model_config_pb2.DataType.Name(e.data_type), tuple(e.dims)) for e in entries]
+
+    for kind, got, want in (("inputs", as_specs(config.input), inputs), ("outputs", as_specs(config.output), outputs)):
+        if got != want:
+            raise UserError(f"{where}: {kind} {got} do not match the ONNX graph's {want}")
+
+
+def versions(model_dir: Path) -> list[int]:
+    """The numeric version folders of a model, ascending (hidden temp folders are not versions)."""
+    if not model_dir.is_dir():
+        return []
+    return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and re.fullmatch(r"[1-9][0-9]*", p.name))
+
+
+def _run_name(run_dir: Path) -> str:
+    import yaml
+
+    config = run_dir / "config.yaml"
+    try:
+        name = (yaml.safe_load(config.read_text()) or {}).get("name") if config.exists() else None
+    except yaml.YAMLError:
+        name = None
+    return str(name or run_dir.resolve().name)
+
+
+def _latency(metrics: dict[str, Any], variant: str) -> list[dict[str, Any]]:
+    keys = ("backend", "device", "batch", "threads", "p50_ms", "p99_ms", "throughput")
+    return [{k: r.get(k) for k in keys} for r in metrics.get("bench", []) if r.get("variant") == variant]
+
+
+def package(run_dir: Path, repo: Path, version: int | None = None, name: str | None = None,
+            options: ShipOptions = ShipOptions()) -> list[ShippedModel]:
+    """Add the run's dense and pruned ONNX models to the Triton repository `repo` as `<name>-dense`, `<name>-pruned`.
+
+    The version is one above the newest existing one (1 in an empty repository) unless `version` is given;
+    an existing version of that number is replaced. Returns what was written, one entry per model.
+    """
+    run_dir, repo = Path(run_dir), Path(repo)
+    if not run_dir.is_dir():
+        raise UserError(f"run directory {run_dir} not found")
+    if version is not None and version < 1:
+        raise UserError(f"--version must be a positive integer, got {version}")
+    if repo.exists() and not repo.is_dir():
+        raise UserError(f"--repo {repo} exists and is not a folder")
+    if (repo / "manifest.json").exists():
+        raise UserError(f"--repo {repo} is a run directory, not a model repository")
+    options.check()
+    run = RunDir(run_dir)
+    metrics = run.read_json("metrics.json")
+    base = name or _run_name(run_dir)
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", base):
+        raise UserError(f"model name {base!r} may only use letters, digits, '_', '.', '-'")
+    classes = CLASS_NAMES.get(metrics.get("dataset", ""))
+    shipped = []
+    for variant in VARIANTS:
+        onnx_path = run.verified(f"{variant}.onnx")
+        inputs, outputs = graph_io(onnx_path)
+        n_out = outputs[0].dims[0] if len(outputs[0].dims) == 1 else -1
+        labels = classes if classes is not None and len(classes) == n_out else [str(i) for i in range(max(n_out, 0))]
+        m = metrics.get(variant, {})
+        record = {"variant": variant, "vib_deploy_version": __version__,
+                  "source": {"run": str(run_dir.resolve()), "run_name": _run_name(run_dir),
+                             "metrics_sha256": sha256_file(run.file("metrics.json"))},
+                  "metrics": {"dataset": metrics.get("dataset"), "test_samples": metrics.get("test_samples"),
+                              "error": m.get("error"), "flops": m.get("flops"), "params": m.get("params"),
+                              "architecture": m.get("architecture"), "latency": _latency(metrics, variant)}}
+        targets = [(f"{base}-{variant}", {MODEL_FILE: onnx_path}, "onnxruntime_onnx", options, {})]
+        if run.file(f"{variant}.plan").exists():  # an engine from `vib-deploy build-engine`: ship it as <model>_trt
+            plan = run.verified(f"{variant}.plan")
+            sidecar_path = run.verified(f"{variant}.plan.json")
+            sidecar = json.loads(sidecar_path.read_text())
+            max_batch = int(sidecar["profile"][inputs[0].name][2][0])  # the optimization profile's largest batch
+            trt_options = dataclasses.replace(
+                options, kind="KIND_GPU", max_batch_size=min(options.max_batch_size, max_batch),
+                preferred_batch_sizes=tuple(b for b in options.preferred_batch_sizes if b <= max_batch) or (max_batch,))
+            engine = {k: sidecar.get(k) for k in ("tensorrt_version", "gpu_name", "compute_capability", "precision")}
+            targets.append((f"{base}-{variant}_trt", {PLAN_FILE: plan, PLAN_FILE + ".json": sidecar_path}, "tensorrt_plan",
+                            trt_options, {"engine": engine}))
+        for model_name, sources, platform, opts, extra in targets:
+            shipped.append(_ship_model(repo / model_name, sources, render_config(model_name, inputs, outputs, opts, platform),
+                                       inputs, outputs, labels, version, {**record, **extra, "options": dataclasses.asdict(opts)}))
+    return shipped
+
+
+def _ship_model(model_dir: Path, sources: dict[str, Path], text: str, inputs: list[TensorSpec], outputs: list[TensorSpec],
+                labels: list[str], version: int | None, record: dict[str, Any]) -> ShippedModel:
+    """Validate the config, then write config, labels and a new (or replaced) version of one model."""
+    where = f"generated {model_dir.name}/{CONFIG}"
+    check_config_matches(parse_config(text, where), inputs, outputs, where)
+    labels_text = "".join(f"{c}\n" for c in labels)
+    if version is None and _unchanged(model_dir, sources, text, labels_text):
+        number = versions(model_dir)[-1]  # same model, same config: nothing to add (so `make run` twice adds nothing)
+        return ShippedModel(model_dir.name, number, model_dir / str(number), {})
+    number = version if version is not None else (max(versions(model_dir), default=0) + 1)
+    record = {"model": model_dir.name, "version": number, "created_utc": _now(), "written_ns": time.time_ns(), **record}
+    record["source"] = {**record["source"], "artifacts": {name: {"file": src.name, "sha256": sha256_file(src)}
+                                                          for name, src in sources.items()}}
+    atomic_write_text(model_dir / CONFIG, text)
+    atomic_write_text(model_dir / LABELS, labels_text)
+    files = _write_version(model_dir, number, sources, record)
+    return ShippedModel(model_dir.name, number, model_dir / str(number), files)
+
+
+def _unchanged(model_dir: Path, sources: dict[str, Path], config_text: str, labels_text: str) -> bool:
+    """True when the newest version already holds these files and the config and labels are the same."""
+    numbers = versions(model_dir)
+    if not numbers or not (model_dir / CONFIG).is_file() or not (model_dir / LABELS).is_file():
+        return False
+    vdir = model_dir / str(numbers[-1])
+    try:
+        files = json.loads((vdir / VERSION_MANIFEST).read_text()).get("files", {})
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return False
+    return (set(files) == set(sources) and all(files[n] == sha256_file(src) for n, src in sources.items())
+            and all((vdir / n).is_file() and sha256_file(vdir / n) == files[n] for n in files)
+            and (model_dir / CONFIG).read_text() == config_text and (model_dir / LABELS).read_text() == labels_text)
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _write_version(model_dir: Path, number: int, sources: dict[str, Path], record: dict[str, Any]) -> dict[str, str]:
+    """Build `<model_dir>/.<number>.*.tmp/` completely, then rename it to `<model_dir>/<number>/`."""
+    model_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{number}.", suffix=".tmp", dir=model_dir))
+    final, old = model_dir / str(number), None
+    try:
+        for name, src in sources.items():
+            atomic_write_bytes(tmp / name, src.read_bytes())
+        files = {name: sha256_file(tmp / name) for name in sources}
+        # the model-level files as they were when this version was written; `verify` checks them for the newest
+        shared = {f"../{n}": sha256_file(model_dir / n) for n in (CONFIG, LABELS)}
+        atomic_write_json(tmp / VERSION_MANIFEST, {**record, "files": files, "model_files": shared})
+        os.chmod(tmp, 0o755)
+        if final.exists():  # replacing a version: move the old one aside, then the new one in
+            old = Path(tempfile.mkdtemp(prefix=f".{number}.old.", suffix=".tmp", dir=model_dir))
+            os.replace(final, old / "v")
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None and not final.exists():
+            os.replace(old / "v", final)
+        raise
+    finally:
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    _fsync_dir(model_dir)
+    return {**files, **shared}
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# -- verify -------------------------------------------------------------------------------------
+def is_model_repository(path: Path) -> bool:
+    """True when `path` looks like a Triton model repository (a folder of model folders with config.pbtxt)."""
+    path = Path(path)
+    return path.is_dir() and not (path / "manifest.json").exists() and any(
+        (p / CONFIG).is_file() for p in path.iterdir() if p.is_dir())
+
+
+def verify_repository(repo: Path) -> list[str]:
+    """Re-parse every config.pbtxt with Triton's schema and check every version's files against its manifest.
+
+    Returns one line per checked version; raises a UserError naming the first file that changed.
+    """
+    repo = Path(repo)
+    checked = []
+    for model_dir in sorted(p for p in repo.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        config_path = model_dir / CONFIG
+        if not config_path.is_file():
+            raise UserError(f"{model_dir} has no {CONFIG}: not a Triton model folder")
+        config = parse_config(config_path.read_text(), str(config_path))
+        if config.name and config.name != model_dir.name:
+            raise UserError(f"{config_path} names the model {config.name!r} but its folder is {model_dir.name!r}")
+        numbers = versions(model_dir)
+        if not numbers:
+            raise UserError(f"{model_dir} has no version folders")
+        manifests = {n: _read_manifest(model_dir / str(n) / VERSION_MANIFEST) for n in numbers}
+        # config.pbtxt and labels.txt are shared by the versions: they must match the last-written version's record
+        last = max(numbers, key=lambda n: (manifests[n].get("written_ns", 0), n))
+        for number in numbers:
+            vdir = model_dir / str(number)
+            manifest = manifests[number]
+            expected = dict(manifest["files"])
+            if number == last:
+                expected.update(manifest.get("model_files", {}))
+            for rel, sha in sorted(expected.items()):
+                path = (vdir / rel).resolve() if rel.startswith("../") else vdir / rel
+                shown = model_dir / rel[3:] if rel.startswith("../") else vdir / rel
+                if not path.is_file():
+                    raise UserError(f"{shown} is missing (listed in {vdir / VERSION_MANIFEST})")
+                actual = sha256_file(path)
+                if actual != sha:
+                    raise UserError(f"{shown} changed: sha256 {actual[:12]}… != manifest {sha[:12]}… in {vdir / VERSION_MANIFEST}")
+            extra = sorted(p.name for p in vdir.iterdir() if p.name not in manifest["files"] and p.name != VERSION_MANIFEST)
+            if extra:
+                raise UserError(f"{vdir} holds files not in its manifest: {', '.join(extra)}")
+            if MODEL_FILE in manifest["files"]:
+                inputs, outputs = graph_io(vdir / MODEL_FILE)
+                check_config_matches(config, inputs, outputs, str(config_path))
+            checked.append(f"{model_dir.name}/{number}: {len(expected)} files match")
+    if not checked:
+        raise UserError(f"{repo} holds no models")
+    return checked
+
+
+def _read_manifest(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise UserError(f"{path} is missing: this version was not written by `vib-deploy package`")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{path} is corrupt ({e})") from e
+    if not isinstance(data, dict) or not isinstance(data.get("files"), dict):
+        raise UserError(f"{path} is not a vib-deploy version manifest (no 'files')")
+    return data
