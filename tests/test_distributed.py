@@ -75,12 +75,18 @@ class _InterruptAfter:
 
 
 def _steps_without_noise(out: Path) -> None:
-    """One step; then a 5-step VIB epoch (uneven last batch) and a fine-tuning epoch; params to `out`."""
-    for name, spec, n_train in [("one-step", _spec(), 50), ("two-epochs", _spec(epochs=2, finetune_epochs=1), 245)]:
+    """One step; then a 5-step VIB epoch (uneven last batch) and a fine-tuning epoch; params to `out`.
+
+    lr 1e-4: Adam's first step is lr * g / (|g| + 1e-8), which turns the float rounding of a gradient
+    entry near 0 (~1e-9 here) into lr * 1e-1 of parameter change; at lr 1e-3 that is ~2e-6.
+    """
+    for name, spec, n_train in [("one-step", _spec(lr=1e-4), 50),
+                                ("two-epochs", _spec(lr=1e-4, epochs=2, finetune_epochs=1), 245)]:
         model = _noiseless_model()
         result = train(model, spec, _data(n_train), RunDir(out / f"{name}-run"))
         if distributed.is_main():
-            torch.save({"state": model.state_dict(), "history": result.history}, out / f"{name}.pt")
+            grads = {k: p.grad for k, p in model.named_parameters() if p.grad is not None}  # the last step's
+            torch.save({"state": model.state_dict(), "grads": grads, "history": result.history}, out / f"{name}.pt")
 
 
 def _resume_with_noise(out: Path) -> None:
@@ -139,6 +145,10 @@ def one_rank(tmp_path_factory) -> Path:
 @pytest.mark.parametrize("name", ["one-step", "two-epochs"])
 def test_two_ranks_take_the_single_process_steps(two_ranks, one_rank, name):
     ddp, single = torch.load(two_ranks / f"{name}.pt"), torch.load(one_rank / f"{name}.pt")
+    assert ddp["grads"].keys() == single["grads"].keys() and single["grads"]
+    for key, g in single["grads"].items():  # what DDP promises: the average of the halves' gradients is the whole's
+        diff = (ddp["grads"][key] - g).abs().max().item()
+        assert diff <= 1e-6, f"{key}: last step's gradient differs by {diff:.3g}"
     for key, p in single["state"].items():
         diff = (ddp["state"][key] - p).abs().max().item()
         assert diff <= 1e-6, f"{key}: 2 ranks x half batches differ from 1 rank x full batches by {diff:.3g}"
