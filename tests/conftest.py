@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from types import SimpleNamespace
 from pathlib import Path
 
 import pytest
@@ -28,3 +29,22 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = No
     full_env = {**os.environ, **(env or {})}
     return subprocess.run([sys.executable, "-m", "vib_deploy", *args], cwd=cwd or ROOT, capture_output=True,
                           text=True, env=full_env, timeout=timeout)
+
+
+class InterruptAfter:
+    """A progress sink for `train` that presses Ctrl-C after `steps` training steps (on every rank alike)."""
+
+    def __init__(self, steps):
+        self.steps = steps
+        self.console = SimpleNamespace(print=lambda *a, **k: None)
+
+    def add_task(self, *a, **k):
+        return 0
+
+    def update(self, *a, **k):
+        pass
+
+    def advance(self, task):
+        self.steps -= 1
+        if self.steps == 0:
+            raise KeyboardInterrupt

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, run_cli
+from conftest import ROOT, InterruptAfter, run_cli
 from test_cli import TINY
 from vib_deploy import distributed
 from vib_deploy.errors import UserError
@@ -55,25 +55,6 @@ def _noiseless_model():
     return model
 
 
-class _InterruptAfter:
-    """A progress sink that presses Ctrl-C after `steps` training steps (on every rank at the same step)."""
-
-    def __init__(self, steps):
-        self.steps = steps
-        self.console = SimpleNamespace(print=lambda *a, **k: None)
-
-    def add_task(self, *a, **k):
-        return 0
-
-    def update(self, *a, **k):
-        pass
-
-    def advance(self, task):
-        self.steps -= 1
-        if self.steps == 0:
-            raise KeyboardInterrupt
-
-
 def _steps_without_noise(out: Path) -> None:
     """One step; then a 5-step VIB epoch (uneven last batch) and a fine-tuning epoch; params to `out`.
 
@@ -99,7 +80,7 @@ def _resume_with_noise(out: Path) -> None:
     train(full, spec, _data(), RunDir(out / "full"))
     torch.manual_seed(0)
     with pytest.raises(UserError, match="interrupted at epoch 3, batch 2"):
-        train(gated_model("lenet300"), spec, _data(), RunDir(out / "part"), _InterruptAfter(5 + 5 + 2))
+        train(gated_model("lenet300"), spec, _data(), RunDir(out / "part"), InterruptAfter(5 + 5 + 2))
     torch.manual_seed(123)  # the checkpoint's per-rank RNG state must win
     resumed = gated_model("lenet300")
     result = train(resumed, spec, _data(), RunDir(out / "part"))

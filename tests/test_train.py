@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import InterruptAfter
 from vib_deploy.errors import UserError
 from vib_deploy.runs import RunDir
 from vib_deploy.train import TrainSpec, train
@@ -50,25 +51,6 @@ def test_nan_loss_stops_with_epoch_and_batch(tmp_path):
     assert not (tmp_path / "train-vib.ckpt").exists()  # no epoch completed: nothing half-written either
 
 
-class _InterruptAfter:
-    """A progress sink that presses Ctrl-C after `steps` training steps."""
-
-    def __init__(self, steps):
-        self.steps = steps
-        self.console = SimpleNamespace(print=lambda *a, **k: None)
-
-    def add_task(self, *a, **k):
-        return 0
-
-    def update(self, *a, **k):
-        pass
-
-    def advance(self, task):
-        self.steps -= 1
-        if self.steps == 0:
-            raise KeyboardInterrupt
-
-
 def test_resume_after_interruption_is_bitwise(tmp_path):
     torch.manual_seed(0)
     full = gated_model("lenet300")
@@ -76,7 +58,7 @@ def test_resume_after_interruption_is_bitwise(tmp_path):
     run = RunDir(tmp_path / "part")
     torch.manual_seed(0)
     with pytest.raises(UserError, match="interrupted at epoch 3, batch 2; 2 complete epoch"):
-        train(gated_model("lenet300"), _spec(epochs=3), _data(), run, _InterruptAfter(5 + 5 + 2))
+        train(gated_model("lenet300"), _spec(epochs=3), _data(), run, InterruptAfter(5 + 5 + 2))
     torch.manual_seed(123)  # a different global seed: the checkpoint's RNG state must win
     resumed = gated_model("lenet300")
     result = train(resumed, _spec(epochs=3), _data(), run)
