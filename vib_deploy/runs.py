@@ -96,6 +96,14 @@ def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
+def read_json_file(path: Path, hint: str = "") -> Any:
+    """Parse a JSON file; undecodable bytes are one UserError naming the file (plus `hint`)."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{path} is corrupt or not JSON ({e}){'; ' + hint if hint else ''}") from e
+
+
 def stage_key(section: Any, input_hashes: dict[str, str], version: str) -> str:
     """Cache key of a stage: hash of its config section, its inputs' sha256 and the package version."""
     blob = json.dumps({"config": section, "inputs": input_hashes, "version": version}, sort_keys=True)
@@ -117,10 +125,7 @@ class RunDir:
         path = self.file(MANIFEST)
         if not path.exists():
             return {"artifacts": {}, "stages": {}}
-        try:
-            data = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise UserError(f"{path} is corrupt ({e}); delete the run directory or rerun with --force") from e
+        data = read_json_file(path, "delete the run directory or rerun with --force")
         if not isinstance(data, dict) or not isinstance(data.get("artifacts"), dict):
             raise UserError(f"{path} is not a vib-deploy manifest")
         data.setdefault("stages", {})
@@ -187,11 +192,7 @@ class RunDir:
 
     def read_json(self, name: str) -> Any:
         """A verified JSON artifact; garbage that the manifest agrees with is still one clear error."""
-        path = self.verified(name)
-        try:
-            return json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise UserError(f"{path} is not valid JSON ({e}); rerun the stage that makes it with --force") from e
+        return read_json_file(self.verified(name), "rerun the stage that makes it with --force")
 
     def verify_all(self) -> list[str]:
         """Check every artifact in the manifest; returns the names checked, raises on the first bad one."""

@@ -34,7 +34,7 @@ from typing import Any
 
 from vib_deploy import __version__
 from vib_deploy.errors import UserError
-from vib_deploy.runs import RunDir, atomic_write_bytes, atomic_write_json, atomic_write_text, sha256_file
+from vib_deploy.runs import RunDir, atomic_write_bytes, atomic_write_json, atomic_write_text, read_json_file, sha256_file
 
 VARIANTS = ("dense", "pruned")
 MODEL_FILE = "model.onnx"
@@ -385,10 +385,7 @@ def verify_repository(repo: Path) -> list[str]:
 def _read_manifest(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise UserError(f"{path} is missing: this version was not written by `vib-deploy package`")
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"{path} is corrupt ({e})") from e
+    data = read_json_file(path)
     if not isinstance(data, dict) or not isinstance(data.get("files"), dict):
         raise UserError(f"{path} is not a vib-deploy version manifest (no 'files')")
     return data
