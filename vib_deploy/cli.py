@@ -330,6 +330,77 @@ def env() -> None:
     typer.echo(f"tensorrt: {tensorrt_version() or 'not installed'}; engines {'can be built' if not problem else 'not available: ' + problem}")
 
 
+# -- sweep, compare, paper (vib_deploy/sweep.py, compare.py, paper.py) ------------------------------
+SEEDS = typer.Option("0", "--seeds", help="Seeds, comma-separated: every figure is reported per seed and as mean ± std.")
+
+
+@app.command()
+def sweep(
+    pipeline: Path = typer.Argument(..., help="Pipeline file."),
+    kl_factor: str = typer.Option(..., "--kl-factor", help="kl_factor values, comma-separated, e.g. 1e-4,3e-4,5e-4."),
+    seeds: str = SEEDS,
+    set_: Optional[List[str]] = typer.Option(None, "--set", help="Override a key for every point."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Folder for sweep.json and frontier.png (default runs/<name>-sweep)."),
+) -> None:
+    """One pipeline over several kl_factor values (dense stage reused): runs/<name>-kl<K>-s<seed>/ and the frontier plot."""
+    from vib_deploy.sweep import frontier_rows, parse_floats, parse_seeds, sweep as run_sweep
+
+    kls, seed_list = parse_floats(kl_factor, "--kl-factor"), parse_seeds(seeds)
+    with _progress() as progress:
+        records = run_sweep(pipeline, kls, seed_list, set_ or [], out, progress=progress, echo=_echo)
+    for row in frontier_rows(records):
+        (e, es), (f, fs) = row["error"], row["flops"]
+        typer.echo(f"kl_factor {row['kl_factor']:g}: error {100 * e:.2f} ± {100 * es:.2f} %, {f / 1e3:.1f} ± {fs / 1e3:.1f} KFLOPs "
+                   f"({', '.join(row['architectures'])}; seeds {','.join(map(str, row['seeds']))})")
+
+
+@app.command()
+def compare(
+    pipeline: Path = typer.Argument(..., help="Pipeline file."),
+    methods: str = typer.Option("vib,l1,slimming,random", "--methods", help="vib plus peers: l1, slimming, random, magnitude."),
+    match_flops: bool = typer.Option(True, "--match-flops/--no-match-flops", help="Peers pruned to the VIB model's FLOPs (±2 %)."),
+    seeds: str = SEEDS,
+    set_: Optional[List[str]] = typer.Option(None, "--set", help="Override a key for every run."),
+    docs: Path = typer.Option(Path("docs"), "--docs", help="Where comparison.md, comparison.json and img/ go."),
+) -> None:
+    """VIB vs peer pruning methods at matched FLOPs, each exported and benchmarked alike: docs/comparison.{md,json}."""
+    from vib_deploy.compare import compare as run_compare
+    from vib_deploy.sweep import parse_seeds
+
+    if not match_flops:
+        raise UserError("only --match-flops comparisons are implemented: peers are pruned to the VIB model's FLOPs")
+    names = [m.strip() for m in methods.split(",") if m.strip()]
+    with _progress() as progress:
+        records = run_compare(pipeline, names, parse_seeds(seeds), set_ or [], docs, progress=progress, echo=_echo)
+    for r in records:
+        typer.echo(f"{r['method']:>9} seed {r['seed']}: error {100 * r['error']:.2f} %, {r['flops'] / 1e3:.1f} KFLOPs, "
+                   f"{'-'.join(map(str, r['architecture']))}  ({r['run_dir']})")
+    typer.echo(f"tables: {docs / 'comparison.md'}, {docs / 'comparison.json'}")
+
+
+@app.command()
+def paper(
+    pipelines: str = typer.Option("pipelines/mnist-lenet300.yaml,pipelines/mnist-lenet5.yaml", "--pipelines",
+                                  help="Pipeline files, comma-separated."),
+    seeds: str = SEEDS,
+    set_: Optional[List[str]] = typer.Option(None, "--set", help="Override a key for every run."),
+    out: Path = typer.Option(Path("docs/paper-reproduction.md"), "--out", help="The table (a .json beside it)."),
+) -> None:
+    """The paper's LeNet-300-100 / LeNet-5 figures beside ours (runs reused where current): docs/paper-reproduction.md."""
+    from vib_deploy.paper import paper as run_paper
+    from vib_deploy.sweep import parse_seeds
+
+    files = [Path(p.strip()) for p in pipelines.split(",") if p.strip()]
+    if not files:
+        raise UserError("--pipelines needs at least one pipeline file")
+    with _progress() as progress:
+        records = run_paper(files, parse_seeds(seeds), set_ or [], out, progress=progress, echo=_echo)
+    for r in records:
+        typer.echo(f"{r['pipeline']} seed {r['seed']}: {'-'.join(map(str, r['architecture']))}, error {100 * r['error']:.2f} %, "
+                   f"{r['flops'] / 1e3:.1f} KFLOPs, {r['bytes']:,} bytes")
+    typer.echo(f"table: {out}")
+
+
 def main() -> None:
     """Console-script entry point: user errors become one line and exit code 2."""
     try:

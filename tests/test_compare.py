@@ -1,0 +1,81 @@
+"""One tiny compare run end to end through the CLI (real MNIST, 2 seeds, VIB + three peers), then the
+paper table on the same run directories (all cached)."""
+
+import json
+
+import pytest
+
+from conftest import run_cli
+from test_sweep import PIPELINE, TINY
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def compared(tmp_path_factory, mnist_root):
+    cwd = tmp_path_factory.mktemp("compare")
+    proc = run_cli("compare", PIPELINE, "--methods", "vib,l1,slimming,random", "--match-flops", "--seeds", "0,1",
+                   "--docs", str(cwd / "docs"), *TINY, "--set", "train.vib.kl_factor=1e-3", cwd=cwd)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return cwd, proc
+
+
+def test_records_have_the_required_keys_and_matched_flops(compared):
+    cwd, _ = compared
+    records = json.loads((cwd / "docs" / "comparison.json").read_text())
+    assert sorted((r["method"], r["seed"]) for r in records) == sorted(
+        (m, s) for m in ("vib", "l1", "slimming", "random") for s in (0, 1))
+    for r in records:
+        assert {"model", "method", "seed", "error", "flops", "params"} <= r.keys()
+        assert r["model"] == "lenet300" and 0 <= r["error"] <= 1 and r["params"] > 0
+        vib = next(v for v in records if v["method"] == "vib" and v["seed"] == r["seed"])
+        assert abs(r["flops"] / vib["flops"] - 1) <= 0.02
+        assert vib["flops"] < vib["dense_flops"]  # VIB really pruned: the match is not trivial
+        assert r["p50_ms"]["onnxruntime/b1/pruned"] > 0 and r["p50_ms"]["onnxruntime/b64/dense"] > 0
+        if r["method"] != "vib":  # peers keep every input pixel, prune hidden units only
+            assert r["architecture"][0] == 784 and r["architecture"][1:] != [300, 100]
+
+
+def test_peer_run_dirs_are_normal_runs_from_the_same_dense_net(compared):
+    cwd, _ = compared
+    runs = cwd / "runs"
+    for method in ("l1", "slimming", "random"):
+        peer = runs / f"mnist-lenet300-kl0.001-s1-{method}"
+        assert (peer / "dense.pt").read_bytes() == (runs / "mnist-lenet300-kl0.001-s1" / "dense.pt").read_bytes()
+        assert {"pruned.onnx", "dense.onnx", "bench.json"} <= {p.name for p in peer.iterdir()}
+        assert run_cli("verify", str(peer), cwd=cwd).returncode == 0
+        prune = json.loads((peer / "prune.json").read_text())
+        assert prune["method"] == method and prune["finetune_epochs"] + prune["sparsity_epochs"] == 3
+
+
+def test_tables_and_plot(compared):
+    cwd, proc = compared
+    md = (cwd / "docs" / "comparison.md").read_text()
+    assert "## mnist-lenet300" in md and "network slimming" in md and " ± " in md and "| vib | 1 |" in md
+    assert md.count("- vs ") == 3  # one verdict per peer
+    assert (cwd / "docs" / "img" / "comparison-mnist-lenet300.png").read_bytes()[:4] == b"\x89PNG"
+    assert "tables:" in proc.stdout
+
+
+def test_paper_table_reuses_the_runs(compared):
+    cwd, _ = compared
+    out = cwd / "docs" / "paper.md"
+    proc = run_cli("paper", "--pipelines", PIPELINE, "--seeds", "0,1", "--out", str(out), *TINY,
+                   "--set", "train.vib.kl_factor=1e-3", cwd=cwd)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "[run]" not in proc.stderr  # the compare run's VIB points, reused
+    md = out.read_text()
+    assert "| lenet300 | **paper** | 97-71-33 | 1.6 % | 19.1 | 38,696 |" in md
+    assert "| lenet300 | ours, mean ± std |" in md and "none (cached)" in md
+    assert "**missed**" in md or "**met**" in md
+    data = json.loads(out.with_suffix(".json").read_text())
+    assert [r["seed"] for r in data["records"]] == [0, 1]
+
+
+def test_unknown_method_and_no_match_flops_are_exit_2(tmp_path):
+    proc = run_cli("compare", PIPELINE, "--methods", "vib,l0", cwd=tmp_path)
+    assert proc.returncode == 2 and "unknown 'l0'" in proc.stderr
+    proc = run_cli("compare", PIPELINE, "--methods", "l1,random", cwd=tmp_path)
+    assert proc.returncode == 2 and "must include vib" in proc.stderr
+    proc = run_cli("compare", PIPELINE, "--no-match-flops", cwd=tmp_path)
+    assert proc.returncode == 2 and "only --match-flops" in proc.stderr

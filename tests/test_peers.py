@@ -1,0 +1,97 @@
+"""Peers at matched FLOPs: the width search hits ±2 % on the real LeNet shapes, Torch-Pruning keeps exactly
+the planned widths and the units its criterion ranks first, and slimming's fold is exact."""
+
+import pytest
+import torch
+from torch import nn
+
+from vib_deploy.errors import UserError
+from vib_deploy.nets import count_flops
+from vib_deploy.peers import (FLOPS_TOLERANCE, METHODS, dense_widths, fit, gated_for_slimming, match_widths,
+                              prune_by_scale, prune_to_widths, with_widths)
+from vib_deploy.vib import gates
+
+SHAPE = (1, 28, 28)
+
+
+def lenet300() -> nn.Sequential:
+    return nn.Sequential(nn.Flatten(), nn.Linear(784, 300), nn.ReLU(), nn.Linear(300, 100), nn.ReLU(), nn.Linear(100, 10))
+
+
+def lenet5() -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(1, 20, 5), nn.ReLU(), nn.MaxPool2d(2, 2), nn.Conv2d(20, 50, 5), nn.ReLU(),
+                         nn.MaxPool2d(2, 2), nn.Flatten(), nn.Linear(800, 500), nn.ReLU(), nn.Linear(500, 10))
+
+
+# targets: VIB results of this repository (22.3 K, 248.9 K) and the paper's 19.1 K, plus odd values
+@pytest.mark.parametrize("make,target", [(lenet300, 22_336), (lenet300, 19_100), (lenet300, 15_000), (lenet300, 84_300),
+                                         (lenet5, 248_876), (lenet5, 600_000), (lenet5, 2_000_000)])
+def test_width_search_matches_flops_within_two_percent(make, target):
+    dense = make()
+    widths = match_widths(dense, target, SHAPE)
+    assert all(1 <= w <= n for w, n in zip(widths, dense_widths(dense)))
+    flops = count_flops(with_widths(dense, widths), SHAPE)
+    assert abs(flops / target - 1) <= FLOPS_TOLERANCE
+    # and the network Torch-Pruning really makes has those FLOPs
+    pruned = prune_to_widths(dense, widths, METHODS["l1"].importance(), SHAPE)
+    assert dense_widths(pruned) == widths and count_flops(pruned, SHAPE) == flops
+
+
+def test_width_search_refuses_an_unreachable_target():
+    with pytest.raises(UserError, match="below what one unit per layer costs"):
+        match_widths(lenet300(), 500, SHAPE)
+
+
+@pytest.mark.parametrize("method", ["l1", "random", "magnitude"])
+def test_torch_pruning_keeps_the_planned_widths_and_a_working_net(method):
+    torch.manual_seed(0)
+    dense = lenet5()
+    pruned = prune_to_widths(dense, [5, 11, 40], METHODS[method].importance(), SHAPE)
+    assert dense_widths(pruned) == [5, 11, 40]
+    assert pruned(torch.randn(3, *SHAPE)).shape == (3, 10)
+
+
+def test_l1_keeps_the_rows_with_the_largest_l1_norm():
+    torch.manual_seed(0)
+    dense = lenet300()
+    norms = dense[1].weight.detach().abs().sum(1)
+    pruned = prune_to_widths(dense, [30, 100], METHODS["l1"].importance(), SHAPE)
+    kept = sorted(float(v) for v in pruned[1].weight.detach().abs().sum(1))
+    top = sorted(float(v) for v in torch.topk(norms, 30).values)
+    assert kept == pytest.approx(top)
+
+
+def test_slimming_prunes_the_smallest_scales_and_folds_them_exactly():
+    torch.manual_seed(0)
+    dense = lenet5()
+    gated = gated_for_slimming(dense)
+    assert [g.units for g in gates(gated)] == [20, 50, 500]
+    with torch.no_grad():
+        for g in gates(gated):
+            g.mu.copy_(torch.randn(g.units))  # negative scales too: a max-pool follows the conv gates
+    pruned, info = prune_by_scale(gated, [6, 12, 50], SHAPE)
+    assert dense_widths(pruned) == [6, 12, 50]
+    reference = gated_for_slimming(dense)
+    with torch.no_grad():
+        for g, src in zip(gates(reference), gates(gated)):
+            keep = torch.zeros(g.units, dtype=torch.bool)
+            keep[torch.topk(src.mu.abs(), {20: 6, 50: 12, 500: 50}[g.units]).indices] = True
+            g.mu.copy_(torch.where(keep, src.mu, torch.zeros_like(src.mu)))
+    x = torch.randn(16, *SHAPE)
+    reference.train()  # the slimming gates have no noise: z = mu in training mode as well
+    assert torch.allclose(pruned(x), reference(x), atol=1e-4)
+    assert info["scales_left"] >= 0
+
+
+def test_slimming_sparsity_training_shrinks_scales(mnist_root):
+    from types import SimpleNamespace
+
+    from vib_deploy.data import load_splits
+
+    s = load_splits("mnist", None, 200, 700, 100)
+    data = SimpleNamespace(x_train=s.x_train, y_train=s.y_train, x_val=s.x_val, y_val=s.y_val)
+    gated = gated_for_slimming(lenet300())
+    history = fit(gated, data, 2, 1e-3, 50, 0, gate_lr=1e-2, l1=1e-2)
+    assert len(history) == 2
+    mu = torch.cat([g.mu.detach() for g in gates(gated)])
+    assert float(mu.abs().mean()) < 1.0 and all(float(g.logD.max()) == -1e4 for g in gates(gated))

@@ -1,0 +1,53 @@
+"""The kl_factor sweep through the CLI on a few hundred real MNIST images: one dense stage for all
+points (same dense.pt), every point a normal run directory, sweep.json + frontier.png; bad input → exit 2."""
+
+import hashlib
+import json
+
+import pytest
+
+from conftest import ROOT, run_cli
+
+TINY = ["--set", "data.train_limit=700", "--set", "data.val_size=200", "--set", "data.test_limit=300",
+        "--set", "train.dense.epochs=1", "--set", "train.vib.epochs=3", "--set", "train.batch_size=50",
+        "--set", "train.vib.gate_lr=0.1", "--set", "bench.rounds=2", "--set", "bench.iters_per_round=3",
+        "--set", "bench.warmup=1", "--set", "bench.memory=false", "--set", "bench.backends=[onnxruntime]"]
+PIPELINE = str(ROOT / "pipelines" / "mnist-lenet300.yaml")
+
+pytestmark = pytest.mark.e2e
+
+
+def sha(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_sweep_reuses_one_dense_stage_and_plots_the_frontier(tmp_path, mnist_root):
+    proc = run_cli("sweep", PIPELINE, "--kl-factor", "2e-4,1e-3", "--out", str(tmp_path / "sw"), *TINY, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = tmp_path / "runs"
+    dense = runs / "mnist-lenet300-dense-s0"
+    points = [runs / "mnist-lenet300-kl0.0002-s0", runs / "mnist-lenet300-kl0.001-s0"]
+    assert proc.stderr.count("[run] train-dense") == 1  # trained once, in the dense run
+    for point in points:
+        assert sha(point / "dense.pt") == sha(dense / "dense.pt")
+        assert (point / "metrics.json").is_file() and (point / "report.md").is_file()
+        assert run_cli("verify", str(point), cwd=tmp_path).returncode == 0
+    records = json.loads((tmp_path / "sw" / "sweep.json").read_text())
+    assert [(r["kl_factor"], r["seed"]) for r in records] == [(2e-4, 0), (1e-3, 0)]
+    assert records[1]["flops"] < records[0]["flops"] < records[0]["dense_flops"]  # more KL, fewer FLOPs
+    assert all(r["p50_ms"]["onnxruntime/b64/pruned"] > 0 for r in records)
+    assert (tmp_path / "sw" / "frontier.png").read_bytes()[:4] == b"\x89PNG"
+    assert "kl_factor 0.001: error" in proc.stdout
+
+    again = run_cli("sweep", PIPELINE, "--kl-factor", "1e-3", "--out", str(tmp_path / "sw2"), *TINY, cwd=tmp_path)
+    assert again.returncode == 0 and "[run]" not in again.stderr  # every stage cached
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--kl-factor", "1e-4,abc"], "--kl-factor takes comma-separated numbers"),
+    (["--kl-factor", "1e-4", "--seeds", "0,0"], "--seeds needs distinct integers"),
+    (["--kl-factor", "-1"], "needs at least one number >= 0"),
+])
+def test_bad_sweep_input_is_one_line_and_exit_2(tmp_path, args, message):
+    proc = run_cli("sweep", PIPELINE, *args, cwd=tmp_path)
+    assert proc.returncode == 2 and message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1

@@ -1,0 +1,209 @@
+"""VIB against peer pruning methods at matched FLOPs, each exported and benchmarked by the same stages.
+
+Per seed: the VIB point `runs/<name>-kl<K>-s<seed>/` (see `sweep.run_point`), then one run directory
+per peer, `runs/<name>-kl<K>-s<seed>-<method>/`, holding a copy of the VIB run's dense stage, a `prune`
+stage of its own (`peers.peer_prune`: prune to the VIB FLOPs, fine-tune) and the pipeline's own
+`export` and `bench` stages, cached like any run. The records of every run go to
+`docs/comparison.json` (records of other pipelines already there are kept) and the tables, mean ± std
+over seeds and per seed, to `docs/comparison.md`, plots to `docs/img/`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from vib_deploy.config import PipelineConfig
+from vib_deploy.errors import UserError
+from vib_deploy.runs import RunDir, atomic_write, atomic_write_json, atomic_write_text
+from vib_deploy.sweep import RUNS, copy_stage, mean_std, point_config, run_point, run_record
+
+Echo = Callable[[str], None]
+
+
+def run_peer(config: PipelineConfig, vib_run: RunDir, method: str, progress: Any = None, echo: Echo = print) -> RunDir:
+    """One peer of a finished VIB run: its own run directory, the same dense stage, export and bench."""
+    from vib_deploy.nets import load_model
+    from vib_deploy.peers import PeerSpec, dense_widths, peer_prune
+    from vib_deploy.pipeline import Context, Stage, _stages, run_stage, write_config
+
+    vib_prune = vib_run.read_json("prune.json")
+    hidden = len(dense_widths(load_model(vib_run.verified("dense.pt"))))
+    arch = vib_prune["dense_architecture"]
+    spec = PeerSpec(method, vib_prune["pruned"]["flops"], str(vib_run.path), arch[0] if len(arch) == hidden + 1 else None)
+    run = RunDir(Path(f"{vib_run.path}-{method}"))
+    copy_stage(vib_run, run, "train-dense")
+    stages = [Stage("prune", ("train-dense",), spec.section, lambda ctx: peer_prune(ctx, spec), uses_data=True)]
+    stages += [s for s in _stages() if s.name in ("export", "bench")]  # the pipeline's own, unchanged
+    with run.locked():
+        write_config(run, config)
+        ctx = Context(run, config, progress)
+        for stage in stages:
+            run_stage(ctx, stage, echo=echo)
+    return run
+
+
+def compare(pipeline: Path, methods: Sequence[str], seeds: Sequence[int], overrides: Sequence[str] = (),
+            docs: Path = Path("docs"), runs: Path = RUNS, progress: Any = None, echo: Echo = print) -> list[dict[str, Any]]:
+    """Run VIB and every peer for every seed; merge the records into docs/comparison.json; write the tables."""
+    from vib_deploy.peers import check_methods
+
+    check_methods(list(methods))
+    if "vib" not in methods:
+        raise UserError("--methods must include vib: the peers are matched to its FLOPs")
+    records = []
+    for seed in seeds:
+        config = point_config(pipeline, overrides, seed)
+        echo(f"== {config.name} seed {seed}: vib (kl_factor {config.train.vib.kl_factor:g})")
+        vib_run = run_point(config, runs, progress, echo)
+        vib = run_record(vib_run, "vib")
+        records.append(vib)
+        for method in methods:
+            if method != "vib":
+                echo(f"== {config.name} seed {seed}: {method} at the VIB model's {vib['flops']:,} FLOPs")
+                records.append(run_record(run_peer(config, vib_run, method, progress, echo), method))
+    write_comparison(records, docs)
+    return records
+
+
+def write_comparison(records: list[dict[str, Any]], docs: Path) -> None:
+    """Merge into docs/comparison.json (replacing this pipeline's records), then render md + plots from all."""
+    path = docs / "comparison.json"
+    old = json.loads(path.read_text()) if path.is_file() else []
+    pipelines = {r["pipeline"] for r in records}
+    merged = [r for r in old if r.get("pipeline") not in pipelines] + records
+    merged.sort(key=lambda r: (r["pipeline"], _method_order(r["method"]), r["seed"]))
+    atomic_write_json(path, merged)
+    plots = {p: plot_comparison([r for r in merged if r["pipeline"] == p], docs / "img" / f"comparison-{p}.png")
+             for p in sorted({r["pipeline"] for r in merged})}
+    atomic_write_text(docs / "comparison.md", render(merged, {p: f"img/{q.name}" for p, q in plots.items()}))
+
+
+def _method_order(method: str) -> int:
+    from vib_deploy.peers import METHODS
+
+    return 0 if method == "vib" else 1 + list(METHODS).index(method)
+
+
+def _title(method: str) -> str:
+    from vib_deploy.peers import METHODS
+
+    return "VIB (Dai et al. 2018)" if method == "vib" else METHODS[method].title
+
+
+def _pm(values: Sequence[float], fmt: str, scale: float = 1.0) -> str:
+    m, s = mean_std([v * scale for v in values])
+    return f"{m:{fmt}} ± {s:{fmt}}" if len(values) > 1 else f"{m:{fmt}}"
+
+
+def _p50(r: dict[str, Any], backend: str, batch: int, variant: str = "pruned") -> float | None:
+    return r["p50_ms"].get(f"{backend}/b{batch}/{variant}")
+
+
+def _speedup(r: dict[str, Any], backend: str, batch: int) -> float | None:
+    dense, pruned = _p50(r, backend, batch, "dense"), _p50(r, backend, batch)
+    return dense / pruned if dense and pruned else None
+
+
+def summary(group: list[dict[str, Any]], backend: str = "onnxruntime") -> dict[str, str]:
+    """One table row: mean ± std over the seeds of a (pipeline, method) group."""
+    archs = sorted({"-".join(map(str, r["architecture"])) for r in group})
+    row = {"seeds": ",".join(str(r["seed"]) for r in group), "error": _pm([r["error"] for r in group], ".2f", 100) + " %",
+           "kept": " / ".join(archs), "kflops": _pm([r["flops"] for r in group], ".1f", 1e-3),
+           "params": _pm([r["params"] for r in group], ",.0f"), "bytes": _pm([r["bytes"] for r in group], ",.0f")}
+    for batch in (1, 64):
+        lat = [v for r in group if (v := _p50(r, backend, batch)) is not None]
+        sp = [v for r in group if (v := _speedup(r, backend, batch)) is not None]
+        ratio = [s * r["flops"] / r["dense_flops"] for r in group if (s := _speedup(r, backend, batch)) is not None]
+        row[f"b{batch}"] = _pm(lat, ".4f") if lat else "–"
+        row[f"speedup_b{batch}"] = (_pm(sp, ".2f") + "×") if sp else "–"
+        row[f"ratio_b{batch}"] = _pm(ratio, ".2f") if ratio else "–"
+    return row
+
+
+def verdicts(records: list[dict[str, Any]]) -> list[str]:
+    """Is VIB at least as accurate as each peer (mean over seeds)? One line per peer."""
+    lines = []
+    vib = [r["error"] for r in records if r["method"] == "vib"]
+    for method in sorted({r["method"] for r in records} - {"vib"}, key=_method_order):
+        peer = [r["error"] for r in records if r["method"] == method]
+        dv, dp = mean_std(vib)[0], mean_std(peer)[0]
+        word = "**VIB at least as accurate**" if dv <= dp else "**VIB less accurate**"
+        lines.append(f"- vs {_title(method)}: VIB {100 * dv:.2f} % vs {100 * dp:.2f} % error "
+                     f"({100 * (dp - dv):+.2f} points for the peer; {len(vib)} / {len(peer)} seeds): {word}")
+    return lines
+
+
+def render(records: list[dict[str, Any]], plots: dict[str, str]) -> str:
+    parts = ["# VIB vs peer pruning methods at matched FLOPs", "",
+             "Generated by `vib-deploy compare PIPELINE --methods vib,l1,slimming,random[,magnitude] --match-flops --seeds …`",
+             "(one call per pipeline; every figure below is read from the run directories it names). Each peer is pruned",
+             "from the VIB run's own dense.pt to per-layer widths whose FLOPs match the VIB model's within 2 %, fine-tuned",
+             "for the VIB stage's epoch budget, and exported and benchmarked by the same stages (see `vib_deploy/peers.py`).",
+             "Peers keep all input pixels; VIB also prunes pixels (a Gather in the graph), so at equal total FLOPs a peer",
+             "has wider hidden layers where VIB has fewer inputs. Errors: pruned model on the test set, last epoch, test",
+             "set used once. Latency: ONNX Runtime CPU, 1 thread, p50, dense and pruned alternating in one process;",
+             "speedup = dense p50 / pruned p50 of the same run; measured/ideal = speedup / (dense FLOPs / pruned FLOPs).",
+             "GPU backends: not measured (no GPU on the machine that generated this file).", ""]
+    for pipeline in sorted({r["pipeline"] for r in records}):
+        group = [r for r in records if r["pipeline"] == pipeline]
+        first = group[0]
+        parts += [f"## {pipeline} ({first['model']}, dense {'-'.join(map(str, first['dense_architecture']))}, "
+                  f"{first['dense_flops'] / 1e3:,.1f} KFLOPs, {first['test_samples']:,} test images)", "",
+                  "| method | seeds | error (mean ± std) | kept | KFLOPs | params | bytes | ORT p50 b1 ms | ORT p50 b64 ms "
+                  "| speedup b1 | speedup b64 | measured/ideal b1 | measured/ideal b64 |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for method in sorted({r["method"] for r in group}, key=_method_order):
+            s = summary([r for r in group if r["method"] == method])
+            parts.append(f"| {_title(method)} | {s['seeds']} | {s['error']} | {s['kept']} | {s['kflops']} | {s['params']} | "
+                         f"{s['bytes']} | {s['b1']} | {s['b64']} | {s['speedup_b1']} | {s['speedup_b64']} | {s['ratio_b1']} | "
+                         f"{s['ratio_b64']} |")
+        parts += ["", *verdicts(group), "", "Per run:", "",
+                  "| method | seed | error | kept | KFLOPs | params | ORT b1 ms | ORT b64 ms | run directory |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for r in group:
+            parts.append(f"| {r['method']} | {r['seed']} | {100 * r['error']:.2f} % | {'-'.join(map(str, r['architecture']))} | "
+                         f"{r['flops'] / 1e3:.1f} | {r['params']:,} | {_fmt(_p50(r, 'onnxruntime', 1))} | "
+                         f"{_fmt(_p50(r, 'onnxruntime', 64))} | `{r['run_dir']}` |")
+        if pipeline in plots:
+            parts += ["", f"![{pipeline}]({plots[pipeline]})"]
+        parts.append("")
+    return "\n".join(parts)
+
+
+def _fmt(v: float | None) -> str:
+    return "–" if v is None else f"{v:.4f}"
+
+
+def plot_comparison(records: list[dict[str, Any]], path: Path) -> Path:
+    """Left: error vs KFLOPs per method (every seed); right: ORT p50 per method at batch 1 and 64."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    methods = sorted({r["method"] for r in records}, key=_method_order)
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 4))
+    for m in methods:
+        group = [r for r in records if r["method"] == m]
+        ax.scatter([r["flops"] / 1e3 for r in group], [100 * r["error"] for r in group], label=m, s=25)
+    ax.set_xlabel("KFLOPs (pruned)")
+    ax.set_ylabel("test error (%)")
+    ax.set_title(f"{records[0]['pipeline']}: error at matched FLOPs (each seed)", fontsize=9)
+    ax.legend(fontsize=7)
+    width = 0.8 / len(methods)
+    for j, m in enumerate(methods):
+        group = [r for r in records if r["method"] == m]
+        vals = [mean_std([v for r in group if (v := _p50(r, "onnxruntime", b)) is not None] or [0.0])[0] for b in (1, 64)]
+        bx.bar([i + j * width for i in range(2)], vals, width, label=m)
+    dense = [mean_std([v for r in records if (v := _p50(r, "onnxruntime", b, "dense")) is not None] or [0.0])[0] for b in (1, 64)]
+    bx.scatter([i + width * (len(methods) - 1) / 2 for i in range(2)], dense, marker="_", s=600, color="black", label="dense")
+    bx.set_xticks([i + width * (len(methods) - 1) / 2 for i in range(2)], ["batch 1", "batch 64"])
+    bx.set_yscale("log")
+    bx.set_ylabel("ORT CPU p50 (ms)")
+    bx.set_title("measured latency (pruned; dense marked)", fontsize=9)
+    bx.legend(fontsize=7)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
+    plt.close(fig)
+    return path

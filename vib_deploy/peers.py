@@ -1,0 +1,308 @@
+"""Peer pruning methods at the FLOPs of a VIB result: L1-norm, network slimming, random, magnitude.
+
+Each peer starts from the dense net of the VIB run it is compared with (the same dense.pt), is pruned
+to per-layer widths whose FLOPs match the VIB model's within 2 % (`match_widths`), fine-tuned, and saved
+as a plain Sequential (`pruned.pt`), so the pipeline's export and bench stages run on it unchanged.
+
+    l1         Li et al. 2017: L1 norm of each filter/neuron's own weights (Torch-Pruning
+               MagnitudeImportance(p=1, group_reduction="first")), pruned by tp.pruner.MetaPruner
+    magnitude  L2 norm of each neuron's incoming weights (MagnitudeImportance(p=2, "first")), MetaPruner
+    random     Torch-Pruning's RandomImportance (seeded), MetaPruner
+    slimming   Liu et al. 2017 without BatchNorm: a per-unit scale (a VIBGate with its noise off, mu
+               only) after each hidden ReLU, trained with CE + SLIMMING_L1 * sum |mu|; the smallest |mu|
+               are pruned and the scales folded into the weights (prune.prune_gated, checked exact)
+
+Peers keep every input pixel (these methods prune hidden units and filters; the input-pixel gate is
+VIB's own); FLOPs are matched on the whole model, so a peer spends the FLOPs VIB saves on pixels on
+hidden units instead. Epoch budget: the VIB stage's `train.vib.epochs` after the dense stage — all of
+them fine-tuning for l1/magnitude/random; for slimming the first half (rounded up) is sparsity training
+and the rest fine-tuning. Optimiser as in the VIB stage (Adam, lr / gate_lr, cosine, batch_size);
+the last epoch is kept, as for VIB.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from vib_deploy.errors import UserError
+from vib_deploy.nets import build, count_flops, count_params, describe, load_model, prunable_layers, save_model
+from vib_deploy.runs import atomic_write_json
+
+FLOPS_TOLERANCE = 0.02  # |peer FLOPs / VIB FLOPs - 1|
+SLIMMING_L1 = 1e-4  # Liu et al.'s sparsity weight (their 1e-4 default)
+
+
+def _l1() -> Any:
+    import torch_pruning as tp
+
+    return tp.importance.MagnitudeImportance(p=1, normalizer=None, group_reduction="first")
+
+
+def _l2() -> Any:
+    import torch_pruning as tp
+
+    return tp.importance.MagnitudeImportance(p=2, normalizer=None, group_reduction="first")
+
+
+def _random() -> Any:
+    import torch_pruning as tp
+
+    return tp.importance.RandomImportance()
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    title: str  # for tables
+    importance: Callable[[], Any] | None  # a Torch-Pruning importance (MetaPruner), or None: slimming
+
+
+METHODS: dict[str, Method] = {m.name: m for m in [
+    Method("l1", "L1-norm (Li et al. 2017)", _l1),
+    Method("slimming", "network slimming (Liu et al. 2017)", None),
+    Method("random", "random structured", _random),
+    Method("magnitude", "magnitude neurons (L2 of incoming weights)", _l2),
+]}
+
+
+def check_methods(names: list[str]) -> None:
+    unknown = [n for n in names if n != "vib" and n not in METHODS]
+    if unknown:
+        raise UserError(f"--methods: unknown {', '.join(map(repr, unknown))}; choose from vib, {', '.join(METHODS)}")
+
+
+# -- widths at matched FLOPs ---------------------------------------------------------------------
+def dense_widths(dense: nn.Sequential) -> list[int]:
+    """Output units of each prunable layer (all Conv2d/Linear but the last)."""
+    return [_out(layer) for _, layer in prunable_layers(dense)]
+
+
+def _out(layer: nn.Module) -> int:
+    return layer.out_channels if isinstance(layer, nn.Conv2d) else layer.out_features
+
+
+def with_widths(dense: nn.Sequential, widths: list[int]) -> nn.Sequential:
+    """An untrained Sequential like `dense` with the prunable layers at `widths` (for counting FLOPs)."""
+    spec = describe(dense)
+    weighted = [i for i, s in enumerate(spec) if s["type"] in ("linear", "conv2d")]
+    for (i, _), width in zip(prunable_layers(dense), widths):
+        old = spec[i]["out"]
+        spec[i]["out"] = width
+        nxt = spec[next(j for j in weighted if j > i)]
+        nxt["in"] = nxt["in"] // old * width  # a Linear after a flatten takes H*W inputs per channel
+    return build(spec)
+
+
+def match_widths(dense: nn.Sequential, target_flops: int, input_shape: tuple[int, ...],
+                 tolerance: float = FLOPS_TOLERANCE) -> list[int]:
+    """Per-layer widths whose FLOPs are within `tolerance` of `target_flops`.
+
+    1. Binary search of one scale s for all layers, widths round(s * dense width) (Li et al.'s uniform
+       ratio): the largest s whose FLOPs do not exceed the target.
+    2. Then, from the last prunable layer to the first, each width alone is set to the value that brings
+       the FLOPs closest to the target (FLOPs grow monotonically with any one width).
+    """
+    full = dense_widths(dense)
+    cache: dict[tuple[int, ...], int] = {}
+
+    def flops(widths: list[int]) -> int:
+        key = tuple(widths)
+        if key not in cache:
+            cache[key] = count_flops(with_widths(dense, widths), input_shape)
+        return cache[key]
+
+    def at(scale: float) -> list[int]:
+        return [max(1, min(n, round(scale * n))) for n in full]
+
+    if flops([1] * len(full)) > target_flops * (1 + tolerance):
+        raise UserError(f"{target_flops:,} FLOPs is below what one unit per layer costs ({flops([1] * len(full)):,})")
+    lo, hi = 0.0, 1.0
+    for _ in range(30):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if flops(at(mid)) <= target_flops else (lo, mid)
+    widths = at(lo)
+    for _ in range(2):
+        for i in reversed(range(len(full))):
+            a, b = 1, full[i]  # largest width in [1, full] with FLOPs <= target (or 1)
+            while a < b:
+                m = (a + b + 1) // 2
+                a, b = (m, b) if flops(widths[:i] + [m] + widths[i + 1:]) <= target_flops else (a, m - 1)
+            options = [widths[:i] + [w] + widths[i + 1:] for w in {a, min(a + 1, full[i])}]
+            widths = min(options, key=lambda ws: abs(flops(ws) - target_flops))
+    miss = flops(widths) / target_flops - 1
+    if abs(miss) > tolerance:
+        raise UserError(f"no widths within {tolerance:.0%} of {target_flops:,} FLOPs (closest {widths}: {miss:+.1%})")
+    return widths
+
+
+# -- pruning -------------------------------------------------------------------------------------
+def prune_to_widths(dense: nn.Sequential, widths: list[int], importance: Any, input_shape: tuple[int, ...]) -> nn.Sequential:
+    """Torch-Pruning's MetaPruner, one local ratio per prunable layer, so each keeps exactly its width."""
+    import torch_pruning as tp
+
+    model = copy.deepcopy(dense).cpu().float().eval()
+    layers = [layer for _, layer in prunable_layers(model)]
+    # MetaPruner keeps int(n * (1 - ratio)) units: +0.5 makes that exactly `width` despite float rounding
+    ratios = {layer: 1 - (w + 0.5) / _out(layer) for layer, w in zip(layers, widths)}
+    weighted = [m for m in model if isinstance(m, (nn.Linear, nn.Conv2d))]
+    pruner = tp.pruner.MetaPruner(model, torch.zeros((1,) + tuple(input_shape)), importance, pruning_ratio=0.0,
+                                  pruning_ratio_dict=ratios, ignored_layers=[weighted[-1]])  # type: ignore[arg-type]
+    pruner.step()
+    got = dense_widths(model)
+    if got != list(widths):
+        raise UserError(f"Torch-Pruning kept {got}, not the planned {widths}")  # e.g. tied importances
+    return model
+
+
+def gated_for_slimming(dense: nn.Sequential) -> nn.Sequential:
+    """`dense` with a noise-free VIBGate (the per-unit scale mu) after the ReLU of each prunable layer."""
+    from vib_deploy.vib import VIBGate
+
+    model = copy.deepcopy(dense).cpu().float()
+    prunable = {id(layer): _out(layer) for _, layer in prunable_layers(model)}
+    layers: list[nn.Module] = []
+    pending = None
+    for layer in model:
+        layers.append(layer)
+        if id(layer) in prunable:
+            pending = prunable[id(layer)]
+        elif isinstance(layer, nn.ReLU) and pending is not None:
+            gate = VIBGate(pending)
+            with torch.no_grad():
+                gate.mu.fill_(1.0)
+                gate.logD.fill_(-1e4)  # exp(logD / 2) == 0: z = mu exactly, no noise
+            gate.logD.requires_grad_(False)
+            layers.append(gate)
+            pending = None
+    return nn.Sequential(*layers)
+
+
+def prune_by_scale(gated: nn.Sequential, widths: list[int], input_shape: tuple[int, ...]) -> tuple[nn.Sequential, dict[str, Any]]:
+    """Keep the `widths` largest |mu| per gate, fold the scales in (prune.prune_gated), check exactness."""
+    from vib_deploy.prune import prune_gated
+    from vib_deploy.vib import gates
+
+    gated = copy.deepcopy(gated).eval()
+    with torch.no_grad():
+        for gate, width in zip(gates(gated), widths):
+            keep = torch.zeros(gate.units, dtype=torch.bool)
+            keep[torch.topk(gate.mu.abs(), width).indices] = True
+            gate.mu[~keep] = 0.0
+            gate.logD.copy_(torch.where(keep, torch.full_like(gate.logD, -1e4), torch.zeros_like(gate.logD)))
+            gate.threshold = 0.0  # log_alpha = logD - log(mu^2 + 1e-8): -1e4 - … kept, 0 + 18.4 pruned
+    result = prune_gated(gated, input_shape)
+    got = [len(k) for k in result.kept_per_gate]
+    if got != list(widths):
+        raise UserError(f"slimming kept {got}, not the planned {widths}")
+    return result.model.float().eval(), {"scales_left": result.scales_left}
+
+
+# -- training ------------------------------------------------------------------------------------
+def fit(model: nn.Sequential, data: Any, epochs: int, lr: float, batch_size: int, seed: int,
+        gate_lr: float | None = None, l1: float = 0.0, progress: Any = None, label: str = "fine-tune") -> list[dict[str, Any]]:
+    """Adam + cosine schedule for `epochs`, CE (+ l1 * sum |mu| of the gates); the last epoch is kept."""
+    from vib_deploy.train import accuracy
+    from vib_deploy.vib import gates
+
+    if epochs == 0:
+        return []
+    mus = [g.mu for g in gates(model)]
+    ids = {id(p) for p in mus}
+    groups: list[dict[str, Any]] = [{"params": [p for p in model.parameters() if id(p) not in ids and p.requires_grad], "lr": lr}]
+    if mus:
+        groups.append({"params": mus, "lr": gate_lr or lr})
+    opt = torch.optim.Adam(groups)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
+    gen = torch.Generator().manual_seed(seed)
+    x, y = torch.as_tensor(data.x_train), torch.as_tensor(data.y_train)
+    steps = math.ceil(len(x) / batch_size)
+    task = progress.add_task(label, total=epochs * steps) if progress is not None else None
+    history = []
+    for epoch in range(epochs):
+        model.train()
+        perm = torch.randperm(len(x), generator=gen)
+        total = 0.0
+        for i in range(steps):
+            idx = perm[i * batch_size:(i + 1) * batch_size]
+            loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
+            if l1:
+                loss = loss + l1 * torch.stack([m.abs().sum() for m in mus]).sum()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += float(loss)
+            if progress is not None:
+                progress.advance(task)
+        sched.step()
+        history.append({"epoch": epoch + 1, "loss": total / steps, "val_acc": accuracy(model, data.x_val, data.y_val)})
+    return history
+
+
+# -- the peer's "prune" stage ----------------------------------------------------------------------
+@dataclass(frozen=True)
+class PeerSpec:
+    """What a peer run needs from its VIB run."""
+
+    method: str
+    target_flops: int  # the VIB model's pruned FLOPs
+    vib_run: str  # the VIB run directory (for the record)
+    input_units: int | None  # the VIB model's input width when it gates its input (shown as 784-…)
+
+    def section(self, config: Any) -> dict[str, Any]:
+        t = config.train
+        return {"method": self.method, "target_flops": self.target_flops, "tolerance": FLOPS_TOLERANCE,
+                "slimming_l1": SLIMMING_L1 if self.method == "slimming" else None, "epochs": t.vib.epochs,
+                "lr": t.vib.lr, "gate_lr": t.vib.gate_lr, "batch_size": t.batch_size, "seed": t.seed,
+                "data": config.data.model_dump(), "prune": config.prune.model_dump()}
+
+
+def peer_prune(ctx: Any, spec: PeerSpec) -> list[str]:
+    """Prune the run's dense.pt with `spec.method` to the VIB FLOPs, fine-tune, write pruned.pt + prune.json."""
+    from vib_deploy.train import accuracy
+
+    t = ctx.config.train
+    data = ctx.splits()
+    shape = tuple(data.x_test.shape[1:])
+    torch.manual_seed(t.seed)
+    dense = load_model(ctx.run.verified("dense.pt"))
+    widths = match_widths(dense, spec.target_flops, shape)
+    t0 = time.time()
+    sparsity: list[dict[str, Any]] = []
+    extra: dict[str, Any] = {}
+    method = METHODS[spec.method]
+    epochs = t.vib.epochs
+    if method.importance is None:  # slimming: sparsity training, then prune by |scale|
+        sparse_epochs = (epochs + 1) // 2
+        gated = gated_for_slimming(dense)
+        sparsity = fit(gated, data, sparse_epochs, t.vib.lr, t.batch_size, t.seed, t.vib.gate_lr, SLIMMING_L1,
+                       ctx.progress, "slimming L1")
+        pruned, extra = prune_by_scale(gated, widths, shape)
+        finetune_epochs = epochs - sparse_epochs
+    else:
+        pruned = prune_to_widths(dense, widths, method.importance(), shape)
+        finetune_epochs = epochs
+    error_before = 1 - accuracy(pruned, data.x_test, data.y_test)
+    history = fit(pruned, data, finetune_epochs, t.vib.lr, t.batch_size, t.seed + 1, progress=ctx.progress)
+    pruned = pruned.float().eval()
+    flops = count_flops(pruned, shape)
+    save_model(pruned, ctx.run.file("pruned.pt"), {"kept_pixels": None, "method": spec.method})
+    arch = ([spec.input_units] if spec.input_units else []) + widths
+    full = dense_widths(dense)
+    atomic_write_json(ctx.run.file("prune.json"), {
+        **extra, "method": spec.method, "vib_run": spec.vib_run, "target_flops": spec.target_flops,
+        "flops_mismatch": flops / spec.target_flops - 1, "architecture": arch,
+        "dense_architecture": ([spec.input_units] if spec.input_units else []) + full, "kept_pixels": None,
+        "test_error": 1 - accuracy(pruned, data.x_test, data.y_test), "test_error_before_finetune": error_before,
+        "samples": len(data.y_test), "input_shape": list(shape), "sparsity_epochs": len(sparsity), "finetune_epochs": len(history),
+        "history": {"sparsity": sparsity, "finetune": history}, "seconds": time.time() - t0,
+        "dense": {"flops": count_flops(dense, shape), "params": count_params(dense)},
+        "pruned": {"flops": flops, "params": count_params(pruned)},
+    })
+    return ["pruned.pt", "prune.json"]
