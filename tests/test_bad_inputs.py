@@ -74,7 +74,7 @@ def test_bad_pipeline_file(path, tmp_path):
     pytest.param("train.dense.epochs=1.5", ["key 'train.dense.epochs'"], id="fractional-epochs"),
     pytest.param("train.batch_size=many", ["key 'train.batch_size'"], id="word-for-a-number"),
     pytest.param("model=lenet5", ["key 'model'"], id="string-for-a-section"),
-    pytest.param("model.name=vgg16", ["key 'model.name'", "vgg16"], id="unknown-model"),
+    pytest.param("model.name=alexnet", ["key 'model.name'", "alexnet"], id="unknown-model"),
     pytest.param("export.opset=16", ["key 'export.opset'"], id="opset-out-of-range"),
 ])
 def test_bad_set(assignment, fragments, tmp_path):
@@ -318,7 +318,7 @@ RUN_DIR_CASES = [
     pytest.param(_edit_manifest(lambda m: m["artifacts"].pop("vib.pt")), "prune", ["vib.pt is not listed in"],
                  id="model-not-in-manifest"),
     pytest.param(lambda d: (d / "config.yaml").unlink(), "prune", ["no config.yaml"], id="missing-config"),
-    pytest.param(_edit_config("name: lenet300", "name: mobilenet"), "prune", ["config.yaml: key 'model.name'"],
+    pytest.param(_edit_config("name: lenet300", "name: alexnet"), "prune", ["config.yaml: key 'model.name'"],
                  id="config-unknown-model"),
     pytest.param(_write("config.yaml", b"name: [\n"), "report", ["config.yaml: not valid YAML"], id="config-not-yaml"),
 ]

@@ -149,6 +149,19 @@ def bench(
 
 
 @app.command()
+def inspect(
+    model: str = typer.Argument(..., help="A factory, path/to/my_net.py:build or package.module:build, or a zoo name."),
+    input_shape: str = typer.Option("1,28,28", "--input-shape", help="One sample's shape, C,H,W."),
+    ignore: Optional[List[str]] = typer.Option(None, "--ignore", help="A module whose output channels stay (repeatable)."),
+    kwarg: Optional[List[str]] = typer.Option(None, "--kwarg", help="A factory argument, key=value (repeatable)."),
+) -> None:
+    """Show the prunable channel groups of a model, where their gates go, FLOPs per group, and what stays fixed."""
+    from vib_deploy.models import inspect_model, print_inspection
+
+    print_inspection(inspect_model(model, _int_list(input_shape, "--input-shape"), ignore or [], kwarg or []))
+
+
+@app.command()
 def verify(run_dir: Path = typer.Argument(..., help="A run directory (runs/mnist-lenet300) or a Triton model repository (models/).")) -> None:
     """Check a run directory's artifacts, or a model repository's versions, against their sha256 manifests."""
     from vib_deploy.runs import RunDir
@@ -340,7 +353,7 @@ def sweep(
     kl_factor: str = typer.Option(..., "--kl-factor", help="kl_factor values, comma-separated, e.g. 1e-4,3e-4,5e-4."),
     seeds: str = SEEDS,
     set_: Optional[List[str]] = typer.Option(None, "--set", help="Override a key for every point."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Folder for sweep.json and frontier.png (default runs/<name>-sweep)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Folder for sweep.json, frontier.png and frontier.md (default runs/<name>-sweep)."),
 ) -> None:
     """One pipeline over several kl_factor values (dense stage reused): runs/<name>-kl<K>-s<seed>/ and the frontier plot."""
     from vib_deploy.sweep import frontier_rows, parse_floats, parse_seeds, sweep as run_sweep

@@ -16,7 +16,22 @@ class _Strict(BaseModel):
 
 
 class ModelConfig(_Strict):
-    name: Literal["lenet300", "lenet5"]  # a zoo model (see vib_deploy/zoo)
+    # exactly one of: a zoo model (see vib_deploy/zoo), or a factory returning an nn.Module
+    name: Literal["lenet300", "lenet5", "resnet20", "resnet56", "mobilenet", "vgg16"] | None = None
+    factory: str | None = Field(None, min_length=3)  # "path/to/my_net.py:build" or "package.module:build"
+    kwargs: dict[str, Any] = {}  # keyword arguments for the factory (or zoo function)
+    input_shape: list[int] | None = None  # (C, H, W) of one sample; default: the data's (1, 28 + 2 pad, ...)
+    ignore: list[str] = []  # module names whose output channels are never pruned (the output layer never is)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "ModelConfig":
+        if (self.name is None) == (self.factory is None):
+            raise ValueError("give exactly one of model.name (a zoo model) and model.factory (your own nn.Module)")
+        if self.name in ("lenet300", "lenet5") and (self.kwargs or self.input_shape or self.ignore):
+            raise ValueError(f"model {self.name} takes no kwargs, input_shape or ignore")
+        if self.input_shape is not None and (len(self.input_shape) != 3 or min(self.input_shape) < 1):
+            raise ValueError(f"input_shape must be [channels, height, width] of positive integers, got {self.input_shape}")
+        return self
 
 
 class DataConfig(_Strict):
@@ -25,6 +40,7 @@ class DataConfig(_Strict):
     val_size: int = Field(5000, ge=1)  # the last `val_size` training images are held out for validation
     train_limit: int | None = Field(None, ge=1)  # use only the first N training images (tests, smoke runs)
     test_limit: int | None = Field(None, ge=1)  # use only the first N test images (tests only: the report says so)
+    pad: int = Field(0, ge=0, le=16)  # zero pixels added on each side (2: 28x28 -> 32x32 for CIFAR-style nets)
 
 
 class DenseTrainConfig(_Strict):

@@ -157,8 +157,12 @@ def _load_pair(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     return images, labels
 
 
-def load_splits(dataset: str, root: str | None, val_size: int, train_limit: int | None, test_limit: int | None) -> Splits:
-    """Load train/val/test: validation is the last `val_size` images of the (limited) training set."""
+def load_splits(dataset: str, root: str | None, val_size: int, train_limit: int | None, test_limit: int | None,
+                pad: int = 0) -> Splits:
+    """Load train/val/test: validation is the last `val_size` images of the (limited) training set.
+
+    Images are (N, 1, H + 2 pad, W + 2 pad) float32 in [0, 1], padded with zeros (the background).
+    """
     folder = resolve_root(dataset, root)
     if folder == cache_dir(dataset):
         verify_cache(dataset)
@@ -172,7 +176,8 @@ def load_splits(dataset: str, root: str | None, val_size: int, train_limit: int 
         raise UserError(f"data.val_size={val_size} leaves no training images (only {len(x_tr)} loaded)")
 
     def prep(x: np.ndarray) -> np.ndarray:
-        return (x.astype(np.float32) / 255.0)[:, None, :, :]
+        x = (x.astype(np.float32) / 255.0)[:, None, :, :]
+        return np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad))) if pad else x
 
     n = len(x_tr) - val_size
     return Splits(

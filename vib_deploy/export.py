@@ -34,11 +34,11 @@ def export_onnx(model: nn.Module, path: Path, input_shape: tuple[int, ...], opse
             with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
                 program = torch.onnx.export(
                     model, (example,), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                    dynamic_shapes={"input": {0: torch.export.Dim("batch", min=1)}},
+                    dynamic_shapes=({0: torch.export.Dim("batch", min=1)},),  # positional: any forward arg name
                     opset_version=opset, dynamo=True, verbose=False,
                 )
-        except Exception as e:
-            raise UserError(f"ONNX export of {path.name} failed: {_first_line(e)}") from e
+        except Exception as e:  # torch.onnx wraps the real reason (torch.export's) as the cause
+            raise UserError(f"ONNX export of {path.name} failed: {_first_line(e.__cause__ or e)}") from e
         assert program is not None
         proto = program.model_proto
         for key, value in (metadata or {}).items():

@@ -112,18 +112,23 @@ def load_payload(path: Path) -> dict[str, Any]:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for truncated/garbage files
         raise UserError(f"{path}: not a loadable vib-deploy model ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from e
-    if not isinstance(payload, dict) or "layers" not in payload or "state_dict" not in payload:
+    if not isinstance(payload, dict) or not ("layers" in payload or "module" in payload) or "state_dict" not in payload:
         raise UserError(f"{path}: not a vib-deploy model file (no layers/state_dict)")
     return payload
 
 
-def load_model(path: str | Path) -> nn.Sequential:
+def load_model(path: str | Path) -> nn.Module:
     """Load a model saved by vib-deploy (dense, VIB or pruned) in eval mode, in any process.
 
     This is the one function a user's own code needs: `from vib_deploy.nets import load_model`.
+    Zoo LeNets come back as Sequentials; factory-built nets are rebuilt by their factory (see models.py).
     """
     path = Path(path)
     payload = load_payload(path)
+    if "module" in payload:
+        from vib_deploy.models import load_module_model
+
+        return load_module_model(payload["module"], payload["state_dict"], path)
     try:
         model = build(payload["layers"])
     except UserError as e:

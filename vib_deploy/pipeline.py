@@ -38,7 +38,7 @@ class Context:
             from vib_deploy.data import load_splits
 
             d = self.config.data
-            self._splits = load_splits(d.dataset, d.root, d.val_size, d.train_limit, d.test_limit)
+            self._splits = load_splits(d.dataset, d.root, d.val_size, d.train_limit, d.test_limit, d.pad)
         return self._splits
 
     def read_json(self, name: str) -> dict[str, Any]:
@@ -57,7 +57,10 @@ class Stage:
 
 def _train_common(c: PipelineConfig) -> dict[str, Any]:
     t = c.train
-    return {"model": c.model.model_dump(), "data": c.data.model_dump(), "seed": t.seed,
+    from vib_deploy.models import factory_digest
+
+    factory = {"factory_sha256": factory_digest(c.model.factory)} if c.model.factory else {}  # a changed model file retrains
+    return {"model": c.model.model_dump(), **factory, "data": c.data.model_dump(), "seed": t.seed,
             "batch_size": t.batch_size, "device": t.device}
 
 

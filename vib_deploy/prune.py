@@ -52,8 +52,8 @@ class _ScalePruner(tp.pruner.BasePruningFunc):
 
 @dataclass(frozen=True)
 class PruneResult:
-    model: nn.Sequential  # full-image input (float64: cast with .float() to deploy)
-    reduced_model: nn.Sequential | None  # input = the kept pixels only (input-gated models), float64
+    model: nn.Module  # full-image input (float64: cast with .float() to deploy)
+    reduced_model: nn.Module | None  # input = the kept pixels only (input-gated models), float64
     kept_pixels: list[int] | None
     kept_per_gate: list[list[int]]  # indices of kept units per gate layer
     scales_left: int  # ChannelScale layers that could not be folded (negative mu before a max-pool)

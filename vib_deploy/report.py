@@ -19,7 +19,7 @@ def build_metrics(run: RunDir, config: Any) -> dict[str, Any]:
     flops_d, flops_p = pruned["dense"]["flops"], pruned["pruned"]["flops"]
     params_d, params_p = pruned["dense"]["params"], pruned["pruned"]["params"]
     return {
-        "model": config.model.name,
+        "model": config.model.name or config.model.factory,
         "dataset": config.data.dataset,
         "version": __version__,
         "test_samples": dense["test_samples"],

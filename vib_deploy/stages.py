@@ -17,9 +17,10 @@ from typing import Any
 import torch
 
 from vib_deploy import distributed
-from vib_deploy.nets import count_flops, count_params, load_model, save_model
+from vib_deploy.errors import UserError
+from vib_deploy.models import model_source
+from vib_deploy.nets import count_flops, count_params, load_model
 from vib_deploy.runs import atomic_write_json
-from vib_deploy.zoo import INPUT_SHAPE, architecture, gated_model, load_dense_into_gated, strip_gates
 
 
 def _error(model: torch.nn.Module, x: Any, y: Any) -> float:
@@ -41,8 +42,12 @@ def train_dense(ctx: Any) -> list[str]:
 
     cfg = ctx.config.train.dense
     data = ctx.splits()
+    source = model_source(ctx.config)
+    if source.input_shape != tuple(data.x_train.shape[1:]):
+        raise UserError(f"the model takes {list(source.input_shape)} but the data's images are {list(data.x_train.shape[1:])}")
     torch.manual_seed(ctx.config.train.seed)
-    dense = strip_gates(gated_model(ctx.config.model.name))
+    dense = source.dense()
+    source.check(dense)  # a model vib-deploy cannot gate or prune exactly fails here, before any training
     t0 = time.time()
     result = train(dense, _spec(ctx, "train-dense", epochs=cfg.epochs, lr=cfg.lr, weight_decay=cfg.weight_decay,
                                 select_best=True), data, ctx.run, ctx.progress)
@@ -50,7 +55,7 @@ def train_dense(ctx: Any) -> list[str]:
     dense = dense.cpu()
 
     def write() -> list[str]:
-        save_model(dense, ctx.run.file("dense.pt"))
+        source.save(dense, ctx.run.file("dense.pt"))
         atomic_write_json(ctx.run.file("train-dense.json"), {
             "history": result.history, "best_epoch": result.best_epoch, "resumed_from_epoch": result.resumed_from,
             "seconds": seconds, "test_error": _error(dense, data.x_test, data.y_test),
@@ -65,15 +70,12 @@ def train_dense(ctx: Any) -> list[str]:
 def train_vib(ctx: Any) -> list[str]:
     """VIB training from the dense weights; keeps the last epoch (no test-set or best-epoch selection)."""
     from vib_deploy.train import gate_summary, mask_digest, train
-    from vib_deploy.vib import gates
 
     cfg = ctx.config.train.vib
     data = ctx.splits()
+    source = model_source(ctx.config)
     torch.manual_seed(ctx.config.train.seed)
-    gated = gated_model(ctx.config.model.name)
-    for gate in gates(gated):
-        gate.threshold = cfg.threshold
-    load_dense_into_gated(load_model(ctx.run.verified("dense.pt")), gated)
+    gated = source.gated(load_model(ctx.run.verified("dense.pt")), cfg.threshold)
     t0 = time.time()
     result = train(gated, _spec(ctx, "train-vib", epochs=cfg.epochs, lr=cfg.lr, gate_lr=cfg.gate_lr,
                                 kl_factor=cfg.kl_factor, finetune_epochs=cfg.finetune_epochs), data, ctx.run, ctx.progress)
@@ -82,11 +84,11 @@ def train_vib(ctx: Any) -> list[str]:
     masks = distributed.same_on_all_ranks("gate masks", mask_digest(gated))  # what pruning will cut, from every rank
 
     def write() -> list[str]:
-        save_model(gated, ctx.run.file("vib.pt"))
+        source.save(gated, ctx.run.file("vib.pt"))
         atomic_write_json(ctx.run.file("train-vib.json"), {
             "history": result.history, "resumed_from_epoch": result.resumed_from, "seconds": seconds,
             "test_error": _error(gated, data.x_test, data.y_test), "val_error": _error(gated, data.x_val, data.y_val),
-            "gates": gate_summary(gated), "architecture": architecture(gated),
+            "gates": gate_summary(gated), "architecture": source.architecture(gated),
             "world_size": distributed.world_size(), "images_per_second": result.images_per_second,
             "mask_sha256_per_rank": masks,
         })
@@ -97,26 +99,30 @@ def train_vib(ctx: Any) -> list[str]:
 
 def prune(ctx: Any) -> list[str]:
     """Structural pruning, checked exact against the VIB model on the full test set."""
-    from vib_deploy.prune import check_exact, prune_gated
+    from vib_deploy.prune import check_exact
 
+    source = model_source(ctx.config)
+    shape = source.input_shape
     vib_model = load_model(ctx.run.verified("vib.pt"))
     data = ctx.splits()
-    result = prune_gated(vib_model, INPUT_SHAPE)
+    result, info = source.prune(vib_model)
     exact = check_exact(result, vib_model, torch.as_tensor(data.x_test), ctx.config.prune.tolerance)
     outputs = ["pruned.pt"]
     pruned = result.model.float()
-    save_model(pruned, ctx.run.file("pruned.pt"), {"kept_pixels": result.kept_pixels})
+    extra = {"kept_pixels": result.kept_pixels}
+    source.save(pruned, ctx.run.file("pruned.pt"), extra, pruning=info.get("pruning"))
     if result.reduced_model is not None:
-        save_model(result.reduced_model.float(), ctx.run.file("pruned_reduced.pt"), {"kept_pixels": result.kept_pixels})
+        source.save(result.reduced_model.float(), ctx.run.file("pruned_reduced.pt"), extra)
         outputs.append("pruned_reduced.pt")
-    dense = strip_gates(gated_model(ctx.config.model.name))
+    dense = load_model(ctx.run.verified("dense.pt"))
     kept = [len(k) for k in result.kept_per_gate]
     atomic_write_json(ctx.run.file("prune.json"), {
-        **exact, "architecture": kept, "dense_architecture": architecture(vib_model),
+        **exact, "architecture": kept, "dense_architecture": source.architecture(vib_model),
         "kept_indices": result.kept_per_gate, "kept_pixels": result.kept_pixels, "scales_left": result.scales_left,
+        "input_shape": list(shape), "pruning": info.get("pruning"),
         "test_error": _error(pruned, data.x_test, data.y_test),
-        "dense": {"flops": count_flops(dense, INPUT_SHAPE), "params": count_params(dense)},
-        "pruned": {"flops": count_flops(pruned, INPUT_SHAPE), "params": count_params(pruned)},
+        "dense": {"flops": count_flops(dense, shape), "params": count_params(dense)},
+        "pruned": {"flops": count_flops(pruned, shape), "params": count_params(pruned)},
     })
     return outputs + ["prune.json"]
 
@@ -136,7 +142,7 @@ def export(ctx: Any) -> list[str]:
             continue
         model = load_model(ctx.run.verified(f"{variant}.pt"))
         x = x_test
-        shape: tuple[int, ...] = INPUT_SHAPE
+        shape: tuple[int, ...] = tuple(prune_info.get("input_shape", (1, 28, 28)))
         meta = {"vib_deploy.variant": variant, "vib_deploy.run": ctx.config.name}
         if variant == "pruned_reduced":
             x = x_test.reshape(len(x_test), -1)[:, prune_info["kept_pixels"]]

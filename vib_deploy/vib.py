@@ -54,13 +54,15 @@ class VIBGate(nn.Module):
         # (B, C) -> (B, C, 1, 1) for a (B, C, H, W) input: one draw per channel, shared over H x W
         return z.reshape(z.shape + (1,) * (x.dim() - z.dim()))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def sample(self, like: torch.Tensor) -> torch.Tensor:
+        """z for a batch shaped like `like`: (B, C) noisy draws in training, (1, C) inference values in eval."""
         if self.training:
-            eps = torch.randn(x.shape[0], self.units, device=x.device, dtype=x.dtype)
-            z = self.mu + eps * torch.exp(0.5 * self.logD)  # (B, C)
-        else:
-            z = self.inference_scale().unsqueeze(0)  # (1, C)
-        return x * self._shape(x, z)
+            eps = torch.randn(like.shape[0], self.units, device=like.device, dtype=like.dtype)
+            return self.mu + eps * torch.exp(0.5 * self.logD)  # (B, C)
+        return self.inference_scale().unsqueeze(0)  # (1, C)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self._shape(x, self.sample(x))
 
 
 def gates(model: nn.Module) -> list[VIBGate]:
