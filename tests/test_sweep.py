@@ -1,5 +1,5 @@
 """The kl_factor sweep through the CLI on a few hundred real MNIST images: one dense stage for all
-points (same dense.pt), every point a normal run directory, sweep.json + frontier.png; bad input → exit 2."""
+points (same dense.pt), every point a normal run directory, sweep.json + frontier.png + frontier.md; bad input → exit 2."""
 
 import hashlib
 import json
@@ -37,6 +37,7 @@ def test_sweep_reuses_one_dense_stage_and_plots_the_frontier(tmp_path, mnist_roo
     assert records[1]["flops"] < records[0]["flops"] < records[0]["dense_flops"]  # more KL, fewer FLOPs
     assert all(r["p50_ms"]["onnxruntime/b64/pruned"] > 0 for r in records)
     assert (tmp_path / "sw" / "frontier.png").read_bytes()[:4] == b"\x89PNG"
+    assert "| 0.001 | 0 |" in (tmp_path / "sw" / "frontier.md").read_text()
     assert "kl_factor 0.001: error" in proc.stdout
 
     again = run_cli("sweep", PIPELINE, "--kl-factor", "1e-3", "--out", str(tmp_path / "sw2"), *TINY, cwd=tmp_path)

@@ -159,6 +159,13 @@ def render(records: list[dict[str, Any]], plots: dict[str, str]) -> str:
             parts.append(f"| {_title(method)} | {s['seeds']} | {s['error']} | {s['kept']} | {s['kflops']} | {s['params']} | "
                          f"{s['bytes']} | {s['b1']} | {s['b64']} | {s['speedup_b1']} | {s['speedup_b64']} | {s['ratio_b1']} | "
                          f"{s['ratio_b64']} |")
+        reduced = [r for r in group if r["method"] == "vib" and _p50(r, "onnxruntime", 64, "pruned_reduced") is not None]
+        if reduced:
+            b1 = [v for r in reduced if (v := _p50(r, "onnxruntime", 1, "pruned_reduced")) is not None]
+            b64 = [v for r in reduced if (v := _p50(r, "onnxruntime", 64, "pruned_reduced")) is not None]
+            parts += ["", f"VIB's `pruned_reduced.onnx` (takes the kept pixels only; the client gathers them, as a peer's "
+                          f"input is the whole image): ORT p50 b1 {_pm(b1, '.4f')} ms, b64 {_pm(b64, '.4f')} ms. "
+                          "The table's VIB latency is `pruned.onnx`, which gathers them in the graph."]
         parts += ["", *verdicts(group), "", "Per run:", "",
                   "| method | seed | error | kept | KFLOPs | params | ORT b1 ms | ORT b64 ms | run directory |",
                   "|---|---|---|---|---|---|---|---|---|"]

@@ -15,7 +15,7 @@ from typing import Any, Callable, Sequence
 
 from vib_deploy.config import PipelineConfig, load_config
 from vib_deploy.errors import UserError
-from vib_deploy.runs import RunDir, atomic_write_bytes, atomic_write_json
+from vib_deploy.runs import RunDir, atomic_write_bytes, atomic_write_json, atomic_write_text
 
 Echo = Callable[[str], None]
 RUNS = Path("runs")
@@ -130,7 +130,24 @@ def sweep(pipeline: Path, kl_factors: Sequence[float], seeds: Sequence[int], ove
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "sweep.json", records)
     plot_frontier(records, out / "frontier.png", f"{name}: accuracy–FLOPs frontier (VIB, kl_factor sweep)")
+    atomic_write_text(out / "frontier.md", render_frontier(name, records))
     return records
+
+
+def render_frontier(name: str, records: Sequence[dict[str, Any]]) -> str:
+    """The frontier as a markdown table (mean ± std over seeds), beside frontier.png."""
+    def pm(v: tuple[float, float] | None, fmt: str, scale: float = 1.0) -> str:
+        return "–" if v is None else f"{v[0] * scale:{fmt}} ± {v[1] * scale:{fmt}}"
+
+    lines = [f"# {name}: accuracy–FLOPs frontier", "",
+             "| kl_factor | seeds | kept (per seed) | test error % | KFLOPs | ORT p50 b1 ms | ORT p50 b64 ms |",
+             "|---|---|---|---|---|---|---|"]
+    for row in frontier_rows(records):
+        lines.append(f"| {row['kl_factor']:g} | {','.join(map(str, row['seeds']))} | {', '.join(row['architectures'])} | "
+                     f"{pm(row['error'], '.2f', 100)} | {pm(row['flops'], '.1f', 1e-3)} | {pm(row['ort_b1_ms'], '.4f')} | "
+                     f"{pm(row['ort_b64_ms'], '.4f')} |")
+    lines += ["", "![frontier](frontier.png)", ""]
+    return "\n".join(lines)
 
 
 def frontier_rows(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
