@@ -4,7 +4,7 @@ Per seed: the VIB point `runs/<name>-kl<K>-s<seed>/` (see `sweep.run_point`), th
 per peer, `runs/<name>-kl<K>-s<seed>-<method>/`, holding a copy of the VIB run's dense stage, a `prune`
 stage of its own (`peers.peer_prune`: prune to the VIB FLOPs, fine-tune) and the pipeline's own
 `export` and `bench` stages, cached like any run. The records of every run go to
-`docs/comparison.json` (records of other pipelines already there are kept) and the tables, mean ± std
+`docs/comparison.json` (records of other pipelines, methods or seeds already there are kept) and the tables, mean ± std
 over seeds and per seed, to `docs/comparison.md`, plots to `docs/img/`.
 """
 
@@ -68,11 +68,16 @@ def compare(pipeline: Path, methods: Sequence[str], seeds: Sequence[int], overri
 
 
 def write_comparison(records: list[dict[str, Any]], docs: Path) -> None:
-    """Merge into docs/comparison.json (replacing this pipeline's records), then render md + plots from all."""
+    """Merge into docs/comparison.json (a new record replaces the one of the same pipeline, method and seed),
+    then render the tables and plots from all of them."""
     path = docs / "comparison.json"
     old = json.loads(path.read_text()) if path.is_file() else []
-    pipelines = {r["pipeline"] for r in records}
-    merged = [r for r in old if r.get("pipeline") not in pipelines] + records
+
+    def ident(r: dict[str, Any]) -> tuple[Any, ...]:
+        return r.get("pipeline"), r.get("method"), r.get("seed")
+
+    new = {ident(r) for r in records}
+    merged = [r for r in old if ident(r) not in new] + records
     merged.sort(key=lambda r: (r["pipeline"], _method_order(r["method"]), r["seed"]))
     atomic_write_json(path, merged)
     plots = {p: plot_comparison([r for r in merged if r["pipeline"] == p], docs / "img" / f"comparison-{p}.png")
