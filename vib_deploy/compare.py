@@ -150,7 +150,7 @@ def render(records: list[dict[str, Any]], plots: dict[str, str]) -> str:
              "has wider hidden layers where VIB has fewer inputs. Errors: pruned model on the test set, last epoch, test",
              "set used once. Latency: ONNX Runtime CPU, 1 thread, p50, dense and pruned alternating in one process;",
              "speedup = dense p50 / pruned p50 of the same run; measured/ideal = speedup / (dense FLOPs / pruned FLOPs).",
-             "GPU backends: not measured (no GPU on the machine that generated this file).", ""]
+             _gpu_note(), ""]
     for pipeline in sorted({r["pipeline"] for r in records}):
         group = [r for r in records if r["pipeline"] == pipeline]
         first = group[0]
@@ -171,6 +171,12 @@ def render(records: list[dict[str, Any]], plots: dict[str, str]) -> str:
             parts += ["", f"VIB's `pruned_reduced.onnx` (takes the kept pixels only; the client gathers them, as a peer's "
                           f"input is the whole image): ORT p50 b1 {_pm(b1, '.4f')} ms, b64 {_pm(b64, '.4f')} ms. "
                           "The table's VIB latency is `pruned.onnx`, which gathers them in the graph."]
+        for backend in sorted({k.split("/")[0] for r in group for k in r["p50_ms"]} - {"onnxruntime"}):
+            parts += ["", f"{backend}: p50 (ms) and measured speedup over the same run's dense model", "",
+                      "| method | p50 b1 | p50 b64 | speedup b1 | speedup b64 |", "|---|---|---|---|---|"]
+            for method in sorted({r["method"] for r in group}, key=_method_order):
+                s = summary([r for r in group if r["method"] == method], backend)
+                parts.append(f"| {_title(method)} | {s['b1']} | {s['b64']} | {s['speedup_b1']} | {s['speedup_b64']} |")
         parts += ["", *verdicts(group), "", "Per run:", "",
                   "| method | seed | error | kept | KFLOPs | params | ORT b1 ms | ORT b64 ms | run directory |",
                   "|---|---|---|---|---|---|---|---|---|"]
@@ -182,6 +188,15 @@ def render(records: list[dict[str, Any]], plots: dict[str, str]) -> str:
             parts += ["", f"![{pipeline}]({plots[pipeline]})"]
         parts.append("")
     return "\n".join(parts)
+
+
+def _gpu_note() -> str:
+    import torch
+
+    if torch.cuda.is_available():
+        return ("GPU backends: this machine has a GPU, but the bench stage times CPU backends only (ONNX Runtime's CPU "
+                "provider, torch eager on CPU); no GPU figure is in these tables.")
+    return "GPU backends: not measured (no GPU on the machine that generated this file); every latency here is CPU."
 
 
 def _fmt(v: float | None) -> str:
