@@ -95,3 +95,30 @@ def test_slimming_sparsity_training_shrinks_scales(mnist_root):
     assert len(history) == 2
     mu = torch.cat([g.mu.detach() for g in gates(gated)])
     assert float(mu.abs().mean()) < 1.0 and all(float(g.logD.max()) == -1e4 for g in gates(gated))
+
+
+@pytest.mark.parametrize("target", [22_336, 15_000])
+def test_pixel_peers_search_pixels_too_and_gather_them_in_the_graph(target):
+    from vib_deploy.peers import prune_pixels
+
+    torch.manual_seed(0)
+    dense = lenet300()
+    pixels, *widths = match_widths(dense, target, SHAPE, pixels=True)
+    assert pixels < 784 and abs(count_flops(with_widths(dense, widths, pixels), SHAPE) / target - 1) <= FLOPS_TOLERANCE
+    hidden = prune_to_widths(dense, widths, METHODS["l1-pixels"].importance(), SHAPE)
+    full, reduced, kept = prune_pixels(hidden, pixels)
+    assert len(kept) == pixels and kept == sorted(kept)
+    assert abs(count_flops(full, SHAPE) / target - 1) <= FLOPS_TOLERANCE
+    columns = hidden[1].weight.detach().abs().sum(0)
+    assert float(columns[kept].min()) >= float(columns[[i for i in range(784) if i not in set(kept)]].max())
+    x = torch.randn(8, *SHAPE)
+    assert torch.equal(full(x), reduced(x.flatten(1)[:, kept]))
+    # exact where the dropped pixels are zero: only their columns were removed
+    x0 = torch.zeros(8, 784)
+    x0[:, kept] = torch.randn(8, pixels)
+    assert torch.allclose(full(x0.reshape(8, *SHAPE)), hidden(x0.reshape(8, *SHAPE)), atol=1e-5)
+
+
+def test_pixel_peers_need_an_mlp():
+    with pytest.raises(UserError, match="Flatten -> Linear"):
+        match_widths(lenet5(), 248_876, SHAPE, pixels=True)

@@ -11,11 +11,13 @@ as a plain Sequential (`pruned.pt`), so the pipeline's export and bench stages r
     slimming   Liu et al. 2017 without BatchNorm: a per-unit scale (a VIBGate with its noise off, mu
                only) after each hidden ReLU, trained with CE + SLIMMING_L1 * sum |mu|; the smallest |mu|
                are pruned and the scales folded into the weights (prune.prune_gated, checked exact)
+    l1-pixels  l1, then also the input pixels whose columns of the first Linear have the smallest L1
+               norm (MLPs): a Gather of the kept pixels in the graph, like VIB's input gate
 
-Peers keep every input pixel (these methods prune hidden units and filters; the input-pixel gate is
-VIB's own); FLOPs are matched on the whole model, so a peer spends the FLOPs VIB saves on pixels on
-hidden units instead. Epoch budget: the VIB stage's `train.vib.epochs` after the dense stage — all of
-them fine-tuning for l1/magnitude/random; for slimming the first half (rounded up) is sparsity training
+The other peers keep every input pixel (these methods prune hidden units and filters; the input-pixel
+gate is VIB's own); FLOPs are matched on the whole model, so such a peer spends the FLOPs VIB saves on
+pixels on hidden units instead. Epoch budget: the VIB stage's `train.vib.epochs` after the dense stage,
+all of them fine-tuning for l1, l1-pixels, magnitude and random; for slimming the first half (rounded up) is sparsity training
 and the rest fine-tuning. Optimiser as in the VIB stage (Adam, lr / gate_lr, cosine, batch_size);
 the last epoch is kept, as for VIB.
 """
@@ -62,6 +64,7 @@ class Method:
     name: str
     title: str  # for tables
     importance: Callable[[], Any] | None  # a Torch-Pruning importance (MetaPruner), or None: slimming
+    pixels: bool = False  # also drop input pixels (MLPs): the first Linear's columns by the same criterion
 
 
 METHODS: dict[str, Method] = {m.name: m for m in [
@@ -69,6 +72,7 @@ METHODS: dict[str, Method] = {m.name: m for m in [
     Method("slimming", "network slimming (Liu et al. 2017)", None),
     Method("random", "random structured", _random),
     Method("magnitude", "magnitude neurons (L2 of incoming weights)", _l2),
+    Method("l1-pixels", "L1-norm, input pixels too (MLP)", _l1, pixels=True),
 ]}
 
 
@@ -88,8 +92,9 @@ def _out(layer: nn.Module) -> int:
     return layer.out_channels if isinstance(layer, nn.Conv2d) else layer.out_features
 
 
-def with_widths(dense: nn.Sequential, widths: list[int]) -> nn.Sequential:
-    """An untrained Sequential like `dense` with the prunable layers at `widths` (for counting FLOPs)."""
+def with_widths(dense: nn.Sequential, widths: list[int], pixels: int | None = None) -> nn.Sequential:
+    """An untrained Sequential like `dense` with the prunable layers at `widths` (for counting FLOPs);
+    with `pixels`, the first Linear (after the flatten) takes only that many input pixels."""
     spec = describe(dense)
     weighted = [i for i, s in enumerate(spec) if s["type"] in ("linear", "conv2d")]
     for (i, _), width in zip(prunable_layers(dense), widths):
@@ -97,25 +102,33 @@ def with_widths(dense: nn.Sequential, widths: list[int]) -> nn.Sequential:
         spec[i]["out"] = width
         nxt = spec[next(j for j in weighted if j > i)]
         nxt["in"] = nxt["in"] // old * width  # a Linear after a flatten takes H*W inputs per channel
+    if pixels is not None:
+        first = weighted[0]
+        if spec[first]["type"] != "linear" or first == 0 or spec[first - 1]["type"] != "flatten":
+            raise UserError("pruning input pixels needs a model that starts Flatten -> Linear (an MLP)")
+        spec[first]["in"] = pixels
+        spec.insert(first, {"type": "select", "count": pixels})
     return build(spec)
 
 
 def match_widths(dense: nn.Sequential, target_flops: int, input_shape: tuple[int, ...],
-                 tolerance: float = FLOPS_TOLERANCE) -> list[int]:
+                 tolerance: float = FLOPS_TOLERANCE, pixels: bool = False) -> list[int]:
     """Per-layer widths whose FLOPs are within `tolerance` of `target_flops`.
 
     1. Binary search of one scale s for all layers, widths round(s * dense width) (Li et al.'s uniform
        ratio): the largest s whose FLOPs do not exceed the target.
     2. Then, from the last prunable layer to the first, each width alone is set to the value that brings
        the FLOPs closest to the target (FLOPs grow monotonically with any one width).
+    With `pixels`, the first entry is the number of input pixels kept, searched like a width.
     """
-    full = dense_widths(dense)
+    full = ([math.prod(input_shape)] if pixels else []) + dense_widths(dense)
     cache: dict[tuple[int, ...], int] = {}
 
     def flops(widths: list[int]) -> int:
         key = tuple(widths)
         if key not in cache:
-            cache[key] = count_flops(with_widths(dense, widths), input_shape)
+            model = with_widths(dense, widths[1:], widths[0]) if pixels else with_widths(dense, widths)
+            cache[key] = count_flops(model, input_shape)
         return cache[key]
 
     def at(scale: float) -> list[int]:
@@ -159,6 +172,30 @@ def prune_to_widths(dense: nn.Sequential, widths: list[int], importance: Any, in
     if got != list(widths):
         raise UserError(f"Torch-Pruning kept {got}, not the planned {widths}")  # e.g. tied importances
     return model
+
+
+def prune_pixels(model: nn.Sequential, pixels: int) -> tuple[nn.Sequential, nn.Sequential, list[int]]:
+    """Keep the `pixels` input pixels whose columns of the first Linear have the largest L1 norm.
+
+    Returns (full-image model: Flatten -> PixelSelect -> ..., reduced model taking the kept pixels, kept indices),
+    the same two deployments as a VIB model with an input gate.
+    """
+    import torch_pruning as tp
+
+    from vib_deploy.nets import PixelSelect
+
+    model = copy.deepcopy(model)
+    first = next(i for i, m in enumerate(model) if isinstance(m, nn.Linear))
+    linear = model[first]
+    assert isinstance(linear, nn.Linear)
+    norms = linear.weight.detach().abs().sum(0)  # (in_features,)
+    kept = sorted(torch.topk(norms, pixels).indices.tolist())
+    dead = sorted(set(range(linear.in_features)) - set(kept))
+    if dead:
+        tp.prune_linear_in_channels(linear, dead)
+    rest = list(model)[first:]
+    full = nn.Sequential(*list(model)[:first], PixelSelect(torch.tensor(kept)), *rest).eval()
+    return full, nn.Sequential(*rest).eval(), kept
 
 
 def gated_for_slimming(dense: nn.Sequential) -> nn.Sequential:
@@ -237,7 +274,7 @@ def fit(model: nn.Sequential, data: Any, epochs: int, lr: float, batch_size: int
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            total += float(loss)
+            total += float(loss.detach())
             if progress is not None:
                 progress.advance(task)
         sched.step()
@@ -272,11 +309,12 @@ def peer_prune(ctx: Any, spec: PeerSpec) -> list[str]:
     shape = tuple(data.x_test.shape[1:])
     torch.manual_seed(t.seed)
     dense = load_model(ctx.run.verified("dense.pt"))
-    widths = match_widths(dense, spec.target_flops, shape)
+    method = METHODS[spec.method]
+    widths = match_widths(dense, spec.target_flops, shape, pixels=method.pixels)
+    pixels = widths.pop(0) if method.pixels else None
     t0 = time.time()
     sparsity: list[dict[str, Any]] = []
     extra: dict[str, Any] = {}
-    method = METHODS[spec.method]
     epochs = t.vib.epochs
     if method.importance is None:  # slimming: sparsity training, then prune by |scale|
         sparse_epochs = (epochs + 1) // 2
@@ -288,21 +326,29 @@ def peer_prune(ctx: Any, spec: PeerSpec) -> list[str]:
     else:
         pruned = prune_to_widths(dense, widths, method.importance(), shape)
         finetune_epochs = epochs
+    kept_pixels, reduced, outputs = None, None, ["pruned.pt"]
+    if pixels is not None:
+        pruned, reduced, kept_pixels = prune_pixels(pruned, pixels)  # `reduced` shares its layers with `pruned`
+        outputs.append("pruned_reduced.pt")
     error_before = 1 - accuracy(pruned, data.x_test, data.y_test)
     history = fit(pruned, data, finetune_epochs, t.vib.lr, t.batch_size, t.seed + 1, progress=ctx.progress)
     pruned = pruned.float().eval()
     flops = count_flops(pruned, shape)
-    save_model(pruned, ctx.run.file("pruned.pt"), {"kept_pixels": None, "method": spec.method})
-    arch = ([spec.input_units] if spec.input_units else []) + widths
+    save_model(pruned, ctx.run.file("pruned.pt"), {"kept_pixels": kept_pixels, "method": spec.method})
+    if reduced is not None:
+        save_model(reduced.float().eval(), ctx.run.file("pruned_reduced.pt"), {"kept_pixels": kept_pixels, "method": spec.method})
+    inputs = [pixels] if pixels is not None else [spec.input_units] if spec.input_units else []
+    arch = inputs + widths
     full = dense_widths(dense)
     atomic_write_json(ctx.run.file("prune.json"), {
         **extra, "method": spec.method, "vib_run": spec.vib_run, "target_flops": spec.target_flops,
         "flops_mismatch": flops / spec.target_flops - 1, "architecture": arch,
-        "dense_architecture": ([spec.input_units] if spec.input_units else []) + full, "kept_pixels": None,
+        "dense_architecture": ([spec.input_units or math.prod(shape)] if inputs else []) + full,
+        "kept_pixels": kept_pixels,
         "test_error": 1 - accuracy(pruned, data.x_test, data.y_test), "test_error_before_finetune": error_before,
         "samples": len(data.y_test), "input_shape": list(shape), "sparsity_epochs": len(sparsity), "finetune_epochs": len(history),
         "history": {"sparsity": sparsity, "finetune": history}, "seconds": time.time() - t0,
         "dense": {"flops": count_flops(dense, shape), "params": count_params(dense)},
         "pruned": {"flops": flops, "params": count_params(pruned)},
     })
-    return ["pruned.pt", "prune.json"]
+    return outputs + ["prune.json"]
