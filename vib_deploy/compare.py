@@ -146,8 +146,10 @@ def render(records: list[dict[str, Any]], plots: dict[str, str]) -> str:
              "(one call per pipeline; every figure below is read from the run directories it names). Each peer is pruned",
              "from the VIB run's own dense.pt to per-layer widths whose FLOPs match the VIB model's within 2 %, fine-tuned",
              "for the VIB stage's epoch budget, and exported and benchmarked by the same stages (see `vib_deploy/peers.py`).",
-             "Peers keep all input pixels; VIB also prunes pixels (a Gather in the graph), so at equal total FLOPs a peer",
-             "has wider hidden layers where VIB has fewer inputs. Errors: pruned model on the test set, last epoch, test",
+             "Peers keep all input pixels except `l1-pixels`, which also drops the pixels with the smallest L1 column norm;",
+             "VIB prunes pixels with its input gate (a Gather in the graph), so at equal total FLOPs a pixel-keeping peer",
+             "has narrower hidden layers than VIB (the kept column shows input-h1-h2 for the MLP).",
+             "Errors: pruned model on the test set, last epoch, test",
              "set used once. Latency: ONNX Runtime CPU, 1 thread, p50, dense and pruned alternating in one process;",
              "speedup = dense p50 / pruned p50 of the same run; measured/ideal = speedup / (dense FLOPs / pruned FLOPs).",
              _gpu_note(), ""]
