@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 from dataclasses import asdict, dataclass
 from functools import partial
 from typing import Any, Sequence
@@ -46,7 +47,7 @@ class GateGroup:
     root: str  # module whose prune_out_channels triggers the whole group
     channels: int
     ties: int  # channel i shares gate unit i % (channels // ties)
-    points: tuple[str, ...]  # modules whose outputs the gate multiplies
+    points: tuple[tuple[str, tuple[int, ...]], ...]  # (module, group channel of each of its outputs): gated outputs
     members: tuple[str, ...]  # every module the group touches (for `inspect`)
     map_size: int  # H*W of the root's output (1 for a Linear)
     flops_per_channel: int  # FLOPs (2 x MACs) that removing one channel of this group saves
@@ -60,8 +61,8 @@ class GateGroup:
 
     @staticmethod
     def from_json(d: dict[str, Any]) -> "GateGroup":
-        return GateGroup(d["root"], d["channels"], d["ties"], tuple(d["points"]), tuple(d["members"]), d["map_size"],
-                         d["flops_per_channel"])
+        return GateGroup(d["root"], d["channels"], d["ties"], tuple((p[0], tuple(p[1])) for p in d["points"]),
+                         tuple(d["members"]), d["map_size"], d["flops_per_channel"])
 
 
 @dataclass(frozen=True)
@@ -102,7 +103,9 @@ def dependency_graph(net: nn.Module, input_shape: Sequence[int], dtype: torch.dt
     x = torch.zeros((1,) + tuple(input_shape), dtype=dtype)
     was_training = net.training
     try:
-        return tp.DependencyGraph().build_dependency(net.eval(), example_inputs=x)
+        with warnings.catch_warnings():  # "unwrapped parameters": only ever in groups left fixed (see plan_groups)
+            warnings.simplefilter("ignore")
+            return tp.DependencyGraph().build_dependency(net.eval(), example_inputs=x)
     except Exception as e:
         raise UserError(f"the model could not be traced on an input of shape {tuple(x.shape)} "
                         f"({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})") from e
@@ -177,11 +180,14 @@ def plan_groups(net: nn.Module, input_shape: Sequence[int], ignore: Sequence[str
     gated: list[GateGroup] = []
     fixed: list[FixedGroup] = []
     for group in graph.get_all_groups(root_module_types=_WEIGHTED):
-        items = [(dep.target.module, dep.handler, list(idxs)) for dep, idxs in group]
+        items = [(item.dep.target.module, item.dep.handler, list(item.idxs), list(item.root_idxs or item.idxs))
+                 for item in group.items]
         root = names[id(items[0][0])]
         channels = len(items[0][2])
-        members, points, ties, reason, flops = [], [], 1, "", 0
-        for module, handler, idxs in items:
+        members: list[str] = []
+        points: dict[str, tuple[int, ...]] = {}
+        ties, reason, flops = 1, "", 0
+        for module, handler, idxs, root_idxs in items:
             if not isinstance(module, (nn.Module, nn.Parameter)) or id(module) not in names:
                 continue  # Torch-Pruning's internal element-wise/concat/reshape nodes
             name = names[id(module)]
@@ -199,26 +205,38 @@ def plan_groups(net: nn.Module, input_shape: Sequence[int], ignore: Sequence[str
                     ties = math.lcm(ties, module.groups)
             flops += _flops_per_channel(module, is_out, shapes.get(name, ()))
             if is_out and isinstance(module, PRUNABLE_TYPES) and not _feeds_own_bn(graph, module, items):
-                points.append(name)
+                own = _out_channels(module)
+                if sorted(idxs) != list(range(own)):
+                    reason = reason or f"the outputs of {name} are split over several groups"
+                else:  # (a concat's branch holds a slice of the group's channels)
+                    points[name] = tuple(r for _, r in sorted(zip(idxs, root_idxs)))
         if not reason and (channels % ties or not points):
             reason = "no layer to gate" if not points else f"{channels} channels do not split into {ties} conv groups"
         if reason:
             fixed.append(FixedGroup(root, channels, reason))
             continue
-        out_shape = shapes.get(points[0], (channels,))
-        gated.append(GateGroup(root, channels, ties, tuple(dict.fromkeys(points)), tuple(dict.fromkeys(members)),
+        out_shape = shapes.get(next(iter(points)), (channels,))
+        gated.append(GateGroup(root, channels, ties, tuple(points.items()), tuple(dict.fromkeys(members)),
                                math.prod(out_shape[1:]) if len(out_shape) > 1 else 1, flops))
     from vib_deploy.nets import count_flops
 
     return GroupPlan(gated, fixed, count_flops(net, tuple(input_shape)))
 
 
-def _feeds_own_bn(graph: tp.DependencyGraph, module: nn.Module, items: list[tuple[Any, Any, list[int]]]) -> bool:
+def _out_channels(module: nn.Module) -> int:
+    if isinstance(module, nn.Linear):
+        return module.out_features
+    if isinstance(module, _BN):
+        return module.num_features
+    return module.out_channels  # type: ignore[return-value]
+
+
+def _feeds_own_bn(graph: tp.DependencyGraph, module: nn.Module, items: list[tuple[Any, Any, list[int], list[int]]]) -> bool:
     """A conv/linear whose only consumer is a BN of the same group: the BN's output is gated instead."""
     if not isinstance(module, _WEIGHTED):
         return False
     outputs = graph.module2node[module].outputs
-    group_modules = {id(m) for m, _, _ in items}
+    group_modules = {id(m) for m, _, _, _ in items}
     return len(outputs) == 1 and isinstance(outputs[0].module, _BN) and id(outputs[0].module) in group_modules
 
 
@@ -248,8 +266,8 @@ class GatedNet(nn.Module):
         return [gate.sample(like).repeat(1, g.ties) for gate, g in zip(self.gates, self.groups)]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        handles = [self.net.get_submodule(point).register_forward_hook(partial(_multiply_output, z=z))
-                   for g, z in zip(self.groups, self.channel_scales(x)) for point in g.points]
+        handles = [self.net.get_submodule(point).register_forward_hook(partial(_multiply_output, z=z[:, list(index)]))
+                   for g, z in zip(self.groups, self.channel_scales(x)) for point, index in g.points]
         try:
             return self.net(x)
         finally:
@@ -301,8 +319,12 @@ def prune_gated_net(gated: GatedNet, input_shape: Sequence[int]) -> tuple[PruneR
             if not bool(mask.any()):
                 raise UserError(f"pruning would delete a whole group: the {g.channels} channels of {g.root} are all "
                                 "gated off; lower train.vib.kl_factor")
-            for point in g.points:
-                _scale_outputs(net.get_submodule(point), z[0])
+            for point, index in g.points:
+                _scale_outputs(net.get_submodule(point), z[0, list(index)])
+    for g, mask in zip(work.groups, masks):
+        for _, index in g.points:  # a concat branch whose channels all died keeps one, an exact zero
+            if not bool(mask[list(index)].any()):
+                mask[index[0]] = True
     record = [{"root": g.root, "dead": torch.nonzero(~m).flatten().tolist()} for g, m in zip(work.groups, masks)]
     record = [r for r in record if r["dead"]]
     apply_pruning(net, record, input_shape)

@@ -1,0 +1,189 @@
+"""Gates on Torch-Pruning groups for any nn.Module, and exact structural pruning (vib_deploy/graph.py).
+
+Property test: random nets of residual, depthwise, concat and grouped-conv blocks (tests/netgen.py),
+random gates of both signs with about half of every group's channels off -> pruned net equal to the
+gated net in float64 (<= 1e-12 x logit scale), FLOPs and parameters down, and the saved pruning record
+rebuilds the same net from scratch.
+"""
+
+import copy
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from torch import nn
+
+from netgen import INPUT_SHAPE, random_nets
+from vib_deploy.errors import UserError
+from vib_deploy.graph import GatedNet, _random_gates, apply_pruning, check_prunable, plan_groups, prune_gated_net
+from vib_deploy.nets import count_flops, count_params
+
+
+def _gated_random(net: nn.Module, shape, seed: int = 0) -> GatedNet:
+    gated = GatedNet(net, plan_groups(net, shape).gated).double().eval()
+    _random_gates(gated, torch.Generator().manual_seed(seed))
+    return gated
+
+
+def _rel_diff(a: nn.Module, b: nn.Module, x: torch.Tensor) -> float:
+    with torch.no_grad():
+        ref = a(x)
+        return float((b(x) - ref).abs().max() / max(1.0, float(ref.abs().max())))
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(net=random_nets())
+def test_random_nets_prune_exactly(net):
+    dense_flops, dense_params = count_flops(net, INPUT_SHAPE), count_params(net)
+    gated = _gated_random(copy.deepcopy(net), INPUT_SHAPE)
+    result, record = prune_gated_net(gated, INPUT_SHAPE)
+    x = torch.randn((16,) + INPUT_SHAPE, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    assert _rel_diff(gated, result.model, x) <= 1e-12
+    dead = sum(len(r["dead"]) for r in record)
+    pruned = result.model.float()
+    if dead:
+        assert count_flops(pruned, INPUT_SHAPE) < dense_flops and count_params(pruned) < dense_params
+    else:
+        assert count_flops(pruned, INPUT_SHAPE) == dense_flops
+    # the record rebuilds the pruned shapes on a fresh copy, which then takes the pruned weights
+    fresh = apply_pruning(copy.deepcopy(net), record, INPUT_SHAPE)
+    fresh.load_state_dict(pruned.state_dict())
+    assert _rel_diff(pruned.double(), fresh.double().eval(), x) == 0.0
+
+
+class Residual(nn.Module):
+    """stem -> two residual blocks -> head: one group spans the stem and every block's second BN."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem, self.bn0 = nn.Conv2d(1, 6, 3, padding=1), nn.BatchNorm2d(6)
+        self.c1, self.b1, self.c2, self.b2 = nn.Conv2d(6, 5, 3, padding=1), nn.BatchNorm2d(5), nn.Conv2d(5, 6, 3, padding=1), nn.BatchNorm2d(6)
+        self.c3, self.b3, self.c4, self.b4 = nn.Conv2d(6, 4, 3, padding=1), nn.BatchNorm2d(4), nn.Conv2d(4, 6, 3, padding=1), nn.BatchNorm2d(6)
+        self.head = nn.Linear(6, 3)
+
+    def forward(self, x):
+        x = torch.relu(self.bn0(self.stem(x)))
+        x = torch.relu(x + self.b2(self.c2(torch.relu(self.b1(self.c1(x))))))
+        x = torch.relu(x + self.b4(self.c4(torch.relu(self.b3(self.c3(x))))))
+        return self.head(x.mean((2, 3)))
+
+
+def test_residual_add_shares_one_gate_across_the_stream():
+    plan = plan_groups(Residual(), (1, 8, 8))
+    stream = [g for g in plan.gated if "bn0" in dict(g.points)]
+    assert len(stream) == 1 and set(dict(stream[0].points)) == {"bn0", "b2", "b4"} and stream[0].channels == 6
+    assert sorted(g.channels for g in plan.gated) == [4, 5, 6]  # the stream + each block's inner width
+    assert [f.reason for f in plan.fixed] == ["output layer"]
+
+
+class DepthwiseConcatGrouped(nn.Module):
+    """pointwise -> depthwise -> concat of two branches -> conv; then conv -> grouped conv (groups 2)."""
+
+    def __init__(self):
+        super().__init__()
+        self.pw, self.bpw = nn.Conv2d(1, 6, 1), nn.BatchNorm2d(6)
+        self.dw, self.bdw = nn.Conv2d(6, 6, 3, padding=1, groups=6), nn.BatchNorm2d(6)
+        self.a, self.b = nn.Conv2d(6, 3, 1), nn.Conv2d(6, 5, 3, padding=1)
+        self.mix = nn.Conv2d(8, 8, 1)
+        self.g = nn.Conv2d(8, 4, 3, padding=1, groups=2)
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, x):
+        x = torch.relu(self.bdw(self.dw(torch.relu(self.bpw(self.pw(x))))))
+        x = torch.cat([torch.relu(self.a(x)), torch.relu(self.b(x))], 1)
+        x = torch.relu(self.g(torch.relu(self.mix(x))))
+        return self.head(x.mean((2, 3)))
+
+
+def test_depthwise_follows_its_input_concat_splits_grouped_conv_ties():
+    net = DepthwiseConcatGrouped()
+    plan = {g.root: g for g in plan_groups(net, (1, 8, 8)).gated}
+    assert set(dict(plan["dw"].points)) == {"bpw", "bdw"}  # the depthwise conv's channels are its input's
+    assert plan["a"].channels == 3 and plan["b"].channels == 5  # one group per concat branch
+    assert plan["mix"].ties == 2 and plan["mix"].units == 4  # feeds a conv of 2 groups: channel i uses unit i % 4
+    assert plan["g"].ties == 2
+    gated = _gated_random(net, (1, 8, 8), seed=3)
+    result, _ = prune_gated_net(gated, (1, 8, 8))
+    x = torch.randn(8, 1, 8, 8, dtype=torch.float64)
+    assert _rel_diff(gated, result.model, x) <= 1e-12
+    g = result.model.g
+    assert g.groups == 2 and g.in_channels % 2 == 0 and g.out_channels % 2 == 0 and g.in_channels < 8
+
+
+class Sigmoid(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c1, self.c2, self.head = nn.Conv2d(1, 4, 3), nn.Conv2d(4, 4, 3), nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.c2(torch.sigmoid(self.c1(x)))).mean((2, 3)))
+
+
+def test_a_group_that_cannot_be_removed_exactly_is_named_before_training():
+    net = Sigmoid()
+    with pytest.raises(UserError, match=r"group of c1 .*cannot be pruned exactly.*list c1 under model.ignore"):
+        check_prunable(net, plan_groups(net, (1, 8, 8)), (1, 8, 8))
+    plan = plan_groups(net, (1, 8, 8), ignore=["c1"])
+    assert [g.root for g in plan.gated] == ["c2"] and check_prunable(net, plan, (1, 8, 8)) <= 1e-12
+
+
+class LayerScale(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.gamma = nn.Parameter(torch.full((c,), 0.5))
+
+    def forward(self, x):
+        return x * self.gamma.view(1, -1, 1, 1)
+
+
+class WithLayerScale(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c1, self.scale, self.c2, self.head = nn.Conv2d(1, 4, 3), LayerScale(4), nn.Conv2d(4, 4, 3), nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.c2(self.scale(self.c1(x)))).mean((2, 3)))
+
+
+def test_unsupported_layer_is_named_with_the_ignore_hint():
+    with pytest.raises(UserError, match=r"layer scale \(LayerScale\) .*list it under model.ignore"):
+        plan_groups(WithLayerScale(), (1, 8, 8))
+    plan = plan_groups(WithLayerScale(), (1, 8, 8), ignore=["scale"])
+    assert [g.root for g in plan.gated] == ["c2"]
+    assert any(f.root == "c1" and "scale.gamma is in model.ignore" in f.reason for f in plan.fixed)
+
+
+def test_unknown_ignore_name_and_wrong_input_shape_are_user_errors():
+    with pytest.raises(UserError, match="'nope', which is not a module"):
+        plan_groups(Residual(), (1, 8, 8), ignore=["nope"])
+    with pytest.raises(UserError, match=r"fails on an input of shape \(1, 3, 8, 8\)"):
+        plan_groups(Residual(), (3, 8, 8))
+
+
+def test_zoo_nets_plan_and_self_check():
+    from vib_deploy.models import MODULE_ZOO, build_net
+
+    for name, ref in MODULE_ZOO.items():
+        kwargs = {"width": 0.125} if name == "vgg16" else {}
+        net = build_net(ref, kwargs)
+        plan = plan_groups(net, (1, 32, 32))
+        assert plan.gated and [f.reason for f in plan.fixed] == ["output layer"], name
+        assert check_prunable(net, plan, (1, 32, 32)) <= 1e-12, name
+
+
+def test_gate_noise_is_drawn_once_per_group_and_hooks_come_off(monkeypatch):
+    from vib_deploy.vib import VIBGate
+
+    gated = GatedNet(Residual(), plan_groups(Residual(), (1, 8, 8)).gated).train()
+    draws = []
+    original = VIBGate.sample
+    monkeypatch.setattr(VIBGate, "sample", lambda self, like: draws.append(self) or original(self, like))
+    gated(torch.randn(2, 1, 8, 8))
+    assert len(draws) == len(gated.gates) == 3  # the stream's gate multiplies 3 points from one draw
+    assert not any(m._forward_hooks for m in gated.net.modules())
+    # eval: z = mu * mask; with the stream's gate off, the head sees only its bias
+    gated.eval()
+    with torch.no_grad():
+        gated.gates[[("bn0" in dict(g.points)) for g in gated.groups].index(True)].logD.fill_(20.0)
+        out = gated(torch.randn(2, 1, 8, 8))
+    assert torch.equal(out, gated.net.head.bias.expand(2, -1))

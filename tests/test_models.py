@@ -1,0 +1,133 @@
+"""Model sources (vib_deploy/models.py): loading a user's factory, clear errors, saved module models, and a
+user model with a residual add, a depthwise conv, a concat and a grouped conv through the whole pipeline."""
+
+import json
+import textwrap
+
+import pytest
+import torch
+
+from conftest import ROOT, run_cli
+from test_bad_inputs import assert_user_error
+from vib_deploy.errors import UserError
+from vib_deploy.models import ModuleSource, build_net, resolve_factory
+from vib_deploy.nets import load_model
+
+BRANCHY = "tests/user_models/branchy.py:build"
+
+
+@pytest.mark.parametrize("source, fragment", [
+    ("def build(:\n", "importing"),
+    ("import no_such_module_here\n", "ModuleNotFoundError"),
+    ("x = 1\n", "has no function 'build'"),
+    ("def build():\n    raise ValueError('width must be even')\n", "raised ValueError: width must be even"),
+    ("def build():\n    return 42\n", "returned int, not a torch.nn.Module"),
+])
+def test_broken_factories_are_one_line_errors(tmp_path, source, fragment):
+    (tmp_path / "net.py").write_text(source)
+    proc = run_cli("inspect", f"{tmp_path / 'net.py'}:build")
+    assert_user_error(proc, fragment)
+
+
+@pytest.mark.parametrize("ref, fragment", [
+    ("no_colon.py", "expected 'path/to/file.py:function'"),
+    ("missing/net.py:build", "file missing/net.py not found"),
+    ("vib_deploy.zoo.resnet:resnet99", "has no function 'resnet99'"),
+])
+def test_bad_factory_references(ref, fragment):
+    with pytest.raises(UserError, match=fragment):
+        resolve_factory(ref)
+
+
+def test_package_reference_and_kwargs():
+    net = build_net("vib_deploy.zoo.vgg:vgg16", {"width": 0.125})
+    assert net(torch.zeros(2, 1, 32, 32)).shape == (2, 10)
+
+
+def test_inspect_prints_groups_and_reasons():
+    proc = run_cli("inspect", BRANCHY, "--input-shape", "1,28,28", env={"COLUMNS": "200"})
+    assert proc.returncode == 0, proc.stderr
+    assert "head: fixed: output layer" in proc.stdout and "self-check" in proc.stdout
+    assert "res_conv1" in proc.stdout and "gated" in proc.stdout
+    assert_user_error(run_cli("inspect", BRANCHY, "--input-shape", "3,28,28"), "fails on an input of shape (1, 3, 28, 28)")
+
+
+def test_saved_module_model_loads_from_another_directory(tmp_path, monkeypatch):
+    source = ModuleSource(BRANCHY, {"width": 4}, (1, 28, 28))
+    net = source.dense().eval()
+    path = tmp_path / "dense.pt"
+    monkeypatch.chdir(ROOT)
+    source.save(net, path)
+    monkeypatch.chdir(tmp_path)  # the relative factory path no longer resolves; the absolute one in the file does
+    loaded = load_model(path)
+    x = torch.randn(3, 1, 28, 28)
+    assert torch.equal(loaded(x), net(x))
+
+
+TINY = ["--set", "data.train_limit=600", "--set", "data.val_size=100", "--set", "data.test_limit=300",
+        "--set", "train.batch_size=50", "--set", "train.dense.epochs=1", "--set", "train.vib.epochs=2",
+        "--set", "train.vib.kl_factor=1e-3", "--set", "train.vib.gate_lr=0.5",
+        "--set", "bench.backends=[onnxruntime]", "--set", "bench.batch_sizes=[1,8]", "--set", "bench.rounds=2",
+        "--set", "bench.iters_per_round=3", "--set", "bench.warmup=1", "--set", "bench.memory=false"]
+
+
+@pytest.mark.e2e
+def test_user_model_through_the_whole_pipeline(tmp_path, mnist_root):
+    pipeline = tmp_path / "branchy.yaml"
+    pipeline.write_text(textwrap.dedent(f"""\
+        name: branchy
+        model:
+          factory: {ROOT / BRANCHY}
+          kwargs: {{width: 8}}
+          input_shape: [1, 28, 28]
+        """))
+    run_dir = tmp_path / "run"
+    proc = run_cli("run", str(pipeline), "--run-dir", str(run_dir), *TINY)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    prune = json.loads((run_dir / "prune.json").read_text())
+    export = json.loads((run_dir / "export.json").read_text())
+    assert prune["max_abs_diff_float64"] <= 1e-9 * prune["logit_scale"]
+    assert prune["max_abs_diff"] <= 1e-5 * prune["logit_scale"]
+    assert prune["pruned"]["flops"] < prune["dense"]["flops"]  # something was cut ...
+    assert sum(prune["architecture"]) < sum(prune["dense_architecture"])
+    for variant in ("dense", "pruned"):  # ... and ONNX Runtime agrees with torch on real images
+        assert export[variant]["max_abs_diff"] <= 1e-4 and export[variant]["argmax_agreement"] >= 0.999
+    pruned = load_model(run_dir / "pruned.pt")  # rebuilt by the factory + the pruning record
+    assert sum(p.numel() for p in pruned.parameters()) < sum(p.numel() for p in build_net(BRANCHY, {}).parameters())
+    assert run_cli("verify", str(run_dir)).returncode == 0
+    # a changed model file retrains: the cache key holds the file's sha256
+    copy = tmp_path / "branchy_copy.py"
+    copy.write_text((ROOT / BRANCHY.split(":")[0]).read_text() + "\n# changed\n")
+    pipeline.write_text(pipeline.read_text().replace(str(ROOT / BRANCHY.split(":")[0]), str(copy)))
+    again = run_cli("run", str(pipeline), "--run-dir", str(run_dir), *TINY)
+    assert again.returncode == 0 and "[run] train-dense" in again.stderr
+
+
+def test_a_model_that_cannot_be_pruned_exactly_fails_before_training(tmp_path, mnist_root):
+    (tmp_path / "sig.py").write_text(textwrap.dedent("""\
+        import torch
+        from torch import nn
+
+        class Net(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.c1, self.c2, self.head = nn.Conv2d(1, 4, 3), nn.Conv2d(4, 4, 3), nn.Linear(4, 10)
+
+            def forward(self, x):
+                return self.head(torch.relu(self.c2(torch.sigmoid(self.c1(x)))).mean((2, 3)))
+
+        def build():
+            return Net()
+        """))
+    (tmp_path / "p.yaml").write_text(f"name: sig\nmodel: {{factory: '{tmp_path / 'sig.py'}:build'}}\n")
+    proc = run_cli("run", str(tmp_path / "p.yaml"), "--run-dir", str(tmp_path / "run"), *TINY)
+    assert_user_error(proc, "group of c1", "cannot be pruned exactly", "model.ignore")
+    assert not (tmp_path / "run" / "train-dense.ckpt").exists()
+
+
+def test_input_shape_must_match_the_data(tmp_path, mnist_root):
+    (tmp_path / "p.yaml").write_text(f"name: x\nmodel: {{factory: '{ROOT / BRANCHY}', input_shape: [1, 32, 32]}}\n")
+    assert_user_error(run_cli("run", str(tmp_path / "p.yaml"), "--run-dir", str(tmp_path / "run")),
+                      "model.input_shape [1, 32, 32] does not match the data's images [1, 28, 28]")
+    (tmp_path / "v.yaml").write_text("name: v\nmodel: {name: vgg16}\n")
+    assert_user_error(run_cli("run", str(tmp_path / "v.yaml"), "--run-dir", str(tmp_path / "run2")), "set data.pad: 2")
