@@ -7,6 +7,9 @@ import pytest
 
 from conftest import run_cli
 from test_sweep import PIPELINE, TINY
+from vib_deploy.sweep import override_tag
+
+TAG = override_tag([*TINY[1::2], "train.vib.kl_factor=1e-3"])
 
 pytestmark = pytest.mark.e2e
 
@@ -40,8 +43,8 @@ def test_peer_run_dirs_are_normal_runs_from_the_same_dense_net(compared):
     cwd, _ = compared
     runs = cwd / "runs"
     for method in ("l1", "slimming", "random"):
-        peer = runs / f"mnist-lenet300-kl0.001-s1-{method}"
-        assert (peer / "dense.pt").read_bytes() == (runs / "mnist-lenet300-kl0.001-s1" / "dense.pt").read_bytes()
+        peer = runs / f"mnist-lenet300{TAG}-kl0.001-s1-{method}"
+        assert (peer / "dense.pt").read_bytes() == (runs / f"mnist-lenet300{TAG}-kl0.001-s1" / "dense.pt").read_bytes()
         assert {"pruned.onnx", "dense.onnx", "bench.json"} <= {p.name for p in peer.iterdir()}
         assert run_cli("verify", str(peer), cwd=cwd).returncode == 0
         prune = json.loads((peer / "prune.json").read_text())

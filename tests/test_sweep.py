@@ -7,12 +7,14 @@ import json
 import pytest
 
 from conftest import ROOT, run_cli
+from vib_deploy.sweep import override_tag
 
 TINY = ["--set", "data.train_limit=700", "--set", "data.val_size=200", "--set", "data.test_limit=300",
         "--set", "train.dense.epochs=1", "--set", "train.vib.epochs=3", "--set", "train.batch_size=50",
         "--set", "train.vib.gate_lr=0.1", "--set", "bench.rounds=2", "--set", "bench.iters_per_round=3",
         "--set", "bench.warmup=1", "--set", "bench.memory=false", "--set", "bench.backends=[onnxruntime]"]
 PIPELINE = str(ROOT / "pipelines" / "mnist-lenet300.yaml")
+TAG = override_tag(TINY[1::2])  # run directories made with --set overrides carry their digest
 
 pytestmark = pytest.mark.e2e
 
@@ -25,8 +27,9 @@ def test_sweep_reuses_one_dense_stage_and_plots_the_frontier(tmp_path, mnist_roo
     proc = run_cli("sweep", PIPELINE, "--kl-factor", "2e-4,1e-3", "--out", str(tmp_path / "sw"), *TINY, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     runs = tmp_path / "runs"
-    dense = runs / "mnist-lenet300-dense-s0"
-    points = [runs / "mnist-lenet300-kl0.0002-s0", runs / "mnist-lenet300-kl0.001-s0"]
+    dense = runs / f"mnist-lenet300{TAG}-dense-s0"
+    points = [runs / f"mnist-lenet300{TAG}-kl0.0002-s0", runs / f"mnist-lenet300{TAG}-kl0.001-s0"]
+    assert sorted(p.name for p in runs.iterdir()) == sorted(p.name for p in [dense, *points])
     assert proc.stderr.count("[run] train-dense") == 1  # trained once, in the dense run
     for point in points:
         assert sha(point / "dense.pt") == sha(dense / "dense.pt")
@@ -42,6 +45,11 @@ def test_sweep_reuses_one_dense_stage_and_plots_the_frontier(tmp_path, mnist_roo
 
     again = run_cli("sweep", PIPELINE, "--kl-factor", "1e-3", "--out", str(tmp_path / "sw2"), *TINY, cwd=tmp_path)
     assert again.returncode == 0 and "[run]" not in again.stderr  # every stage cached
+
+
+def test_override_tag():
+    assert override_tag([]) == ""
+    assert override_tag(["a=1"]) != override_tag(["a=2"]) and len(override_tag(["a=1"])) == 9
 
 
 @pytest.mark.parametrize("args,message", [

@@ -17,7 +17,7 @@ from typing import Any, Callable, Sequence
 from vib_deploy.config import PipelineConfig
 from vib_deploy.errors import UserError
 from vib_deploy.runs import RunDir, atomic_write, atomic_write_json, atomic_write_text
-from vib_deploy.sweep import RUNS, copy_stage, mean_std, point_config, run_point, run_record
+from vib_deploy.sweep import RUNS, copy_stage, mean_std, override_tag, point_config, run_point, run_record
 
 Echo = Callable[[str], None]
 
@@ -56,7 +56,7 @@ def compare(pipeline: Path, methods: Sequence[str], seeds: Sequence[int], overri
     for seed in seeds:
         config = point_config(pipeline, overrides, seed)
         echo(f"== {config.name} seed {seed}: vib (kl_factor {config.train.vib.kl_factor:g})")
-        vib_run = run_point(config, runs, progress, echo)
+        vib_run = run_point(config, runs, progress, echo, override_tag(overrides))
         vib = run_record(vib_run, "vib")
         records.append(vib)
         for method in methods:

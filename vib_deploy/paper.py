@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from vib_deploy.runs import RunDir, atomic_write_json, atomic_write_text
-from vib_deploy.sweep import RUNS, mean_std, point_config, run_point, run_record
+from vib_deploy.sweep import RUNS, mean_std, override_tag, point_config, run_point, run_record
 
 Echo = Callable[[str], None]
 DEFAULT_PIPELINES = (Path("pipelines/mnist-lenet300.yaml"), Path("pipelines/mnist-lenet5.yaml"))
@@ -50,7 +50,7 @@ def paper(pipelines: Sequence[Path] = DEFAULT_PIPELINES, seeds: Sequence[int] = 
                 echo(message)
 
             echo(f"== {config.name} seed {seed} (kl_factor {config.train.vib.kl_factor:g})")
-            records.append(paper_record(run_point(config, runs, progress, tracking), ran))
+            records.append(paper_record(run_point(config, runs, progress, tracking, override_tag(overrides)), ran))
     wall = time.time() - t0
     atomic_write_json(out.with_suffix(".json"), {"records": records, "wall_seconds": wall, "seeds": list(seeds),
                                                  "pipelines": [str(p) for p in pipelines], "overrides": list(overrides)})

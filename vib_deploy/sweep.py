@@ -1,6 +1,7 @@
 """One pipeline over several `kl_factor` values and seeds: the accuracy–FLOPs frontier.
 
-Every point is a normal run directory, `runs/<name>-kl<K>-s<seed>/`, made by `run_pipeline` with
+Every point is a normal run directory, `runs/<name>-kl<K>-s<seed>/` (with other `--set` overrides
+`runs/<name>-<tag>-kl<K>-s<seed>/`, see `override_tag`), made by `run_pipeline` with
 `--set train.seed=S --set train.vib.kl_factor=K`, so `vib-deploy verify/report/profile` work on it.
 The dense stage is trained once per seed in `runs/<name>-dense-s<seed>/` and copied into each point
 with its manifest entry: the train-dense cache key does not depend on the VIB settings, so the point's
@@ -9,6 +10,7 @@ pipeline finds the stage current and reuses the very same dense.pt (same sha256)
 
 from __future__ import annotations
 
+import hashlib
 import statistics
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -48,13 +50,21 @@ def point_config(pipeline: Path, overrides: Sequence[str], seed: int, kl_factor:
     return load_config(pipeline, [*overrides, *extra])
 
 
-def point_dir(config: PipelineConfig, runs: Path = RUNS) -> Path:
-    """runs/<name>-kl<K>-s<seed>: one VIB point."""
-    return runs / f"{config.name}-kl{config.train.vib.kl_factor:g}-s{config.train.seed}"
+def override_tag(overrides: Sequence[str]) -> str:
+    """'' without `--set` overrides, else '-' + 8 hex digits of them: runs made with other settings get other
+    directories instead of overwriting these (e.g. a quick sweep with fewer epochs next to the full runs)."""
+    if not overrides:
+        return ""
+    return "-" + hashlib.sha256("\n".join(overrides).encode()).hexdigest()[:8]
 
 
-def dense_dir(config: PipelineConfig, runs: Path = RUNS) -> Path:
-    return runs / f"{config.name}-dense-s{config.train.seed}"
+def point_dir(config: PipelineConfig, runs: Path = RUNS, tag: str = "") -> Path:
+    """runs/<name>[-<tag>]-kl<K>-s<seed>: one VIB point."""
+    return runs / f"{config.name}{tag}-kl{config.train.vib.kl_factor:g}-s{config.train.seed}"
+
+
+def dense_dir(config: PipelineConfig, runs: Path = RUNS, tag: str = "") -> Path:
+    return runs / f"{config.name}{tag}-dense-s{config.train.seed}"
 
 
 def copy_stage(src: RunDir, dst: RunDir, stage: str) -> bool:
@@ -75,19 +85,19 @@ def copy_stage(src: RunDir, dst: RunDir, stage: str) -> bool:
     return True
 
 
-def ensure_dense(config: PipelineConfig, runs: Path, progress: Any, echo: Echo) -> RunDir:
+def ensure_dense(config: PipelineConfig, runs: Path, progress: Any, echo: Echo, tag: str = "") -> RunDir:
     """The seed's shared dense run (trained once, cached afterwards)."""
     from vib_deploy.pipeline import run_pipeline
 
-    return run_pipeline(config, dense_dir(config, runs), None, progress, echo, until="train-dense")
+    return run_pipeline(config, dense_dir(config, runs, tag), None, progress, echo, until="train-dense")
 
 
-def run_point(config: PipelineConfig, runs: Path = RUNS, progress: Any = None, echo: Echo = print) -> RunDir:
+def run_point(config: PipelineConfig, runs: Path = RUNS, progress: Any = None, echo: Echo = print, tag: str = "") -> RunDir:
     """One VIB point through every stage, reusing the seed's dense stage."""
     from vib_deploy.pipeline import run_pipeline
 
-    dense = ensure_dense(config, runs, progress, echo)
-    target = RunDir(point_dir(config, runs))
+    dense = ensure_dense(config, runs, progress, echo, tag)
+    target = RunDir(point_dir(config, runs, tag))
     if copy_stage(dense, target, "train-dense"):
         echo(f"[reuse] train-dense from {dense.path}")
     return run_pipeline(config, target.path, None, progress, echo)
@@ -124,7 +134,7 @@ def sweep(pipeline: Path, kl_factors: Sequence[float], seeds: Sequence[int], ove
         for kl in kl_factors:
             config = point_config(pipeline, overrides, seed, kl)
             echo(f"== {config.name}: kl_factor {kl:g}, seed {seed}")
-            records.append(run_record(run_point(config, runs, progress, echo), "vib"))
+            records.append(run_record(run_point(config, runs, progress, echo, override_tag(overrides)), "vib"))
     name = load_config(pipeline, list(overrides)).name
     out = out or runs / f"{name}-sweep"
     out.mkdir(parents=True, exist_ok=True)
