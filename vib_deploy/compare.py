@@ -214,20 +214,23 @@ def plot_comparison(records: list[dict[str, Any]], path: Path) -> Path:
 
     methods = sorted({r["method"] for r in records}, key=_method_order)
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 4))
-    for m in methods:
-        group = [r for r in records if r["method"] == m]
-        ax.scatter([r["flops"] / 1e3 for r in group], [100 * r["error"] for r in group], label=m, s=25)
-    ax.set_xlabel("KFLOPs (pruned)")
+    for i, m in enumerate(methods):  # FLOPs are matched, so the x axis is the method: mean bar, a dot per seed
+        errors = [100 * r["error"] for r in records if r["method"] == m]
+        mean, std = mean_std(errors)
+        ax.bar(i, mean, yerr=std, capsize=4, color=f"C{i}", alpha=0.6)
+        ax.scatter([i] * len(errors), errors, color="black", s=10, zorder=3)
+    kflops = mean_std([r["flops"] / 1e3 for r in records if r["method"] == "vib"] or [0.0])[0]
+    ax.set_xticks(range(len(methods)), methods)
     ax.set_ylabel("test error (%)")
-    ax.set_title(f"{records[0]['pipeline']}: error at matched FLOPs (each seed)", fontsize=9)
-    ax.legend(fontsize=7)
+    ax.set_title(f"{records[0]['pipeline']}: error at ~{kflops:.1f} KFLOPs (bar: mean ± std, dot: a seed)", fontsize=9)
     width = 0.8 / len(methods)
     for j, m in enumerate(methods):
         group = [r for r in records if r["method"] == m]
         vals = [mean_std([v for r in group if (v := _p50(r, "onnxruntime", b)) is not None] or [0.0])[0] for b in (1, 64)]
         bx.bar([i + j * width for i in range(2)], vals, width, label=m)
     dense = [mean_std([v for r in records if (v := _p50(r, "onnxruntime", b, "dense")) is not None] or [0.0])[0] for b in (1, 64)]
-    bx.scatter([i + width * (len(methods) - 1) / 2 for i in range(2)], dense, marker="_", s=600, color="black", label="dense")
+    for i, d in enumerate(dense):
+        bx.hlines(d, i - width / 2, i + width * (len(methods) - 0.5), color="black", label="dense" if i == 0 else None)
     bx.set_xticks([i + width * (len(methods) - 1) / 2 for i in range(2)], ["batch 1", "batch 64"])
     bx.set_yscale("log")
     bx.set_ylabel("ORT CPU p50 (ms)")
