@@ -39,7 +39,7 @@ def test_random_nets_prune_exactly(net):
     result, record = prune_gated_net(gated, INPUT_SHAPE)
     x = torch.randn((16,) + INPUT_SHAPE, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     assert _rel_diff(gated, result.model, x) <= 1e-12
-    dead = sum(len(r["dead"]) for r in record)
+    dead = sum(len(r.get("dead", [])) for r in record)
     pruned = result.model.float()
     if dead:
         assert count_flops(pruned, INPUT_SHAPE) < dense_flops and count_params(pruned) < dense_params
@@ -100,8 +100,10 @@ def test_depthwise_follows_its_input_concat_splits_grouped_conv_ties():
     plan = {g.root: g for g in plan_groups(net, (1, 8, 8)).gated}
     assert set(dict(plan["dw"].points)) == {"bpw", "bdw"}  # the depthwise conv's channels are its input's
     assert plan["a"].channels == 3 and plan["b"].channels == 5  # one group per concat branch
-    assert plan["mix"].ties == 2 and plan["mix"].units == 4  # feeds a conv of 2 groups: channel i uses unit i % 4
-    assert plan["g"].ties == 2
+    # mix feeds a conv of 2 groups: channel i uses unit i % 4; so do g's own outputs
+    assert plan["mix"].unit_of_channel == (0, 1, 2, 3, 0, 1, 2, 3) and plan["mix"].units == 4
+    assert plan["g"].unit_of_channel == (0, 1, 0, 1)
+    assert plan["mix"].gate != plan["g"].gate
     gated = _gated_random(net, (1, 8, 8), seed=3)
     result, _ = prune_gated_net(gated, (1, 8, 8))
     x = torch.randn(8, 1, 8, 8, dtype=torch.float64)

@@ -12,10 +12,12 @@ Gating a layer's own output makes folding exact whatever the sign of z: z scales
 and bias (or BN's affine), so the gated model in eval mode is a plain net whose dead channels are
 exactly zero; pruning then removes them with the same DependencyGraph.
 
-A grouped conv (1 < groups < channels) must lose the same channels in each of its groups, so the gate
-of a group touching one is *tied*: channel i uses gate unit i mod (channels / ties), ties = lcm of the
-groups involved. A group is left fixed (no gate, never pruned) when it holds the output layer, a layer
-listed in `ignore`, or a grouped conv reached through a concat.
+A grouped conv (1 < groups < channels) must lose the same positions in each of its conv groups, so the
+channels at input (or output) positions p and p' with p = p' mod (channels / groups) share one gate unit,
+even across groups (the two branches of a concat that feeds a grouped conv share one gate). Torch-Pruning
+prunes one group at a time, which would leave such a conv's groups unequal in between; its inputs are
+therefore cut here, in one step after the groups (`_prune_grouped_inputs`). A group is left fixed (no gate,
+never pruned) when it holds the output layer or a layer listed in `ignore`, or is tied to such a group.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from __future__ import annotations
 import copy
 import math
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from functools import partial
 from typing import Any, Sequence
 
@@ -46,23 +48,26 @@ class GateGroup:
 
     root: str  # module whose prune_out_channels triggers the whole group
     channels: int
-    ties: int  # channel i shares gate unit i % (channels // ties)
+    gate: int  # index of its VIBGate (groups tied through a grouped conv share one)
+    unit_of_channel: tuple[int, ...]  # the gate unit of each channel
     points: tuple[tuple[str, tuple[int, ...]], ...]  # (module, group channel of each of its outputs): gated outputs
     members: tuple[str, ...]  # every module the group touches (for `inspect`)
     map_size: int  # H*W of the root's output (1 for a Linear)
     flops_per_channel: int  # FLOPs (2 x MACs) that removing one channel of this group saves
+    grouped_inputs: tuple[tuple[str, tuple[int, ...]], ...] = ()  # (grouped conv, its input position of each channel)
 
     @property
     def units(self) -> int:
-        return self.channels // self.ties
+        return len(set(self.unit_of_channel))
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
     @staticmethod
     def from_json(d: dict[str, Any]) -> "GateGroup":
-        return GateGroup(d["root"], d["channels"], d["ties"], tuple((p[0], tuple(p[1])) for p in d["points"]),
-                         tuple(d["members"]), d["map_size"], d["flops_per_channel"])
+        pairs = lambda key: tuple((name, tuple(index)) for name, index in d[key])  # noqa: E731
+        return GateGroup(d["root"], d["channels"], d["gate"], tuple(d["unit_of_channel"]), pairs("points"),
+                         tuple(d["members"]), d["map_size"], d["flops_per_channel"], pairs("grouped_inputs"))
 
 
 @dataclass(frozen=True)
@@ -177,50 +182,120 @@ def plan_groups(net: nn.Module, input_shape: Sequence[int], ignore: Sequence[str
     for name, shape in shapes.items():
         if isinstance(net.get_submodule(name), _WEIGHTED) and shape == tuple(output.shape[1:]):
             out_layer = name
-    gated: list[GateGroup] = []
-    fixed: list[FixedGroup] = []
+    candidates: list[dict[str, Any]] = []
     for group in graph.get_all_groups(root_module_types=_WEIGHTED):
         items = [(item.dep.target.module, item.dep.handler, list(item.idxs), list(item.root_idxs or item.idxs))
                  for item in group.items]
         root = names[id(items[0][0])]
-        channels = len(items[0][2])
-        members: list[str] = []
-        points: dict[str, tuple[int, ...]] = {}
-        ties, reason, flops = 1, "", 0
+        c: dict[str, Any] = {"root": root, "channels": len(items[0][2]), "members": [], "points": {}, "reason": "",
+                             "flops": 0, "grouped": []}  # grouped: (conv, side, {group channel: position})
         for module, handler, idxs, root_idxs in items:
             if not isinstance(module, (nn.Module, nn.Parameter)) or id(module) not in names:
                 continue  # Torch-Pruning's internal element-wise/concat/reshape nodes
             name = names[id(module)]
             is_out = graph.is_out_channel_pruning_fn(handler)
-            members.append(name)
+            c["members"].append(name)
             if name == out_layer and is_out:
-                reason = "output layer"
+                c["reason"] = "output layer"
             elif ignored(module) and (is_out or not isinstance(module, PRUNABLE_TYPES)):
-                reason = f"{name} is in model.ignore"
-            if isinstance(module, (nn.Conv1d, nn.Conv2d)) and 1 < module.groups:
-                depthwise = module.groups == module.in_channels == module.out_channels
-                if not depthwise:
-                    if idxs != list(range(channels)) or (not is_out and module.in_channels != channels):
-                        reason = reason or f"grouped conv {name} is fed through a concat or slice"
-                    ties = math.lcm(ties, module.groups)
-            flops += _flops_per_channel(module, is_out, shapes.get(name, ()))
+                c["reason"] = c["reason"] or f"{name} is in model.ignore"
+            if _is_grouped_conv(module):
+                c["grouped"].append((name, "out" if is_out else "in", dict(zip(root_idxs, idxs))))
+            c["flops"] += _flops_per_channel(module, is_out, shapes.get(name, ()))
             if is_out and isinstance(module, PRUNABLE_TYPES) and not _feeds_own_bn(graph, module, items):
-                own = _out_channels(module)
-                if sorted(idxs) != list(range(own)):
-                    reason = reason or f"the outputs of {name} are split over several groups"
+                if sorted(idxs) != list(range(_out_channels(module))):
+                    c["reason"] = c["reason"] or f"the outputs of {name} are split over several groups"
                 else:  # (a concat's branch holds a slice of the group's channels)
-                    points[name] = tuple(r for _, r in sorted(zip(idxs, root_idxs)))
-        if not reason and (channels % ties or not points):
-            reason = "no layer to gate" if not points else f"{channels} channels do not split into {ties} conv groups"
-        if reason:
-            fixed.append(FixedGroup(root, channels, reason))
+                    c["points"][name] = tuple(r for _, r in sorted(zip(idxs, root_idxs)))
+        if not c["points"]:
+            c["reason"] = c["reason"] or "no layer to gate"
+        candidates.append(c)
+    _tie_grouped_convs(net, candidates)
+    gated: list[GateGroup] = []
+    fixed = [FixedGroup(c["root"], c["channels"], c["reason"]) for c in candidates if c["reason"]]
+    for c in candidates:
+        if c["reason"]:
             continue
-        out_shape = shapes.get(next(iter(points)), (channels,))
-        gated.append(GateGroup(root, channels, ties, tuple(points.items()), tuple(dict.fromkeys(members)),
-                               math.prod(out_shape[1:]) if len(out_shape) > 1 else 1, flops))
+        out_shape = shapes.get(next(iter(c["points"])), (c["channels"],))
+        grouped_inputs = tuple((conv, tuple(pos[r] for r in range(c["channels"])))
+                               for conv, side, pos in c["grouped"] if side == "in")
+        gated.append(GateGroup(c["root"], c["channels"], c["gate"], tuple(c["unit_of_channel"]), tuple(c["points"].items()),
+                               tuple(dict.fromkeys(c["members"])), math.prod(out_shape[1:]) if len(out_shape) > 1 else 1,
+                               c["flops"], grouped_inputs))
     from vib_deploy.nets import count_flops
 
     return GroupPlan(gated, fixed, count_flops(net, tuple(input_shape)))
+
+
+def _is_grouped_conv(module: Any) -> bool:
+    """A conv with 1 < groups that is not depthwise (a depthwise conv's in and out channels are one group)."""
+    return (isinstance(module, (nn.Conv1d, nn.Conv2d)) and module.groups > 1
+            and not module.groups == module.in_channels == module.out_channels)
+
+
+def _tie_grouped_convs(net: nn.Module, candidates: list[dict[str, Any]]) -> None:
+    """Give every candidate group its gate and unit per channel; fix groups tied to a fixed one.
+
+    Channels at positions p, p' of a grouped conv's input (or output) with p = p' mod (channels / groups)
+    get one gate unit (union-find over (group, channel)); groups linked that way share one gate. A side of a
+    grouped conv that a fixed group touches, or that no group covers entirely, fixes every group on it.
+    """
+    sides: dict[tuple[str, str], list[tuple[int, dict[int, int]]]] = {}
+    for gi, c in enumerate(candidates):
+        for conv, side, pos in c["grouped"]:
+            sides.setdefault((conv, side), []).append((gi, pos))
+    changed = True
+    while changed:  # fixing a group can freeze another conv side it touches
+        changed = False
+        for (conv, side), deps in sides.items():
+            module = net.get_submodule(conv)
+            size = module.in_channels if side == "in" else module.out_channels
+            covered = sorted(p for _, pos in deps for p in pos.values())
+            frozen = covered != list(range(size)) or any(candidates[gi]["reason"] for gi, _ in deps)
+            for gi, _ in deps:
+                if frozen and not candidates[gi]["reason"]:
+                    candidates[gi]["reason"] = f"tied through grouped conv {conv} to channels that stay"
+                    changed = True
+    parent: dict[tuple[int, int], tuple[int, int]] = {}
+
+    def find(node: tuple[int, int]) -> tuple[int, int]:
+        while parent.setdefault(node, node) != node:
+            parent[node] = parent[parent[node]]
+            node = parent[node]
+        return node
+
+    for (conv, side), deps in sides.items():
+        module = net.get_submodule(conv)
+        period = (module.in_channels if side == "in" else module.out_channels) // module.groups
+        first_of_class: dict[int, tuple[int, int]] = {}
+        for gi, pos in deps:
+            if candidates[gi]["reason"]:
+                continue
+            for channel, p in pos.items():
+                node = (gi, channel)
+                other = first_of_class.setdefault(p % period, node)
+                parent[find(node)] = find(other)
+    gate_of_root: dict[tuple[int, int], int] = {}  # union-find root -> gate index
+    unit_of_root: dict[tuple[int, int], int] = {}
+    units_per_gate: list[int] = []
+    gate_of_group: dict[int, int] = {}
+    for gi, c in enumerate(candidates):  # groups linked through any channel share the first one's gate
+        if c["reason"]:
+            continue
+        linked = {gate_of_root[find((gi, ch))] for ch in range(c["channels"]) if find((gi, ch)) in gate_of_root}
+        gate = min(linked) if linked else len(units_per_gate)
+        if gate == len(units_per_gate):
+            units_per_gate.append(0)
+        gate_of_group[gi] = gate
+        units = []
+        for ch in range(c["channels"]):
+            r = find((gi, ch))
+            if r not in unit_of_root:
+                unit_of_root[r] = units_per_gate[gate]
+                gate_of_root[r] = gate
+                units_per_gate[gate] += 1
+            units.append(unit_of_root[r])
+        c["gate"], c["unit_of_channel"] = gate, units
 
 
 def _out_channels(module: nn.Module) -> int:
@@ -255,15 +330,24 @@ class GatedNet(nn.Module):
         super().__init__()
         self.net = net
         self.groups = list(groups)
+        gates: dict[int, list[GateGroup]] = {}
+        for g in self.groups:
+            gates.setdefault(g.gate, []).append(g)
+        if sorted(gates) != list(range(len(gates))):
+            raise UserError(f"gate indices {sorted(gates)} are not 0..{len(gates) - 1}: the model file is damaged")
         # KL weighted as the paper's conv gates: kl_mult 1/S, map_size S*S on an S x S map (Linear: 1, 1),
-        # times the channels each unit stands for
-        self.gates = nn.ModuleList(
-            VIBGate(g.units, kl_mult=g.ties / math.sqrt(g.map_size), map_size=g.map_size, threshold=threshold)
-            for g in self.groups)
+        # times the channels each unit stands for (more than 1 where a grouped conv ties channels)
+        self.gates = nn.ModuleList()
+        for k in range(len(gates)):
+            units = 1 + max(max(g.unit_of_channel) for g in gates[k])
+            channels = sum(g.channels for g in gates[k])
+            size = gates[k][0].map_size
+            self.gates.append(VIBGate(units, kl_mult=channels / units / math.sqrt(size), map_size=size, threshold=threshold))
 
     def channel_scales(self, like: torch.Tensor) -> list[torch.Tensor]:
-        """Per group, z over its channels: (B|1, channels), unit i % units for channel i."""
-        return [gate.sample(like).repeat(1, g.ties) for gate, g in zip(self.gates, self.groups)]
+        """Per group, z over its channels: (B|1, channels), drawn once per gate."""
+        z = [gate.sample(like) for gate in self.gates]
+        return [z[g.gate][:, list(g.unit_of_channel)] for g in self.groups]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         handles = [self.net.get_submodule(point).register_forward_hook(partial(_multiply_output, z=z[:, list(index)]))
@@ -274,9 +358,14 @@ class GatedNet(nn.Module):
             for h in handles:
                 h.remove()
 
-    def keep_masks(self) -> list[torch.Tensor]:
+    def unit_masks(self) -> list[torch.Tensor]:
+        """Per gate, the units kept at inference."""
+        return [gate.keep_mask() for gate in self.gates]
+
+    def keep_masks(self, unit_masks: Sequence[torch.Tensor] | None = None) -> list[torch.Tensor]:
         """Per group, the kept channels (bool over `channels`)."""
-        return [gate.keep_mask().repeat(g.ties) for gate, g in zip(self.gates, self.groups)]
+        units = self.unit_masks() if unit_masks is None else unit_masks
+        return [units[g.gate][list(g.unit_of_channel)] for g in self.groups]
 
 
 def _scale_outputs(module: nn.Module, z: torch.Tensor) -> None:
@@ -294,39 +383,67 @@ def _scale_outputs(module: nn.Module, z: torch.Tensor) -> None:
 
 
 def apply_pruning(net: nn.Module, record: Sequence[dict[str, Any]], input_shape: Sequence[int]) -> nn.Module:
-    """Remove channels as listed in `record` ([{root, dead}], in order) with one DependencyGraph, in place."""
+    """Remove channels as listed in `record`, in order, with one DependencyGraph, in place.
+
+    Steps: {"root", "dead"} prunes a group through its root's output channels (grouped convs' inputs
+    excepted); {"grouped_conv", "dead_inputs"} then cuts such a conv's inputs in one step.
+    """
     if not record:
         return net
     graph = dependency_graph(net, input_shape, next(net.parameters()).dtype)
     for step in record:
+        if "grouped_conv" in step:
+            _prune_grouped_inputs(net.get_submodule(step["grouped_conv"]), step["dead_inputs"])
+            continue
         root = net.get_submodule(step["root"])
-        pruner = graph.get_pruner_of_module(root)
-        graph.get_pruning_group(root, pruner.prune_out_channels, idxs=list(step["dead"])).prune()
+        group = graph.get_pruning_group(root, graph.get_pruner_of_module(root).prune_out_channels, idxs=list(step["dead"]))
+        # a grouped conv's inputs are cut after all groups (an interim state with unequal conv groups has no
+        # valid weight); Torch-Pruning's Group has no public way to drop one dependency
+        group._group = [item for item in group._group
+                        if not (_is_grouped_conv(item.dep.target.module) and not graph.is_out_channel_pruning_fn(item.dep.handler))]
+        group.prune()
     return net
+
+
+def _prune_grouped_inputs(conv: nn.Module, dead: Sequence[int]) -> None:
+    """Remove input positions `dead` of a grouped conv: the same relative positions in every conv group."""
+    assert isinstance(conv, (nn.Conv1d, nn.Conv2d))
+    per_group = conv.in_channels // conv.groups
+    relative = sorted({p % per_group for p in dead})
+    if sorted(dead) != sorted(k * per_group + r for k in range(conv.groups) for r in relative):
+        raise AssertionError(f"dead inputs of {conv} are not the same in every conv group: {sorted(dead)}")
+    keep = [r for r in range(per_group) if r not in set(relative)]
+    conv.weight = nn.Parameter(conv.weight.data[:, keep].clone())  # (out, in / groups, k, k)
+    conv.in_channels = len(keep) * conv.groups
 
 
 def prune_gated_net(gated: GatedNet, input_shape: Sequence[int]) -> tuple[PruneResult, list[dict[str, Any]]]:
     """Fold each group's inference z into its gate points, then remove the dead channels, in float64.
 
     Returns the pruned plain net (float64, eval) with the kept channels per group, and the pruning record
-    ([{root, dead}], in order) that `apply_pruning` replays on a fresh net to rebuild its shapes.
+    that `apply_pruning` replays on a fresh net to rebuild its shapes.
     """
     work = copy.deepcopy(gated).cpu().double().eval()
     net = work.net
-    masks = work.keep_masks()
+    unit_masks = [m.clone() for m in work.unit_masks()]
     with torch.no_grad():
-        for g, z, mask in zip(work.groups, work.channel_scales(torch.zeros(1, dtype=torch.float64)), masks):
-            if not bool(mask.any()):
-                raise UserError(f"pruning would delete a whole group: the {g.channels} channels of {g.root} are all "
-                                "gated off; lower train.vib.kl_factor")
+        for g, z in zip(work.groups, work.channel_scales(torch.zeros(1, dtype=torch.float64))):
             for point, index in g.points:
                 _scale_outputs(net.get_submodule(point), z[0, list(index)])
-    for g, mask in zip(work.groups, masks):
-        for _, index in g.points:  # a concat branch whose channels all died keeps one, an exact zero
-            if not bool(mask[list(index)].any()):
-                mask[index[0]] = True
-    record = [{"root": g.root, "dead": torch.nonzero(~m).flatten().tolist()} for g, m in zip(work.groups, masks)]
+    for g in work.groups:  # a layer whose channels all died keeps one, an exact zero: the net keeps its shape
+        for _, index in g.points:
+            units = [g.unit_of_channel[i] for i in index]
+            if not bool(unit_masks[g.gate][units].any()):
+                unit_masks[g.gate][units[0]] = True
+    masks = work.keep_masks(unit_masks)
+    record: list[dict[str, Any]] = [{"root": g.root, "dead": torch.nonzero(~m).flatten().tolist()}
+                                    for g, m in zip(work.groups, masks)]
     record = [r for r in record if r["dead"]]
+    dead_inputs: dict[str, list[int]] = {}
+    for g, m in zip(work.groups, masks):
+        for conv, positions in g.grouped_inputs:
+            dead_inputs.setdefault(conv, []).extend(positions[c] for c in range(g.channels) if not m[c])
+    record += [{"grouped_conv": conv, "dead_inputs": sorted(dead)} for conv, dead in dead_inputs.items() if dead]
     apply_pruning(net, record, input_shape)
     kept = [torch.nonzero(m).flatten().tolist() for m in masks]
     return PruneResult(net.eval(), None, None, kept, 0), record
@@ -376,8 +493,9 @@ def _check_prunable(net: nn.Module, plan: GroupPlan, input_shape: Sequence[int],
     worst = error_of(plan.gated)
     if worst <= SELF_CHECK_TOLERANCE:
         return worst
-    for group in plan.gated:  # name the culprit
-        if not error_of([group]) <= SELF_CHECK_TOLERANCE:
+    for group in plan.gated:  # name the culprit (with the groups that share its gate)
+        tied = [replace(g, gate=0) for g in plan.gated if g.gate == group.gate]
+        if not error_of(tied) <= SELF_CHECK_TOLERANCE:
             raise UserError(f"the channel group of {group.root} ({', '.join(group.members[:6])}) cannot be pruned exactly: "
                             "removing its channels changes the output (an operation between these layers maps 0 to "
                             f"non-zero, e.g. a sigmoid); list {group.root} under model.ignore to leave it unpruned")
@@ -389,10 +507,10 @@ def describe_plan(plan: GroupPlan) -> list[dict[str, Any]]:
     """One row per group (gated first, then fixed) for `vib-deploy inspect`."""
     rows: list[dict[str, Any]] = []
     for g in plan.gated:
-        rows.append({"group (root)": g.root, "channels": g.channels, "gate units": g.units, "gate points": len(g.points),
+        rows.append({"group (root)": g.root, "channels": g.channels, "gate": g.gate, "gate units": g.units, "gate points": len(g.points),
                      "layers": len(g.members), "KFLOPs/ch": g.flops_per_channel / 1e3,
                      "% FLOPs": 100.0 * g.flops_per_channel * g.channels / max(plan.flops, 1), "status": "gated"})
     for f in plan.fixed:
-        rows.append({"group (root)": f.root, "channels": f.channels, "gate units": 0, "gate points": 0, "layers": 0,
+        rows.append({"group (root)": f.root, "channels": f.channels, "gate": "-", "gate units": 0, "gate points": 0, "layers": 0,
                      "KFLOPs/ch": 0.0, "% FLOPs": 0.0, "status": f"fixed: {f.reason}"})
     return rows

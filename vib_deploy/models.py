@@ -292,5 +292,5 @@ def print_inspection(info: dict[str, Any]) -> None:
         if row["status"].startswith("fixed"):
             console.print(f"  {row['group (root)']}: {row['status']}")
     console.print(f"exact-pruning self-check (random gates, float64): max |Δ| = {info['self_check']:.2g} x scale, ok")
-    console.print("gate points: layers whose outputs the group's gate multiplies; % FLOPs: share of the dense net's FLOPs "
-                  "that the group's channels touch (groups overlap)")
+    console.print("gate: groups tied through a grouped conv share one; gate points: layers whose outputs it multiplies; "
+                  "% FLOPs: share of the dense net's FLOPs that the group's channels touch (groups overlap)")
