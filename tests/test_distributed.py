@@ -158,12 +158,19 @@ def test_resume_with_another_process_count_is_refused(two_ranks):
         train(gated_model("lenet300"), _spec(epochs=5, finetune_epochs=1), _data(), RunDir(two_ranks / "part"))
 
 
+# VGG-16 (the pipeline) at 1/8 width on MNIST: gates on dependency groups, applied by hooks, under DDP
+VGG_TINY = ["--set", "model.kwargs.width=0.125", "--set", "data.dataset=mnist", "--set", "train.device=cpu",
+            "--set", "train.vib.finetune_epochs=0", "--set", "train.batch_size=100", "--set", "train.vib.kl_factor=1e-3"]
+
+
 @pytest.mark.e2e
-def test_pipeline_under_torchrun_two_ranks(tmp_path, mnist_root):
+@pytest.mark.parametrize("pipeline, extra", [("pipelines/mnist-lenet300.yaml", []),
+                                             ("pipelines/vgg16-fashion.yaml", VGG_TINY)], ids=["lenet300", "vgg16"])
+def test_pipeline_under_torchrun_two_ranks(tmp_path, mnist_root, pipeline, extra):
     run_dir = tmp_path / "ddp"
-    settings = [*TINY, "--set", "bench.memory=false", "--set", "bench.backends=[onnxruntime]"]
+    settings = [*TINY, "--set", "bench.memory=false", "--set", "bench.backends=[onnxruntime]", *extra]
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(WORLD),
-                           "-m", "vib_deploy", "run", "pipelines/mnist-lenet300.yaml", "--run-dir", str(run_dir), *settings],
+                           "-m", "vib_deploy", "run", pipeline, "--run-dir", str(run_dir), *settings],
                           cwd=ROOT, env={**os.environ, **ONE_THREAD}, capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, proc.stderr[-3000:]
     vib = json.loads((run_dir / "train-vib.json").read_text())

@@ -210,6 +210,8 @@ def plan_groups(net: nn.Module, input_shape: Sequence[int], ignore: Sequence[str
         if not c["points"]:
             c["reason"] = c["reason"] or "no layer to gate"
         candidates.append(c)
+    order = {name: i for i, name in enumerate(shapes)}  # forward execution order: architectures read input to output
+    candidates.sort(key=lambda c: min((order.get(m, len(order)) for m in c["members"]), default=len(order)))
     _tie_grouped_convs(net, candidates)
     gated: list[GateGroup] = []
     fixed = [FixedGroup(c["root"], c["channels"], c["reason"]) for c in candidates if c["reason"]]
