@@ -131,3 +131,13 @@ def test_input_shape_must_match_the_data(tmp_path, mnist_root):
                       "model.input_shape [1, 32, 32] does not match the data's images [1, 28, 28]")
     (tmp_path / "v.yaml").write_text("name: v\nmodel: {name: vgg16}\n")
     assert_user_error(run_cli("run", str(tmp_path / "v.yaml"), "--run-dir", str(tmp_path / "run2")), "set data.pad: 2")
+
+
+def test_model_output_must_be_class_logits(tmp_path):
+    from vib_deploy.models import ModuleSource
+
+    source = ModuleSource(BRANCHY, {"num_classes": 7}, (1, 28, 28))
+    with pytest.raises(UserError, match="gives 7 logits but the data has 10 classes"):
+        source.check(source.dense())
+    (tmp_path / "flat.py").write_text("from torch import nn\ndef build():\n    return nn.Conv2d(1, 4, 3)\n")
+    assert_user_error(run_cli("inspect", f"{tmp_path / 'flat.py'}:build"), "expects logits of shape (batch, classes)")

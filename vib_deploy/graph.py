@@ -123,6 +123,7 @@ def _output_sizes(net: nn.Module, input_shape: Sequence[int]) -> tuple[dict[str,
     shapes: dict[str, tuple[int, ...]] = {}
     handles = [m.register_forward_hook(partial(_record_shape, shapes=shapes, name=n))
                for n, m in net.named_modules() if not list(m.children())]
+    was_training = net.training
     try:
         with torch.no_grad():
             out = net.eval()(torch.zeros((1,) + tuple(input_shape)))
@@ -130,8 +131,12 @@ def _output_sizes(net: nn.Module, input_shape: Sequence[int]) -> tuple[dict[str,
         raise UserError(f"the model fails on an input of shape (1, {', '.join(map(str, input_shape))}): "
                         f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}") from e
     finally:
+        net.train(was_training)
         for h in handles:
             h.remove()
+    if not isinstance(out, torch.Tensor) or out.dim() != 2:
+        raise UserError(f"the model returns {tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__} "
+                        "for one sample; vib-deploy expects logits of shape (batch, classes)")
     return shapes, out
 
 
@@ -203,7 +208,9 @@ def plan_groups(net: nn.Module, input_shape: Sequence[int], ignore: Sequence[str
                 c["grouped"].append((name, "out" if is_out else "in", dict(zip(root_idxs, idxs))))
             c["flops"] += _flops_per_channel(module, is_out, shapes.get(name, ()))
             if is_out and isinstance(module, PRUNABLE_TYPES) and not _feeds_own_bn(graph, module, items):
-                if sorted(idxs) != list(range(_out_channels(module))):
+                if isinstance(module, _BN) and not module.affine:
+                    c["reason"] = c["reason"] or f"BatchNorm {name} has affine=False: no scale to fold a gate into"
+                elif sorted(idxs) != list(range(_out_channels(module))):
                     c["reason"] = c["reason"] or f"the outputs of {name} are split over several groups"
                 else:  # (a concat's branch holds a slice of the group's channels)
                     c["points"][name] = tuple(r for _, r in sorted(zip(idxs, root_idxs)))

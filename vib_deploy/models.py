@@ -104,7 +104,7 @@ class SequentialSource:
 
         return strip_gates(gated_model(self.name))
 
-    def check(self, dense: nn.Module) -> None:
+    def check(self, dense: nn.Module, classes: int = 10) -> None:
         """The zoo LeNets are pruned by prune.prune_gated, whose result the prune stage checks."""
 
     def gated(self, dense: nn.Module, threshold: float) -> nn.Module:
@@ -155,11 +155,19 @@ class ModuleSource:
 
         return plan_groups(net if net is not None else self.dense(), self.input_shape, self.ignore)
 
-    def check(self, dense: nn.Module) -> None:
-        """Fail now, before any training, if the model cannot be gated and pruned exactly."""
+    def check(self, dense: nn.Module, classes: int = 10) -> None:
+        """Fail now, before any training, if the model does not fit the data or cannot be pruned exactly."""
         from vib_deploy.graph import check_prunable
 
-        check_prunable(dense, self.plan(dense), self.input_shape)
+        plan = self.plan(dense)
+        with torch.no_grad():
+            was_training = dense.training
+            out = dense.eval()(torch.zeros((1,) + self.input_shape))
+            dense.train(was_training)
+        if out.shape[1] != classes:
+            raise UserError(f"model.factory {self.factory!r}: the model gives {out.shape[1]} logits but the data has "
+                            f"{classes} classes (pass num_classes through model.kwargs?)")
+        check_prunable(dense, plan, self.input_shape)
 
     def gated(self, dense: nn.Module, threshold: float) -> nn.Module:
         from vib_deploy.graph import GatedNet
