@@ -122,3 +122,13 @@ def test_pixel_peers_search_pixels_too_and_gather_them_in_the_graph(target):
 def test_pixel_peers_need_an_mlp():
     with pytest.raises(UserError, match="Flatten -> Linear"):
         match_widths(lenet5(), 248_876, SHAPE, pixels=True)
+
+
+def test_a_non_sequential_net_is_a_clear_error():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 2)
+
+    with pytest.raises(UserError, match="compare is not available for it yet"):
+        dense_widths(Net())

@@ -83,8 +83,11 @@ def check_methods(names: list[str]) -> None:
 
 
 # -- widths at matched FLOPs ---------------------------------------------------------------------
-def dense_widths(dense: nn.Sequential) -> list[int]:
+def dense_widths(dense: nn.Module) -> list[int]:
     """Output units of each prunable layer (all Conv2d/Linear but the last)."""
+    if not isinstance(dense, nn.Sequential):
+        raise UserError(f"the peers take a zoo LeNet (an nn.Sequential of Conv2d/Linear layers); this dense net is a "
+                        f"{type(dense).__name__}: compare is not available for it yet")
     return [_out(layer) for _, layer in prunable_layers(dense)]
 
 
