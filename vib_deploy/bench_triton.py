@@ -19,7 +19,7 @@ def bench_triton(run_dir: Path, concurrency: tuple[int, ...], batch_sizes: tuple
     """Records {variant, batch, concurrency, p50_ms, p99_ms, throughput, in_process_p50_ms}; also written to bench-triton.json."""
     from vib_deploy.backends.triton import TritonRunner
     from vib_deploy.bench import Variant, machine_info, make_input, time_concurrent
-    from vib_deploy.data import load_splits
+    from vib_deploy.data import splits_of
     from vib_deploy.pipeline import read_run_config
     from vib_deploy.runs import RunDir, atomic_write_json
     from vib_deploy.serve import TritonServer
@@ -33,8 +33,7 @@ def bench_triton(run_dir: Path, concurrency: tuple[int, ...], batch_sizes: tuple
     run_dir = Path(run_dir)
     config = read_run_config(run_dir)
     run = RunDir(run_dir)
-    d = config.data
-    images = load_splits(d.dataset, d.root, d.val_size, d.train_limit, d.test_limit).x_test[:512]
+    images = splits_of(config.data).x_test[:512]
     in_process = {(r["variant"], r["batch"]): r["p50_ms"] for r in run.read_json("bench.json")["records"]
                   if r["backend"] == "onnxruntime"}
     records = []

@@ -259,14 +259,13 @@ def profile(
     from rich.table import Table
 
     from vib_deploy.bench import Variant, make_input, profile_onnx
-    from vib_deploy.data import load_splits
+    from vib_deploy.data import splits_of
     from vib_deploy.pipeline import read_run_config
     from vib_deploy.runs import RunDir
 
     config = read_run_config(run_dir)
     run = RunDir(run_dir)
-    d = config.data
-    images = load_splits(d.dataset, d.root, d.val_size, d.train_limit, d.test_limit).x_test[:512]
+    images = splits_of(config.data).x_test[:512]
     kept = run.read_json("prune.json")["kept_pixels"]
     names = ["dense", "pruned"] + (["pruned_reduced"] if kept is not None else [])
     for name in names:

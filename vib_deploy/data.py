@@ -15,6 +15,7 @@ import tarfile
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -184,6 +185,12 @@ def load_splits(dataset: str, root: str | None, val_size: int, train_limit: int 
         prep(x_tr[:n]), y_tr[:n].astype(np.int64), prep(x_tr[n:]), y_tr[n:].astype(np.int64),
         prep(x_te), y_te.astype(np.int64), folder,
     )
+
+
+def splits_of(data_config: Any) -> Splits:
+    """The splits a pipeline's `data:` section describes (the one place that reads all its keys)."""
+    d = data_config
+    return load_splits(d.dataset, d.root, d.val_size, d.train_limit, d.test_limit, d.pad)
 
 
 def verify_cache(dataset: str) -> None:

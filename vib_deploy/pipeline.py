@@ -35,10 +35,9 @@ class Context:
 
     def splits(self) -> Any:
         if self._splits is None:
-            from vib_deploy.data import load_splits
+            from vib_deploy.data import splits_of
 
-            d = self.config.data
-            self._splits = load_splits(d.dataset, d.root, d.val_size, d.train_limit, d.test_limit, d.pad)
+            self._splits = splits_of(self.config.data)
         return self._splits
 
     def read_json(self, name: str) -> dict[str, Any]:
