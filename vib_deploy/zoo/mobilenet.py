@@ -13,6 +13,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from vib_deploy.zoo.init import kaiming_init
+
 # (output channels, stride of the depthwise conv)
 _CFG = ((32, 1), (64, 2), (64, 1), (128, 2), (128, 1))
 
@@ -50,12 +52,7 @@ class MobileNetSmall(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.flatten = nn.Flatten()
         self.fc = nn.Linear(in_planes, num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        kaiming_init(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.features(self.stem(x))

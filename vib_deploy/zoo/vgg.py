@@ -14,6 +14,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from vib_deploy.zoo.init import kaiming_init
+
 CFG: tuple[int | str, ...] = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M",
                               512, 512, 512, "M")
 
@@ -38,13 +40,7 @@ class VGG16(nn.Module):
         hidden = max(1, int(round(512 * width)))
         self.classifier = nn.Sequential(
             nn.Flatten(), nn.Linear(c, hidden), nn.ReLU(), nn.Linear(hidden, num_classes))
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        kaiming_init(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x))
