@@ -106,7 +106,8 @@ def render(records: list[dict[str, Any]], wall: float, seeds: list[int], pipelin
                          f"{','.join(str(r['seed']) for r in group)} | | | |")
     total = sum(r["train_seconds"] for r in records)
     lines += ["", f"Training time of all runs above (dense + VIB stages, from their train-*.json): {_duration(total)}; "
-              "prune, export, bench and report come on top of it.", "",
+              "prune, export, bench and report come on top of it. Times are wall-clock on the machine that ran them and grow "
+              "with its load when other jobs share it.", "",
               f"Our error is the pruned model's (equal to the VIB model's: pruning is exact) on the "
               f"{records[0]['test_samples']:,} test images,",
               "last training epoch, test set used once; bytes = fp32 weights and biases of the pruned model.",
