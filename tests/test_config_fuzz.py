@@ -50,9 +50,12 @@ def _paths(node: Any, prefix: tuple = ()) -> list[tuple]:
     return out
 
 
+FREE_FORM = {("model", "kwargs")}  # the factory's keyword arguments: any key is the user's
+
+
 def _dicts(node: Any, prefix: tuple = ()) -> list[tuple]:
-    """Paths of every mapping, the root included."""
-    if not isinstance(node, dict):
+    """Paths of every mapping with a fixed set of keys, the root included."""
+    if not isinstance(node, dict) or prefix in FREE_FORM:
         return []
     return [prefix] + [p for k, v in node.items() for p in _dicts(v, prefix + (k,))]
 

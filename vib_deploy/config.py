@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from vib_deploy.errors import UserError
 
@@ -25,7 +26,9 @@ class ModelConfig(_Strict):
 
     @model_validator(mode="after")
     def _one_source(self) -> "ModelConfig":
-        if (self.name is None) == (self.factory is None):
+        if self.name is None and self.factory is None:
+            raise PydanticCustomError("model_source_missing", "a zoo model name or a factory")
+        if self.name is not None and self.factory is not None:
             raise ValueError("give exactly one of model.name (a zoo model) and model.factory (your own nn.Module)")
         if self.name in ("lenet300", "lenet5") and (self.kwargs or self.input_shape or self.ignore):
             raise ValueError(f"model {self.name} takes no kwargs, input_shape or ignore")
@@ -118,6 +121,8 @@ def _describe(err: ValidationError, source: str) -> str:
         return f"{source}: unknown key {key!r}"
     if kind == "missing":
         return f"{source}: missing key {key!r}"
+    if kind == "model_source_missing":  # neither model.name nor model.factory
+        return f"{source}: missing key '{key}.name' (a zoo model; or {key}.factory: 'path/to/net.py:build')"
     return f"{source}: key {key!r}: {first['msg']} (got {first.get('input')!r})"
 
 
