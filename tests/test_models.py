@@ -50,6 +50,9 @@ def test_inspect_prints_groups_and_reasons():
     assert "head: fixed: output layer" in proc.stdout and "self-check" in proc.stdout
     assert "res_conv1" in proc.stdout and "gated" in proc.stdout
     assert_user_error(run_cli("inspect", BRANCHY, "--input-shape", "3,28,28"), "fails on an input of shape (1, 3, 28, 28)")
+    # a pipeline file: its factory, kwargs and the data's shape (VGG-16 at 1/8 width on 32x32)
+    proc = run_cli("inspect", "pipelines/vgg16-fashion.yaml", "--kwarg", "width=0.125", env={"COLUMNS": "200"})
+    assert proc.returncode == 0 and "input [1, 32, 32]" in proc.stdout and "classifier.3: fixed: output layer" in proc.stdout
 
 
 def test_saved_module_model_loads_from_another_directory(tmp_path, monkeypatch):

@@ -150,7 +150,7 @@ def bench(
 
 @app.command()
 def inspect(
-    model: str = typer.Argument(..., help="A factory, path/to/my_net.py:build or package.module:build, or a zoo name."),
+    model: str = typer.Argument(..., help="path/to/my_net.py:build, package.module:build, a zoo name, or a pipeline file."),
     input_shape: str = typer.Option("1,28,28", "--input-shape", help="One sample's shape, C,H,W."),
     ignore: Optional[List[str]] = typer.Option(None, "--ignore", help="A module whose output channels stay (repeatable)."),
     kwarg: Optional[List[str]] = typer.Option(None, "--kwarg", help="A factory argument, key=value (repeatable)."),

@@ -264,6 +264,15 @@ def inspect_model(model: str, input_shape: Sequence[int], ignore: Sequence[str],
     from vib_deploy.graph import check_prunable, describe_plan, plan_groups
     from vib_deploy.nets import count_params
 
+    if model.endswith((".yaml", ".yml")):  # a pipeline file: its model section and the data's image shape
+        from vib_deploy.config import load_config
+
+        source = model_source(load_config(Path(model)))
+        if isinstance(source, SequentialSource):
+            model = source.name
+        else:
+            model, input_shape, ignore = source.factory, source.input_shape, source.ignore
+            kwargs = [f"{k}={v}" for k, v in source.kwargs.items()] + list(kwargs)
     if len(input_shape) != 3:
         raise UserError(f"--input-shape: expected C,H,W, got {','.join(map(str, input_shape))}")
     if model in SEQUENTIAL_ZOO:
