@@ -105,6 +105,10 @@ def render(records: list[dict[str, Any]], wall: float, seeds: list[int], pipelin
             lines.append(f"| {model} | ours, mean ± std | | {100 * e:.2f} ± {100 * es:.2f} % | {f / 1e3:.1f} ± {fs / 1e3:.1f} | | "
                          f"{','.join(str(r['seed']) for r in group)} | | | |")
     total = sum(r["train_seconds"] for r in records)
+    budget = 45 * 60
+    lines += ["", f"Goal `vib-deploy paper` ≤ {budget // 60} min on a 2-core CPU: training alone took {_duration(total)} "
+              f"here: **{'met' if total <= budget else 'missed'}** for these runs"
+              + ("" if total <= budget else f" (by {_duration(total - budget)})") + "."]
     lines += ["", f"Training time of all runs above (dense + VIB stages, from their train-*.json): {_duration(total)}; "
               "prune, export, bench and report come on top of it. Times are wall-clock on the machine that ran them and grow "
               "with its load when other jobs share it.", "",
