@@ -82,3 +82,23 @@ def test_unknown_method_and_no_match_flops_are_exit_2(tmp_path):
     assert proc.returncode == 2 and "must include vib" in proc.stderr
     proc = run_cli("compare", PIPELINE, "--no-match-flops", cwd=tmp_path)
     assert proc.returncode == 2 and "only --match-flops" in proc.stderr
+
+
+def test_records_of_other_overrides_are_kept_beside_each_other(tmp_path):
+    from vib_deploy.compare import write_comparison
+
+    def record(method, seed, overrides, error):
+        return {"model": "lenet300", "pipeline": "mnist-lenet300", "method": method, "seed": seed, "overrides": overrides,
+                "error": error, "flops": 22_000, "params": 11_000, "bytes": 44_000, "architecture": [784, 14, 7],
+                "dense_architecture": [784, 300, 100], "dense_flops": 532_400, "test_samples": 10_000,
+                "p50_ms": {"onnxruntime/b1/pruned": 0.01, "onnxruntime/b1/dense": 0.02}, "run_dir": "runs/x"}
+
+    write_comparison([record("vib", 0, [], 0.019), record("l1", 0, [], 0.05)], tmp_path)
+    write_comparison([record("vib", 0, ["train.vib.epochs=3"], 0.3)], tmp_path)  # a quick run: its own table
+    write_comparison([record("vib", 0, [], 0.018)], tmp_path)  # the same run again: replaces its record
+    records = json.loads((tmp_path / "comparison.json").read_text())
+    assert sorted((r["method"], r["error"], tuple(r["overrides"])) for r in records) == [
+        ("l1", 0.05, ()), ("vib", 0.018, ()), ("vib", 0.3, ("train.vib.epochs=3",))]
+    md = (tmp_path / "comparison.md").read_text()
+    assert "## mnist-lenet300 (" in md and f"## mnist-lenet300{override_tag(['train.vib.epochs=3'])} (" in md
+    assert "--set train.vib.epochs=3" in md

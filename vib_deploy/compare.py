@@ -69,21 +69,26 @@ def compare(pipeline: Path, methods: Sequence[str], seeds: Sequence[int], overri
 
 
 def write_comparison(records: list[dict[str, Any]], docs: Path) -> None:
-    """Merge into docs/comparison.json (a new record replaces the one of the same pipeline, method and seed),
+    """Merge into docs/comparison.json (a new record replaces the one of the same pipeline, overrides, method and seed),
     then render the tables and plots from all of them."""
     path = docs / "comparison.json"
     old = json.loads(path.read_text()) if path.is_file() else []
 
     def ident(r: dict[str, Any]) -> tuple[Any, ...]:
-        return r.get("pipeline"), r.get("method"), r.get("seed")
+        return _section(r), r.get("method"), r.get("seed")
 
     new = {ident(r) for r in records}
     merged = [r for r in old if ident(r) not in new] + records
-    merged.sort(key=lambda r: (r["pipeline"], _method_order(r["method"]), r["seed"]))
+    merged.sort(key=lambda r: (_section(r), _method_order(r["method"]), r["seed"]))
     atomic_write_json(path, merged)
-    plots = {p: plot_comparison([r for r in merged if r["pipeline"] == p], docs / "img" / f"comparison-{p}.png")
-             for p in sorted({r["pipeline"] for r in merged})}
+    plots = {p: plot_comparison([r for r in merged if _section(r) == p], docs / "img" / f"comparison-{p}.png")
+             for p in sorted({_section(r) for r in merged})}
     atomic_write_text(docs / "comparison.md", render(merged, {p: f"img/{q.name}" for p, q in plots.items()}))
+
+
+def _section(r: dict[str, Any]) -> str:
+    """Records of one pipeline made with the same --set overrides form one table: <name>[-<override digest>]."""
+    return r["pipeline"] + override_tag(r.get("overrides", []))
 
 
 def _method_order(method: str) -> int:
@@ -154,8 +159,8 @@ def render(records: list[dict[str, Any]], plots: dict[str, str]) -> str:
              "set used once. Latency: ONNX Runtime CPU, 1 thread, p50, dense and pruned alternating in one process;",
              "speedup = dense p50 / pruned p50 of the same run; measured/ideal = speedup / (dense FLOPs / pruned FLOPs).",
              _gpu_note(), ""]
-    for pipeline in sorted({r["pipeline"] for r in records}):
-        group = [r for r in records if r["pipeline"] == pipeline]
+    for pipeline in sorted({_section(r) for r in records}):
+        group = [r for r in records if _section(r) == pipeline]
         first = group[0]
         parts += [f"## {pipeline} ({first['model']}, dense {'-'.join(map(str, first['dense_architecture']))}, "
                   f"{first['dense_flops'] / 1e3:,.1f} KFLOPs, {first['test_samples']:,} test images)", "",
