@@ -56,7 +56,7 @@ def test_tables_and_plot(compared):
     md = (cwd / "docs" / "comparison.md").read_text()
     assert "## mnist-lenet300" in md and "network slimming" in md and " ± " in md and "| vib | 1 |" in md
     assert md.count("- vs ") == 3  # one verdict per peer
-    assert (cwd / "docs" / "img" / "comparison-mnist-lenet300.png").read_bytes()[:4] == b"\x89PNG"
+    assert (cwd / "docs" / "img" / f"comparison-mnist-lenet300{TAG}.png").read_bytes()[:4] == b"\x89PNG"
     assert "tables:" in proc.stdout
 
 
