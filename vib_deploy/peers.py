@@ -296,11 +296,13 @@ class PeerSpec:
     input_units: int | None  # the VIB model's input width when it gates its input (shown as 784-…)
 
     def section(self, config: Any) -> dict[str, Any]:
+        from vib_deploy.pipeline import keyed_section
+
         t = config.train
         return {"method": self.method, "target_flops": self.target_flops, "tolerance": FLOPS_TOLERANCE,
                 "slimming_l1": SLIMMING_L1 if self.method == "slimming" else None, "epochs": t.vib.epochs,
                 "lr": t.vib.lr, "gate_lr": t.vib.gate_lr, "batch_size": t.batch_size, "seed": t.seed,
-                "data": config.data.model_dump(), "prune": config.prune.model_dump()}
+                "data": keyed_section("data", config.data), "prune": config.prune.model_dump()}
 
 
 def peer_prune(ctx: Any, spec: PeerSpec) -> list[str]:

@@ -54,12 +54,22 @@ class Stage:
     all_ranks: bool = False  # under torchrun every rank runs it (training); else rank 0 alone
 
 
+# Keys added to a section after runs were made: keyed only when set, so existing runs stay cached.
+_KEYED_WHEN_SET = {"model": {"factory": None, "kwargs": {}, "input_shape": None, "ignore": []}, "data": {"pad": 0}}
+
+
+def keyed_section(name: str, section: Any) -> dict[str, Any]:
+    """A config section as its cache key sees it."""
+    later = _KEYED_WHEN_SET.get(name, {})
+    return {k: v for k, v in section.model_dump().items() if not (k in later and v == later[k])}
+
+
 def _train_common(c: PipelineConfig) -> dict[str, Any]:
     t = c.train
     from vib_deploy.models import factory_digest
 
     factory = {"factory_sha256": factory_digest(c.model.factory)} if c.model.factory else {}  # a changed model file retrains
-    return {"model": c.model.model_dump(), **factory, "data": c.data.model_dump(), "seed": t.seed,
+    return {"model": keyed_section("model", c.model), **factory, "data": keyed_section("data", c.data), "seed": t.seed,
             "batch_size": t.batch_size, "device": t.device}
 
 
@@ -69,8 +79,8 @@ def _stages() -> list[Stage]:
     return [
         Stage("train-dense", (), lambda c: {**_train_common(c), "dense": c.train.dense.model_dump()}, s.train_dense, True, True),
         Stage("train-vib", ("train-dense",), lambda c: {**_train_common(c), "vib": c.train.vib.model_dump()}, s.train_vib, True, True),
-        Stage("prune", ("train-vib",), lambda c: {"prune": c.prune.model_dump(), "data": c.data.model_dump()}, s.prune, True),
-        Stage("export", ("train-dense", "prune"), lambda c: {"export": c.export.model_dump(), "data": c.data.model_dump()}, s.export, True),
+        Stage("prune", ("train-vib",), lambda c: {"prune": c.prune.model_dump(), "data": keyed_section("data", c.data)}, s.prune, True),
+        Stage("export", ("train-dense", "prune"), lambda c: {"export": c.export.model_dump(), "data": keyed_section("data", c.data)}, s.export, True),
         Stage("bench", ("train-dense", "prune", "export"), lambda c: {"bench": c.bench.model_dump()}, s.bench),
         Stage("report", ("train-dense", "train-vib", "prune", "export", "bench"), lambda c: {}, s.report),
     ]
