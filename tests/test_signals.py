@@ -19,7 +19,9 @@ def test_ctrl_c_saves_and_says_how_to_resume(tmp_path, mnist_root):
     run_dir = tmp_path / "run"
     cmd = [sys.executable, "-m", "vib_deploy", *ARGS, "--run-dir", str(run_dir)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    # a terminal's default SIGINT, also when the suite itself runs in the background (where it is ignored)
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     ckpt = run_dir / "train-dense.ckpt"
     deadline = time.time() + 120
     while not ckpt.exists() and time.time() < deadline:
