@@ -74,8 +74,9 @@ def train_vib(ctx: Any) -> list[str]:
     cfg = ctx.config.train.vib
     data = ctx.splits()
     source = model_source(ctx.config)
+    dense = load_model(ctx.run.verified("dense.pt"))  # before seeding: the gates' init draws come first after it
     torch.manual_seed(ctx.config.train.seed)
-    gated = source.gated(load_model(ctx.run.verified("dense.pt")), cfg.threshold)
+    gated = source.gated(dense, cfg.threshold)
     t0 = time.time()
     result = train(gated, _spec(ctx, "train-vib", epochs=cfg.epochs, lr=cfg.lr, gate_lr=cfg.gate_lr,
                                 kl_factor=cfg.kl_factor, finetune_epochs=cfg.finetune_epochs), data, ctx.run, ctx.progress)
