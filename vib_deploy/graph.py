@@ -84,6 +84,7 @@ class GroupPlan:
     gated: list[GateGroup]
     fixed: list[FixedGroup]
     flops: int  # of the dense net, per sample
+    classes: int  # logits per sample
 
 
 def _names(net: nn.Module) -> dict[int, str]:
@@ -233,7 +234,7 @@ def plan_groups(net: nn.Module, input_shape: Sequence[int], ignore: Sequence[str
                                c["flops"], grouped_inputs))
     from vib_deploy.nets import count_flops
 
-    return GroupPlan(gated, fixed, count_flops(net, tuple(input_shape)))
+    return GroupPlan(gated, fixed, count_flops(net, tuple(input_shape)), int(output.shape[1]))
 
 
 def _is_grouped_conv(module: Any) -> bool:

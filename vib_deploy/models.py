@@ -160,12 +160,8 @@ class ModuleSource:
         from vib_deploy.graph import check_prunable
 
         plan = self.plan(dense)
-        with torch.no_grad():
-            was_training = dense.training
-            out = dense.eval()(torch.zeros((1,) + self.input_shape))
-            dense.train(was_training)
-        if out.shape[1] != classes:
-            raise UserError(f"model.factory {self.factory!r}: the model gives {out.shape[1]} logits but the data has "
+        if plan.classes != classes:
+            raise UserError(f"model.factory {self.factory!r}: the model gives {plan.classes} logits but the data has "
                             f"{classes} classes (pass num_classes through model.kwargs?)")
         check_prunable(dense, plan, self.input_shape)
 
@@ -198,15 +194,16 @@ class ModuleSource:
         from vib_deploy.nets import to_bytes
         from vib_deploy.runs import atomic_write_bytes
 
-        gated = isinstance(model, GatedNet)
+        gated = model if isinstance(model, GatedNet) else None
+        assert not (gated and pruning), "a gated net is saved before pruning"
+        module_part = self.factory.split(":")[0]
         spec = {
             "factory": self.factory,
-            "factory_path": str(Path(self.factory.split(":")[0]).resolve()) if _is_file_ref(self.factory.split(":")[0]) else None,
+            "factory_path": str(Path(module_part).resolve()) if _is_file_ref(module_part) else None,
             "kwargs": self.kwargs, "input_shape": list(self.input_shape), "pruning": pruning or [],
-            "gates": [g.to_json() for g in model.groups] if isinstance(model, GatedNet) else None,
-            "threshold": float(model.gates[0].threshold) if isinstance(model, GatedNet) and model.gates else 0.0,
+            "gates": [g.to_json() for g in gated.groups] if gated else None,
+            "threshold": float(gated.gates[0].threshold) if gated and len(gated.gates) else 0.0,
         }
-        assert not (gated and pruning)
         payload = {"module": spec, "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
                    "extra": extra or {}}
         atomic_write_bytes(path, to_bytes(payload))
