@@ -72,7 +72,18 @@ def test_missing_files_say_where_to_put_them(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.delenv("VIB_DEPLOY_DATA", raising=False)
     with pytest.raises(UserError, match="vib-deploy data fetch mnist"):
+        resolve_root("mnist", None)
+
+
+def test_a_named_root_is_never_skipped(tmp_path, monkeypatch):
+    (tmp_path / "cache" / "vib-deploy" / "data" / "mnist").mkdir(parents=True)
+    _write_dataset(tmp_path / "cache" / "vib-deploy" / "data" / "mnist")  # a usable cache beside it
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    with pytest.raises(UserError, match=r"data.root .*nowhere is not a folder"):
         resolve_root("mnist", str(tmp_path / "nowhere"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match=r"data.root .*empty lacks train-images-idx3-ubyte, .* \(raw or .gz\)"):
+        resolve_root("mnist", str(tmp_path / "empty"))
 
 
 def test_env_var_resolution(tmp_path, monkeypatch):

@@ -164,7 +164,7 @@ def inspect(
 @app.command()
 def verify(run_dir: Path = typer.Argument(..., help="A run directory (runs/mnist-lenet300) or a Triton model repository (models/).")) -> None:
     """Check a run directory's artifacts, or a model repository's versions, against their sha256 manifests."""
-    from vib_deploy.runs import RunDir
+    from vib_deploy.pipeline import verify_run
     from vib_deploy.ship import is_model_repository, verify_repository
 
     if not run_dir.is_dir():
@@ -173,10 +173,10 @@ def verify(run_dir: Path = typer.Argument(..., help="A run directory (runs/mnist
         checked = verify_repository(run_dir)
         typer.echo(f"ok: {len(checked)} model versions in {run_dir} match their manifests; every config.pbtxt parses with Triton's schema")
         return
-    names = RunDir(run_dir).verify_all()
+    names = verify_run(run_dir)
     if not names:
         raise UserError(f"{run_dir} has no manifest entries: nothing to verify")
-    typer.echo(f"ok: {len(names)} artifacts in {run_dir} match manifest.json")
+    typer.echo(f"ok: {len(names)} artifacts in {run_dir} match manifest.json; every stage record is current")
 
 
 def _int_list(text: str, option: str) -> tuple[int, ...]:

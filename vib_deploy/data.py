@@ -113,10 +113,18 @@ def _find_split(folder: Path, stem: str) -> Path | None:
 
 
 def resolve_root(dataset: str, root: str | None) -> Path:
-    """The first folder (pipeline root, $VIB_DEPLOY_DATA, cache) that holds all four IDX files."""
-    candidates: list[tuple[str, Path]] = []
+    """`data.root` when set (it must hold all four IDX files: a named root is never skipped), else the first of
+    $VIB_DEPLOY_DATA/<dataset>, $VIB_DEPLOY_DATA and the cache that holds them."""
+    fetch_hint = f"`vib-deploy data fetch {dataset}`"
     if root:
-        candidates.append(("data.root", Path(root).expanduser()))
+        folder = Path(root).expanduser()
+        missing = [stem for stem in SPLIT_FILES.values() if not _find_split(folder, stem)]
+        if not missing:
+            return folder
+        what = "is not a folder" if not folder.is_dir() else f"lacks {', '.join(missing)} (raw or .gz)"
+        raise UserError(f"data.root {folder} {what}; point it at the folder with the {dataset} IDX files, "
+                        f"or remove it to use the cache ({fetch_hint})")
+    candidates: list[tuple[str, Path]] = []
     if os.environ.get("VIB_DEPLOY_DATA"):
         env = Path(os.environ["VIB_DEPLOY_DATA"]).expanduser()
         candidates += [("$VIB_DEPLOY_DATA", env / dataset), ("$VIB_DEPLOY_DATA", env)]
@@ -126,7 +134,7 @@ def resolve_root(dataset: str, root: str | None) -> Path:
             return folder
     looked = ", ".join(f"{label} {folder}" for label, folder in candidates)
     raise UserError(
-        f"{dataset} not found (looked in: {looked}). Run `vib-deploy data fetch {dataset}`, or put "
+        f"{dataset} not found (looked in: {looked}). Run {fetch_hint}, or put "
         f"{', '.join(SPLIT_FILES.values())} (raw or .gz) in a folder and set data.root or $VIB_DEPLOY_DATA"
     )
 

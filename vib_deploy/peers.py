@@ -339,13 +339,13 @@ def peer_prune(ctx: Any, spec: PeerSpec) -> list[str]:
     history = fit(pruned, data, finetune_epochs, t.vib.lr, t.batch_size, t.seed + 1, progress=ctx.progress)
     pruned = pruned.float().eval()
     flops = count_flops(pruned, shape)
-    save_model(pruned, ctx.run.file("pruned.pt"), {"kept_pixels": kept_pixels, "method": spec.method})
+    save_model(pruned, ctx.out("pruned.pt"), {"kept_pixels": kept_pixels, "method": spec.method})
     if reduced is not None:
-        save_model(reduced.float().eval(), ctx.run.file("pruned_reduced.pt"), {"kept_pixels": kept_pixels, "method": spec.method})
+        save_model(reduced.float().eval(), ctx.out("pruned_reduced.pt"), {"kept_pixels": kept_pixels, "method": spec.method})
     inputs = [pixels] if pixels is not None else [spec.input_units] if spec.input_units else []
     arch = inputs + widths
     full = dense_widths(dense)
-    atomic_write_json(ctx.run.file("prune.json"), {
+    atomic_write_json(ctx.out("prune.json"), {
         **extra, "method": spec.method, "vib_run": spec.vib_run, "target_flops": spec.target_flops,
         "flops_mismatch": flops / spec.target_flops - 1, "architecture": arch,
         "dense_architecture": ([spec.input_units or math.prod(shape)] if inputs else []) + full,

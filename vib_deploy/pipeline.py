@@ -31,7 +31,12 @@ class Context:
     config: PipelineConfig
     progress: Any = None
     key: str = ""  # the running stage's cache key (training checkpoints are tagged with it)
+    stage: str = ""  # the running stage, whose outputs `out` stages until they are committed
     _splits: Any = field(default=None, repr=False)
+
+    def out(self, name: str) -> Path:
+        """Where the running stage writes output `name` (moved into the run directory when the stage commits)."""
+        return self.run.staged(self.stage, name)
 
     def splits(self) -> Any:
         if self._splits is None:
@@ -114,34 +119,102 @@ def _input_hashes(ctx: Context, stage: Stage) -> dict[str, str]:
 def run_stage(ctx: Context, stage: Stage, force: bool = False, echo: Callable[[str], None] = print, fresh: bool = False) -> bool:
     """Run one stage unless its key matches and outputs verify; returns True when it ran.
 
+    The stage's old record and outputs stay until its new outputs commit (with the config that made them);
     `fresh` also drops the stage's training checkpoint, so training starts over instead of resuming.
     Under torchrun rank 0 decides and records; every rank learns the decision and its errors.
     """
     from vib_deploy import distributed
 
-    key = distributed.on_main(lambda: _start_stage(ctx, stage, force, echo, fresh))
-    if key is None:
+    started = distributed.on_main(lambda: _start_stage(ctx, stage, force, echo, fresh))
+    if started is None:
         return False
-    ctx.key = key
+    ctx.key, ctx.stage = started[0], stage.name
     if stage.all_ranks:
         outputs = stage.run(ctx)
     else:  # one process's work (prune, export, bench, report): the other ranks wait
         outputs = distributed.on_main(lambda: stage.run(ctx))
-    distributed.on_main(lambda: ctx.run.finish(stage.name, key, outputs))
+
+    def commit() -> None:
+        write_config(ctx.run, ctx.config)  # the run directory describes this config from its first new record on
+        ctx.run.commit(stage.name, started[0], outputs, started[1])
+
+    distributed.on_main(commit)
     return True
 
 
-def _start_stage(ctx: Context, stage: Stage, force: bool, echo: Callable[[str], None], fresh: bool) -> str | None:
-    """The stage's cache key, its old cache entry dropped; None when the stage is current."""
-    key = stage_key(stage.section(ctx.config), _input_hashes(ctx, stage), __version__)
+def _stage_key(ctx: Context, stage: Stage) -> tuple[str, dict[str, str]]:
+    inputs = _input_hashes(ctx, stage)
+    return stage_key(stage.section(ctx.config), inputs, __version__), inputs
+
+
+def _start_stage(ctx: Context, stage: Stage, force: bool, echo: Callable[[str], None],
+                 fresh: bool) -> tuple[str, dict[str, str]] | None:
+    """The stage's cache key and input hashes; None when the stage is current."""
+    key, inputs = _stage_key(ctx, stage)
     if not force and ctx.run.stage_is_current(stage.name, key):
         echo(f"[cached] {stage.name}")
         return None
-    ctx.run.forget(stage.name)
     if fresh:
         ctx.run.file(f"{stage.name}.ckpt").unlink(missing_ok=True)
     echo(f"[run] {stage.name}")
-    return key
+    return key, inputs
+
+
+def _first_to_run(ctx: Context, stages: list[Stage], force: str | None) -> str | None:
+    """The first stage that will run (None when every stage is current); reads the data, so bad data fails here."""
+    for stage in stages:
+        if stage.name == force or not ctx.run.stage_is_current(stage.name, _stage_key(ctx, stage)[0]):
+            return stage.name
+    return None
+
+
+def _check_model(ctx: Context) -> None:
+    """Build the model, check it against the data and prune a copy exactly (the self-check), before any training."""
+    import torch
+
+    from vib_deploy.models import model_source
+
+    source = model_source(ctx.config)
+    images = tuple(ctx.splits().x_train.shape[1:])
+    if source.input_shape != images:
+        raise UserError(f"the model takes {list(source.input_shape)} but the data's images are {list(images)}")
+    with torch.random.fork_rng():  # the stage seeds and builds its own; this draw must not shift anything
+        source.check(source.dense())
+
+
+def _differing_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [k for key in sorted(old.keys() | new.keys())
+                for k in _differing_keys(old.get(key), new.get(key), f"{prefix}{key}.")]
+    return [] if old == new else [prefix.rstrip(".")]
+
+
+def _config_change(run: RunDir, config: PipelineConfig, stages: list[Stage], first: str | None) -> str | None:
+    """One line when `config` differs from the run directory's: the keys, and what will rerun."""
+    path = run.file(CONFIG_FILE)
+    if not path.exists() or path.read_text(errors="replace") == config_to_yaml(config):
+        return None
+    try:
+        keys = _differing_keys(load_config(path).model_dump(), config.model_dump())
+    except UserError:
+        keys = []
+    names = [s.name for s in stages]
+    rest = len(names) - 1 - names.index(first) if first is not None else 0
+    later = f" and {rest} later stage{'s' if rest > 1 else ''}" if rest else ""
+    reruns = "no stage reruns" if first is None else f"{first}{later} will rerun"
+    finished = set(names) <= set(run.manifest()["stages"])
+    what = f"{', '.join(keys)} {'differs' if len(keys) == 1 else 'differ'}" if keys else f"{CONFIG_FILE} differs"
+    return f"{run.path}: {what} from the {'finished run' if finished else 'last run there'}; {reruns}"
+
+
+def _preflight(ctx: Context, stages: list[Stage], force: str | None, echo: Callable[[str], None]) -> None:
+    """Everything that can fail before a stage changes anything: data, model, and saying what a changed config reruns."""
+    first = _first_to_run(ctx, stages, force)
+    if first == "train-dense":
+        _check_model(ctx)
+    change = _config_change(ctx.run, ctx.config, stages, first)
+    if change:
+        echo(change)
 
 
 @contextlib.contextmanager
@@ -178,21 +251,26 @@ def read_run_config(run_dir: Path) -> PipelineConfig:
 
 def run_pipeline(config: PipelineConfig, run_dir: Path | None = None, force: str | None = None,
                  progress: Any = None, echo: Callable[[str], None] = print, until: str | None = None) -> RunDir:
-    """Run every stage in order (skipping current ones); `force` reruns from that stage on."""
+    """Run every stage in order (skipping current ones); `force` reruns from that stage on.
+
+    Nothing in the run directory changes until the data and model have been checked and a stage commits.
+    """
     if force is not None and force not in STAGE_NAMES:
         raise UserError(f"--force {force!r}: not a stage; stages are {', '.join(STAGE_NAMES)}")
     from vib_deploy import distributed
 
     run = open_run(config, run_dir)
+    stages = _stages()
+    if until is not None:
+        stages = stages[: STAGE_NAMES.index(until) + 1]
     with _locked(run):
-        distributed.on_main(lambda: write_config(run, config))
         ctx = Context(run, config, progress)
+        distributed.on_main(lambda: _preflight(ctx, stages, force, echo))
         forcing = False
-        for stage in _stages():
+        for stage in stages:
             forcing = forcing or stage.name == force
             run_stage(ctx, stage, force=forcing, echo=echo, fresh=forcing)
-            if stage.name == until:
-                break
+        distributed.on_main(lambda: write_config(run, config))  # every stage current: record the config all the same
     return run
 
 
@@ -202,8 +280,21 @@ def run_single(run_dir: Path, stage_name: str, progress: Any = None, echo: Calla
     run = RunDir(Path(run_dir))
     stage = {s.name: s for s in _stages()}[stage_name]
     with _locked(run):
-        run_stage(Context(run, config, progress), stage, force=True, echo=echo)
+        ctx = Context(run, config, progress)
+        if stage_name == "train-dense":
+            _check_model(ctx)
+        run_stage(ctx, stage, force=True, echo=echo)
     return run
+
+
+def verify_run(run_dir: Path) -> list[str]:
+    """Every artifact's sha256 and every stage record of a run directory; returns the artifacts checked."""
+    run = RunDir(Path(run_dir))
+    names = run.verify_all()
+    problems = run.record_problems(STAGE_NAMES)
+    if problems:
+        raise UserError(f"{run_dir}: {'; '.join(problems)}; `vib-deploy run` with its pipeline reruns what is needed")
+    return names
 
 
 def init_run(config_path: Path, overrides: list[str], run_dir: Path | None) -> RunDir:

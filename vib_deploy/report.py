@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from vib_deploy import __version__
 from vib_deploy.runs import RunDir, atomic_write, atomic_write_json, atomic_write_text
@@ -83,7 +83,7 @@ def print_summary(metrics: dict[str, Any]) -> None:
     Console().print(table)
 
 
-def _plots(run: RunDir, metrics: dict[str, Any]) -> list[str]:
+def _plots(out: Callable[[str], Path], metrics: dict[str, Any]) -> list[str]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -92,7 +92,7 @@ def _plots(run: RunDir, metrics: dict[str, Any]) -> list[str]:
     written = []
 
     def save(fig: Any, name: str) -> None:
-        atomic_write(run.file(name), lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
+        atomic_write(out(name), lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
         plt.close(fig)
         written.append(name)
 
@@ -185,12 +185,13 @@ Peak memory is the peak-RSS growth of a fresh process that loads the model and r
 """
 
 
-def write_report(run: RunDir, config: Any) -> list[str]:
-    """Write metrics.json, report.md and the plots; returns their names."""
+def write_report(run: RunDir, config: Any, out: Callable[[str], Path] | None = None) -> list[str]:
+    """Write metrics.json, report.md and the plots (to `out(name)`, default the run directory); returns their names."""
+    out = out or run.file
     metrics = build_metrics(run, config)
-    atomic_write_json(run.file("metrics.json"), metrics)
-    plots = _plots(run, metrics)
-    atomic_write_text(run.file("report.md"), render_markdown(metrics, config))
+    atomic_write_json(out("metrics.json"), metrics)
+    plots = _plots(out, metrics)
+    atomic_write_text(out("report.md"), render_markdown(metrics, config))
     return ["metrics.json", "report.md", *plots]
 
 

@@ -4,6 +4,11 @@ Every artifact a stage writes goes through `atomic_write_*` (temp file in the sa
 fsync, rename), so a run killed at any moment leaves the old file or the new one, never a partial
 one. `manifest.json` records each artifact's sha256 and the stage that made it; readers call
 `RunDir.verified(name)` before loading anything.
+
+A stage writes its outputs into `.staging/<stage>/` and `RunDir.commit` moves them into place and replaces
+the stage's record in one journaled step (`committing` in the manifest, rolled forward by the next lock
+holder if a kill interrupts it). Until then the run directory keeps the stage's previous outputs and
+record: a stage that fails or is killed leaves the last completed state valid and cached.
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ from typing import Any, Callable, Iterator
 from vib_deploy.errors import UserError
 
 MANIFEST = "manifest.json"
+STAGING = ".staging"  # uncommitted stage outputs: .staging/<stage>/<name>
+JOURNAL = "committing"  # manifest key of a commit in progress
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 LOCK = ".lock"
@@ -60,7 +67,7 @@ def atomic_write(path: Path, write: Callable[[Path], None], size: int | None = N
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
     except OSError as e:
         written = tmp.stat().st_size if tmp.exists() else 0
         tmp.unlink(missing_ok=True)
@@ -72,7 +79,8 @@ def atomic_write(path: Path, write: Callable[[Path], None], size: int | None = N
         raise
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: Path) -> None:
+    """fsync a directory so a rename in it is durable (best effort: some file systems refuse)."""
     with contextlib.suppress(OSError):
         fd = os.open(directory, os.O_RDONLY)
         try:
@@ -161,29 +169,62 @@ class RunDir:
         atomic_write(self.file(name), write_then_announce, size)
         self.add_artifacts(stage, [name])
 
-    def finish(self, stage: str, key: str, outputs: list[str]) -> None:
-        """Record a finished stage: its outputs' sha256 and its cache key."""
-        self.add_artifacts(stage, outputs)
-        manifest = self.manifest()
-        manifest["stages"][stage] = {"key": key, "outputs": outputs}
-        atomic_write_json(self.file(MANIFEST), manifest)
+    def staged(self, stage: str, name: str) -> Path:
+        """Where `stage` writes output `name` before `commit` moves it into place."""
+        return self.path / STAGING / stage / name
 
-    def forget(self, stage: str) -> None:
-        """Drop a stage's cache entry (its artifacts stay listed until it is rerun)."""
+    def commit(self, stage: str, key: str, outputs: list[str], inputs: dict[str, str] | None = None) -> None:
+        """Move `stage`'s staged outputs into place and replace its record: old or new, never a mix.
+
+        Outputs with no staged file are taken as they lie (already in place). The new sha256s and record go
+        into the manifest as a journal first; only then are files renamed, so a kill at any point leaves the
+        old state (journal not written) or a journal that the next lock holder rolls forward.
+        """
         manifest = self.manifest()
-        if manifest["stages"].pop(stage, None) is not None:
-            atomic_write_json(self.file(MANIFEST), manifest)
+        artifacts = {}
+        for name in outputs:
+            staged = self.staged(stage, name)
+            p = staged if staged.exists() else self.file(name)
+            artifacts[name] = {"sha256": sha256_file(p), "stage": stage, "bytes": p.stat().st_size}
+        record: dict[str, Any] = {"key": key, "outputs": list(outputs)}
+        if inputs is not None:
+            record["inputs"] = dict(inputs)
+        manifest[JOURNAL] = {"stage": stage, "record": record, "artifacts": artifacts}
+        atomic_write_json(self.file(MANIFEST), manifest)
+        self._roll_forward(manifest)
+
+    def finish(self, stage: str, key: str, outputs: list[str]) -> None:
+        """Record a finished stage whose outputs are already in place (see `commit`)."""
+        self.commit(stage, key, outputs)
+
+    def _roll_forward(self, manifest: dict[str, Any]) -> None:
+        """Complete a journaled commit: rename what is still staged, then write the new record."""
+        journal = manifest.pop(JOURNAL)
+        stage = journal["stage"]
+        for name in journal["artifacts"]:
+            staged = self.staged(stage, name)
+            if staged.exists():
+                target = self.file(name)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(staged, target)
+                fsync_dir(target.parent)
+        manifest["artifacts"].update(journal["artifacts"])
+        manifest["stages"][stage] = journal["record"]
+        atomic_write_json(self.file(MANIFEST), manifest)
+        shutil.rmtree(self.path / STAGING / stage, ignore_errors=True)
 
     def verified(self, name: str) -> Path:
         """Path of artifact `name` after checking it exists and matches its manifest sha256."""
         path = self.file(name)
-        entry = self.manifest()["artifacts"].get(name)
+        manifest = self.manifest()
+        entry = manifest["artifacts"].get(name)
         if not path.exists():
             raise UserError(f"{path} is missing; run the stage that makes it first")
         if entry is None:
             raise UserError(f"{path} is not listed in {self.file(MANIFEST)}; it was not written by vib-deploy")
         actual = sha256_file(path)
-        if actual != entry["sha256"] and actual != entry.get("pending"):
+        committing = manifest.get(JOURNAL, {}).get("artifacts", {}).get(name, {}).get("sha256")
+        if actual not in (entry["sha256"], entry.get("pending"), committing):
             raise UserError(
                 f"{path} is corrupt or was altered: sha256 {actual[:12]}… != manifest {entry['sha256'][:12]}… "
                 f"({path.stat().st_size:,} bytes, expected {entry['bytes']:,}); rerun its stage with --force {entry['stage']}"
@@ -193,6 +234,25 @@ class RunDir:
     def read_json(self, name: str) -> Any:
         """A verified JSON artifact; garbage that the manifest agrees with is still one clear error."""
         return read_json_file(self.verified(name), "rerun the stage that makes it with --force")
+
+    def record_problems(self, recorded: list[str]) -> list[str]:
+        """What the stage records of `recorded` stages (in run order) say is wrong, as short phrases.
+
+        An output listed under such a stage with no record for it (checkpoints aside: they are resume state),
+        and a record whose inputs' sha256 (kept since records hold them) no longer match the manifest.
+        """
+        manifest = self.manifest()
+        problems = []
+        orphans = sorted({e["stage"] for n, e in manifest["artifacts"].items()
+                          if e["stage"] in recorded and e["stage"] not in manifest["stages"] and not n.endswith(".ckpt")})
+        problems += [f"stage {s} has outputs but no record" for s in orphans]
+        for stage in recorded:
+            entry = manifest["stages"].get(stage)
+            changed = [name for name, sha in (entry or {}).get("inputs", {}).items()
+                       if not name.startswith("data:") and manifest["artifacts"].get(name, {}).get("sha256") != sha]
+            if changed:
+                problems.append(f"stage {stage} is out of date ({', '.join(changed)} changed since it ran)")
+        return problems
 
     def verify_all(self) -> list[str]:
         """Check every artifact in the manifest; returns the names checked, raises on the first bad one."""
@@ -217,6 +277,7 @@ class RunDir:
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
         """Hold the run directory's lock file; a second writer gets a clear error naming the holder."""
+        created = not self.path.exists()
         try:
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as e:  # a file in the way, no permission
@@ -239,9 +300,16 @@ class RunDir:
             os.close(fd)
             for tmp in self.path.rglob(".*.tmp"):  # left by a killed writer: only the lock holder writes here
                 tmp.unlink(missing_ok=True)
+            manifest = self.manifest()
+            if JOURNAL in manifest:  # a commit a kill interrupted: its files are complete, finish it
+                self._roll_forward(manifest)
+            shutil.rmtree(self.path / STAGING, ignore_errors=True)  # outputs of a stage that never committed
             yield
         finally:
             lock.unlink(missing_ok=True)
+            if created:  # a run that failed before writing anything leaves no empty directory behind
+                with contextlib.suppress(OSError):
+                    self.path.rmdir()
 
 
 def _read_pid(path: Path) -> int | None:

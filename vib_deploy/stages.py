@@ -1,6 +1,6 @@
 """The glue of each stage: read verified artifacts, call the library, write artifacts atomically.
 
-Artifacts of a run directory:
+Artifacts of a run directory (each stage writes them to `ctx.out(name)`; they move into place when it commits):
   train-dense: dense.pt, train-dense.json          train-vib: vib.pt, train-vib.json
   prune: pruned.pt, [pruned_reduced.pt], prune.json  export: *.onnx, export.json
   bench: bench.json                                 report: metrics.json, report.md, plots/*.png
@@ -17,7 +17,6 @@ from typing import Any
 import torch
 
 from vib_deploy import distributed
-from vib_deploy.errors import UserError
 from vib_deploy.models import model_source
 from vib_deploy.nets import count_flops, count_params, load_model
 from vib_deploy.runs import atomic_write_json
@@ -42,12 +41,9 @@ def train_dense(ctx: Any) -> list[str]:
 
     cfg = ctx.config.train.dense
     data = ctx.splits()
-    source = model_source(ctx.config)
-    if source.input_shape != tuple(data.x_train.shape[1:]):
-        raise UserError(f"the model takes {list(source.input_shape)} but the data's images are {list(data.x_train.shape[1:])}")
+    source = model_source(ctx.config)  # checked against the data and pruned exactly before any stage ran
     torch.manual_seed(ctx.config.train.seed)
     dense = source.dense()
-    source.check(dense)  # a model vib-deploy cannot gate or prune exactly fails here, before any training
     t0 = time.time()
     result = train(dense, _spec(ctx, "train-dense", epochs=cfg.epochs, lr=cfg.lr, weight_decay=cfg.weight_decay,
                                 select_best=True), data, ctx.run, ctx.progress)
@@ -55,8 +51,8 @@ def train_dense(ctx: Any) -> list[str]:
     dense = dense.cpu()
 
     def write() -> list[str]:
-        source.save(dense, ctx.run.file("dense.pt"))
-        atomic_write_json(ctx.run.file("train-dense.json"), {
+        source.save(dense, ctx.out("dense.pt"))
+        atomic_write_json(ctx.out("train-dense.json"), {
             "history": result.history, "best_epoch": result.best_epoch, "resumed_from_epoch": result.resumed_from,
             "seconds": seconds, "test_error": _error(dense, data.x_test, data.y_test),
             "val_error": _error(dense, data.x_val, data.y_val), "test_samples": len(data.y_test),
@@ -85,8 +81,8 @@ def train_vib(ctx: Any) -> list[str]:
     masks = distributed.same_on_all_ranks("gate masks", mask_digest(gated))  # what pruning will cut, from every rank
 
     def write() -> list[str]:
-        source.save(gated, ctx.run.file("vib.pt"))
-        atomic_write_json(ctx.run.file("train-vib.json"), {
+        source.save(gated, ctx.out("vib.pt"))
+        atomic_write_json(ctx.out("train-vib.json"), {
             "history": result.history, "resumed_from_epoch": result.resumed_from, "seconds": seconds,
             "test_error": _error(gated, data.x_test, data.y_test), "val_error": _error(gated, data.x_val, data.y_val),
             "gates": gate_summary(gated), "architecture": source.architecture(gated),
@@ -111,13 +107,13 @@ def prune(ctx: Any) -> list[str]:
     outputs = ["pruned.pt"]
     pruned = result.model.float()
     extra = {"kept_pixels": result.kept_pixels}
-    source.save(pruned, ctx.run.file("pruned.pt"), extra, pruning=info.get("pruning"))
+    source.save(pruned, ctx.out("pruned.pt"), extra, pruning=info.get("pruning"))
     if result.reduced_model is not None:
-        source.save(result.reduced_model.float(), ctx.run.file("pruned_reduced.pt"), extra)
+        source.save(result.reduced_model.float(), ctx.out("pruned_reduced.pt"), extra)
         outputs.append("pruned_reduced.pt")
     dense = load_model(ctx.run.verified("dense.pt"))
     kept = [len(k) for k in result.kept_per_gate]
-    atomic_write_json(ctx.run.file("prune.json"), {
+    atomic_write_json(ctx.out("prune.json"), {
         **exact, "architecture": kept, "dense_architecture": source.architecture(vib_model),
         "kept_indices": result.kept_per_gate, "kept_pixels": result.kept_pixels, "scales_left": result.scales_left,
         "input_shape": list(shape), "pruning": info.get("pruning"),
@@ -149,12 +145,12 @@ def export(ctx: Any) -> list[str]:
             x = x_test.reshape(len(x_test), -1)[:, prune_info["kept_pixels"]]
             shape = (len(prune_info["kept_pixels"]),)
             meta["vib_deploy.kept_pixels"] = ",".join(map(str, prune_info["kept_pixels"]))
-        path = ctx.run.file(f"{variant}.onnx")
+        path = ctx.out(f"{variant}.onnx")
         export_onnx(model, path, shape, cfg.opset, meta)
         report[variant] = {**parity(path, model, x, cfg.tolerance, cfg.min_argmax_agreement), **onnx_summary(path)}
         report[variant].pop("metadata")
         outputs.append(f"{variant}.onnx")
-    atomic_write_json(ctx.run.file("export.json"), report)
+    atomic_write_json(ctx.out("export.json"), report)
     return outputs + ["export.json"]
 
 
@@ -173,7 +169,7 @@ def bench(ctx: Any) -> list[str]:
     images = ctx.splits().x_test[:512]
     records = run_bench(variants, images, cfg.backends, cfg.batch_sizes, cfg.threads, cfg.rounds, cfg.iters_per_round,
                         cfg.warmup, cfg.memory, ctx.progress)
-    atomic_write_json(run.file("bench.json"), {"records": records, "speedup": speedups(records), "machine": machine_info()})
+    atomic_write_json(ctx.out("bench.json"), {"records": records, "speedup": speedups(records), "machine": machine_info()})
     return ["bench.json"]
 
 
@@ -181,4 +177,4 @@ def report(ctx: Any) -> list[str]:
     """metrics.json, report.md and plots."""
     from vib_deploy.report import write_report
 
-    return write_report(ctx.run, ctx.config)
+    return write_report(ctx.run, ctx.config, ctx.out)

@@ -80,8 +80,8 @@ def copy_stage(src: RunDir, dst: RunDir, stage: str) -> bool:
         return False
     with dst.locked():
         for name in entry["outputs"]:
-            atomic_write_bytes(dst.file(name), src.verified(name).read_bytes())
-        dst.finish(stage, entry["key"], list(entry["outputs"]))
+            atomic_write_bytes(dst.staged(stage, name), src.verified(name).read_bytes())
+        dst.commit(stage, entry["key"], list(entry["outputs"]), entry.get("inputs"))
     return True
 
 
