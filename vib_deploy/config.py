@@ -38,12 +38,26 @@ class ModelConfig(_Strict):
 
 
 class DataConfig(_Strict):
-    dataset: Literal["mnist", "fashion-mnist"] = "mnist"
-    root: str | None = None  # folder with the IDX files; else $VIB_DEPLOY_DATA, else the user cache
+    dataset: Literal["mnist", "fashion-mnist", "folder", "arrays"] = "mnist"  # folder/arrays: your own (README)
+    root: str | None = None  # folder with the data (IDX files: else $VIB_DEPLOY_DATA, else the user cache)
     val_size: int = Field(5000, ge=1)  # the last `val_size` training images are held out for validation
     train_limit: int | None = Field(None, ge=1)  # use only the first N training images (tests, smoke runs)
     test_limit: int | None = Field(None, ge=1)  # use only the first N test images (tests only: the report says so)
     pad: int = Field(0, ge=0, le=16)  # zero pixels added on each side (2: 28x28 -> 32x32 for CIFAR-style nets)
+    channels: Literal[1, 3] | None = None  # folder: convert every image to grey (1) or RGB (3); default as they are
+    size: list[int] | None = None  # folder: resize every image to [H, W]; needed when their sizes differ
+    normalize: bool = False  # standardise per channel with the training split's mean/std (stored with the models)
+
+    @model_validator(mode="after")
+    def _own_data(self) -> "DataConfig":
+        own = self.dataset in ("folder", "arrays")
+        if own and not self.root:
+            raise ValueError(f"dataset {self.dataset} needs data.root: the folder that holds the data")
+        if self.dataset != "folder" and (self.channels is not None or self.size is not None):
+            raise ValueError("data.channels and data.size apply to dataset: folder only")
+        if self.size is not None and (len(self.size) != 2 or min(self.size) < 1):
+            raise ValueError(f"size must be [height, width] of positive integers, got {self.size}")
+        return self
 
 
 class DenseTrainConfig(_Strict):

@@ -13,7 +13,7 @@ import shutil
 import subprocess
 import tarfile
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ import numpy as np
 
 from vib_deploy.errors import UserError
 from vib_deploy.runs import atomic_write_bytes, sha256_file
+from vib_deploy.userdata import Arrays, load_arrays, load_folder
 
 SPLIT_FILES = {
     "train-images": "train-images-idx3-ubyte",
@@ -139,9 +140,14 @@ def resolve_root(dataset: str, root: str | None) -> Path:
     )
 
 
+CLASS_NAMES = {"mnist": tuple(str(i) for i in range(10)),
+               "fashion-mnist": ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
+                                 "Bag", "Ankle boot")}
+
+
 @dataclass(frozen=True)
 class Splits:
-    """Images as float32 in [0, 1], shape (N, 1, 28, 28); labels int64 (N,)."""
+    """Images as float32 (N, C, H, W) (in [0, 1], or normalised: `mean`/`std` per channel); labels int64 (N,)."""
 
     x_train: np.ndarray
     y_train: np.ndarray
@@ -150,6 +156,15 @@ class Splits:
     x_test: np.ndarray
     y_test: np.ndarray
     root: Path
+    classes: tuple[str, ...] = CLASS_NAMES["mnist"]
+    mean: tuple[float, ...] = (0.0,)  # subtracted per channel after scaling to [0, 1] and padding
+    std: tuple[float, ...] = (1.0,)  # then divided by
+    fingerprint: dict[str, str] = field(default_factory=dict)  # data files (or folder listing) -> digest, for cache keys
+
+    def preprocessing(self, pad: int) -> dict[str, Any]:
+        """What a client does to an image before the model sees it (stored in the run and the ONNX metadata)."""
+        return {"scale": "1/255", "pad": pad, "mean": list(self.mean), "std": list(self.std),
+                "input_shape": list(self.x_train.shape[1:]), "classes": list(self.classes)}
 
 
 def _load_pair(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
@@ -166,39 +181,95 @@ def _load_pair(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     return images, labels
 
 
-def load_splits(dataset: str, root: str | None, val_size: int, train_limit: int | None, test_limit: int | None,
-                pad: int = 0) -> Splits:
-    """Load train/val/test: validation is the last `val_size` images of the (limited) training set.
-
-    Images are (N, 1, H + 2 pad, W + 2 pad) float32 in [0, 1], padded with zeros (the background).
-    """
-    folder = resolve_root(dataset, root)
+def _load_idx(dataset: str, folder: Path) -> Arrays:
+    """MNIST-format IDX files in `folder`: in file order, no val split of their own."""
     if folder == cache_dir(dataset):
         verify_cache(dataset)
-    x_tr, y_tr = _load_pair(folder, "train")
-    x_te, y_te = _load_pair(folder, "test")
+    (x_tr, y_tr), (x_te, y_te) = _load_pair(folder, "train"), _load_pair(folder, "test")
+    hashes = {f"data:{stem}": sha256_file(p) for stem in SPLIT_FILES.values() if (p := _find_split(folder, stem))}
+
+    def prep(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return (x.astype(np.float32) / 255.0)[:, None, :, :], y.astype(np.int64)
+
+    return Arrays(prep(x_tr, y_tr), None, prep(x_te, y_te), CLASS_NAMES[dataset], hashes)
+
+
+def load_splits(dataset: str, root: str | None, val_size: int, train_limit: int | None, test_limit: int | None,
+                pad: int = 0, channels: int | None = None, size: tuple[int, int] | None = None,
+                normalize: bool = False) -> Splits:
+    """Load train/val/test: validation is `root/val` where the data has one, else the last `val_size` images of the
+    (limited) training set.
+
+    Images are (N, C, H + 2 pad, W + 2 pad) float32 in [0, 1], padded with zeros (the background); with
+    `normalize`, then standardised per channel with the training split's mean and std (never val or test's).
+    """
+    if dataset in ("folder", "arrays"):
+        if not root:
+            raise UserError(f"data.dataset {dataset} needs data.root: the folder that holds the data")
+        folder = Path(root).expanduser()
+        arrays = load_folder(folder, channels, size, cache_dir("folders")) if dataset == "folder" else load_arrays(folder)
+    else:
+        folder = resolve_root(dataset, root)
+        arrays = _load_idx(dataset, folder)
+    (x_tr, y_tr), (x_te, y_te) = arrays.train, arrays.test
     if train_limit:
         x_tr, y_tr = x_tr[:train_limit], y_tr[:train_limit]
     if test_limit:
         x_te, y_te = x_te[:test_limit], y_te[:test_limit]
-    if val_size >= len(x_tr):
-        raise UserError(f"data.val_size={val_size} leaves no training images (only {len(x_tr)} loaded)")
+    if arrays.val is not None:
+        (x_va, y_va), n = arrays.val, len(x_tr)
+    else:
+        if val_size >= len(x_tr):
+            raise UserError(f"data.val_size={val_size} leaves no training images (only {len(x_tr)} loaded)")
+        n = len(x_tr) - val_size
+        x_tr, x_va, y_tr, y_va = x_tr[:n], x_tr[n:], y_tr[:n], y_tr[n:]
 
-    def prep(x: np.ndarray) -> np.ndarray:
-        x = (x.astype(np.float32) / 255.0)[:, None, :, :]
+    def padded(x: np.ndarray) -> np.ndarray:
         return np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad))) if pad else x
 
-    n = len(x_tr) - val_size
-    return Splits(
-        prep(x_tr[:n]), y_tr[:n].astype(np.int64), prep(x_tr[n:]), y_tr[n:].astype(np.int64),
-        prep(x_te), y_te.astype(np.int64), folder,
-    )
+    x_tr, x_va, x_te = padded(x_tr), padded(x_va), padded(x_te)
+    channels_in = x_tr.shape[1]
+    mean, std = (0.0,) * channels_in, (1.0,) * channels_in
+    if normalize:
+        mean = tuple(float(v) for v in x_tr.mean(axis=(0, 2, 3), dtype=np.float64))
+        std = tuple(max(float(v), 1e-6) for v in x_tr.std(axis=(0, 2, 3), dtype=np.float64))
+        m, s = np.array(mean, np.float32)[:, None, None], np.array(std, np.float32)[:, None, None]
+        x_tr, x_va, x_te = ((x - m) / s for x in (x_tr, x_va, x_te))
+    return Splits(x_tr, y_tr, x_va, y_va, x_te, y_te, folder, arrays.classes,
+                  mean, std, arrays.fingerprint)
 
 
 def splits_of(data_config: Any) -> Splits:
     """The splits a pipeline's `data:` section describes (the one place that reads all its keys)."""
     d = data_config
-    return load_splits(d.dataset, d.root, d.val_size, d.train_limit, d.test_limit, d.pad)
+    return load_splits(d.dataset, d.root, d.val_size, d.train_limit, d.test_limit, d.pad, d.channels,
+                       tuple(d.size) if d.size else None, d.normalize)
+
+
+_SHAPES: dict[str, tuple[tuple[int, int, int], tuple[str, ...]]] = {}  # a config's image shape and classes
+
+
+def _described(data_config: Any) -> tuple[tuple[int, int, int], tuple[str, ...]]:
+    key = data_config.model_dump_json()
+    if key not in _SHAPES:
+        splits = splits_of(data_config)
+        _SHAPES[key] = (tuple(splits.x_train.shape[1:]), splits.classes)  # type: ignore[assignment]
+    return _SHAPES[key]
+
+
+def image_shape(data_config: Any) -> tuple[int, int, int]:
+    """(C, H, W) of one sample as the model sees it (the IDX datasets' without reading them)."""
+    if data_config.dataset in DATASETS:
+        side = 28 + 2 * data_config.pad
+        return (1, side, side)
+    return _described(data_config)[0]
+
+
+def class_names(data_config: Any) -> tuple[str, ...]:
+    """The classes, in label order (the IDX datasets' without reading them)."""
+    if data_config.dataset in CLASS_NAMES:
+        return CLASS_NAMES[data_config.dataset]
+    return _described(data_config)[1]
 
 
 def verify_cache(dataset: str) -> None:

@@ -232,11 +232,16 @@ def load_module_model(spec: dict[str, Any], state_dict: dict[str, torch.Tensor],
 
 def model_source(config: Any) -> SequentialSource | ModuleSource:
     """The source of `config.model` (a PipelineConfig's model section, already validated)."""
+    from vib_deploy.data import class_names, image_shape
+
     m = config.model
-    data_shape = data_input_shape(config)
+    data_shape = image_shape(config.data)
     if m.name in SEQUENTIAL_ZOO:
         if data_shape != MNIST_SHAPE:
-            raise UserError(f"model {m.name} takes 28x28 images; remove data.pad")
+            raise UserError(f"model {m.name} takes 1x28x28 images, the data's are {'x'.join(map(str, data_shape))}; "
+                            "remove data.pad, or use a conv net (resnet20, mobilenet, vgg16) or your own")
+        if len(class_names(config.data)) != 10:
+            raise UserError(f"model {m.name} has 10 outputs, the data has {len(class_names(config.data))} classes")
         return SequentialSource(m.name)
     if m.name in MIN_SIDE and data_shape[1] < MIN_SIDE[m.name]:
         raise UserError(f"model {m.name} takes images of at least {MIN_SIDE[m.name]}x{MIN_SIDE[m.name]}; "
@@ -246,12 +251,12 @@ def model_source(config: Any) -> SequentialSource | ModuleSource:
     if shape != data_shape:
         raise UserError(f"model.input_shape {list(shape)} does not match the data's images {list(data_shape)} "
                         f"({config.data.dataset}, data.pad={config.data.pad})")
-    return ModuleSource(factory, m.kwargs, shape, m.ignore)
-
-
-def data_input_shape(config: Any) -> tuple[int, int, int]:
-    side = 28 + 2 * config.data.pad
-    return (1, side, side)
+    kwargs = dict(m.kwargs)
+    if m.name:  # a zoo net is built for the data's channels and classes (stated only where not the default)
+        classes = len(class_names(config.data))
+        kwargs = {**({"in_channels": shape[0]} if shape[0] != 1 else {}),
+                  **({"num_classes": classes} if classes != 10 else {}), **kwargs}
+    return ModuleSource(factory, kwargs, shape, m.ignore)
 
 
 def inspect_model(model: str, input_shape: Sequence[int], ignore: Sequence[str], kwargs: Sequence[str]) -> dict[str, Any]:

@@ -60,7 +60,8 @@ class Stage:
 
 
 # Keys added to a section after runs were made: keyed only when set, so existing runs stay cached.
-_KEYED_WHEN_SET = {"model": {"factory": None, "kwargs": {}, "input_shape": None, "ignore": []}, "data": {"pad": 0}}
+_KEYED_WHEN_SET = {"model": {"factory": None, "kwargs": {}, "input_shape": None, "ignore": []},
+                   "data": {"pad": 0, "channels": None, "size": None, "normalize": False}}
 
 
 def keyed_section(name: str, section: Any) -> dict[str, Any]:
@@ -95,10 +96,7 @@ STAGE_NAMES = ["train-dense", "train-vib", "prune", "export", "bench", "report"]
 
 
 def _data_hashes(ctx: Context) -> dict[str, str]:
-    from vib_deploy.data import SPLIT_FILES, _find_split
-
-    root = ctx.splits().root
-    return {f"data:{stem}": sha256_file(p) for stem in SPLIT_FILES.values() if (p := _find_split(root, stem))}
+    return dict(ctx.splits().fingerprint)
 
 
 def _input_hashes(ctx: Context, stage: Stage) -> dict[str, str]:
@@ -178,8 +176,9 @@ def _check_model(ctx: Context) -> None:
     images = tuple(ctx.splits().x_train.shape[1:])
     if source.input_shape != images:
         raise UserError(f"the model takes {list(source.input_shape)} but the data's images are {list(images)}")
-    with torch.random.fork_rng():  # the stage seeds and builds its own; this draw must not shift anything
-        source.check(source.dense())
+    with torch.random.fork_rng():  # the caller's random stream stays as it was
+        torch.manual_seed(ctx.config.train.seed)  # the very net train-dense will build and train
+        source.check(source.dense(), classes=len(ctx.splits().classes))
 
 
 def _differing_keys(old: Any, new: Any, prefix: str = "") -> list[str]:

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from vib_deploy import __version__
+from vib_deploy.data import CLASS_NAMES
 from vib_deploy.runs import RunDir, atomic_write, atomic_write_json, atomic_write_text
 
 BYTES_PER_PARAM = 4  # fp32
@@ -40,6 +41,9 @@ def build_metrics(run: RunDir, config: Any) -> dict[str, Any]:
         "ideal_speedup": flops_d / flops_p,
         "machine": bench["machine"],
         "history": {"dense": dense["history"], "vib": vib["history"]},
+        # how a client prepares an image (runs before 2026-12 lack it: the IDX datasets' plain [0, 1] scaling)
+        "preprocessing": dense.get("preprocessing") or {"scale": "1/255", "pad": config.data.pad, "mean": [0.0], "std": [1.0],
+                                                          "classes": list(CLASS_NAMES.get(config.data.dataset, ()))},
     }
 
 
@@ -156,6 +160,7 @@ def render_markdown(metrics: dict[str, Any], config: Any) -> str:
     )
     limited = " (a limited test set: not comparable with published numbers)" if config.data.test_limit else ""
     m = metrics["machine"]
+    pre = metrics["preprocessing"]
     return f"""# vib-deploy report: {config.name}
 
 Model `{metrics['model']}` on `{metrics['dataset']}`, kl_factor {metrics['vib']['kl_factor']:g},
@@ -164,6 +169,10 @@ dense {metrics['dense']['epochs']} epochs (best validation epoch {metrics['dense
 | | |
 |---|---|
 {rows}
+
+Classes ({len(pre['classes'])}): {', '.join(pre['classes'])}. Input: pixels / 255, zero border {pre['pad']}, then minus
+mean ({', '.join(f'{v:.4f}' for v in pre['mean'])}) and divided by std ({', '.join(f'{v:.4f}' for v in pre['std'])}) per channel (computed on the training split; in every ONNX
+model's metadata as `vib_deploy.preprocessing`).
 
 Errors are on the {metrics['test_samples']:,}-image test set{limited}, measured once per final model.
 The validation split (last {config.data.val_size:,} training images) chose the dense epoch; the test set chose nothing.

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from vib_deploy import __version__
+from vib_deploy.data import CLASS_NAMES
 from vib_deploy.errors import UserError
 from vib_deploy.runs import RunDir, atomic_write_bytes, atomic_write_json, atomic_write_text, read_json_file, sha256_file
 
@@ -42,9 +43,6 @@ PLAN_FILE = "model.plan"  # TensorRT engine; its sidecar (TensorRT version, GPU)
 VERSION_MANIFEST = "manifest.json"
 CONFIG = "config.pbtxt"
 LABELS = "labels.txt"
-CLASS_NAMES = {"mnist": [str(i) for i in range(10)],
-               "fashion-mnist": ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
-                                 "Bag", "Ankle boot"]}
 # ONNX TensorProto element types -> Triton data types
 _ONNX_TO_TRITON = {1: "TYPE_FP32", 2: "TYPE_UINT8", 3: "TYPE_INT8", 4: "TYPE_UINT16", 5: "TYPE_INT16", 6: "TYPE_INT32",
                    7: "TYPE_INT64", 9: "TYPE_BOOL", 10: "TYPE_FP16", 11: "TYPE_FP64", 12: "TYPE_UINT32",
@@ -221,7 +219,7 @@ def package(run_dir: Path, repo: Path, version: int | None = None, name: str | N
     base = name or _run_name(run_dir)
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", base):
         raise UserError(f"model name {base!r} may only use letters, digits, '_', '.', '-'")
-    classes = CLASS_NAMES.get(metrics.get("dataset", ""))
+    classes = metrics.get("preprocessing", {}).get("classes") or CLASS_NAMES.get(metrics.get("dataset", ""))
     shipped = []
     for variant in VARIANTS:
         onnx_path = run.verified(f"{variant}.onnx")

@@ -11,6 +11,7 @@ their artifacts; the other stages run on rank 0 only (see `pipeline.run_stage`).
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -57,6 +58,7 @@ def train_dense(ctx: Any) -> list[str]:
             "seconds": seconds, "test_error": _error(dense, data.x_test, data.y_test),
             "val_error": _error(dense, data.x_val, data.y_val), "test_samples": len(data.y_test),
             "world_size": distributed.world_size(), "images_per_second": result.images_per_second,
+            "preprocessing": data.preprocessing(ctx.config.data.pad),
         })
         return ["dense.pt", "train-dense.json"]
 
@@ -140,7 +142,8 @@ def export(ctx: Any) -> list[str]:
         model = load_model(ctx.run.verified(f"{variant}.pt"))
         x = x_test
         shape: tuple[int, ...] = tuple(prune_info.get("input_shape", (1, 28, 28)))
-        meta = {"vib_deploy.variant": variant, "vib_deploy.run": ctx.config.name}
+        meta = {"vib_deploy.variant": variant, "vib_deploy.run": ctx.config.name,
+                "vib_deploy.preprocessing": json.dumps(data.preprocessing(ctx.config.data.pad))}  # what a client does first
         if variant == "pruned_reduced":
             x = x_test.reshape(len(x_test), -1)[:, prune_info["kept_pixels"]]
             shape = (len(prune_info["kept_pixels"]),)
