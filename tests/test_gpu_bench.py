@@ -1,0 +1,103 @@
+"""gpu_bench: alternating timing, NVML absent -> "not available", speedup rows and the table; GPU-marked timing sanity."""
+
+import re
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from vib_deploy.gpu_bench import NvmlSampler, gpu_facts, markdown, speedup_rows, time_alternating
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (torch sees none)")
+
+
+class Sleeper:
+    """A runner whose call takes `ms` and records the order of calls."""
+
+    def __init__(self, name, ms, order):
+        self.name, self.ms, self.order = name, ms, order
+
+    def infer_tensor(self, x):
+        self.order.append(self.name)
+        time.sleep(self.ms / 1e3)
+
+
+def test_time_alternating_flips_order_and_measures_host_time():
+    order: list[str] = []
+    runners = {"dense": Sleeper("dense", 4, order), "pruned": Sleeper("pruned", 1, order)}
+    samples = time_alternating(runners, {"dense": None, "pruned": None}, rounds=2, iters=3, warmup=1, device="cpu")
+    assert order == ["dense", "pruned"] + ["dense"] * 3 + ["pruned"] * 3 + ["pruned"] * 3 + ["dense"] * 3
+    assert len(samples["dense"]) == len(samples["pruned"]) == 6
+    assert min(samples["dense"]) >= 4 and min(samples["pruned"]) >= 1
+    assert np.median(samples["dense"]) > np.median(samples["pruned"])
+
+
+def test_nvml_absent_is_not_available(monkeypatch):
+    monkeypatch.setitem(sys.modules, "pynvml", None)  # `import pynvml` raises ImportError
+    sampler = NvmlSampler()
+    assert re.match(r"not available \((ModuleNotFound|Import)Error", sampler.problem or "")
+    with sampler:
+        pass
+    assert sampler.peak is None
+    assert gpu_facts("cpu")["driver"].startswith("not available")
+
+
+def _rec(backend, batch, variant, p50, **kw):
+    return {"backend": backend, "precision": "fp32", "batch": batch, "variant": variant, "p50_ms": p50, "p99_ms": p50 * 2,
+            "throughput": batch / p50 * 1e3, "weight_bytes": 4 << 20, "max_memory_allocated_bytes": None,
+            "nvml_used_bytes": "not available (ImportError: x)", "parity": {"ok": True, "max_abs_diff": 0.0}, **kw}
+
+
+def test_speedup_rows_and_table():
+    records = [_rec("torch-cuda", 256, "dense", 2.0), _rec("torch-cuda", 256, "pruned", 0.5)]
+    rows = speedup_rows(records, ideal=8.0)
+    assert rows == [{"backend": "torch-cuda", "precision": "fp32", "batch": 256, "variant": "pruned", "speedup": 4.0,
+                     "measured_over_ideal": 0.5}]
+    result = {"run": "r", "ideal_speedup": 8.0, "records": records, "speedup": rows,
+              "machine": {"gpu": "G", "driver": "D", "cuda": "C", "torch": "T", "device": "cuda"},
+              "unavailable": [{"backend": "onnxruntime-cuda", "precision": "fp32", "why": "no CUDAExecutionProvider"}]}
+    table = markdown(result)
+    assert "| torch-cuda | fp32 | 256 | 2.0000 / 4.0000 | 0.5000 / 1.0000 | 128,000 | 512,000 | 4.00x | 0.50 |" in table
+    assert "not available (ImportError: x)" in table
+    assert "| onnxruntime-cuda | fp32 | - | not available: no CUDAExecutionProvider |" in table
+    assert all(line.count("|") == table.splitlines()[4].count("|") for line in table.splitlines()[4:] if line.startswith("|"))
+
+
+# -- on a GPU ------------------------------------------------------------------------------------------
+class MatMul:
+    def __init__(self, n):
+        self.w = torch.randn(n, n, device="cuda")
+
+    def infer_tensor(self, x):
+        return x @ self.w
+
+
+@pytest.mark.gpu
+@cuda
+def test_cuda_event_timing_sanity():
+    """CUDA events: 8x the work takes longer; the events' sum stays within the host's wall time of the same calls."""
+    small, big = MatMul(1024), MatMul(2048)
+    inputs = {"small": torch.randn(1024, 1024, device="cuda"), "big": torch.randn(2048, 2048, device="cuda")}
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    samples = time_alternating({"small": small, "big": big}, inputs, rounds=4, iters=10, warmup=3, device="cuda")
+    wall_ms = (time.perf_counter() - t0) * 1e3
+    assert np.median(samples["big"]) > 2 * np.median(samples["small"])
+    assert sum(samples["big"]) + sum(samples["small"]) <= wall_ms
+
+
+@pytest.mark.gpu
+@cuda
+def test_nvml_sees_an_allocation():
+    sampler = NvmlSampler()
+    if sampler.problem:
+        pytest.skip(f"NVML {sampler.problem}")
+    before = sampler.used()
+    with sampler:
+        block = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")  # 1 GiB
+        torch.cuda.synchronize()
+        time.sleep(0.05)
+    assert sampler.peak is not None and sampler.peak >= before + (1 << 30) * 0.9
+    del block
