@@ -429,7 +429,6 @@ def gpu_bench(
 ) -> None:
     """Dense vs pruned on GPU engines (CUDA events, parity, NVML memory); prints the markdown table."""
     from vib_deploy.gpu_bench import PARITY, Case, bench_gpu, markdown
-    from vib_deploy.runs import atomic_write_json
 
     parsed = []
     for item in (c.strip() for c in cases.split(",") if c.strip()):
@@ -439,8 +438,8 @@ def gpu_bench(
         parsed.append(Case(backend, precision or "fp32"))
     if not parsed:
         raise UserError("--cases needs at least one backend:precision")
-    result = bench_gpu(run_dir, parsed, device, _int_list(batch_sizes, "--batch-sizes"), rounds, iters, warmup, _echo)
-    atomic_write_json(out or run_dir / "gpu-bench.json", result)
+    result = bench_gpu(run_dir, parsed, device, _int_list(batch_sizes, "--batch-sizes"), rounds, iters, warmup, _echo,
+                       out or run_dir / "gpu-bench.json")
     typer.echo(markdown(result))
 
 

@@ -35,7 +35,7 @@ class Case:
 
 
 DEFAULT_CASES = (Case("torch-cuda"), Case("torch-cuda", "bf16"), Case("torch-cuda-graphs"), Case("torch-cuda-graphs", "bf16"),
-                 Case("aotinductor"), Case("onnxruntime-cuda"), Case("onnxruntime-tensorrt"), Case("tensorrt", "fp16"))
+                 Case("onnxruntime-cuda"), Case("onnxruntime-tensorrt"), Case("tensorrt", "fp16"), Case("aotinductor"))
 
 
 class NvmlSampler:
@@ -213,22 +213,29 @@ def _aoti_packages(run: Any, variants: list[Variant], shape: tuple[int, ...], de
 
 
 def bench_gpu(run_dir: Path, cases: list[Case], device: str = "cuda", batch_sizes: tuple[int, ...] = BATCH_SIZES,
-              rounds: int = 10, iters: int = 10, warmup: int = 10, echo: Any = print) -> dict[str, Any]:
+              rounds: int = 10, iters: int = 10, warmup: int = 10, echo: Any = print, out: Path | None = None) -> dict[str, Any]:
     """Every case on the run's dense and pruned models; returns {"machine", "records", "unavailable", "speedup"}.
 
     Holds the run's lock: AOTInductor packages are compiled into the run directory and added to its manifest.
+    With `out`, the result so far is written there (atomically) after each case: a run stopped at a time limit
+    keeps the cases it finished.
     """
     from vib_deploy.runs import RunDir
 
     if not Path(run_dir).is_dir():
         raise UserError(f"run directory {run_dir} not found")
     with RunDir(run_dir).locked():
-        return _bench_gpu(Path(run_dir), cases, device, batch_sizes, rounds, iters, warmup, echo)
+        return _bench_gpu(Path(run_dir), cases, device, batch_sizes, rounds, iters, warmup, echo, out)
 
 
 def _bench_gpu(run_dir: Path, cases: list[Case], device: str, batch_sizes: tuple[int, ...], rounds: int, iters: int,
-               warmup: int, echo: Any) -> dict[str, Any]:
+               warmup: int, echo: Any, out: Path | None) -> dict[str, Any]:
     import torch
+
+    from vib_deploy.runs import atomic_write_json
+
+    if device.startswith("cuda"):
+        torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels (during warm-up)
 
     from vib_deploy.backends import BACKENDS
     from vib_deploy.data import splits_of
@@ -247,7 +254,14 @@ def _bench_gpu(run_dir: Path, cases: list[Case], device: str, batch_sizes: tuple
     index = torch.device(device).index or 0
     records: list[dict[str, Any]] = []
     unavailable: list[dict[str, Any]] = []
+
+    def result() -> dict[str, Any]:
+        return {"machine": gpu_facts(device), "records": records, "unavailable": unavailable,
+                "speedup": speedup_rows(records, ideal), "ideal_speedup": ideal, "run": config.name}
+
     for case in cases:
+        if out is not None:
+            atomic_write_json(out, result())
         cls = BACKENDS.get(case.backend)
         if cls is None:
             raise UserError(f"unknown backend {case.backend!r}; known: {', '.join(BACKENDS)}")
@@ -280,8 +294,9 @@ def _bench_gpu(run_dir: Path, cases: list[Case], device: str, batch_sizes: tuple
             r.deactivate()
         if device.startswith("cuda"):
             torch.cuda.empty_cache()
-    return {"machine": gpu_facts(device), "records": records, "unavailable": unavailable,
-            "speedup": speedup_rows(records, ideal), "ideal_speedup": ideal, "run": config.name}
+    if out is not None:
+        atomic_write_json(out, result())
+    return result()
 
 
 def speedup_rows(records: list[dict[str, Any]], ideal: float) -> list[dict[str, Any]]:

@@ -108,7 +108,8 @@ class AOTInductorRunner(TorchCudaRunner):
         self.dtype = getattr(torch, DTYPES[self.precision])
         self.channels_last = False  # the package's kernels take the layout it was exported with (contiguous)
         index = torch.device(self._device).index
-        self.model = torch._inductor.aoti_load_package(str(self.path), device_index=-1 if index is None else index)
+        kwargs = {} if index is None else {"device_index": index}  # cuda:N; plain cuda/cpu: the package's default
+        self.model = torch._inductor.aoti_load_package(str(self.path), **kwargs)
 
     def infer_tensor(self, x: Any) -> Any:
         lo, hi = self.meta["batch_min"], self.meta["batch_max"]
