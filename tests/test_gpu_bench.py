@@ -65,6 +65,18 @@ def test_speedup_rows_and_table():
     assert all(line.count("|") == table.splitlines()[4].count("|") for line in table.splitlines()[4:] if line.startswith("|"))
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only answer")
+def test_gpu_bench_device_cuda_on_cpu_is_one_line_exit_2(tmp_path):
+    from conftest import run_cli
+
+    proc = run_cli("gpu-bench", str(tmp_path), "--device", "cuda")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().startswith("error: --device cuda: no CUDA device (torch ")
+    assert len(proc.stderr.strip().splitlines()) == 1
+    proc = run_cli("gpu-bench", str(tmp_path), "--device", "gpu0")
+    assert proc.returncode == 2 and proc.stderr.strip() == "error: --device 'gpu0': expected cuda, cuda:N or cpu"
+
+
 # -- on a GPU ------------------------------------------------------------------------------------------
 class MatMul:
     def __init__(self, n):

@@ -48,7 +48,7 @@ def compile_package(model_path: Path, package: Path, input_shape: tuple[int, ...
     example = torch.zeros((2, *input_shape), device=device, dtype=dtype)  # batch 2: export must not specialise it to 1
     batch = torch.export.Dim("batch", min=1, max=max_batch)
     t0 = time.perf_counter()
-    with torch.inference_mode():
+    with torch.no_grad():
         exported = torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
     package.parent.mkdir(parents=True, exist_ok=True)
     tmp = package.with_name(package.name + ".tmp.pt2")
@@ -108,8 +108,10 @@ class AOTInductorRunner(TorchCudaRunner):
         self.dtype = getattr(torch, DTYPES[self.precision])
         self.channels_last = False  # the package's kernels take the layout it was exported with (contiguous)
         index = torch.device(self._device).index
-        kwargs = {} if index is None else {"device_index": index}  # cuda:N; plain cuda/cpu: the package's default
-        self.model = torch._inductor.aoti_load_package(str(self.path), **kwargs)
+        if index is None:  # cpu, or plain cuda: the current device
+            self.model = torch._inductor.aoti_load_package(str(self.path))
+        else:
+            self.model = torch._inductor.aoti_load_package(str(self.path), device_index=index)
 
     def infer_tensor(self, x: Any) -> Any:
         lo, hi = self.meta["batch_min"], self.meta["batch_max"]
