@@ -20,7 +20,10 @@ def test_budget_guard_stops_and_skips(tmp_path):
              Step("late", [py, "-c", "print('never')"], cap_s=30, min_s=5)]
     t0 = time.monotonic()
     with open(tmp_path / "log", "w") as log:
-        run_steps(steps, budget=6, log=log, env=dict(os.environ), started=t0, say=lambda s: None, reserve=0)
+        reports: list[int] = []
+        run_steps(steps, budget=6, log=log, env=dict(os.environ), started=t0, say=lambda s: None, reserve=0,
+                  after=lambda: reports.append(1))
+    assert len(reports) == 3  # the report is rewritten after every step: a call killed later still returns it
     assert time.monotonic() - t0 < 20  # the sleeping step was stopped at the budget, not waited for
     assert [s.result["status"] for s in steps] == ["ok", "stopped at the time budget", "skipped"]
     assert "needs at least 5 s" in steps[2].result["why"]

@@ -129,9 +129,9 @@ def _run(argv: list[str], timeout: float, log: Any, env: dict[str, str]) -> tupl
 
 
 def run_steps(steps: list[Step], budget: float, log: Any, env: dict[str, str], started: float,
-              say: Callable[[str], None] = print, reserve: float = 10.0) -> None:
+              say: Callable[[str], None] = print, reserve: float = 10.0, after: Callable[[], None] = lambda: None) -> None:
     """Run the steps in order under the budget guard (`reserve` seconds kept for the report); each step's `result`
-    says what happened."""
+    says what happened; `after` runs after every step (the report so far: a call killed later still returns it)."""
     for step in steps:
         left = budget - (time.monotonic() - started) - reserve
         if left < step.min_s:
@@ -149,6 +149,7 @@ def run_steps(steps: list[Step], budget: float, log: Any, env: dict[str, str], s
             step.result.update(_run_figures(step.run_dir))
             if step.result.get("epoch_seconds"):
                 say(f"== {step.name}: epoch time {step.result['epoch_seconds']}")
+        after()
 
 
 def _run_figures(run_dir: Path) -> dict[str, Any]:
@@ -223,8 +224,11 @@ def gpu_day(out: Path, dry_run: bool = False, budget: float = BUDGET_S, elapsed_
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     facts = gpu_facts("cpu" if dry_run else "cuda")
     steps = plan(dry_run, runs=runs)
+    def write_report() -> None:
+        report(steps, out, facts, dry_run, command, started_utc, time.monotonic() - started)
+
     with open(out / "gpu-day.log", "a") as log:
-        run_steps(steps, budget, log, env, started, say)
-    report(steps, out, facts, dry_run, command, started_utc, time.monotonic() - started)
+        run_steps(steps, budget, log, env, started, say, after=write_report)
+    write_report()
     say(f"tables: {out / 'gpu-day.md'}, {out / 'gpu-day.json'}; log: {out / 'gpu-day.log'}")
     return out / "gpu-day.md"
