@@ -137,6 +137,7 @@ def run_steps(steps: list[Step], budget: float, log: Any, env: dict[str, str], s
         if left < step.min_s:
             step.result = {"status": "skipped", "why": f"{left:.0f} s left of the budget, needs at least {step.min_s:.0f} s"}
             say(f"== {step.name}: skipped ({step.result['why']})")
+            after()
             continue
         timeout = min(step.cap_s, left)
         say(f"== {step.name} (at most {timeout:.0f} s): {' '.join(step.argv)}")
