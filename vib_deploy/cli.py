@@ -341,6 +341,12 @@ def env() -> None:
 
     problem = unavailable()
     typer.echo(f"tensorrt: {tensorrt_version() or 'not installed'}; engines {'can be built' if not problem else 'not available: ' + problem}")
+    from vib_deploy.backends import BACKENDS
+    from vib_deploy.gpu_bench import gpu_facts
+
+    typer.echo(f"NVIDIA driver: {gpu_facts('cpu')['driver']}")
+    for name in ("torch-cuda", "torch-cuda-graphs", "aotinductor", "onnxruntime-cuda", "onnxruntime-tensorrt"):
+        typer.echo(f"{name} on cuda: {getattr(BACKENDS[name], 'unavailable_on')('cuda') or 'available'}")
 
 
 # -- sweep, compare, paper (vib_deploy/sweep.py, compare.py, paper.py) ------------------------------
