@@ -74,3 +74,5 @@ def test_dry_run(tmp_path, mnist_root):
     md = (tmp_path / "out" / "gpu-day.md").read_text()
     assert "DRY RUN on CPU" in md and "not available: CUDA graphs need a CUDA device" in md
     assert "s/epoch" in md  # the epoch time the next GPU day is sized from
+    log = (tmp_path / "out" / "gpu-day.log").read_text()
+    assert "torch-cuda-graphs on cuda: " in log and "NVIDIA driver: " in log  # `vib-deploy env` says what the engines need
