@@ -65,6 +65,16 @@ def test_speedup_rows_and_table():
     assert all(line.count("|") == table.splitlines()[4].count("|") for line in table.splitlines()[4:] if line.startswith("|"))
 
 
+def test_launch_overhead_table():
+    from vib_deploy.gpu_bench import launch_overhead
+
+    records = [_rec("torch-cuda", 1, "dense", 1.0), _rec("torch-cuda-graphs", 1, "dense", 0.25),
+               _rec("torch-cuda", 8, "dense", 1.0)]  # batch 8 has no graph figure: no row
+    lines = launch_overhead({(r["backend"], r["precision"], r["batch"], r["variant"]): r for r in records})
+    assert [line for line in lines if line.startswith("| fp32")] == ["| fp32 | 1 | dense | 1.0000 | 0.2500 | 75% |"]
+    assert launch_overhead({}) == []
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only answer")
 def test_gpu_bench_device_cuda_on_cpu_is_one_line_exit_2(tmp_path):
     from conftest import run_cli

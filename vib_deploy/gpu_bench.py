@@ -324,6 +324,22 @@ def _bytes(v: Any) -> str:
     return f"{v / 2**20:,.1f} MiB" if isinstance(v, (int, float)) else str(v if v is not None else "not available")
 
 
+def launch_overhead(by: dict[tuple[Any, ...], dict[str, Any]]) -> list[str]:
+    """Eager vs CUDA-graph p50 per precision, batch and variant: the share of eager time that is kernel launches
+    (what bounds a pruned net's speedup at small batch, where its kernels are too short to hide the launches)."""
+    rows = []
+    for (backend, precision, batch, variant), eager in sorted(by.items(), key=lambda kv: (kv[0][1], kv[0][2], kv[0][3])):
+        graph = by.get(("torch-cuda-graphs", precision, batch, variant))
+        if backend == "torch-cuda" and graph is not None:
+            share = max(0.0, 1 - graph["p50_ms"] / eager["p50_ms"])
+            rows.append(f"| {precision} | {batch} | {variant} | {eager['p50_ms']:.4f} | {graph['p50_ms']:.4f} | {share:.0%} |")
+    if not rows:
+        return []
+    return ["", "Launch overhead: eager vs CUDA-graph replay (same kernels, launched once as a graph)", "",
+            "| precision | batch | variant | eager p50 ms | graph p50 ms | eager time that is launch overhead |",
+            "|---|---|---|---|---|---|", *rows]
+
+
 def markdown(result: dict[str, Any]) -> str:
     """One table per run: backend, precision, batch, p50/p99 and throughput of dense and pruned, memory, measured/ideal."""
     m = result["machine"]
@@ -344,6 +360,7 @@ def markdown(result: dict[str, Any]) -> str:
                      f"{_bytes(p['nvml_used_bytes'])} | {ok} (max abs diff {max(d['parity']['max_abs_diff'], p['parity']['max_abs_diff']):.2g}) |")
     for u in result["unavailable"]:
         lines.append(f"| {u['backend']} | {u['precision']} | - | not available: {u['why']} | | | | | | | | | |")
+    lines += launch_overhead(by)
     lines += ["", "p50/p99: CUDA events per call after warm-up, dense and pruned alternating; img/s at p50; measured/ideal: "
               "speedup over the FLOPs ratio; max allocated: torch's allocator peak during 3 calls beyond what was allocated "
               "before them (a CUDA graph's pool is allocated at capture, so ~0 there); NVML used: the whole device's, "
