@@ -134,8 +134,15 @@ def test_amp_is_keyed_only_when_set():
 @cuda
 def test_cuda_fp32_matches_cpu(tmp_path):
     """Tolerance: logits within 1e-2 x max(1, |logit|) after 5 Adam steps, TF32 off (reduction order differs)."""
-    torch.backends.cudnn.allow_tf32 = False
-    torch.backends.cuda.matmul.allow_tf32 = False
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        _cuda_vs_cpu(tmp_path)
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+def _cuda_vs_cpu(tmp_path):
     torch.manual_seed(0)
     cpu = dense_model("lenet5")
     gpu = dense_model("lenet5")
