@@ -49,7 +49,7 @@ class NvmlSampler:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         try:
-            import pynvml  # nvidia-ml-py
+            import pynvml  # pyright: ignore[reportMissingImports]  (nvidia-ml-py, on GPU machines)
 
             pynvml.nvmlInit()
             self._nvml = pynvml
@@ -94,7 +94,7 @@ def gpu_facts(device: str) -> dict[str, Any]:
     else:
         facts["gpu"] = f"none (CPU: {machine_info()['cpu']})"
     try:
-        import pynvml
+        import pynvml  # pyright: ignore[reportMissingImports]
 
         pynvml.nvmlInit()
         facts["driver"] = pynvml.nvmlSystemGetDriverVersion()
