@@ -1,5 +1,6 @@
 """gpu_bench: alternating timing, NVML absent -> "not available", speedup rows and the table; GPU-marked timing sanity."""
 
+import json
 import re
 import sys
 import time
@@ -123,3 +124,52 @@ def test_nvml_sees_an_allocation():
         time.sleep(0.05)
     assert sampler.peak is not None and sampler.peak >= before + (1 << 30) * 0.9
     del block
+
+
+@pytest.fixture
+def tiny_run(tmp_path, mnist_root):
+    """A run directory with just what gpu-bench reads: config, dense.pt, pruned.pt, prune.json (FLOPs ratio 4)."""
+    from torch import nn
+
+    from vib_deploy.config import parse_config
+    from vib_deploy.nets import save_model
+    from vib_deploy.pipeline import write_config
+    from vib_deploy.runs import RunDir, atomic_write_json
+
+    run = RunDir(tmp_path / "run")
+    run.path.mkdir()
+    write_config(run, parse_config({"name": "tiny", "model": {"name": "lenet300"},
+                                    "data": {"train_limit": 600, "val_size": 100, "test_limit": 300}}, "tiny"))
+    torch.manual_seed(0)
+    save_model(nn.Sequential(nn.Flatten(), nn.Linear(784, 64), nn.ReLU(), nn.Linear(64, 10)), run.file("dense.pt"))
+    save_model(nn.Sequential(nn.Flatten(), nn.Linear(784, 16), nn.ReLU(), nn.Linear(16, 10)), run.file("pruned.pt"))
+    atomic_write_json(run.file("prune.json"), {"input_shape": [1, 28, 28], "kept_pixels": None,
+                                               "dense": {"flops": 400, "params": 4}, "pruned": {"flops": 100, "params": 1}})
+    run.add_artifacts("test", ["dense.pt", "pruned.pt", "prune.json"])
+    return run.path
+
+
+def test_bench_on_cpu_keeps_going_past_a_failing_engine(tiny_run, monkeypatch):
+    from vib_deploy.backends.torch_cuda import TorchCudaRunner
+    from vib_deploy.gpu_bench import Case, bench_gpu
+
+    real = TorchCudaRunner.activate_impl
+
+    def activate(self):
+        if self.precision == "bf16":
+            raise RuntimeError("boom")
+        real(self)
+
+    monkeypatch.setattr(TorchCudaRunner, "activate_impl", activate)
+    out = tiny_run / "gpu-bench.json"
+    result = bench_gpu(tiny_run, [Case("torch-cuda", "bf16"), Case("torch-cuda"), Case("torch-cuda-graphs")], device="cpu",
+                       batch_sizes=(1, 8), rounds=2, iters=2, warmup=1, echo=lambda s: None, out=out)
+    assert [(r["batch"], r["variant"]) for r in result["records"]] == [(1, "dense"), (1, "pruned"), (8, "dense"), (8, "pruned")]
+    assert all(r["parity"]["ok"] and r["parity"]["max_abs_diff"] == 0 for r in result["records"])  # fp32 eager on CPU: exact
+    assert result["ideal_speedup"] == 4.0
+    failed, graphs = result["unavailable"]
+    assert failed == {"backend": "torch-cuda", "precision": "bf16", "why": "FAILED: RuntimeError: boom", "failed": True}
+    assert graphs["backend"] == "torch-cuda-graphs" and "need a CUDA device" in graphs["why"]
+    table = markdown(result)
+    assert "| torch-cuda | bf16 | - | FAILED: RuntimeError: boom |" in table
+    assert json.loads(out.read_text())["records"] == result["records"]

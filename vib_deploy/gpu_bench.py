@@ -258,7 +258,6 @@ def _bench_gpu(run_dir: Path, cases: list[Case], device: str, batch_sizes: tuple
     with torch.no_grad():
         references = {v.name: load_model(v.artifacts[".pt"]).eval()(torch.from_numpy(check_x)).numpy() for v in variants}
     ideal = info["dense"]["flops"] / info["pruned"]["flops"]
-    index = torch.device(device).index or 0
     records: list[dict[str, Any]] = []
     unavailable: list[dict[str, Any]] = []
 
@@ -280,12 +279,31 @@ def _bench_gpu(run_dir: Path, cases: list[Case], device: str, batch_sizes: tuple
             unavailable.append({"backend": case.backend, "precision": case.precision, "why": problem})
             echo(f"{case.backend} {case.precision}: not available: {problem}")
             continue
-        paths = {v.name: v.artifacts.get(cls.artifact_suffix) for v in variants}
-        if case.backend == "aotinductor":
-            paths = dict(_aoti_packages(run, variants, shape, device, case.precision, max(batch_sizes), echo))
-        runners: dict[str, Any] = {name: cls(path, device=device, precision=case.precision).activate()  # type: ignore[call-arg]
-                                   for name, path in paths.items()}
+        try:
+            _bench_case(case, cls, run, variants, shape, images, check_x, references, device, batch_sizes, rounds, iters,
+                        warmup, ideal, records, echo)
+        except Exception as e:  # one engine failing (an export the compiler rejects, a driver error) must not cost the others
+            why = f"FAILED: {type(e).__name__}: {str(e).strip().splitlines()[0][:300] if str(e).strip() else ''}"
+            unavailable.append({"backend": case.backend, "precision": case.precision, "why": why, "failed": True})
+            echo(f"{case.backend} {case.precision}: {why}")
+        if device.startswith("cuda"):
+            torch.cuda.empty_cache()
+    if out is not None:
+        atomic_write_json(out, result())
+    return result()
+
+
+def _bench_case(case: Case, cls: Any, run: Any, variants: list[Variant], shape: tuple[int, ...], images: np.ndarray,
+                check_x: np.ndarray, references: dict[str, np.ndarray], device: str, batch_sizes: tuple[int, ...], rounds: int,
+                iters: int, warmup: int, ideal: float, records: list[dict[str, Any]], echo: Any) -> None:
+    """One backend and precision: parity, then every batch size timed; records are appended batch by batch."""
+    paths = {v.name: v.artifacts.get(cls.artifact_suffix) for v in variants}
+    if case.backend == "aotinductor":
+        paths = dict(_aoti_packages(run, variants, shape, device, case.precision, max(batch_sizes), echo))
+    runners: dict[str, Any] = {name: cls(path, device=device, precision=case.precision).activate() for name, path in paths.items()}
+    try:
         parity = {name: _parity(r, references[name], check_x, case.precision) for name, r in runners.items()}
+        index = 0 if device == "cpu" else (int(device.split(":")[1]) if ":" in device else 0)
         for batch in batch_sizes:
             inputs = {v.name: runners[v.name].prepare(make_input(v, images, batch)) for v in variants}
             samples = time_alternating(runners, inputs, rounds, iters, warmup, device)
@@ -298,13 +316,9 @@ def _bench_gpu(run_dir: Path, cases: list[Case], device: str, batch_sizes: tuple
             dense, pruned = records[-2], records[-1]
             echo(f"{case.backend} {case.precision} b{batch}: p50 {dense['p50_ms']:.4f} -> {pruned['p50_ms']:.4f} ms "
                  f"(speedup {dense['p50_ms'] / pruned['p50_ms']:.2f}x, ideal {ideal:.2f}x)")
+    finally:
         for r in runners.values():
             r.deactivate()
-        if device.startswith("cuda"):
-            torch.cuda.empty_cache()
-    if out is not None:
-        atomic_write_json(out, result())
-    return result()
 
 
 def speedup_rows(records: list[dict[str, Any]], ideal: float) -> list[dict[str, Any]]:
@@ -359,7 +373,8 @@ def markdown(result: dict[str, Any]) -> str:
                      f"{_bytes(d['max_memory_allocated_bytes'])} / {_bytes(p['max_memory_allocated_bytes'])} | "
                      f"{_bytes(p['nvml_used_bytes'])} | {ok} (max abs diff {max(d['parity']['max_abs_diff'], p['parity']['max_abs_diff']):.2g}) |")
     for u in result["unavailable"]:
-        lines.append(f"| {u['backend']} | {u['precision']} | - | not available: {u['why']} | | | | | | | | | |")
+        why = u["why"] if u.get("failed") else f"not available: {u['why']}"
+        lines.append(f"| {u['backend']} | {u['precision']} | - | {why} | | | | | | | | | |")
     lines += launch_overhead(by)
     lines += ["", "p50/p99: CUDA events per call after warm-up, dense and pruned alternating; img/s at p50; measured/ideal: "
               "speedup over the FLOPs ratio; max allocated: torch's allocator peak during 3 calls beyond what was allocated "
