@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PIPELINE ?= pipelines/mnist-lenet300.yaml
 
-.PHONY: setup data run test typecheck clean
+.PHONY: setup data run test typecheck clean gpu-carry
 
 $(BIN)/vib-deploy: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,10 @@ test: data typecheck
 
 typecheck: setup
 	$(BIN)/pyright --pythonpath $(BIN)/python
+
+# what scripts/gpu-day.sh needs on a GPU machine that reaches no registry (wheels + IDX files); fails over 64 MiB
+gpu-carry: setup
+	PYTHON=$(BIN)/python scripts/gpu-carry.sh
 
 clean:
 	rm -rf $(VENV) runs models

@@ -8,6 +8,7 @@ Under torchrun (`torchrun ... -m vib_deploy run ...`) only rank 0 shows progress
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 from pathlib import Path
 from typing import Any, Iterator, List, Optional
@@ -340,6 +341,12 @@ def env() -> None:
 
     problem = unavailable()
     typer.echo(f"tensorrt: {tensorrt_version() or 'not installed'}; engines {'can be built' if not problem else 'not available: ' + problem}")
+    from vib_deploy.backends import BACKENDS
+    from vib_deploy.gpu_bench import gpu_facts
+
+    typer.echo(f"NVIDIA driver: {gpu_facts('cpu')['driver']}")
+    for name in ("torch-cuda", "torch-cuda-graphs", "aotinductor", "onnxruntime-cuda", "onnxruntime-tensorrt"):
+        typer.echo(f"{name} on cuda: {getattr(BACKENDS[name], 'unavailable_on')('cuda') or 'available'}")
 
 
 # -- sweep, compare, paper (vib_deploy/sweep.py, compare.py, paper.py) ------------------------------
@@ -411,6 +418,50 @@ def paper(
         typer.echo(f"{r['pipeline']} seed {r['seed']}: {'-'.join(map(str, r['architecture']))}, error {100 * r['error']:.2f} %, "
                    f"{r['flops'] / 1e3:.1f} KFLOPs, {r['bytes']:,} bytes")
     typer.echo(f"table: {out}")
+
+
+# -- GPU day (vib_deploy/gpu_bench.py, gpu_day.py) --------------------------------------------------
+@app.command("gpu-bench")
+def gpu_bench(
+    run_dir: Path = RUN_DIR,
+    device: str = typer.Option("cuda", "--device", help="cuda, cuda:N (cpu: the dry run's stand-in)."),
+    cases: str = typer.Option("torch-cuda:fp32,torch-cuda-graphs:fp32,aotinductor:fp32", "--cases",
+                              help="backend:precision, comma-separated (precision fp32, bf16 or fp16)."),
+    batch_sizes: str = typer.Option("1,8,64,256,1024", "--batch-sizes", help="Batch sizes, comma-separated."),
+    rounds: int = typer.Option(10, "--rounds", help="Alternating dense/pruned rounds."),
+    iters: int = typer.Option(10, "--iters", help="Timed calls per variant per round."),
+    warmup: int = typer.Option(10, "--warmup", help="Untimed calls per variant first."),
+    out: Optional[Path] = typer.Option(None, "--out", help="JSON result (default <run_dir>/gpu-bench.json)."),
+) -> None:
+    """Dense vs pruned on GPU engines (CUDA events, parity, NVML memory); prints the markdown table."""
+    from vib_deploy.gpu_bench import PARITY, Case, bench_gpu, markdown
+
+    parsed = []
+    for item in (c.strip() for c in cases.split(",") if c.strip()):
+        backend, _, precision = item.partition(":")
+        if (precision or "fp32") not in PARITY:
+            raise UserError(f"--cases {item!r}: precision must be one of {', '.join(PARITY)}")
+        parsed.append(Case(backend, precision or "fp32"))
+    if not parsed:
+        raise UserError("--cases needs at least one backend:precision")
+    result = bench_gpu(run_dir, parsed, device, _int_list(batch_sizes, "--batch-sizes"), rounds, iters, warmup, _echo,
+                       out or run_dir / "gpu-bench.json")
+    typer.echo(markdown(result))
+
+
+@app.command("gpu-day")
+def gpu_day(
+    out: Path = typer.Option(Path(os.environ.get("OUT", "gpu-day-out")), "--out", help="Where gpu-day.md/.json/.log go ($OUT)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="The same steps on CPU with tiny data (seconds, no GPU)."),
+    budget: float = typer.Option(540.0, "--budget", help="Seconds for the whole day; later steps are skipped, not overrun."),
+    elapsed: float = typer.Option(0.0, "--elapsed", help="Seconds already spent (by scripts/gpu-day.sh installing)."),
+    runs: Path = typer.Option(Path("runs/gpu-day"), "--runs", help="Folder for the day's run directories."),
+) -> None:
+    """Every GPU measurement in one call (see scripts/gpu-day.sh): tests, CUDA training, GPU engines, tables in --out."""
+    from vib_deploy.gpu_day import gpu_day as run_day
+
+    run_day(out, dry_run, budget, elapsed, command=" ".join(["scripts/gpu-day.sh"] + (["--dry-run"] if dry_run else [])),
+            runs=runs)
 
 
 def main() -> None:

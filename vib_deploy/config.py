@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -85,9 +86,17 @@ class VIBTrainConfig(_Strict):
 class TrainConfig(_Strict):
     seed: int = 0
     batch_size: int = Field(100, ge=1)
-    device: Literal["cpu", "cuda", "auto"] = "cpu"
+    device: str = "cpu"  # auto | cpu | cuda | cuda:N (auto: cuda when torch sees a GPU)
+    amp: Literal["off", "bf16", "fp16"] = "off"  # autocast dtype of the forward pass; fp16 adds a GradScaler
     dense: DenseTrainConfig = DenseTrainConfig()
     vib: VIBTrainConfig = VIBTrainConfig()
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if not re.fullmatch(r"auto|cpu|cuda(:[0-9]+)?", v):
+            raise ValueError("device must be auto, cpu, cuda or cuda:N")
+        return v
 
 
 class PruneConfig(_Strict):

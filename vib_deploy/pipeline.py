@@ -61,7 +61,7 @@ class Stage:
 
 # Keys added to a section after runs were made: keyed only when set, so existing runs stay cached.
 _KEYED_WHEN_SET = {"model": {"factory": None, "kwargs": {}, "input_shape": None, "ignore": []},
-                   "data": {"pad": 0, "channels": None, "size": None, "normalize": False}}
+                   "data": {"pad": 0, "channels": None, "size": None, "normalize": False}, "train": {"amp": "off"}}
 
 
 def keyed_section(name: str, section: Any) -> dict[str, Any]:
@@ -76,7 +76,7 @@ def _train_common(c: PipelineConfig) -> dict[str, Any]:
 
     factory = {"factory_sha256": factory_digest(c.model.factory)} if c.model.factory else {}  # a changed model file retrains
     return {"model": keyed_section("model", c.model), **factory, "data": keyed_section("data", c.data), "seed": t.seed,
-            "batch_size": t.batch_size, "device": t.device}
+            "batch_size": t.batch_size, "device": t.device, **({"amp": t.amp} if t.amp != _KEYED_WHEN_SET["train"]["amp"] else {})}
 
 
 def _stages() -> list[Stage]:

@@ -33,7 +33,8 @@ def _spec(ctx: Any, stage: str, **kw: Any) -> Any:
     from vib_deploy.train import TrainSpec, resolve_device
 
     t = ctx.config.train
-    return TrainSpec(stage=stage, key=ctx.key, batch_size=t.batch_size, seed=t.seed, device=resolve_device(t.device), **kw)
+    return TrainSpec(stage=stage, key=ctx.key, batch_size=t.batch_size, seed=t.seed, device=resolve_device(t.device),
+                     amp=t.amp, **kw)
 
 
 def train_dense(ctx: Any) -> list[str]:
@@ -59,6 +60,7 @@ def train_dense(ctx: Any) -> list[str]:
             "val_error": _error(dense, data.x_val, data.y_val), "test_samples": len(data.y_test),
             "world_size": distributed.world_size(), "images_per_second": result.images_per_second,
             "preprocessing": data.preprocessing(ctx.config.data.pad),
+            "epoch_seconds": result.epoch_seconds,
         })
         return ["dense.pt", "train-dense.json"]
 
@@ -89,6 +91,7 @@ def train_vib(ctx: Any) -> list[str]:
             "test_error": _error(gated, data.x_test, data.y_test), "val_error": _error(gated, data.x_val, data.y_val),
             "gates": gate_summary(gated), "architecture": source.architecture(gated),
             "world_size": distributed.world_size(), "images_per_second": result.images_per_second,
+            "epoch_seconds": result.epoch_seconds,
             "mask_sha256_per_rank": masks,
         })
         return ["vib.pt", "train-vib.json"]

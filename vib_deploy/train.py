@@ -20,6 +20,7 @@ its counts summed, so all ranks see the same accuracy; gate masks are checked eq
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import time
@@ -54,6 +55,7 @@ class TrainSpec:
     kl_factor: float | None = None  # VIB only
     select_best: bool = False  # keep the epoch with the best validation accuracy (dense)
     finetune_epochs: int = 0  # VIB only: last N epochs with gates frozen at their inference value z = mu * mask
+    amp: str = "off"  # off | bf16 | fp16: autocast of forward + loss (fp16 with a GradScaler); off is the fp32 path
 
 
 @dataclass
@@ -62,14 +64,22 @@ class TrainResult:
     best_epoch: int = 0
     resumed_from: int = 0  # epochs done before this process started
     images_per_second: float | None = None  # training images over the wall time of the epochs run here
+    epoch_seconds: list[float] = field(default_factory=list)  # wall time of each epoch run here (steps, validation, checkpoint)
 
 
 def resolve_device(name: str) -> torch.device:
-    """cpu | cuda | auto -> torch.device; cuda without a GPU is a user error."""
+    """cpu | cuda | cuda:N | auto -> torch.device; cuda without a GPU (or without GPU N) is a user error."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"train.device={name} but torch sees no CUDA device (torch {torch.__version__})")
+    if name.startswith("cuda:"):
+        index, count = int(name.split(":")[1]), torch.cuda.device_count()
+        if index >= count:
+            raise UserError(f"train.device={name} but torch sees {count} CUDA device(s) (0..{count - 1})")
+        if distributed.launched_world_size() > 1:
+            raise UserError(f"train.device={name} names one GPU, but torchrun started {distributed.launched_world_size()} "
+                            "processes (one GPU each); use train.device=cuda or auto")
     if name == "cuda" and distributed.active():
         return torch.device("cuda", distributed.local_rank())  # one GPU per process
     return torch.device(name)
@@ -92,6 +102,24 @@ def accuracy(model: nn.Module, x: np.ndarray, y: np.ndarray, device: torch.devic
 def units_alive(model: nn.Module) -> list[int]:
     """Units kept per gate layer at inference."""
     return [int(g.keep_mask().sum()) for g in gates(model)]
+
+
+def _on_device(x: np.ndarray, y: np.ndarray, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The training set as tensors; on a GPU, held in device memory when it takes under a quarter of what is free
+    (Fashion-MNIST at 32x32: 225 MB), so each step indexes device memory instead of copying a batch from the host."""
+    xt, yt = torch.as_tensor(x), torch.as_tensor(y)
+    if device.type == "cuda" and xt.nbytes + yt.nbytes < torch.cuda.mem_get_info(device)[0] // 4:
+        xt, yt = xt.to(device), yt.to(device)
+    return xt, yt
+
+
+def _amp(spec: TrainSpec, device: torch.device) -> tuple[Any, Any]:
+    """The forward pass's autocast context and the GradScaler (fp16 only); amp off: no context at all (the fp32 path)."""
+    if spec.amp == "off":
+        return contextlib.nullcontext, None
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[spec.amp]
+    scaler = torch.amp.GradScaler(device.type) if spec.amp == "fp16" else None
+    return (lambda: torch.autocast(device.type, dtype=dtype)), scaler
 
 
 def _optimizer(model: nn.Module, spec: TrainSpec) -> torch.optim.Optimizer:
@@ -198,17 +226,24 @@ def train(model: nn.Module, spec: TrainSpec, data: Any, run: RunDir, progress: A
     result = TrainResult()
     best, best_state, start = -1.0, None, 0
 
+    autocast, scaler = _amp(spec, device)
+    channels_last = device.type == "cuda" and any(isinstance(m, nn.Conv2d) for m in model.modules())
+    if channels_last:  # NHWC: what cuDNN's tensor-core convolutions run on without transposes
+        model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+
     ckpt = _load_checkpoint(run, ckpt_name)
     if ckpt is not None and ckpt["key"] == spec.key and ckpt["epoch"] <= spec.epochs:
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
         sched.load_state_dict(ckpt["scheduler"])
+        if scaler is not None and "scaler" in ckpt:
+            scaler.load_state_dict(ckpt["scaler"])
         _restore_rng(ckpt, gen, run.file(ckpt_name), spec.epochs - ckpt["epoch"])
         start, best, best_state = ckpt["epoch"], ckpt["best"], ckpt["best_model"]
         result.history = list(ckpt["history"])
         result.resumed_from = start
 
-    x_train, y_train = torch.as_tensor(data.x_train), torch.as_tensor(data.y_train)
+    x_train, y_train = _on_device(data.x_train, data.y_train, device)
     n = len(x_train)
     steps = math.ceil(n / spec.batch_size)
     smallest_batch = n - (steps - 1) * spec.batch_size
@@ -232,19 +267,25 @@ def train(model: nn.Module, spec: TrainSpec, data: Any, run: RunDir, progress: A
                 net = model  # drops the old DDP and its gradient hooks first
                 net, net_finetune = _replicated(model, device), finetune  # DDP syncs what needs gradients now
             perm = torch.randperm(n, generator=gen)
+            t_epoch = time.perf_counter()
             sums = {"loss": 0.0, "ce": 0.0, "kl": 0.0}
             for batch_i in range(steps):
                 idx = perm[batch_i * spec.batch_size : (batch_i + 1) * spec.batch_size]
                 ce_weight = 1.0
                 if world > 1:
                     idx, ce_weight = _shard_of(idx)
+                if x_train.device != idx.device:
+                    idx = idx.to(x_train.device)
                 xb, yb = x_train[idx].to(device), y_train[idx].to(device)
-                logits = net(xb)
-                if spec.kl_factor is not None and not finetune:
-                    loss, ce, kl = vib_loss(logits, yb, model, spec.kl_factor)
-                else:
-                    loss = ce = nn.functional.cross_entropy(logits, yb)
-                    kl = total_kl(model).detach() if spec.kl_factor is not None else torch.zeros(())
+                if channels_last:
+                    xb = xb.contiguous(memory_format=torch.channels_last)
+                with autocast():
+                    logits = net(xb)
+                    if spec.kl_factor is not None and not finetune:
+                        loss, ce, kl = vib_loss(logits, yb, model, spec.kl_factor)
+                    else:
+                        loss = ce = nn.functional.cross_entropy(logits, yb)
+                        kl = total_kl(model).detach() if spec.kl_factor is not None else torch.zeros(())
                 if ce_weight != 1.0:
                     loss = loss + (ce_weight - 1.0) * ce  # this rank's CE weighted as `_shard_of` says; KL once
                 values = torch.stack([loss.detach(), ce.detach() * ce_weight, kl.detach().to(loss.device)])
@@ -258,8 +299,13 @@ def train(model: nn.Module, spec: TrainSpec, data: Any, run: RunDir, progress: A
                         "(try a lower learning rate or kl_factor)"
                     )
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+                if scaler is None:
+                    loss.backward()
+                    opt.step()
+                else:  # fp16: scaled loss, steps with inf/nan gradients skipped, scale adapted
+                    scaler.scale(loss).backward()
+                    scaler.step(opt)
+                    scaler.update()
                 sums["loss"] += loss_v
                 sums["ce"] += ce_v
                 sums["kl"] += kl_v
@@ -278,11 +324,15 @@ def train(model: nn.Module, spec: TrainSpec, data: Any, run: RunDir, progress: A
                 best = val_acc
                 best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
             state = _checkpoint_state(model, opt, sched, gen, epoch + 1, best, best_state, result.history, spec.key)
+            if scaler is not None:
+                state["scaler"] = scaler.state_dict()
             distributed.on_main(lambda: _save_checkpoint(run, spec.stage, ckpt_name, state))
+            result.epoch_seconds.append(time.perf_counter() - t_epoch)
             if progress is not None:
                 alive = "-".join(map(str, record["units_alive"]))
                 line = f"{spec.stage} epoch {epoch + 1}/{spec.epochs} val_acc {val_acc:.4f} ce {record['ce']:.4f}"
                 line += f" kl {record['kl']:.1f} alive {alive}" if alive else ""
+                line += f" ({result.epoch_seconds[-1]:.1f} s)"
                 progress.update(task, description=f"{spec.stage} ep {epoch + 1}")
                 progress.console.print(line)
     except KeyboardInterrupt:
@@ -290,6 +340,8 @@ def train(model: nn.Module, spec: TrainSpec, data: Any, run: RunDir, progress: A
             f"{spec.stage} interrupted at epoch {epoch + 1}, batch {batch_i + 1}; {epoch} complete epoch(s) are "
             f"checkpointed in {run.file(ckpt_name)}; rerun the same command to resume"
         ) from None
+    if channels_last:
+        model.to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]
     if spec.epochs > start:
         result.images_per_second = (spec.epochs - start) * n / (time.perf_counter() - t0)
     if spec.select_best and best_state is not None:
