@@ -126,6 +126,15 @@ class BenchConfig(_Strict):
         return v
 
 
+class MlflowConfig(_Strict):
+    uri: str = Field(min_length=1)  # tracking URI: sqlite:///mlflow.db (a local file, no server), http://..., file:...
+    experiment: str = Field(min_length=1)
+
+
+class TrackConfig(_Strict):
+    mlflow: MlflowConfig | None = None  # off by default; needs `pip install -e .[track]`
+
+
 class PipelineConfig(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     model: ModelConfig
@@ -134,6 +143,7 @@ class PipelineConfig(_Strict):
     prune: PruneConfig = PruneConfig()
     export: ExportConfig = ExportConfig()
     bench: BenchConfig = BenchConfig()
+    track: TrackConfig = TrackConfig()  # experiment tracking; keys no stage (changing it reruns nothing)
 
 
 def _describe(err: ValidationError, source: str) -> str:

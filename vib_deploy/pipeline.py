@@ -195,6 +195,8 @@ def _config_change(run: RunDir, config: PipelineConfig, stages: list[Stage], fir
         return None
     try:
         keys = _differing_keys(load_config(path).model_dump(), config.model_dump())
+        if not keys:
+            return None  # the same settings, written by an older version (keys added since): nothing to say
     except UserError:
         keys = []
     names = [s.name for s in stages]
@@ -265,12 +267,28 @@ def run_pipeline(config: PipelineConfig, run_dir: Path | None = None, force: str
     with _locked(run):
         ctx = Context(run, config, progress)
         distributed.on_main(lambda: _preflight(ctx, stages, force, echo))
-        forcing = False
-        for stage in stages:
-            forcing = forcing or stage.name == force
-            run_stage(ctx, stage, force=forcing, echo=echo, fresh=forcing)
+        with _tracked(config, run) as track:  # after the checks: a refused run leaves no trace anywhere
+            forcing = False
+            for stage in stages:
+                forcing = forcing or stage.name == force
+                run_stage(ctx, stage, force=forcing, echo=echo, fresh=forcing)
+                track(stage.name)
         distributed.on_main(lambda: write_config(run, config))  # every stage current: record the config all the same
     return run
+
+
+@contextlib.contextmanager
+def _tracked(config: PipelineConfig, run: RunDir) -> Iterator[Callable[[str], None]]:
+    """A callable that logs a finished stage to the experiment tracker (a no-op when tracking is off)."""
+    from vib_deploy import distributed
+
+    if config.track.mlflow is None or not distributed.is_main():
+        yield lambda stage: None
+        return
+    from vib_deploy.tracking import MlflowTracker
+
+    with MlflowTracker(config, run) as tracker:
+        yield tracker.log_stage
 
 
 def run_single(run_dir: Path, stage_name: str, progress: Any = None, echo: Callable[[str], None] = print) -> RunDir:
