@@ -6,7 +6,7 @@ import torch
 
 from vib_deploy.errors import UserError
 from vib_deploy.export import export_onnx, onnx_summary, parity
-from vib_deploy.prune import prune_gated
+from vib_deploy.prune.sequential import prune_gated
 from vib_deploy.vib import gates
 from vib_deploy.zoo import gated_model, strip_gates
 

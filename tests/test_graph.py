@@ -16,7 +16,7 @@ from torch import nn
 from netgen import INPUT_SHAPE, random_nets
 from vib_deploy.errors import UserError
 from vib_deploy.graph import GatedNet, _random_gates, apply_pruning, check_prunable, plan_groups, prune_gated_net
-from vib_deploy.nets import count_flops, count_params
+from vib_deploy.layers import count_flops, count_params
 
 
 def _gated_random(net: nn.Module, shape, seed: int = 0) -> GatedNet:
@@ -163,7 +163,7 @@ def test_unknown_ignore_name_and_wrong_input_shape_are_user_errors():
 
 
 def test_zoo_nets_plan_and_self_check():
-    from vib_deploy.models import MODULE_ZOO, build_net
+    from vib_deploy.sources import MODULE_ZOO, build_net
 
     for name, ref in MODULE_ZOO.items():
         kwargs = {"width": 0.125} if name == "vgg16" else {}

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from vib_deploy.errors import UserError
-from vib_deploy.nets import count_flops
+from vib_deploy.layers import count_flops
 from vib_deploy.peers import (FLOPS_TOLERANCE, METHODS, dense_widths, fit, gated_for_slimming, match_widths,
                               prune_by_scale, prune_to_widths, with_widths)
 from vib_deploy.vib import gates

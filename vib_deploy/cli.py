@@ -156,7 +156,7 @@ def inspect(
     kwarg: Optional[List[str]] = typer.Option(None, "--kwarg", help="A factory argument, key=value (repeatable)."),
 ) -> None:
     """Show the prunable channel groups of a model, where their gates go, FLOPs per group, and what stays fixed."""
-    from vib_deploy.models import inspect_model, print_inspection
+    from vib_deploy.sources import inspect_model, print_inspection
 
     print_inspection(inspect_model(model, _int_list(input_shape, "--input-shape"), ignore or [], kwarg or []))
 

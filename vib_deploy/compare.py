@@ -24,7 +24,7 @@ Echo = Callable[[str], None]
 
 def run_peer(config: PipelineConfig, vib_run: RunDir, method: str, progress: Any = None, echo: Echo = print) -> RunDir:
     """One peer of a finished VIB run: its own run directory, the same dense stage, export and bench."""
-    from vib_deploy.nets import load_model
+    from vib_deploy.layers import load_model
     from vib_deploy.peers import PeerSpec, dense_widths, peer_prune
     from vib_deploy.pipeline import Context, Stage, _stages, run_stage, write_config
 

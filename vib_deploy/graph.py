@@ -34,7 +34,7 @@ import torch_pruning as tp
 from torch import nn
 
 from vib_deploy.errors import UserError
-from vib_deploy.prune import PruneResult
+from vib_deploy.prune.sequential import PruneResult
 from vib_deploy.vib import VIBGate
 
 PRUNABLE_TYPES = (nn.Conv1d, nn.Conv2d, nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d)
@@ -232,7 +232,7 @@ def plan_groups(net: nn.Module, input_shape: Sequence[int], ignore: Sequence[str
         gated.append(GateGroup(c["root"], c["channels"], c["gate"], tuple(c["unit_of_channel"]), tuple(c["points"].items()),
                                tuple(dict.fromkeys(c["members"])), math.prod(out_shape[1:]) if len(out_shape) > 1 else 1,
                                c["flops"], grouped_inputs))
-    from vib_deploy.nets import count_flops
+    from vib_deploy.layers import count_flops
 
     return GroupPlan(gated, fixed, count_flops(net, tuple(input_shape)), int(output.shape[1]))
 

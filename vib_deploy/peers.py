@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from vib_deploy.errors import UserError
-from vib_deploy.nets import build, count_flops, count_params, describe, load_model, prunable_layers, save_model
+from vib_deploy.layers import build, count_flops, count_params, describe, load_model, prunable_layers, save_model
 from vib_deploy.runs import atomic_write_json
 
 FLOPS_TOLERANCE = 0.02  # |peer FLOPs / VIB FLOPs - 1|
@@ -185,7 +185,7 @@ def prune_pixels(model: nn.Sequential, pixels: int) -> tuple[nn.Sequential, nn.S
     """
     import torch_pruning as tp
 
-    from vib_deploy.nets import PixelSelect
+    from vib_deploy.layers import PixelSelect
 
     model = copy.deepcopy(model)
     first = next(i for i, m in enumerate(model) if isinstance(m, nn.Linear))
@@ -226,7 +226,7 @@ def gated_for_slimming(dense: nn.Sequential) -> nn.Sequential:
 
 def prune_by_scale(gated: nn.Sequential, widths: list[int], input_shape: tuple[int, ...]) -> tuple[nn.Sequential, dict[str, Any]]:
     """Keep the `widths` largest |mu| per gate, fold the scales in (prune.prune_gated), check exactness."""
-    from vib_deploy.prune import prune_gated
+    from vib_deploy.prune.sequential import prune_gated
     from vib_deploy.vib import gates
 
     gated = copy.deepcopy(gated).eval()

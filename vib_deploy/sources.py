@@ -125,14 +125,14 @@ class SequentialSource:
         return architecture(gated)
 
     def prune(self, vib_model: nn.Module) -> tuple[Any, dict[str, Any]]:
-        from vib_deploy.prune import prune_gated
+        from vib_deploy.prune.sequential import prune_gated
 
         assert isinstance(vib_model, nn.Sequential)
         result = prune_gated(vib_model, self.input_shape)
         return result, {"kept_pixels": result.kept_pixels}
 
     def save(self, model: nn.Module, path: Path, extra: dict[str, Any] | None = None, **_: Any) -> None:
-        from vib_deploy.nets import save_model
+        from vib_deploy.layers import save_model
 
         assert isinstance(model, nn.Sequential)
         save_model(model, path, extra)
@@ -191,7 +191,7 @@ class ModuleSource:
              pruning: list[dict[str, Any]] | None = None) -> None:
         """Save factory + pruning record + gate groups + weights atomically (loadable by `load_model`)."""
         from vib_deploy.graph import GatedNet
-        from vib_deploy.nets import to_bytes
+        from vib_deploy.layers import to_bytes
         from vib_deploy.runs import atomic_write_bytes
 
         gated = model if isinstance(model, GatedNet) else None
@@ -259,7 +259,7 @@ def inspect_model(model: str, input_shape: Sequence[int], ignore: Sequence[str],
     import yaml
 
     from vib_deploy.graph import check_prunable, describe_plan, plan_groups
-    from vib_deploy.nets import count_params
+    from vib_deploy.layers import count_params
 
     if model.endswith((".yaml", ".yml")):  # a pipeline file: its model section and the data's image shape
         from vib_deploy.config import load_config

@@ -28,7 +28,7 @@ import torch_pruning as tp
 from torch import nn
 
 from vib_deploy.errors import UserError
-from vib_deploy.nets import ChannelScale, PixelSelect
+from vib_deploy.layers import ChannelScale, PixelSelect
 from vib_deploy.vib import VIBGate
 
 

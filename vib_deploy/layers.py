@@ -120,13 +120,13 @@ def load_payload(path: Path) -> dict[str, Any]:
 def load_model(path: str | Path) -> nn.Module:
     """Load a model saved by vib-deploy (dense, VIB or pruned) in eval mode, in any process.
 
-    This is the one function a user's own code needs: `from vib_deploy.nets import load_model`.
+    This is the one function a user's own code needs: `from vib_deploy.layers import load_model`.
     Zoo LeNets come back as Sequentials; factory-built nets are rebuilt by their factory (see models.py).
     """
     path = Path(path)
     payload = load_payload(path)
     if "module" in payload:
-        from vib_deploy.models import load_module_model
+        from vib_deploy.sources import load_module_model
 
         return load_module_model(payload["module"], payload["state_dict"], path)
     try:

@@ -5,8 +5,8 @@ import torch
 from torch import nn
 
 from vib_deploy.errors import UserError
-from vib_deploy.nets import ChannelScale, PixelSelect, count_flops
-from vib_deploy.prune import check_exact, prune_gated
+from vib_deploy.layers import ChannelScale, PixelSelect, count_flops
+from vib_deploy.prune.sequential import check_exact, prune_gated
 from vib_deploy.vib import VIBGate, gates
 from vib_deploy.zoo import gated_model
 
