@@ -1,4 +1,4 @@
-"""Model sources (vib_deploy/models.py): loading a user's factory, clear errors, saved module models, and a
+"""Model sources (vib_deploy/sources.py): loading a user's factory, clear errors, saved module models, and a
 user model with a residual add, a depthwise conv, a concat and a grouped conv through the whole pipeline."""
 
 import json

@@ -140,7 +140,7 @@ def bench(
         raise UserError(f"--protocol must be grpc or http, got {protocol!r}")
     if requests < 1:
         raise UserError(f"--requests must be at least 1, got {requests}")
-    from vib_deploy.bench_triton import bench_triton, print_table
+    from vib_deploy.triton.bench import bench_triton, print_table
 
     records = bench_triton(run_dir, _int_list(concurrency, "--concurrency"), _int_list(batch_sizes, "--batch-sizes"),
                            requests, protocol, _echo)
@@ -165,7 +165,7 @@ def inspect(
 def verify(run_dir: Path = typer.Argument(..., help="A run directory (runs/mnist-lenet300) or a Triton model repository (models/).")) -> None:
     """Check a run directory's artifacts, or a model repository's versions, against their sha256 manifests."""
     from vib_deploy.runs import RunDir
-    from vib_deploy.ship import is_model_repository, verify_repository
+    from vib_deploy.triton.repository import is_model_repository, verify_repository
 
     if not run_dir.is_dir():
         raise UserError(f"run directory {run_dir} not found")
@@ -202,7 +202,7 @@ def package(
     kind: str = typer.Option("KIND_CPU", "--kind", help="instance_group kind: KIND_CPU or KIND_GPU."),
 ) -> None:
     """Add the run's dense and pruned ONNX models to a Triton model repository (config validated, versioned, manifest)."""
-    from vib_deploy.ship import ShipOptions, package as ship
+    from vib_deploy.triton.repository import ShipOptions, package as ship
 
     options = ShipOptions(max_batch_size, _int_list(preferred_batch_sizes, "--preferred-batch-sizes"), max_queue_delay_us,
                           instances, kind)
@@ -223,8 +223,8 @@ def serve(
     import signal
     import time
 
-    from vib_deploy.serve import TritonServer
-    from vib_deploy.ship import is_model_repository
+    from vib_deploy.triton.repository import is_model_repository
+    from vib_deploy.triton.server import TritonServer
 
     if not is_model_repository(repo):
         raise UserError(f"{repo} is not a Triton model repository (no <model>/config.pbtxt); make one with `vib-deploy package`")
@@ -342,7 +342,7 @@ def env() -> None:
     typer.echo(f"tensorrt: {tensorrt_version() or 'not installed'}; engines {'can be built' if not problem else 'not available: ' + problem}")
 
 
-# -- sweep, compare, paper (vib_deploy/sweep.py, compare.py, paper.py) ------------------------------
+# -- sweep, compare, paper (vib_deploy/studies/) ------------------------------
 SEEDS = typer.Option("0", "--seeds", help="Seeds, comma-separated: every figure is reported per seed and as mean ± std.")
 
 
@@ -355,7 +355,7 @@ def sweep(
     out: Optional[Path] = typer.Option(None, "--out", help="Folder for sweep.json, frontier.png and frontier.md (default runs/<name>-sweep)."),
 ) -> None:
     """One pipeline over several kl_factor values (dense stage reused): runs/<name>-kl<K>-s<seed>/ and the frontier plot."""
-    from vib_deploy.sweep import frontier_rows, parse_floats, parse_seeds, sweep as run_sweep
+    from vib_deploy.studies.sweep import frontier_rows, parse_floats, parse_seeds, sweep as run_sweep
 
     kls, seed_list = parse_floats(kl_factor, "--kl-factor"), parse_seeds(seeds)
     with _progress() as progress:
@@ -376,8 +376,8 @@ def compare(
     docs: Path = typer.Option(Path("docs"), "--docs", help="Where comparison.md, comparison.json and img/ go."),
 ) -> None:
     """VIB vs peer pruning methods at matched FLOPs, each exported and benchmarked alike: docs/comparison.{md,json}."""
-    from vib_deploy.compare import compare as run_compare
-    from vib_deploy.sweep import parse_seeds
+    from vib_deploy.studies.compare import compare as run_compare
+    from vib_deploy.studies.sweep import parse_seeds
 
     if not match_flops:
         raise UserError("only --match-flops comparisons are implemented: peers are pruned to the VIB model's FLOPs")
@@ -399,8 +399,8 @@ def paper(
     out: Path = typer.Option(Path("docs/paper-reproduction.md"), "--out", help="The table (a .json beside it)."),
 ) -> None:
     """The paper's LeNet-300-100 / LeNet-5 figures beside ours (runs reused where current): docs/paper-reproduction.md."""
-    from vib_deploy.paper import paper as run_paper
-    from vib_deploy.sweep import parse_seeds
+    from vib_deploy.studies.paper import paper as run_paper
+    from vib_deploy.studies.sweep import parse_seeds
 
     files = [Path(p.strip()) for p in pipelines.split(",") if p.strip()]
     if not files:

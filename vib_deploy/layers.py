@@ -121,7 +121,7 @@ def load_model(path: str | Path) -> nn.Module:
     """Load a model saved by vib-deploy (dense, VIB or pruned) in eval mode, in any process.
 
     This is the one function a user's own code needs: `from vib_deploy.layers import load_model`.
-    Zoo LeNets come back as Sequentials; factory-built nets are rebuilt by their factory (see models.py).
+    Zoo LeNets come back as Sequentials; factory-built nets are rebuilt by their factory (see sources.py).
     """
     path = Path(path)
     payload = load_payload(path)

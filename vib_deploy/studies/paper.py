@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from vib_deploy.runs import RunDir, atomic_write_json, atomic_write_text
-from vib_deploy.sweep import RUNS, mean_std, override_tag, point_config, run_point, run_record
+from vib_deploy.studies.sweep import RUNS, mean_std, override_tag, point_config, run_point, run_record
 
 Echo = Callable[[str], None]
 DEFAULT_PIPELINES = (Path("pipelines/mnist-lenet300.yaml"), Path("pipelines/mnist-lenet5.yaml"))

@@ -1,4 +1,4 @@
-"""A real local Triton Inference Server for a model repository made by `vib_deploy.ship`.
+"""A real local Triton Inference Server for a model repository made by `vib_deploy.triton.repository`.
 
 The `nvidia-pytriton` wheel bundles `tritonserver` (2.51) with its Python backend but no onnxruntime
 backend (that comes with NVIDIA's container). So the server here runs a *serving copy* of the
@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from vib_deploy.errors import UserError
-from vib_deploy.ship import CONFIG, MODEL_FILE, parse_config, versions
+from vib_deploy.triton.repository import CONFIG, MODEL_FILE, parse_config, versions
 
 # The Python-backend model that stands in for the onnxruntime backend: same ONNX file, same tensors.
 MODEL_PY = '''\

@@ -22,8 +22,8 @@ def bench_triton(run_dir: Path, concurrency: tuple[int, ...], batch_sizes: tuple
     from vib_deploy.data import splits_of
     from vib_deploy.pipeline import read_run_config
     from vib_deploy.runs import RunDir, atomic_write_json
-    from vib_deploy.serve import TritonServer
-    from vib_deploy.ship import package
+    from vib_deploy.triton.repository import package
+    from vib_deploy.triton.server import TritonServer
 
     if any(c < 1 for c in concurrency) or any(b < 1 for b in batch_sizes):
         raise UserError("--concurrency and --batch-sizes take positive integers")
