@@ -8,7 +8,8 @@ import torch
 from torch import nn
 
 from vib_deploy.errors import UserError
-from vib_deploy.layers import PixelSelect, count_flops, count_params, describe, load_model, save_model
+from vib_deploy.layers import PixelSelect, count_flops, count_params, describe
+from vib_deploy.modelfile import load_model, save_model
 from vib_deploy.zoo import gated_model, strip_gates
 
 
@@ -43,7 +44,7 @@ def test_save_load_roundtrip_in_fresh_process(tmp_path):
     x = torch.rand(3, 1, 28, 28)
     expected = model.eval()(x)
     assert torch.equal(load_model(path)(x), expected)
-    code = ("import torch,sys; from vib_deploy.layers import load_model; m=load_model(sys.argv[1]);"
+    code = ("import torch,sys; from vib_deploy.nets import load_model; m=load_model(sys.argv[1]);"
             "torch.manual_seed(0); print(describe(m) if False else m(torch.load(sys.argv[2])).sum().item())")
     torch.save(x, tmp_path / "x.pt")
     out = subprocess.run([sys.executable, "-c", code, str(path), str(tmp_path / "x.pt")], capture_output=True, text=True)

@@ -10,8 +10,9 @@ import torch
 from conftest import ROOT, run_cli
 from test_bad_inputs import assert_user_error
 from vib_deploy.errors import UserError
-from vib_deploy.layers import load_model
-from vib_deploy.sources import ModuleSource, build_net, resolve_factory
+from vib_deploy.factory import build_net, resolve_factory
+from vib_deploy.modelfile import load_model
+from vib_deploy.sources import ModuleSource
 
 BRANCHY = "tests/user_models/branchy.py:build"
 

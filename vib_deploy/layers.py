@@ -1,14 +1,12 @@
-"""Networks as data: an `nn.Sequential` <-> a JSON-able list of layer specs.
+"""Layers as data: vib-deploy's extra layers, an `nn.Sequential` <-> a JSON-able list of layer specs, FLOPs/params.
 
-Every model the pipeline saves (dense, VIB, pruned) is a Sequential of the layers below, stored as
-`{"layers": spec, "state_dict": ...}` so it loads with `torch.load(weights_only=True)` in a fresh
-process, without the code or config that made it (`load_model`).
+A Sequential model file (see modelfile.py) stores `{"layers": spec, "state_dict": ...}`, so it loads with
+`torch.load(weights_only=True)` in a fresh process, without the code or config that made it. A leaf module:
+it imports nothing of vib-deploy beyond errors and the VIB gate.
 """
 
 from __future__ import annotations
 
-import io
-from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -88,56 +86,6 @@ def build(spec: list[dict[str, Any]]) -> nn.Sequential:
         return nn.Sequential(*(_BUILDERS[s["type"]](s) for s in spec))
     except (KeyError, TypeError) as e:
         raise UserError(f"invalid layer spec ({e!r})") from e
-
-
-def save_model(model: nn.Sequential, path: Path, extra: dict[str, Any] | None = None) -> None:
-    """Save architecture + weights (+ JSON-able extras) atomically, loadable with weights_only=True."""
-    from vib_deploy.runs import atomic_write_bytes
-
-    payload = {"layers": describe(model), "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-               "extra": extra or {}}
-    atomic_write_bytes(path, to_bytes(payload))
-
-
-def to_bytes(obj: Any) -> bytes:
-    """torch.save into memory, so a writer knows the size before it touches the disk."""
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    return buffer.getvalue()
-
-
-def load_payload(path: Path) -> dict[str, Any]:
-    """The raw saved dict (weights_only: no code from the file is ever run)."""
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises many types for truncated/garbage files
-        raise UserError(f"{path}: not a loadable vib-deploy model ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from e
-    if not isinstance(payload, dict) or not ("layers" in payload or "module" in payload) or "state_dict" not in payload:
-        raise UserError(f"{path}: not a vib-deploy model file (no layers/state_dict)")
-    return payload
-
-
-def load_model(path: str | Path) -> nn.Module:
-    """Load a model saved by vib-deploy (dense, VIB or pruned) in eval mode, in any process.
-
-    This is the one function a user's own code needs: `from vib_deploy.layers import load_model`.
-    Zoo LeNets come back as Sequentials; factory-built nets are rebuilt by their factory (see sources.py).
-    """
-    path = Path(path)
-    payload = load_payload(path)
-    if "module" in payload:
-        from vib_deploy.sources import load_module_model
-
-        return load_module_model(payload["module"], payload["state_dict"], path)
-    try:
-        model = build(payload["layers"])
-    except UserError as e:
-        raise UserError(f"{path}: {e}") from e
-    try:
-        model.load_state_dict(payload["state_dict"])
-    except RuntimeError as e:
-        raise UserError(f"{path}: weights do not match its architecture ({str(e).splitlines()[0]})") from e
-    return model.eval()
 
 
 def prunable_layers(model: nn.Sequential) -> list[tuple[int, nn.Module]]:

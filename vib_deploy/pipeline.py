@@ -66,7 +66,7 @@ def keyed_section(name: str, section: Any) -> dict[str, Any]:
 
 def _train_common(c: PipelineConfig) -> dict[str, Any]:
     t = c.train
-    from vib_deploy.sources import factory_digest
+    from vib_deploy.factory import factory_digest
 
     factory = {"factory_sha256": factory_digest(c.model.factory)} if c.model.factory else {}  # a changed model file retrains
     return {"model": keyed_section("model", c.model), **factory, "data": keyed_section("data", c.data), "seed": t.seed,

@@ -18,9 +18,10 @@ import torch
 
 from vib_deploy import distributed
 from vib_deploy.errors import UserError
-from vib_deploy.layers import count_flops, count_params, load_model
-from vib_deploy.sources import model_source
+from vib_deploy.layers import count_flops, count_params
+from vib_deploy.modelfile import load_model
 from vib_deploy.runs import atomic_write_json
+from vib_deploy.sources import model_source
 
 
 def _error(model: torch.nn.Module, x: Any, y: Any) -> float:
@@ -100,7 +101,7 @@ def train_vib(ctx: Any) -> list[str]:
 
 def prune(ctx: Any) -> list[str]:
     """Structural pruning, checked exact against the VIB model on the full test set."""
-    from vib_deploy.prune.sequential import check_exact
+    from vib_deploy.prune.result import check_exact
 
     source = model_source(ctx.config)
     shape = source.input_shape

@@ -33,7 +33,7 @@ from torch import nn
 
 from vib_deploy import distributed
 from vib_deploy.errors import UserError
-from vib_deploy.layers import to_bytes
+from vib_deploy.modelfile import to_bytes
 from vib_deploy.runs import RunDir
 from vib_deploy.vib import VIBGate, gates, total_kl, vib_loss
 

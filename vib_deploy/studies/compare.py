@@ -24,9 +24,9 @@ Echo = Callable[[str], None]
 
 def run_peer(config: PipelineConfig, vib_run: RunDir, method: str, progress: Any = None, echo: Echo = print) -> RunDir:
     """One peer of a finished VIB run: its own run directory, the same dense stage, export and bench."""
-    from vib_deploy.layers import load_model
-    from vib_deploy.studies.peers import PeerSpec, dense_widths, peer_prune
+    from vib_deploy.modelfile import load_model
     from vib_deploy.pipeline import Context, Stage, _stages, run_stage, write_config
+    from vib_deploy.studies.peers import PeerSpec, dense_widths, peer_prune
 
     vib_prune = vib_run.read_json("prune.json")
     hidden = len(dense_widths(load_model(vib_run.verified("dense.pt"))))

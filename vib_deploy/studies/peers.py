@@ -10,7 +10,7 @@ as a plain Sequential (`pruned.pt`), so the pipeline's export and bench stages r
     random     Torch-Pruning's RandomImportance (seeded), MetaPruner
     slimming   Liu et al. 2017 without BatchNorm: a per-unit scale (a VIBGate with its noise off, mu
                only) after each hidden ReLU, trained with CE + SLIMMING_L1 * sum |mu|; the smallest |mu|
-               are pruned and the scales folded into the weights (prune.prune_gated, checked exact)
+               are pruned and the scales folded into the weights (prune.sequential.prune_sequential, checked exact)
     l1-pixels  l1, then also the input pixels whose columns of the first Linear have the smallest L1
                norm (MLPs): a Gather of the kept pixels in the graph, like VIB's input gate
 
@@ -34,8 +34,13 @@ import torch
 from torch import nn
 
 from vib_deploy.errors import UserError
-from vib_deploy.layers import build, count_flops, count_params, describe, load_model, prunable_layers, save_model
+from vib_deploy.layers import PixelSelect, build, count_flops, count_params, describe, prunable_layers
+from vib_deploy.modelfile import load_model, save_model
+from vib_deploy.pipeline import keyed_section
+from vib_deploy.prune.sequential import prune_sequential
 from vib_deploy.runs import atomic_write_json
+from vib_deploy.train import accuracy
+from vib_deploy.vib import VIBGate, gates
 
 FLOPS_TOLERANCE = 0.02  # |peer FLOPs / VIB FLOPs - 1|
 SLIMMING_L1 = 1e-4  # Liu et al.'s sparsity weight (their 1e-4 default)
@@ -185,8 +190,6 @@ def prune_pixels(model: nn.Sequential, pixels: int) -> tuple[nn.Sequential, nn.S
     """
     import torch_pruning as tp
 
-    from vib_deploy.layers import PixelSelect
-
     model = copy.deepcopy(model)
     first = next(i for i, m in enumerate(model) if isinstance(m, nn.Linear))
     linear = model[first]
@@ -203,8 +206,6 @@ def prune_pixels(model: nn.Sequential, pixels: int) -> tuple[nn.Sequential, nn.S
 
 def gated_for_slimming(dense: nn.Sequential) -> nn.Sequential:
     """`dense` with a noise-free VIBGate (the per-unit scale mu) after the ReLU of each prunable layer."""
-    from vib_deploy.vib import VIBGate
-
     model = copy.deepcopy(dense).cpu().float()
     prunable = {id(layer): _out(layer) for _, layer in prunable_layers(model)}
     layers: list[nn.Module] = []
@@ -225,10 +226,7 @@ def gated_for_slimming(dense: nn.Sequential) -> nn.Sequential:
 
 
 def prune_by_scale(gated: nn.Sequential, widths: list[int], input_shape: tuple[int, ...]) -> tuple[nn.Sequential, dict[str, Any]]:
-    """Keep the `widths` largest |mu| per gate, fold the scales in (prune.prune_gated), check exactness."""
-    from vib_deploy.prune.sequential import prune_gated
-    from vib_deploy.vib import gates
-
+    """Keep the `widths` largest |mu| per gate, fold the scales in (prune_sequential), check exactness."""
     gated = copy.deepcopy(gated).eval()
     with torch.no_grad():
         for gate, width in zip(gates(gated), widths):
@@ -237,7 +235,7 @@ def prune_by_scale(gated: nn.Sequential, widths: list[int], input_shape: tuple[i
             gate.mu[~keep] = 0.0
             gate.logD.copy_(torch.where(keep, torch.full_like(gate.logD, -1e4), torch.zeros_like(gate.logD)))
             gate.threshold = 0.0  # log_alpha = logD - log(mu^2 + 1e-8): -1e4 - … kept, 0 + 18.4 pruned
-    result = prune_gated(gated, input_shape)
+    result = prune_sequential(gated, input_shape)
     got = [len(k) for k in result.kept_per_gate]
     if got != list(widths):
         raise UserError(f"slimming kept {got}, not the planned {widths}")
@@ -248,9 +246,6 @@ def prune_by_scale(gated: nn.Sequential, widths: list[int], input_shape: tuple[i
 def fit(model: nn.Sequential, data: Any, epochs: int, lr: float, batch_size: int, seed: int,
         gate_lr: float | None = None, l1: float = 0.0, progress: Any = None, label: str = "fine-tune") -> list[dict[str, Any]]:
     """Adam + cosine schedule for `epochs`, CE (+ l1 * sum |mu| of the gates); the last epoch is kept."""
-    from vib_deploy.train import accuracy
-    from vib_deploy.vib import gates
-
     if epochs == 0:
         return []
     mus = [g.mu for g in gates(model)]
@@ -296,8 +291,6 @@ class PeerSpec:
     input_units: int | None  # the VIB model's input width when it gates its input (shown as 784-…)
 
     def section(self, config: Any) -> dict[str, Any]:
-        from vib_deploy.pipeline import keyed_section
-
         t = config.train
         return {"method": self.method, "target_flops": self.target_flops, "tolerance": FLOPS_TOLERANCE,
                 "slimming_l1": SLIMMING_L1 if self.method == "slimming" else None, "epochs": t.vib.epochs,
@@ -307,8 +300,6 @@ class PeerSpec:
 
 def peer_prune(ctx: Any, spec: PeerSpec) -> list[str]:
     """Prune the run's dense.pt with `spec.method` to the VIB FLOPs, fine-tune, write pruned.pt + prune.json."""
-    from vib_deploy.train import accuracy
-
     t = ctx.config.train
     data = ctx.splits()
     shape = tuple(data.x_test.shape[1:])
