@@ -7,7 +7,7 @@ import pytest
 
 from conftest import run_cli
 from test_sweep import PIPELINE, TINY
-from vib_deploy.studies.sweep import override_tag
+from vib_deploy.studies.common import override_tag
 
 TAG = override_tag([*TINY[1::2], "train.vib.kl_factor=1e-3"])
 

@@ -355,7 +355,8 @@ def sweep(
     out: Optional[Path] = typer.Option(None, "--out", help="Folder for sweep.json, frontier.png and frontier.md (default runs/<name>-sweep)."),
 ) -> None:
     """One pipeline over several kl_factor values (dense stage reused): runs/<name>-kl<K>-s<seed>/ and the frontier plot."""
-    from vib_deploy.studies.sweep import frontier_rows, parse_floats, parse_seeds, sweep as run_sweep
+    from vib_deploy.studies.common import parse_floats, parse_seeds
+    from vib_deploy.studies.sweep import frontier_rows, sweep as run_sweep
 
     kls, seed_list = parse_floats(kl_factor, "--kl-factor"), parse_seeds(seeds)
     with _progress() as progress:
@@ -377,7 +378,7 @@ def compare(
 ) -> None:
     """VIB vs peer pruning methods at matched FLOPs, each exported and benchmarked alike: docs/comparison.{md,json}."""
     from vib_deploy.studies.compare import compare as run_compare
-    from vib_deploy.studies.sweep import parse_seeds
+    from vib_deploy.studies.common import parse_seeds
 
     if not match_flops:
         raise UserError("only --match-flops comparisons are implemented: peers are pruned to the VIB model's FLOPs")
@@ -400,7 +401,7 @@ def paper(
 ) -> None:
     """The paper's LeNet-300-100 / LeNet-5 figures beside ours (runs reused where current): docs/paper-reproduction.md."""
     from vib_deploy.studies.paper import paper as run_paper
-    from vib_deploy.studies.sweep import parse_seeds
+    from vib_deploy.studies.common import parse_seeds
 
     files = [Path(p.strip()) for p in pipelines.split(",") if p.strip()]
     if not files:

@@ -12,14 +12,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 from vib_deploy.config import PipelineConfig
 from vib_deploy.errors import UserError
 from vib_deploy.runs import RunDir, atomic_write, atomic_write_json, atomic_write_text
-from vib_deploy.studies.sweep import RUNS, copy_stage, mean_std, override_tag, point_config, run_point, run_record
-
-Echo = Callable[[str], None]
+from vib_deploy.studies.common import RUNS, Echo, copy_stage, mean_std, override_tag, point_config, run_point, run_record
 
 
 def run_peer(config: PipelineConfig, vib_run: RunDir, method: str, progress: Any = None, echo: Echo = print) -> RunDir:
