@@ -261,12 +261,13 @@ def profile(
     from vib_deploy.bench import Variant, make_input, profile_onnx
     from vib_deploy.data import splits_of
     from vib_deploy.pipeline import read_run_config
+    from vib_deploy.records import PruneRecord
     from vib_deploy.runs import RunDir
 
     config = read_run_config(run_dir)
     run = RunDir(run_dir)
     images = splits_of(config.data).x_test[:512]
-    kept = run.read_json("prune.json")["kept_pixels"]
+    kept = PruneRecord.read(run).kept_pixels
     names = ["dense", "pruned"] + (["pruned_reduced"] if kept is not None else [])
     for name in names:
         variant = Variant(name, {}, kept if name == "pruned_reduced" else None)

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from vib_deploy import __version__
+from vib_deploy.records import BenchFile, PruneRecord
 from vib_deploy.runs import RunDir, atomic_write, atomic_write_json, atomic_write_text
 
 BYTES_PER_PARAM = 4  # fp32
@@ -14,31 +15,31 @@ BYTES_PER_PARAM = 4  # fp32
 def build_metrics(run: RunDir, config: Any) -> dict[str, Any]:
     """Collect every stage's JSON into the metrics.json contract."""
 
-    dense, vib, pruned, export, bench = (run.read_json(n) for n in ("train-dense.json", "train-vib.json", "prune.json",
-                                                            "export.json", "bench.json"))
-    flops_d, flops_p = pruned["dense"]["flops"], pruned["pruned"]["flops"]
-    params_d, params_p = pruned["dense"]["params"], pruned["pruned"]["params"]
+    dense, vib, export = (run.read_json(n) for n in ("train-dense.json", "train-vib.json", "export.json"))
+    pruned, bench = PruneRecord.read(run), BenchFile.read(run)
+    flops_d, flops_p = pruned.dense.flops, pruned.pruned.flops
+    params_d, params_p = pruned.dense.params, pruned.pruned.params
     return {
         "model": config.model.name or config.model.factory,
         "dataset": config.data.dataset,
         "version": __version__,
         "test_samples": dense["test_samples"],
-        "dense": {"error": dense["test_error"], "val_error": dense["val_error"], "architecture": pruned["dense_architecture"],
+        "dense": {"error": dense["test_error"], "val_error": dense["val_error"], "architecture": pruned.dense_architecture,
                   "flops": flops_d, "params": params_d, "bytes": params_d * BYTES_PER_PARAM,
                   "epochs": len(dense["history"]), "best_epoch": dense["best_epoch"], "seconds": dense["seconds"]},
         "vib": {"error": vib["test_error"], "val_error": vib["val_error"], "epochs": len(vib["history"]),
                 "kl_factor": config.train.vib.kl_factor, "seconds": vib["seconds"]},
-        "pruned": {"error": pruned["test_error"], "architecture": pruned["architecture"], "flops": flops_p,
-                   "params": params_p, "bytes": params_p * BYTES_PER_PARAM, "scales_left": pruned["scales_left"]},
-        "prune": {k: pruned.get(k) for k in ("max_abs_diff", "max_abs_diff_float64", "argmax_agreement", "reduced_max_abs_diff",
-                                             "reduced_max_abs_diff_float64", "tolerance", "logit_scale", "vib_fp32_rounding")},
+        "pruned": {"error": pruned.test_error, "architecture": pruned.architecture, "flops": flops_p,
+                   "params": params_p, "bytes": params_p * BYTES_PER_PARAM, "scales_left": pruned.scales_left},
+        "prune": {k: getattr(pruned.exact, k, None) for k in ("max_abs_diff", "max_abs_diff_float64", "argmax_agreement", "reduced_max_abs_diff",
+                                                             "reduced_max_abs_diff_float64", "tolerance", "logit_scale", "vib_fp32_rounding")},
         "export": {"max_abs_diff": max(v["max_abs_diff"] for v in export.values()),
                    "argmax_agreement": min(v["argmax_agreement"] for v in export.values()),
                    "opset": min(v["opset"] for v in export.values()), "variants": export},
-        "bench": bench["records"],
-        "speedup": bench["speedup"],
+        "bench": [r.to_json() for r in bench.records],
+        "speedup": bench.speedup,
         "ideal_speedup": flops_d / flops_p,
-        "machine": bench["machine"],
+        "machine": bench.machine,
         "history": {"dense": dense["history"], "vib": vib["history"]},
     }
 

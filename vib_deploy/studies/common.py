@@ -14,6 +14,7 @@ from typing import Any, Callable, Sequence
 from vib_deploy.config import PipelineConfig, load_config
 from vib_deploy.errors import UserError
 from vib_deploy.pipeline import read_run_config, run_pipeline
+from vib_deploy.records import BenchFile, PruneRecord
 from vib_deploy.runs import RunDir, atomic_write_bytes
 
 Echo = Callable[[str], None]
@@ -99,16 +100,14 @@ def run_point(config: PipelineConfig, runs: Path = RUNS, progress: Any = None, e
 def run_record(run: RunDir, method: str) -> dict[str, Any]:
     """model, method, seed, error, flops, params, bytes, architecture and ORT/torch p50s of a finished run."""
     config = read_run_config(run.path)
-    prune = run.read_json("prune.json")
-    bench = run.read_json("bench.json")
-    p50 = {f"{r['backend']}/b{r['batch']}/{r['variant']}": r["p50_ms"] for r in bench["records"]}
+    prune = PruneRecord.read(run)
     return {
         "model": config.model.name, "pipeline": config.name, "method": method, "seed": config.train.seed,
         "kl_factor": config.train.vib.kl_factor if method == "vib" else None,
-        "run_dir": str(run.path), "error": prune["test_error"], "test_samples": prune["samples"],
-        "architecture": prune["architecture"], "dense_architecture": prune["dense_architecture"],
-        "flops": prune["pruned"]["flops"], "params": prune["pruned"]["params"], "bytes": prune["pruned"]["params"] * 4,
-        "dense_flops": prune["dense"]["flops"], "dense_params": prune["dense"]["params"], "p50_ms": p50,
+        "run_dir": str(run.path), "error": prune.test_error, "test_samples": prune.samples,
+        "architecture": prune.architecture, "dense_architecture": prune.dense_architecture,
+        "flops": prune.pruned.flops, "params": prune.pruned.params, "bytes": prune.pruned.params * 4,
+        "dense_flops": prune.dense.flops, "dense_params": prune.dense.params, "p50_ms": BenchFile.read(run).p50_by_key(),
     }
 
 

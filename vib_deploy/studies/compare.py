@@ -16,6 +16,7 @@ from typing import Any, Sequence
 
 from vib_deploy.config import PipelineConfig
 from vib_deploy.errors import UserError
+from vib_deploy.records import PruneRecord
 from vib_deploy.runs import RunDir, atomic_write, atomic_write_json, atomic_write_text
 from vib_deploy.studies.common import RUNS, Echo, copy_stage, mean_std, override_tag, point_config, run_point, run_record
 
@@ -26,10 +27,10 @@ def run_peer(config: PipelineConfig, vib_run: RunDir, method: str, progress: Any
     from vib_deploy.pipeline import Context, Stage, _stages, run_stage, write_config
     from vib_deploy.studies.peers import PeerSpec, dense_widths, peer_prune
 
-    vib_prune = vib_run.read_json("prune.json")
+    vib_prune = PruneRecord.read(vib_run)
     hidden = len(dense_widths(load_model(vib_run.verified("dense.pt"))))
-    arch = vib_prune["dense_architecture"]
-    spec = PeerSpec(method, vib_prune["pruned"]["flops"], str(vib_run.path), arch[0] if len(arch) == hidden + 1 else None)
+    arch = vib_prune.dense_architecture
+    spec = PeerSpec(method, vib_prune.pruned.flops, str(vib_run.path), arch[0] if len(arch) == hidden + 1 else None)
     run = RunDir(Path(f"{vib_run.path}-{method}"))
     copy_stage(vib_run, run, "train-dense")
     stages = [Stage("prune", ("train-dense",), spec.section, lambda ctx: peer_prune(ctx, spec), uses_data=True)]

@@ -38,7 +38,7 @@ from vib_deploy.layers import PixelSelect, build, count_flops, count_params, des
 from vib_deploy.modelfile import load_model, save_model
 from vib_deploy.pipeline import keyed_section
 from vib_deploy.prune.sequential import prune_sequential
-from vib_deploy.runs import atomic_write_json
+from vib_deploy.records import Cost, PeerInfo, PruneRecord
 from vib_deploy.train import accuracy
 from vib_deploy.vib import VIBGate, gates
 
@@ -336,15 +336,14 @@ def peer_prune(ctx: Any, spec: PeerSpec) -> list[str]:
     inputs = [pixels] if pixels is not None else [spec.input_units] if spec.input_units else []
     arch = inputs + widths
     full = dense_widths(dense)
-    atomic_write_json(ctx.run.file("prune.json"), {
-        **extra, "method": spec.method, "vib_run": spec.vib_run, "target_flops": spec.target_flops,
-        "flops_mismatch": flops / spec.target_flops - 1, "architecture": arch,
-        "dense_architecture": ([spec.input_units or math.prod(shape)] if inputs else []) + full,
-        "kept_pixels": kept_pixels,
-        "test_error": 1 - accuracy(pruned, data.x_test, data.y_test), "test_error_before_finetune": error_before,
-        "samples": len(data.y_test), "input_shape": list(shape), "sparsity_epochs": len(sparsity), "finetune_epochs": len(history),
-        "history": {"sparsity": sparsity, "finetune": history}, "seconds": time.time() - t0,
-        "dense": {"flops": count_flops(dense, shape), "params": count_params(dense)},
-        "pruned": {"flops": flops, "params": count_params(pruned)},
-    })
+    peer = PeerInfo(method=spec.method, vib_run=spec.vib_run, target_flops=spec.target_flops,
+                    flops_mismatch=flops / spec.target_flops - 1, test_error_before_finetune=error_before,
+                    sparsity_epochs=len(sparsity), finetune_epochs=len(history),
+                    history={"sparsity": sparsity, "finetune": history}, seconds=time.time() - t0)
+    PruneRecord(
+        architecture=arch, dense_architecture=([spec.input_units or math.prod(shape)] if inputs else []) + full,
+        kept_pixels=kept_pixels, test_error=1 - accuracy(pruned, data.x_test, data.y_test), samples=len(data.y_test),
+        dense=Cost(count_flops(dense, shape), count_params(dense)), pruned=Cost(flops, count_params(pruned)),
+        input_shape=shape, scales_left=extra.get("scales_left"), peer=peer,
+    ).write(ctx.run.file("prune.json"))
     return outputs + ["prune.json"]
