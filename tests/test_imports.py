@@ -82,3 +82,8 @@ def test_no_import_cycle():
 def test_layers_is_a_leaf():
     assert import_graph()["vib_deploy.layers"] <= {"vib_deploy.errors", "vib_deploy.vib"}
 
+
+
+def test_no_module_over_400_lines():
+    long = {name: n for name, path in _modules().items() if (n := len(path.read_text().splitlines())) > MAX_LINES}
+    assert not long, f"modules over {MAX_LINES} lines: {long}"

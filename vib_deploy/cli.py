@@ -220,31 +220,9 @@ def serve(
     grpc_port: int = typer.Option(8001, "--grpc-port", help="gRPC port (0: a free one)."),
 ) -> None:
     """Serve a model repository with a local Triton (nvidia-pytriton's tritonserver) until Ctrl-C or SIGTERM."""
-    import signal
-    import time
+    from vib_deploy.triton.server import serve_repository
 
-    from vib_deploy.triton.repository import is_model_repository
-    from vib_deploy.triton.server import TritonServer
-
-    if not is_model_repository(repo):
-        raise UserError(f"{repo} is not a Triton model repository (no <model>/config.pbtxt); make one with `vib-deploy package`")
-    _echo("note: this tritonserver has no onnxruntime backend; each model runs the same model.onnx through a generated "
-          "Python-backend model.py (onnxruntime) in a temporary serving copy; the repository is unchanged")
-
-    def interrupt(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt  # SIGTERM stops the server like Ctrl-C does
-
-    signal.signal(signal.SIGTERM, interrupt)
-    with TritonServer(repo, http_port, grpc_port) as server:
-        skipped = sorted(p.name for p in repo.iterdir() if (p / "config.pbtxt").is_file() and p.name not in server.models)
-        if skipped:
-            _echo(f"not served here (only onnxruntime_onnx models have a stand-in): {', '.join(skipped)}")
-        typer.echo(f"ready in {server.start_seconds:.1f} s: {', '.join(server.models)}; HTTP {server.http_url}, "
-                   f"gRPC {server.grpc_url} (pid {server.process.pid}); Ctrl-C stops it")
-        sys.stdout.flush()
-        while server.process.poll() is None:
-            time.sleep(0.5)
-        raise UserError(f"tritonserver exited with code {server.process.returncode}: {server.log_tail()}")
+    serve_repository(repo, http_port, grpc_port, _echo)
 
 
 @app.command()
@@ -255,29 +233,9 @@ def profile(
     threads: int = typer.Option(1, "--threads", help="ONNX Runtime intra-op threads."),
 ) -> None:
     """Where the latency goes: ONNX Runtime's per-node profile of the dense and pruned ONNX models."""
-    from rich.console import Console
-    from rich.table import Table
+    from vib_deploy.profile import print_profile, profile_run
 
-    from vib_deploy.bench import Variant, make_input, profile_onnx
-    from vib_deploy.data import splits_of
-    from vib_deploy.pipeline import read_run_config
-    from vib_deploy.records import PruneRecord
-    from vib_deploy.runs import RunDir
-
-    config = read_run_config(run_dir)
-    run = RunDir(run_dir)
-    images = splits_of(config.data).x_test[:512]
-    kept = PruneRecord.read(run).kept_pixels
-    names = ["dense", "pruned"] + (["pruned_reduced"] if kept is not None else [])
-    for name in names:
-        variant = Variant(name, {}, kept if name == "pruned_reduced" else None)
-        records = profile_onnx(run.verified(f"{name}.onnx"), make_input(variant, images, batch), runs, threads)
-        table = Table(title=f"{name}.onnx, batch {batch}: {sum(r['mean_us'] for r in records):.1f} µs of kernel time per run")
-        for col in ("node", "op", "µs/run", "share"):
-            table.add_column(col)
-        for r in records:
-            table.add_row(r["node"], r["op"], f"{r['mean_us']:.2f}", f"{r['share']:.1%}")
-        Console().print(table)
+    print_profile(profile_run(run_dir, batch, runs, threads), batch)
 
 
 @app.command("build-engine")
@@ -290,23 +248,9 @@ def build_engine(
     workspace_mb: int = typer.Option(1024, "--workspace-mb", help="Builder workspace limit (MiB)."),
 ) -> None:
     """Build TensorRT engines (dense.plan, pruned.plan) from the run's ONNX files; needs a GPU and TensorRT."""
-    from vib_deploy.engine import build_engine as build, unavailable
-    from vib_deploy.runs import RunDir
+    from vib_deploy.engine import build_run_engines
 
-    problem = unavailable()
-    if problem:
-        raise UserError(f"TensorRT engines cannot be built here: {problem}")
-    run = RunDir(run_dir)
-    with run.locked():
-        names = []
-        for variant in ("dense", "pruned"):
-            plan = run.file(f"{variant}.plan")
-            sidecar = build(run.verified(f"{variant}.onnx"), plan, precision, min_batch, opt_batch, max_batch,
-                            workspace_mb << 20, run.file("timing.cache"))
-            names += [plan.name, plan.name + ".json"]
-            typer.echo(f"{plan}: {sidecar.precision}, built in {sidecar.build_seconds:.1f} s, "
-                       f"device memory {sidecar.device_memory_bytes:,} bytes")
-        run.add_artifacts("build-engine", names)
+    build_run_engines(run_dir, precision, min_batch, opt_batch, max_batch, workspace_mb, typer.echo)
 
 
 @data_app.command("fetch")
@@ -337,7 +281,7 @@ def env() -> None:
         typer.echo(f"onnxruntime {onnxruntime.__version__}: {', '.join(onnxruntime.get_available_providers())}")
     else:
         typer.echo("onnxruntime: not installed")
-    from vib_deploy.engine import tensorrt_version, unavailable
+    from vib_deploy.backends.tensorrt import tensorrt_version, unavailable
 
     problem = unavailable()
     typer.echo(f"tensorrt: {tensorrt_version() or 'not installed'}; engines {'can be built' if not problem else 'not available: ' + problem}")
