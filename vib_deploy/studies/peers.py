@@ -39,7 +39,7 @@ from vib_deploy.modelfile import load_model, save_model
 from vib_deploy.pipeline import keyed_section
 from vib_deploy.prune.sequential import prune_sequential
 from vib_deploy.records import Cost, PeerInfo, PruneRecord
-from vib_deploy.train import accuracy
+from vib_deploy.train import TrainSpec, accuracy, train
 from vib_deploy.vib import VIBGate, gates
 
 FLOPS_TOLERANCE = 0.02  # |peer FLOPs / VIB FLOPs - 1|
@@ -245,39 +245,16 @@ def prune_by_scale(gated: nn.Sequential, widths: list[int], input_shape: tuple[i
 # -- training ------------------------------------------------------------------------------------
 def fit(model: nn.Sequential, data: Any, epochs: int, lr: float, batch_size: int, seed: int,
         gate_lr: float | None = None, l1: float = 0.0, progress: Any = None, label: str = "fine-tune") -> list[dict[str, Any]]:
-    """Adam + cosine schedule for `epochs`, CE (+ l1 * sum |mu| of the gates); the last epoch is kept."""
+    """`train.train` without checkpoints: Adam + cosine for `epochs`, CE (+ l1 * sum |mu| of the gates), last epoch kept.
+
+    Returns the history as peers' prune.json has always recorded it: epoch, mean loss, validation accuracy.
+    """
     if epochs == 0:
         return []
-    mus = [g.mu for g in gates(model)]
-    ids = {id(p) for p in mus}
-    groups: list[dict[str, Any]] = [{"params": [p for p in model.parameters() if id(p) not in ids and p.requires_grad], "lr": lr}]
-    if mus:
-        groups.append({"params": mus, "lr": gate_lr or lr})
-    opt = torch.optim.Adam(groups)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
-    gen = torch.Generator().manual_seed(seed)
-    x, y = torch.as_tensor(data.x_train), torch.as_tensor(data.y_train)
-    steps = math.ceil(len(x) / batch_size)
-    task = progress.add_task(label, total=epochs * steps) if progress is not None else None
-    history = []
-    for epoch in range(epochs):
-        model.train()
-        perm = torch.randperm(len(x), generator=gen)
-        total = 0.0
-        for i in range(steps):
-            idx = perm[i * batch_size:(i + 1) * batch_size]
-            loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
-            if l1:
-                loss = loss + l1 * torch.stack([m.abs().sum() for m in mus]).sum()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total += float(loss.detach())
-            if progress is not None:
-                progress.advance(task)
-        sched.step()
-        history.append({"epoch": epoch + 1, "loss": total / steps, "val_acc": accuracy(model, data.x_val, data.y_val)})
-    return history
+    spec = TrainSpec(stage=label, key="", epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
+                     device=torch.device("cpu"), gate_lr=gate_lr, l1=l1)
+    history = train(model, spec, data, None, progress).history
+    return [{"epoch": r["epoch"], "loss": r["loss"], "val_acc": r["val_acc"]} for r in history]
 
 
 # -- the peer's "prune" stage ----------------------------------------------------------------------
