@@ -15,6 +15,7 @@ from typing import Any, Iterator, List, Optional
 import typer
 
 from vib_deploy.errors import UserError
+from vib_deploy.options import floats as _floats, int_list as _int_list, seeds as _seeds
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="VIB training → structural pruning → ONNX → measured speedup.")
@@ -179,16 +180,6 @@ def verify(run_dir: Path = typer.Argument(..., help="A run directory (runs/mnist
     typer.echo(f"ok: {len(names)} artifacts in {run_dir} match manifest.json")
 
 
-def _int_list(text: str, option: str) -> tuple[int, ...]:
-    try:
-        values = tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise UserError(f"{option} takes comma-separated integers, e.g. 16,64; got {text!r}") from None
-    if not values:
-        raise UserError(f"{option} needs at least one value")
-    return values
-
-
 @app.command()
 def package(
     run_dir: Path = RUN_DIR,
@@ -300,10 +291,9 @@ def sweep(
     out: Optional[Path] = typer.Option(None, "--out", help="Folder for sweep.json, frontier.png and frontier.md (default runs/<name>-sweep)."),
 ) -> None:
     """One pipeline over several kl_factor values (dense stage reused): runs/<name>-kl<K>-s<seed>/ and the frontier plot."""
-    from vib_deploy.studies.common import parse_floats, parse_seeds
     from vib_deploy.studies.sweep import frontier_rows, sweep as run_sweep
 
-    kls, seed_list = parse_floats(kl_factor, "--kl-factor"), parse_seeds(seeds)
+    kls, seed_list = _floats(kl_factor, "--kl-factor"), _seeds(seeds)
     with _progress() as progress:
         records = run_sweep(pipeline, kls, seed_list, set_ or [], out, progress=progress, echo=_echo)
     for row in frontier_rows(records):
@@ -323,13 +313,12 @@ def compare(
 ) -> None:
     """VIB vs peer pruning methods at matched FLOPs, each exported and benchmarked alike: docs/comparison.{md,json}."""
     from vib_deploy.studies.compare import compare as run_compare
-    from vib_deploy.studies.common import parse_seeds
 
     if not match_flops:
         raise UserError("only --match-flops comparisons are implemented: peers are pruned to the VIB model's FLOPs")
     names = [m.strip() for m in methods.split(",") if m.strip()]
     with _progress() as progress:
-        records = run_compare(pipeline, names, parse_seeds(seeds), set_ or [], docs, progress=progress, echo=_echo)
+        records = run_compare(pipeline, names, _seeds(seeds), set_ or [], docs, progress=progress, echo=_echo)
     for r in records:
         typer.echo(f"{r['method']:>9} seed {r['seed']}: error {100 * r['error']:.2f} %, {r['flops'] / 1e3:.1f} KFLOPs, "
                    f"{'-'.join(map(str, r['architecture']))}  ({r['run_dir']})")
@@ -346,13 +335,12 @@ def paper(
 ) -> None:
     """The paper's LeNet-300-100 / LeNet-5 figures beside ours (runs reused where current): docs/paper-reproduction.md."""
     from vib_deploy.studies.paper import paper as run_paper
-    from vib_deploy.studies.common import parse_seeds
 
     files = [Path(p.strip()) for p in pipelines.split(",") if p.strip()]
     if not files:
         raise UserError("--pipelines needs at least one pipeline file")
     with _progress() as progress:
-        records = run_paper(files, parse_seeds(seeds), set_ or [], out, progress=progress, echo=_echo)
+        records = run_paper(files, _seeds(seeds), set_ or [], out, progress=progress, echo=_echo)
     for r in records:
         typer.echo(f"{r['pipeline']} seed {r['seed']}: {'-'.join(map(str, r['architecture']))}, error {100 * r['error']:.2f} %, "
                    f"{r['flops'] / 1e3:.1f} KFLOPs, {r['bytes']:,} bytes")

@@ -9,7 +9,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from vib_deploy.errors import UserError
+from vib_deploy.errors import UserError, first_line
 
 
 class _Strict(BaseModel):
@@ -171,7 +171,7 @@ def load_config(path: Path, overrides: list[str] | None = None) -> PipelineConfi
     try:
         tree = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
-        raise UserError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from e
+        raise UserError(f"{path}: not valid YAML ({first_line(e)})") from e
     except UnicodeDecodeError as e:
         raise UserError(f"{path}: not a text file ({e})") from e
     if tree is None:

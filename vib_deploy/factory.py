@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 from torch import nn
 
-from vib_deploy.errors import UserError
+from vib_deploy.errors import UserError, first_line
 
 
 def is_file_ref(module_part: str) -> bool:
@@ -44,7 +44,7 @@ def resolve_factory(ref: str) -> Callable[..., Any]:
         raise
     except Exception as e:  # the user's file: SyntaxError, ImportError, anything at import time
         raise UserError(f"model.factory {ref!r}: importing {module_part} failed: {type(e).__name__}: "
-                        f"{str(e).splitlines()[0][:200] if str(e) else ''}") from e
+                        f"{first_line(e)}") from e
     func = getattr(module, func_name, None)
     if not callable(func):
         raise UserError(f"model.factory {ref!r}: {module_part} has no function {func_name!r}")
@@ -57,7 +57,7 @@ def build_net(ref: str, kwargs: dict[str, Any]) -> nn.Module:
     try:
         net = func(**kwargs)
     except Exception as e:
-        raise UserError(f"model.factory {ref!r} raised {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}") from e
+        raise UserError(f"model.factory {ref!r} raised {type(e).__name__}: {first_line(e)}") from e
     if not isinstance(net, nn.Module):
         raise UserError(f"model.factory {ref!r} returned {type(net).__name__}, not a torch.nn.Module")
     return net

@@ -32,7 +32,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from vib_deploy.errors import UserError
+from vib_deploy.errors import UserError, first_line
 from vib_deploy.layers import count_flops
 from vib_deploy.vib import VIBGate
 
@@ -113,7 +113,7 @@ def dependency_graph(net: nn.Module, input_shape: Sequence[int], dtype: torch.dt
             return tp.DependencyGraph().build_dependency(net.eval(), example_inputs=x)
     except Exception as e:
         raise UserError(f"the model could not be traced on an input of shape {tuple(x.shape)} "
-                        f"({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})") from e
+                        f"({type(e).__name__}: {first_line(e)})") from e
     finally:
         net.train(was_training)
 
@@ -129,7 +129,7 @@ def _output_sizes(net: nn.Module, input_shape: Sequence[int]) -> tuple[dict[str,
             out = net.eval()(torch.zeros((1,) + tuple(input_shape)))
     except Exception as e:
         raise UserError(f"the model fails on an input of shape (1, {', '.join(map(str, input_shape))}): "
-                        f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}") from e
+                        f"{type(e).__name__}: {first_line(e)}") from e
     finally:
         net.train(was_training)
         for h in handles:

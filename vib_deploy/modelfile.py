@@ -18,7 +18,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from vib_deploy.errors import UserError
+from vib_deploy.errors import UserError, first_line
 from vib_deploy.factory import build_net, is_file_ref
 from vib_deploy.layers import build, describe
 from vib_deploy.runs import atomic_write_bytes
@@ -43,7 +43,7 @@ def load_payload(path: Path) -> dict[str, Any]:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for truncated/garbage files
-        raise UserError(f"{path}: not a loadable vib-deploy model ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from e
+        raise UserError(f"{path}: not a loadable vib-deploy model ({type(e).__name__}: {first_line(e)})") from e
     if not isinstance(payload, dict) or not ("layers" in payload or "module" in payload) or "state_dict" not in payload:
         raise UserError(f"{path}: not a vib-deploy model file (no layers/state_dict)")
     return payload
@@ -66,7 +66,7 @@ def load_model(path: str | Path) -> nn.Module:
     try:
         model.load_state_dict(payload["state_dict"])
     except RuntimeError as e:
-        raise UserError(f"{path}: weights do not match its architecture ({str(e).splitlines()[0]})") from e
+        raise UserError(f"{path}: weights do not match its architecture ({first_line(e)})") from e
     return model.eval()
 
 
@@ -108,5 +108,5 @@ def load_module_model(spec: dict[str, Any], state_dict: dict[str, torch.Tensor],
         model.load_state_dict(state_dict)
     except RuntimeError as e:
         raise UserError(f"{path}: weights do not match the model its factory {factory!r} builds "
-                        f"({str(e).splitlines()[0][:200]}); was the model file changed?") from e
+                        f"({first_line(e)}); was the model file changed?") from e
     return model.eval()

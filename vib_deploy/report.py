@@ -6,8 +6,9 @@ from pathlib import Path
 from typing import Any
 
 from vib_deploy import __version__
+from vib_deploy.plots import pyplot, save_png
 from vib_deploy.records import BenchFile, PruneRecord
-from vib_deploy.runs import RunDir, atomic_write, atomic_write_json, atomic_write_text
+from vib_deploy.runs import RunDir, atomic_write_json, atomic_write_text
 
 BYTES_PER_PARAM = 4  # fp32
 
@@ -85,16 +86,11 @@ def print_summary(metrics: dict[str, Any]) -> None:
 
 
 def _plots(run: RunDir, metrics: dict[str, Any]) -> list[str]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     written = []
 
     def save(fig: Any, name: str) -> None:
-        atomic_write(run.file(name), lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
-        plt.close(fig)
+        save_png(fig, run.file(name))
         written.append(name)
 
     dense_arch, kept = metrics["dense"]["architecture"], metrics["pruned"]["architecture"]

@@ -60,7 +60,7 @@ def atomic_write(path: Path, write: Callable[[Path], None], size: int | None = N
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
     except OSError as e:
         written = tmp.stat().st_size if tmp.exists() else 0
         tmp.unlink(missing_ok=True)
@@ -72,13 +72,22 @@ def atomic_write(path: Path, write: Callable[[Path], None], size: int | None = N
         raise
 
 
-def _fsync_dir(directory: Path) -> None:
-    with contextlib.suppress(OSError):
+# A directory that cannot be opened or fsynced here (Windows, some network and FUSE file systems): the rename is
+# still atomic, only its durability across a power cut is not promised. Any other error (EIO...) is raised.
+_FSYNC_DIR_UNSUPPORTED = {errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EBADF, errno.EACCES, errno.EISDIR, errno.EPERM}
+
+
+def fsync_dir(directory: Path) -> None:
+    """fsync a directory after a rename into it, so the new entry survives a power cut where the OS allows it."""
+    try:
         fd = os.open(directory, os.O_RDONLY)
         try:
             os.fsync(fd)
         finally:
             os.close(fd)
+    except OSError as e:
+        if e.errno not in _FSYNC_DIR_UNSUPPORTED:
+            raise
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

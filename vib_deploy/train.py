@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from vib_deploy import distributed
-from vib_deploy.errors import UserError
+from vib_deploy.errors import UserError, first_line
 from vib_deploy.modelfile import to_bytes
 from vib_deploy.runs import RunDir
 from vib_deploy.vib import VIBGate, gates, total_kl, vib_loss
@@ -176,7 +176,7 @@ def _load_checkpoint(run: RunDir, name: str) -> dict[str, Any] | None:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for garbage files
-        raise UserError(f"{path}: not a loadable checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from e
+        raise UserError(f"{path}: not a loadable checkpoint ({type(e).__name__}: {first_line(e)})") from e
     if not isinstance(ckpt, dict) or "key" not in ckpt or "epoch" not in ckpt:
         raise UserError(f"{path}: not a vib-deploy training checkpoint")
     return ckpt

@@ -1,4 +1,4 @@
-"""What the study commands (sweep, compare, paper) share: option parsing, one run per point, its record.
+"""What the study commands (sweep, compare, paper) share: one run per point, its record, mean ± std.
 
 A point is a normal run directory made by `run_pipeline`; the dense stage is trained once per seed in
 `runs/<name>[-<tag>]-dense-s<seed>/` and copied into each point with its manifest entry (`copy_stage`).
@@ -19,27 +19,6 @@ from vib_deploy.runs import RunDir, atomic_write_bytes
 
 Echo = Callable[[str], None]
 RUNS = Path("runs")
-
-
-def parse_floats(text: str, option: str) -> list[float]:
-    """'1e-6,3e-6' -> [1e-06, 3e-06]; bad input is one UserError naming the option."""
-    try:
-        values = [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise UserError(f"{option} takes comma-separated numbers, e.g. 1e-5,3e-5; got {text!r}") from None
-    if not values or any(v < 0 for v in values):
-        raise UserError(f"{option} needs at least one number >= 0; got {text!r}")
-    return values
-
-
-def parse_seeds(text: str) -> list[int]:
-    try:
-        seeds = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise UserError(f"--seeds takes comma-separated integers, e.g. 0,1,2; got {text!r}") from None
-    if not seeds or len(set(seeds)) != len(seeds):
-        raise UserError(f"--seeds needs distinct integers; got {text!r}")
-    return seeds
 
 
 def point_config(pipeline: Path, overrides: Sequence[str], seed: int, kl_factor: float | None = None) -> PipelineConfig:

@@ -16,8 +16,9 @@ from typing import Any, Sequence
 
 from vib_deploy.config import PipelineConfig
 from vib_deploy.errors import UserError
+from vib_deploy.plots import pyplot, save_png
 from vib_deploy.records import PruneRecord
-from vib_deploy.runs import RunDir, atomic_write, atomic_write_json, atomic_write_text
+from vib_deploy.runs import RunDir, atomic_write_json, atomic_write_text
 from vib_deploy.studies.common import RUNS, Echo, copy_stage, mean_std, override_tag, point_config, run_point, run_record
 
 
@@ -227,11 +228,7 @@ def _fmt(v: float | None) -> str:
 
 def plot_comparison(records: list[dict[str, Any]], path: Path) -> Path:
     """Left: error vs KFLOPs per method (every seed); right: ORT p50 per method at batch 1 and 64."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     methods = sorted({r["method"] for r in records}, key=_method_order)
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 4))
     for i, m in enumerate(methods):  # FLOPs are matched, so the x axis is the method: mean bar, a dot per seed
@@ -256,6 +253,5 @@ def plot_comparison(records: list[dict[str, Any]], path: Path) -> Path:
     bx.set_ylabel("ORT CPU p50 (ms)")
     bx.set_title("measured latency (pruned; dense marked)", fontsize=9)
     bx.legend(fontsize=7)
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
-    plt.close(fig)
+    save_png(fig, path)
     return path

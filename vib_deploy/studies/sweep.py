@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from vib_deploy.config import load_config
-from vib_deploy.runs import atomic_write, atomic_write_json, atomic_write_text
+from vib_deploy.plots import pyplot, save_png
+from vib_deploy.runs import atomic_write_json, atomic_write_text
 from vib_deploy.studies.common import RUNS, Echo, mean_std, override_tag, point_config, run_point, run_record
 
 def sweep(pipeline: Path, kl_factors: Sequence[float], seeds: Sequence[int], overrides: Sequence[str] = (),
@@ -69,12 +70,7 @@ def frontier_rows(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def plot_frontier(records: Sequence[dict[str, Any]], path: Path, title: str) -> None:
     """Error vs KFLOPs, one point per run (mean ± std per kl_factor), labelled with its ORT b64 p50."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = pyplot().subplots(figsize=(7, 4.5))
     ax.scatter([r["flops"] / 1e3 for r in records], [100 * r["error"] for r in records], s=12, color="#999999",
                label="one seed")
     for row in frontier_rows(records):
@@ -88,5 +84,4 @@ def plot_frontier(records: Sequence[dict[str, Any]], path: Path, title: str) -> 
     ax.set_ylabel("test error (%)")
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7)
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
-    plt.close(fig)
+    save_png(fig, path)
