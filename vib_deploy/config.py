@@ -12,6 +12,9 @@ from pydantic_core import PydanticCustomError
 from vib_deploy.errors import UserError, first_line
 
 
+# pyright: reportCallIssue=false
+# (pyright does not read a positional default in pydantic's Field(10, ge=1), so a section built with its defaults,
+# e.g. `dense: DenseTrainConfig = DenseTrainConfig()`, looks like a call missing its arguments)
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)  # .inf/.nan: never a usable setting
 

@@ -26,7 +26,7 @@ import math
 import warnings
 from dataclasses import asdict, dataclass
 from functools import partial
-from typing import Any, Sequence
+from typing import Any, Sequence, cast
 
 import torch
 import torch_pruning as tp
@@ -145,7 +145,7 @@ def _record_shape(module: nn.Module, inputs: Any, output: Any, shapes: dict[str,
         shapes[name] = tuple(output.shape[1:])
 
 
-def _flops_per_channel(module: nn.Module, is_out: bool, out_shape: tuple[int, ...]) -> int:
+def _flops_per_channel(module: object, is_out: bool, out_shape: tuple[int, ...]) -> int:
     """MACs x 2 that one of this module's output (is_out) or input channels costs."""
     spatial = math.prod(out_shape[1:]) if len(out_shape) > 1 else 1
     if isinstance(module, nn.Linear):
@@ -255,7 +255,7 @@ def _tie_grouped_convs(net: nn.Module, candidates: list[dict[str, Any]]) -> None
     while changed:  # fixing a group can freeze another conv side it touches
         changed = False
         for (conv, side), deps in sides.items():
-            module = net.get_submodule(conv)
+            module = _conv(net, conv)
             size = module.in_channels if side == "in" else module.out_channels
             covered = sorted(p for _, pos in deps for p in pos.values())
             frozen = covered != list(range(size)) or any(candidates[gi]["reason"] for gi, _ in deps)
@@ -272,7 +272,7 @@ def _tie_grouped_convs(net: nn.Module, candidates: list[dict[str, Any]]) -> None
         return node
 
     for (conv, side), deps in sides.items():
-        module = net.get_submodule(conv)
+        module = _conv(net, conv)
         period = (module.in_channels if side == "in" else module.out_channels) // module.groups
         first_of_class: dict[int, tuple[int, int]] = {}
         for gi, pos in deps:
@@ -303,6 +303,13 @@ def _tie_grouped_convs(net: nn.Module, candidates: list[dict[str, Any]]) -> None
                 units_per_gate[gate] += 1
             units.append(unit_of_root[r])
         c["gate"], c["unit_of_channel"] = gate, units
+
+
+def _conv(net: nn.Module, name: str) -> nn.Conv1d | nn.Conv2d:
+    """A grouped conv of `net` by name (only convs are ever recorded as grouped)."""
+    module = net.get_submodule(name)
+    assert isinstance(module, (nn.Conv1d, nn.Conv2d))
+    return module
 
 
 def _out_channels(module: nn.Module) -> int:
@@ -353,7 +360,7 @@ class GatedNet(nn.Module):
 
     def channel_scales(self, like: torch.Tensor) -> list[torch.Tensor]:
         """Per group, z over its channels: (B|1, channels), drawn once per gate."""
-        z = [gate.sample(like) for gate in self.gates]
+        z = [cast(VIBGate, gate).sample(like) for gate in self.gates]
         return [z[g.gate][:, list(g.unit_of_channel)] for g in self.groups]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -367,7 +374,7 @@ class GatedNet(nn.Module):
 
     def unit_masks(self) -> list[torch.Tensor]:
         """Per gate, the units kept at inference."""
-        return [gate.keep_mask() for gate in self.gates]
+        return [cast(VIBGate, gate).keep_mask() for gate in self.gates]
 
     def keep_masks(self, unit_masks: Sequence[torch.Tensor] | None = None) -> list[torch.Tensor]:
         """Per group, the kept channels (bool over `channels`)."""

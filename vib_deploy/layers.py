@@ -19,6 +19,8 @@ from vib_deploy.vib import VIBGate
 class ChannelScale(nn.Module):
     """Multiply dim 1 by fixed per-channel values (a folded gate whose sign forbids folding further)."""
 
+    values: torch.Tensor  # a buffer (C,)
+
     def __init__(self, values: torch.Tensor):
         super().__init__()
         self.register_buffer("values", values.detach().clone())
@@ -29,6 +31,8 @@ class ChannelScale(nn.Module):
 
 class PixelSelect(nn.Module):
     """Keep the listed features of a (B, F) input: a Gather of the kept input pixels."""
+
+    indices: torch.Tensor  # a buffer (kept,), int64
 
     def __init__(self, indices: torch.Tensor):
         super().__init__()
@@ -90,7 +94,7 @@ def build(spec: list[dict[str, Any]]) -> nn.Sequential:
 
 def prunable_layers(model: nn.Sequential) -> list[tuple[int, nn.Module]]:
     """(index, layer) of the Conv2d/Linear layers whose outputs are gated (all but the last)."""
-    weighted = [(i, m) for i, m in enumerate(model) if isinstance(m, (nn.Conv2d, nn.Linear))]
+    weighted: list[tuple[int, nn.Module]] = [(i, m) for i, m in enumerate(model) if isinstance(m, (nn.Conv2d, nn.Linear))]
     return weighted[:-1]
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Sequence, cast
 
 import torch
 from torch import nn
@@ -22,6 +22,7 @@ from vib_deploy.errors import UserError, first_line
 from vib_deploy.factory import build_net, is_file_ref
 from vib_deploy.layers import build, describe
 from vib_deploy.runs import atomic_write_bytes
+from vib_deploy.vib import VIBGate
 
 
 def save_model(model: nn.Sequential, path: Path, extra: dict[str, Any] | None = None) -> None:
@@ -83,7 +84,7 @@ def save_module_model(model: nn.Module, path: Path, factory: str, kwargs: dict[s
         "factory_path": str(Path(module_part).resolve()) if is_file_ref(module_part) else None,
         "kwargs": kwargs, "input_shape": list(input_shape), "pruning": pruning or [],
         "gates": [g.to_json() for g in gated.groups] if gated else None,
-        "threshold": float(gated.gates[0].threshold) if gated and len(gated.gates) else 0.0,
+        "threshold": float(cast(VIBGate, gated.gates[0]).threshold) if gated and len(gated.gates) else 0.0,
     }
     payload = {"module": spec, "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
                "extra": extra or {}}

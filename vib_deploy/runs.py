@@ -42,7 +42,7 @@ def _disk_full_message(path: Path, size: int | None, written: int) -> str:
     return f"disk full while writing {path}: {need}, {free:,} bytes free on {path.parent}"
 
 
-def atomic_write(path: Path, write: Callable[[Path], None], size: int | None = None) -> None:
+def atomic_write(path: Path, write: Callable[[Path], object], size: int | None = None) -> None:
     """Call `write(tmp_path)`, fsync the result and rename it onto `path`.
 
     The temp file lives in the same directory so the rename is atomic on POSIX file systems.
@@ -152,7 +152,7 @@ class RunDir:
             manifest["artifacts"][name] = {"sha256": sha256_file(p), "stage": stage, "bytes": p.stat().st_size}
         atomic_write_json(self.file(MANIFEST), manifest)
 
-    def write_artifact(self, stage: str, name: str, write: Callable[[Path], None], size: int | None = None) -> None:
+    def write_artifact(self, stage: str, name: str, write: Callable[[Path], object], size: int | None = None) -> None:
         """`atomic_write` artifact `name` and list it, so that a kill at any moment leaves a file that verifies.
 
         The new file's sha256 is listed as `pending` before the rename and becomes `sha256` after it:

@@ -34,7 +34,7 @@ class OnnxRuntimeRunner(Runner):
         self.input_name = self.session.get_inputs()[0].name
 
     def infer_impl(self, x: np.ndarray) -> np.ndarray:
-        return self.session.run(None, {self.input_name: x})[0]
+        return np.asarray(self.session.run(None, {self.input_name: x})[0])
 
     def deactivate_impl(self) -> None:
         del self.session

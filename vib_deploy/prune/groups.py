@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import replace
-from typing import Any, Sequence
+from typing import Any, Sequence, cast
 
 import torch
 from torch import nn
@@ -18,6 +18,7 @@ from torch import nn
 from vib_deploy.errors import UserError
 from vib_deploy.graph import BATCHNORMS, WEIGHTED, GatedNet, GateGroup, GroupPlan, dependency_graph, is_grouped_conv
 from vib_deploy.prune.result import PruneResult
+from vib_deploy.vib import VIBGate
 
 
 def _scale_outputs(module: nn.Module, z: torch.Tensor) -> None:
@@ -48,7 +49,9 @@ def apply_pruning(net: nn.Module, record: Sequence[dict[str, Any]], input_shape:
             _prune_grouped_inputs(net.get_submodule(step["grouped_conv"]), step["dead_inputs"])
             continue
         root = net.get_submodule(step["root"])
-        group = graph.get_pruning_group(root, graph.get_pruner_of_module(root).prune_out_channels, idxs=list(step["dead"]))
+        pruner = graph.get_pruner_of_module(root)
+        assert pruner is not None, f"{step['root']} has no Torch-Pruning pruner"  # plan_groups only roots prunable types
+        group = graph.get_pruning_group(root, pruner.prune_out_channels, idxs=list(step["dead"]))
         # a grouped conv's inputs are cut after all groups (an interim state with unequal conv groups has no
         # valid weight); Torch-Pruning's Group has no public way to drop one dependency
         group._group = [item for item in group._group
@@ -107,7 +110,7 @@ SELF_CHECK_TOLERANCE = 1e-9  # float64, relative to the logit scale: pruning is 
 def _random_gates(gated: GatedNet, generator: torch.Generator) -> None:
     """Gate values of both signs, about half the units of every gate off (at least one kept)."""
     with torch.no_grad():
-        for gate in gated.gates:
+        for gate in (cast(VIBGate, g) for g in gated.gates):
             gate.mu.copy_(torch.rand(gate.units, generator=generator) * 3 - 1.5)
             off = torch.rand(gate.units, generator=generator) < 0.5
             off[int(torch.randint(gate.units, (1,), generator=generator))] = False

@@ -34,7 +34,8 @@ MATH_TOLERANCE = 1e-9  # float64 pruned vs float64 VIB model, relative to the lo
 @torch.no_grad()
 def max_abs_diff(a: nn.Module, b: nn.Module, x: torch.Tensor, x_b: torch.Tensor | None = None, batch: int = 2000) -> float:
     """max |a(x) - b(x_b or x)| over all of x, in eval mode."""
-    a.eval(), b.eval()
+    a.eval()
+    b.eval()
     x_b = x if x_b is None else x_b
     worst = 0.0
     for i in range(0, len(x), batch):
@@ -50,7 +51,7 @@ def check_exact(result: PruneResult, vib_model: nn.Module, x: torch.Tensor, tole
     x32, x64 = x.float(), x.double()
     logits = torch.cat([vib32(x32[i : i + 2000]) for i in range(0, len(x32), 2000)])
     scale = max(1.0, float(logits.abs().max()))
-    pairs = [("", result.model, None)]
+    pairs: list[tuple[str, nn.Module, torch.Tensor | None]] = [("", result.model, None)]
     if result.reduced_model is not None:
         pairs.append(("reduced_", result.reduced_model, x.flatten(1)[:, result.kept_pixels]))
     out: dict[str, Any] = {"tolerance": tolerance, "logit_scale": scale, "samples": len(x),

@@ -16,7 +16,7 @@
 from __future__ import annotations
 
 import copy
-from typing import Sequence
+from typing import Sequence, TypeGuard, cast
 
 import torch
 import torch_pruning as tp
@@ -34,6 +34,7 @@ class _ScalePruner(tp.pruner.BasePruningFunc):
     TARGET_MODULES = ChannelScale
 
     def prune_out_channels(self, layer: nn.Module, idxs: Sequence[int]) -> nn.Module:
+        assert isinstance(layer, ChannelScale)
         keep = [i for i in range(layer.values.numel()) if i not in set(idxs)]
         layer.values = layer.values[keep].clone()
         return layer
@@ -41,12 +42,13 @@ class _ScalePruner(tp.pruner.BasePruningFunc):
     prune_in_channels = prune_out_channels
 
     def get_out_channels(self, layer: nn.Module) -> int:
+        assert isinstance(layer, ChannelScale)
         return layer.values.numel()
 
     get_in_channels = get_out_channels
 
 
-def _weighted(layer: nn.Module) -> bool:
+def _weighted(layer: nn.Module) -> TypeGuard[nn.Linear | nn.Conv2d]:
     return isinstance(layer, (nn.Linear, nn.Conv2d))
 
 
@@ -85,12 +87,13 @@ def _fold_forward(model: nn.Sequential, consumer: int, values: torch.Tensor) -> 
         per_channel = layer.in_features // values.numel()
         layer.weight.data *= values.repeat_interleave(per_channel).unsqueeze(0)
     else:
+        assert isinstance(layer, nn.Conv2d)
         layer.weight.data *= values.reshape(1, -1, 1, 1)
 
 
 def prune_sequential(vib_model: nn.Sequential, input_shape: tuple[int, ...]) -> PruneResult:
     """Remove every gated-off unit of `vib_model` and fold the gates; see the module docstring."""
-    model = copy.deepcopy(vib_model).cpu().double().eval()  # float64: folding adds no rounding of its own
+    model = cast(nn.Sequential, copy.deepcopy(vib_model).cpu().double().eval())  # float64: folding adds no rounding of its own
     masks: list[torch.Tensor] = []
     for i, layer in enumerate(model):
         if isinstance(layer, VIBGate):
@@ -106,7 +109,7 @@ def prune_sequential(vib_model: nn.Sequential, input_shape: tuple[int, ...]) -> 
     # columns are removed; the kept pixels become a Gather. It has no producer for the graph to follow.
     kept_pixels = None
     for i, layer in enumerate(model):
-        if isinstance(layer, ChannelScale) and not any(_weighted(m) for m in model[:i]):
+        if isinstance(layer, ChannelScale) and not any(_weighted(m) for m in list(model)[:i]):
             consumer = _consumer_if_linear_path(model, i)
             if consumer is None or not isinstance(model[consumer], nn.Linear):
                 raise UserError(f"input gate at layer {i} must feed a Linear layer through flatten only")
@@ -132,7 +135,9 @@ def prune_sequential(vib_model: nn.Sequential, input_shape: tuple[int, ...]) -> 
     scales_left = 0
     for pos in scale_positions:
         seq = nn.Sequential(*layers)
-        values = layers[pos].values
+        scale = layers[pos]
+        assert isinstance(scale, ChannelScale)
+        values = scale.values
         positive = values > 0
         _fold_backward(seq, pos, torch.where(positive, values, torch.ones_like(values)))
         rest = torch.where(positive, torch.ones_like(values), values)

@@ -28,7 +28,7 @@ import copy
 import math
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 import torch
 from torch import nn
@@ -49,13 +49,13 @@ SLIMMING_L1 = 1e-4  # Liu et al.'s sparsity weight (their 1e-4 default)
 def _l1() -> Any:
     import torch_pruning as tp
 
-    return tp.importance.MagnitudeImportance(p=1, normalizer=None, group_reduction="first")
+    return tp.importance.MagnitudeImportance(p=1, normalizer=None, group_reduction="first")  # pyright: ignore[reportArgumentType]  (None: no normalizing, as Torch-Pruning documents; its hint says str)
 
 
 def _l2() -> Any:
     import torch_pruning as tp
 
-    return tp.importance.MagnitudeImportance(p=2, normalizer=None, group_reduction="first")
+    return tp.importance.MagnitudeImportance(p=2, normalizer=None, group_reduction="first")  # pyright: ignore[reportArgumentType]  (as above)
 
 
 def _random() -> Any:
@@ -97,7 +97,10 @@ def dense_widths(dense: nn.Module) -> list[int]:
 
 
 def _out(layer: nn.Module) -> int:
-    return layer.out_channels if isinstance(layer, nn.Conv2d) else layer.out_features
+    if isinstance(layer, nn.Conv2d):
+        return layer.out_channels
+    assert isinstance(layer, nn.Linear)
+    return layer.out_features
 
 
 def with_widths(dense: nn.Sequential, widths: list[int], pixels: int | None = None) -> nn.Sequential:
@@ -239,7 +242,7 @@ def prune_by_scale(gated: nn.Sequential, widths: list[int], input_shape: tuple[i
     got = [len(k) for k in result.kept_per_gate]
     if got != list(widths):
         raise UserError(f"slimming kept {got}, not the planned {widths}")
-    return result.model.float().eval(), {"scales_left": result.scales_left}
+    return cast(nn.Sequential, result.model.float().eval()), {"scales_left": result.scales_left}
 
 
 # -- training ------------------------------------------------------------------------------------
@@ -282,6 +285,7 @@ def peer_prune(ctx: Any, spec: PeerSpec) -> list[str]:
     shape = tuple(data.x_test.shape[1:])
     torch.manual_seed(t.seed)
     dense = load_model(ctx.run.verified("dense.pt"))
+    assert isinstance(dense, nn.Sequential)  # compare refuses other nets first (dense_widths)
     method = METHODS[spec.method]
     widths = match_widths(dense, spec.target_flops, shape, pixels=method.pixels)
     pixels = widths.pop(0) if method.pixels else None
