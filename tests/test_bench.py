@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from vib_deploy.bench import Variant, make_input, percentiles, run_bench, speedups, time_alternating
-from vib_deploy.nets import save_model
+from vib_deploy.modelfile import save_model
 from vib_deploy.zoo import gated_model, strip_gates
 
 

@@ -7,7 +7,7 @@ import pytest
 
 from conftest import run_cli
 from test_sweep import PIPELINE, TINY
-from vib_deploy.sweep import override_tag
+from vib_deploy.studies.common import override_tag
 
 TAG = override_tag([*TINY[1::2], "train.vib.kl_factor=1e-3"])
 
@@ -85,7 +85,7 @@ def test_unknown_method_and_no_match_flops_are_exit_2(tmp_path):
 
 
 def test_records_of_other_overrides_are_kept_beside_each_other(tmp_path):
-    from vib_deploy.compare import write_comparison
+    from vib_deploy.studies.compare import write_comparison
 
     def record(method, seed, overrides, error):
         return {"model": "lenet300", "pipeline": "mnist-lenet300", "method": method, "seed": seed, "overrides": overrides,

@@ -6,7 +6,7 @@ import torch
 
 from vib_deploy.errors import UserError
 from vib_deploy.export import export_onnx, onnx_summary, parity
-from vib_deploy.prune import prune_gated
+from vib_deploy.prune.sequential import prune_sequential
 from vib_deploy.vib import gates
 from vib_deploy.zoo import gated_model, strip_gates
 
@@ -19,7 +19,7 @@ def pruned_lenet5():
         for g in gates(model):
             g.mu.copy_(torch.randn(g.units))
             g.logD.copy_(torch.where(torch.rand(g.units) < 0.5, 4.0, -9.0))
-    return prune_gated(model, (1, 28, 28)).model.float()
+    return prune_sequential(model, (1, 28, 28)).model.float()
 
 
 def test_export_dynamic_batch_and_parity(tmp_path, pruned_lenet5):

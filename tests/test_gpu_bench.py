@@ -132,7 +132,7 @@ def tiny_run(tmp_path, mnist_root):
     from torch import nn
 
     from vib_deploy.config import parse_config
-    from vib_deploy.nets import save_model
+    from vib_deploy.modelfile import save_model
     from vib_deploy.pipeline import write_config
     from vib_deploy.runs import RunDir, atomic_write_json
 

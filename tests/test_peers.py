@@ -6,8 +6,8 @@ import torch
 from torch import nn
 
 from vib_deploy.errors import UserError
-from vib_deploy.nets import count_flops
-from vib_deploy.peers import (FLOPS_TOLERANCE, METHODS, dense_widths, fit, gated_for_slimming, match_widths,
+from vib_deploy.layers import count_flops
+from vib_deploy.studies.peers import (FLOPS_TOLERANCE, METHODS, dense_widths, fit, gated_for_slimming, match_widths,
                               prune_by_scale, prune_to_widths, with_widths)
 from vib_deploy.vib import gates
 
@@ -99,7 +99,7 @@ def test_slimming_sparsity_training_shrinks_scales(mnist_root):
 
 @pytest.mark.parametrize("target", [22_336, 15_000])
 def test_pixel_peers_search_pixels_too_and_gather_them_in_the_graph(target):
-    from vib_deploy.peers import prune_pixels
+    from vib_deploy.studies.peers import prune_pixels
 
     torch.manual_seed(0)
     dense = lenet300()

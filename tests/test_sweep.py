@@ -7,7 +7,7 @@ import json
 import pytest
 
 from conftest import ROOT, run_cli
-from vib_deploy.sweep import override_tag
+from vib_deploy.studies.common import override_tag
 
 TINY = ["--set", "data.train_limit=700", "--set", "data.val_size=200", "--set", "data.test_limit=300",
         "--set", "train.dense.epochs=1", "--set", "train.vib.epochs=3", "--set", "train.batch_size=50",

@@ -16,6 +16,7 @@ from typing import Any, Iterator, List, Optional
 import typer
 
 from vib_deploy.errors import UserError
+from vib_deploy.options import floats as _floats, int_list as _int_list, seeds as _seeds
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="VIB training → structural pruning → ONNX → measured speedup.")
@@ -141,7 +142,7 @@ def bench(
         raise UserError(f"--protocol must be grpc or http, got {protocol!r}")
     if requests < 1:
         raise UserError(f"--requests must be at least 1, got {requests}")
-    from vib_deploy.bench_triton import bench_triton, print_table
+    from vib_deploy.triton.bench import bench_triton, print_table
 
     records = bench_triton(run_dir, _int_list(concurrency, "--concurrency"), _int_list(batch_sizes, "--batch-sizes"),
                            requests, protocol, _echo)
@@ -157,7 +158,7 @@ def inspect(
     kwarg: Optional[List[str]] = typer.Option(None, "--kwarg", help="A factory argument, key=value (repeatable)."),
 ) -> None:
     """Show the prunable channel groups of a model, where their gates go, FLOPs per group, and what stays fixed."""
-    from vib_deploy.models import inspect_model, print_inspection
+    from vib_deploy.sources import inspect_model, print_inspection
 
     print_inspection(inspect_model(model, _int_list(input_shape, "--input-shape"), ignore or [], kwarg or []))
 
@@ -166,7 +167,7 @@ def inspect(
 def verify(run_dir: Path = typer.Argument(..., help="A run directory (runs/mnist-lenet300) or a Triton model repository (models/).")) -> None:
     """Check a run directory's artifacts, or a model repository's versions, against their sha256 manifests."""
     from vib_deploy.pipeline import verify_run
-    from vib_deploy.ship import is_model_repository, verify_repository
+    from vib_deploy.triton.repository import is_model_repository, verify_repository
 
     if not run_dir.is_dir():
         raise UserError(f"run directory {run_dir} not found")
@@ -178,16 +179,6 @@ def verify(run_dir: Path = typer.Argument(..., help="A run directory (runs/mnist
     if not names:
         raise UserError(f"{run_dir} has no manifest entries: nothing to verify")
     typer.echo(f"ok: {len(names)} artifacts in {run_dir} match manifest.json; every stage record is current")
-
-
-def _int_list(text: str, option: str) -> tuple[int, ...]:
-    try:
-        values = tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise UserError(f"{option} takes comma-separated integers, e.g. 16,64; got {text!r}") from None
-    if not values:
-        raise UserError(f"{option} needs at least one value")
-    return values
 
 
 @app.command()
@@ -203,7 +194,7 @@ def package(
     kind: str = typer.Option("KIND_CPU", "--kind", help="instance_group kind: KIND_CPU or KIND_GPU."),
 ) -> None:
     """Add the run's dense and pruned ONNX models to a Triton model repository (config validated, versioned, manifest)."""
-    from vib_deploy.ship import ShipOptions, package as ship
+    from vib_deploy.triton.repository import ShipOptions, package as ship
 
     options = ShipOptions(max_batch_size, _int_list(preferred_batch_sizes, "--preferred-batch-sizes"), max_queue_delay_us,
                           instances, kind)
@@ -221,31 +212,9 @@ def serve(
     grpc_port: int = typer.Option(8001, "--grpc-port", help="gRPC port (0: a free one)."),
 ) -> None:
     """Serve a model repository with a local Triton (nvidia-pytriton's tritonserver) until Ctrl-C or SIGTERM."""
-    import signal
-    import time
+    from vib_deploy.triton.server import serve_repository
 
-    from vib_deploy.serve import TritonServer
-    from vib_deploy.ship import is_model_repository
-
-    if not is_model_repository(repo):
-        raise UserError(f"{repo} is not a Triton model repository (no <model>/config.pbtxt); make one with `vib-deploy package`")
-    _echo("note: this tritonserver has no onnxruntime backend; each model runs the same model.onnx through a generated "
-          "Python-backend model.py (onnxruntime) in a temporary serving copy; the repository is unchanged")
-
-    def interrupt(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt  # SIGTERM stops the server like Ctrl-C does
-
-    signal.signal(signal.SIGTERM, interrupt)
-    with TritonServer(repo, http_port, grpc_port) as server:
-        skipped = sorted(p.name for p in repo.iterdir() if (p / "config.pbtxt").is_file() and p.name not in server.models)
-        if skipped:
-            _echo(f"not served here (only onnxruntime_onnx models have a stand-in): {', '.join(skipped)}")
-        typer.echo(f"ready in {server.start_seconds:.1f} s: {', '.join(server.models)}; HTTP {server.http_url}, "
-                   f"gRPC {server.grpc_url} (pid {server.process.pid}); Ctrl-C stops it")
-        sys.stdout.flush()
-        while server.process.poll() is None:
-            time.sleep(0.5)
-        raise UserError(f"tritonserver exited with code {server.process.returncode}: {server.log_tail()}")
+    serve_repository(repo, http_port, grpc_port, _echo)
 
 
 @app.command()
@@ -256,28 +225,9 @@ def profile(
     threads: int = typer.Option(1, "--threads", help="ONNX Runtime intra-op threads."),
 ) -> None:
     """Where the latency goes: ONNX Runtime's per-node profile of the dense and pruned ONNX models."""
-    from rich.console import Console
-    from rich.table import Table
+    from vib_deploy.profile import print_profile, profile_run
 
-    from vib_deploy.bench import Variant, make_input, profile_onnx
-    from vib_deploy.data import splits_of
-    from vib_deploy.pipeline import read_run_config
-    from vib_deploy.runs import RunDir
-
-    config = read_run_config(run_dir)
-    run = RunDir(run_dir)
-    images = splits_of(config.data).x_test[:512]
-    kept = run.read_json("prune.json")["kept_pixels"]
-    names = ["dense", "pruned"] + (["pruned_reduced"] if kept is not None else [])
-    for name in names:
-        variant = Variant(name, {}, kept if name == "pruned_reduced" else None)
-        records = profile_onnx(run.verified(f"{name}.onnx"), make_input(variant, images, batch), runs, threads)
-        table = Table(title=f"{name}.onnx, batch {batch}: {sum(r['mean_us'] for r in records):.1f} µs of kernel time per run")
-        for col in ("node", "op", "µs/run", "share"):
-            table.add_column(col)
-        for r in records:
-            table.add_row(r["node"], r["op"], f"{r['mean_us']:.2f}", f"{r['share']:.1%}")
-        Console().print(table)
+    print_profile(profile_run(run_dir, batch, runs, threads), batch)
 
 
 @app.command("build-engine")
@@ -290,23 +240,9 @@ def build_engine(
     workspace_mb: int = typer.Option(1024, "--workspace-mb", help="Builder workspace limit (MiB)."),
 ) -> None:
     """Build TensorRT engines (dense.plan, pruned.plan) from the run's ONNX files; needs a GPU and TensorRT."""
-    from vib_deploy.engine import build_engine as build, unavailable
-    from vib_deploy.runs import RunDir
+    from vib_deploy.engine import build_run_engines
 
-    problem = unavailable()
-    if problem:
-        raise UserError(f"TensorRT engines cannot be built here: {problem}")
-    run = RunDir(run_dir)
-    with run.locked():
-        names = []
-        for variant in ("dense", "pruned"):
-            plan = run.file(f"{variant}.plan")
-            sidecar = build(run.verified(f"{variant}.onnx"), plan, precision, min_batch, opt_batch, max_batch,
-                            workspace_mb << 20, run.file("timing.cache"))
-            names += [plan.name, plan.name + ".json"]
-            typer.echo(f"{plan}: {sidecar.precision}, built in {sidecar.build_seconds:.1f} s, "
-                       f"device memory {sidecar.device_memory_bytes:,} bytes")
-        run.add_artifacts("build-engine", names)
+    build_run_engines(run_dir, precision, min_batch, opt_batch, max_batch, workspace_mb, typer.echo)
 
 
 @data_app.command("fetch")
@@ -337,7 +273,7 @@ def env() -> None:
         typer.echo(f"onnxruntime {onnxruntime.__version__}: {', '.join(onnxruntime.get_available_providers())}")
     else:
         typer.echo("onnxruntime: not installed")
-    from vib_deploy.engine import tensorrt_version, unavailable
+    from vib_deploy.backends.tensorrt import tensorrt_version, unavailable
 
     problem = unavailable()
     typer.echo(f"tensorrt: {tensorrt_version() or 'not installed'}; engines {'can be built' if not problem else 'not available: ' + problem}")
@@ -349,7 +285,7 @@ def env() -> None:
         typer.echo(f"{name} on cuda: {getattr(BACKENDS[name], 'unavailable_on')('cuda') or 'available'}")
 
 
-# -- sweep, compare, paper (vib_deploy/sweep.py, compare.py, paper.py) ------------------------------
+# -- sweep, compare, paper (vib_deploy/studies/) ------------------------------
 SEEDS = typer.Option("0", "--seeds", help="Seeds, comma-separated: every figure is reported per seed and as mean ± std.")
 
 
@@ -362,9 +298,9 @@ def sweep(
     out: Optional[Path] = typer.Option(None, "--out", help="Folder for sweep.json, frontier.png and frontier.md (default runs/<name>-sweep)."),
 ) -> None:
     """One pipeline over several kl_factor values (dense stage reused): runs/<name>-kl<K>-s<seed>/ and the frontier plot."""
-    from vib_deploy.sweep import frontier_rows, parse_floats, parse_seeds, sweep as run_sweep
+    from vib_deploy.studies.sweep import frontier_rows, sweep as run_sweep
 
-    kls, seed_list = parse_floats(kl_factor, "--kl-factor"), parse_seeds(seeds)
+    kls, seed_list = _floats(kl_factor, "--kl-factor"), _seeds(seeds)
     with _progress() as progress:
         records = run_sweep(pipeline, kls, seed_list, set_ or [], out, progress=progress, echo=_echo)
     for row in frontier_rows(records):
@@ -383,14 +319,13 @@ def compare(
     docs: Path = typer.Option(Path("docs"), "--docs", help="Where comparison.md, comparison.json and img/ go."),
 ) -> None:
     """VIB vs peer pruning methods at matched FLOPs, each exported and benchmarked alike: docs/comparison.{md,json}."""
-    from vib_deploy.compare import compare as run_compare
-    from vib_deploy.sweep import parse_seeds
+    from vib_deploy.studies.compare import compare as run_compare
 
     if not match_flops:
         raise UserError("only --match-flops comparisons are implemented: peers are pruned to the VIB model's FLOPs")
     names = [m.strip() for m in methods.split(",") if m.strip()]
     with _progress() as progress:
-        records = run_compare(pipeline, names, parse_seeds(seeds), set_ or [], docs, progress=progress, echo=_echo)
+        records = run_compare(pipeline, names, _seeds(seeds), set_ or [], docs, progress=progress, echo=_echo)
     for r in records:
         typer.echo(f"{r['method']:>9} seed {r['seed']}: error {100 * r['error']:.2f} %, {r['flops'] / 1e3:.1f} KFLOPs, "
                    f"{'-'.join(map(str, r['architecture']))}  ({r['run_dir']})")
@@ -406,14 +341,13 @@ def paper(
     out: Path = typer.Option(Path("docs/paper-reproduction.md"), "--out", help="The table (a .json beside it)."),
 ) -> None:
     """The paper's LeNet-300-100 / LeNet-5 figures beside ours (runs reused where current): docs/paper-reproduction.md."""
-    from vib_deploy.paper import paper as run_paper
-    from vib_deploy.sweep import parse_seeds
+    from vib_deploy.studies.paper import paper as run_paper
 
     files = [Path(p.strip()) for p in pipelines.split(",") if p.strip()]
     if not files:
         raise UserError("--pipelines needs at least one pipeline file")
     with _progress() as progress:
-        records = run_paper(files, parse_seeds(seeds), set_ or [], out, progress=progress, echo=_echo)
+        records = run_paper(files, _seeds(seeds), set_ or [], out, progress=progress, echo=_echo)
     for r in records:
         typer.echo(f"{r['pipeline']} seed {r['seed']}: {'-'.join(map(str, r['architecture']))}, error {100 * r['error']:.2f} %, "
                    f"{r['flops'] / 1e3:.1f} KFLOPs, {r['bytes']:,} bytes")

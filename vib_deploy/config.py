@@ -10,9 +10,12 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from vib_deploy.errors import UserError
+from vib_deploy.errors import UserError, first_line
 
 
+# pyright: reportCallIssue=false
+# (pyright does not read a positional default in pydantic's Field(10, ge=1), so a section built with its defaults,
+# e.g. `dense: DenseTrainConfig = DenseTrainConfig()`, looks like a call missing its arguments)
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)  # .inf/.nan: never a usable setting
 
@@ -204,7 +207,7 @@ def load_config(path: Path, overrides: list[str] | None = None) -> PipelineConfi
     try:
         tree = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
-        raise UserError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from e
+        raise UserError(f"{path}: not valid YAML ({first_line(e)})") from e
     except UnicodeDecodeError as e:
         raise UserError(f"{path}: not a text file ({e})") from e
     if tree is None:

@@ -1,4 +1,4 @@
-"""TensorRT engine building (ONNX -> plan) with a JSON sidecar; `import tensorrt` only in here.
+"""TensorRT engine building (ONNX -> plan) with a JSON sidecar; the runner that loads it is backends/tensorrt.py.
 
 Written against TensorRT 10's Python API and type-checked in CI with pyright against
 `tensorrt-stubs`. It needs a CUDA GPU and the TensorRT builder, neither of which is on the CPU
@@ -10,79 +10,16 @@ was built from and for lives beside it in `<name>.plan.json`.
 
 from __future__ import annotations
 
-import importlib.util
-import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
+from vib_deploy.backends.tensorrt import EngineSidecar, current_gpu, unavailable
 from vib_deploy.errors import UserError
-from vib_deploy.runs import atomic_write_bytes, atomic_write_json, sha256_file
+from vib_deploy.runs import RunDir, atomic_write_bytes, atomic_write_json, sha256_file
 
 PRECISIONS = ("fp32", "fp16")
-
-
-def tensorrt_version() -> str | None:
-    """The installed TensorRT's version, or None (type stubs alone do not count)."""
-    if importlib.util.find_spec("tensorrt") is None:
-        return None
-    try:
-        import tensorrt as trt
-    except ImportError:
-        return None
-    return getattr(trt, "__version__", None) if hasattr(trt, "Builder") else None
-
-
-def unavailable() -> str | None:
-    """None when an engine can be built here, else why not."""
-    if tensorrt_version() is None:
-        return "TensorRT is not installed (pip install 'vib-deploy[tensorrt]' on a machine with an NVIDIA GPU)"
-    import torch
-
-    if not torch.cuda.is_available():
-        return "no CUDA GPU is visible to torch"
-    return None
-
-
-@dataclass(frozen=True)
-class EngineSidecar:
-    """What an engine was built from and for; checked before the engine is ever deserialized."""
-
-    tensorrt_version: str
-    gpu_name: str
-    compute_capability: str
-    precision: str
-    profile: dict[str, list[list[int]]]  # input name -> [min, opt, max] shapes
-    inputs: dict[str, list[int]]
-    outputs: dict[str, list[int]]
-    onnx_sha256: str
-    build_seconds: float
-    device_memory_bytes: int
-
-
-def current_gpu() -> tuple[str, str]:
-    """(name, compute capability "major.minor") of CUDA device 0."""
-    import torch
-
-    major, minor = torch.cuda.get_device_capability(0)
-    return torch.cuda.get_device_name(0), f"{major}.{minor}"
-
-
-def check_sidecar(plan: Path) -> EngineSidecar:
-    """Read `<plan>.json` and check it matches the running GPU and TensorRT: one clear error if not."""
-    import tensorrt as trt
-
-    path = plan.with_name(plan.name + ".json")
-    if not path.exists():
-        raise UserError(f"{plan}: its sidecar {path.name} is missing; rebuild with `vib-deploy build-engine`")
-    sidecar = EngineSidecar(**json.loads(path.read_text()))
-    gpu, cc = current_gpu()
-    if sidecar.tensorrt_version != trt.__version__:
-        raise UserError(f"{plan} was built with TensorRT {sidecar.tensorrt_version}, this is {trt.__version__}; rebuild it here")
-    if sidecar.compute_capability != cc:
-        raise UserError(f"{plan} was built for {sidecar.gpu_name} (CC {sidecar.compute_capability}), this is {gpu} (CC {cc}); rebuild it here")
-    return sidecar
 
 
 def build_engine(onnx_path: Path, plan_path: Path, precision: str, min_batch: int, opt_batch: int, max_batch: int,
@@ -167,6 +104,24 @@ def _dims(dims: Any) -> list[int]:
     return [int(dims[i]) for i in range(len(dims))]
 
 
-def describe(sidecar: EngineSidecar) -> dict[str, Any]:
-    """The sidecar as a plain dict (for reports)."""
-    return asdict(sidecar)
+
+def build_run_engines(run_dir: Path, precision: str, min_batch: int, opt_batch: int, max_batch: int, workspace_mb: int,
+                      echo: Callable[[str], None] = print) -> list[EngineSidecar]:
+    """dense.plan and pruned.plan from a run's ONNX files, recorded in its manifest under `build-engine`."""
+    problem = unavailable()
+    if problem:
+        raise UserError(f"TensorRT engines cannot be built here: {problem}")
+    run = RunDir(run_dir)
+    sidecars = []
+    with run.locked():
+        names = []
+        for variant in ("dense", "pruned"):
+            plan = run.file(f"{variant}.plan")
+            sidecar = build_engine(run.verified(f"{variant}.onnx"), plan, precision, min_batch, opt_batch, max_batch,
+                                   workspace_mb << 20, run.file("timing.cache"))
+            names += [plan.name, plan.name + ".json"]
+            echo(f"{plan}: {sidecar.precision}, built in {sidecar.build_seconds:.1f} s, "
+                 f"device memory {sidecar.device_memory_bytes:,} bytes")
+            sidecars.append(sidecar)
+        run.add_artifacts("build-engine", names)
+    return sidecars

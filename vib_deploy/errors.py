@@ -5,7 +5,7 @@ class UserError(Exception):
     """A failure caused by the user's input or environment, reported as one clear line."""
 
 
-def first_line(error: BaseException, limit: int = 200) -> str:
-    """The first line of an exception's message (at most `limit` characters), for a one-line error."""
-    text = str(error)
-    return text.splitlines()[0][:limit] if text.strip() else type(error).__name__
+def first_line(e: BaseException, limit: int = 200) -> str:
+    """The first line of an exception's message, at most `limit` characters ('' for an empty message)."""
+    lines = str(e).splitlines()
+    return lines[0][:limit] if lines else ""

@@ -245,7 +245,7 @@ def _bench_gpu(run_dir: Path, cases: list[Case], device: str, batch_sizes: tuple
 
     from vib_deploy.backends import BACKENDS
     from vib_deploy.data import splits_of
-    from vib_deploy.nets import load_model
+    from vib_deploy.modelfile import load_model
     from vib_deploy.pipeline import read_run_config
     from vib_deploy.runs import RunDir
 

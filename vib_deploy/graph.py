@@ -1,4 +1,4 @@
-"""VIB gates for any nn.Module, placed on Torch-Pruning's dependency groups, and exact structural pruning.
+"""VIB gates for any nn.Module, placed on Torch-Pruning's dependency groups (`plan_groups`, `GatedNet`).
 
 A *group* is every coupled set of channels that must be removed together, as Torch-Pruning's
 DependencyGraph finds them: a residual add couples the channels of every branch into the add and of the
@@ -10,36 +10,35 @@ channels are in the group, on that module's output (a conv feeding straight into
 the BN, since BN would undo a gate before it). All points of a group share one draw of z per sample.
 Gating a layer's own output makes folding exact whatever the sign of z: z scales the layer's weights
 and bias (or BN's affine), so the gated model in eval mode is a plain net whose dead channels are
-exactly zero; pruning then removes them with the same DependencyGraph.
+exactly zero; pruning (prune/groups.py) then removes them with the same DependencyGraph.
 
 A grouped conv (1 < groups < channels) must lose the same positions in each of its conv groups, so the
 channels at input (or output) positions p and p' with p = p' mod (channels / groups) share one gate unit,
 even across groups (the two branches of a concat that feeds a grouped conv share one gate). Torch-Pruning
 prunes one group at a time, which would leave such a conv's groups unequal in between; its inputs are
-therefore cut here, in one step after the groups (`_prune_grouped_inputs`). A group is left fixed (no gate,
+therefore cut in one step after the groups (`prune.groups._prune_grouped_inputs`). A group is left fixed (no gate,
 never pruned) when it holds the output layer or a layer listed in `ignore`, or is tied to such a group.
 """
 
 from __future__ import annotations
 
-import copy
 import math
 import warnings
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from functools import partial
-from typing import Any, Sequence
+from typing import Any, Sequence, cast
 
 import torch
 import torch_pruning as tp
 from torch import nn
 
-from vib_deploy.errors import UserError
-from vib_deploy.prune import PruneResult
+from vib_deploy.errors import UserError, first_line
+from vib_deploy.layers import count_flops
 from vib_deploy.vib import VIBGate
 
 PRUNABLE_TYPES = (nn.Conv1d, nn.Conv2d, nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d)
-_WEIGHTED = (nn.Conv1d, nn.Conv2d, nn.Linear)
-_BN = (nn.BatchNorm1d, nn.BatchNorm2d)
+WEIGHTED = (nn.Conv1d, nn.Conv2d, nn.Linear)
+BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
 
 
 @dataclass(frozen=True)
@@ -114,7 +113,7 @@ def dependency_graph(net: nn.Module, input_shape: Sequence[int], dtype: torch.dt
             return tp.DependencyGraph().build_dependency(net.eval(), example_inputs=x)
     except Exception as e:
         raise UserError(f"the model could not be traced on an input of shape {tuple(x.shape)} "
-                        f"({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})") from e
+                        f"({type(e).__name__}: {first_line(e)})") from e
     finally:
         net.train(was_training)
 
@@ -130,7 +129,7 @@ def _output_sizes(net: nn.Module, input_shape: Sequence[int]) -> tuple[dict[str,
             out = net.eval()(torch.zeros((1,) + tuple(input_shape)))
     except Exception as e:
         raise UserError(f"the model fails on an input of shape (1, {', '.join(map(str, input_shape))}): "
-                        f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}") from e
+                        f"{type(e).__name__}: {first_line(e)}") from e
     finally:
         net.train(was_training)
         for h in handles:
@@ -146,7 +145,7 @@ def _record_shape(module: nn.Module, inputs: Any, output: Any, shapes: dict[str,
         shapes[name] = tuple(output.shape[1:])
 
 
-def _flops_per_channel(module: nn.Module, is_out: bool, out_shape: tuple[int, ...]) -> int:
+def _flops_per_channel(module: object, is_out: bool, out_shape: tuple[int, ...]) -> int:
     """MACs x 2 that one of this module's output (is_out) or input channels costs."""
     spatial = math.prod(out_shape[1:]) if len(out_shape) > 1 else 1
     if isinstance(module, nn.Linear):
@@ -186,10 +185,10 @@ def plan_groups(net: nn.Module, input_shape: Sequence[int], ignore: Sequence[str
     # The output layer: the last weighted module whose output has the model output's shape.
     out_layer = ""
     for name, shape in shapes.items():
-        if isinstance(net.get_submodule(name), _WEIGHTED) and shape == tuple(output.shape[1:]):
+        if isinstance(net.get_submodule(name), WEIGHTED) and shape == tuple(output.shape[1:]):
             out_layer = name
     candidates: list[dict[str, Any]] = []
-    for group in graph.get_all_groups(root_module_types=_WEIGHTED):
+    for group in graph.get_all_groups(root_module_types=WEIGHTED):
         items = [(item.dep.target.module, item.dep.handler, list(item.idxs), list(item.root_idxs or item.idxs))
                  for item in group.items]
         root = names[id(items[0][0])]
@@ -205,11 +204,11 @@ def plan_groups(net: nn.Module, input_shape: Sequence[int], ignore: Sequence[str
                 c["reason"] = "output layer"
             elif ignored(module) and (is_out or not isinstance(module, PRUNABLE_TYPES)):
                 c["reason"] = c["reason"] or f"{name} is in model.ignore"
-            if _is_grouped_conv(module):
+            if is_grouped_conv(module):
                 c["grouped"].append((name, "out" if is_out else "in", dict(zip(root_idxs, idxs))))
             c["flops"] += _flops_per_channel(module, is_out, shapes.get(name, ()))
             if is_out and isinstance(module, PRUNABLE_TYPES) and not _feeds_own_bn(graph, module, items):
-                if isinstance(module, _BN) and not module.affine:
+                if isinstance(module, BATCHNORMS) and not module.affine:
                     c["reason"] = c["reason"] or f"BatchNorm {name} has affine=False: no scale to fold a gate into"
                 elif sorted(idxs) != list(range(_out_channels(module))):
                     c["reason"] = c["reason"] or f"the outputs of {name} are split over several groups"
@@ -232,12 +231,10 @@ def plan_groups(net: nn.Module, input_shape: Sequence[int], ignore: Sequence[str
         gated.append(GateGroup(c["root"], c["channels"], c["gate"], tuple(c["unit_of_channel"]), tuple(c["points"].items()),
                                tuple(dict.fromkeys(c["members"])), math.prod(out_shape[1:]) if len(out_shape) > 1 else 1,
                                c["flops"], grouped_inputs))
-    from vib_deploy.nets import count_flops
-
     return GroupPlan(gated, fixed, count_flops(net, tuple(input_shape)), int(output.shape[1]))
 
 
-def _is_grouped_conv(module: Any) -> bool:
+def is_grouped_conv(module: Any) -> bool:
     """A conv with 1 < groups that is not depthwise (a depthwise conv's in and out channels are one group)."""
     return (isinstance(module, (nn.Conv1d, nn.Conv2d)) and module.groups > 1
             and not module.groups == module.in_channels == module.out_channels)
@@ -258,7 +255,7 @@ def _tie_grouped_convs(net: nn.Module, candidates: list[dict[str, Any]]) -> None
     while changed:  # fixing a group can freeze another conv side it touches
         changed = False
         for (conv, side), deps in sides.items():
-            module = net.get_submodule(conv)
+            module = _conv(net, conv)
             size = module.in_channels if side == "in" else module.out_channels
             covered = sorted(p for _, pos in deps for p in pos.values())
             frozen = covered != list(range(size)) or any(candidates[gi]["reason"] for gi, _ in deps)
@@ -275,7 +272,7 @@ def _tie_grouped_convs(net: nn.Module, candidates: list[dict[str, Any]]) -> None
         return node
 
     for (conv, side), deps in sides.items():
-        module = net.get_submodule(conv)
+        module = _conv(net, conv)
         period = (module.in_channels if side == "in" else module.out_channels) // module.groups
         first_of_class: dict[int, tuple[int, int]] = {}
         for gi, pos in deps:
@@ -308,21 +305,28 @@ def _tie_grouped_convs(net: nn.Module, candidates: list[dict[str, Any]]) -> None
         c["gate"], c["unit_of_channel"] = gate, units
 
 
+def _conv(net: nn.Module, name: str) -> nn.Conv1d | nn.Conv2d:
+    """A grouped conv of `net` by name (only convs are ever recorded as grouped)."""
+    module = net.get_submodule(name)
+    assert isinstance(module, (nn.Conv1d, nn.Conv2d))
+    return module
+
+
 def _out_channels(module: nn.Module) -> int:
     if isinstance(module, nn.Linear):
         return module.out_features
-    if isinstance(module, _BN):
+    if isinstance(module, BATCHNORMS):
         return module.num_features
     return module.out_channels  # type: ignore[return-value]
 
 
 def _feeds_own_bn(graph: tp.DependencyGraph, module: nn.Module, items: list[tuple[Any, Any, list[int], list[int]]]) -> bool:
     """A conv/linear whose only consumer is a BN of the same group: the BN's output is gated instead."""
-    if not isinstance(module, _WEIGHTED):
+    if not isinstance(module, WEIGHTED):
         return False
     outputs = graph.module2node[module].outputs
     group_modules = {id(m) for m, _, _, _ in items}
-    return len(outputs) == 1 and isinstance(outputs[0].module, _BN) and id(outputs[0].module) in group_modules
+    return len(outputs) == 1 and isinstance(outputs[0].module, BATCHNORMS) and id(outputs[0].module) in group_modules
 
 
 def _multiply_output(module: nn.Module, inputs: Any, output: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
@@ -356,7 +360,7 @@ class GatedNet(nn.Module):
 
     def channel_scales(self, like: torch.Tensor) -> list[torch.Tensor]:
         """Per group, z over its channels: (B|1, channels), drawn once per gate."""
-        z = [gate.sample(like) for gate in self.gates]
+        z = [cast(VIBGate, gate).sample(like) for gate in self.gates]
         return [z[g.gate][:, list(g.unit_of_channel)] for g in self.groups]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -370,147 +374,12 @@ class GatedNet(nn.Module):
 
     def unit_masks(self) -> list[torch.Tensor]:
         """Per gate, the units kept at inference."""
-        return [gate.keep_mask() for gate in self.gates]
+        return [cast(VIBGate, gate).keep_mask() for gate in self.gates]
 
     def keep_masks(self, unit_masks: Sequence[torch.Tensor] | None = None) -> list[torch.Tensor]:
         """Per group, the kept channels (bool over `channels`)."""
         units = self.unit_masks() if unit_masks is None else unit_masks
         return [units[g.gate][list(g.unit_of_channel)] for g in self.groups]
-
-
-def _scale_outputs(module: nn.Module, z: torch.Tensor) -> None:
-    """Fold z into `module`'s output channels: module(x) * z == module'(x)."""
-    if isinstance(module, _BN):
-        if module.weight is None or module.bias is None:
-            raise UserError(f"BatchNorm {module} has affine=False: its gate cannot be folded")
-        module.weight.data *= z
-        module.bias.data *= z
-        return
-    assert isinstance(module, _WEIGHTED)
-    module.weight.data *= z.reshape((-1,) + (1,) * (module.weight.dim() - 1))
-    if module.bias is not None:
-        module.bias.data *= z
-
-
-def apply_pruning(net: nn.Module, record: Sequence[dict[str, Any]], input_shape: Sequence[int]) -> nn.Module:
-    """Remove channels as listed in `record`, in order, with one DependencyGraph, in place.
-
-    Steps: {"root", "dead"} prunes a group through its root's output channels (grouped convs' inputs
-    excepted); {"grouped_conv", "dead_inputs"} then cuts such a conv's inputs in one step.
-    """
-    if not record:
-        return net
-    graph = dependency_graph(net, input_shape, next(net.parameters()).dtype)
-    for step in record:
-        if "grouped_conv" in step:
-            _prune_grouped_inputs(net.get_submodule(step["grouped_conv"]), step["dead_inputs"])
-            continue
-        root = net.get_submodule(step["root"])
-        group = graph.get_pruning_group(root, graph.get_pruner_of_module(root).prune_out_channels, idxs=list(step["dead"]))
-        # a grouped conv's inputs are cut after all groups (an interim state with unequal conv groups has no
-        # valid weight); Torch-Pruning's Group has no public way to drop one dependency
-        group._group = [item for item in group._group
-                        if not (_is_grouped_conv(item.dep.target.module) and not graph.is_out_channel_pruning_fn(item.dep.handler))]
-        group.prune()
-    return net
-
-
-def _prune_grouped_inputs(conv: nn.Module, dead: Sequence[int]) -> None:
-    """Remove input positions `dead` of a grouped conv: the same relative positions in every conv group."""
-    assert isinstance(conv, (nn.Conv1d, nn.Conv2d))
-    per_group = conv.in_channels // conv.groups
-    relative = sorted({p % per_group for p in dead})
-    if sorted(dead) != sorted(k * per_group + r for k in range(conv.groups) for r in relative):
-        raise AssertionError(f"dead inputs of {conv} are not the same in every conv group: {sorted(dead)}")
-    keep = [r for r in range(per_group) if r not in set(relative)]
-    conv.weight = nn.Parameter(conv.weight.data[:, keep].clone())  # (out, in / groups, k, k)
-    conv.in_channels = len(keep) * conv.groups
-
-
-def prune_gated_net(gated: GatedNet, input_shape: Sequence[int]) -> tuple[PruneResult, list[dict[str, Any]]]:
-    """Fold each group's inference z into its gate points, then remove the dead channels, in float64.
-
-    Returns the pruned plain net (float64, eval) with the kept channels per group, and the pruning record
-    that `apply_pruning` replays on a fresh net to rebuild its shapes.
-    """
-    work = copy.deepcopy(gated).cpu().double().eval()
-    net = work.net
-    unit_masks = [m.clone() for m in work.unit_masks()]
-    with torch.no_grad():
-        for g, z in zip(work.groups, work.channel_scales(torch.zeros(1, dtype=torch.float64))):
-            for point, index in g.points:
-                _scale_outputs(net.get_submodule(point), z[0, list(index)])
-    for g in work.groups:  # a layer whose channels all died keeps one, an exact zero: the net keeps its shape
-        for _, index in g.points:
-            units = [g.unit_of_channel[i] for i in index]
-            if not bool(unit_masks[g.gate][units].any()):
-                unit_masks[g.gate][units[0]] = True
-    masks = work.keep_masks(unit_masks)
-    record: list[dict[str, Any]] = [{"root": g.root, "dead": torch.nonzero(~m).flatten().tolist()}
-                                    for g, m in zip(work.groups, masks)]
-    record = [r for r in record if r["dead"]]
-    dead_inputs: dict[str, list[int]] = {}
-    for g, m in zip(work.groups, masks):
-        for conv, positions in g.grouped_inputs:
-            dead_inputs.setdefault(conv, []).extend(positions[c] for c in range(g.channels) if not m[c])
-    record += [{"grouped_conv": conv, "dead_inputs": sorted(dead)} for conv, dead in dead_inputs.items() if dead]
-    apply_pruning(net, record, input_shape)
-    kept = [torch.nonzero(m).flatten().tolist() for m in masks]
-    return PruneResult(net.eval(), None, None, kept, 0), record
-
-
-SELF_CHECK_TOLERANCE = 1e-9  # float64, relative to the logit scale: pruning is algebra, not approximation
-
-
-def _random_gates(gated: GatedNet, generator: torch.Generator) -> None:
-    """Gate values of both signs, about half the units of every gate off (at least one kept)."""
-    with torch.no_grad():
-        for gate in gated.gates:
-            gate.mu.copy_(torch.rand(gate.units, generator=generator) * 3 - 1.5)
-            off = torch.rand(gate.units, generator=generator) < 0.5
-            off[int(torch.randint(gate.units, (1,), generator=generator))] = False
-            gate.logD.copy_(torch.where(off, 20.0, -20.0))
-
-
-def check_prunable(net: nn.Module, plan: GroupPlan, input_shape: Sequence[int], seed: int = 0) -> float:
-    """Prune a copy of `net` with random gates (half the channels of every group off) and compare in float64.
-
-    Returns max |Δ| / scale. Raises UserError naming the first group that cannot be removed exactly (an op
-    between its layers that maps 0 to non-zero, such as a sigmoid, or a structure Torch-Pruning mis-prunes),
-    so such a model fails before any training.
-    """
-    with torch.random.fork_rng():  # the gates' own init must not shift the caller's random stream
-        return _check_prunable(net, plan, input_shape, seed)
-
-
-def _check_prunable(net: nn.Module, plan: GroupPlan, input_shape: Sequence[int], seed: int) -> float:
-    generator = torch.Generator().manual_seed(seed)
-    x = torch.randn((8,) + tuple(input_shape), generator=generator, dtype=torch.float64)
-
-    def error_of(groups: Sequence[GateGroup]) -> float:
-        gated = GatedNet(copy.deepcopy(net), groups).double().eval()
-        _random_gates(gated, generator)
-        try:
-            result, _ = prune_gated_net(gated, input_shape)
-            with torch.no_grad():
-                reference = gated(x)
-                return float((result.model(x) - reference).abs().max() / max(1.0, float(reference.abs().max())))
-        except UserError:
-            raise
-        except Exception:  # a group Torch-Pruning cannot cut consistently
-            return math.inf
-
-    worst = error_of(plan.gated)
-    if worst <= SELF_CHECK_TOLERANCE:
-        return worst
-    for group in plan.gated:  # name the culprit (with the groups that share its gate)
-        tied = [replace(g, gate=0) for g in plan.gated if g.gate == group.gate]
-        if not error_of(tied) <= SELF_CHECK_TOLERANCE:
-            raise UserError(f"the channel group of {group.root} ({', '.join(group.members[:6])}) cannot be pruned exactly: "
-                            "removing its channels changes the output (an operation between these layers maps 0 to "
-                            f"non-zero, e.g. a sigmoid); list {group.root} under model.ignore to leave it unpruned")
-    raise UserError(f"pruning the model's groups together changes its output (max |Δ| {worst:.3g} x scale) though each "
-                    "group alone is exact; this is a bug, please report it with your model")
 
 
 def describe_plan(plan: GroupPlan) -> list[dict[str, Any]]:

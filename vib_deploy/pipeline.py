@@ -55,8 +55,8 @@ class Stage:
     needs: tuple[str, ...]  # stages whose outputs this one reads
     section: Callable[[PipelineConfig], Any]  # the config that keys this stage
     run: Callable[[Context], list[str]]  # does the work, returns the artifact names it wrote
-    uses_data: bool = False  # the dataset's files are inputs too
-    all_ranks: bool = False  # under torchrun every rank runs it (training); else rank 0 alone
+    uses_data: bool = field(default=False, kw_only=True)  # the dataset's files are inputs too
+    all_ranks: bool = field(default=False, kw_only=True)  # under torchrun every rank runs it (training); else rank 0 alone
 
 
 # Keys added to a section after runs were made: keyed only when set, so existing runs stay cached.
@@ -72,7 +72,7 @@ def keyed_section(name: str, section: Any) -> dict[str, Any]:
 
 def _train_common(c: PipelineConfig) -> dict[str, Any]:
     t = c.train
-    from vib_deploy.models import factory_digest
+    from vib_deploy.factory import factory_digest
 
     factory = {"factory_sha256": factory_digest(c.model.factory)} if c.model.factory else {}  # a changed model file retrains
     return {"model": keyed_section("model", c.model), **factory, "data": keyed_section("data", c.data), "seed": t.seed,
@@ -83,10 +83,10 @@ def _stages() -> list[Stage]:
     from vib_deploy import stages as s
 
     return [
-        Stage("train-dense", (), lambda c: {**_train_common(c), "dense": c.train.dense.model_dump()}, s.train_dense, True, True),
-        Stage("train-vib", ("train-dense",), lambda c: {**_train_common(c), "vib": c.train.vib.model_dump()}, s.train_vib, True, True),
-        Stage("prune", ("train-vib",), lambda c: {"prune": c.prune.model_dump(), "data": keyed_section("data", c.data)}, s.prune, True),
-        Stage("export", ("train-dense", "prune"), lambda c: {"export": c.export.model_dump(), "data": keyed_section("data", c.data)}, s.export, True),
+        Stage("train-dense", (), lambda c: {**_train_common(c), "dense": c.train.dense.model_dump()}, s.train_dense, uses_data=True, all_ranks=True),
+        Stage("train-vib", ("train-dense",), lambda c: {**_train_common(c), "vib": c.train.vib.model_dump()}, s.train_vib, uses_data=True, all_ranks=True),
+        Stage("prune", ("train-vib",), lambda c: {"prune": c.prune.model_dump(), "data": keyed_section("data", c.data)}, s.prune, uses_data=True),
+        Stage("export", ("train-dense", "prune"), lambda c: {"export": c.export.model_dump(), "data": keyed_section("data", c.data)}, s.export, uses_data=True),
         Stage("bench", ("train-dense", "prune", "export"), lambda c: {"bench": c.bench.model_dump()}, s.bench),
         Stage("report", ("train-dense", "train-vib", "prune", "export", "bench"), lambda c: {}, s.report),
     ]
@@ -170,7 +170,7 @@ def _check_model(ctx: Context) -> None:
     """Build the model, check it against the data and prune a copy exactly (the self-check), before any training."""
     import torch
 
-    from vib_deploy.models import model_source
+    from vib_deploy.sources import model_source
 
     source = model_source(ctx.config)
     images = tuple(ctx.splits().x_train.shape[1:])

@@ -7,7 +7,9 @@ from typing import Any, Callable
 
 from vib_deploy import __version__
 from vib_deploy.data import CLASS_NAMES
-from vib_deploy.runs import RunDir, atomic_write, atomic_write_json, atomic_write_text
+from vib_deploy.plots import pyplot, save_png
+from vib_deploy.records import BenchFile, PruneRecord
+from vib_deploy.runs import RunDir, atomic_write_json, atomic_write_text
 
 BYTES_PER_PARAM = 4  # fp32
 
@@ -15,31 +17,31 @@ BYTES_PER_PARAM = 4  # fp32
 def build_metrics(run: RunDir, config: Any) -> dict[str, Any]:
     """Collect every stage's JSON into the metrics.json contract."""
 
-    dense, vib, pruned, export, bench = (run.read_json(n) for n in ("train-dense.json", "train-vib.json", "prune.json",
-                                                            "export.json", "bench.json"))
-    flops_d, flops_p = pruned["dense"]["flops"], pruned["pruned"]["flops"]
-    params_d, params_p = pruned["dense"]["params"], pruned["pruned"]["params"]
+    dense, vib, export = (run.read_json(n) for n in ("train-dense.json", "train-vib.json", "export.json"))
+    pruned, bench = PruneRecord.read(run), BenchFile.read(run)
+    flops_d, flops_p = pruned.dense.flops, pruned.pruned.flops
+    params_d, params_p = pruned.dense.params, pruned.pruned.params
     return {
         "model": config.model.name or config.model.factory,
         "dataset": config.data.dataset,
         "version": __version__,
         "test_samples": dense["test_samples"],
-        "dense": {"error": dense["test_error"], "val_error": dense["val_error"], "architecture": pruned["dense_architecture"],
+        "dense": {"error": dense["test_error"], "val_error": dense["val_error"], "architecture": pruned.dense_architecture,
                   "flops": flops_d, "params": params_d, "bytes": params_d * BYTES_PER_PARAM,
                   "epochs": len(dense["history"]), "best_epoch": dense["best_epoch"], "seconds": dense["seconds"]},
         "vib": {"error": vib["test_error"], "val_error": vib["val_error"], "epochs": len(vib["history"]),
                 "kl_factor": config.train.vib.kl_factor, "seconds": vib["seconds"]},
-        "pruned": {"error": pruned["test_error"], "architecture": pruned["architecture"], "flops": flops_p,
-                   "params": params_p, "bytes": params_p * BYTES_PER_PARAM, "scales_left": pruned["scales_left"]},
-        "prune": {k: pruned.get(k) for k in ("max_abs_diff", "max_abs_diff_float64", "argmax_agreement", "reduced_max_abs_diff",
-                                             "reduced_max_abs_diff_float64", "tolerance", "logit_scale", "vib_fp32_rounding")},
+        "pruned": {"error": pruned.test_error, "architecture": pruned.architecture, "flops": flops_p,
+                   "params": params_p, "bytes": params_p * BYTES_PER_PARAM, "scales_left": pruned.scales_left},
+        "prune": {k: getattr(pruned.exact, k, None) for k in ("max_abs_diff", "max_abs_diff_float64", "argmax_agreement", "reduced_max_abs_diff",
+                                                             "reduced_max_abs_diff_float64", "tolerance", "logit_scale", "vib_fp32_rounding")},
         "export": {"max_abs_diff": max(v["max_abs_diff"] for v in export.values()),
                    "argmax_agreement": min(v["argmax_agreement"] for v in export.values()),
                    "opset": min(v["opset"] for v in export.values()), "variants": export},
-        "bench": bench["records"],
-        "speedup": bench["speedup"],
+        "bench": [r.to_json() for r in bench.records],
+        "speedup": bench.speedup,
         "ideal_speedup": flops_d / flops_p,
-        "machine": bench["machine"],
+        "machine": bench.machine,
         "history": {"dense": dense["history"], "vib": vib["history"]},
         # how a client prepares an image (runs before 2026-12 lack it: the IDX datasets' plain [0, 1] scaling)
         "preprocessing": dense.get("preprocessing") or {"scale": "1/255", "pad": config.data.pad, "mean": [0.0], "std": [1.0],
@@ -88,16 +90,11 @@ def print_summary(metrics: dict[str, Any]) -> None:
 
 
 def _plots(out: Callable[[str], Path], metrics: dict[str, Any]) -> list[str]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     written = []
 
     def save(fig: Any, name: str) -> None:
-        atomic_write(out(name), lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
-        plt.close(fig)
+        save_png(fig, out(name))
         written.append(name)
 
     dense_arch, kept = metrics["dense"]["architecture"], metrics["pruned"]["architecture"]

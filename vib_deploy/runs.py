@@ -49,7 +49,7 @@ def _disk_full_message(path: Path, size: int | None, written: int) -> str:
     return f"disk full while writing {path}: {need}, {free:,} bytes free on {path.parent}"
 
 
-def atomic_write(path: Path, write: Callable[[Path], None], size: int | None = None) -> None:
+def atomic_write(path: Path, write: Callable[[Path], object], size: int | None = None) -> None:
     """Call `write(tmp_path)`, fsync the result and rename it onto `path`.
 
     The temp file lives in the same directory so the rename is atomic on POSIX file systems.
@@ -79,14 +79,22 @@ def atomic_write(path: Path, write: Callable[[Path], None], size: int | None = N
         raise
 
 
+# A directory that cannot be opened or fsynced here (Windows, some network and FUSE file systems): the rename is
+# still atomic, only its durability across a power cut is not promised. Any other error (EIO...) is raised.
+_FSYNC_DIR_UNSUPPORTED = {errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EBADF, errno.EACCES, errno.EISDIR, errno.EPERM}
+
+
 def fsync_dir(directory: Path) -> None:
-    """fsync a directory so a rename in it is durable (best effort: some file systems refuse)."""
-    with contextlib.suppress(OSError):
+    """fsync a directory after a rename into it, so the new entry survives a power cut where the OS allows it."""
+    try:
         fd = os.open(directory, os.O_RDONLY)
         try:
             os.fsync(fd)
         finally:
             os.close(fd)
+    except OSError as e:
+        if e.errno not in _FSYNC_DIR_UNSUPPORTED:
+            raise
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -151,7 +159,7 @@ class RunDir:
             manifest["artifacts"][name] = {"sha256": sha256_file(p), "stage": stage, "bytes": p.stat().st_size}
         atomic_write_json(self.file(MANIFEST), manifest)
 
-    def write_artifact(self, stage: str, name: str, write: Callable[[Path], None], size: int | None = None) -> None:
+    def write_artifact(self, stage: str, name: str, write: Callable[[Path], object], size: int | None = None) -> None:
         """`atomic_write` artifact `name` and list it, so that a kill at any moment leaves a file that verifies.
 
         The new file's sha256 is listed as `pending` before the rename and becomes `sha256` after it:

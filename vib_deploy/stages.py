@@ -18,9 +18,11 @@ from typing import Any
 import torch
 
 from vib_deploy import distributed
-from vib_deploy.models import model_source
-from vib_deploy.nets import count_flops, count_params, load_model
+from vib_deploy.layers import count_flops, count_params
+from vib_deploy.modelfile import load_model
+from vib_deploy.records import BenchFile, BenchRecord, Cost, ExactCheck, PruneRecord
 from vib_deploy.runs import atomic_write_json
+from vib_deploy.sources import model_source
 
 
 def _error(model: torch.nn.Module, x: Any, y: Any) -> float:
@@ -101,7 +103,7 @@ def train_vib(ctx: Any) -> list[str]:
 
 def prune(ctx: Any) -> list[str]:
     """Structural pruning, checked exact against the VIB model on the full test set."""
-    from vib_deploy.prune import check_exact
+    from vib_deploy.prune.result import check_exact
 
     source = model_source(ctx.config)
     shape = source.input_shape
@@ -117,15 +119,13 @@ def prune(ctx: Any) -> list[str]:
         source.save(result.reduced_model.float(), ctx.out("pruned_reduced.pt"), extra)
         outputs.append("pruned_reduced.pt")
     dense = load_model(ctx.run.verified("dense.pt"))
-    kept = [len(k) for k in result.kept_per_gate]
-    atomic_write_json(ctx.out("prune.json"), {
-        **exact, "architecture": kept, "dense_architecture": source.architecture(vib_model),
-        "kept_indices": result.kept_per_gate, "kept_pixels": result.kept_pixels, "scales_left": result.scales_left,
-        "input_shape": list(shape), "pruning": info.get("pruning"),
-        "test_error": _error(pruned, data.x_test, data.y_test),
-        "dense": {"flops": count_flops(dense, shape), "params": count_params(dense)},
-        "pruned": {"flops": count_flops(pruned, shape), "params": count_params(pruned)},
-    })
+    PruneRecord(
+        architecture=[len(k) for k in result.kept_per_gate], dense_architecture=source.architecture(vib_model),
+        kept_pixels=result.kept_pixels, test_error=_error(pruned, data.x_test, data.y_test), samples=exact.pop("samples"),
+        dense=Cost(count_flops(dense, shape), count_params(dense)), pruned=Cost(count_flops(pruned, shape), count_params(pruned)),
+        input_shape=tuple(shape), scales_left=result.scales_left, kept_indices=result.kept_per_gate,
+        pruning=info.get("pruning"), exact=ExactCheck(**exact),
+    ).write(ctx.out("prune.json"))
     return outputs + ["prune.json"]
 
 
@@ -136,21 +136,23 @@ def export(ctx: Any) -> list[str]:
     cfg = ctx.config.export
     data = ctx.splits()
     x_test = data.x_test
-    prune_info = ctx.read_json("prune.json")
+    prune_info = PruneRecord.read(ctx.run)
+    kept_pixels = prune_info.kept_pixels
     report: dict[str, Any] = {}
     outputs = []
     for variant in ("dense", "pruned", "pruned_reduced"):
-        if variant == "pruned_reduced" and prune_info["kept_pixels"] is None:
+        if variant == "pruned_reduced" and kept_pixels is None:
             continue
         model = load_model(ctx.run.verified(f"{variant}.pt"))
         x = x_test
-        shape: tuple[int, ...] = tuple(prune_info.get("input_shape", (1, 28, 28)))
+        shape: tuple[int, ...] = prune_info.input_shape
         meta = {"vib_deploy.variant": variant, "vib_deploy.run": ctx.config.name,
                 "vib_deploy.preprocessing": json.dumps(data.preprocessing(ctx.config.data.pad))}  # what a client does first
         if variant == "pruned_reduced":
-            x = x_test.reshape(len(x_test), -1)[:, prune_info["kept_pixels"]]
-            shape = (len(prune_info["kept_pixels"]),)
-            meta["vib_deploy.kept_pixels"] = ",".join(map(str, prune_info["kept_pixels"]))
+            assert kept_pixels is not None
+            x = x_test.reshape(len(x_test), -1)[:, kept_pixels]
+            shape = (len(kept_pixels),)
+            meta["vib_deploy.kept_pixels"] = ",".join(map(str, kept_pixels))
         path = ctx.out(f"{variant}.onnx")
         export_onnx(model, path, shape, cfg.opset, meta)
         report[variant] = {**parity(path, model, x, cfg.tolerance, cfg.min_argmax_agreement), **onnx_summary(path)}
@@ -165,17 +167,17 @@ def bench(ctx: Any) -> list[str]:
     from vib_deploy.bench import Variant, machine_info, run_bench, speedups
 
     cfg = ctx.config.bench
-    prune_info = ctx.read_json("prune.json")
+    kept_pixels = PruneRecord.read(ctx.run).kept_pixels
     run = ctx.run
     variants = [Variant("dense", {".onnx": run.verified("dense.onnx"), ".pt": run.verified("dense.pt")}),
                 Variant("pruned", {".onnx": run.verified("pruned.onnx"), ".pt": run.verified("pruned.pt")})]
-    if prune_info["kept_pixels"] is not None:
+    if kept_pixels is not None:
         variants.append(Variant("pruned_reduced", {".onnx": run.verified("pruned_reduced.onnx"),
-                                                   ".pt": run.verified("pruned_reduced.pt")}, prune_info["kept_pixels"]))
+                                                   ".pt": run.verified("pruned_reduced.pt")}, kept_pixels))
     images = ctx.splits().x_test[:512]
     records = run_bench(variants, images, cfg.backends, cfg.batch_sizes, cfg.threads, cfg.rounds, cfg.iters_per_round,
                         cfg.warmup, cfg.memory, ctx.progress)
-    atomic_write_json(ctx.out("bench.json"), {"records": records, "speedup": speedups(records), "machine": machine_info()})
+    BenchFile(tuple(BenchRecord.from_json(r) for r in records), speedups(records), machine_info()).write(ctx.out("bench.json"))
     return ["bench.json"]
 
 

@@ -21,6 +21,7 @@ its counts summed, so all ranks see the same accuracy; gate masks are checked eq
 from __future__ import annotations
 
 import contextlib
+import datetime
 import hashlib
 import math
 import time
@@ -33,8 +34,9 @@ import torch
 from torch import nn
 
 from vib_deploy import distributed
-from vib_deploy.errors import UserError
-from vib_deploy.nets import to_bytes
+from vib_deploy.accel import amp_context, on_device
+from vib_deploy.errors import UserError, first_line
+from vib_deploy.modelfile import to_bytes
 from vib_deploy.runs import RunDir
 from vib_deploy.vib import VIBGate, gates, total_kl, vib_loss
 
@@ -55,6 +57,7 @@ class TrainSpec:
     kl_factor: float | None = None  # VIB only
     select_best: bool = False  # keep the epoch with the best validation accuracy (dense)
     finetune_epochs: int = 0  # VIB only: last N epochs with gates frozen at their inference value z = mu * mask
+    l1: float = 0.0  # network slimming (studies/peers.py): + l1 * sum |mu| of the gates
     amp: str = "off"  # off | bf16 | fp16: autocast of forward + loss (fp16 with a GradScaler); off is the fp32 path
 
 
@@ -102,24 +105,6 @@ def accuracy(model: nn.Module, x: np.ndarray, y: np.ndarray, device: torch.devic
 def units_alive(model: nn.Module) -> list[int]:
     """Units kept per gate layer at inference."""
     return [int(g.keep_mask().sum()) for g in gates(model)]
-
-
-def _on_device(x: np.ndarray, y: np.ndarray, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """The training set as tensors; on a GPU, held in device memory when it takes under a quarter of what is free
-    (Fashion-MNIST at 32x32: 225 MB), so each step indexes device memory instead of copying a batch from the host."""
-    xt, yt = torch.as_tensor(x), torch.as_tensor(y)
-    if device.type == "cuda" and xt.nbytes + yt.nbytes < torch.cuda.mem_get_info(device)[0] // 4:
-        xt, yt = xt.to(device), yt.to(device)
-    return xt, yt
-
-
-def _amp(spec: TrainSpec, device: torch.device) -> tuple[Any, Any]:
-    """The forward pass's autocast context and the GradScaler (fp16 only); amp off: no context at all (the fp32 path)."""
-    if spec.amp == "off":
-        return contextlib.nullcontext, None
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[spec.amp]
-    scaler = torch.amp.GradScaler(device.type) if spec.amp == "fp16" else None
-    return (lambda: torch.autocast(device.type, dtype=dtype)), scaler
 
 
 def _optimizer(model: nn.Module, spec: TrainSpec) -> torch.optim.Optimizer:
@@ -203,153 +188,199 @@ def _load_checkpoint(run: RunDir, name: str) -> dict[str, Any] | None:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for garbage files
-        raise UserError(f"{path}: not a loadable checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from e
+        raise UserError(f"{path}: not a loadable checkpoint ({type(e).__name__}: {first_line(e)})") from e
     if not isinstance(ckpt, dict) or "key" not in ckpt or "epoch" not in ckpt:
         raise UserError(f"{path}: not a vib-deploy training checkpoint")
     return ckpt
 
 
-def train(model: nn.Module, spec: TrainSpec, data: Any, run: RunDir, progress: Any = None) -> TrainResult:
+@dataclass
+class _Loop:
+    """What a training run carries from one epoch to the next (and into its checkpoint)."""
+
+    opt: torch.optim.Optimizer
+    sched: Any
+    gen: torch.Generator  # the shuffling generator: the same on every rank
+    start: int = 0  # epochs done before this process started
+    best: float = -1.0
+    best_state: dict[str, torch.Tensor] | None = None
+    epoch: int = 0
+    batch_i: int = 0
+    net: nn.Module | None = None  # what the steps call: the model, or the model in DDP under torchrun
+    net_finetune: bool | None = None
+    autocast: Any = contextlib.nullcontext  # train.amp's context for forward + loss
+    scaler: Any = None  # fp16's GradScaler
+    channels_last: bool = False  # a conv net on CUDA: NHWC inputs and weights
+    epoch_started: float = 0.0
+
+
+def train(model: nn.Module, spec: TrainSpec, data: Any, run: RunDir | None, progress: Any = None) -> TrainResult:
     """Train `model` in place; resumes from `<stage>.ckpt` in `run` when its key matches.
 
     `data` has x_train/y_train/x_val/y_val numpy arrays. With `select_best`, the model ends holding
     the weights of the epoch with the best validation accuracy; otherwise those of the last epoch.
+    `run=None` trains without checkpoints (a peer method's training: its stage reruns whole).
     """
-    ckpt_name = f"{spec.stage}.ckpt"
     device = spec.device
     model.to(device)
     opt = _optimizer(model, spec)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=spec.epochs)
-    gen = torch.Generator().manual_seed(spec.seed)  # the same on every rank: one global permutation
+    loop = _Loop(opt, sched, torch.Generator().manual_seed(spec.seed))  # one global permutation on every rank
     torch.manual_seed(spec.seed + distributed.rank())  # gate noise: each rank draws its own
     world = distributed.world_size()
     result = TrainResult()
-    best, best_state, start = -1.0, None, 0
-
-    autocast, scaler = _amp(spec, device)
-    channels_last = device.type == "cuda" and any(isinstance(m, nn.Conv2d) for m in model.modules())
-    if channels_last:  # NHWC: what cuDNN's tensor-core convolutions run on without transposes
+    loop.autocast, loop.scaler = amp_context(spec.amp, device)
+    loop.channels_last = device.type == "cuda" and any(isinstance(m, nn.Conv2d) for m in model.modules())
+    if loop.channels_last:  # NHWC: what cuDNN's tensor-core convolutions run on without transposes
         model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    if run is not None:
+        _resume(model, spec, run, loop, result, progress)
 
-    ckpt = _load_checkpoint(run, ckpt_name)
-    if ckpt is not None and ckpt["key"] == spec.key and ckpt["epoch"] <= spec.epochs:
-        model.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
-        sched.load_state_dict(ckpt["scheduler"])
-        if scaler is not None and "scaler" in ckpt:
-            scaler.load_state_dict(ckpt["scaler"])
-        _restore_rng(ckpt, gen, run.file(ckpt_name), spec.epochs - ckpt["epoch"])
-        start, best, best_state = ckpt["epoch"], ckpt["best"], ckpt["best_model"]
-        result.history = list(ckpt["history"])
-        result.resumed_from = start
-
-    x_train, y_train = _on_device(data.x_train, data.y_train, device)
+    x_train, y_train = on_device(data.x_train, data.y_train, device)
     n = len(x_train)
     steps = math.ceil(n / spec.batch_size)
     smallest_batch = n - (steps - 1) * spec.batch_size
     if world > 1 and smallest_batch < world:
         raise UserError(f"{spec.stage}: a batch of {smallest_batch} image(s) cannot be split over {world} processes; "
                         "change train.batch_size or data.train_limit so every batch has an image per process")
-    task = progress.add_task(spec.stage, total=spec.epochs * steps, completed=start * steps) if progress else None
-    epoch = start
-    batch_i = 0
-    net, net_finetune = model, None  # what the steps call: `model`, or `model` in DDP under torchrun
+    task = progress.add_task(spec.stage, total=spec.epochs * steps, completed=loop.start * steps) if progress else None
+    loop.epoch, loop.net = loop.start, model
     t0 = time.perf_counter()
     try:
-        for epoch in range(start, spec.epochs):
-            model.train()
-            finetune = epoch >= spec.epochs - spec.finetune_epochs
-            for gate in gates(model):
-                # fine-tuning: the architecture is fixed, weights adapt to the deterministic gates
-                gate.train(not finetune)
-                gate.requires_grad_(not finetune)
-            if world > 1 and net_finetune != finetune:
-                net = model  # drops the old DDP and its gradient hooks first
-                net, net_finetune = _replicated(model, device), finetune  # DDP syncs what needs gradients now
-            perm = torch.randperm(n, generator=gen)
-            t_epoch = time.perf_counter()
-            sums = {"loss": 0.0, "ce": 0.0, "kl": 0.0}
-            for batch_i in range(steps):
-                idx = perm[batch_i * spec.batch_size : (batch_i + 1) * spec.batch_size]
-                ce_weight = 1.0
-                if world > 1:
-                    idx, ce_weight = _shard_of(idx)
-                if x_train.device != idx.device:
-                    idx = idx.to(x_train.device)
-                xb, yb = x_train[idx].to(device), y_train[idx].to(device)
-                if channels_last:
-                    xb = xb.contiguous(memory_format=torch.channels_last)
-                with autocast():
-                    logits = net(xb)
-                    if spec.kl_factor is not None and not finetune:
-                        loss, ce, kl = vib_loss(logits, yb, model, spec.kl_factor)
-                    else:
-                        loss = ce = nn.functional.cross_entropy(logits, yb)
-                        kl = total_kl(model).detach() if spec.kl_factor is not None else torch.zeros(())
-                if ce_weight != 1.0:
-                    loss = loss + (ce_weight - 1.0) * ce  # this rank's CE weighted as `_shard_of` says; KL once
-                values = torch.stack([loss.detach(), ce.detach() * ce_weight, kl.detach().to(loss.device)])
-                if world > 1:
-                    values = distributed.all_reduce_sum(values) / world  # the global batch's, so all ranks stop together
-                loss_v, ce_v, kl_v = values.tolist()
-                if not math.isfinite(loss_v):
-                    raise UserError(
-                        f"{spec.stage}: loss is {loss_v} at epoch {epoch + 1}, batch {batch_i + 1}; "
-                        f"stopped, the last good checkpoint ({epoch} epochs) is kept in {run.file(ckpt_name)} "
-                        "(try a lower learning rate or kl_factor)"
-                    )
-                opt.zero_grad(set_to_none=True)
-                if scaler is None:
-                    loss.backward()
-                    opt.step()
-                else:  # fp16: scaled loss, steps with inf/nan gradients skipped, scale adapted
-                    scaler.scale(loss).backward()
-                    scaler.step(opt)
-                    scaler.update()
-                sums["loss"] += loss_v
-                sums["ce"] += ce_v
-                sums["kl"] += kl_v
-                if progress is not None:
-                    progress.advance(task)
-            sched.step()
-            if world > 1:
-                val_acc = _sharded_accuracy(model, data.x_val, data.y_val, device)
-                distributed.same_on_all_ranks("gate masks", mask_digest(model))
-            else:
-                val_acc = accuracy(model, data.x_val, data.y_val, device)
-            record = {"epoch": epoch + 1, "val_acc": val_acc, **{k: v / steps for k, v in sums.items()},
-                      "units_alive": units_alive(model)}
-            result.history.append(record)
-            if spec.select_best and val_acc > best:
-                best = val_acc
-                best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-            state = _checkpoint_state(model, opt, sched, gen, epoch + 1, best, best_state, result.history, spec.key)
-            if scaler is not None:
-                state["scaler"] = scaler.state_dict()
-            distributed.on_main(lambda: _save_checkpoint(run, spec.stage, ckpt_name, state))
-            result.epoch_seconds.append(time.perf_counter() - t_epoch)
-            if progress is not None:
-                alive = "-".join(map(str, record["units_alive"]))
-                line = f"{spec.stage} epoch {epoch + 1}/{spec.epochs} val_acc {val_acc:.4f} ce {record['ce']:.4f}"
-                line += f" kl {record['kl']:.1f} alive {alive}" if alive else ""
-                line += f" ({result.epoch_seconds[-1]:.1f} s)"
-                progress.update(task, description=f"{spec.stage} ep {epoch + 1}")
-                progress.console.print(line)
+        for epoch in range(loop.start, spec.epochs):
+            loop.epoch = epoch
+            sums = _train_epoch(model, spec, loop, x_train, y_train, steps, run, progress, task)
+            _end_epoch(model, spec, loop, data, {k: v / steps for k, v in sums.items()}, result, run, progress, task)
     except KeyboardInterrupt:
-        raise UserError(
-            f"{spec.stage} interrupted at epoch {epoch + 1}, batch {batch_i + 1}; {epoch} complete epoch(s) are "
-            f"checkpointed in {run.file(ckpt_name)}; rerun the same command to resume"
-        ) from None
-    if channels_last:
+        where = f"checkpointed in {run.file(f'{spec.stage}.ckpt')}; rerun the same command to resume" if run else "not kept"
+        raise UserError(f"{spec.stage} interrupted at epoch {loop.epoch + 1}, batch {loop.batch_i + 1}; "
+                        f"{loop.epoch} complete epoch(s) are {where}") from None
+    if loop.channels_last:
         model.to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]
-    if spec.epochs > start:
-        result.images_per_second = (spec.epochs - start) * n / (time.perf_counter() - t0)
-    if spec.select_best and best_state is not None:
-        model.load_state_dict(best_state)
+    if spec.epochs > loop.start:
+        result.images_per_second = (spec.epochs - loop.start) * n / (time.perf_counter() - t0)
+    if spec.select_best and loop.best_state is not None:
+        model.load_state_dict(loop.best_state)
         result.best_epoch = max(range(len(result.history)), key=lambda i: result.history[i]["val_acc"]) + 1
     else:
         result.best_epoch = len(result.history)
     return result
+
+
+def _resume(model: nn.Module, spec: TrainSpec, run: RunDir, loop: _Loop, result: TrainResult, progress: Any) -> None:
+    """Model, optimizer, scheduler, RNGs and history from `<stage>.ckpt` when it was written under this key; says so."""
+    ckpt_name = f"{spec.stage}.ckpt"
+    ckpt = _load_checkpoint(run, ckpt_name)
+    if ckpt is not None and ckpt["key"] == spec.key and ckpt["epoch"] <= spec.epochs:
+        model.load_state_dict(ckpt["model"])
+        loop.opt.load_state_dict(ckpt["optimizer"])
+        loop.sched.load_state_dict(ckpt["scheduler"])
+        if loop.scaler is not None and "scaler" in ckpt:
+            loop.scaler.load_state_dict(ckpt["scaler"])
+        _restore_rng(ckpt, loop.gen, run.file(ckpt_name), spec.epochs - ckpt["epoch"])
+        loop.start, loop.best, loop.best_state = ckpt["epoch"], ckpt["best"], ckpt["best_model"]
+        result.history = list(ckpt["history"])
+        result.resumed_from = loop.start
+        if progress is not None and loop.start < spec.epochs:  # a resume must not look like a restart
+            saved = datetime.datetime.fromtimestamp(run.file(ckpt_name).stat().st_mtime).strftime("%H:%M:%S")
+            progress.console.print(f"{spec.stage}: resuming at epoch {loop.start + 1}/{spec.epochs} from "
+                                   f"{run.file(ckpt_name)} (saved {saved})")
+
+
+def _train_epoch(model: nn.Module, spec: TrainSpec, loop: _Loop, x_train: torch.Tensor, y_train: torch.Tensor, steps: int,
+                 run: RunDir | None, progress: Any, task: Any) -> dict[str, float]:
+    """One pass over the shuffled training set; returns the summed loss, CE and KL of its steps."""
+    world, epoch, device = distributed.world_size(), loop.epoch, spec.device
+    model.train()
+    finetune = epoch >= spec.epochs - spec.finetune_epochs
+    if spec.finetune_epochs:  # (without fine-tuning epochs the gates stay as they are: slimming freezes logD)
+        for gate in gates(model):
+            # fine-tuning: the architecture is fixed, weights adapt to the deterministic gates
+            gate.train(not finetune)
+            gate.requires_grad_(not finetune)
+    if world > 1 and loop.net_finetune != finetune:
+        loop.net = model  # drops the old DDP and its gradient hooks first
+        loop.net, loop.net_finetune = _replicated(model, device), finetune  # DDP syncs what needs gradients now
+    net = loop.net
+    assert net is not None
+    perm = torch.randperm(len(x_train), generator=loop.gen)
+    loop.epoch_started = time.perf_counter()
+    sums = {"loss": 0.0, "ce": 0.0, "kl": 0.0}
+    for batch_i in range(steps):
+        loop.batch_i = batch_i
+        idx = perm[batch_i * spec.batch_size : (batch_i + 1) * spec.batch_size]
+        ce_weight = 1.0
+        if world > 1:
+            idx, ce_weight = _shard_of(idx)
+        if x_train.device != idx.device:
+            idx = idx.to(x_train.device)
+        xb, yb = x_train[idx].to(device), y_train[idx].to(device)
+        if loop.channels_last:
+            xb = xb.contiguous(memory_format=torch.channels_last)
+        with loop.autocast():
+            logits = net(xb)
+            if spec.kl_factor is not None and not finetune:
+                loss, ce, kl = vib_loss(logits, yb, model, spec.kl_factor)
+            else:
+                loss = ce = nn.functional.cross_entropy(logits, yb)
+                kl = total_kl(model).detach() if spec.kl_factor is not None else torch.zeros(())
+        if spec.l1:  # network slimming's sparsity term on the per-unit scales
+            loss = loss + spec.l1 * torch.stack([g.mu.abs().sum() for g in gates(model)]).sum()
+        if ce_weight != 1.0:
+            loss = loss + (ce_weight - 1.0) * ce  # this rank's CE weighted as `_shard_of` says; KL once
+        values = torch.stack([loss.detach(), ce.detach() * ce_weight, kl.detach().to(loss.device)])
+        if world > 1:
+            values = distributed.all_reduce_sum(values) / world  # the global batch's, so all ranks stop together
+        loss_v, ce_v, kl_v = values.tolist()
+        if not math.isfinite(loss_v):
+            kept = f"the last good checkpoint ({epoch} epochs) is kept in {run.file(f'{spec.stage}.ckpt')}" if run else "nothing is kept"
+            raise UserError(f"{spec.stage}: loss is {loss_v} at epoch {epoch + 1}, batch {batch_i + 1}; stopped, {kept} "
+                            "(try a lower learning rate or kl_factor)")
+        loop.opt.zero_grad(set_to_none=True)
+        if loop.scaler is None:
+            loss.backward()
+            loop.opt.step()
+        else:  # fp16: scaled loss, steps with inf/nan gradients skipped, scale adapted
+            loop.scaler.scale(loss).backward()
+            loop.scaler.step(loop.opt)
+            loop.scaler.update()
+        sums["loss"] += loss_v
+        sums["ce"] += ce_v
+        sums["kl"] += kl_v
+        if progress is not None:
+            progress.advance(task)
+    loop.sched.step()
+    return sums
+
+
+def _end_epoch(model: nn.Module, spec: TrainSpec, loop: _Loop, data: Any, means: dict[str, float], result: TrainResult,
+               run: RunDir | None, progress: Any, task: Any) -> None:
+    """Validate, keep the best weights, checkpoint (rank 0 writes), and log the epoch's line."""
+    epoch = loop.epoch
+    if distributed.world_size() > 1:
+        val_acc = _sharded_accuracy(model, data.x_val, data.y_val, spec.device)
+        distributed.same_on_all_ranks("gate masks", mask_digest(model))
+    else:
+        val_acc = accuracy(model, data.x_val, data.y_val, spec.device)
+    record = {"epoch": epoch + 1, "val_acc": val_acc, **means, "units_alive": units_alive(model)}
+    result.history.append(record)
+    if spec.select_best and val_acc > loop.best:
+        loop.best = val_acc
+        loop.best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    if run is not None:
+        state = _checkpoint_state(model, loop.opt, loop.sched, loop.gen, epoch + 1, loop.best, loop.best_state,
+                                  result.history, spec.key)
+        if loop.scaler is not None:
+            state["scaler"] = loop.scaler.state_dict()
+        distributed.on_main(lambda: _save_checkpoint(run, spec.stage, f"{spec.stage}.ckpt", state))
+    result.epoch_seconds.append(time.perf_counter() - loop.epoch_started)
+    if progress is not None:
+        alive = "-".join(map(str, record["units_alive"]))
+        line = f"{spec.stage} epoch {epoch + 1}/{spec.epochs} val_acc {val_acc:.4f} ce {record['ce']:.4f}"
+        line += f" kl {record['kl']:.1f} alive {alive}" if alive else ""
+        line += f" ({result.epoch_seconds[-1]:.1f} s)"
+        progress.update(task, description=f"{spec.stage} ep {epoch + 1}")
+        progress.console.print(line)
 
 
 def mask_digest(model: nn.Module) -> str:

@@ -40,7 +40,7 @@ def compile_package(model_path: Path, package: Path, input_shape: tuple[int, ...
     """Compile the model saved at `model_path` into `package` (.pt2) for batches 1..max_batch; returns the sidecar."""
     import torch
 
-    from vib_deploy.nets import load_model
+    from vib_deploy.modelfile import load_model
     from vib_deploy.runs import atomic_write_json, sha256_file
 
     dtype = getattr(torch, DTYPES[precision])

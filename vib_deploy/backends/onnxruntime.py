@@ -7,7 +7,7 @@ import importlib.util
 import numpy as np
 
 from vib_deploy.backends.base import Runner
-from vib_deploy.errors import UserError
+from vib_deploy.errors import UserError, first_line
 
 
 class OnnxRuntimeRunner(Runner):
@@ -30,11 +30,11 @@ class OnnxRuntimeRunner(Runner):
         try:
             self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
         except Exception as e:  # onnxruntime raises its own types for garbage or unsupported models
-            raise UserError(f"{self.path}: ONNX Runtime cannot load it ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from e
+            raise UserError(f"{self.path}: ONNX Runtime cannot load it ({type(e).__name__}: {first_line(e)})") from e
         self.input_name = self.session.get_inputs()[0].name
 
     def infer_impl(self, x: np.ndarray) -> np.ndarray:
-        return self.session.run(None, {self.input_name: x})[0]
+        return np.asarray(self.session.run(None, {self.input_name: x})[0])
 
     def deactivate_impl(self) -> None:
         del self.session

@@ -1,5 +1,8 @@
 """TensorRT backend: runs a plan built by `vib_deploy.engine` with execute_async_v3 on a CUDA stream.
 
+This module owns what a plan must match to be run here (`EngineSidecar`, `check_sidecar`) and whether
+TensorRT can run at all (`unavailable`); `import tensorrt` happens inside functions only.
+
 Device buffers and the stream come from torch (no extra CUDA bindings needed). The engine's sidecar
 is checked against the running GPU and TensorRT version before deserializing, so a mismatched plan
 is one clear error, never a crash inside TensorRT.
@@ -7,9 +10,77 @@ is one clear error, never a crash inside TensorRT.
 
 from __future__ import annotations
 
+import importlib.util
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
 import numpy as np
 
 from vib_deploy.backends.base import Runner
+from vib_deploy.errors import UserError
+
+
+def tensorrt_version() -> str | None:
+    """The installed TensorRT's version, or None (type stubs alone do not count)."""
+    if importlib.util.find_spec("tensorrt") is None:
+        return None
+    try:
+        import tensorrt as trt
+    except ImportError:
+        return None
+    return getattr(trt, "__version__", None) if hasattr(trt, "Builder") else None
+
+
+def unavailable() -> str | None:
+    """None when an engine can be built here, else why not."""
+    if tensorrt_version() is None:
+        return "TensorRT is not installed (pip install 'vib-deploy[tensorrt]' on a machine with an NVIDIA GPU)"
+    import torch
+
+    if not torch.cuda.is_available():
+        return "no CUDA GPU is visible to torch"
+    return None
+
+
+@dataclass(frozen=True)
+class EngineSidecar:
+    """What an engine was built from and for; checked before the engine is ever deserialized."""
+
+    tensorrt_version: str
+    gpu_name: str
+    compute_capability: str
+    precision: str
+    profile: dict[str, list[list[int]]]  # input name -> [min, opt, max] shapes
+    inputs: dict[str, list[int]]
+    outputs: dict[str, list[int]]
+    onnx_sha256: str
+    build_seconds: float
+    device_memory_bytes: int
+
+
+def current_gpu() -> tuple[str, str]:
+    """(name, compute capability "major.minor") of CUDA device 0."""
+    import torch
+
+    major, minor = torch.cuda.get_device_capability(0)
+    return torch.cuda.get_device_name(0), f"{major}.{minor}"
+
+
+def check_sidecar(plan: Path) -> EngineSidecar:
+    """Read `<plan>.json` and check it matches the running GPU and TensorRT: one clear error if not."""
+    import tensorrt as trt
+
+    path = plan.with_name(plan.name + ".json")
+    if not path.exists():
+        raise UserError(f"{plan}: its sidecar {path.name} is missing; rebuild with `vib-deploy build-engine`")
+    sidecar = EngineSidecar(**json.loads(path.read_text()))
+    gpu, cc = current_gpu()
+    if sidecar.tensorrt_version != trt.__version__:
+        raise UserError(f"{plan} was built with TensorRT {sidecar.tensorrt_version}, this is {trt.__version__}; rebuild it here")
+    if sidecar.compute_capability != cc:
+        raise UserError(f"{plan} was built for {sidecar.gpu_name} (CC {sidecar.compute_capability}), this is {gpu} (CC {cc}); rebuild it here")
+    return sidecar
 
 
 class TensorRTRunner(Runner):
@@ -18,8 +89,6 @@ class TensorRTRunner(Runner):
 
     @classmethod
     def unavailable(cls) -> str | None:
-        from vib_deploy.engine import unavailable
-
         return unavailable()
 
     @property
@@ -29,9 +98,6 @@ class TensorRTRunner(Runner):
     def activate_impl(self) -> None:
         import tensorrt as trt
         import torch
-
-        from vib_deploy.engine import check_sidecar
-        from vib_deploy.errors import UserError
 
         check_sidecar(self.path)
         self.torch = torch

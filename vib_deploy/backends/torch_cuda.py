@@ -55,7 +55,7 @@ class TorchCudaRunner(Runner):
     def activate_impl(self) -> None:
         import torch
 
-        from vib_deploy.nets import load_model
+        from vib_deploy.modelfile import load_model
 
         self.torch = torch
         self.dtype = getattr(torch, DTYPES[self.precision])

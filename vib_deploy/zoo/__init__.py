@@ -15,7 +15,6 @@ from vib_deploy.vib import VIBGate
 from vib_deploy.zoo.lenet import lenet5, lenet300
 
 ZOO: dict[str, Callable[[], nn.Sequential]] = {"lenet300": lenet300, "lenet5": lenet5}
-INPUT_SHAPE = (1, 28, 28)
 
 
 def gated_model(name: str) -> nn.Sequential:

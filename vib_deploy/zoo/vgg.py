@@ -33,6 +33,7 @@ class VGG16(nn.Module):
             if v == "M":
                 layers.append(nn.MaxPool2d(2, 2))
             else:
+                assert isinstance(v, int)
                 out = max(1, int(round(v * width)))
                 layers += [nn.Conv2d(c, out, 3, padding=1), nn.BatchNorm2d(out), nn.ReLU()]
                 c = out

@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 from vib_deploy.runs import RunDir, atomic_write_json, atomic_write_text
-from vib_deploy.sweep import RUNS, mean_std, override_tag, point_config, run_point, run_record
-
-Echo = Callable[[str], None]
+from vib_deploy.studies.common import RUNS, Echo, mean_std, override_tag, point_config, run_point, run_record
 DEFAULT_PIPELINES = (Path("pipelines/mnist-lenet300.yaml"), Path("pipelines/mnist-lenet5.yaml"))
 
 # Dai et al., ICML 2018, LeNet-300-100 on MNIST (VIBNet row): input pixels-h1-h2 kept, error, FLOPs, fp32 bytes.

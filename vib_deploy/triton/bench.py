@@ -21,9 +21,10 @@ def bench_triton(run_dir: Path, concurrency: tuple[int, ...], batch_sizes: tuple
     from vib_deploy.bench import Variant, machine_info, make_input, time_concurrent
     from vib_deploy.data import splits_of
     from vib_deploy.pipeline import read_run_config
+    from vib_deploy.records import BenchFile
     from vib_deploy.runs import RunDir, atomic_write_json
-    from vib_deploy.serve import TritonServer
-    from vib_deploy.ship import package
+    from vib_deploy.triton.repository import package
+    from vib_deploy.triton.server import TritonServer
 
     if any(c < 1 for c in concurrency) or any(b < 1 for b in batch_sizes):
         raise UserError("--concurrency and --batch-sizes take positive integers")
@@ -34,8 +35,8 @@ def bench_triton(run_dir: Path, concurrency: tuple[int, ...], batch_sizes: tuple
     config = read_run_config(run_dir)
     run = RunDir(run_dir)
     images = splits_of(config.data).x_test[:512]
-    in_process = {(r["variant"], r["batch"]): r["p50_ms"] for r in run.read_json("bench.json")["records"]
-                  if r["backend"] == "onnxruntime"}
+    in_process = {(r.variant, r.batch): r.p50_ms for r in BenchFile.read(run).records
+                  if r.backend == "onnxruntime"}
     records = []
     with tempfile.TemporaryDirectory(prefix="vib-deploy-bench-") as tmp:
         shipped = {m.name.rsplit("-", 1)[1]: m for m in package(run_dir, Path(tmp) / "models", name="bench")}

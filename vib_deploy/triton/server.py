@@ -1,4 +1,4 @@
-"""A real local Triton Inference Server for a model repository made by `vib_deploy.ship`.
+"""A real local Triton Inference Server for a model repository made by `vib_deploy.triton.repository`.
 
 The `nvidia-pytriton` wheel bundles `tritonserver` (2.51) with its Python backend but no onnxruntime
 backend (that comes with NVIDIA's container). So the server here runs a *serving copy* of the
@@ -20,10 +20,10 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from vib_deploy.errors import UserError
-from vib_deploy.ship import CONFIG, MODEL_FILE, parse_config, versions
+from vib_deploy.triton.repository import CONFIG, MODEL_FILE, is_model_repository, parse_config, versions
 
 # The Python-backend model that stands in for the onnxruntime backend: same ONNX file, same tensors.
 MODEL_PY = '''\
@@ -253,3 +253,25 @@ class TritonServer:
 
     def __exit__(self, *exc: Any) -> None:
         self.stop()
+
+
+def serve_repository(repo: Path, http_port: int, grpc_port: int, note: Callable[[str], None] = print) -> None:
+    """Serve `repo` until Ctrl-C or SIGTERM; the ready line goes to stdout, notes to `note`."""
+    if not is_model_repository(repo):
+        raise UserError(f"{repo} is not a Triton model repository (no <model>/config.pbtxt); make one with `vib-deploy package`")
+    note("note: this tritonserver has no onnxruntime backend; each model runs the same model.onnx through a generated "
+         "Python-backend model.py (onnxruntime) in a temporary serving copy; the repository is unchanged")
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt  # SIGTERM stops the server like Ctrl-C does
+
+    signal.signal(signal.SIGTERM, interrupt)
+    with TritonServer(repo, http_port, grpc_port) as server:
+        skipped = sorted(p.name for p in repo.iterdir() if (p / "config.pbtxt").is_file() and p.name not in server.models)
+        if skipped:
+            note(f"not served here (only onnxruntime_onnx models have a stand-in): {', '.join(skipped)}")
+        print(f"ready in {server.start_seconds:.1f} s: {', '.join(server.models)}; HTTP {server.http_url}, "
+              f"gRPC {server.grpc_url} (pid {server.process.pid}); Ctrl-C stops it", flush=True)
+        while server.process.poll() is None:
+            time.sleep(0.5)
+        raise UserError(f"tritonserver exited with code {server.process.returncode}: {server.log_tail()}")

@@ -10,7 +10,7 @@ as a plain Sequential (`pruned.pt`), so the pipeline's export and bench stages r
     random     Torch-Pruning's RandomImportance (seeded), MetaPruner
     slimming   Liu et al. 2017 without BatchNorm: a per-unit scale (a VIBGate with its noise off, mu
                only) after each hidden ReLU, trained with CE + SLIMMING_L1 * sum |mu|; the smallest |mu|
-               are pruned and the scales folded into the weights (prune.prune_gated, checked exact)
+               are pruned and the scales folded into the weights (prune.sequential.prune_sequential, checked exact)
     l1-pixels  l1, then also the input pixels whose columns of the first Linear have the smallest L1
                norm (MLPs): a Gather of the kept pixels in the graph, like VIB's input gate
 
@@ -28,14 +28,19 @@ import copy
 import math
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 import torch
 from torch import nn
 
 from vib_deploy.errors import UserError
-from vib_deploy.nets import build, count_flops, count_params, describe, load_model, prunable_layers, save_model
-from vib_deploy.runs import atomic_write_json
+from vib_deploy.layers import PixelSelect, build, count_flops, count_params, describe, prunable_layers
+from vib_deploy.modelfile import load_model, save_model
+from vib_deploy.pipeline import keyed_section
+from vib_deploy.prune.sequential import prune_sequential
+from vib_deploy.records import Cost, PeerInfo, PruneRecord
+from vib_deploy.train import TrainSpec, accuracy, train
+from vib_deploy.vib import VIBGate, gates
 
 FLOPS_TOLERANCE = 0.02  # |peer FLOPs / VIB FLOPs - 1|
 SLIMMING_L1 = 1e-4  # Liu et al.'s sparsity weight (their 1e-4 default)
@@ -44,13 +49,13 @@ SLIMMING_L1 = 1e-4  # Liu et al.'s sparsity weight (their 1e-4 default)
 def _l1() -> Any:
     import torch_pruning as tp
 
-    return tp.importance.MagnitudeImportance(p=1, normalizer=None, group_reduction="first")
+    return tp.importance.MagnitudeImportance(p=1, normalizer=None, group_reduction="first")  # pyright: ignore[reportArgumentType]  (None: no normalizing, as Torch-Pruning documents; its hint says str)
 
 
 def _l2() -> Any:
     import torch_pruning as tp
 
-    return tp.importance.MagnitudeImportance(p=2, normalizer=None, group_reduction="first")
+    return tp.importance.MagnitudeImportance(p=2, normalizer=None, group_reduction="first")  # pyright: ignore[reportArgumentType]  (as above)
 
 
 def _random() -> Any:
@@ -92,7 +97,10 @@ def dense_widths(dense: nn.Module) -> list[int]:
 
 
 def _out(layer: nn.Module) -> int:
-    return layer.out_channels if isinstance(layer, nn.Conv2d) else layer.out_features
+    if isinstance(layer, nn.Conv2d):
+        return layer.out_channels
+    assert isinstance(layer, nn.Linear)
+    return layer.out_features
 
 
 def with_widths(dense: nn.Sequential, widths: list[int], pixels: int | None = None) -> nn.Sequential:
@@ -185,8 +193,6 @@ def prune_pixels(model: nn.Sequential, pixels: int) -> tuple[nn.Sequential, nn.S
     """
     import torch_pruning as tp
 
-    from vib_deploy.nets import PixelSelect
-
     model = copy.deepcopy(model)
     first = next(i for i, m in enumerate(model) if isinstance(m, nn.Linear))
     linear = model[first]
@@ -203,8 +209,6 @@ def prune_pixels(model: nn.Sequential, pixels: int) -> tuple[nn.Sequential, nn.S
 
 def gated_for_slimming(dense: nn.Sequential) -> nn.Sequential:
     """`dense` with a noise-free VIBGate (the per-unit scale mu) after the ReLU of each prunable layer."""
-    from vib_deploy.vib import VIBGate
-
     model = copy.deepcopy(dense).cpu().float()
     prunable = {id(layer): _out(layer) for _, layer in prunable_layers(model)}
     layers: list[nn.Module] = []
@@ -225,10 +229,7 @@ def gated_for_slimming(dense: nn.Sequential) -> nn.Sequential:
 
 
 def prune_by_scale(gated: nn.Sequential, widths: list[int], input_shape: tuple[int, ...]) -> tuple[nn.Sequential, dict[str, Any]]:
-    """Keep the `widths` largest |mu| per gate, fold the scales in (prune.prune_gated), check exactness."""
-    from vib_deploy.prune import prune_gated
-    from vib_deploy.vib import gates
-
+    """Keep the `widths` largest |mu| per gate, fold the scales in (prune_sequential), check exactness."""
     gated = copy.deepcopy(gated).eval()
     with torch.no_grad():
         for gate, width in zip(gates(gated), widths):
@@ -237,52 +238,26 @@ def prune_by_scale(gated: nn.Sequential, widths: list[int], input_shape: tuple[i
             gate.mu[~keep] = 0.0
             gate.logD.copy_(torch.where(keep, torch.full_like(gate.logD, -1e4), torch.zeros_like(gate.logD)))
             gate.threshold = 0.0  # log_alpha = logD - log(mu^2 + 1e-8): -1e4 - … kept, 0 + 18.4 pruned
-    result = prune_gated(gated, input_shape)
+    result = prune_sequential(gated, input_shape)
     got = [len(k) for k in result.kept_per_gate]
     if got != list(widths):
         raise UserError(f"slimming kept {got}, not the planned {widths}")
-    return result.model.float().eval(), {"scales_left": result.scales_left}
+    return cast(nn.Sequential, result.model.float().eval()), {"scales_left": result.scales_left}
 
 
 # -- training ------------------------------------------------------------------------------------
 def fit(model: nn.Sequential, data: Any, epochs: int, lr: float, batch_size: int, seed: int,
         gate_lr: float | None = None, l1: float = 0.0, progress: Any = None, label: str = "fine-tune") -> list[dict[str, Any]]:
-    """Adam + cosine schedule for `epochs`, CE (+ l1 * sum |mu| of the gates); the last epoch is kept."""
-    from vib_deploy.train import accuracy
-    from vib_deploy.vib import gates
+    """`train.train` without checkpoints: Adam + cosine for `epochs`, CE (+ l1 * sum |mu| of the gates), last epoch kept.
 
+    Returns the history as peers' prune.json has always recorded it: epoch, mean loss, validation accuracy.
+    """
     if epochs == 0:
         return []
-    mus = [g.mu for g in gates(model)]
-    ids = {id(p) for p in mus}
-    groups: list[dict[str, Any]] = [{"params": [p for p in model.parameters() if id(p) not in ids and p.requires_grad], "lr": lr}]
-    if mus:
-        groups.append({"params": mus, "lr": gate_lr or lr})
-    opt = torch.optim.Adam(groups)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
-    gen = torch.Generator().manual_seed(seed)
-    x, y = torch.as_tensor(data.x_train), torch.as_tensor(data.y_train)
-    steps = math.ceil(len(x) / batch_size)
-    task = progress.add_task(label, total=epochs * steps) if progress is not None else None
-    history = []
-    for epoch in range(epochs):
-        model.train()
-        perm = torch.randperm(len(x), generator=gen)
-        total = 0.0
-        for i in range(steps):
-            idx = perm[i * batch_size:(i + 1) * batch_size]
-            loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
-            if l1:
-                loss = loss + l1 * torch.stack([m.abs().sum() for m in mus]).sum()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total += float(loss.detach())
-            if progress is not None:
-                progress.advance(task)
-        sched.step()
-        history.append({"epoch": epoch + 1, "loss": total / steps, "val_acc": accuracy(model, data.x_val, data.y_val)})
-    return history
+    spec = TrainSpec(stage=label, key="", epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
+                     device=torch.device("cpu"), gate_lr=gate_lr, l1=l1)
+    history = train(model, spec, data, None, progress).history
+    return [{"epoch": r["epoch"], "loss": r["loss"], "val_acc": r["val_acc"]} for r in history]
 
 
 # -- the peer's "prune" stage ----------------------------------------------------------------------
@@ -296,8 +271,6 @@ class PeerSpec:
     input_units: int | None  # the VIB model's input width when it gates its input (shown as 784-…)
 
     def section(self, config: Any) -> dict[str, Any]:
-        from vib_deploy.pipeline import keyed_section
-
         t = config.train
         return {"method": self.method, "target_flops": self.target_flops, "tolerance": FLOPS_TOLERANCE,
                 "slimming_l1": SLIMMING_L1 if self.method == "slimming" else None, "epochs": t.vib.epochs,
@@ -307,13 +280,12 @@ class PeerSpec:
 
 def peer_prune(ctx: Any, spec: PeerSpec) -> list[str]:
     """Prune the run's dense.pt with `spec.method` to the VIB FLOPs, fine-tune, write pruned.pt + prune.json."""
-    from vib_deploy.train import accuracy
-
     t = ctx.config.train
     data = ctx.splits()
     shape = tuple(data.x_test.shape[1:])
     torch.manual_seed(t.seed)
     dense = load_model(ctx.run.verified("dense.pt"))
+    assert isinstance(dense, nn.Sequential)  # compare refuses other nets first (dense_widths)
     method = METHODS[spec.method]
     widths = match_widths(dense, spec.target_flops, shape, pixels=method.pixels)
     pixels = widths.pop(0) if method.pixels else None
@@ -345,15 +317,14 @@ def peer_prune(ctx: Any, spec: PeerSpec) -> list[str]:
     inputs = [pixels] if pixels is not None else [spec.input_units] if spec.input_units else []
     arch = inputs + widths
     full = dense_widths(dense)
-    atomic_write_json(ctx.out("prune.json"), {
-        **extra, "method": spec.method, "vib_run": spec.vib_run, "target_flops": spec.target_flops,
-        "flops_mismatch": flops / spec.target_flops - 1, "architecture": arch,
-        "dense_architecture": ([spec.input_units or math.prod(shape)] if inputs else []) + full,
-        "kept_pixels": kept_pixels,
-        "test_error": 1 - accuracy(pruned, data.x_test, data.y_test), "test_error_before_finetune": error_before,
-        "samples": len(data.y_test), "input_shape": list(shape), "sparsity_epochs": len(sparsity), "finetune_epochs": len(history),
-        "history": {"sparsity": sparsity, "finetune": history}, "seconds": time.time() - t0,
-        "dense": {"flops": count_flops(dense, shape), "params": count_params(dense)},
-        "pruned": {"flops": flops, "params": count_params(pruned)},
-    })
+    peer = PeerInfo(method=spec.method, vib_run=spec.vib_run, target_flops=spec.target_flops,
+                    flops_mismatch=flops / spec.target_flops - 1, test_error_before_finetune=error_before,
+                    sparsity_epochs=len(sparsity), finetune_epochs=len(history),
+                    history={"sparsity": sparsity, "finetune": history}, seconds=time.time() - t0)
+    PruneRecord(
+        architecture=arch, dense_architecture=([spec.input_units or math.prod(shape)] if inputs else []) + full,
+        kept_pixels=kept_pixels, test_error=1 - accuracy(pruned, data.x_test, data.y_test), samples=len(data.y_test),
+        dense=Cost(count_flops(dense, shape), count_params(dense)), pruned=Cost(flops, count_params(pruned)),
+        input_shape=shape, scales_left=extra.get("scales_left"), peer=peer,
+    ).write(ctx.out("prune.json"))
     return outputs + ["prune.json"]

@@ -5,8 +5,9 @@ import torch
 from torch import nn
 
 from vib_deploy.errors import UserError
-from vib_deploy.nets import ChannelScale, PixelSelect, count_flops
-from vib_deploy.prune import check_exact, prune_gated
+from vib_deploy.layers import ChannelScale, PixelSelect, count_flops
+from vib_deploy.prune.result import check_exact
+from vib_deploy.prune.sequential import prune_sequential
 from vib_deploy.vib import VIBGate, gates
 from vib_deploy.zoo import gated_model
 
@@ -32,7 +33,7 @@ def _randomise(model, keep_fraction, negative_fraction, seed):
 def test_pruned_equals_gated_model(name, seed, negative_fraction):
     torch.manual_seed(seed)
     model = _randomise(gated_model(name), 0.3, negative_fraction, seed)
-    result = prune_gated(model, SHAPE)
+    result = prune_sequential(model, SHAPE)
     x = torch.rand(300, *SHAPE)
     info = check_exact(result, model, x, tolerance=1e-5)
     assert info["max_abs_diff"] <= 1e-5
@@ -49,7 +50,7 @@ def test_pruned_equals_gated_model(name, seed, negative_fraction):
 
 def test_lenet300_input_gate_becomes_gather_and_reduced_model():
     model = _randomise(gated_model("lenet300"), 0.2, 0.3, 5)
-    result = prune_gated(model, SHAPE)
+    result = prune_sequential(model, SHAPE)
     assert isinstance(result.model[1], PixelSelect)
     assert result.kept_pixels == torch.nonzero(gates(model)[0].keep_mask()).flatten().tolist()
     x = torch.rand(100, *SHAPE)
@@ -65,12 +66,12 @@ def test_whole_layer_dead_is_clear_error():
     with torch.no_grad():
         gates(model)[1].logD.fill_(5.0)  # every unit of gate 2 pruned
     with pytest.raises(UserError, match="delete a whole layer: gate 2"):
-        prune_gated(model, SHAPE)
+        prune_sequential(model, SHAPE)
 
 
 def test_check_exact_fails_loudly_on_mismatch():
     model = _randomise(gated_model("lenet300"), 0.5, 0.0, 1)
-    result = prune_gated(model, SHAPE)
+    result = prune_sequential(model, SHAPE)
     with torch.no_grad():
         result.model[2].bias.add_(1e-3)
     with pytest.raises(UserError, match="not exact in float64"):

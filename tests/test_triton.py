@@ -22,7 +22,7 @@ pytest.importorskip("tritonclient.grpc", reason="tritonclient is not installed: 
 from google.protobuf import text_format  # noqa: E402  (after the importorskip: tritonclient brings this protobuf)
 from tritonclient.grpc import model_config_pb2  # noqa: E402
 
-from vib_deploy import ship  # noqa: E402
+from vib_deploy.triton import repository as ship  # noqa: E402
 from vib_deploy.runs import sha256_file  # noqa: E402
 
 TEST_LIMIT = 300
@@ -179,7 +179,7 @@ def test_bad_input_is_one_line_exit_2(args, message, tiny_run, tmp_path):
 # -- a real server -----------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def server(repo):
-    from vib_deploy.serve import TritonServer, unavailable
+    from vib_deploy.triton.server import TritonServer, unavailable
 
     problem = unavailable()
     if problem:
@@ -251,7 +251,7 @@ def test_a_bad_request_gets_the_servers_error(server, protocol, shape, dtype, me
 
 
 def test_the_server_is_stopped_when_the_body_fails(repo):
-    from vib_deploy.serve import TritonServer, unavailable
+    from vib_deploy.triton.server import TritonServer, unavailable
 
     problem = unavailable()
     if problem:
@@ -268,7 +268,7 @@ def test_the_server_is_stopped_when_the_body_fails(repo):
 def test_serve_command_serves_until_sigterm(repo):
     import tritonclient.http as httpclient
 
-    from vib_deploy.serve import free_port, unavailable
+    from vib_deploy.triton.server import free_port, unavailable
 
     problem = unavailable()
     if problem:
@@ -299,7 +299,7 @@ def test_serve_command_serves_until_sigterm(repo):
 
 
 def test_bench_through_triton(tiny_run, tmp_path):
-    from vib_deploy.serve import unavailable
+    from vib_deploy.triton.server import unavailable
 
     problem = unavailable()
     if problem:

@@ -35,7 +35,8 @@ from typing import Any
 from vib_deploy import __version__
 from vib_deploy.data import CLASS_NAMES
 from vib_deploy.errors import UserError
-from vib_deploy.runs import RunDir, atomic_write_bytes, atomic_write_json, atomic_write_text, read_json_file, sha256_file
+from vib_deploy.runs import (RunDir, atomic_write_bytes, atomic_write_json, atomic_write_text, fsync_dir, read_json_file,
+                             sha256_file)
 
 VARIANTS = ("dense", "pruned")
 MODEL_FILE = "model.onnx"
@@ -314,16 +315,8 @@ def _write_version(model_dir: Path, number: int, sources: dict[str, Path], recor
     finally:
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
-    _fsync_dir(model_dir)
+    fsync_dir(model_dir)
     return {**files, **shared}
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # -- verify -------------------------------------------------------------------------------------

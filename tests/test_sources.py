@@ -1,4 +1,4 @@
-"""Model sources (vib_deploy/models.py): loading a user's factory, clear errors, saved module models, and a
+"""Model sources (vib_deploy/sources.py): loading a user's factory, clear errors, saved module models, and a
 user model with a residual add, a depthwise conv, a concat and a grouped conv through the whole pipeline."""
 
 import json
@@ -10,8 +10,9 @@ import torch
 from conftest import ROOT, run_cli
 from test_bad_inputs import assert_user_error
 from vib_deploy.errors import UserError
-from vib_deploy.models import ModuleSource, build_net, resolve_factory
-from vib_deploy.nets import load_model
+from vib_deploy.factory import build_net, resolve_factory
+from vib_deploy.modelfile import load_model
+from vib_deploy.sources import ModuleSource
 
 BRANCHY = "tests/user_models/branchy.py:build"
 
@@ -137,7 +138,7 @@ def test_input_shape_must_match_the_data(tmp_path, mnist_root):
 
 
 def test_model_output_must_be_class_logits(tmp_path):
-    from vib_deploy.models import ModuleSource
+    from vib_deploy.sources import ModuleSource
 
     source = ModuleSource(BRANCHY, {"num_classes": 7}, (1, 28, 28))
     with pytest.raises(UserError, match="gives 7 logits but the data has 10 classes"):

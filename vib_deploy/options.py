@@ -1,0 +1,38 @@
+"""Comma-separated command-line options (`--concurrency 1,4,16`, `--kl-factor 1e-5,3e-5`, `--seeds 0,1,2`): one parser."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from vib_deploy.errors import UserError
+
+
+def comma_list(text: str, option: str, kind: type, example: str) -> list[Any]:
+    """'1,4,16' -> [1, 4, 16] (`kind` int or float); anything unparsable is one UserError naming the option."""
+    try:
+        return [kind(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise UserError(f"{option} takes comma-separated {'integers' if kind is int else 'numbers'}, "
+                        f"e.g. {example}; got {text!r}") from None
+
+
+def int_list(text: str, option: str) -> tuple[int, ...]:
+    values = tuple(comma_list(text, option, int, "16,64"))
+    if not values:
+        raise UserError(f"{option} needs at least one value")
+    return values
+
+
+def floats(text: str, option: str) -> list[float]:
+    """'1e-6,3e-6' -> [1e-06, 3e-06], each >= 0."""
+    values = comma_list(text, option, float, "1e-5,3e-5")
+    if not values or any(v < 0 for v in values):
+        raise UserError(f"{option} needs at least one number >= 0; got {text!r}")
+    return values
+
+
+def seeds(text: str) -> list[int]:
+    seeds = comma_list(text, "--seeds", int, "0,1,2")
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise UserError(f"--seeds needs distinct integers; got {text!r}")
+    return seeds

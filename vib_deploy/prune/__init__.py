@@ -1,0 +1,1 @@
+"""Structural pruning: the result record and its exactness check, and the two ways nets are cut."""

@@ -1,0 +1,158 @@
+"""Exact structural pruning of a `GatedNet` (graph.py): fold each group's z into its gate points, cut the dead channels.
+
+`prune_groups` returns the pruned plain net and a pruning record; `apply_pruning` replays that record on a
+fresh net from the factory (how a module model file is rebuilt, modelfile.py). `check_prunable` prunes a
+copy with random gates before any training, so a model that cannot be pruned exactly fails early.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import replace
+from typing import Any, Sequence, cast
+
+import torch
+from torch import nn
+
+from vib_deploy.errors import UserError
+from vib_deploy.graph import BATCHNORMS, WEIGHTED, GatedNet, GateGroup, GroupPlan, dependency_graph, is_grouped_conv
+from vib_deploy.prune.result import PruneResult
+from vib_deploy.vib import VIBGate
+
+
+def _scale_outputs(module: nn.Module, z: torch.Tensor) -> None:
+    """Fold z into `module`'s output channels: module(x) * z == module'(x)."""
+    if isinstance(module, BATCHNORMS):
+        if module.weight is None or module.bias is None:
+            raise UserError(f"BatchNorm {module} has affine=False: its gate cannot be folded")
+        module.weight.data *= z
+        module.bias.data *= z
+        return
+    assert isinstance(module, WEIGHTED)
+    module.weight.data *= z.reshape((-1,) + (1,) * (module.weight.dim() - 1))
+    if module.bias is not None:
+        module.bias.data *= z
+
+
+def apply_pruning(net: nn.Module, record: Sequence[dict[str, Any]], input_shape: Sequence[int]) -> nn.Module:
+    """Remove channels as listed in `record`, in order, with one DependencyGraph, in place.
+
+    Steps: {"root", "dead"} prunes a group through its root's output channels (grouped convs' inputs
+    excepted); {"grouped_conv", "dead_inputs"} then cuts such a conv's inputs in one step.
+    """
+    if not record:
+        return net
+    graph = dependency_graph(net, input_shape, next(net.parameters()).dtype)
+    for step in record:
+        if "grouped_conv" in step:
+            _prune_grouped_inputs(net.get_submodule(step["grouped_conv"]), step["dead_inputs"])
+            continue
+        root = net.get_submodule(step["root"])
+        pruner = graph.get_pruner_of_module(root)
+        assert pruner is not None, f"{step['root']} has no Torch-Pruning pruner"  # plan_groups only roots prunable types
+        group = graph.get_pruning_group(root, pruner.prune_out_channels, idxs=list(step["dead"]))
+        # a grouped conv's inputs are cut after all groups (an interim state with unequal conv groups has no
+        # valid weight); Torch-Pruning's Group has no public way to drop one dependency
+        group._group = [item for item in group._group
+                        if not (is_grouped_conv(item.dep.target.module) and not graph.is_out_channel_pruning_fn(item.dep.handler))]
+        group.prune()
+    return net
+
+
+def _prune_grouped_inputs(conv: nn.Module, dead: Sequence[int]) -> None:
+    """Remove input positions `dead` of a grouped conv: the same relative positions in every conv group."""
+    assert isinstance(conv, (nn.Conv1d, nn.Conv2d))
+    per_group = conv.in_channels // conv.groups
+    relative = sorted({p % per_group for p in dead})
+    if sorted(dead) != sorted(k * per_group + r for k in range(conv.groups) for r in relative):
+        raise AssertionError(f"dead inputs of {conv} are not the same in every conv group: {sorted(dead)}")
+    keep = [r for r in range(per_group) if r not in set(relative)]
+    conv.weight = nn.Parameter(conv.weight.data[:, keep].clone())  # (out, in / groups, k, k)
+    conv.in_channels = len(keep) * conv.groups
+
+
+def prune_groups(gated: GatedNet, input_shape: Sequence[int]) -> tuple[PruneResult, list[dict[str, Any]]]:
+    """Fold each group's inference z into its gate points, then remove the dead channels, in float64.
+
+    Returns the pruned plain net (float64, eval) with the kept channels per group, and the pruning record
+    that `apply_pruning` replays on a fresh net to rebuild its shapes.
+    """
+    work = copy.deepcopy(gated).cpu().double().eval()
+    net = work.net
+    unit_masks = [m.clone() for m in work.unit_masks()]
+    with torch.no_grad():
+        for g, z in zip(work.groups, work.channel_scales(torch.zeros(1, dtype=torch.float64))):
+            for point, index in g.points:
+                _scale_outputs(net.get_submodule(point), z[0, list(index)])
+    for g in work.groups:  # a layer whose channels all died keeps one, an exact zero: the net keeps its shape
+        for _, index in g.points:
+            units = [g.unit_of_channel[i] for i in index]
+            if not bool(unit_masks[g.gate][units].any()):
+                unit_masks[g.gate][units[0]] = True
+    masks = work.keep_masks(unit_masks)
+    record: list[dict[str, Any]] = [{"root": g.root, "dead": torch.nonzero(~m).flatten().tolist()}
+                                    for g, m in zip(work.groups, masks)]
+    record = [r for r in record if r["dead"]]
+    dead_inputs: dict[str, list[int]] = {}
+    for g, m in zip(work.groups, masks):
+        for conv, positions in g.grouped_inputs:
+            dead_inputs.setdefault(conv, []).extend(positions[c] for c in range(g.channels) if not m[c])
+    record += [{"grouped_conv": conv, "dead_inputs": sorted(dead)} for conv, dead in dead_inputs.items() if dead]
+    apply_pruning(net, record, input_shape)
+    kept = [torch.nonzero(m).flatten().tolist() for m in masks]
+    return PruneResult(net.eval(), None, None, kept, 0), record
+
+
+SELF_CHECK_TOLERANCE = 1e-9  # float64, relative to the logit scale: pruning is algebra, not approximation
+
+
+def _random_gates(gated: GatedNet, generator: torch.Generator) -> None:
+    """Gate values of both signs, about half the units of every gate off (at least one kept)."""
+    with torch.no_grad():
+        for gate in (cast(VIBGate, g) for g in gated.gates):
+            gate.mu.copy_(torch.rand(gate.units, generator=generator) * 3 - 1.5)
+            off = torch.rand(gate.units, generator=generator) < 0.5
+            off[int(torch.randint(gate.units, (1,), generator=generator))] = False
+            gate.logD.copy_(torch.where(off, 20.0, -20.0))
+
+
+def check_prunable(net: nn.Module, plan: GroupPlan, input_shape: Sequence[int], seed: int = 0) -> float:
+    """Prune a copy of `net` with random gates (half the channels of every group off) and compare in float64.
+
+    Returns max |Δ| / scale. Raises UserError naming the first group that cannot be removed exactly (an op
+    between its layers that maps 0 to non-zero, such as a sigmoid, or a structure Torch-Pruning mis-prunes),
+    so such a model fails before any training.
+    """
+    with torch.random.fork_rng():  # the gates' own init must not shift the caller's random stream
+        return _check_prunable(net, plan, input_shape, seed)
+
+
+def _check_prunable(net: nn.Module, plan: GroupPlan, input_shape: Sequence[int], seed: int) -> float:
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn((8,) + tuple(input_shape), generator=generator, dtype=torch.float64)
+
+    def error_of(groups: Sequence[GateGroup]) -> float:
+        gated = GatedNet(copy.deepcopy(net), groups).double().eval()
+        _random_gates(gated, generator)
+        try:
+            result, _ = prune_groups(gated, input_shape)
+            with torch.no_grad():
+                reference = gated(x)
+                return float((result.model(x) - reference).abs().max() / max(1.0, float(reference.abs().max())))
+        except UserError:
+            raise
+        except Exception:  # a group Torch-Pruning cannot cut consistently
+            return math.inf
+
+    worst = error_of(plan.gated)
+    if worst <= SELF_CHECK_TOLERANCE:
+        return worst
+    for group in plan.gated:  # name the culprit (with the groups that share its gate)
+        tied = [replace(g, gate=0) for g in plan.gated if g.gate == group.gate]
+        if not error_of(tied) <= SELF_CHECK_TOLERANCE:
+            raise UserError(f"the channel group of {group.root} ({', '.join(group.members[:6])}) cannot be pruned exactly: "
+                            "removing its channels changes the output (an operation between these layers maps 0 to "
+                            f"non-zero, e.g. a sigmoid); list {group.root} under model.ignore to leave it unpruned")
+    raise UserError(f"pruning the model's groups together changes its output (max |Δ| {worst:.3g} x scale) though each "
+                    "group alone is exact; this is a bug, please report it with your model")

@@ -1,0 +1,95 @@
+"""What the study commands (sweep, compare, paper) share: one run per point, its record, mean ± std.
+
+A point is a normal run directory made by `run_pipeline`; the dense stage is trained once per seed in
+`runs/<name>[-<tag>]-dense-s<seed>/` and copied into each point with its manifest entry (`copy_stage`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import statistics
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from vib_deploy.config import PipelineConfig, load_config
+from vib_deploy.errors import UserError
+from vib_deploy.pipeline import read_run_config, run_pipeline
+from vib_deploy.records import BenchFile, PruneRecord
+from vib_deploy.runs import RunDir, atomic_write_bytes
+
+Echo = Callable[[str], None]
+RUNS = Path("runs")
+
+
+def point_config(pipeline: Path, overrides: Sequence[str], seed: int, kl_factor: float | None = None) -> PipelineConfig:
+    """The pipeline with `--set` overrides, then this point's seed (and kl_factor)."""
+    extra = [f"train.seed={seed}"] + ([f"train.vib.kl_factor={kl_factor!r}"] if kl_factor is not None else [])
+    return load_config(pipeline, [*overrides, *extra])
+
+
+def override_tag(overrides: Sequence[str]) -> str:
+    """'' without `--set` overrides, else '-' + 8 hex digits of them: runs made with other settings get other
+    directories instead of overwriting these (e.g. a quick sweep with fewer epochs next to the full runs)."""
+    if not overrides:
+        return ""
+    return "-" + hashlib.sha256("\n".join(overrides).encode()).hexdigest()[:8]
+
+
+def point_dir(config: PipelineConfig, runs: Path = RUNS, tag: str = "") -> Path:
+    """runs/<name>[-<tag>]-kl<K>-s<seed>: one VIB point."""
+    return runs / f"{config.name}{tag}-kl{config.train.vib.kl_factor:g}-s{config.train.seed}"
+
+
+def dense_dir(config: PipelineConfig, runs: Path = RUNS, tag: str = "") -> Path:
+    return runs / f"{config.name}{tag}-dense-s{config.train.seed}"
+
+
+def copy_stage(src: RunDir, dst: RunDir, stage: str) -> bool:
+    """Copy a finished stage's outputs and manifest entry (same cache key) into `dst`; False if already there."""
+    entry = src.manifest()["stages"].get(stage)
+    if entry is None:
+        raise UserError(f"{src.path} has no finished {stage} stage to reuse")
+    artifacts = src.manifest()["artifacts"]
+    have = dst.manifest()
+    if have["stages"].get(stage) == entry and all(
+            have["artifacts"].get(n, {}).get("sha256") == artifacts[n]["sha256"] for n in entry["outputs"]) \
+            and dst.stage_is_current(stage, entry["key"]):
+        return False
+    with dst.locked():
+        for name in entry["outputs"]:
+            atomic_write_bytes(dst.staged(stage, name), src.verified(name).read_bytes())
+        dst.commit(stage, entry["key"], list(entry["outputs"]), entry.get("inputs"))
+    return True
+
+
+def ensure_dense(config: PipelineConfig, runs: Path, progress: Any, echo: Echo, tag: str = "") -> RunDir:
+    """The seed's shared dense run (trained once, cached afterwards)."""
+    return run_pipeline(config, dense_dir(config, runs, tag), None, progress, echo, until="train-dense")
+
+
+def run_point(config: PipelineConfig, runs: Path = RUNS, progress: Any = None, echo: Echo = print, tag: str = "") -> RunDir:
+    """One VIB point through every stage, reusing the seed's dense stage."""
+    dense = ensure_dense(config, runs, progress, echo, tag)
+    target = RunDir(point_dir(config, runs, tag))
+    if copy_stage(dense, target, "train-dense"):
+        echo(f"[reuse] train-dense from {dense.path}")
+    return run_pipeline(config, target.path, None, progress, echo)
+
+
+def run_record(run: RunDir, method: str) -> dict[str, Any]:
+    """model, method, seed, error, flops, params, bytes, architecture and ORT/torch p50s of a finished run."""
+    config = read_run_config(run.path)
+    prune = PruneRecord.read(run)
+    return {
+        "model": config.model.name, "pipeline": config.name, "method": method, "seed": config.train.seed,
+        "kl_factor": config.train.vib.kl_factor if method == "vib" else None,
+        "run_dir": str(run.path), "error": prune.test_error, "test_samples": prune.samples,
+        "architecture": prune.architecture, "dense_architecture": prune.dense_architecture,
+        "flops": prune.pruned.flops, "params": prune.pruned.params, "bytes": prune.pruned.params * 4,
+        "dense_flops": prune.dense.flops, "dense_params": prune.dense.params, "p50_ms": BenchFile.read(run).p50_by_key(),
+    }
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for one value)."""
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
