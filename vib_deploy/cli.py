@@ -258,31 +258,11 @@ def data_fetch(
 
 @app.command()
 def env() -> None:
-    """What this machine offers: torch, CUDA, ONNX Runtime providers, TensorRT."""
-    import importlib.util
-    import platform
+    """What this machine offers: torch, CUDA, ONNX Runtime providers, TensorRT, the GPU engines."""
+    from vib_deploy.envinfo import environment
 
-    import torch
-
-    typer.echo(f"python {platform.python_version()}, torch {torch.__version__}, CUDA available: {torch.cuda.is_available()}")
-    if torch.cuda.is_available():
-        typer.echo(f"GPU: {torch.cuda.get_device_name(0)} (CC {'.'.join(map(str, torch.cuda.get_device_capability(0)))})")
-    if importlib.util.find_spec("onnxruntime"):
-        import onnxruntime
-
-        typer.echo(f"onnxruntime {onnxruntime.__version__}: {', '.join(onnxruntime.get_available_providers())}")
-    else:
-        typer.echo("onnxruntime: not installed")
-    from vib_deploy.backends.tensorrt import tensorrt_version, unavailable
-
-    problem = unavailable()
-    typer.echo(f"tensorrt: {tensorrt_version() or 'not installed'}; engines {'can be built' if not problem else 'not available: ' + problem}")
-    from vib_deploy.backends import BACKENDS
-    from vib_deploy.gpu_bench import gpu_facts
-
-    typer.echo(f"NVIDIA driver: {gpu_facts('cpu')['driver']}")
-    for name in ("torch-cuda", "torch-cuda-graphs", "aotinductor", "onnxruntime-cuda", "onnxruntime-tensorrt"):
-        typer.echo(f"{name} on cuda: {getattr(BACKENDS[name], 'unavailable_on')('cuda') or 'available'}")
+    for line in environment():
+        typer.echo(line)
 
 
 # -- sweep, compare, paper (vib_deploy/studies/) ------------------------------
@@ -368,17 +348,9 @@ def gpu_bench(
     out: Optional[Path] = typer.Option(None, "--out", help="JSON result (default <run_dir>/gpu-bench.json)."),
 ) -> None:
     """Dense vs pruned on GPU engines (CUDA events, parity, NVML memory); prints the markdown table."""
-    from vib_deploy.gpu_bench import PARITY, Case, bench_gpu, markdown
+    from vib_deploy.gpu_bench import bench_gpu, markdown, parse_cases
 
-    parsed = []
-    for item in (c.strip() for c in cases.split(",") if c.strip()):
-        backend, _, precision = item.partition(":")
-        if (precision or "fp32") not in PARITY:
-            raise UserError(f"--cases {item!r}: precision must be one of {', '.join(PARITY)}")
-        parsed.append(Case(backend, precision or "fp32"))
-    if not parsed:
-        raise UserError("--cases needs at least one backend:precision")
-    result = bench_gpu(run_dir, parsed, device, _int_list(batch_sizes, "--batch-sizes"), rounds, iters, warmup, _echo,
+    result = bench_gpu(run_dir, parse_cases(cases), device, _int_list(batch_sizes, "--batch-sizes"), rounds, iters, warmup, _echo,
                        out or run_dir / "gpu-bench.json")
     typer.echo(markdown(result))
 

@@ -213,6 +213,20 @@ def _aoti_packages(run: Any, variants: list[Variant], shape: tuple[int, ...], de
     return packages
 
 
+
+def parse_cases(text: str) -> list[Case]:
+    """`backend:precision,...` (precision fp32 when left out) -> cases; a bad one is one clear error."""
+    cases = []
+    for item in (c.strip() for c in text.split(",") if c.strip()):
+        backend, _, precision = item.partition(":")
+        if (precision or "fp32") not in PARITY:
+            raise UserError(f"--cases {item!r}: precision must be one of {', '.join(PARITY)}")
+        cases.append(Case(backend, precision or "fp32"))
+    if not cases:
+        raise UserError("--cases needs at least one backend:precision")
+    return cases
+
+
 def bench_gpu(run_dir: Path, cases: list[Case], device: str = "cuda", batch_sizes: tuple[int, ...] = BATCH_SIZES,
               rounds: int = 10, iters: int = 10, warmup: int = 10, echo: Any = print, out: Path | None = None) -> dict[str, Any]:
     """Every case on the run's dense and pruned models; returns {"machine", "records", "unavailable", "speedup"}.
