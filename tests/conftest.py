@@ -1,8 +1,10 @@
-"""Shared fixtures: real MNIST (from the user cache or $VIB_DEPLOY_DATA) and small helpers."""
+"""Shared fixtures: real MNIST (from the user cache or $VIB_DEPLOY_DATA), the tiny runs several modules read
+(each made once per test session), and small helpers. No test module imports another: what they share is here."""
 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from types import SimpleNamespace
@@ -11,6 +13,18 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+LENET300 = "pipelines/mnist-lenet300.yaml"
+# the tiny LeNet-300-100 run of `lenet300_run` (test_cli, test_bad_inputs, test_triton) and of torchrun's twin
+TINY = ["--set", "data.train_limit=700", "--set", "data.val_size=200", "--set", "data.test_limit=300",
+        "--set", "train.dense.epochs=2", "--set", "train.vib.epochs=2", "--set", "train.vib.kl_factor=1e-3",
+        "--set", "bench.rounds=2", "--set", "bench.iters_per_round=3", "--set", "bench.warmup=1",
+        "--set", "bench.batch_sizes=[1,8]"]
+# the study commands' tiny points (test_sweep, test_compare)
+STUDY_TINY = ["--set", "data.train_limit=700", "--set", "data.val_size=200", "--set", "data.test_limit=300",
+              "--set", "train.dense.epochs=1", "--set", "train.vib.epochs=3", "--set", "train.batch_size=50",
+              "--set", "train.vib.gate_lr=0.1", "--set", "bench.rounds=2", "--set", "bench.iters_per_round=3",
+              "--set", "bench.warmup=1", "--set", "bench.memory=false", "--set", "bench.backends=[onnxruntime]"]
+STATUS = re.compile(r"^\[(run|cached)\] [a-z-]+$")  # the progress lines stage commands print on stderr
 
 
 @pytest.fixture(scope="session")
@@ -22,6 +36,26 @@ def mnist_root() -> Path:
         return resolve_root("mnist", None)
     except UserError as e:
         pytest.skip(f"real MNIST is not available ({e}); `make test` fetches it first")
+
+
+@pytest.fixture(scope="session")
+def lenet300_run(tmp_path_factory, mnist_root) -> tuple[Path, subprocess.CompletedProcess]:
+    """One tiny run of the default pipeline for the whole session (tests that change it work on a copy)."""
+    run_dir = tmp_path_factory.mktemp("runs") / "l300"
+    proc = run_cli("run", LENET300, "--run-dir", str(run_dir), *TINY)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return run_dir, proc
+
+
+def assert_user_error(proc: subprocess.CompletedProcess, *fragments: str) -> str:
+    """Exit 2, no traceback, exactly one `error:` line (besides [run]/[cached] status lines) holding every fragment."""
+    assert proc.returncode == 2, f"exit {proc.returncode}\n{proc.stderr[-3000:]}"
+    assert "Traceback" not in proc.stderr and "Traceback" not in proc.stdout, proc.stderr[-3000:]
+    lines = [line for line in proc.stderr.splitlines() if line.strip() and not STATUS.match(line)]
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr[-3000:]
+    for fragment in fragments:
+        assert fragment in lines[0], f"{fragment!r} not in {lines[0]!r}"
+    return lines[0]
 
 
 def run_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None, timeout: int = 600) -> subprocess.CompletedProcess:

@@ -13,35 +13,16 @@ from __future__ import annotations
 
 import gzip
 import json
-import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import ROOT, run_cli
+from conftest import LENET300, ROOT, TINY, assert_user_error, run_cli
 
 CORPUS = Path(__file__).resolve().parent / "corpus" / "configs"
-PIPELINE = "pipelines/mnist-lenet300.yaml"
-STATUS = re.compile(r"^\[(run|cached)\] [a-z-]+$")  # the progress lines stage commands print on stderr
-TINY_RUN = ["--set", "data.train_limit=700", "--set", "data.val_size=200", "--set", "data.test_limit=300",
-            "--set", "train.dense.epochs=1", "--set", "train.vib.epochs=1", "--set", "train.vib.kl_factor=1e-3",
-            "--set", "bench.rounds=1", "--set", "bench.iters_per_round=1", "--set", "bench.warmup=0",
-            "--set", "bench.batch_sizes=[1]", "--set", "bench.memory=false", "--set", "bench.backends=[onnxruntime]"]
-
-
-def assert_user_error(proc: subprocess.CompletedProcess, *fragments: str) -> str:
-    """Exit 2, no traceback, exactly one `error:` line (besides [run]/[cached] status lines) holding every fragment."""
-    assert proc.returncode == 2, f"exit {proc.returncode}\n{proc.stderr[-3000:]}"
-    assert "Traceback" not in proc.stderr and "Traceback" not in proc.stdout, proc.stderr[-3000:]
-    lines = [line for line in proc.stderr.splitlines() if line.strip() and not STATUS.match(line)]
-    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr[-3000:]
-    for fragment in fragments:
-        assert fragment in lines[0], f"{fragment!r} not in {lines[0]!r}"
-    return lines[0]
+PIPELINE = LENET300
 
 
 # -- pipeline files -------------------------------------------------------------------------------------
@@ -188,12 +169,8 @@ def test_corrupt_cache_names_the_file(tmp_path):
 
 # -- run directories ------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory, mnist_root) -> Path:
-    run_dir = tmp_path_factory.mktemp("bad-inputs") / "run"
-    proc = run_cli("run", PIPELINE, "--run-dir", str(run_dir), *TINY_RUN)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert run_cli("verify", str(run_dir)).returncode == 0
-    return run_dir
+def tiny_run(lenet300_run) -> Path:
+    return lenet300_run[0]
 
 
 def _relist(d: Path, name: str) -> None:
@@ -343,7 +320,7 @@ def test_pruning_that_deletes_a_whole_layer(tiny_run, tmp_path, settings):
     d = tmp_path / "run"
     shutil.copytree(tiny_run, d)
     args = [a for s in settings for a in ("--set", s)]
-    proc = run_cli("run", PIPELINE, "--run-dir", str(d), *TINY_RUN, *args)
+    proc = run_cli("run", PIPELINE, "--run-dir", str(d), *TINY, *args)
     assert_user_error(proc, "pruning would delete a whole layer: gate", "keeps no unit", "train.vib.kl_factor")
     assert "[cached] train-dense" in proc.stderr and "[run] prune" in proc.stderr
     # train-vib committed with the new settings; prune kept its old record and outputs, which verify says
@@ -369,17 +346,3 @@ def test_stage_before_its_inputs(tmp_path):
 def test_not_a_run_directory(tmp_path):
     assert_user_error(run_cli("prune", str(tmp_path)), f"{tmp_path} is not a vib-deploy run directory (no config.yaml)")
     assert_user_error(run_cli("verify", str(tmp_path)), f"{tmp_path} has no manifest entries")
-
-
-@pytest.mark.e2e
-def test_run_dir_in_use(tiny_run, tmp_path):
-    d = tmp_path / "run"
-    shutil.copytree(tiny_run, d)
-    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    try:
-        (d / ".lock").write_text(str(holder.pid))
-        assert_user_error(run_cli("report", str(d)), f"in use by another vib-deploy process (pid {holder.pid})", str(d / ".lock"))
-        assert (d / ".lock").read_text() == str(holder.pid)  # the live holder's lock is left alone
-    finally:
-        holder.kill()
-        holder.wait()

@@ -6,22 +6,9 @@ import shutil
 
 import pytest
 
-from conftest import run_cli
-
-TINY = ["--set", "data.train_limit=700", "--set", "data.val_size=200", "--set", "data.test_limit=300",
-        "--set", "train.dense.epochs=2", "--set", "train.vib.epochs=2", "--set", "train.vib.kl_factor=1e-3",
-        "--set", "bench.rounds=2", "--set", "bench.iters_per_round=3", "--set", "bench.warmup=1",
-        "--set", "bench.batch_sizes=[1,8]"]
+from conftest import TINY, run_cli
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture(scope="module")
-def lenet300_run(tmp_path_factory, mnist_root):
-    run_dir = tmp_path_factory.mktemp("runs") / "l300"
-    proc = run_cli("run", "pipelines/mnist-lenet300.yaml", "--run-dir", str(run_dir), *TINY)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return run_dir, proc
 
 
 def test_every_artifact_and_the_metrics_contract(lenet300_run):

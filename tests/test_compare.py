@@ -5,10 +5,11 @@ import json
 
 import pytest
 
-from conftest import run_cli
-from test_sweep import PIPELINE, TINY
+from conftest import LENET300, ROOT, STUDY_TINY, run_cli
 from vib_deploy.studies.common import override_tag
 
+PIPELINE = str(ROOT / LENET300)
+TINY = STUDY_TINY
 TAG = override_tag([*TINY[1::2], "train.vib.kl_factor=1e-3"])
 
 pytestmark = pytest.mark.e2e

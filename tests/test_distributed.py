@@ -19,8 +19,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, InterruptAfter, run_cli
-from test_cli import TINY
+from conftest import ROOT, TINY, InterruptAfter, run_cli
 from vib_deploy import distributed
 from vib_deploy.errors import UserError
 from vib_deploy.runs import RunDir

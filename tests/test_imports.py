@@ -1,4 +1,5 @@
-"""The package's shape: no import cycle among vib_deploy's modules (function-local imports included), no module over 400 lines."""
+"""The package's shape: no import cycle among vib_deploy's modules (function-local imports included), no module over
+400 lines, no function over 60 lines without a `# long function: <why>` comment."""
 
 from __future__ import annotations
 
@@ -87,3 +88,19 @@ def test_layers_is_a_leaf():
 def test_no_module_over_400_lines():
     long = {name: n for name, path in _modules().items() if (n := len(path.read_text().splitlines())) > MAX_LINES}
     assert not long, f"modules over {MAX_LINES} lines: {long}"
+
+
+MAX_FUNCTION_LINES = 60
+
+
+def test_a_long_function_says_why():
+    unexplained = []
+    for name, path in _modules().items():
+        source = path.read_text()
+        lines = source.splitlines()
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno is not None:
+                body = lines[node.lineno - 1 : node.end_lineno]
+                if len(body) > MAX_FUNCTION_LINES and not any(line.strip().startswith("# long function:") for line in body):
+                    unexplained.append(f"{name}.{node.name} ({len(body)} lines)")
+    assert not unexplained, f"functions over {MAX_FUNCTION_LINES} lines without a '# long function:' comment: {unexplained}"

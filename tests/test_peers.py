@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from vib_deploy.errors import UserError
-from vib_deploy.layers import count_flops
+from vib_deploy.layers import ChannelScale, count_flops
 from vib_deploy.studies.peers import (FLOPS_TOLERANCE, METHODS, dense_widths, fit, gated_for_slimming, match_widths,
                               prune_by_scale, prune_to_widths, with_widths)
 from vib_deploy.vib import gates
@@ -80,7 +80,9 @@ def test_slimming_prunes_the_smallest_scales_and_folds_them_exactly():
     x = torch.randn(16, *SHAPE)
     reference.train()  # the slimming gates have no noise: z = mu in training mode as well
     assert torch.allclose(pruned(x), reference(x), atol=1e-4)
-    assert info["scales_left"] >= 0
+    # a conv gate with a kept negative scale cannot fold through the max-pool after it: it stays a ChannelScale
+    negative = [bool((g.mu[g.mu != 0] < 0).any()) for g in gates(reference)][:2]  # the two conv gates
+    assert info["scales_left"] == sum(negative) == sum(isinstance(m, ChannelScale) for m in pruned)
 
 
 def test_slimming_sparsity_training_shrinks_scales(mnist_root):

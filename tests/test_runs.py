@@ -56,12 +56,16 @@ def test_stage_key_changes_with_each_part():
 
 
 def test_lock_names_the_other_process(tmp_path):
+    """The one live-lock check: a live holder's lock and its half-written temp files are left alone."""
     holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     try:
         (tmp_path / ".lock").write_text(str(holder.pid))
+        writing = tmp_path / ".vib.pt.q9w8e7.tmp"
+        writing.write_bytes(b"half a model")
         with pytest.raises(UserError, match=f"in use by another vib-deploy process \\(pid {holder.pid}\\)"):
             with RunDir(tmp_path).locked():
                 pass
+        assert (tmp_path / ".lock").read_text() == str(holder.pid) and writing.exists()
     finally:
         holder.kill()
         holder.wait()

@@ -6,6 +6,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from conftest import ROOT
 
 # ~1 s per dense epoch: the signal lands mid-training even on a loaded machine
@@ -15,6 +17,7 @@ ARGS = ["run", "pipelines/mnist-lenet300.yaml", "--set", "data.train_limit=30000
         "--set", "bench.iters_per_round=2", "--set", "bench.memory=false"]
 
 
+@pytest.mark.e2e
 def test_ctrl_c_saves_and_says_how_to_resume(tmp_path, mnist_root):
     run_dir = tmp_path / "run"
     cmd = [sys.executable, "-m", "vib_deploy", *ARGS, "--run-dir", str(run_dir)]

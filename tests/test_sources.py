@@ -7,8 +7,7 @@ import textwrap
 import pytest
 import torch
 
-from conftest import ROOT, run_cli
-from test_bad_inputs import assert_user_error
+from conftest import ROOT, assert_user_error, run_cli
 from vib_deploy.errors import UserError
 from vib_deploy.factory import build_net, resolve_factory
 from vib_deploy.modelfile import load_model

@@ -6,14 +6,11 @@ import json
 
 import pytest
 
-from conftest import ROOT, run_cli
+from conftest import LENET300, ROOT, STUDY_TINY, run_cli
 from vib_deploy.studies.common import override_tag
 
-TINY = ["--set", "data.train_limit=700", "--set", "data.val_size=200", "--set", "data.test_limit=300",
-        "--set", "train.dense.epochs=1", "--set", "train.vib.epochs=3", "--set", "train.batch_size=50",
-        "--set", "train.vib.gate_lr=0.1", "--set", "bench.rounds=2", "--set", "bench.iters_per_round=3",
-        "--set", "bench.warmup=1", "--set", "bench.memory=false", "--set", "bench.backends=[onnxruntime]"]
-PIPELINE = str(ROOT / "pipelines" / "mnist-lenet300.yaml")
+TINY = STUDY_TINY
+PIPELINE = str(ROOT / LENET300)
 TAG = override_tag(TINY[1::2])  # run directories made with --set overrides carry their digest
 
 pytestmark = pytest.mark.e2e

@@ -26,22 +26,15 @@ from vib_deploy.triton import repository as ship  # noqa: E402
 from vib_deploy.runs import sha256_file  # noqa: E402
 
 TEST_LIMIT = 300
-TINY = ["--set", "data.train_limit=700", "--set", "data.val_size=200", "--set", f"data.test_limit={TEST_LIMIT}",
-        "--set", "train.dense.epochs=2", "--set", "train.vib.epochs=2", "--set", "train.vib.kl_factor=1e-3",
-        "--set", "bench.rounds=2", "--set", "bench.iters_per_round=3", "--set", "bench.warmup=1",
-        "--set", "bench.batch_sizes=[1,8]", "--set", "bench.backends=[onnxruntime]", "--set", "bench.memory=false"]
 MODELS = ("tiny-dense", "tiny-pruned")
 
 pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory, mnist_root) -> Path:
-    """A real (tiny) run of the default pipeline, made here: CI has no finished run to copy."""
-    run_dir = tmp_path_factory.mktemp("runs") / "tiny"
-    proc = run_cli("run", "pipelines/mnist-lenet300.yaml", "--run-dir", str(run_dir), *TINY)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return run_dir
+def tiny_run(lenet300_run) -> Path:
+    """The session's real (tiny) run of the default pipeline (conftest): CI has no finished run to copy."""
+    return lenet300_run[0]
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +88,8 @@ def test_layout_config_and_manifest(repo, tiny_run):
         assert manifest["source"]["metrics_sha256"] == sha256_file(tiny_run / "metrics.json")
         assert manifest["metrics"]["error"] == metrics[variant]["error"]
         assert manifest["metrics"]["flops"] == metrics[variant]["flops"]
-        assert {(r["backend"], r["batch"]) for r in manifest["metrics"]["latency"]} == {("onnxruntime", 1), ("onnxruntime", 8)}
+        assert {(r["backend"], r["batch"]) for r in manifest["metrics"]["latency"]} == \
+            {(b, n) for b in ("onnxruntime", "torch") for n in (1, 8)}  # the run's bench (conftest.TINY), this variant
     proc = run_cli("verify", str(repo))
     assert proc.returncode == 0 and "ok: 2 model versions" in proc.stdout, proc.stderr
 

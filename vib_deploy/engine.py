@@ -29,6 +29,8 @@ def build_engine(onnx_path: Path, plan_path: Path, precision: str, min_batch: in
     Every ONNX-parser error is reported; the builder's log goes to `<plan>.log`; a timing cache is
     loaded from and saved to `timing_cache` so rebuilds are faster.
     """
+    # long function: one build is a sequence of TensorRT calls on a builder, network, config and profile that
+    # all live together; split up, every piece would take and return all four
     problem = unavailable()
     if problem:
         raise UserError(f"cannot build a TensorRT engine: {problem}")

@@ -164,6 +164,8 @@ def plan_groups(net: nn.Module, input_shape: Sequence[int], ignore: Sequence[str
     Raises UserError for an unsupported layer type (unless listed in `ignore`), an unknown `ignore`
     name, a model that does not run or trace on `input_shape`.
     """
+    # long function: one pass over Torch-Pruning's groups that fills one candidate record per group; the steps
+    # that stand alone (output sizes, tracing, grouped-conv ties, FLOPs) are already functions of their own
     module_names = {n for n, _ in net.named_modules()}
     unknown = [i for i in ignore if i not in module_names]
     if unknown:
@@ -247,6 +249,7 @@ def _tie_grouped_convs(net: nn.Module, candidates: list[dict[str, Any]]) -> None
     get one gate unit (union-find over (group, channel)); groups linked that way share one gate. A side of a
     grouped conv that a fixed group touches, or that no group covers entirely, fixes every group on it.
     """
+    # long function: three passes (freeze, union-find, number the gates) over the same `sides` and `parent` maps
     sides: dict[tuple[str, str], list[tuple[int, dict[int, int]]]] = {}
     for gi, c in enumerate(candidates):
         for conv, side, pos in c["grouped"]:

@@ -93,6 +93,7 @@ def _fold_forward(model: nn.Sequential, consumer: int, values: torch.Tensor) -> 
 
 def prune_sequential(vib_model: nn.Sequential, input_shape: tuple[int, ...]) -> PruneResult:
     """Remove every gated-off unit of `vib_model` and fold the gates; see the module docstring."""
+    # long function: the module docstring's four steps in order, on one model and its list of masks
     model = cast(nn.Sequential, copy.deepcopy(vib_model).cpu().double().eval())  # float64: folding adds no rounding of its own
     masks: list[torch.Tensor] = []
     for i, layer in enumerate(model):

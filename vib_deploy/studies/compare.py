@@ -16,18 +16,17 @@ from typing import Any, Sequence
 
 from vib_deploy.config import PipelineConfig
 from vib_deploy.errors import UserError
+from vib_deploy.modelfile import load_model
+from vib_deploy.pipeline import Context, Stage, _stages, run_stage, write_config
 from vib_deploy.plots import pyplot, save_png
 from vib_deploy.records import PruneRecord
 from vib_deploy.runs import RunDir, atomic_write_json, atomic_write_text
 from vib_deploy.studies.common import RUNS, Echo, copy_stage, mean_std, override_tag, point_config, run_point, run_record
+from vib_deploy.studies.peers import METHODS, PeerSpec, check_methods, dense_widths, peer_prune
 
 
 def run_peer(config: PipelineConfig, vib_run: RunDir, method: str, progress: Any = None, echo: Echo = print) -> RunDir:
     """One peer of a finished VIB run: its own run directory, the same dense stage, export and bench."""
-    from vib_deploy.modelfile import load_model
-    from vib_deploy.pipeline import Context, Stage, _stages, run_stage, write_config
-    from vib_deploy.studies.peers import PeerSpec, dense_widths, peer_prune
-
     vib_prune = PruneRecord.read(vib_run)
     hidden = len(dense_widths(load_model(vib_run.verified("dense.pt"))))
     arch = vib_prune.dense_architecture
@@ -47,8 +46,6 @@ def run_peer(config: PipelineConfig, vib_run: RunDir, method: str, progress: Any
 def compare(pipeline: Path, methods: Sequence[str], seeds: Sequence[int], overrides: Sequence[str] = (),
             docs: Path = Path("docs"), runs: Path = RUNS, progress: Any = None, echo: Echo = print) -> list[dict[str, Any]]:
     """Run VIB and every peer for every seed; merge the records into docs/comparison.json; write the tables."""
-    from vib_deploy.studies.peers import check_methods
-
     check_methods(list(methods))
     if "vib" not in methods:
         raise UserError("--methods must include vib: the peers are matched to its FLOPs")
@@ -92,14 +89,10 @@ def _section(r: dict[str, Any]) -> str:
 
 
 def _method_order(method: str) -> int:
-    from vib_deploy.studies.peers import METHODS
-
     return 0 if method == "vib" else 1 + list(METHODS).index(method)
 
 
 def _title(method: str) -> str:
-    from vib_deploy.studies.peers import METHODS
-
     return "VIB (Dai et al. 2018)" if method == "vib" else METHODS[method].title
 
 

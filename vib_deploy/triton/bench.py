@@ -1,6 +1,6 @@
 """`vib-deploy bench RUN_DIR --backend triton`: dense vs pruned through a local Triton server.
 
-The run is packaged into a temporary model repository, served by `serve.TritonServer`, and timed with
+The run is packaged into a temporary model repository, served by `triton.server.TritonServer`, and timed with
 1, 4, 16… concurrent clients (`bench.time_concurrent`, one `TritonRunner` per client) at each batch size,
 beside the run's own in-process ONNX Runtime figures, so the cost of serving is visible. Figures, not tests.
 """
@@ -11,21 +11,20 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
+from vib_deploy.backends.triton import TritonRunner
+from vib_deploy.bench import Variant, machine_info, make_input, time_concurrent
+from vib_deploy.data import splits_of
 from vib_deploy.errors import UserError
+from vib_deploy.pipeline import read_run_config
+from vib_deploy.records import BenchFile
+from vib_deploy.runs import RunDir, atomic_write_json
+from vib_deploy.triton.repository import package
+from vib_deploy.triton.server import TritonServer
 
 
 def bench_triton(run_dir: Path, concurrency: tuple[int, ...], batch_sizes: tuple[int, ...], requests: int,
                  protocol: str = "grpc", echo: Callable[[str], None] = print) -> list[dict[str, Any]]:
     """Records {variant, batch, concurrency, p50_ms, p99_ms, throughput, in_process_p50_ms}; also written to bench-triton.json."""
-    from vib_deploy.backends.triton import TritonRunner
-    from vib_deploy.bench import Variant, machine_info, make_input, time_concurrent
-    from vib_deploy.data import splits_of
-    from vib_deploy.pipeline import read_run_config
-    from vib_deploy.records import BenchFile
-    from vib_deploy.runs import RunDir, atomic_write_json
-    from vib_deploy.triton.repository import package
-    from vib_deploy.triton.server import TritonServer
-
     if any(c < 1 for c in concurrency) or any(b < 1 for b in batch_sizes):
         raise UserError("--concurrency and --batch-sizes take positive integers")
     problem = TritonRunner.unavailable()
