@@ -290,6 +290,7 @@ def _resume(model: nn.Module, spec: TrainSpec, run: RunDir, loop: _Loop, result:
 def _train_epoch(model: nn.Module, spec: TrainSpec, loop: _Loop, x_train: torch.Tensor, y_train: torch.Tensor, steps: int,
                  run: RunDir | None, progress: Any, task: Any) -> dict[str, float]:
     """One pass over the shuffled training set; returns the summed loss, CE and KL of its steps."""
+    # long function: one step's batch placement, autocast forward + loss, NaN check and (scaled) backward read as one
     world, epoch, device = distributed.world_size(), loop.epoch, spec.device
     model.train()
     finetune = epoch >= spec.epochs - spec.finetune_epochs
