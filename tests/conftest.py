@@ -24,7 +24,8 @@ STUDY_TINY = ["--set", "data.train_limit=700", "--set", "data.val_size=200", "--
               "--set", "train.dense.epochs=1", "--set", "train.vib.epochs=3", "--set", "train.batch_size=50",
               "--set", "train.vib.gate_lr=0.1", "--set", "bench.rounds=2", "--set", "bench.iters_per_round=3",
               "--set", "bench.warmup=1", "--set", "bench.memory=false", "--set", "bench.backends=[onnxruntime]"]
-STATUS = re.compile(r"^\[(run|cached)\] [a-z-]+$")  # the progress lines stage commands print on stderr
+# the progress lines stage commands print on stderr, and the line a changed config prints before anything reruns
+STATUS = re.compile(r"^\[(run|cached)\] [a-z-]+$|^\S+: .* from the (finished run|last run there); .*(rerun|reruns)$")
 
 
 @pytest.fixture(scope="session")

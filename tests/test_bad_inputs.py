@@ -135,7 +135,7 @@ DATA_CASES = [
     pytest.param(_replace_with_gz("test-images", lambda b: gzip.compress(b)[:200]), [],
                  ["t10k-images-idx3-ubyte.gz: cannot read"], id="truncated-gzip"),
     pytest.param(lambda folder: (folder / FILES["test-labels"]).unlink(), [],
-                 ["mnist not found", "t10k-labels-idx1-ubyte"], id="missing-file"),
+                 ["data.root", "lacks t10k-labels-idx1-ubyte"], id="missing-file"),
     pytest.param(lambda folder: None, ["--set", "data.val_size=30"],
                  ["data.val_size=30 leaves no training images"], id="val-size-takes-everything"),
 ]
@@ -326,7 +326,7 @@ def test_pruning_that_deletes_a_whole_layer(tiny_run, tmp_path, settings):
     # train-vib committed with the new settings; prune kept its old record and outputs, which verify says
     # no longer match the new vib.pt (the old ones still verify)
     proc = run_cli("verify", str(d))
-    assert_user_error(proc, "stage prune is out of date (vib.pt changed since it ran)")
+    assert_user_error(proc, "stage prune is out of date (train-vib.json, vib.pt changed since it ran)")
     assert "corrupt" not in proc.stderr
 
 

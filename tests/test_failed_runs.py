@@ -19,15 +19,13 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, run_cli
+from conftest import LENET300 as PIPELINE
+from conftest import ROOT, TINY, run_cli
 from vib_deploy import runs
 from vib_deploy.errors import UserError
 from vib_deploy.runs import RunDir, atomic_write_bytes
 
-PIPELINE = "pipelines/mnist-lenet300.yaml"
-TINY = ["data.train_limit=700", "data.val_size=200", "data.test_limit=300", "train.dense.epochs=1", "train.vib.epochs=1",
-        "train.vib.kl_factor=1e-3", "bench.rounds=1", "bench.iters_per_round=1", "bench.warmup=0", "bench.batch_sizes=[1]",
-        "bench.memory=false", "bench.backends=[onnxruntime]"]
+SETTINGS = [a for a in TINY if a != "--set"]  # the shared tiny run's settings (conftest.lenet300_run)
 STAGES = ["train-dense", "train-vib", "prune", "export", "bench", "report"]
 
 
@@ -41,23 +39,15 @@ def snapshot(d: Path) -> dict[str, bytes]:
 
 
 def assert_all_cached(d: Path, *extra: str) -> None:
-    proc = run_cli("run", PIPELINE, "--run-dir", str(d), *sets(*TINY), *extra)
+    proc = run_cli("run", PIPELINE, "--run-dir", str(d), *sets(*SETTINGS), *extra)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert [f"[cached] {s}" for s in STAGES] == [line for line in proc.stderr.splitlines() if line.startswith("[")]
 
 
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory, mnist_root) -> Path:
-    d = tmp_path_factory.mktemp("failed-runs") / "run"
-    proc = run_cli("run", PIPELINE, "--run-dir", str(d), *sets(*TINY))
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return d
-
-
 @pytest.fixture
-def run_copy(finished, tmp_path) -> Path:
+def run_copy(lenet300_run, tmp_path) -> Path:
     d = tmp_path / "run"
-    shutil.copytree(finished, d)
+    shutil.copytree(lenet300_run[0], d)
     return d
 
 
@@ -99,7 +89,7 @@ BAD_INPUTS = [
 @pytest.mark.parametrize("make,fragment", BAD_INPUTS)
 def test_bad_input_leaves_the_run_directory_untouched(run_copy, tmp_path, mnist_root, make, fragment):
     before = snapshot(run_copy)
-    proc = run_cli("run", PIPELINE, "--run-dir", str(run_copy), *sets(*TINY, *make(tmp_path, mnist_root)))
+    proc = run_cli("run", PIPELINE, "--run-dir", str(run_copy), *sets(*SETTINGS, *make(tmp_path, mnist_root)))
     assert proc.returncode == 2, proc.stderr[-2000:]
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
@@ -109,7 +99,7 @@ def test_bad_input_leaves_the_run_directory_untouched(run_copy, tmp_path, mnist_
 
 @pytest.mark.e2e
 def test_nan_loss_then_the_correct_run_is_all_cached(run_copy):
-    proc = run_cli("run", PIPELINE, "--run-dir", str(run_copy), *sets(*TINY, "train.dense.lr=1e30"))
+    proc = run_cli("run", PIPELINE, "--run-dir", str(run_copy), *sets(*SETTINGS, "train.dense.lr=1e30"))
     assert proc.returncode == 2 and "loss is nan" in proc.stderr
     assert "train.dense.lr differs from the finished run; train-dense and 5 later stages will rerun" in proc.stderr
     assert_all_cached(run_copy)
@@ -129,7 +119,7 @@ def test_disk_full_at_the_first_write(run_copy, monkeypatch):
 
     before = snapshot(run_copy)
     monkeypatch.setattr(runs, "atomic_write", full)  # every writer in vib_deploy goes through it
-    config = load_config(ROOT / PIPELINE, [*TINY, "train.seed=1"])
+    config = load_config(ROOT / PIPELINE, [*SETTINGS, "train.seed=1"])
     with pytest.raises(UserError, match="disk full while writing"):
         run_pipeline(config, run_copy, echo=lambda _: None)
     assert snapshot(run_copy) == before
@@ -139,7 +129,7 @@ def test_disk_full_at_the_first_write(run_copy, monkeypatch):
 def test_kill_during_the_first_stage_of_a_changed_config(run_copy):
     config, stages = (run_copy / "config.yaml").read_bytes(), json.loads((run_copy / "manifest.json").read_text())["stages"]
     child = subprocess.Popen([sys.executable, "-m", "vib_deploy", "run", PIPELINE, "--run-dir", str(run_copy),
-                              *sets(*TINY, "train.dense.epochs=40", "data.train_limit=5000")],
+                              *sets(*SETTINGS, "train.dense.epochs=40", "data.train_limit=5000")],
                              cwd=ROOT, stderr=subprocess.PIPE, text=True)
     assert child.stderr is not None
     for line in child.stderr:
@@ -155,18 +145,18 @@ def test_kill_during_the_first_stage_of_a_changed_config(run_copy):
 
 @pytest.mark.e2e
 def test_changed_config_says_what_reruns(run_copy):
-    proc = run_cli("run", PIPELINE, "--run-dir", str(run_copy), *sets(*TINY, "bench.rounds=2"))
+    proc = run_cli("run", PIPELINE, "--run-dir", str(run_copy), *sets(*SETTINGS, "bench.rounds=3"))
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert f"{run_copy}: bench.rounds differs from the finished run; bench and 1 later stage will rerun" in proc.stderr
     assert "[cached] export" in proc.stderr and "[run] bench" in proc.stderr
-    proc = run_cli("run", PIPELINE, "--run-dir", str(run_copy), *sets(*TINY, "bench.rounds=2"))
+    proc = run_cli("run", PIPELINE, "--run-dir", str(run_copy), *sets(*SETTINGS, "bench.rounds=3"))
     assert "differs" not in proc.stderr  # the run directory now holds that config
 
 
 @pytest.mark.e2e
 def test_verify_reports_stale_and_missing_records(run_copy):
     # train-dense commits with a new setting, then train-vib fails: its old record no longer matches dense.pt
-    proc = run_cli("run", PIPELINE, "--run-dir", str(run_copy), *sets(*TINY, "train.dense.lr=2e-3", "train.vib.lr=1e30"))
+    proc = run_cli("run", PIPELINE, "--run-dir", str(run_copy), *sets(*SETTINGS, "train.dense.lr=2e-3", "train.vib.lr=1e30"))
     assert proc.returncode == 2 and "[run] train-dense" in proc.stderr and "loss is nan" in proc.stderr
     proc = run_cli("verify", str(run_copy))
     assert proc.returncode == 2 and "stage train-vib is out of date (dense.pt, train-dense.json changed since it ran)" in proc.stderr
@@ -175,7 +165,7 @@ def test_verify_reports_stale_and_missing_records(run_copy):
     (run_copy / "manifest.json").write_text(json.dumps(manifest))
     proc = run_cli("verify", str(run_copy))
     assert proc.returncode == 2 and "stage prune has outputs but no record" in proc.stderr
-    proc = run_cli("run", PIPELINE, "--run-dir", str(run_copy), *sets(*TINY, "train.dense.lr=2e-3"))
+    proc = run_cli("run", PIPELINE, "--run-dir", str(run_copy), *sets(*SETTINGS, "train.dense.lr=2e-3"))
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert run_cli("verify", str(run_copy)).returncode == 0
 
