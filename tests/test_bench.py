@@ -29,7 +29,7 @@ def test_percentiles_and_speedups():
     assert stats["p50_ms"] == 1.0 and stats["p99_ms"] > 5.0
     recs = [{"backend": "ort", "batch": 1, "variant": "dense", "p50_ms": 4.0},
             {"backend": "ort", "batch": 1, "variant": "pruned", "p50_ms": 1.0}]
-    assert speedups(recs) == [{"backend": "ort", "batch": 1, "variant": "pruned", "speedup": 4.0}]
+    assert speedups(recs) == [{"backend": "ort", "batch": 1, "variant": "pruned", "precision": "fp32", "speedup": 4.0}]
 
 
 def test_reduced_input_layout():

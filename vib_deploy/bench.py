@@ -29,6 +29,18 @@ class Variant:
     name: str  # "dense", "pruned" (full image) or "pruned_reduced" (kept pixels only)
     artifacts: dict[str, Path]  # backend suffix (".onnx", ".pt") -> file
     input_indices: list[int] | None = None  # reduced-input models take x.flatten(1)[:, indices]
+    precision: str = "fp32"  # or "int8" (a QDQ model from the quantize stage)
+    error: dict[str, float] | None = None  # test error per backend that runs it ("*": every backend alike)
+    widths: list[int] | None = None  # units per gated layer of the timed net
+
+    @property
+    def key(self) -> str:
+        """Unique among the variants timed together: "pruned", "pruned_int8", ..."""
+        return self.name if self.precision == "fp32" else f"{self.name}_{self.precision}"
+
+    def error_on(self, backend: str) -> float | None:
+        errors = self.error or {}
+        return errors.get(backend, errors.get("*"))
 
 
 def make_input(variant: Variant, images: np.ndarray, batch: int) -> np.ndarray:
@@ -96,7 +108,7 @@ def peak_memory(backend: str, path: Path, shape: tuple[int, ...], threads: int) 
     /proc/self/clear_refs), so the figure is the model's own load + inference peak.
     """
     # import the backend library before the first reading so only the model's own memory counts
-    warm = {"onnxruntime": "import onnxruntime", "torch": "import torch"}.get(backend, "")
+    warm = {"onnxruntime": "import onnxruntime", "torch": "import torch", "openvino": "import openvino"}.get(backend, "")
     code = warm + "\n" + _MEMORY_PROBE
     proc = subprocess.run([sys.executable, "-c", code, backend, str(path), json.dumps(list(shape)), str(threads)],
                           capture_output=True, text=True, timeout=300)
@@ -112,21 +124,23 @@ def run_bench(variants: list[Variant], images: np.ndarray, backends: list[str], 
     task = progress.add_task("bench", total=len(backends) * len(batch_sizes) * rounds) if progress else None
     for backend in backends:
         cls = get_backend(backend)
-        runners = {v.name: cls(v.artifacts[cls.artifact_suffix], threads).activate()
+        runners = {v.key: cls(v.artifacts[cls.artifact_suffix], threads).activate()
                    for v in variants if cls.artifact_suffix in v.artifacts}
         for batch in batch_sizes:
-            inputs = {v.name: make_input(v, images, batch) for v in variants if v.name in runners}
+            inputs = {v.key: make_input(v, images, batch) for v in variants if v.key in runners}
             if progress is not None:
                 progress.update(task, description=f"bench {backend} batch {batch}")
             samples = time_alternating(runners, inputs, rounds, iters, warmup, progress, task)
             for v in variants:
-                if v.name not in runners:
+                if v.key not in runners:
                     continue
-                stats = percentiles(samples[v.name])
-                mem = peak_memory(backend, v.artifacts[cls.artifact_suffix], inputs[v.name].shape, threads) if memory else None
-                records.append({"backend": backend, "device": runners[v.name].device, "batch": batch, "variant": v.name,
-                                **stats, "throughput": batch / (stats["mean_ms"] / 1e3), "peak_memory_bytes": mem,
-                                "threads": threads, "calls": len(samples[v.name])})
+                stats = percentiles(samples[v.key])
+                path = v.artifacts[cls.artifact_suffix]
+                mem = peak_memory(backend, path, inputs[v.key].shape, threads) if memory else None
+                records.append({"backend": backend, "device": runners[v.key].device, "batch": batch, "variant": v.name,
+                                "precision": v.precision, "widths": v.widths, "error": v.error_on(backend),
+                                "bytes": path.stat().st_size, **stats, "throughput": batch / (stats["mean_ms"] / 1e3),
+                                "peak_memory_bytes": mem, "threads": threads, "calls": len(samples[v.key])})
         for runner in runners.values():
             runner.deactivate()
     return records
@@ -166,13 +180,17 @@ def time_concurrent(runners: list[Any], x: np.ndarray, requests: int, warmup: in
 
 
 def speedups(records: list[dict[str, Any]], baseline: str = "dense") -> list[dict[str, Any]]:
-    """dense p50 / variant p50 per backend, batch and non-dense variant."""
-    by_key = {(r["backend"], r["batch"], r["variant"]): r for r in records}
+    """dense fp32 p50 / variant p50 per backend, batch, variant and precision (records without one are fp32)."""
+    def key(r: dict[str, Any]) -> tuple[str, int, str, str]:
+        return r["backend"], r["batch"], r["variant"], r.get("precision", "fp32")
+
+    by_key = {key(r): r for r in records}
     out = []
-    for (backend, batch, variant), rec in by_key.items():
-        base = by_key.get((backend, batch, baseline))
-        if variant != baseline and base is not None:
-            out.append({"backend": backend, "batch": batch, "variant": variant, "speedup": base["p50_ms"] / rec["p50_ms"]})
+    for (backend, batch, variant, precision), rec in by_key.items():
+        base = by_key.get((backend, batch, baseline, "fp32"))
+        if (variant, precision) != (baseline, "fp32") and base is not None:
+            out.append({"backend": backend, "batch": batch, "variant": variant, "precision": precision,
+                        "speedup": base["p50_ms"] / rec["p50_ms"]})
     return out
 
 

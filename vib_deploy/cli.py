@@ -112,6 +112,8 @@ for _name, _doc in [
     ("train-vib", "Add VIB gates to the dense net and train with the VIB loss."),
     ("prune", "Remove gated-off units structurally; verified exact against the VIB model."),
     ("export", "Export dense and pruned models to ONNX; checker + parity with torch."),
+    ("openvino", "OpenVINO IR (.xml + .bin + sidecar) of every ONNX model; parity with torch on the test set."),
+    ("quantize", "INT8 (QDQ ONNX) of the dense and pruned models, calibrated on training images; test error per engine."),
     ("report", "Write metrics.json, report.md and plots, and print the final table."),
 ]:
     _stage_command(_name, _doc)
@@ -120,22 +122,29 @@ for _name, _doc in [
 @app.command()
 def bench(
     run_dir: Path = RUN_DIR,
-    backend: Optional[str] = typer.Option(None, "--backend", help="triton: through a local Triton server (default: the "
-                                          "pipeline's bench stage on its in-process backends)."),
+    backend: Optional[str] = typer.Option(None, "--backend", help="In-process backends, comma-separated (onnxruntime,"
+                                          "openvino,torch; default: the pipeline's bench.backends), or triton: through "
+                                          "a local Triton server."),
+    precision: Optional[str] = typer.Option(None, "--precision", help="fp32,int8 (int8: the quantize stage's models); "
+                                            "default: the pipeline's bench.precisions."),
+    batch: Optional[str] = typer.Option(None, "--batch", help="Batch sizes, comma-separated (default: bench.batch_sizes)."),
     concurrency: str = typer.Option("1,4,16", "--concurrency", help="With --backend triton: concurrent clients, comma-separated."),
     batch_sizes: str = typer.Option("1,64", "--batch-sizes", help="With --backend triton: batch sizes, comma-separated."),
     requests: int = typer.Option(100, "--requests", help="With --backend triton: calls per client."),
     protocol: str = typer.Option("grpc", "--protocol", help="With --backend triton: grpc or http."),
 ) -> None:
-    """Time dense vs pruned on each backend, alternating rounds; memory per variant (--backend triton: through a server)."""
-    if backend is None:
+    """Time dense vs pruned on each backend and precision, alternating rounds; memory per variant (--backend triton: through a server).
+
+    --backend/--precision/--batch set the run's bench.backends/precisions/batch_sizes (kept in its config.yaml).
+    """
+    if backend != "triton":
         from vib_deploy.pipeline import run_single
 
+        overrides = [f"bench.{key}=[{value}]" for key, value in
+                     (("backends", backend), ("precisions", precision), ("batch_sizes", batch)) if value is not None]
         with _progress() as progress:
-            run_single(run_dir, "bench", progress, _echo)
+            run_single(run_dir, "bench", progress, _echo, overrides)
         return
-    if backend != "triton":
-        raise UserError(f"--backend {backend!r}: only 'triton' is taken here; in-process backends come from the pipeline's bench.backends")
     if protocol not in ("grpc", "http"):
         raise UserError(f"--protocol must be grpc or http, got {protocol!r}")
     if requests < 1:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from vib_deploy import __version__
-from vib_deploy.config import PipelineConfig, config_to_yaml, load_config
+from vib_deploy.config import PipelineConfig, apply_override, config_to_yaml, load_config, parse_config
 from vib_deploy.errors import UserError
 from vib_deploy.runs import RunDir, atomic_write_text, sha256_file, stage_key
 
@@ -52,10 +52,13 @@ class Stage:
     run: Callable[[Context], list[str]]  # does the work, returns the artifact names it wrote
     uses_data: bool = False  # the dataset's files are inputs too
     all_ranks: bool = False  # under torchrun every rank runs it (training); else rank 0 alone
+    after: tuple[str, ...] = ()  # stages whose outputs this one reads when they have run (keyed only then)
+    enabled: Callable[[PipelineConfig], bool] = lambda c: True  # `run` skips a stage the config turns off
 
 
 # Keys added to a section after runs were made: keyed only when set, so existing runs stay cached.
-_KEYED_WHEN_SET = {"model": {"factory": None, "kwargs": {}, "input_shape": None, "ignore": []}, "data": {"pad": 0}}
+_KEYED_WHEN_SET = {"model": {"factory": None, "kwargs": {}, "input_shape": None, "ignore": []}, "data": {"pad": 0},
+                   "bench": {"precisions": None}}
 
 
 def keyed_section(name: str, section: Any) -> dict[str, Any]:
@@ -74,19 +77,25 @@ def _train_common(c: PipelineConfig) -> dict[str, Any]:
 
 
 def _stages() -> list[Stage]:
-    from vib_deploy import stages as s
+    from vib_deploy import cpu_deploy as cpu, stages as s
 
     return [
         Stage("train-dense", (), lambda c: {**_train_common(c), "dense": c.train.dense.model_dump()}, s.train_dense, True, True),
         Stage("train-vib", ("train-dense",), lambda c: {**_train_common(c), "vib": c.train.vib.model_dump()}, s.train_vib, True, True),
         Stage("prune", ("train-vib",), lambda c: {"prune": c.prune.model_dump(), "data": keyed_section("data", c.data)}, s.prune, True),
         Stage("export", ("train-dense", "prune"), lambda c: {"export": c.export.model_dump(), "data": keyed_section("data", c.data)}, s.export, True),
-        Stage("bench", ("train-dense", "prune", "export"), lambda c: {"bench": c.bench.model_dump()}, s.bench),
-        Stage("report", ("train-dense", "train-vib", "prune", "export", "bench"), lambda c: {}, s.report),
+        Stage("openvino", ("prune", "export"), lambda c: {"export": c.export.model_dump(), "data": keyed_section("data", c.data)},
+              cpu.openvino_ir, True, enabled=lambda c: "openvino" in c.bench.backends),
+        Stage("quantize", ("train-dense", "prune", "export"), lambda c: {"quantize": c.quantize.model_dump(),
+              "data": keyed_section("data", c.data)}, cpu.quantize, True, enabled=lambda c: c.quantize.enabled),
+        Stage("bench", ("train-dense", "prune", "export"), lambda c: {"bench": keyed_section("bench", c.bench)}, s.bench,
+              after=("quantize",)),
+        Stage("report", ("train-dense", "train-vib", "prune", "export", "bench"), lambda c: {}, s.report,
+              after=("openvino", "quantize")),
     ]
 
 
-STAGE_NAMES = ["train-dense", "train-vib", "prune", "export", "bench", "report"]
+STAGE_NAMES = ["train-dense", "train-vib", "prune", "export", "openvino", "quantize", "bench", "report"]
 
 
 def _data_hashes(ctx: Context) -> dict[str, str]:
@@ -99,10 +108,14 @@ def _data_hashes(ctx: Context) -> dict[str, str]:
 def _input_hashes(ctx: Context, stage: Stage) -> dict[str, str]:
     manifest = ctx.run.manifest()
     hashes: dict[str, str] = {}
+    needed = []
     for need in stage.needs:
         entry = manifest["stages"].get(need)
         if entry is None:
             raise UserError(f"stage {stage.name} needs stage {need}, which has not run in {ctx.run.path}")
+        needed.append(entry)
+    needed += [manifest["stages"][name] for name in stage.after if name in manifest["stages"]]
+    for entry in needed:
         for name in entry["outputs"]:
             ctx.run.verified(name)
             hashes[name] = manifest["artifacts"][name]["sha256"]
@@ -190,18 +203,29 @@ def run_pipeline(config: PipelineConfig, run_dir: Path | None = None, force: str
         forcing = False
         for stage in _stages():
             forcing = forcing or stage.name == force
+            if not stage.enabled(config):
+                distributed.on_main(lambda: echo(f"[off] {stage.name}"))
+                continue
             run_stage(ctx, stage, force=forcing, echo=echo, fresh=forcing)
             if stage.name == until:
                 break
     return run
 
 
-def run_single(run_dir: Path, stage_name: str, progress: Any = None, echo: Callable[[str], None] = print) -> RunDir:
-    """Run one stage of an existing run directory (always reruns it)."""
+def run_single(run_dir: Path, stage_name: str, progress: Any = None, echo: Callable[[str], None] = print,
+               overrides: list[str] | None = None) -> RunDir:
+    """Run one stage of an existing run directory (always reruns it); `overrides` (`a.b=value`) change its config.yaml."""
     config = read_run_config(run_dir)
     run = RunDir(Path(run_dir))
     stage = {s.name: s for s in _stages()}[stage_name]
+    if overrides:
+        tree = config.model_dump(mode="json")
+        for assignment in overrides:
+            apply_override(tree, assignment)
+        config = parse_config(tree, f"{run_dir / CONFIG_FILE} with {' '.join(overrides)}")
     with _locked(run):
+        if overrides:
+            write_config(run, config)
         run_stage(Context(run, config, progress), stage, force=True, echo=echo)
     return run
 

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from vib_deploy import __version__
+from vib_deploy.deploy_matrix import headline_text, headlines, plot_speedup_vs_ideal, render_matrix
 from vib_deploy.runs import RunDir, atomic_write, atomic_write_json, atomic_write_text
 
 BYTES_PER_PARAM = 4  # fp32
@@ -40,6 +41,7 @@ def build_metrics(run: RunDir, config: Any) -> dict[str, Any]:
         "ideal_speedup": flops_d / flops_p,
         "machine": bench["machine"],
         "history": {"dense": dense["history"], "vib": vib["history"]},
+        **{name: run.read_json(f"{name}.json") for name in ("openvino", "quantize") if name in run.manifest()["stages"]},
     }
 
 
@@ -61,12 +63,8 @@ def summary_rows(metrics: dict[str, Any]) -> list[tuple[str, str]]:
                                           f"{metrics['prune']['logit_scale']:.1f}), fp64 {metrics['prune']['max_abs_diff_float64']:.1e}"),
         ("ONNX parity (max |Δ|, argmax)", f"{metrics['export']['max_abs_diff']:.2e}, {metrics['export']['argmax_agreement']:.2%}"),
     ]
-    by = {(r["backend"], r["batch"], r["variant"]): r for r in metrics["bench"]}
-    for s in metrics["speedup"]:
-        dense_rec, rec = by[(s["backend"], s["batch"], "dense")], by[(s["backend"], s["batch"], s["variant"])]
-        rows.append((f"{s['backend']} b{s['batch']} {s['variant']}",
-                     f"p50 {dense_rec['p50_ms']:.4f} → {rec['p50_ms']:.4f} ms: speedup {s['speedup']:.2f}× "
-                     f"(measured/ideal {s['speedup'] / metrics['ideal_speedup']:.2f})"))
+    for h in headlines(metrics):
+        rows.append((f"batch {h['batch']}: best dense → best pruned", headline_text(h, metrics["ideal_speedup"])))
     return rows
 
 
@@ -111,7 +109,7 @@ def _plots(run: RunDir, metrics: dict[str, Any]) -> list[str]:
 
     fig, axes = plt.subplots(1, len({r["backend"] for r in metrics["bench"]}), figsize=(10, 3.5), squeeze=False)
     for ax, backend in zip(axes[0], sorted({r["backend"] for r in metrics["bench"]})):
-        recs = [r for r in metrics["bench"] if r["backend"] == backend]
+        recs = [r for r in metrics["bench"] if r["backend"] == backend and r.get("precision", "fp32") == "fp32"]
         batches = sorted({r["batch"] for r in recs})
         variants = sorted({r["variant"] for r in recs}, key=["dense", "pruned", "pruned_reduced"].index)
         width = 0.8 / len(variants)
@@ -124,6 +122,11 @@ def _plots(run: RunDir, metrics: dict[str, Any]) -> list[str]:
         ax.set_title(backend)
         ax.legend()
     save(fig, "plots/latency.png")
+
+    fig, ax = plt.subplots(figsize=(5, 4.5))
+    plot_speedup_vs_ideal(ax, metrics)
+    ax.set_title("Measured vs FLOPs-ideal speedup")
+    save(fig, "plots/speedup.png")
 
     hist = metrics["history"]["vib"]
     epochs = [h["epoch"] for h in hist]
@@ -150,7 +153,7 @@ def _plots(run: RunDir, metrics: dict[str, Any]) -> list[str]:
 def render_markdown(metrics: dict[str, Any], config: Any) -> str:
     rows = "\n".join(f"| {k} | {v} |" for k, v in summary_rows(metrics))
     bench_rows = "\n".join(
-        f"| {r['backend']} | {r['batch']} | {r['variant']} | {r['p50_ms']:.4f} | {r['p90_ms']:.4f} | {r['p99_ms']:.4f} | "
+        f"| {r['backend']} | {r['batch']} | {r['variant']} | {r.get('precision', 'fp32')} | {r['p50_ms']:.4f} | {r['p90_ms']:.4f} | {r['p99_ms']:.4f} | "
         f"{r['throughput']:,.0f} | {r['peak_memory_bytes'] if r['peak_memory_bytes'] is not None else 'not measured'} |"
         for r in metrics["bench"]
     )
@@ -175,12 +178,14 @@ Dense and pruned were timed in alternating rounds in one process. `pruned_reduce
 input pixels (indices in its ONNX metadata `vib_deploy.kept_pixels`); `pruned` gathers them in-graph.
 Peak memory is the peak-RSS growth of a fresh process that loads the model and runs the batch.
 
-| backend | batch | variant | p50 ms | p90 ms | p99 ms | samples/s | peak memory bytes |
-|---|---|---|---|---|---|---|---|
+| backend | batch | variant | precision | p50 ms | p90 ms | p99 ms | samples/s | peak memory bytes |
+|---|---|---|---|---|---|---|---|---|
 {bench_rows}
 
+{render_matrix(metrics)}
 ![units](plots/units.png)
 ![latency](plots/latency.png)
+![speedup](plots/speedup.png)
 ![training](plots/training.png)
 """
 

@@ -159,22 +159,39 @@ def export(ctx: Any) -> list[str]:
 
 
 def bench(ctx: Any) -> list[str]:
-    """Dense vs pruned latency/throughput/memory on each configured backend, alternating rounds."""
-    from vib_deploy.bench import Variant, machine_info, run_bench, speedups
+    """Dense vs pruned (fp32, and int8 where asked) latency/throughput/memory per backend, alternating rounds."""
+    from vib_deploy.bench import machine_info, run_bench, speedups
 
     cfg = ctx.config.bench
-    prune_info = ctx.read_json("prune.json")
-    run = ctx.run
-    variants = [Variant("dense", {".onnx": run.verified("dense.onnx"), ".pt": run.verified("dense.pt")}),
-                Variant("pruned", {".onnx": run.verified("pruned.onnx"), ".pt": run.verified("pruned.pt")})]
-    if prune_info["kept_pixels"] is not None:
-        variants.append(Variant("pruned_reduced", {".onnx": run.verified("pruned_reduced.onnx"),
-                                                   ".pt": run.verified("pruned_reduced.pt")}, prune_info["kept_pixels"]))
     images = ctx.splits().x_test[:512]
-    records = run_bench(variants, images, cfg.backends, cfg.batch_sizes, cfg.threads, cfg.rounds, cfg.iters_per_round,
-                        cfg.warmup, cfg.memory, ctx.progress)
-    atomic_write_json(run.file("bench.json"), {"records": records, "speedup": speedups(records), "machine": machine_info()})
+    records = run_bench(bench_variants(ctx), images, cfg.backends, cfg.batch_sizes, cfg.threads, cfg.rounds,
+                        cfg.iters_per_round, cfg.warmup, cfg.memory, ctx.progress)
+    atomic_write_json(ctx.run.file("bench.json"), {"records": records, "speedup": speedups(records), "machine": machine_info()})
     return ["bench.json"]
+
+
+def bench_variants(ctx: Any) -> list[Any]:
+    """What the bench times: dense, pruned (and pruned_reduced) in fp32; their INT8 models when int8 is asked for."""
+    from vib_deploy.bench import Variant
+    from vib_deploy.cpu_deploy import QUANTIZED, int8_name
+
+    prune_info, run = ctx.read_json("prune.json"), ctx.run
+    dense_error = ctx.read_json("train-dense.json")["test_error"]
+    widths = {"dense": prune_info["dense_architecture"], "pruned": prune_info["architecture"]}
+    widths["pruned_reduced"] = widths["pruned"]
+    names = ["dense", "pruned"] + (["pruned_reduced"] if prune_info["kept_pixels"] is not None else [])
+    variants = [Variant(n, {".onnx": run.verified(f"{n}.onnx"), ".pt": run.verified(f"{n}.pt")},
+                        prune_info["kept_pixels"] if n == "pruned_reduced" else None, "fp32",
+                        {"*": dense_error if n == "dense" else prune_info["test_error"]}, widths[n]) for n in names]
+    precisions = ctx.config.bench.precisions or (["fp32", "int8"] if ctx.config.quantize.enabled else ["fp32"])
+    if "int8" in precisions:
+        if "quantize" not in run.manifest()["stages"]:
+            raise UserError(f"bench precision int8 needs the INT8 models: run `vib-deploy quantize {run.path}` first "
+                            "(or set quantize.enabled: true in the pipeline)")
+        quant = ctx.read_json("quantize.json")
+        variants += [Variant(n, {".onnx": run.verified(int8_name(n))}, None, "int8", quant[n]["error"], widths[n])
+                     for n in QUANTIZED]
+    return [v for v in variants if v.precision in precisions]
 
 
 def report(ctx: Any) -> list[str]:

@@ -110,7 +110,8 @@ def run_record(run: RunDir, method: str) -> dict[str, Any]:
     config = read_run_config(run.path)
     prune = run.read_json("prune.json")
     bench = run.read_json("bench.json")
-    p50 = {f"{r['backend']}/b{r['batch']}/{r['variant']}": r["p50_ms"] for r in bench["records"]}
+    p50 = {f"{r['backend']}/b{r['batch']}/{r['variant']}": r["p50_ms"] for r in bench["records"]
+           if r.get("precision", "fp32") == "fp32"}
     return {
         "model": config.model.name, "pipeline": config.name, "method": method, "seed": config.train.seed,
         "kl_factor": config.train.vib.kl_factor if method == "vib" else None,

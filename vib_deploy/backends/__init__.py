@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from vib_deploy.backends.base import Runner
 from vib_deploy.backends.onnxruntime import OnnxRuntimeRunner
+from vib_deploy.backends.openvino import OpenVinoRunner
 from vib_deploy.backends.tensorrt import TensorRTRunner
 from vib_deploy.backends.torch import TorchRunner
 from vib_deploy.errors import UserError
 
-BACKENDS: dict[str, type[Runner]] = {"onnxruntime": OnnxRuntimeRunner, "torch": TorchRunner, "tensorrt": TensorRTRunner}
+BACKENDS: dict[str, type[Runner]] = {"onnxruntime": OnnxRuntimeRunner, "torch": TorchRunner, "tensorrt": TensorRTRunner,
+                                   "openvino": OpenVinoRunner}
 
 
 def get_backend(name: str) -> type[Runner]:
