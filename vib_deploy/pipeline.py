@@ -214,7 +214,8 @@ def run_pipeline(config: PipelineConfig, run_dir: Path | None = None, force: str
 
 def run_single(run_dir: Path, stage_name: str, progress: Any = None, echo: Callable[[str], None] = print,
                overrides: list[str] | None = None) -> RunDir:
-    """Run one stage of an existing run directory (always reruns it); `overrides` (`a.b=value`) change its config.yaml."""
+    """Run one stage of an existing run directory (always reruns it); `overrides` (`a.b=value`) change its
+    config.yaml once the stage has run with them."""
     config = read_run_config(run_dir)
     run = RunDir(Path(run_dir))
     stage = {s.name: s for s in _stages()}[stage_name]
@@ -224,9 +225,9 @@ def run_single(run_dir: Path, stage_name: str, progress: Any = None, echo: Calla
             apply_override(tree, assignment)
         config = parse_config(tree, f"{run_dir / CONFIG_FILE} with {' '.join(overrides)}")
     with _locked(run):
+        run_stage(Context(run, config, progress), stage, force=True, echo=echo)
         if overrides:
             write_config(run, config)
-        run_stage(Context(run, config, progress), stage, force=True, echo=echo)
     return run
 
 

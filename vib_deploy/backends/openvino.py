@@ -8,7 +8,6 @@ another OpenVINO version is one clear error (`check_sidecar`). `openvino` is imp
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 from typing import Any
@@ -105,8 +104,10 @@ class OpenVinoRunner(Runner):
 
     @classmethod
     def unavailable(cls) -> str | None:
-        if importlib.util.find_spec("openvino") is None:
-            return INSTALL_HINT
+        try:  # imported, not just found: a wheel that cannot load (missing library, wrong Python) is as good as none
+            import openvino  # noqa: F401
+        except ImportError as e:
+            return f"{INSTALL_HINT} ({type(e).__name__}: {e})"
         return None
 
     def activate_impl(self) -> None:
