@@ -219,3 +219,50 @@ def test_missing_openvino_is_one_line_with_the_install_hint(cpu_run, tmp_path):
         assert proc.returncode == 2, proc.stderr[-2000:]
         assert "backend openvino is not available: pip install openvino" in proc.stderr and "Traceback" not in proc.stderr
     assert (copy / "config.yaml").read_text() == config  # a failed bench leaves the run's config as it was
+
+
+@pytest.mark.e2e
+def test_package_ships_int8_and_openvino_and_serve_runs_int8(cpu_run, tmp_path):
+    pytest.importorskip("tritonclient.grpc", reason="tritonclient is not installed: pip install 'vib-deploy[ship]'")
+    import onnxruntime as ort
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    from vib_deploy.config import load_config
+    from vib_deploy.data import splits_of
+    from vib_deploy.runs import sha256_file
+    from vib_deploy.serve import TritonServer, unavailable
+
+    run_dir = cpu_run[0]
+    repo = tmp_path / "models"
+    proc = run_cli("package", str(run_dir), "--repo", str(repo), "--name", "l5")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert sorted(p.name for p in repo.iterdir()) == ["l5-dense", "l5-pruned", "l5-pruned-int8", "l5-pruned-openvino"]
+    ov_dir = repo / "l5-pruned-openvino"
+    assert sorted(p.name for p in (ov_dir / "1").iterdir()) == ["manifest.json", "model.bin", "model.xml", "model.xml.json"]
+    assert sha256_file(ov_dir / "1" / "model.bin") == sha256_file(run_dir / "pruned.bin")
+    config = text_format.Parse((ov_dir / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+    assert config.backend == "openvino" and config.platform == "" and config.default_model_filename == "model.xml"
+    assert {k: v.string_value for k, v in config.parameters.items()} == \
+        {"INFERENCE_NUM_THREADS": "1", "NUM_STREAMS": "1", "PERFORMANCE_HINT": "LATENCY"}
+    int8 = text_format.Parse((repo / "l5-pruned-int8" / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+    assert int8.platform == "onnxruntime_onnx"
+    assert sha256_file(repo / "l5-pruned-int8" / "1" / "model.onnx") == sha256_file(run_dir / "pruned_int8.onnx")
+    assert run_cli("verify", str(repo)).returncode == 0
+    problem = unavailable()
+    if problem:
+        pytest.skip(f"a local Triton cannot start here: {problem}")
+    import tritonclient.http as httpclient
+
+    data = splits_of(load_config(run_dir / "config.yaml").data)
+    x, y = np.ascontiguousarray(data.x_test[:128]), data.y_test[:128]
+    with TritonServer(repo) as server:
+        assert "l5-pruned-int8" in server.models and "l5-pruned-openvino" not in server.models  # python backend only
+        client = httpclient.InferenceServerClient(server.http_url)
+        inp = httpclient.InferInput("input", list(x.shape), "FP32")
+        inp.set_data_from_numpy(x)
+        got = client.infer("l5-pruned-int8", [inp]).as_numpy("logits")
+        client.close()
+    local = ort.InferenceSession(str(run_dir / "pruned_int8.onnx"), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    np.testing.assert_allclose(got, local, rtol=1e-5, atol=1e-5)
+    assert got.argmax(1).tolist() == local.argmax(1).tolist() and (got.argmax(1) != y).mean() < 0.9
