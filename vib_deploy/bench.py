@@ -1,7 +1,7 @@
 """Latency, throughput and memory of dense vs pruned models, measured in one process.
 
-Dense and pruned are timed in alternating rounds (the order flips each round) so that machine noise
-hits both alike; each call is timed with perf_counter_ns after warm-up. Memory is the peak-RSS growth
+Dense and pruned, on every backend and precision, are timed in alternating rounds (the order flips each
+round) so that machine noise hits all alike; each call is timed with perf_counter_ns after warm-up. Memory is the peak-RSS growth
 of a fresh process that loads the model and runs the batch (one subprocess per variant), so models
 never share an allocator's high-water mark. The benchmark only talks to `backends.base.Runner`.
 """
@@ -119,30 +119,36 @@ def peak_memory(backend: str, path: Path, shape: tuple[int, ...], threads: int) 
 
 def run_bench(variants: list[Variant], images: np.ndarray, backends: list[str], batch_sizes: list[int], threads: int,
               rounds: int, iters: int, warmup: int, memory: bool, progress: Any = None) -> list[dict[str, Any]]:
-    """Benchmark every variant on every backend and batch size; returns metrics.json `bench` records."""
+    """Benchmark every variant on every backend and batch size; returns metrics.json `bench` records.
+
+    Every (backend, variant) runner is loaded first and all of them alternate in the same rounds, so a
+    cross-engine comparison (the best dense deployment vs the best pruned one) sees the same machine noise.
+    """
     records: list[dict[str, Any]] = []
-    task = progress.add_task("bench", total=len(backends) * len(batch_sizes) * rounds) if progress else None
+    task = progress.add_task("bench", total=len(batch_sizes) * rounds) if progress else None
+    by_key = {v.key: v for v in variants}
+    paths: dict[tuple[str, str], Path] = {}
+    runners: dict[tuple[str, str], Any] = {}
     for backend in backends:
         cls = get_backend(backend)
-        runners = {v.key: cls(v.artifacts[cls.artifact_suffix], threads).activate()
-                   for v in variants if cls.artifact_suffix in v.artifacts}
-        for batch in batch_sizes:
-            inputs = {v.key: make_input(v, images, batch) for v in variants if v.key in runners}
-            if progress is not None:
-                progress.update(task, description=f"bench {backend} batch {batch}")
-            samples = time_alternating(runners, inputs, rounds, iters, warmup, progress, task)
-            for v in variants:
-                if v.key not in runners:
-                    continue
-                stats = percentiles(samples[v.key])
-                path = v.artifacts[cls.artifact_suffix]
-                mem = peak_memory(backend, path, inputs[v.key].shape, threads) if memory else None
-                records.append({"backend": backend, "device": runners[v.key].device, "batch": batch, "variant": v.name,
-                                "precision": v.precision, "widths": v.widths, "error": v.error_on(backend),
-                                "bytes": path.stat().st_size, **stats, "throughput": batch / (stats["mean_ms"] / 1e3),
-                                "peak_memory_bytes": mem, "threads": threads, "calls": len(samples[v.key])})
-        for runner in runners.values():
-            runner.deactivate()
+        for v in variants:
+            if cls.artifact_suffix in v.artifacts:
+                paths[backend, v.key] = v.artifacts[cls.artifact_suffix]
+                runners[backend, v.key] = cls(paths[backend, v.key], threads).activate()
+    for batch in batch_sizes:
+        inputs = {k: make_input(by_key[k[1]], images, batch) for k in runners}
+        if progress is not None:
+            progress.update(task, description=f"bench batch {batch}")
+        samples = time_alternating(runners, inputs, rounds, iters, warmup, progress, task)
+        for (backend, key), runner in runners.items():
+            v, path, stats = by_key[key], paths[backend, key], percentiles(samples[backend, key])
+            mem = peak_memory(backend, path, inputs[backend, key].shape, threads) if memory else None
+            records.append({"backend": backend, "device": runner.device, "batch": batch, "variant": v.name,
+                            "precision": v.precision, "widths": v.widths, "error": v.error_on(backend),
+                            "bytes": path.stat().st_size, **stats, "throughput": batch / (stats["mean_ms"] / 1e3),
+                            "peak_memory_bytes": mem, "threads": threads, "calls": len(samples[backend, key])})
+    for runner in runners.values():
+        runner.deactivate()
     return records
 
 
