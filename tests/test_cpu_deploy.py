@@ -266,3 +266,17 @@ def test_package_ships_int8_and_openvino_and_serve_runs_int8(cpu_run, tmp_path):
     local = ort.InferenceSession(str(run_dir / "pruned_int8.onnx"), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
     np.testing.assert_allclose(got, local, rtol=1e-5, atol=1e-5)
     assert got.argmax(1).tolist() == local.argmax(1).tolist() and (got.argmax(1) != y).mean() < 0.9
+
+
+@pytest.mark.e2e
+def test_prune_round_to_from_the_cli(cpu_run, tmp_path):
+    copy = tmp_path / "run"
+    shutil.copytree(cpu_run[0], copy)
+    proc = run_cli("prune", str(copy), "--round-to", "3")
+    assert proc.returncode == 2 and "key 'prune.round_to'" in proc.stderr and "Traceback" not in proc.stderr
+    proc = run_cli("prune", str(copy), "--round-to", "16")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    info = json.loads((copy / "prune.json").read_text())
+    assert info["round_to"] == 16 and [w["kept"] for w in info["widths"]] == info["architecture"]
+    assert all(w["vib"] <= w["kept"] <= w["units"] and (w["kept"] % 16 == 0 or w["kept"] == w["units"]) for w in info["widths"])
+    assert "round_to: 16" in (copy / "config.yaml").read_text()

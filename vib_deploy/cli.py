@@ -110,13 +110,25 @@ def _stage_command(name: str, doc: str) -> None:
 for _name, _doc in [
     ("train-dense", "Train the dense net (best validation epoch kept)."),
     ("train-vib", "Add VIB gates to the dense net and train with the VIB loss."),
-    ("prune", "Remove gated-off units structurally; verified exact against the VIB model."),
     ("export", "Export dense and pruned models to ONNX; checker + parity with torch."),
     ("openvino", "OpenVINO IR (.xml + .bin + sidecar) of every ONNX model; parity with torch on the test set."),
     ("quantize", "INT8 (QDQ ONNX) of the dense and pruned models, calibrated on training images; test error per engine."),
     ("report", "Write metrics.json, report.md and plots, and print the final table."),
 ]:
     _stage_command(_name, _doc)
+
+
+@app.command()
+def prune(
+    run_dir: Path = RUN_DIR,
+    round_to: Optional[str] = typer.Option(None, "--round-to", help="Round each layer's kept units up to a multiple: "
+                                           "1 (the VIB's counts), 4, 8 or 16 (kept as prune.round_to in the run's config)."),
+) -> None:
+    """Remove gated-off units structurally; verified exact against the VIB model (with --round-to: its looser-threshold net)."""
+    from vib_deploy.pipeline import run_single
+
+    with _progress() as progress:
+        run_single(run_dir, "prune", progress, _echo, [f"prune.round_to={round_to}"] if round_to is not None else None)
 
 
 @app.command()

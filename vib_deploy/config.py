@@ -78,6 +78,7 @@ class TrainConfig(_Strict):
 
 class PruneConfig(_Strict):
     tolerance: float = Field(1e-5, gt=0)  # max |Δlogit| pruned vs VIB (inference mode), enforced
+    round_to: Literal[1, 4, 8, 16] = 1  # kept units per layer rounded up to a multiple (1: the VIB's own counts)
 
 
 class ExportConfig(_Strict):

@@ -59,6 +59,12 @@ def render_matrix(metrics: dict[str, Any]) -> str:
     lines = ["## Deploy matrix", "",
              "Best dense deployment vs best pruned deployment per batch size, across every engine and precision:", ""]
     lines += [f"- batch {h['batch']}: {headline_text(h, ideal)}" for h in headlines(metrics)]
+    if metrics["pruned"].get("round_to"):
+        w = metrics["pruned"]["widths"]
+        why = "; ".join(f"gate {r['gate']}: {r['why']}" for r in w)
+        lines += ["", f"Widths rounded up to multiples of {metrics['pruned']['round_to']} (`prune.round_to`): VIB "
+                  f"{'-'.join(str(r['vib']) for r in w)} → {'-'.join(str(r['kept']) for r in w)} ({why}); "
+                  "the pruned error is the rounded net's, measured."]
     lines += ["", f"Speedup is against dense fp32 on the same backend and batch; measured/ideal divides it by the "
               f"FLOPs ratio ({ideal:.1f}× for the pruned nets, 1 for dense; the same for int8). Bytes are the file timed. Error is on the full test "
               "set, measured on the engine that ran the model (int8) or once in torch (fp32: every engine agrees "

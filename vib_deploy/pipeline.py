@@ -58,7 +58,7 @@ class Stage:
 
 # Keys added to a section after runs were made: keyed only when set, so existing runs stay cached.
 _KEYED_WHEN_SET = {"model": {"factory": None, "kwargs": {}, "input_shape": None, "ignore": []}, "data": {"pad": 0},
-                   "bench": {"precisions": None}}
+                   "bench": {"precisions": None}, "prune": {"round_to": 1}}
 
 
 def keyed_section(name: str, section: Any) -> dict[str, Any]:
@@ -82,7 +82,7 @@ def _stages() -> list[Stage]:
     return [
         Stage("train-dense", (), lambda c: {**_train_common(c), "dense": c.train.dense.model_dump()}, s.train_dense, True, True),
         Stage("train-vib", ("train-dense",), lambda c: {**_train_common(c), "vib": c.train.vib.model_dump()}, s.train_vib, True, True),
-        Stage("prune", ("train-vib",), lambda c: {"prune": c.prune.model_dump(), "data": keyed_section("data", c.data)}, s.prune, True),
+        Stage("prune", ("train-vib",), lambda c: {"prune": keyed_section("prune", c.prune), "data": keyed_section("data", c.data)}, s.prune, True),
         Stage("export", ("train-dense", "prune"), lambda c: {"export": c.export.model_dump(), "data": keyed_section("data", c.data)}, s.export, True),
         Stage("openvino", ("prune", "export"), lambda c: {"export": c.export.model_dump(), "data": keyed_section("data", c.data)},
               cpu.openvino_ir, True, enabled=lambda c: "openvino" in c.bench.backends),

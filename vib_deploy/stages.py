@@ -101,12 +101,17 @@ def train_vib(ctx: Any) -> list[str]:
 def prune(ctx: Any) -> list[str]:
     """Structural pruning, checked exact against the VIB model on the full test set."""
     from vib_deploy.prune import check_exact
+    from vib_deploy.widths import round_widths
 
     source = model_source(ctx.config)
     shape = source.input_shape
     vib_model = load_model(ctx.run.verified("vib.pt"))
     data = ctx.splits()
+    widths = round_widths(vib_model, ctx.config.prune.round_to)  # the VIB net with looser per-gate thresholds
     result, info = source.prune(vib_model)
+    if [len(k) for k in result.kept_per_gate] != [w["kept"] for w in widths]:
+        raise UserError(f"pruning kept {[len(k) for k in result.kept_per_gate]} units per gate, the rounded widths are "
+                        f"{[w['kept'] for w in widths]}")
     exact = check_exact(result, vib_model, torch.as_tensor(data.x_test), ctx.config.prune.tolerance)
     outputs = ["pruned.pt"]
     pruned = result.model.float()
@@ -121,6 +126,7 @@ def prune(ctx: Any) -> list[str]:
         **exact, "architecture": kept, "dense_architecture": source.architecture(vib_model),
         "kept_indices": result.kept_per_gate, "kept_pixels": result.kept_pixels, "scales_left": result.scales_left,
         "input_shape": list(shape), "pruning": info.get("pruning"),
+        **({"round_to": ctx.config.prune.round_to, "widths": widths} if ctx.config.prune.round_to != 1 else {}),
         "test_error": _error(pruned, data.x_test, data.y_test),
         "dense": {"flops": count_flops(dense, shape), "params": count_params(dense)},
         "pruned": {"flops": count_flops(pruned, shape), "params": count_params(pruned)},
