@@ -54,3 +54,36 @@ def test_round_to_one_changes_nothing_and_bad_values_are_refused():
     assert [g.threshold for g in gates(model)] == before and all(r["vib"] == r["kept"] for r in records)
     with pytest.raises(UserError, match="prune.round_to must be one of 1, 4, 8, 16"):
         round_widths(model, 3)
+
+
+def test_auto_picks_the_fastest_width_on_a_known_latency_table():
+    from vib_deploy.widths import auto_widths, round_up
+
+    model = _sparse("lenet5", seed=1)
+    vib = [int(g.keep_mask().sum()) for g in gates(model)]
+    asked: list[list[int]] = []
+
+    def table(candidates):  # fake backend: a layer costs 1 ms at a multiple of 8, 2 ms otherwise, + 0.001 per unit
+        asked.extend(candidates)
+        return [sum(1.0 if w % 8 == 0 else 2.0 for w in c) + 0.001 * sum(c) for c in candidates]
+
+    records = auto_widths(model, table, "fake")
+    kept = [int(g.keep_mask().sum()) for g in gates(model)]
+    assert kept == [r["kept"] for r in records] == [min(round_up(v, 8, g.units), round_up(v, 16, g.units))
+                                                    for v, g in zip(vib, gates(model))]
+    assert kept != vib  # this seed's VIB counts are not all multiples of 8
+    for i, (r, v, g) in enumerate(zip(records, vib, gates(model))):
+        assert list(map(int, r["sweep_ms"])) == list(range(v, round_up(v, 16, g.units) + 1))  # VIB count .. next 16
+        assert "fastest" in r["why"]
+    assert all(c[2] == vib[2] for c in asked[:len(records[0]["sweep_ms"])])  # later layers stay at VIB while sweeping
+    exact = check_exact(prune_gated(model, (1, 28, 28)), model, torch.rand(32, 1, 28, 28), tolerance=1e-5)
+    assert exact["max_abs_diff"] <= 1e-5 * exact["logit_scale"]
+
+
+def test_auto_keeps_the_vib_width_on_a_tie():
+    from vib_deploy.widths import auto_widths
+
+    model = _sparse("lenet5", seed=2)
+    vib = [int(g.keep_mask().sum()) for g in gates(model)]
+    records = auto_widths(model, lambda cs: [1.0 + 0.01 * (sum(c) % 2) for c in cs], "fake")  # all within 3 %
+    assert [r["kept"] for r in records] == vib == [int(g.keep_mask().sum()) for g in gates(model)]

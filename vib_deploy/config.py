@@ -78,7 +78,9 @@ class TrainConfig(_Strict):
 
 class PruneConfig(_Strict):
     tolerance: float = Field(1e-5, gt=0)  # max |Δlogit| pruned vs VIB (inference mode), enforced
-    round_to: Literal[1, 4, 8, 16] = 1  # kept units per layer rounded up to a multiple (1: the VIB's own counts)
+    # kept units per layer rounded up to a multiple (1: the VIB's own counts); auto: the fastest width per layer,
+    # measured on the first of bench.backends (see vib_deploy/widths.py)
+    round_to: Literal[1, 4, 8, 16, "auto"] = 1
 
 
 class ExportConfig(_Strict):

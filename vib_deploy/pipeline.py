@@ -82,7 +82,9 @@ def _stages() -> list[Stage]:
     return [
         Stage("train-dense", (), lambda c: {**_train_common(c), "dense": c.train.dense.model_dump()}, s.train_dense, True, True),
         Stage("train-vib", ("train-dense",), lambda c: {**_train_common(c), "vib": c.train.vib.model_dump()}, s.train_vib, True, True),
-        Stage("prune", ("train-vib",), lambda c: {"prune": keyed_section("prune", c.prune), "data": keyed_section("data", c.data)}, s.prune, True),
+        Stage("prune", ("train-vib",), lambda c: {"prune": keyed_section("prune", c.prune), "data": keyed_section("data", c.data),
+              **({"auto": {"backend": c.bench.backends[0], "threads": c.bench.threads}} if c.prune.round_to == "auto" else {})},
+              s.prune, True),
         Stage("export", ("train-dense", "prune"), lambda c: {"export": c.export.model_dump(), "data": keyed_section("data", c.data)}, s.export, True),
         Stage("openvino", ("prune", "export"), lambda c: {"export": c.export.model_dump(), "data": keyed_section("data", c.data)},
               cpu.openvino_ir, True, enabled=lambda c: "openvino" in c.bench.backends),

@@ -101,13 +101,12 @@ def train_vib(ctx: Any) -> list[str]:
 def prune(ctx: Any) -> list[str]:
     """Structural pruning, checked exact against the VIB model on the full test set."""
     from vib_deploy.prune import check_exact
-    from vib_deploy.widths import round_widths
 
     source = model_source(ctx.config)
     shape = source.input_shape
     vib_model = load_model(ctx.run.verified("vib.pt"))
     data = ctx.splits()
-    widths = round_widths(vib_model, ctx.config.prune.round_to)  # the VIB net with looser per-gate thresholds
+    widths = _round(ctx, source, vib_model, data)  # the VIB net with looser per-gate thresholds (round_to 1: unchanged)
     result, info = source.prune(vib_model)
     if [len(k) for k in result.kept_per_gate] != [w["kept"] for w in widths]:
         raise UserError(f"pruning kept {[len(k) for k in result.kept_per_gate]} units per gate, the rounded widths are "
@@ -131,7 +130,29 @@ def prune(ctx: Any) -> list[str]:
         "dense": {"flops": count_flops(dense, shape), "params": count_params(dense)},
         "pruned": {"flops": count_flops(pruned, shape), "params": count_params(pruned)},
     })
-    return outputs + ["prune.json"]
+    return outputs + ["prune.json"] + (["widths-sweep.json"] if ctx.config.prune.round_to == "auto" else [])
+
+
+def _round(ctx: Any, source: Any, vib_model: torch.nn.Module, data: Any) -> list[dict[str, Any]]:
+    """prune.round_to: a fixed multiple, or `auto` (measured per layer on bench.backends[0], sweep cached)."""
+    from vib_deploy.widths import auto_widths, measured_timer, round_widths
+
+    round_to = ctx.config.prune.round_to
+    if round_to != "auto":
+        return round_widths(vib_model, round_to)
+    from vib_deploy.backends.openvino import cpu_info
+    from vib_deploy.runs import sha256_file
+
+    backend, threads = ctx.config.bench.backends[0], ctx.config.bench.threads
+    key = {"backend": backend, "threads": threads, "batch": 64, **cpu_info(), "vib_sha256": sha256_file(ctx.run.verified("vib.pt"))}
+    path = ctx.run.file("widths-sweep.json")
+    old = ctx.run.read_json(path.name) if path.name in ctx.run.manifest()["artifacts"] and path.exists() else {}
+    cache: dict[str, float] = old.get("times_ms", {}) if old.get("key") == key else {}
+    timer = measured_timer(vib_model, lambda m: source.prune(m)[0].model.float(), source.input_shape, backend,
+                           data.x_train[:64], threads, cache)
+    widths = auto_widths(vib_model, timer, backend)
+    atomic_write_json(path, {"key": key, "times_ms": cache})
+    return widths
 
 
 def export(ctx: Any) -> list[str]:

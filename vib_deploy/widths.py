@@ -5,12 +5,18 @@ multiple of N (never above the dense width) raises that gate's threshold to just
 the next-smallest units: the rounded net is the VIB net with a looser per-gate threshold, its added
 units carry their gate's mu like every kept unit, and the prune stage checks it exact as before.
 The input-pixel gate (one before any Linear/Conv) is never rounded: pixels are not compute channels.
+
+`auto`: per layer (first to last, each with the widths already chosen before it and the VIB counts after
+it), every width from the VIB count up to the next multiple of 16 is pruned, exported and timed on the
+target backend (all candidates alternating in the same rounds); the fastest wins, a width within
+`TIE` of the fastest with fewer units wins over it. Timings are cached per (backend, CPU, VIB model)
+in the run directory (`widths-sweep.json`), so a rerun measures only what is new.
 """
 
 from __future__ import annotations
 
 import copy
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -19,6 +25,8 @@ from vib_deploy.errors import UserError
 from vib_deploy.vib import VIBGate, gates
 
 ROUND_TO = (1, 4, 8, 16)
+AUTO_STEP = 16  # auto sweeps widths up to the next multiple of this
+TIE = 0.03  # auto: within 3 % of the fastest counts as a tie, and fewer units win
 
 
 def input_gates(model: nn.Module) -> set[int]:
@@ -65,3 +73,81 @@ def round_widths(model: nn.Module, multiple: int) -> list[dict[str, Any]]:
         records.append({"gate": i + 1, "units": gate.units, "vib": vib, "kept": target, "threshold": float(gate.threshold),
                         "why": "input pixels: not rounded" if id(gate) in fixed else f"multiple of {multiple}"})
     return records
+
+
+def kept_counts(model: nn.Module) -> list[int]:
+    return [int(g.keep_mask().sum()) for g in gates(model)]
+
+
+def apply_widths(model: nn.Module, counts: list[int]) -> None:
+    """Loosen the gates so that they keep `counts` units (each at least its VIB count)."""
+    for gate, count in zip(gates(model), counts):
+        if count != int(gate.keep_mask().sum()):
+            keep_smallest(gate, count)
+
+
+def auto_widths(model: nn.Module, time_widths: Callable[[list[list[int]]], list[float]], target: str) -> list[dict[str, Any]]:
+    """Choose each layer's width by measurement (see the module docstring) and apply it; one record per gate.
+
+    `time_widths(candidates)` returns a latency per candidate width vector (lower is faster).
+    """
+    fixed = input_gates(model)
+    vib = kept_counts(model)
+    chosen = list(vib)
+    records = []
+    for i, gate in enumerate(gates(model)):
+        record: dict[str, Any] = {"gate": i + 1, "units": gate.units, "vib": vib[i]}
+        if id(gate) in fixed or vib[i] == 0:  # a gate that keeps nothing: the prune stage refuses it
+            records.append({**record, "kept": vib[i], "why": "input pixels: not rounded" if vib[i] else "VIB keeps no unit"})
+            continue
+        widths = list(range(vib[i], round_up(max(vib[i], 1), AUTO_STEP, gate.units) + 1))
+        times = time_widths([chosen[:i] + [w] + vib[i + 1:] for w in widths])
+        best = min(times)
+        chosen[i] = min(w for w, t in zip(widths, times) if t <= best * (1 + TIE))
+        fastest = widths[times.index(best)]
+        why = (f"fastest of widths {widths[0]}-{widths[-1]} on {target}" if chosen[i] == fastest else
+               f"{chosen[i]} within {TIE:.0%} of the fastest ({fastest}) on {target}, fewer units")
+        records.append({**record, "kept": chosen[i], "why": why, "sweep_ms": dict(zip(map(str, widths), times))})
+    apply_widths(model, chosen)
+    return records
+
+
+def measured_timer(vib_model: nn.Module, prune: Callable[[nn.Module], nn.Module], input_shape: tuple[int, ...],
+                   backend: str, images: Any, threads: int, cache: dict[str, float], batch: int = 64) -> Callable[[list[list[int]]], list[float]]:
+    """A `time_widths` that prunes, exports and times each candidate on `backend` (p50 ms at `batch`), alternating.
+
+    `cache` maps "a-b-c" width vectors to milliseconds; new timings are added to it.
+    """
+    import tempfile
+    from pathlib import Path
+
+    import numpy as np
+
+    from vib_deploy.backends import get_backend
+    from vib_deploy.bench import percentiles, time_alternating
+    from vib_deploy.export import export_onnx
+
+    cls = get_backend(backend)
+    if cls.artifact_suffix != ".onnx":
+        raise UserError(f"prune.round_to auto times ONNX models, but the first of bench.backends is {backend}; "
+                        "put onnxruntime or openvino first")
+    x = np.ascontiguousarray(np.concatenate([images] * (-(-batch // len(images))))[:batch], dtype=np.float32)
+
+    def time_widths(candidates: list[list[int]]) -> list[float]:
+        todo = [c for c in candidates if "-".join(map(str, c)) not in cache]
+        if todo:
+            with tempfile.TemporaryDirectory() as tmp:
+                runners = {}
+                for c in todo:
+                    model = copy.deepcopy(vib_model)
+                    apply_widths(model, c)
+                    path = Path(tmp) / f"{'-'.join(map(str, c))}.onnx"
+                    export_onnx(prune(model), path, input_shape, opset=18)
+                    runners["-".join(map(str, c))] = cls(path, threads).activate()
+                samples = time_alternating(runners, {k: x for k in runners}, rounds=6, iters=10, warmup=5)
+                for key, runner in runners.items():
+                    cache[key] = percentiles(samples[key])["p50_ms"]
+                    runner.deactivate()
+        return [cache["-".join(map(str, c))] for c in candidates]
+
+    return time_widths
