@@ -357,6 +357,11 @@ def env() -> None:
         typer.echo(f"onnxruntime {onnxruntime.__version__}: {', '.join(onnxruntime.get_available_providers())}")
     else:
         typer.echo("onnxruntime: not installed")
+    from vib_deploy.backends.openvino import OpenVinoRunner, cpu_info, openvino_version
+
+    cpu, problem = cpu_info(), OpenVinoRunner.unavailable()
+    typer.echo(f"openvino: {openvino_version() if not problem else 'not available: ' + problem}; CPU {cpu['cpu']} "
+               f"({' '.join(cpu['isa']) or 'no ISA flags read'})")
     from vib_deploy.engine import tensorrt_version, unavailable
 
     problem = unavailable()
