@@ -192,10 +192,13 @@ def test_bench_over_precision_and_the_deploy_matrix(cpu_run, tmp_path):
     # the bench command over engines, precisions and batches; the run's config keeps what was asked
     copy = tmp_path / "run"
     shutil.copytree(run_dir, copy)
-    proc = run_cli("bench", str(copy), "--backend", "openvino", "--precision", "int8", "--batch", "2")
+    proc = run_cli("bench", str(copy), "--backend", "openvino", "--precision", "int8", "--batch", "2", "--set", "bench.rounds=1")
     assert proc.returncode == 0, proc.stderr[-2000:]
     recs = json.loads((copy / "bench.json").read_text())["records"]
     assert {(r["backend"], r["precision"], r["batch"]) for r in recs} == {("openvino", "int8", 2)}
+    assert {r["calls"] for r in recs} == {1 * 3}  # 1 round (--set) x 3 calls per round (the run's config)
+    proc = run_cli("bench", str(copy), "--set", "train.seed=1")
+    assert proc.returncode == 2 and "bench takes bench.* keys only" in proc.stderr
     proc = run_cli("bench", str(copy), "--precision", "fp16")
     assert proc.returncode == 2 and "key 'bench.precisions.0'" in proc.stderr and "Traceback" not in proc.stderr
 

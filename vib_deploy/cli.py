@@ -140,6 +140,7 @@ def bench(
     precision: Optional[str] = typer.Option(None, "--precision", help="fp32,int8 (int8: the quantize stage's models); "
                                             "default: the pipeline's bench.precisions."),
     batch: Optional[str] = typer.Option(None, "--batch", help="Batch sizes, comma-separated (default: bench.batch_sizes)."),
+    set_: Optional[List[str]] = typer.Option(None, "--set", help="Override a bench key: --set bench.rounds=10"),
     concurrency: str = typer.Option("1,4,16", "--concurrency", help="With --backend triton: concurrent clients, comma-separated."),
     batch_sizes: str = typer.Option("1,64", "--batch-sizes", help="With --backend triton: batch sizes, comma-separated."),
     requests: int = typer.Option(100, "--requests", help="With --backend triton: calls per client."),
@@ -147,13 +148,17 @@ def bench(
 ) -> None:
     """Time dense vs pruned on each backend and precision, alternating rounds; memory per variant (--backend triton: through a server).
 
-    --backend/--precision/--batch set the run's bench.backends/precisions/batch_sizes (kept in its config.yaml).
+    --backend/--precision/--batch/--set set the run's bench.backends/precisions/batch_sizes/... (kept in its config.yaml).
     """
     if backend != "triton":
         from vib_deploy.pipeline import run_single
 
         overrides = [f"bench.{key}=[{value}]" for key, value in
                      (("backends", backend), ("precisions", precision), ("batch_sizes", batch)) if value is not None]
+        for assignment in set_ or []:
+            if not assignment.startswith("bench."):
+                raise UserError(f"--set {assignment!r}: bench takes bench.* keys only (the other stages' keys belong to `run`)")
+            overrides.append(assignment)
         with _progress() as progress:
             run_single(run_dir, "bench", progress, _echo, overrides)
         return
