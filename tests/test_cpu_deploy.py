@@ -283,3 +283,23 @@ def test_prune_round_to_from_the_cli(cpu_run, tmp_path):
     assert info["round_to"] == 16 and [w["kept"] for w in info["widths"]] == info["architecture"]
     assert all(w["vib"] <= w["kept"] <= w["units"] and (w["kept"] % 16 == 0 or w["kept"] == w["units"]) for w in info["widths"])
     assert "round_to: 16" in (copy / "config.yaml").read_text()
+
+
+@pytest.mark.e2e
+def test_prune_round_to_auto_measures_on_the_first_backend_and_caches(cpu_run, tmp_path):
+    copy = tmp_path / "run"
+    shutil.copytree(cpu_run[0], copy)
+    proc = run_cli("prune", str(copy), "--round-to", "auto")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    info = json.loads((copy / "prune.json").read_text())
+    sweep = json.loads((copy / "widths-sweep.json").read_text())
+    assert info["round_to"] == "auto" and sweep["key"]["backend"] == "onnxruntime"  # bench.backends[0]
+    for w in info["widths"]:
+        assert w["vib"] <= w["kept"] <= w["units"] and "on onnxruntime" in w["why"]
+        assert set(w["sweep_ms"]) == {str(n) for n in range(w["vib"], min(w["units"], -(-w["vib"] // 16) * 16) + 1)}
+        assert all(t > 0 for t in w["sweep_ms"].values())
+    assert run_cli("verify", str(copy)).returncode == 0  # widths-sweep.json is a listed artifact
+    proc = run_cli("prune", str(copy), "--round-to", "auto")  # the cache answers: the same timings, nothing re-measured
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads((copy / "widths-sweep.json").read_text()) == sweep
+    assert [w["sweep_ms"] for w in json.loads((copy / "prune.json").read_text())["widths"]] == [w["sweep_ms"] for w in info["widths"]]
