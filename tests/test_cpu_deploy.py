@@ -188,7 +188,7 @@ def test_bench_over_precision_and_the_deploy_matrix(cpu_run, tmp_path):
     report = (run_dir / "report.md").read_text()
     assert "## Deploy matrix" in report and report.count("best pruned") >= 1 and "- batch 8:" in report
     assert "| openvino | int8 | pruned |" in report and (run_dir / "plots/speedup.png").stat().st_size > 0
-    assert "batch 8: best dense → best pruned" in proc.stdout
+    assert "b8 best dense → pruned" in proc.stdout and "ms: " in proc.stdout  # the headline in the final table
     # the bench command over engines, precisions and batches; the run's config keeps what was asked
     copy = tmp_path / "run"
     shutil.copytree(run_dir, copy)

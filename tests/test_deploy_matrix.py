@@ -2,7 +2,7 @@
 
 import pytest
 
-from vib_deploy.deploy_matrix import full_records, headline_text, headlines, render_matrix
+from vib_deploy.deploy_matrix import full_records, headline_short, headline_text, headlines, render_matrix
 
 
 def _metrics(records):
@@ -26,6 +26,7 @@ def test_a_slow_dense_baseline_does_not_flatter_the_pruned_net():
     assert (h["dense"]["backend"], h["pruned"]["backend"], h["pruned"]["precision"]) == ("openvino", "onnxruntime", "fp32")
     assert h["speedup"] == pytest.approx(4.0)  # 2.0 / 0.5, not ORT's 5.0 / 0.5
     assert "4.00× of an ideal 10.0× (measured/ideal 0.40), error 1.00% → 1.20%" in headline_text(h, 10.0)
+    assert headline_short(h, 10.0) == "OV fp32 dense 2.000 → ORT fp32 pruned 0.500 ms: 4.00× of 10.0× (0.40); 1.00% → 1.20%"
     rows = {(r["backend"], r["precision"], r["variant"]): r for r in full_records(_metrics(records))}
     assert rows[("openvino", "int8", "pruned")]["speedup"] == pytest.approx(2.0 / 0.6)  # vs dense fp32, same engine
     assert rows[("openvino", "int8", "pruned")]["error"] == 0.013

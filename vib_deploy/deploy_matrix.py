@@ -49,6 +49,20 @@ def headline_text(h: dict[str, Any], ideal: float) -> str:
             f"{ideal:.1f}× (measured/ideal {h['speedup'] / ideal:.2f}){error}")
 
 
+_SHORT = {"onnxruntime": "ORT", "openvino": "OV"}
+
+
+def headline_short(h: dict[str, Any], ideal: float) -> str:
+    """The headline in one console cell: engines abbreviated (ORT, OV), 3 decimals."""
+    def name(r: dict[str, Any]) -> str:
+        return f"{_SHORT.get(r['backend'], r['backend'])} {r['precision']} {r['variant']}"
+
+    d, p = h["dense"], h["pruned"]
+    error = f"; {d['error']:.2%} → {p['error']:.2%}" if d["error"] is not None and p["error"] is not None else ""
+    return (f"{name(d)} {d['p50_ms']:.3f} → {name(p)} {p['p50_ms']:.3f} ms: {h['speedup']:.2f}× of {ideal:.1f}× "
+            f"({h['speedup'] / ideal:.2f}){error}")
+
+
 def _cell(value: Any, fmt: str) -> str:
     return "—" if value is None else format(value, fmt)
 

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from vib_deploy import __version__
-from vib_deploy.deploy_matrix import headline_text, headlines, plot_speedup_vs_ideal, render_matrix
+from vib_deploy.deploy_matrix import headline_short, headlines, plot_speedup_vs_ideal, render_matrix
 from vib_deploy.runs import RunDir, atomic_write, atomic_write_json, atomic_write_text
 
 BYTES_PER_PARAM = 4  # fp32
@@ -65,7 +65,7 @@ def summary_rows(metrics: dict[str, Any]) -> list[tuple[str, str]]:
         ("ONNX parity (max |Δ|, argmax)", f"{metrics['export']['max_abs_diff']:.2e}, {metrics['export']['argmax_agreement']:.2%}"),
     ]
     for h in headlines(metrics):
-        rows.append((f"batch {h['batch']}: best dense → best pruned", headline_text(h, metrics["ideal_speedup"])))
+        rows.append((f"b{h['batch']} best dense → pruned", headline_short(h, metrics["ideal_speedup"])))
     return rows
 
 
