@@ -1,4 +1,7 @@
-"""The stage registry and `run`: train-dense -> train-vib -> prune -> export -> bench -> report.
+"""The stage registry and `run`: train-dense -> train-vib -> prune -> export -> [openvino] -> [quantize] -> bench -> report.
+
+openvino and quantize run only when the config turns them on (`enabled`); a stage reads their outputs (and
+keys on them) only where they have run (`after`), so runs made before they existed keep their cache keys.
 
 Each stage reads the artifacts of the stages it needs (sha256-verified against the manifest) and
 writes its own atomically. Its cache key hashes its config section, its inputs' sha256 and the

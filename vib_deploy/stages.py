@@ -4,6 +4,7 @@ Artifacts of a run directory:
   train-dense: dense.pt, train-dense.json          train-vib: vib.pt, train-vib.json
   prune: pruned.pt, [pruned_reduced.pt], prune.json  export: *.onnx, export.json
   bench: bench.json                                 report: metrics.json, report.md, plots/*.png
+  (cpu_deploy.py) openvino: *.xml, *.bin, *.xml.json, openvino.json   quantize: *_int8.onnx, quantize.json
 
 Under torchrun every rank runs the training stages (the loop is data-parallel) and rank 0 alone writes
 their artifacts; the other stages run on rank 0 only (see `pipeline.run_stage`).
