@@ -25,7 +25,7 @@ STUDY_TINY = ["--set", "data.train_limit=700", "--set", "data.val_size=200", "--
               "--set", "train.vib.gate_lr=0.1", "--set", "bench.rounds=2", "--set", "bench.iters_per_round=3",
               "--set", "bench.warmup=1", "--set", "bench.memory=false", "--set", "bench.backends=[onnxruntime]"]
 # the progress lines stage commands print on stderr, and the line a changed config prints before anything reruns
-STATUS = re.compile(r"^\[(run|cached)\] [a-z-]+$|^\S+: .* from the (finished run|last run there); .*(rerun|reruns)$")
+STATUS = re.compile(r"^\[(run|cached|off)\] [a-z-]+$|^\S+: .* from the (finished run|last run there); .*(rerun|reruns)$")
 
 
 @pytest.fixture(scope="session")

@@ -159,7 +159,8 @@ def test_resume_with_another_process_count_is_refused(two_ranks):
 
 # VGG-16 (the pipeline) at 1/8 width on MNIST: gates on dependency groups, applied by hooks, under DDP
 VGG_TINY = ["--set", "model.kwargs.width=0.125", "--set", "data.dataset=mnist", "--set", "train.device=cpu",
-            "--set", "train.vib.finetune_epochs=0", "--set", "train.batch_size=100", "--set", "train.vib.kl_factor=1e-3"]
+            "--set", "train.vib.finetune_epochs=0", "--set", "train.batch_size=100", "--set", "train.vib.kl_factor=1e-3",
+            "--set", "quantize.enabled=false"]
 
 
 @pytest.mark.e2e

@@ -41,7 +41,7 @@ def snapshot(d: Path) -> dict[str, bytes]:
 def assert_all_cached(d: Path, *extra: str) -> None:
     proc = run_cli("run", PIPELINE, "--run-dir", str(d), *sets(*SETTINGS), *extra)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert [f"[cached] {s}" for s in STAGES] == [line for line in proc.stderr.splitlines() if line.startswith("[")]
+    assert [f"[cached] {s}" for s in STAGES] == [line for line in proc.stderr.splitlines() if line.startswith("[c")]
 
 
 @pytest.fixture

@@ -1,7 +1,7 @@
 """Latency, throughput and memory of dense vs pruned models, measured in one process.
 
-Dense and pruned are timed in alternating rounds (the order flips each round) so that machine noise
-hits both alike; each call is timed with perf_counter_ns after warm-up. Memory is the peak-RSS growth
+Dense and pruned, on every backend and precision, are timed in alternating rounds (the order flips each
+round) so that machine noise hits all alike; each call is timed with perf_counter_ns after warm-up. Memory is the peak-RSS growth
 of a fresh process that loads the model and runs the batch (one subprocess per variant), so models
 never share an allocator's high-water mark. The benchmark only talks to `backends.base.Runner`.
 """
@@ -29,6 +29,18 @@ class Variant:
     name: str  # "dense", "pruned" (full image) or "pruned_reduced" (kept pixels only)
     artifacts: dict[str, Path]  # backend suffix (".onnx", ".pt") -> file
     input_indices: list[int] | None = None  # reduced-input models take x.flatten(1)[:, indices]
+    precision: str = "fp32"  # or "int8" (a QDQ model from the quantize stage)
+    error: dict[str, float] | None = None  # test error per backend that runs it ("*": every backend alike)
+    widths: list[int] | None = None  # units per gated layer of the timed net
+
+    @property
+    def key(self) -> str:
+        """Unique among the variants timed together: "pruned", "pruned_int8", ..."""
+        return self.name if self.precision == "fp32" else f"{self.name}_{self.precision}"
+
+    def error_on(self, backend: str) -> float | None:
+        errors = self.error or {}
+        return errors.get(backend, errors.get("*"))
 
 
 def make_input(variant: Variant, images: np.ndarray, batch: int) -> np.ndarray:
@@ -46,8 +58,8 @@ def percentiles(samples_ns: list[int]) -> dict[str, float]:
             "p99_ms": float(np.percentile(ms, 99)), "mean_ms": float(ms.mean())}
 
 
-def time_alternating(runners: dict[str, Any], inputs: dict[str, np.ndarray], rounds: int, iters: int, warmup: int,
-                     progress: Any = None, task: Any = None) -> dict[str, list[int]]:
+def time_alternating(runners: dict[Any, Any], inputs: dict[Any, np.ndarray], rounds: int, iters: int, warmup: int,
+                     progress: Any = None, task: Any = None) -> dict[Any, list[int]]:
     """Per-call latencies (ns) of each runner, in rounds whose order alternates."""
     names = list(runners)
     for name in names:
@@ -96,7 +108,7 @@ def peak_memory(backend: str, path: Path, shape: tuple[int, ...], threads: int) 
     /proc/self/clear_refs), so the figure is the model's own load + inference peak.
     """
     # import the backend library before the first reading so only the model's own memory counts
-    warm = {"onnxruntime": "import onnxruntime", "torch": "import torch"}.get(backend, "")
+    warm = {"onnxruntime": "import onnxruntime", "torch": "import torch", "openvino": "import openvino"}.get(backend, "")
     code = warm + "\n" + _MEMORY_PROBE
     proc = subprocess.run([sys.executable, "-c", code, backend, str(path), json.dumps(list(shape)), str(threads)],
                           capture_output=True, text=True, timeout=300)
@@ -107,28 +119,36 @@ def peak_memory(backend: str, path: Path, shape: tuple[int, ...], threads: int) 
 
 def run_bench(variants: list[Variant], images: np.ndarray, backends: list[str], batch_sizes: list[int], threads: int,
               rounds: int, iters: int, warmup: int, memory: bool, progress: Any = None) -> list[dict[str, Any]]:
-    """Benchmark every variant on every backend and batch size; returns metrics.json `bench` records."""
+    """Benchmark every variant on every backend and batch size; returns metrics.json `bench` records.
+
+    Every (backend, variant) runner is loaded first and all of them alternate in the same rounds, so a
+    cross-engine comparison (the best dense deployment vs the best pruned one) sees the same machine noise.
+    """
     records: list[dict[str, Any]] = []
-    task = progress.add_task("bench", total=len(backends) * len(batch_sizes) * rounds) if progress else None
+    task = progress.add_task("bench", total=len(batch_sizes) * rounds) if progress else None
+    by_key = {v.key: v for v in variants}
+    paths: dict[tuple[str, str], Path] = {}
+    runners: dict[tuple[str, str], Any] = {}
     for backend in backends:
         cls = get_backend(backend)
-        runners = {v.name: cls(v.artifacts[cls.artifact_suffix], threads).activate()
-                   for v in variants if cls.artifact_suffix in v.artifacts}
-        for batch in batch_sizes:
-            inputs = {v.name: make_input(v, images, batch) for v in variants if v.name in runners}
-            if progress is not None:
-                progress.update(task, description=f"bench {backend} batch {batch}")
-            samples = time_alternating(runners, inputs, rounds, iters, warmup, progress, task)
-            for v in variants:
-                if v.name not in runners:
-                    continue
-                stats = percentiles(samples[v.name])
-                mem = peak_memory(backend, v.artifacts[cls.artifact_suffix], inputs[v.name].shape, threads) if memory else None
-                records.append({"backend": backend, "device": runners[v.name].device, "batch": batch, "variant": v.name,
-                                **stats, "throughput": batch / (stats["mean_ms"] / 1e3), "peak_memory_bytes": mem,
-                                "threads": threads, "calls": len(samples[v.name])})
-        for runner in runners.values():
-            runner.deactivate()
+        for v in variants:
+            if cls.artifact_suffix in v.artifacts:
+                paths[backend, v.key] = v.artifacts[cls.artifact_suffix]
+                runners[backend, v.key] = cls(paths[backend, v.key], threads).activate()
+    for batch in batch_sizes:
+        inputs = {k: make_input(by_key[k[1]], images, batch) for k in runners}
+        if progress is not None:
+            progress.update(task, description=f"bench batch {batch}")
+        samples = time_alternating(runners, inputs, rounds, iters, warmup, progress, task)
+        for (backend, key), runner in runners.items():
+            v, path, stats = by_key[key], paths[backend, key], percentiles(samples[backend, key])
+            mem = peak_memory(backend, path, inputs[backend, key].shape, threads) if memory else None
+            records.append({"backend": backend, "device": runner.device, "batch": batch, "variant": v.name,
+                            "precision": v.precision, "widths": v.widths, "error": v.error_on(backend),
+                            "bytes": path.stat().st_size, **stats, "throughput": batch / (stats["mean_ms"] / 1e3),
+                            "peak_memory_bytes": mem, "threads": threads, "calls": len(samples[backend, key])})
+    for runner in runners.values():
+        runner.deactivate()
     return records
 
 
@@ -166,13 +186,17 @@ def time_concurrent(runners: list[Any], x: np.ndarray, requests: int, warmup: in
 
 
 def speedups(records: list[dict[str, Any]], baseline: str = "dense") -> list[dict[str, Any]]:
-    """dense p50 / variant p50 per backend, batch and non-dense variant."""
-    by_key = {(r["backend"], r["batch"], r["variant"]): r for r in records}
+    """dense fp32 p50 / variant p50 per backend, batch, variant and precision (records without one are fp32)."""
+    def key(r: dict[str, Any]) -> tuple[str, int, str, str]:
+        return r["backend"], r["batch"], r["variant"], r.get("precision", "fp32")
+
+    by_key = {key(r): r for r in records}
     out = []
-    for (backend, batch, variant), rec in by_key.items():
-        base = by_key.get((backend, batch, baseline))
-        if variant != baseline and base is not None:
-            out.append({"backend": backend, "batch": batch, "variant": variant, "speedup": base["p50_ms"] / rec["p50_ms"]})
+    for (backend, batch, variant, precision), rec in by_key.items():
+        base = by_key.get((backend, batch, baseline, "fp32"))
+        if (variant, precision) != (baseline, "fp32") and base is not None:
+            out.append({"backend": backend, "batch": batch, "variant": variant, "precision": precision,
+                        "speedup": base["p50_ms"] / rec["p50_ms"]})
     return out
 
 

@@ -112,36 +112,54 @@ def _stage_command(name: str, doc: str) -> None:
 for _name, _doc in [
     ("train-dense", "Train the dense net (best validation epoch kept)."),
     ("train-vib", "Add VIB gates to the dense net and train with the VIB loss."),
-    ("prune", "Remove gated-off units structurally; verified exact against the VIB model."),
     ("export", "Export dense and pruned models to ONNX; checker + parity with torch."),
+    ("openvino", "OpenVINO IR (.xml + .bin + sidecar) of every ONNX model; parity with torch on the test set."),
+    ("quantize", "INT8 (QDQ ONNX) of the dense and pruned models, calibrated on training images; test error per engine."),
     ("report", "Write metrics.json, report.md and plots, and print the final table."),
 ]:
     _stage_command(_name, _doc)
 
 
 @app.command()
+def prune(
+    run_dir: Path = RUN_DIR,
+    round_to: Optional[str] = typer.Option(None, "--round-to", help="Round each layer's kept units up to a multiple: "
+                                           "1 (the VIB's counts), 4, 8 or 16 (kept as prune.round_to in the run's config)."),
+) -> None:
+    """Remove gated-off units structurally; verified exact against the VIB model (with --round-to: its looser-threshold net)."""
+    from vib_deploy.pipeline import run_single
+
+    with _progress() as progress:
+        run_single(run_dir, "prune", progress, _echo, [f"prune.round_to={round_to}"] if round_to is not None else None)
+
+
+@app.command()
 def bench(
     run_dir: Path = RUN_DIR,
-    backend: Optional[str] = typer.Option(None, "--backend", help="triton: through a local Triton server (default: the "
-                                          "pipeline's bench stage on its in-process backends)."),
+    backend: Optional[str] = typer.Option(None, "--backend", help="In-process backends, comma-separated (onnxruntime,"
+                                          "openvino,torch; default: the pipeline's bench.backends), or triton: through "
+                                          "a local Triton server."),
+    precision: Optional[str] = typer.Option(None, "--precision", help="fp32,int8 (int8: the quantize stage's models); "
+                                            "default: the pipeline's bench.precisions."),
+    batch: Optional[str] = typer.Option(None, "--batch", help="Batch sizes, comma-separated (default: bench.batch_sizes)."),
+    set_: Optional[List[str]] = typer.Option(None, "--set", help="Override a bench key: --set bench.rounds=10"),
     concurrency: str = typer.Option("1,4,16", "--concurrency", help="With --backend triton: concurrent clients, comma-separated."),
     batch_sizes: str = typer.Option("1,64", "--batch-sizes", help="With --backend triton: batch sizes, comma-separated."),
     requests: int = typer.Option(100, "--requests", help="With --backend triton: calls per client."),
     protocol: str = typer.Option("grpc", "--protocol", help="With --backend triton: grpc or http."),
 ) -> None:
-    """Time dense vs pruned on each backend, alternating rounds; memory per variant (--backend triton: through a server)."""
-    if backend is None:
+    """Time dense vs pruned on each backend and precision, alternating rounds; memory per variant (--backend triton: through a server).
+
+    --backend/--precision/--batch/--set set the run's bench.backends/precisions/batch_sizes/... (kept in its config.yaml).
+    """
+    if backend != "triton":
         from vib_deploy.pipeline import run_single
 
+        from vib_deploy.options import bench_overrides
+
         with _progress() as progress:
-            run_single(run_dir, "bench", progress, _echo)
+            run_single(run_dir, "bench", progress, _echo, bench_overrides(backend, precision, batch, set_ or []))
         return
-    if backend != "triton":
-        raise UserError(f"--backend {backend!r}: only 'triton' is taken here; in-process backends come from the pipeline's bench.backends")
-    if protocol not in ("grpc", "http"):
-        raise UserError(f"--protocol must be grpc or http, got {protocol!r}")
-    if requests < 1:
-        raise UserError(f"--requests must be at least 1, got {requests}")
     from vib_deploy.triton.bench import bench_triton, print_table
 
     records = bench_triton(run_dir, _int_list(concurrency, "--concurrency"), _int_list(batch_sizes, "--batch-sizes"),
@@ -165,20 +183,10 @@ def inspect(
 
 @app.command()
 def verify(run_dir: Path = typer.Argument(..., help="A run directory (runs/mnist-lenet300) or a Triton model repository (models/).")) -> None:
-    """Check a run directory's artifacts, or a model repository's versions, against their sha256 manifests."""
-    from vib_deploy.pipeline import verify_run
-    from vib_deploy.triton.repository import is_model_repository, verify_repository
+    """Check a run directory's artifacts and stage records, or a model repository's versions, against their manifests."""
+    from vib_deploy.verify import verify_path
 
-    if not run_dir.is_dir():
-        raise UserError(f"run directory {run_dir} not found")
-    if is_model_repository(run_dir):
-        checked = verify_repository(run_dir)
-        typer.echo(f"ok: {len(checked)} model versions in {run_dir} match their manifests; every config.pbtxt parses with Triton's schema")
-        return
-    names = verify_run(run_dir)
-    if not names:
-        raise UserError(f"{run_dir} has no manifest entries: nothing to verify")
-    typer.echo(f"ok: {len(names)} artifacts in {run_dir} match manifest.json; every stage record is current")
+    typer.echo(verify_path(run_dir))
 
 
 @app.command()

@@ -104,6 +104,9 @@ class TrainConfig(_Strict):
 
 class PruneConfig(_Strict):
     tolerance: float = Field(1e-5, gt=0)  # max |Δlogit| pruned vs VIB (inference mode), enforced
+    # kept units per layer rounded up to a multiple (1: the VIB's own counts); auto: the fastest width per layer,
+    # measured on the first of bench.backends (see vib_deploy/widths.py)
+    round_to: Literal[1, 4, 8, 16, "auto"] = 1
 
 
 class ExportConfig(_Strict):
@@ -113,7 +116,9 @@ class ExportConfig(_Strict):
 
 
 class BenchConfig(_Strict):
-    backends: list[Literal["onnxruntime", "torch"]] = ["onnxruntime", "torch"]
+    backends: list[Literal["onnxruntime", "torch", "openvino"]] = ["onnxruntime", "torch"]
+    # fp32 and/or int8 (the quantize stage's QDQ models); default: fp32, plus int8 when quantize.enabled
+    precisions: list[Literal["fp32", "int8"]] | None = None
     batch_sizes: list[int] = [1, 64]
     threads: int = Field(1, ge=1)  # intra-op threads for every backend, so the comparison is like for like
     rounds: int = Field(20, ge=1)  # alternating dense/pruned rounds
@@ -127,6 +132,19 @@ class BenchConfig(_Strict):
         if not v or any(b < 1 for b in v):
             raise ValueError("batch sizes must be a non-empty list of integers >= 1")
         return v
+
+    @field_validator("precisions")
+    @classmethod
+    def _some(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None and not v:
+            raise ValueError("precisions must name at least one of fp32, int8 (or be left out)")
+        return v
+
+
+class QuantizeConfig(_Strict):
+    enabled: bool = False  # the quantize stage: static INT8 (QDQ ONNX) of the dense and pruned models
+    calibration_images: int = Field(300, ge=1)  # training images only (never validation or test)
+    per_channel: bool = True  # per-output-channel weight scales
 
 
 class MlflowConfig(_Strict):
@@ -146,6 +164,7 @@ class PipelineConfig(_Strict):
     prune: PruneConfig = PruneConfig()
     export: ExportConfig = ExportConfig()
     bench: BenchConfig = BenchConfig()
+    quantize: QuantizeConfig = QuantizeConfig()
     track: TrackConfig = TrackConfig()  # experiment tracking; keys no stage (changing it reruns nothing)
 
 

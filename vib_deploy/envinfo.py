@@ -19,6 +19,11 @@ def environment() -> list[str]:
         lines.append(f"onnxruntime {onnxruntime.__version__}: {', '.join(onnxruntime.get_available_providers())}")
     else:
         lines.append("onnxruntime: not installed")
+    from vib_deploy.backends.openvino import OpenVinoRunner, cpu_info, openvino_version
+
+    cpu, missing = cpu_info(), OpenVinoRunner.unavailable()
+    lines.append(f"openvino: {openvino_version() if not missing else 'not available: ' + missing}; CPU {cpu['cpu']} "
+                 f"({' '.join(cpu['isa']) or 'no ISA flags read'})")
     from vib_deploy.backends.tensorrt import tensorrt_version, unavailable
 
     problem = unavailable()

@@ -75,11 +75,13 @@ def onnx_summary(path: Path) -> dict[str, Any]:
     }
 
 
-def parity(onnx_path: Path, model: nn.Module, x: np.ndarray, tolerance: float, min_agreement: float, batch: int = 1000) -> dict[str, Any]:
-    """ONNX Runtime (CPU) vs torch on all of `x`: max |Δlogit| and argmax agreement, enforced."""
-    from vib_deploy.backends.onnxruntime import OnnxRuntimeRunner
+def parity(onnx_path: Path, model: nn.Module, x: np.ndarray, tolerance: float, min_agreement: float, batch: int = 1000,
+           backend: str = "onnxruntime") -> dict[str, Any]:
+    """An engine (ONNX Runtime by default; any backend that loads `onnx_path`) vs torch on all of `x`:
+    max |Δlogit| and argmax agreement, enforced."""
+    from vib_deploy.backends import get_backend
 
-    runner = OnnxRuntimeRunner(onnx_path, threads=2).activate()
+    runner = get_backend(backend)(onnx_path, threads=2).activate()
     model = model.cpu().eval()
     worst, agree = 0.0, 0
     with torch.no_grad():
@@ -92,9 +94,9 @@ def parity(onnx_path: Path, model: nn.Module, x: np.ndarray, tolerance: float, m
     runner.deactivate()
     result = {"max_abs_diff": worst, "argmax_agreement": agree / len(x), "samples": len(x), "tolerance": tolerance}
     if not worst <= tolerance or result["argmax_agreement"] < min_agreement:
+        engine = {"onnxruntime": "ONNX Runtime", "openvino": "OpenVINO"}.get(backend, backend)
         raise UserError(
-            f"{onnx_path.name}: ONNX Runtime differs from torch by {worst:.3g} (tolerance {tolerance:g}), "
+            f"{onnx_path.name}: {engine} differs from torch by {worst:.3g} (tolerance {tolerance:g}), "
             f"argmax agreement {result['argmax_agreement']:.4%} (minimum {min_agreement:.2%})"
         )
     return result
-

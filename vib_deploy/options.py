@@ -36,3 +36,14 @@ def seeds(text: str) -> list[int]:
     if not seeds or len(set(seeds)) != len(seeds):
         raise UserError(f"--seeds needs distinct integers; got {text!r}")
     return seeds
+
+
+def bench_overrides(backends: str | None, precisions: str | None, batch_sizes: str | None, sets: list[str]) -> list[str]:
+    """`vib-deploy bench`'s options as `bench.*` overrides of the run's config (other sections belong to `run`)."""
+    overrides = [f"bench.{key}=[{value}]" for key, value in
+                 (("backends", backends), ("precisions", precisions), ("batch_sizes", batch_sizes)) if value is not None]
+    for assignment in sets:
+        if not assignment.startswith("bench."):
+            raise UserError(f"--set {assignment!r}: bench takes bench.* keys only (the other stages' keys belong to `run`)")
+        overrides.append(assignment)
+    return overrides

@@ -1,4 +1,7 @@
-"""The stage registry and `run`: train-dense -> train-vib -> prune -> export -> bench -> report.
+"""The stage registry and `run`: train-dense -> train-vib -> prune -> export -> [openvino] -> [quantize] -> bench -> report.
+
+openvino and quantize run only when the config turns them on (`enabled`); a stage reads their outputs (and
+keys on them) only where they have run (`after`), so runs made before they existed keep their cache keys.
 
 Each stage reads the artifacts of the stages it needs (sha256-verified against the manifest) and
 writes its own atomically. Its cache key hashes its config section, its inputs' sha256 and the
@@ -16,7 +19,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from vib_deploy import __version__
-from vib_deploy.config import PipelineConfig, config_to_yaml, load_config
+from vib_deploy.config import PipelineConfig, apply_override, config_to_yaml, load_config, parse_config
 from vib_deploy.errors import UserError
 from vib_deploy.runs import RunDir, atomic_write_text, sha256_file, stage_key
 
@@ -36,7 +39,9 @@ class Context:
 
     def out(self, name: str) -> Path:
         """Where the running stage writes output `name` (moved into the run directory when the stage commits)."""
-        return self.run.staged(self.stage, name)
+        path = self.run.staged(self.stage, name)
+        path.parent.mkdir(parents=True, exist_ok=True)  # for writers that put temporary files beside their output
+        return path
 
     def splits(self) -> Any:
         if self._splits is None:
@@ -57,11 +62,14 @@ class Stage:
     run: Callable[[Context], list[str]]  # does the work, returns the artifact names it wrote
     uses_data: bool = field(default=False, kw_only=True)  # the dataset's files are inputs too
     all_ranks: bool = field(default=False, kw_only=True)  # under torchrun every rank runs it (training); else rank 0 alone
+    after: tuple[str, ...] = field(default=(), kw_only=True)  # stages whose outputs it reads when they have run (keyed only then)
+    enabled: Callable[[PipelineConfig], bool] = field(default=lambda c: True, kw_only=True)  # `run` skips a stage turned off
 
 
 # Keys added to a section after runs were made: keyed only when set, so existing runs stay cached.
 _KEYED_WHEN_SET = {"model": {"factory": None, "kwargs": {}, "input_shape": None, "ignore": []},
-                   "data": {"pad": 0, "channels": None, "size": None, "normalize": False}, "train": {"amp": "off"}}
+                   "data": {"pad": 0, "channels": None, "size": None, "normalize": False}, "train": {"amp": "off"},
+                   "bench": {"precisions": None}, "prune": {"round_to": 1}}
 
 
 def keyed_section(name: str, section: Any) -> dict[str, Any]:
@@ -80,19 +88,27 @@ def _train_common(c: PipelineConfig) -> dict[str, Any]:
 
 
 def _stages() -> list[Stage]:
-    from vib_deploy import stages as s
+    from vib_deploy import cpu_deploy as cpu, stages as s
 
     return [
         Stage("train-dense", (), lambda c: {**_train_common(c), "dense": c.train.dense.model_dump()}, s.train_dense, uses_data=True, all_ranks=True),
         Stage("train-vib", ("train-dense",), lambda c: {**_train_common(c), "vib": c.train.vib.model_dump()}, s.train_vib, uses_data=True, all_ranks=True),
-        Stage("prune", ("train-vib",), lambda c: {"prune": c.prune.model_dump(), "data": keyed_section("data", c.data)}, s.prune, uses_data=True),
+        Stage("prune", ("train-vib",), lambda c: {"prune": keyed_section("prune", c.prune), "data": keyed_section("data", c.data),
+              **({"auto": {"backend": c.bench.backends[0], "threads": c.bench.threads}} if c.prune.round_to == "auto" else {})},
+              s.prune, uses_data=True),
         Stage("export", ("train-dense", "prune"), lambda c: {"export": c.export.model_dump(), "data": keyed_section("data", c.data)}, s.export, uses_data=True),
-        Stage("bench", ("train-dense", "prune", "export"), lambda c: {"bench": c.bench.model_dump()}, s.bench),
-        Stage("report", ("train-dense", "train-vib", "prune", "export", "bench"), lambda c: {}, s.report),
+        Stage("openvino", ("prune", "export"), lambda c: {"export": c.export.model_dump(), "data": keyed_section("data", c.data)},
+              cpu.openvino_ir, uses_data=True, enabled=lambda c: "openvino" in c.bench.backends),
+        Stage("quantize", ("train-dense", "prune", "export"), lambda c: {"quantize": c.quantize.model_dump(),
+              "data": keyed_section("data", c.data)}, cpu.quantize, uses_data=True, enabled=lambda c: c.quantize.enabled),
+        Stage("bench", ("train-dense", "prune", "export"), lambda c: {"bench": keyed_section("bench", c.bench)}, s.bench,
+              after=("quantize",)),
+        Stage("report", ("train-dense", "train-vib", "prune", "export", "bench"), lambda c: {}, s.report,
+              after=("openvino", "quantize")),
     ]
 
 
-STAGE_NAMES = ["train-dense", "train-vib", "prune", "export", "bench", "report"]
+STAGE_NAMES = ["train-dense", "train-vib", "prune", "export", "openvino", "quantize", "bench", "report"]
 
 
 def _data_hashes(ctx: Context) -> dict[str, str]:
@@ -102,10 +118,14 @@ def _data_hashes(ctx: Context) -> dict[str, str]:
 def _input_hashes(ctx: Context, stage: Stage) -> dict[str, str]:
     manifest = ctx.run.manifest()
     hashes: dict[str, str] = {}
+    needed = []
     for need in stage.needs:
         entry = manifest["stages"].get(need)
         if entry is None:
             raise UserError(f"stage {stage.name} needs stage {need}, which has not run in {ctx.run.path}")
+        needed.append(entry)
+    needed += [manifest["stages"][name] for name in stage.after if name in manifest["stages"]]
+    for entry in needed:
         for name in entry["outputs"]:
             ctx.run.verified(name)
             hashes[name] = manifest["artifacts"][name]["sha256"]
@@ -266,11 +286,14 @@ def run_pipeline(config: PipelineConfig, run_dir: Path | None = None, force: str
         stages = stages[: STAGE_NAMES.index(until) + 1]
     with _locked(run):
         ctx = Context(run, config, progress)
-        distributed.on_main(lambda: _preflight(ctx, stages, force, echo))
+        distributed.on_main(lambda: _preflight(ctx, [s for s in stages if s.enabled(config)], force, echo))
         with _tracked(config, run) as track:  # after the checks: a refused run leaves no trace anywhere
             forcing = False
             for stage in stages:
                 forcing = forcing or stage.name == force
+                if not stage.enabled(config):
+                    distributed.on_main(lambda: echo(f"[off] {stage.name}"))
+                    continue
                 run_stage(ctx, stage, force=forcing, echo=echo, fresh=forcing)
                 track(stage.name)
         distributed.on_main(lambda: write_config(run, config))  # every stage current: record the config all the same
@@ -291,11 +314,18 @@ def _tracked(config: PipelineConfig, run: RunDir) -> Iterator[Callable[[str], No
         yield tracker.log_stage
 
 
-def run_single(run_dir: Path, stage_name: str, progress: Any = None, echo: Callable[[str], None] = print) -> RunDir:
-    """Run one stage of an existing run directory (always reruns it)."""
+def run_single(run_dir: Path, stage_name: str, progress: Any = None, echo: Callable[[str], None] = print,
+               overrides: list[str] | None = None) -> RunDir:
+    """Run one stage of an existing run directory (always reruns it); `overrides` (`a.b=value`) change its
+    config.yaml when the stage commits with them."""
     config = read_run_config(run_dir)
     run = RunDir(Path(run_dir))
     stage = {s.name: s for s in _stages()}[stage_name]
+    if overrides:
+        tree = config.model_dump(mode="json")
+        for assignment in overrides:
+            apply_override(tree, assignment)
+        config = parse_config(tree, f"{Path(run_dir) / CONFIG_FILE} with {' '.join(overrides)}")
     with _locked(run):
         ctx = Context(run, config, progress)
         if stage_name == "train-dense":

@@ -89,6 +89,8 @@ class PruneRecord:
     pruning: list[dict[str, Any]] | None = None  # VIB module models: the record `apply_pruning` replays
     exact: ExactCheck | None = None
     peer: PeerInfo | None = None
+    round_to: int | str | None = None  # prune.round_to when not 1 (hardware-aware widths), with each layer's choice
+    widths: list[dict[str, Any]] | None = None
     record_version: int = RECORD_VERSION
 
     def to_json(self) -> dict[str, Any]:
@@ -106,6 +108,8 @@ class PruneRecord:
             out.update({"kept_indices": self.kept_indices, "scales_left": self.scales_left, "pruning": self.pruning})
         elif self.scales_left is not None:
             out["scales_left"] = self.scales_left
+        if self.round_to is not None:
+            out.update({"round_to": self.round_to, "widths": self.widths})
         return out
 
     @staticmethod
@@ -119,7 +123,7 @@ class PruneRecord:
             kept_indices=d.get("kept_indices"), pruning=d.get("pruning"),
             exact=ExactCheck(**{k: d[k] for k in _EXACT if k in d}) if "max_abs_diff_float64" in d else None,
             peer=PeerInfo(**{k: d[k] for k in _PEER}) if "method" in d else None,
-            record_version=d.get("record_version", 0))
+            round_to=d.get("round_to"), widths=d.get("widths"), record_version=d.get("record_version", 0))
 
     def write(self, path: Path) -> None:
         atomic_write_json(path, self.to_json())
@@ -130,7 +134,7 @@ class PruneRecord:
 
 
 _BENCH_KEYS = ("backend", "device", "batch", "variant", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "throughput",
-               "peak_memory_bytes", "threads", "calls")
+               "peak_memory_bytes", "threads", "calls", "precision")
 
 
 @dataclass(frozen=True)
@@ -149,12 +153,13 @@ class BenchRecord:
     peak_memory_bytes: int | None = None
     threads: int | None = None
     calls: int | None = None
+    precision: str = "fp32"  # fp32 | int8 (quantize stage); records made before it are fp32
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def key(self) -> str:
-        """'backend/b<batch>/variant': how sweep.json and the docs' tables name a measurement."""
-        return f"{self.backend}/b{self.batch}/{self.variant}"
+        """'backend/b<batch>/variant[/precision]': how sweep.json and the docs' tables name a measurement."""
+        return f"{self.backend}/b{self.batch}/{self.variant}" + ("" if self.precision == "fp32" else f"/{self.precision}")
 
     def to_json(self) -> dict[str, Any]:
         return {**{k: getattr(self, k) for k in _BENCH_KEYS}, **self.extra}

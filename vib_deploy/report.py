@@ -7,6 +7,7 @@ from typing import Any, Callable
 
 from vib_deploy import __version__
 from vib_deploy.data import CLASS_NAMES
+from vib_deploy.deploy_matrix import headline_short, headlines, plot_speedup_vs_ideal, render_matrix
 from vib_deploy.plots import pyplot, save_png
 from vib_deploy.records import BenchFile, PruneRecord
 from vib_deploy.runs import RunDir, atomic_write_json, atomic_write_text
@@ -32,7 +33,8 @@ def build_metrics(run: RunDir, config: Any) -> dict[str, Any]:
         "vib": {"error": vib["test_error"], "val_error": vib["val_error"], "epochs": len(vib["history"]),
                 "kl_factor": config.train.vib.kl_factor, "seconds": vib["seconds"]},
         "pruned": {"error": pruned.test_error, "architecture": pruned.architecture, "flops": flops_p,
-                   "params": params_p, "bytes": params_p * BYTES_PER_PARAM, "scales_left": pruned.scales_left},
+                   "params": params_p, "bytes": params_p * BYTES_PER_PARAM, "scales_left": pruned.scales_left,
+                   **({"round_to": pruned.round_to, "widths": pruned.widths} if pruned.round_to is not None else {})},
         "prune": {k: getattr(pruned.exact, k, None) for k in ("max_abs_diff", "max_abs_diff_float64", "argmax_agreement", "reduced_max_abs_diff",
                                                              "reduced_max_abs_diff_float64", "tolerance", "logit_scale", "vib_fp32_rounding")},
         "export": {"max_abs_diff": max(v["max_abs_diff"] for v in export.values()),
@@ -46,6 +48,7 @@ def build_metrics(run: RunDir, config: Any) -> dict[str, Any]:
         # how a client prepares an image (runs before 2026-12 lack it: the IDX datasets' plain [0, 1] scaling)
         "preprocessing": dense.get("preprocessing") or {"scale": "1/255", "pad": config.data.pad, "mean": [0.0], "std": [1.0],
                                                           "classes": list(CLASS_NAMES.get(config.data.dataset, ()))},
+        **{name: run.read_json(f"{name}.json") for name in ("openvino", "quantize") if name in run.manifest()["stages"]},
     }
 
 
@@ -67,12 +70,8 @@ def summary_rows(metrics: dict[str, Any]) -> list[tuple[str, str]]:
                                           f"{metrics['prune']['logit_scale']:.1f}), fp64 {metrics['prune']['max_abs_diff_float64']:.1e}"),
         ("ONNX parity (max |Δ|, argmax)", f"{metrics['export']['max_abs_diff']:.2e}, {metrics['export']['argmax_agreement']:.2%}"),
     ]
-    by = {(r["backend"], r["batch"], r["variant"]): r for r in metrics["bench"]}
-    for s in metrics["speedup"]:
-        dense_rec, rec = by[(s["backend"], s["batch"], "dense")], by[(s["backend"], s["batch"], s["variant"])]
-        rows.append((f"{s['backend']} b{s['batch']} {s['variant']}",
-                     f"p50 {dense_rec['p50_ms']:.4f} → {rec['p50_ms']:.4f} ms: speedup {s['speedup']:.2f}× "
-                     f"(measured/ideal {s['speedup'] / metrics['ideal_speedup']:.2f})"))
+    for h in headlines(metrics):
+        rows.append((f"b{h['batch']} best dense → pruned", headline_short(h, metrics["ideal_speedup"])))
     return rows
 
 
@@ -112,7 +111,7 @@ def _plots(out: Callable[[str], Path], metrics: dict[str, Any]) -> list[str]:
 
     fig, axes = plt.subplots(1, len({r["backend"] for r in metrics["bench"]}), figsize=(10, 3.5), squeeze=False)
     for ax, backend in zip(axes[0], sorted({r["backend"] for r in metrics["bench"]})):
-        recs = [r for r in metrics["bench"] if r["backend"] == backend]
+        recs = [r for r in metrics["bench"] if r["backend"] == backend and r.get("precision", "fp32") == "fp32"]
         batches = sorted({r["batch"] for r in recs})
         variants = sorted({r["variant"] for r in recs}, key=["dense", "pruned", "pruned_reduced"].index)
         width = 0.8 / len(variants)
@@ -125,6 +124,11 @@ def _plots(out: Callable[[str], Path], metrics: dict[str, Any]) -> list[str]:
         ax.set_title(backend)
         ax.legend()
     save(fig, "plots/latency.png")
+
+    fig, ax = plt.subplots(figsize=(5, 4.5))
+    plot_speedup_vs_ideal(ax, metrics)
+    ax.set_title("Measured vs FLOPs-ideal speedup")
+    save(fig, "plots/speedup.png")
 
     hist = metrics["history"]["vib"]
     epochs = [h["epoch"] for h in hist]
@@ -151,7 +155,7 @@ def _plots(out: Callable[[str], Path], metrics: dict[str, Any]) -> list[str]:
 def render_markdown(metrics: dict[str, Any], config: Any) -> str:
     rows = "\n".join(f"| {k} | {v} |" for k, v in summary_rows(metrics))
     bench_rows = "\n".join(
-        f"| {r['backend']} | {r['batch']} | {r['variant']} | {r['p50_ms']:.4f} | {r['p90_ms']:.4f} | {r['p99_ms']:.4f} | "
+        f"| {r['backend']} | {r['batch']} | {r['variant']} | {r.get('precision', 'fp32')} | {r['p50_ms']:.4f} | {r['p90_ms']:.4f} | {r['p99_ms']:.4f} | "
         f"{r['throughput']:,.0f} | {r['peak_memory_bytes'] if r['peak_memory_bytes'] is not None else 'not measured'} |"
         for r in metrics["bench"]
     )
@@ -181,12 +185,14 @@ Dense and pruned were timed in alternating rounds in one process. `pruned_reduce
 input pixels (indices in its ONNX metadata `vib_deploy.kept_pixels`); `pruned` gathers them in-graph.
 Peak memory is the peak-RSS growth of a fresh process that loads the model and runs the batch.
 
-| backend | batch | variant | p50 ms | p90 ms | p99 ms | samples/s | peak memory bytes |
-|---|---|---|---|---|---|---|---|
+| backend | batch | variant | precision | p50 ms | p90 ms | p99 ms | samples/s | peak memory bytes |
+|---|---|---|---|---|---|---|---|---|
 {bench_rows}
 
+{render_matrix(metrics)}
 ![units](plots/units.png)
 ![latency](plots/latency.png)
+![speedup](plots/speedup.png)
 ![training](plots/training.png)
 """
 

@@ -4,6 +4,7 @@ Artifacts of a run directory (each stage writes them to `ctx.out(name)`; they mo
   train-dense: dense.pt, train-dense.json          train-vib: vib.pt, train-vib.json
   prune: pruned.pt, [pruned_reduced.pt], prune.json  export: *.onnx, export.json
   bench: bench.json                                 report: metrics.json, report.md, plots/*.png
+  (cpu_deploy.py) openvino: *.xml, *.bin, *.xml.json, openvino.json   quantize: *_int8.onnx, quantize.json
 
 Under torchrun every rank runs the training stages (the loop is data-parallel) and rank 0 alone writes
 their artifacts; the other stages run on rank 0 only (see `pipeline.run_stage`).
@@ -18,6 +19,7 @@ from typing import Any
 import torch
 
 from vib_deploy import distributed
+from vib_deploy.errors import UserError
 from vib_deploy.layers import count_flops, count_params
 from vib_deploy.modelfile import load_model
 from vib_deploy.records import BenchFile, BenchRecord, Cost, ExactCheck, PruneRecord
@@ -109,6 +111,7 @@ def prune(ctx: Any) -> list[str]:
     shape = source.input_shape
     vib_model = load_model(ctx.run.verified("vib.pt"))
     data = ctx.splits()
+    widths = _round(ctx, source, vib_model, data)  # the VIB net with looser per-gate thresholds (round_to 1: unchanged)
     result, info = source.prune(vib_model)
     exact = check_exact(result, vib_model, torch.as_tensor(data.x_test), ctx.config.prune.tolerance)
     outputs = ["pruned.pt"]
@@ -125,8 +128,31 @@ def prune(ctx: Any) -> list[str]:
         dense=Cost(count_flops(dense, shape), count_params(dense)), pruned=Cost(count_flops(pruned, shape), count_params(pruned)),
         input_shape=tuple(shape), scales_left=result.scales_left, kept_indices=result.kept_per_gate,
         pruning=info.get("pruning"), exact=ExactCheck(**exact),
+        **({"round_to": ctx.config.prune.round_to, "widths": widths} if ctx.config.prune.round_to != 1 else {}),
     ).write(ctx.out("prune.json"))
-    return outputs + ["prune.json"]
+    return outputs + ["prune.json"] + (["widths-sweep.json"] if ctx.config.prune.round_to == "auto" else [])
+
+
+def _round(ctx: Any, source: Any, vib_model: torch.nn.Module, data: Any) -> list[dict[str, Any]]:
+    """prune.round_to: a fixed multiple, or `auto` (measured per layer on bench.backends[0], sweep cached)."""
+    from vib_deploy.widths import auto_widths, measured_timer, round_widths
+
+    round_to = ctx.config.prune.round_to
+    if round_to != "auto":
+        return round_widths(vib_model, round_to)
+    from vib_deploy.backends.openvino import cpu_info
+    from vib_deploy.runs import sha256_file
+
+    backend, threads = ctx.config.bench.backends[0], ctx.config.bench.threads
+    key = {"backend": backend, "threads": threads, "batch": 64, **cpu_info(), "vib_sha256": sha256_file(ctx.run.verified("vib.pt"))}
+    name = "widths-sweep.json"  # the last committed sweep is the cache; the new one is staged with the stage's outputs
+    old = ctx.run.read_json(name) if name in ctx.run.manifest()["artifacts"] and ctx.run.file(name).exists() else {}
+    cache: dict[str, float] = old.get("times_ms", {}) if old.get("key") == key else {}
+    timer = measured_timer(vib_model, lambda m: source.prune(m)[0].model.float(), source.input_shape, backend,
+                           data.x_train[:64], threads, cache)
+    widths = auto_widths(vib_model, timer, backend)
+    atomic_write_json(ctx.out(name), {"key": key, "times_ms": cache})
+    return widths
 
 
 def export(ctx: Any) -> list[str]:
@@ -163,22 +189,39 @@ def export(ctx: Any) -> list[str]:
 
 
 def bench(ctx: Any) -> list[str]:
-    """Dense vs pruned latency/throughput/memory on each configured backend, alternating rounds."""
-    from vib_deploy.bench import Variant, machine_info, run_bench, speedups
+    """Dense vs pruned (fp32, and int8 where asked) latency/throughput/memory per backend, alternating rounds."""
+    from vib_deploy.bench import machine_info, run_bench, speedups
 
     cfg = ctx.config.bench
-    kept_pixels = PruneRecord.read(ctx.run).kept_pixels
-    run = ctx.run
-    variants = [Variant("dense", {".onnx": run.verified("dense.onnx"), ".pt": run.verified("dense.pt")}),
-                Variant("pruned", {".onnx": run.verified("pruned.onnx"), ".pt": run.verified("pruned.pt")})]
-    if kept_pixels is not None:
-        variants.append(Variant("pruned_reduced", {".onnx": run.verified("pruned_reduced.onnx"),
-                                                   ".pt": run.verified("pruned_reduced.pt")}, kept_pixels))
     images = ctx.splits().x_test[:512]
-    records = run_bench(variants, images, cfg.backends, cfg.batch_sizes, cfg.threads, cfg.rounds, cfg.iters_per_round,
-                        cfg.warmup, cfg.memory, ctx.progress)
+    records = run_bench(bench_variants(ctx), images, cfg.backends, cfg.batch_sizes, cfg.threads, cfg.rounds,
+                        cfg.iters_per_round, cfg.warmup, cfg.memory, ctx.progress)
     BenchFile(tuple(BenchRecord.from_json(r) for r in records), speedups(records), machine_info()).write(ctx.out("bench.json"))
     return ["bench.json"]
+
+
+def bench_variants(ctx: Any) -> list[Any]:
+    """What the bench times: dense, pruned (and pruned_reduced) in fp32; their INT8 models when int8 is asked for."""
+    from vib_deploy.bench import Variant
+    from vib_deploy.cpu_deploy import QUANTIZED, int8_name
+
+    prune_info, run = ctx.read_json("prune.json"), ctx.run
+    dense_error = ctx.read_json("train-dense.json")["test_error"]
+    widths = {"dense": prune_info["dense_architecture"], "pruned": prune_info["architecture"]}
+    widths["pruned_reduced"] = widths["pruned"]
+    names = ["dense", "pruned"] + (["pruned_reduced"] if prune_info["kept_pixels"] is not None else [])
+    variants = [Variant(n, {".onnx": run.verified(f"{n}.onnx"), ".pt": run.verified(f"{n}.pt")},
+                        prune_info["kept_pixels"] if n == "pruned_reduced" else None, "fp32",
+                        {"*": dense_error if n == "dense" else prune_info["test_error"]}, widths[n]) for n in names]
+    precisions = ctx.config.bench.precisions or (["fp32", "int8"] if ctx.config.quantize.enabled else ["fp32"])
+    if "int8" in precisions:
+        if "quantize" not in run.manifest()["stages"]:
+            raise UserError(f"bench precision int8 needs the INT8 models: run `vib-deploy quantize {run.path}` first "
+                            "(or set quantize.enabled: true in the pipeline)")
+        quant = ctx.read_json("quantize.json")
+        variants += [Variant(n, {".onnx": run.verified(int8_name(n))}, None, "int8", quant[n]["error"], widths[n])
+                     for n in QUANTIZED]
+    return [v for v in variants if v.precision in precisions]
 
 
 def report(ctx: Any) -> list[str]:

@@ -25,6 +25,10 @@ from vib_deploy.triton.server import TritonServer
 def bench_triton(run_dir: Path, concurrency: tuple[int, ...], batch_sizes: tuple[int, ...], requests: int,
                  protocol: str = "grpc", echo: Callable[[str], None] = print) -> list[dict[str, Any]]:
     """Records {variant, batch, concurrency, p50_ms, p99_ms, throughput, in_process_p50_ms}; also written to bench-triton.json."""
+    if protocol not in ("grpc", "http"):
+        raise UserError(f"--protocol must be grpc or http, got {protocol!r}")
+    if requests < 1:
+        raise UserError(f"--requests must be at least 1, got {requests}")
     if any(c < 1 for c in concurrency) or any(b < 1 for b in batch_sizes):
         raise UserError("--concurrency and --batch-sizes take positive integers")
     problem = TritonRunner.unavailable()
@@ -35,7 +39,7 @@ def bench_triton(run_dir: Path, concurrency: tuple[int, ...], batch_sizes: tuple
     run = RunDir(run_dir)
     images = splits_of(config.data).x_test[:512]
     in_process = {(r.variant, r.batch): r.p50_ms for r in BenchFile.read(run).records
-                  if r.backend == "onnxruntime"}
+                  if r.backend == "onnxruntime" and r.precision == "fp32"}
     records = []
     with tempfile.TemporaryDirectory(prefix="vib-deploy-bench-") as tmp:
         shipped = {m.name.rsplit("-", 1)[1]: m for m in package(run_dir, Path(tmp) / "models", name="bench")}

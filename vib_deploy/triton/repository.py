@@ -9,6 +9,9 @@ Layout (Triton's own, so it can be copied straight into a server's `--model-repo
     models/<run>-pruned/...              the same for the pruned model
     models/<run>-dense_trt/<version>/model.plan (+ model.plan.json: TensorRT version, GPU), platform
                                          tensorrt_plan, KIND_GPU: only where `vib-deploy build-engine` made one
+    models/<run>-pruned-int8/<version>/model.onnx   the quantize stage's INT8 (QDQ) pruned model, onnxruntime_onnx
+    models/<run>-pruned-openvino/<version>/model.xml + model.bin (+ model.xml.json: OpenVINO version, CPU)
+                                         backend openvino (Triton's OpenVINO backend): where the openvino stage ran
 
 Dense and pruned ship as two models so a server can serve both and a client can compare them; the
 pruned model with a reduced input (`pruned_reduced.onnx`) is not shipped: it takes kept pixels, not images.
@@ -41,6 +44,7 @@ from vib_deploy.runs import (RunDir, atomic_write_bytes, atomic_write_json, atom
 VARIANTS = ("dense", "pruned")
 MODEL_FILE = "model.onnx"
 PLAN_FILE = "model.plan"  # TensorRT engine; its sidecar (TensorRT version, GPU) is model.plan.json beside it
+OPENVINO, IR_FILE = "openvino", "model.xml"  # Triton's OpenVINO backend; IR weights in model.bin, sidecar model.xml.json
 VERSION_MANIFEST = "manifest.json"
 CONFIG = "config.pbtxt"
 LABELS = "labels.txt"
@@ -120,8 +124,16 @@ def _dims(dims: tuple[int, ...]) -> str:
 
 def render_config(name: str, inputs: list[TensorSpec], outputs: list[TensorSpec], options: ShipOptions,
                   platform: str = "onnxruntime_onnx") -> str:
-    """config.pbtxt text for an ONNX model; the first output carries the labels file."""
-    lines = [f'name: "{name}"', f'platform: "{platform}"', f"max_batch_size: {options.max_batch_size}",
+    """config.pbtxt text for an ONNX model (or a plan, or OpenVINO IR: platform "openvino" names Triton's
+    OpenVINO *backend*, run with one thread, one stream, latency hint as bench measured it); the first
+    output carries the labels file."""
+    if platform == OPENVINO:
+        engine = [f'backend: "{OPENVINO}"', f'default_model_filename: "{IR_FILE}"']
+        engine_params = [f'parameters {{ key: "{k}" value: {{ string_value: "{v}" }} }}'
+                         for k, v in (("INFERENCE_NUM_THREADS", "1"), ("NUM_STREAMS", "1"), ("PERFORMANCE_HINT", "LATENCY"))]
+    else:
+        engine, engine_params = [f'platform: "{platform}"'], []
+    lines = [f'name: "{name}"', *engine, f"max_batch_size: {options.max_batch_size}",
              "version_policy: { latest: { num_versions: 1 } }"]
     for t in inputs:
         lines += ["input [", "  {", f'    name: "{t.name}"', f"    data_type: {t.data_type}", f"    dims: {_dims(t.dims)}",
@@ -140,7 +152,7 @@ def render_config(name: str, inputs: list[TensorSpec], outputs: list[TensorSpec]
             raise UserError(f"input {t.name} has a dynamic non-batch axis {t.dims}; model_warmup needs fixed dims")
         lines += ["    inputs {", f'      key: "{t.name}"', "      value: {", f"        data_type: {t.data_type}",
                   f"        dims: {_dims(t.dims)}", "        zero_data: true", "      }", "    }"]
-    lines += ["  }", "]"]
+    lines += ["  }", "]", *engine_params]
     return "\n".join(lines) + "\n"
 
 
@@ -246,10 +258,28 @@ def package(run_dir: Path, repo: Path, version: int | None = None, name: str | N
             engine = {k: sidecar.get(k) for k in ("tensorrt_version", "gpu_name", "compute_capability", "precision")}
             targets.append((f"{base}-{variant}_trt", {PLAN_FILE: plan, PLAN_FILE + ".json": sidecar_path}, "tensorrt_plan",
                             trt_options, {"engine": engine}))
+        if variant == "pruned":
+            targets += _cpu_targets(run, base, options)
         for model_name, sources, platform, opts, extra in targets:
             shipped.append(_ship_model(repo / model_name, sources, render_config(model_name, inputs, outputs, opts, platform),
                                        inputs, outputs, labels, version, {**record, **extra, "options": dataclasses.asdict(opts)}))
     return shipped
+
+
+def _cpu_targets(run: RunDir, base: str, options: ShipOptions) -> list[tuple[str, dict[str, Path], str, ShipOptions, dict[str, Any]]]:
+    """The pruned model's CPU deployments, where their stages ran: INT8 ONNX and OpenVINO IR."""
+    stages = run.manifest()["stages"]
+    targets: list[tuple[str, dict[str, Path], str, ShipOptions, dict[str, Any]]] = []
+    if "quantize" in stages:
+        quant = run.read_json("quantize.json")
+        targets.append((f"{base}-pruned-int8", {MODEL_FILE: run.verified("pruned_int8.onnx")}, "onnxruntime_onnx", options,
+                        {"precision": "int8", "int8": {k: quant[k] for k in ("format", "weights", "activations", "calibration")},
+                         "int8_error": quant["pruned"]["error"]}))
+    if "openvino" in stages:
+        sidecar = run.verified("pruned.xml.json")
+        sources = {IR_FILE: run.verified("pruned.xml"), "model.bin": run.verified("pruned.bin"), IR_FILE + ".json": sidecar}
+        targets.append((f"{base}-pruned-{OPENVINO}", sources, OPENVINO, options, {"openvino": read_json_file(sidecar)}))
+    return targets
 
 
 def _ship_model(model_dir: Path, sources: dict[str, Path], text: str, inputs: list[TensorSpec], outputs: list[TensorSpec],

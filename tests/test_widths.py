@@ -1,0 +1,90 @@
+"""prune.round_to: rounded widths are multiples, never below the VIB counts nor above the dense widths, the
+input-pixel gate is not rounded, and the rounded net prunes exactly against its looser-threshold VIB net."""
+
+import pytest
+import torch
+
+from vib_deploy.errors import UserError
+from vib_deploy.prune.result import check_exact
+from vib_deploy.prune.sequential import prune_sequential
+from vib_deploy.vib import gates
+from vib_deploy.widths import round_up, round_widths
+from vib_deploy.zoo import gated_model
+
+
+def _sparse(name: str, seed: int = 0) -> torch.nn.Sequential:
+    """A zoo net whose gates keep a random ~20 % of their units (log α spread around the threshold)."""
+    torch.manual_seed(seed)
+    model = gated_model(name).eval()
+    with torch.no_grad():
+        for g in gates(model):
+            g.mu.copy_(torch.randn(g.units).abs() + 0.5)
+            g.logD.copy_(torch.randn(g.units) * 3 - 2.5)
+    return model
+
+
+@pytest.mark.parametrize("name,multiple", [("lenet5", 8), ("lenet5", 16), ("lenet300", 4), ("lenet300", 16)])
+def test_rounded_widths_are_multiples_and_exact(name, multiple):
+    model = _sparse(name)
+    vib = [int(g.keep_mask().sum()) for g in gates(model)]
+    records = round_widths(model, multiple)
+    kept = [int(g.keep_mask().sum()) for g in gates(model)]
+    assert [r["vib"] for r in records] == vib and [r["kept"] for r in records] == kept
+    for i, (g, v, k) in enumerate(zip(gates(model), vib, kept)):
+        assert v <= k <= g.units
+        if name == "lenet300" and i == 0:
+            assert k == v and records[0]["why"].startswith("input pixels")  # pixels are not rounded
+        else:
+            assert k == round_up(v, multiple, g.units) and (k % multiple == 0 or k == g.units)
+            # the units added back are the next-smallest log α: every kept unit's log α is below every dropped one's
+            la, mask = g.log_alpha(), g.keep_mask()
+            assert (~mask).sum() == 0 or la[mask].max() < la[~mask].min()
+    assert kept != vib  # the seed makes some layer actually round
+    shape = (1, 28, 28)
+    result = prune_sequential(model, shape)
+    assert [len(k) for k in result.kept_per_gate] == kept
+    x = torch.rand(64, *shape)
+    exact = check_exact(result, model, x, tolerance=1e-5)  # raises beyond the tolerance
+    assert exact["max_abs_diff"] <= 1e-5 * exact["logit_scale"]
+
+
+def test_round_to_one_changes_nothing_and_bad_values_are_refused():
+    model = _sparse("lenet5")
+    before = [g.threshold for g in gates(model)]
+    records = round_widths(model, 1)
+    assert [g.threshold for g in gates(model)] == before and all(r["vib"] == r["kept"] for r in records)
+    with pytest.raises(UserError, match="prune.round_to must be one of 1, 4, 8, 16"):
+        round_widths(model, 3)
+
+
+def test_auto_picks_the_fastest_width_on_a_known_latency_table():
+    from vib_deploy.widths import auto_widths, round_up
+
+    model = _sparse("lenet5", seed=1)
+    vib = [int(g.keep_mask().sum()) for g in gates(model)]
+    asked: list[list[int]] = []
+
+    def table(candidates):  # fake backend: a layer costs 1 ms at a multiple of 8, 2 ms otherwise, + 0.001 per unit
+        asked.extend(candidates)
+        return [sum(1.0 if w % 8 == 0 else 2.0 for w in c) + 0.001 * sum(c) for c in candidates]
+
+    records = auto_widths(model, table, "fake")
+    kept = [int(g.keep_mask().sum()) for g in gates(model)]
+    assert kept == [r["kept"] for r in records] == [min(round_up(v, 8, g.units), round_up(v, 16, g.units))
+                                                    for v, g in zip(vib, gates(model))]
+    assert kept != vib  # this seed's VIB counts are not all multiples of 8
+    for i, (r, v, g) in enumerate(zip(records, vib, gates(model))):
+        assert list(map(int, r["sweep_ms"])) == list(range(v, round_up(v, 16, g.units) + 1))  # VIB count .. next 16
+        assert "fastest" in r["why"]
+    assert all(c[2] == vib[2] for c in asked[:len(records[0]["sweep_ms"])])  # later layers stay at VIB while sweeping
+    exact = check_exact(prune_sequential(model, (1, 28, 28)), model, torch.rand(32, 1, 28, 28), tolerance=1e-5)
+    assert exact["max_abs_diff"] <= 1e-5 * exact["logit_scale"]
+
+
+def test_auto_keeps_the_vib_width_on_a_tie():
+    from vib_deploy.widths import auto_widths
+
+    model = _sparse("lenet5", seed=2)
+    vib = [int(g.keep_mask().sum()) for g in gates(model)]
+    records = auto_widths(model, lambda cs: [1.0 + 0.01 * (sum(c) % 2) for c in cs], "fake")  # all within 3 %
+    assert [r["kept"] for r in records] == vib == [int(g.keep_mask().sum()) for g in gates(model)]

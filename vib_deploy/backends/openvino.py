@@ -1,0 +1,131 @@
+"""OpenVINO backend (CPU): ONNX or OpenVINO IR -> a compiled model, threads pinned like ONNX Runtime's.
+
+`save_ir` turns an ONNX file into IR (`.xml` + `.bin`, fp32 weights: no fp16 compression) with a JSON
+sidecar `<name>.xml.json` (OpenVINO version, CPU model and ISA flags, precision, input shapes, the ONNX
+file's sha256) -- the CPU counterpart of a TensorRT plan and its sidecar. Loading IR whose sidecar names
+another OpenVINO version is one clear error (`check_sidecar`). `openvino` is imported here only.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vib_deploy.backends.base import Runner
+from vib_deploy.errors import UserError
+
+INSTALL_HINT = "pip install openvino (2025.0 or later; wheels for Python 3.10-3.13)"
+# x86 ISA extensions the CPU plugin picks kernels by (from /proc/cpuinfo's flags)
+_ISA_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx_vnni",
+              "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16")
+
+
+def sidecar_path(xml: Path) -> Path:
+    return Path(str(xml) + ".json")
+
+
+def cpu_info() -> dict[str, Any]:
+    """The CPU's model name and the ISA flags OpenVINO's CPU kernels care about."""
+    name, flags = "unknown", set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and name == "unknown":
+                name = line.split(":", 1)[1].strip()
+            elif line.startswith("flags") and not flags:
+                flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return {"cpu": name, "isa": [f for f in _ISA_FLAGS if f in flags]}
+
+
+def compile_properties(threads: int) -> dict[str, str]:
+    """CPU properties matching the ONNX Runtime runner: `threads` intra-op threads, one stream, latency hint."""
+    return {"INFERENCE_NUM_THREADS": str(threads), "NUM_STREAMS": "1", "PERFORMANCE_HINT": "LATENCY",
+            "INFERENCE_PRECISION_HINT": "f32"}  # no bf16/fp16 kernels behind our back: fp32 means fp32
+
+
+def openvino_version() -> str:
+    import openvino as ov
+
+    return ov.get_version()
+
+
+def save_ir(onnx_path: Path, xml_path: Path, write: Any) -> dict[str, Any]:
+    """Convert `onnx_path` to IR at `xml_path` (+ `.bin`) with fp32 weights; returns the sidecar record.
+
+    `write(name, fn)` writes one artifact atomically (`fn(tmp_path)`), so the caller lists it in its manifest.
+    """
+    import tempfile
+
+    import openvino as ov
+
+    from vib_deploy.runs import sha256_file
+
+    try:
+        model = ov.Core().read_model(str(onnx_path))
+    except Exception as e:  # OpenVINO raises RuntimeError subclasses with multi-line texts
+        raise UserError(f"{onnx_path}: OpenVINO cannot read it ({type(e).__name__}: {str(e).strip().splitlines()[0][:200]})") from e
+    shapes = {p.get_any_name(): str(p.get_partial_shape()) for p in model.inputs}
+    with tempfile.TemporaryDirectory(dir=xml_path.parent) as tmp:
+        staged = Path(tmp) / "model.xml"
+        ov.save_model(model, str(staged), compress_to_fp16=False)
+        # the .bin first: IR whose .xml is present always has its weights beside it
+        write(xml_path.with_suffix(".bin").name, lambda out: out.write_bytes(staged.with_suffix(".bin").read_bytes()))
+        # the .xml names its weights file by offsets only (not by name), so renaming the pair is safe
+        write(xml_path.name, lambda out: out.write_bytes(staged.read_bytes()))
+    return {"openvino_version": ov.get_version(), **cpu_info(), "precision": "fp32", "input_shapes": shapes,
+            "onnx": onnx_path.name, "onnx_sha256": sha256_file(onnx_path), "bin_sha256": sha256_file(xml_path.with_suffix(".bin"))}
+
+
+def check_sidecar(xml_path: Path) -> dict[str, Any]:
+    """The IR's sidecar, after checking it names this OpenVINO version (else one UserError)."""
+    side = sidecar_path(xml_path)
+    if not side.is_file():
+        raise UserError(f"{xml_path}: no sidecar {side.name}; make the IR with `vib-deploy openvino RUN`")
+    try:
+        record = json.loads(side.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{side} is corrupt or not JSON ({e})") from e
+    built, here = record.get("openvino_version"), openvino_version()
+    if built != here:
+        raise UserError(f"{xml_path} was made with OpenVINO {built} but this is OpenVINO {here}; "
+                        "remake it with `vib-deploy openvino RUN` (or install that version)")
+    return record
+
+
+class OpenVinoRunner(Runner):
+    """Runs an ONNX file (converted in memory) or IR (`.xml`, sidecar checked) on OpenVINO's CPU plugin."""
+
+    name = "openvino"
+    artifact_suffix = ".onnx"  # the bench times the same ONNX file as ONNX Runtime; `.xml` IR loads too
+
+    @classmethod
+    def unavailable(cls) -> str | None:
+        try:  # imported, not just found: a wheel that cannot load (missing library, wrong Python) is as good as none
+            import openvino  # noqa: F401
+        except ImportError as e:
+            return f"{INSTALL_HINT} ({type(e).__name__}: {e})"
+        return None
+
+    def activate_impl(self) -> None:
+        import openvino as ov
+
+        if self.path.suffix == ".xml":
+            check_sidecar(self.path)
+        core = ov.Core()
+        try:
+            model = core.read_model(str(self.path))
+            self.compiled = core.compile_model(model, "CPU", compile_properties(self.threads))
+        except Exception as e:  # garbage files and unsupported ops surface as RuntimeError with long texts
+            raise UserError(f"{self.path}: OpenVINO cannot load it ({type(e).__name__}: {str(e).strip().splitlines()[0][:200]})") from e
+        self.request = self.compiled.create_infer_request()
+
+    def infer_impl(self, x: np.ndarray) -> np.ndarray:
+        self.request.infer({0: x}, share_inputs=True)
+        return np.array(self.request.get_output_tensor(0).data, copy=True)
+
+    def deactivate_impl(self) -> None:
+        del self.request, self.compiled

@@ -1,0 +1,133 @@
+"""CPU deployment stages: OpenVINO IR (`openvino`) and static INT8 quantization (`quantize`).
+
+openvino: each exported ONNX model -> `<variant>.xml` + `<variant>.bin` (fp32 IR) + `<variant>.xml.json` (sidecar:
+    OpenVINO version, CPU and ISA flags, precision, input shapes, ONNX sha256), then the IR vs torch on the full
+    test set with the export tolerance (`export.tolerance`, `export.min_argmax_agreement`), enforced.
+quantize: `dense.onnx`, `pruned.onnx` -> `<variant>_int8.onnx` with ONNX Runtime's `quantize_static` (QDQ,
+    int8 weights -- per channel by default -- and uint8 activations), calibrated on `quantize.calibration_images`
+    images of the *training* split only. Each INT8 model's test error is measured on the full test set on every
+    engine that runs it (ONNX Runtime, and OpenVINO, which executes QDQ as int8), next to its fp32 error.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vib_deploy.errors import UserError
+from vib_deploy.runs import atomic_write, atomic_write_json
+
+QUANTIZED = ("dense", "pruned")  # pruned_reduced takes kept pixels: the same net as pruned, not quantized twice
+
+
+def int8_name(variant: str) -> str:
+    return f"{variant}_int8.onnx"
+
+
+def _exported(ctx: Any) -> list[tuple[str, np.ndarray]]:
+    """(variant, its test inputs) for every model the export stage wrote."""
+    prune_info, x_test = ctx.read_json("prune.json"), ctx.splits().x_test
+    out = []
+    for variant in ctx.read_json("export.json"):
+        x = x_test.reshape(len(x_test), -1)[:, prune_info["kept_pixels"]] if variant == "pruned_reduced" else x_test
+        out.append((variant, np.ascontiguousarray(x, dtype=np.float32)))
+    return out
+
+
+def openvino_ir(ctx: Any) -> list[str]:
+    """OpenVINO IR of every exported model, with its sidecar, checked against torch on the full test set."""
+    from vib_deploy.backends import get_backend
+    from vib_deploy.backends.openvino import save_ir, sidecar_path
+    from vib_deploy.export import parity
+    from vib_deploy.modelfile import load_model
+
+    get_backend("openvino")  # missing openvino: one line with the install hint
+    cfg = ctx.config.export
+    report: dict[str, Any] = {}
+    outputs: list[str] = []
+    for variant, x in _exported(ctx):
+        xml = ctx.out(f"{variant}.xml")
+        sidecar = save_ir(ctx.run.verified(f"{variant}.onnx"), xml, lambda name, fn: atomic_write(ctx.out(name), fn))
+        atomic_write_json(sidecar_path(xml), sidecar)
+        model = load_model(ctx.run.verified(f"{variant}.pt"))
+        report[variant] = {**parity(xml, model, x, cfg.tolerance, cfg.min_argmax_agreement, backend="openvino"),
+                           "sidecar": sidecar}
+        outputs += [xml.with_suffix(".bin").name, xml.name, sidecar_path(xml).name]
+    atomic_write_json(ctx.out("openvino.json"), report)
+    return outputs + ["openvino.json"]
+
+
+def calibration_images(splits: Any, n: int) -> np.ndarray:
+    """`n` images spread evenly over the training split (never validation or test images)."""
+    x = splits.x_train
+    if n > len(x):
+        raise UserError(f"quantize.calibration_images is {n} but the training split has only {len(x)} images")
+    return np.ascontiguousarray(x[np.linspace(0, len(x) - 1, n).round().astype(int)], dtype=np.float32)
+
+
+def quantize_onnx(src: Path, dst: Path, images: np.ndarray, per_channel: bool) -> None:
+    """Static INT8 (QDQ) of `src` into `dst` (atomically), activation ranges from `images` (min-max)."""
+    import logging
+
+    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    from vib_deploy.export import INPUT_NAME
+
+    class _Batches(CalibrationDataReader):
+        """ONNX Runtime's CalibrationDataReader protocol (`get_next` -> feed dict or None) over fixed images."""
+
+        def __init__(self, images: np.ndarray, input_name: str, batch: int = 50):
+            self.feeds = [{input_name: images[i : i + batch]} for i in range(0, len(images), batch)]
+            self.position = 0
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            if self.position >= len(self.feeds):
+                return None
+            self.position += 1
+            return self.feeds[self.position - 1]
+
+    logging.getLogger().setLevel(logging.ERROR)  # quantize_static logs a pre-processing hint at WARNING
+
+    def write(tmp: Path) -> None:
+        quantize_static(str(src), str(tmp), _Batches(images, INPUT_NAME), quant_format=QuantFormat.QDQ,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=per_channel,
+                        calibrate_method=CalibrationMethod.MinMax)
+
+    atomic_write(dst, write)
+
+
+def onnx_error(backend: str, path: Path, x: np.ndarray, y: np.ndarray, batch: int = 1000) -> float:
+    """Top-1 error of an ONNX model on `backend` over all of (x, y)."""
+    from vib_deploy.backends import get_backend
+
+    runner = get_backend(backend)(path, threads=2).activate()
+    wrong = sum(int((runner.infer(np.ascontiguousarray(x[i : i + batch])).argmax(1) != y[i : i + batch]).sum())
+                for i in range(0, len(x), batch))
+    runner.deactivate()
+    return wrong / len(x)
+
+
+def quantize(ctx: Any) -> list[str]:
+    """INT8 (QDQ) dense and pruned models, calibrated on training images; their test error on each engine."""
+    from vib_deploy.backends import BACKENDS
+
+    cfg = ctx.config.quantize
+    data = ctx.splits()
+    images = calibration_images(data, cfg.calibration_images)
+    fp32_error = {"dense": ctx.read_json("train-dense.json")["test_error"], "pruned": ctx.read_json("prune.json")["test_error"]}
+    engines = [b for b in ("onnxruntime", "openvino") if BACKENDS[b].unavailable() is None]
+    report: dict[str, Any] = {"calibration": {"split": "train", "images": len(images), "method": "minmax"},
+                              "format": "QDQ", "weights": "int8 per channel" if cfg.per_channel else "int8 per tensor",
+                              "activations": "uint8", "engines": engines}
+    outputs = []
+    for variant in QUANTIZED:
+        src, dst = ctx.run.verified(f"{variant}.onnx"), ctx.out(int8_name(variant))
+        quantize_onnx(src, dst, images, cfg.per_channel)
+        errors = {e: onnx_error(e, dst, data.x_test, data.y_test) for e in engines}
+        report[variant] = {"file": dst.name, "bytes": dst.stat().st_size, "fp32_bytes": src.stat().st_size,
+                           "error": errors, "fp32_error": fp32_error[variant], "test_samples": len(data.y_test)}
+        outputs.append(dst.name)
+    atomic_write_json(ctx.out("quantize.json"), report)
+    return outputs + ["quantize.json"]
