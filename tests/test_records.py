@@ -31,7 +31,7 @@ OLD_BENCH = {
                  "p99_ms": 0.4, "mean_ms": 0.25, "throughput": 4000.0, "peak_memory_bytes": None, "threads": 1, "calls": 30},
                 {"backend": "onnxruntime", "device": "cpu", "batch": 1, "variant": "pruned", "p50_ms": 0.1, "p90_ms": 0.2,
                  "p99_ms": 0.3, "mean_ms": 0.15, "throughput": 6000.0, "peak_memory_bytes": 123, "threads": 1, "calls": 30,
-                 "precision": "int8"}],  # a key this version does not know is kept
+                 "precision": "int8", "widths": [4, 9]}],  # a key this version does not know (widths) is kept
     "speedup": [{"backend": "onnxruntime", "batch": 1, "variant": "pruned", "speedup": 2.0}],
     "machine": {"cpu": "x"},
 }
@@ -74,5 +74,6 @@ def test_a_record_from_a_newer_version_is_refused():
 def test_bench_file_round_trip_and_keys():
     bench = BenchFile.from_json(json.loads(json.dumps(OLD_BENCH)))
     assert bench.to_json() == {**OLD_BENCH, "record_version": 0}
-    assert bench.p50_by_key() == {"onnxruntime/b1/dense": 0.2, "onnxruntime/b1/pruned": 0.1}
-    assert bench.records[1].extra == {"precision": "int8"}
+    assert bench.p50_by_key() == {"onnxruntime/b1/dense": 0.2, "onnxruntime/b1/pruned/int8": 0.1}  # fp32 keys as before
+    assert bench.records[0].precision is None and bench.records[1].precision == "int8"
+    assert bench.records[1].extra == {"widths": [4, 9]}

@@ -1,8 +1,7 @@
 """The `vib-deploy` command line: a thin typer layer, one library call per command.
 
 User errors (`UserError`) are caught here once: one line on stderr, exit code 2; `--debug` shows the
-traceback instead. Heavy libraries (torch, onnxruntime) are imported inside the commands.
-Under torchrun (`torchrun ... -m vib_deploy run ...`) only rank 0 shows progress and the final table.
+traceback instead. Heavy libraries are imported inside the commands; under torchrun only rank 0 shows progress.
 """
 
 from __future__ import annotations

@@ -134,7 +134,7 @@ class PruneRecord:
 
 
 _BENCH_KEYS = ("backend", "device", "batch", "variant", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "throughput",
-               "peak_memory_bytes", "threads", "calls", "precision")
+               "peak_memory_bytes", "threads", "calls")
 
 
 @dataclass(frozen=True)
@@ -153,21 +153,22 @@ class BenchRecord:
     peak_memory_bytes: int | None = None
     threads: int | None = None
     calls: int | None = None
-    precision: str = "fp32"  # fp32 | int8 (quantize stage); records made before it are fp32
+    precision: str | None = None  # fp32 | int8 (quantize stage); None: a record made before precisions, fp32
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def key(self) -> str:
         """'backend/b<batch>/variant[/precision]': how sweep.json and the docs' tables name a measurement."""
-        return f"{self.backend}/b{self.batch}/{self.variant}" + ("" if self.precision == "fp32" else f"/{self.precision}")
+        return f"{self.backend}/b{self.batch}/{self.variant}" + ("" if self.precision in (None, "fp32") else f"/{self.precision}")
 
     def to_json(self) -> dict[str, Any]:
-        return {**{k: getattr(self, k) for k in _BENCH_KEYS}, **self.extra}
+        precision = {} if self.precision is None else {"precision": self.precision}
+        return {**{k: getattr(self, k) for k in _BENCH_KEYS}, **precision, **self.extra}
 
     @staticmethod
     def from_json(d: dict[str, Any]) -> "BenchRecord":
-        return BenchRecord(**{k: d[k] for k in _BENCH_KEYS if k in d},
-                           extra={k: v for k, v in d.items() if k not in _BENCH_KEYS})
+        return BenchRecord(**{k: d[k] for k in _BENCH_KEYS if k in d}, precision=d.get("precision"),
+                           extra={k: v for k, v in d.items() if k not in _BENCH_KEYS and k != "precision"})
 
 
 @dataclass(frozen=True)

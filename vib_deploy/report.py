@@ -89,6 +89,7 @@ def print_summary(metrics: dict[str, Any]) -> None:
 
 
 def _plots(out: Callable[[str], Path], metrics: dict[str, Any]) -> list[str]:
+    # long function: four small figures (units, latency, training, speedup vs ideal), each a few matplotlib calls
     plt = pyplot()
     written = []
 

@@ -10,7 +10,8 @@ from vib_deploy.errors import UserError
 def verify_path(path: Path) -> str:
     """The one-line verdict for `path`; anything wrong is a UserError naming it."""
     from vib_deploy.pipeline import verify_run
-    from vib_deploy.triton.repository import is_model_repository, verify_repository
+    from vib_deploy.triton.repository import is_model_repository
+    from vib_deploy.triton.verify import verify_repository
 
     if not path.is_dir():
         raise UserError(f"run directory {path} not found")

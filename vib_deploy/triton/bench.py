@@ -39,7 +39,7 @@ def bench_triton(run_dir: Path, concurrency: tuple[int, ...], batch_sizes: tuple
     run = RunDir(run_dir)
     images = splits_of(config.data).x_test[:512]
     in_process = {(r.variant, r.batch): r.p50_ms for r in BenchFile.read(run).records
-                  if r.backend == "onnxruntime" and r.precision == "fp32"}
+                  if r.backend == "onnxruntime" and r.precision in (None, "fp32")}
     records = []
     with tempfile.TemporaryDirectory(prefix="vib-deploy-bench-") as tmp:
         shipped = {m.name.rsplit("-", 1)[1]: m for m in package(run_dir, Path(tmp) / "models", name="bench")}
