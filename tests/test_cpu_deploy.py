@@ -298,7 +298,9 @@ def test_prune_round_to_auto_measures_on_the_first_backend_and_caches(cpu_run, t
         assert w["vib"] <= w["kept"] <= w["units"] and "on onnxruntime" in w["why"]
         assert set(w["sweep_ms"]) == {str(n) for n in range(w["vib"], min(w["units"], -(-w["vib"] // 16) * 16) + 1)}
         assert all(t > 0 for t in w["sweep_ms"].values())
-    assert run_cli("verify", str(copy)).returncode == 0  # widths-sweep.json is a listed artifact
+    assert "widths-sweep.json" in json.loads((copy / "manifest.json").read_text())["artifacts"]  # a listed artifact
+    proc = run_cli("verify", str(copy))  # every file verifies; the stages after prune now describe the old pruned net
+    assert proc.returncode == 2 and "stage export is out of date (prune.json" in proc.stderr and "corrupt" not in proc.stderr
     proc = run_cli("prune", str(copy), "--round-to", "auto")  # the cache answers: the same timings, nothing re-measured
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert json.loads((copy / "widths-sweep.json").read_text()) == sweep

@@ -12,7 +12,7 @@ quantize: `dense.onnx`, `pruned.onnx` -> `<variant>_int8.onnx` with ONNX Runtime
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -67,6 +67,20 @@ def calibration_images(splits: Any, n: int) -> np.ndarray:
     return np.ascontiguousarray(x[np.linspace(0, len(x) - 1, n).round().astype(int)], dtype=np.float32)
 
 
+class _Batches:
+    """ONNX Runtime's CalibrationDataReader protocol (`get_next` -> feed dict or None) over fixed images."""
+
+    def __init__(self, images: np.ndarray, input_name: str, batch: int = 50):
+        self.feeds = [{input_name: images[i : i + batch]} for i in range(0, len(images), batch)]
+        self.position = 0
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        if self.position >= len(self.feeds):
+            return None
+        self.position += 1
+        return self.feeds[self.position - 1]
+
+
 def quantize_onnx(src: Path, dst: Path, images: np.ndarray, per_channel: bool) -> None:
     """Static INT8 (QDQ) of `src` into `dst` (atomically), activation ranges from `images` (min-max)."""
     import logging
@@ -75,23 +89,10 @@ def quantize_onnx(src: Path, dst: Path, images: np.ndarray, per_channel: bool) -
 
     from vib_deploy.export import INPUT_NAME
 
-    class _Batches(CalibrationDataReader):
-        """ONNX Runtime's CalibrationDataReader protocol (`get_next` -> feed dict or None) over fixed images."""
-
-        def __init__(self, images: np.ndarray, input_name: str, batch: int = 50):
-            self.feeds = [{input_name: images[i : i + batch]} for i in range(0, len(images), batch)]
-            self.position = 0
-
-        def get_next(self) -> dict[str, np.ndarray] | None:
-            if self.position >= len(self.feeds):
-                return None
-            self.position += 1
-            return self.feeds[self.position - 1]
-
     logging.getLogger().setLevel(logging.ERROR)  # quantize_static logs a pre-processing hint at WARNING
 
     def write(tmp: Path) -> None:
-        quantize_static(str(src), str(tmp), _Batches(images, INPUT_NAME), quant_format=QuantFormat.QDQ,
+        quantize_static(str(src), str(tmp), cast(CalibrationDataReader, _Batches(images, INPUT_NAME)), quant_format=QuantFormat.QDQ,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=per_channel,
                         calibrate_method=CalibrationMethod.MinMax)
 
