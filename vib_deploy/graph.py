@@ -23,7 +23,6 @@ never pruned) when it holds the output layer or a layer listed in `ignore`, or i
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import asdict, dataclass
 from functools import partial
 from typing import Any, Sequence, cast
@@ -34,6 +33,7 @@ from torch import nn
 
 from vib_deploy.errors import UserError, first_line
 from vib_deploy.layers import count_flops
+from vib_deploy.tracing import channel_moves, trace
 from vib_deploy.vib import VIBGate
 
 PRUNABLE_TYPES = (nn.Conv1d, nn.Conv2d, nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d)
@@ -103,30 +103,15 @@ def _unsupported_layers(net: nn.Module, ignore: set[str]) -> list[str]:
     return bad
 
 
-def dependency_graph(net: nn.Module, input_shape: Sequence[int], dtype: torch.dtype = torch.float32) -> tp.DependencyGraph:
-    """Torch-Pruning's graph of `net`, traced once on a zero input; a model that fails to trace is a UserError."""
-    x = torch.zeros((1,) + tuple(input_shape), dtype=dtype)
-    was_training = net.training
-    try:
-        with warnings.catch_warnings():  # "unwrapped parameters": only ever in groups left fixed (see plan_groups)
-            warnings.simplefilter("ignore")
-            return tp.DependencyGraph().build_dependency(net.eval(), example_inputs=x)
-    except Exception as e:
-        raise UserError(f"the model could not be traced on an input of shape {tuple(x.shape)} "
-                        f"({type(e).__name__}: {first_line(e)})") from e
-    finally:
-        net.train(was_training)
-
-
-def _output_sizes(net: nn.Module, input_shape: Sequence[int]) -> tuple[dict[str, tuple[int, ...]], torch.Tensor]:
-    """Per-sample output shape of every leaf module, and the model's output, from one forward pass."""
+def _output_sizes(net: nn.Module, input_shape: Sequence[int]) -> tuple[dict[str, tuple[int, ...]], torch.Tensor, dict[str, str]]:
+    """Per-sample output shape of every leaf module, the model's output and its channel moves (tracing.py), from one forward pass."""
     shapes: dict[str, tuple[int, ...]] = {}
     handles = [m.register_forward_hook(partial(_record_shape, shapes=shapes, name=n))
                for n, m in net.named_modules() if not list(m.children())]
     was_training = net.training
     try:
         with torch.no_grad():
-            out = net.eval()(torch.zeros((1,) + tuple(input_shape)))
+            out, moves = channel_moves(net, lambda: net.eval()(torch.zeros((1,) + tuple(input_shape))))
     except Exception as e:
         raise UserError(f"the model fails on an input of shape (1, {', '.join(map(str, input_shape))}): "
                         f"{type(e).__name__}: {first_line(e)}") from e
@@ -137,7 +122,7 @@ def _output_sizes(net: nn.Module, input_shape: Sequence[int]) -> tuple[dict[str,
     if not isinstance(out, torch.Tensor) or out.dim() != 2:
         raise UserError(f"the model returns {tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__} "
                         "for one sample; vib-deploy expects logits of shape (batch, classes)")
-    return shapes, out
+    return shapes, out, moves
 
 
 def _record_shape(module: nn.Module, inputs: Any, output: Any, shapes: dict[str, tuple[int, ...]], name: str) -> None:
@@ -174,13 +159,23 @@ def plan_groups(net: nn.Module, input_shape: Sequence[int], ignore: Sequence[str
     if bad:
         raise UserError(f"layer {bad[0]} has parameters vib-deploy cannot prune (supported: Conv1d/2d, Linear, "
                         f"BatchNorm1d/2d); list it under model.ignore to leave the channels it touches unpruned")
-    shapes, output = _output_sizes(net, input_shape)
-    graph = dependency_graph(net, input_shape)
+    shapes, output, moves = _output_sizes(net, input_shape)
     names = _names(net)
 
     def ignored(obj: Any) -> bool:
-        name = names.get(id(obj), "")
+        name = obj if isinstance(obj, str) else names.get(id(obj), "")
         return bool(name) and any(name == i or name.startswith(i + ".") for i in ignore_set)
+
+    for module_name, op in moves.items():
+        if not ignored(module_name):
+            where = (f"in {module_name} ({type(net.get_submodule(module_name)).__name__})" if module_name
+                     else "in the model's own forward (move it into a submodule to list that under model.ignore)")
+            others = [n for n in moves if n and n != module_name and not ignored(n)]
+            raise UserError(f"channels are reordered by {op} {where}, which Torch-Pruning's graph cannot map; "
+                            f"list {module_name or 'that submodule'} under model.ignore to leave the channels it touches "
+                            f"unpruned" + (f" (so too {', '.join(others[:3])}{', ...' if len(others) > 3 else ''})" if others else ""))
+    traced = trace(net, input_shape)
+    graph = traced.graph
 
     # The output layer: the last weighted module whose output has the model output's shape.
     out_layer = ""
@@ -194,11 +189,15 @@ def plan_groups(net: nn.Module, input_shape: Sequence[int], ignore: Sequence[str
         root = names[id(items[0][0])]
         c: dict[str, Any] = {"root": root, "channels": len(items[0][2]), "members": [], "points": {}, "reason": "",
                              "flops": 0, "grouped": []}  # grouped: (conv, side, {group channel: position})
-        for module, handler, idxs, root_idxs in items:
+        for (module, handler, idxs, root_idxs), item in zip(items, group.items):
+            is_out = graph.is_out_channel_pruning_fn(handler)
+            if not item.dep.target.outputs and (is_out or not isinstance(module, WEIGHTED)):
+                c["reason"] = c["reason"] or "reaches the model output"  # (a final Linear: "output layer", below)
+            if item.dep.target.grad_fn in traced.opaque:
+                c["reason"] = c["reason"] or f"passes through {traced.opaque[item.dep.target.grad_fn]}, in model.ignore (channel shuffle)"
             if not isinstance(module, (nn.Module, nn.Parameter)) or id(module) not in names:
                 continue  # Torch-Pruning's internal element-wise/concat/reshape nodes
             name = names[id(module)]
-            is_out = graph.is_out_channel_pruning_fn(handler)
             c["members"].append(name)
             if name == out_layer and is_out:
                 c["reason"] = "output layer"

@@ -16,7 +16,8 @@ import torch
 from torch import nn
 
 from vib_deploy.errors import UserError
-from vib_deploy.graph import BATCHNORMS, WEIGHTED, GatedNet, GateGroup, GroupPlan, dependency_graph, is_grouped_conv
+from vib_deploy.graph import BATCHNORMS, WEIGHTED, GatedNet, GateGroup, GroupPlan, is_grouped_conv
+from vib_deploy.tracing import dependency_graph
 from vib_deploy.prune.result import PruneResult
 from vib_deploy.vib import VIBGate
 
