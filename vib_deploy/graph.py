@@ -49,7 +49,8 @@ class GateGroup:
     channels: int
     gate: int  # index of its VIBGate (groups tied through a grouped conv share one)
     unit_of_channel: tuple[int, ...]  # the gate unit of each channel
-    points: tuple[tuple[str, tuple[int, ...]], ...]  # (module, group channel of each of its outputs): gated outputs
+    # (module, group channel of each of its outputs, -1 for outputs of other groups): the outputs it gates
+    points: tuple[tuple[str, tuple[int, ...]], ...]
     members: tuple[str, ...]  # every module the group touches (for `inspect`)
     map_size: int  # H*W of the root's output (1 for a Linear)
     flops_per_channel: int  # FLOPs (2 x MACs) that removing one channel of this group saves
@@ -209,10 +210,11 @@ def plan_groups(net: nn.Module, input_shape: Sequence[int], ignore: Sequence[str
             if is_out and isinstance(module, PRUNABLE_TYPES) and not _feeds_own_bn(graph, module, items):
                 if isinstance(module, BATCHNORMS) and not module.affine:
                     c["reason"] = c["reason"] or f"BatchNorm {name} has affine=False: no scale to fold a gate into"
-                elif sorted(idxs) != list(range(_out_channels(module))):
-                    c["reason"] = c["reason"] or f"the outputs of {name} are split over several groups"
-                else:  # (a concat's branch holds a slice of the group's channels)
-                    c["points"][name] = tuple(r for _, r in sorted(zip(idxs, root_idxs)))
+                elif len(set(idxs)) != len(idxs) or not set(idxs) <= set(range(_out_channels(module))):
+                    c["reason"] = c["reason"] or f"the outputs of {name} map to the group's channels more than once"
+                else:  # a concat's branch holds a slice of the group's channels; a BN after a concat, a slice of its outputs
+                    channel_of = dict(zip(idxs, root_idxs))
+                    c["points"][name] = tuple(channel_of.get(p, -1) for p in range(_out_channels(module)))
         if not c["points"]:
             c["reason"] = c["reason"] or "no layer to gate"
         candidates.append(c)
@@ -328,6 +330,16 @@ def _feeds_own_bn(graph: tp.DependencyGraph, module: nn.Module, items: list[tupl
     return len(outputs) == 1 and isinstance(outputs[0].module, BATCHNORMS) and id(outputs[0].module) in group_modules
 
 
+def point_scale(z: torch.Tensor, index: Sequence[int]) -> torch.Tensor:
+    """A group's z (B|1, channels) over one gate point's outputs: 1 at the outputs of other groups (index -1)."""
+    if min(index) >= 0:
+        return z[:, list(index)]
+    scale = torch.ones(z.shape[0], len(index), dtype=z.dtype, device=z.device)
+    mine = [p for p, r in enumerate(index) if r >= 0]
+    scale[:, mine] = z[:, [index[p] for p in mine]]
+    return scale
+
+
 def _multiply_output(module: nn.Module, inputs: Any, output: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     return output * z.reshape(z.shape + (1,) * (output.dim() - z.dim()))  # (B|1, C) -> (B|1, C, 1, 1)
 
@@ -363,7 +375,7 @@ class GatedNet(nn.Module):
         return [z[g.gate][:, list(g.unit_of_channel)] for g in self.groups]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        handles = [self.net.get_submodule(point).register_forward_hook(partial(_multiply_output, z=z[:, list(index)]))
+        handles = [self.net.get_submodule(point).register_forward_hook(partial(_multiply_output, z=point_scale(z, index)))
                    for g, z in zip(self.groups, self.channel_scales(x)) for point, index in g.points]
         try:
             return self.net(x)
