@@ -100,7 +100,8 @@ def _unsupported_layers(net: nn.Module, ignore: set[str]) -> list[str]:
         if isinstance(m, PRUNABLE_TYPES) or not list(m.parameters(recurse=False)):
             continue
         if not any(name == i or name.startswith(i + ".") for i in ignore):
-            bad.append(f"{name} ({type(m).__name__})")
+            norm = isinstance(m, (nn.LayerNorm, nn.GroupNorm))
+            bad.append(f"{name} ({type(m).__name__}{', a norm over channels: a removed channel would still move its statistics' if norm else ''})")
     return bad
 
 
@@ -341,6 +342,8 @@ def point_scale(z: torch.Tensor, index: Sequence[int]) -> torch.Tensor:
 
 
 def _multiply_output(module: nn.Module, inputs: Any, output: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    if isinstance(module, nn.Linear):  # features last: (B|1, C) -> (B|1, 1, 1, C) for a Linear on (B, H, W, C)
+        return output * z.reshape(z.shape[:1] + (1,) * (output.dim() - 2) + z.shape[1:])
     return output * z.reshape(z.shape + (1,) * (output.dim() - z.dim()))  # (B|1, C) -> (B|1, C, 1, 1)
 
 

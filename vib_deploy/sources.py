@@ -174,23 +174,61 @@ def inspect_model(model: str, input_shape: Sequence[int], ignore: Sequence[str],
             "rows": describe_plan(plan), "self_check": error}
 
 
-def print_inspection(info: dict[str, Any]) -> None:
-    """The inspection as a rich table, fixed groups' reasons below it."""
-    from rich.console import Console
+HEADERS = {"group (root)": "group (root)", "channels": "ch", "gate": "gate", "gate units": "units",
+           "gate points": "points", "layers": "layers", "KFLOPs/ch": "kFLOP/ch", "% FLOPs": "%FLOPs", "status": "status"}
+DROP_FIRST = ("layers", "gate points", "gate units", "KFLOPs/ch")  # left out, in this order, where the console is narrow
+
+
+def _cell(key: str, value: Any) -> str:
+    if key == "status":
+        return "fixed" if str(value).startswith("fixed") else str(value)
+    return f"{value:,.1f}" if isinstance(value, float) else str(value)
+
+
+def inspection_table(info: dict[str, Any], console: Any) -> tuple[Any, list[str]]:
+    """The groups as a rich table that fits `console` with group names never cut; and the columns left out."""
+    from rich.measure import Measurement
+
+    keys = list(info["rows"][0]) if info["rows"] else list(HEADERS)
+    dropped: list[str] = []
+    table = _table(info, keys)
+    for key in DROP_FIRST:
+        if Measurement.get(console, console.options.update_width(10_000), table).maximum <= console.width:
+            break
+        keys.remove(key)
+        dropped.append(HEADERS[key])
+        table = _table(info, keys)
+    return table, dropped
+
+
+def _table(info: dict[str, Any], keys: list[str]) -> Any:
+    from rich import box
     from rich.table import Table
 
-    console = Console()
-    table = Table(title=f"{info['model']}  input {info['input_shape']}: {info['flops'] / 1e6:,.3f} MFLOPs, "
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True, padding=(0, 1),
+                  title=f"{info['model']}  input {info['input_shape']}: {info['flops'] / 1e6:,.3f} MFLOPs, "
                         f"{info['params']:,} parameters")
-    for name in info["rows"][0] if info["rows"] else []:
-        table.add_column(name, justify="left" if name in ("group (root)", "status") else "right")
+    name_width = max([len(HEADERS["group (root)"])] + [len(r["group (root)"]) for r in info["rows"]])
+    for key in keys:
+        table.add_column(HEADERS[key], justify="left" if key in ("group (root)", "status") else "right", no_wrap=True,
+                         min_width=name_width if key == "group (root)" else None)
     for row in info["rows"]:
-        status = "fixed" if row["status"].startswith("fixed") else row["status"]
-        table.add_row(*(f"{v:,.1f}" if isinstance(v, float) else str(v) for v in list(row.values())[:-1]), status)
+        table.add_row(*(_cell(k, row[k]) for k in keys))
+    return table
+
+
+def print_inspection(info: dict[str, Any], console: Any = None) -> None:
+    """The inspection as a rich table (group names whole at any width), fixed groups' reasons below it."""
+    from rich.console import Console
+
+    console = console or Console()
+    table, dropped = inspection_table(info, console)
     console.print(table)
+    if dropped:
+        console.print(f"(columns {', '.join(dropped)} left out: the console is {console.width} wide)")
     for row in info["rows"]:
         if row["status"].startswith("fixed"):
-            console.print(f"  {row['group (root)']}: {row['status']}")
+            console.print(f"  {row['group (root)']}: {row['status']}", overflow="fold")
     console.print(f"exact-pruning self-check (random gates, float64): max |Δ| = {info['self_check']:.2g} x scale, ok")
-    console.print("gate: groups tied through a grouped conv share one; gate points: layers whose outputs it multiplies; "
-                  "% FLOPs: share of the dense net's FLOPs that the group's channels touch (groups overlap)")
+    console.print("gate: groups tied through a grouped conv share one; points: layers whose outputs it multiplies; "
+                  "%FLOPs: share of the dense net's FLOPs that the group's channels touch (groups overlap)")
