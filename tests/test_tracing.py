@@ -6,6 +6,7 @@ import copy
 
 import pytest
 import torch
+from torch import nn
 
 from test_graph import ARCH_SHAPE, _arch, _prune_and_replay
 from vib_deploy.errors import UserError
@@ -62,3 +63,25 @@ def test_the_opaque_module_is_restored_after_tracing():
     x = torch.randn((2,) + ARCH_SHAPE)
     with torch.no_grad():
         assert torch.equal(net.eval()(x), reference.eval()(x))
+
+
+class SpaceToDepth(nn.Module):
+    """conv -> PixelUnshuffle(2) (4 channels become 16) -> conv-BN -> conv -> Linear head."""
+
+    def __init__(self):
+        super().__init__()
+        self.c0, self.s2d = nn.Conv2d(1, 4, 3, padding=1), nn.PixelUnshuffle(2)
+        self.c1, self.bn, self.c2, self.head = nn.Conv2d(16, 8, 3, padding=1), nn.BatchNorm2d(8), nn.Conv2d(8, 6, 1), nn.Linear(6, 3)
+
+    def forward(self, x):
+        x = self.bn(self.c1(self.s2d(torch.relu(self.c0(x)))))
+        return self.head(torch.relu(self.c2(torch.relu(x))).mean((2, 3)))
+
+
+def test_pixel_unshuffle_is_a_channel_move_too():
+    with pytest.raises(UserError, match=r"pixel_unshuffle \(trades channels for pixels\) in s2d \(PixelUnshuffle\).*list s2d under"):
+        plan_groups(SpaceToDepth(), ARCH_SHAPE)
+    plan = plan_groups(SpaceToDepth(), ARCH_SHAPE, ignore=["s2d"])
+    assert [g.root for g in plan.gated] == ["c1", "c2"]
+    assert [(f.root, f.reason) for f in plan.fixed][0] == ("c0", "passes through s2d, in model.ignore (it reorders channels)")
+    _prune_and_replay(SpaceToDepth(), ignore=["s2d"])

@@ -3,11 +3,13 @@
 A *group* is every coupled set of channels that must be removed together, as Torch-Pruning's
 DependencyGraph finds them: a residual add couples the channels of every branch into the add and of the
 stream after it; a depthwise conv follows its input channels; a concat gives each branch its own group
-(mapped to its slice of the consumer's inputs); BN follows its conv. Each group gets one VIBGate.
+(mapped to its slice of the consumer's inputs; a layer read by several concats, as in a DenseNet, has one
+group over all its slices); BN follows its conv. Each group gets one VIBGate.
 
 Where the gate multiplies: at every *gate point* of its group, i.e. every Conv/Linear/BN whose output
 channels are in the group, on that module's output (a conv feeding straight into its BN is gated at
-the BN, since BN would undo a gate before it). All points of a group share one draw of z per sample.
+the BN, since BN would undo a gate before it; a BN after a concat is gated on each group's slice).
+All points of a group share one draw of z per sample.
 Gating a layer's own output makes folding exact whatever the sign of z: z scales the layer's weights
 and bias (or BN's affine), so the gated model in eval mode is a plain net whose dead channels are
 exactly zero; pruning (prune/groups.py) then removes them with the same DependencyGraph.
@@ -17,7 +19,9 @@ channels at input (or output) positions p and p' with p = p' mod (channels / gro
 even across groups (the two branches of a concat that feeds a grouped conv share one gate). Torch-Pruning
 prunes one group at a time, which would leave such a conv's groups unequal in between; its inputs are
 therefore cut in one step after the groups (`prune.groups._prune_grouped_inputs`). A group is left fixed (no gate,
-never pruned) when it holds the output layer or a layer listed in `ignore`, or is tied to such a group.
+never pruned) when it holds the output layer, reaches the model's output through any layer (a fully
+convolutional head), holds a layer listed in `ignore` or passes through an ignored channel shuffle
+(tracing.py), or is tied to such a group.
 """
 
 from __future__ import annotations
@@ -196,7 +200,7 @@ def plan_groups(net: nn.Module, input_shape: Sequence[int], ignore: Sequence[str
             if not item.dep.target.outputs and (is_out or not isinstance(module, WEIGHTED)):
                 c["reason"] = c["reason"] or "reaches the model output"  # (a final Linear: "output layer", below)
             if item.dep.target.grad_fn in traced.opaque:
-                c["reason"] = c["reason"] or f"passes through {traced.opaque[item.dep.target.grad_fn]}, in model.ignore (channel shuffle)"
+                c["reason"] = c["reason"] or f"passes through {traced.opaque[item.dep.target.grad_fn]}, in model.ignore (it reorders channels)"
             if not isinstance(module, (nn.Module, nn.Parameter)) or id(module) not in names:
                 continue  # Torch-Pruning's internal element-wise/concat/reshape nodes
             name = names[id(module)]
@@ -394,16 +398,3 @@ class GatedNet(nn.Module):
         """Per group, the kept channels (bool over `channels`)."""
         units = self.unit_masks() if unit_masks is None else unit_masks
         return [units[g.gate][list(g.unit_of_channel)] for g in self.groups]
-
-
-def describe_plan(plan: GroupPlan) -> list[dict[str, Any]]:
-    """One row per group (gated first, then fixed) for `vib-deploy inspect`."""
-    rows: list[dict[str, Any]] = []
-    for g in plan.gated:
-        rows.append({"group (root)": g.root, "channels": g.channels, "gate": g.gate, "gate units": g.units, "gate points": len(g.points),
-                     "layers": len(g.members), "KFLOPs/ch": g.flops_per_channel / 1e3,
-                     "% FLOPs": 100.0 * g.flops_per_channel * g.channels / max(plan.flops, 1), "status": "gated"})
-    for f in plan.fixed:
-        rows.append({"group (root)": f.root, "channels": f.channels, "gate": "-", "gate units": 0, "gate points": 0, "layers": 0,
-                     "KFLOPs/ch": 0.0, "% FLOPs": 0.0, "status": f"fixed: {f.reason}"})
-    return rows

@@ -21,7 +21,7 @@ from torch import nn
 from vib_deploy.config import load_config
 from vib_deploy.errors import UserError
 from vib_deploy.factory import build_net
-from vib_deploy.graph import GatedNet, GroupPlan, describe_plan, plan_groups
+from vib_deploy.graph import GatedNet, GroupPlan, plan_groups
 from vib_deploy.layers import count_params
 from vib_deploy.modelfile import save_model, save_module_model
 from vib_deploy.prune.groups import check_prunable, prune_groups
@@ -172,6 +172,19 @@ def inspect_model(model: str, input_shape: Sequence[int], ignore: Sequence[str],
     error = check_prunable(net, plan, input_shape)
     return {"model": ref, "input_shape": list(input_shape), "flops": plan.flops, "params": count_params(net),
             "rows": describe_plan(plan), "self_check": error}
+
+
+def describe_plan(plan: GroupPlan) -> list[dict[str, Any]]:
+    """One row per group (gated first, then fixed) for `vib-deploy inspect`."""
+    rows: list[dict[str, Any]] = []
+    for g in plan.gated:
+        rows.append({"group (root)": g.root, "channels": g.channels, "gate": g.gate, "gate units": g.units, "gate points": len(g.points),
+                     "layers": len(g.members), "KFLOPs/ch": g.flops_per_channel / 1e3,
+                     "% FLOPs": 100.0 * g.flops_per_channel * g.channels / max(plan.flops, 1), "status": "gated"})
+    for f in plan.fixed:
+        rows.append({"group (root)": f.root, "channels": f.channels, "gate": "-", "gate units": 0, "gate points": 0, "layers": 0,
+                     "KFLOPs/ch": 0.0, "% FLOPs": 0.0, "status": f"fixed: {f.reason}"})
+    return rows
 
 
 HEADERS = {"group (root)": "group (root)", "channels": "ch", "gate": "gate", "gate units": "units",

@@ -40,7 +40,7 @@ class _ChannelMoves(TorchFunctionMode):
         name = getattr(func, "__name__", "")
         op = ""
         if name in _SHUFFLES:
-            op = f"{name} (channel shuffle)" if "channel" in name else f"{name} (moves channels into space)"
+            op = f"{name} (channel shuffle)" if "channel" in name else f"{name} (trades channels for pixels)"
         elif func in _RESHAPES and args and _splits_channels(args[0], out):
             op = f"{name}{tuple(out.shape)} of a {tuple(args[0].shape)} tensor (a channel shuffle splits the channels into groups)"
         if op and self.stack:
