@@ -56,6 +56,17 @@ def test_inspect_prints_groups_and_reasons():
     assert proc.returncode == 0 and "input [1, 32, 32]" in proc.stdout and "classifier.3: fixed: output layer" in proc.stdout
 
 
+def test_inspect_real_architectures_from_the_command_line():
+    """A channel shuffle is one line naming the op, the module and the ignore entry; with it, inspect runs."""
+    shuffle = "tests/archnets.py:shufflenet_modules"
+    assert_user_error(run_cli("inspect", shuffle, "--input-shape", "1,16,16"),
+                      "channel_shuffle (channel shuffle) in stage2.0.shuffle", "list stage2.0.shuffle under model.ignore")
+    ignore = [arg for i in range(3) for arg in ("--ignore", f"stage2.{i}.shuffle")]
+    proc = run_cli("inspect", shuffle, "--input-shape", "1,16,16", *ignore, env={"COLUMNS": "80"})
+    assert proc.returncode == 0, proc.stderr
+    assert "stage2.1.branch2.3" in proc.stdout and "passes through stage2.0.shuffle" in proc.stdout
+
+
 @pytest.mark.parametrize("width", [80, 56])
 def test_inspect_keeps_group_names_whole_at_80_columns(width):
     import io
