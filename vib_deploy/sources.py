@@ -188,7 +188,7 @@ def describe_plan(plan: GroupPlan) -> list[dict[str, Any]]:
 
 
 HEADERS = {"group (root)": "group (root)", "channels": "ch", "gate": "gate", "gate units": "units",
-           "gate points": "points", "layers": "layers", "KFLOPs/ch": "kFLOP/ch", "% FLOPs": "%FLOPs", "status": "status"}
+           "gate points": "pts", "layers": "layers", "KFLOPs/ch": "kFLOP/ch", "% FLOPs": "%FLOPs", "status": "status"}
 DROP_FIRST = ("layers", "gate points", "gate units", "KFLOPs/ch")  # left out, in this order, where the console is narrow
 
 
@@ -204,23 +204,20 @@ def inspection_table(info: dict[str, Any], console: Any) -> tuple[Any, list[str]
 
     keys = list(info["rows"][0]) if info["rows"] else list(HEADERS)
     dropped: list[str] = []
-    table = _table(info, keys)
-    for key in DROP_FIRST:
-        if Measurement.get(console, console.options.update_width(10_000), table).maximum <= console.width:
+    for key in DROP_FIRST:  # (measured without the title, which wraps)
+        if Measurement.get(console, console.options.update_width(10_000), _table(info, keys, "")).maximum <= console.width:
             break
         keys.remove(key)
         dropped.append(HEADERS[key])
-        table = _table(info, keys)
-    return table, dropped
+    title = f"{info['model']}  input {info['input_shape']}: {info['flops'] / 1e6:,.3f} MFLOPs, {info['params']:,} parameters"
+    return _table(info, keys, title), dropped
 
 
-def _table(info: dict[str, Any], keys: list[str]) -> Any:
+def _table(info: dict[str, Any], keys: list[str], title: str) -> Any:
     from rich import box
     from rich.table import Table
 
-    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True, padding=(0, 1),
-                  title=f"{info['model']}  input {info['input_shape']}: {info['flops'] / 1e6:,.3f} MFLOPs, "
-                        f"{info['params']:,} parameters")
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True, padding=(0, 1), title=title or None)
     name_width = max([len(HEADERS["group (root)"])] + [len(r["group (root)"]) for r in info["rows"]])
     for key in keys:
         table.add_column(HEADERS[key], justify="left" if key in ("group (root)", "status") else "right", no_wrap=True,
@@ -243,5 +240,5 @@ def print_inspection(info: dict[str, Any], console: Any = None) -> None:
         if row["status"].startswith("fixed"):
             console.print(f"  {row['group (root)']}: {row['status']}", overflow="fold")
     console.print(f"exact-pruning self-check (random gates, float64): max |Δ| = {info['self_check']:.2g} x scale, ok")
-    console.print("gate: groups tied through a grouped conv share one; points: layers whose outputs it multiplies; "
+    console.print("gate: groups tied through a grouped conv share one; pts: layers whose outputs it multiplies; "
                   "%FLOPs: share of the dense net's FLOPs that the group's channels touch (groups overlap)")
