@@ -17,8 +17,8 @@ from torch import nn
 
 from vib_deploy.errors import UserError
 from vib_deploy.graph import BATCHNORMS, WEIGHTED, GatedNet, GateGroup, GroupPlan, is_grouped_conv, point_scale
-from vib_deploy.tracing import dependency_graph
 from vib_deploy.prune.result import PruneResult
+from vib_deploy.tracing import dependency_graph
 from vib_deploy.vib import VIBGate
 
 
