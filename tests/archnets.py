@@ -7,7 +7,8 @@ exact-pruning self-check). Loaded by path in the tests: `tests/archnets.py:squee
 * `squeezenet`: fully convolutional (Fire modules; class scores from a final 1x1 conv, ReLU, global pooling).
 * `shufflenet`: ShuffleNet-V2 units (chunk, concat, channel shuffle as view/transpose/view) in the units' forward.
 * `shufflenet_modules`: the same with the shuffle as its own module (nn.ChannelShuffle), so it can be ignored alone.
-* `densenet`: two dense blocks of three layers (growth 4), each layer reading the concat of all before it.
+* `densenet`: two dense blocks of three layers (growth 4), each layer reading the concat of all before it;
+  `densenet121`: DenseNet-121's four blocks and widths.
 * `convnext`: a ConvNeXt block (depthwise conv, LayerNorm over channels in channels-last, MLP, residual).
 """
 
@@ -123,20 +124,29 @@ class DenseBlock(nn.Module):
 
 
 class DenseNet(nn.Module):
-    """stem, dense block, transition (BN-ReLU-1x1 conv-avg pool), dense block, BN-ReLU, pool, Linear."""
+    """stem conv, then dense blocks `block1`, `block2`, ... with a transition (BN-ReLU-1x1 conv halving the
+    channels-avg pool) `transition1`, ... between them, then BN-ReLU, global pooling and a Linear."""
 
-    def __init__(self, num_classes: int = 10, growth: int = 4, layers: int = 3):
+    def __init__(self, num_classes: int = 10, growth: int = 4, blocks: tuple[int, ...] = (3, 3), stem: int = 8):
         super().__init__()
-        self.conv0 = nn.Conv2d(1, 8, 3, padding=1, bias=False)
-        self.block1 = DenseBlock(8, layers, growth)
-        c = 8 + layers * growth
-        self.transition = nn.Sequential(nn.BatchNorm2d(c), nn.ReLU(), nn.Conv2d(c, c // 2, 1, bias=False), nn.AvgPool2d(2))
-        self.block2 = DenseBlock(c // 2, layers, growth)
-        self.norm5 = nn.BatchNorm2d(c // 2 + layers * growth)
-        self.classifier = nn.Linear(c // 2 + layers * growth, num_classes)
+        self.conv0 = nn.Conv2d(1, stem, 3, padding=1, bias=False)
+        self.stages = ["conv0"]
+        c = stem
+        for i, layers in enumerate(blocks, 1):
+            self.add_module(f"block{i}", DenseBlock(c, layers, growth))
+            self.stages.append(f"block{i}")
+            c += layers * growth
+            if i < len(blocks):
+                self.add_module(f"transition{i}", nn.Sequential(nn.BatchNorm2d(c), nn.ReLU(), nn.Conv2d(c, c // 2, 1, bias=False),
+                                                                nn.AvgPool2d(2)))
+                self.stages.append(f"transition{i}")
+                c //= 2
+        self.norm5 = nn.BatchNorm2d(c)
+        self.classifier = nn.Linear(c, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.block2(self.transition(self.block1(self.conv0(x))))
+        for name in self.stages:
+            x = getattr(self, name)(x)
         return self.classifier(torch.relu(self.norm5(x)).mean([2, 3]))
 
 
@@ -177,6 +187,11 @@ def shufflenet_modules(num_classes: int = 10) -> nn.Module:
 
 def densenet(num_classes: int = 10) -> nn.Module:
     return _randomise_bn(DenseNet(num_classes))
+
+
+def densenet121(num_classes: int = 10) -> nn.Module:
+    """DenseNet-121's blocks and widths (6-12-24-16 layers, growth 32, stem 64) on one-channel images."""
+    return _randomise_bn(DenseNet(num_classes, growth=32, blocks=(6, 12, 24, 16), stem=64))
 
 
 def convnext(num_classes: int = 10) -> nn.Module:

@@ -243,13 +243,20 @@ def test_dense_concat_gates_each_growth_layer_once_and_slices_every_consumer():
     plan = {g.root: g for g in plan_groups(_arch("densenet"), ARCH_SHAPE).gated}
     growth = plan["block1.layers.0.conv2"]  # channels 8..11 of every later concat in block 1
     points = dict(growth.points)
-    assert set(points) == {"block1.layers.0.conv2", "block1.layers.1.norm1", "block1.layers.2.norm1", "transition.0"}
+    assert set(points) == {"block1.layers.0.conv2", "block1.layers.1.norm1", "block1.layers.2.norm1", "transition1.0"}
     assert points["block1.layers.2.norm1"] == (-1,) * 8 + (0, 1, 2, 3) + (-1,) * 4
     net = _arch("densenet")
     pruned = _prune_and_replay(net)
     widths = [layer.conv2.out_channels for block in (pruned.block1, pruned.block2) for layer in block.layers]
     assert sum(widths) < 6 * 4  # growth channels went
     assert pruned.block1.layers[2].norm1.num_features == pruned.conv0.out_channels + widths[0] + widths[1]
+
+
+def test_densenet121_shaped_net_gates_every_growth_layer_and_prunes_exactly():
+    net = _arch("densenet121")
+    plan = plan_groups(net, (1, 32, 32))
+    assert len(plan.gated) == 2 * (6 + 12 + 24 + 16) + 1 + 3 and [f.root for f in plan.fixed] == ["classifier"]
+    assert check_prunable(net, plan, (1, 32, 32)) <= 1e-12
 
 
 def test_layernorm_over_channels_is_refused_with_its_reason_and_ignore_leaves_the_rest_exact():
