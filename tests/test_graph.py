@@ -13,6 +13,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from torch import nn
 
+from conftest import ROOT
 from netgen import INPUT_SHAPE, random_nets
 from vib_deploy.errors import UserError
 from vib_deploy.graph import GatedNet, plan_groups
@@ -36,6 +37,9 @@ def _rel_diff(a: nn.Module, b: nn.Module, x: torch.Tensor) -> float:
 @given(net=random_nets())
 def test_random_nets_prune_exactly(net):
     dense_flops, dense_params = count_flops(net, INPUT_SHAPE), count_params(net)
+    # only the head stays: a Linear head is the output layer; a conv head's channels are the output
+    plan = plan_groups(net, INPUT_SHAPE)
+    assert [(f.root, f.reason) for f in plan.fixed] == [("head", "reaches the model output" if net.conv_head else "output layer")]
     gated = _gated_random(copy.deepcopy(net), INPUT_SHAPE)
     result, record = prune_groups(gated, INPUT_SHAPE)
     x = torch.randn((16,) + INPUT_SHAPE, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
@@ -192,3 +196,73 @@ def test_gate_noise_is_drawn_once_per_group_and_hooks_come_off(monkeypatch):
         gated.gates[[("bn0" in dict(g.points)) for g in gated.groups].index(True)].logD.fill_(20.0)
         out = gated(torch.randn(2, 1, 8, 8))
     assert torch.equal(out, gated.net.head.bias.expand(2, -1))
+
+
+# Real architectures (issue 15), small nets of the same structure in tests/archnets.py
+ARCH_SHAPE = (1, 16, 16)
+
+
+def _arch(name: str) -> nn.Module:
+    import archnets
+
+    return getattr(archnets, name)()
+
+
+def _prune_and_replay(net: nn.Module, ignore=(), seed: int = 0):
+    """Prune `net` with random gates; the pruned net equals the gated one in float64 and the record rebuilds it."""
+    gated = GatedNet(copy.deepcopy(net), plan_groups(net, ARCH_SHAPE, ignore).gated).double().eval()
+    _random_gates(gated, torch.Generator().manual_seed(seed))
+    result, record = prune_groups(gated, ARCH_SHAPE)
+    x = torch.randn((4,) + ARCH_SHAPE, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    assert _rel_diff(gated, result.model, x) <= 1e-12
+    fresh = apply_pruning(copy.deepcopy(net).double(), record, ARCH_SHAPE)
+    fresh.load_state_dict(result.model.state_dict())
+    assert _rel_diff(result.model, fresh.eval(), x) == 0.0
+    assert count_flops(result.model.float(), ARCH_SHAPE) < count_flops(net, ARCH_SHAPE)
+    return result.model
+
+
+def test_fully_convolutional_classifier_fixes_the_channels_that_reach_the_output():
+    from vib_deploy.sources import inspect_model
+
+    info = inspect_model(f"{ROOT}/tests/archnets.py:squeezenet", ARCH_SHAPE, [], [])
+    status = {r["group (root)"]: r["status"] for r in info["rows"]}
+    assert status.pop("classifier.1") == "fixed: reaches the model output"
+    assert set(status.values()) == {"gated"} and len(status) == 10  # stem + 3 Fire modules x 3 convs
+    assert info["self_check"] <= 1e-12
+    pruned = _prune_and_replay(_arch("squeezenet"))
+    assert pruned.classifier[1].out_channels == 10 and pruned.features[3].squeeze.out_channels < 4
+
+
+def test_dense_concat_gates_each_growth_layer_once_and_slices_every_consumer():
+    from vib_deploy.sources import inspect_model
+
+    info = inspect_model(f"{ROOT}/tests/archnets.py:densenet", ARCH_SHAPE, [], [])
+    assert [r["group (root)"] for r in info["rows"] if r["status"] != "gated"] == ["classifier"]
+    assert info["self_check"] <= 1e-12
+    plan = {g.root: g for g in plan_groups(_arch("densenet"), ARCH_SHAPE).gated}
+    growth = plan["block1.layers.0.conv2"]  # channels 8..11 of every later concat in block 1
+    points = dict(growth.points)
+    assert set(points) == {"block1.layers.0.conv2", "block1.layers.1.norm1", "block1.layers.2.norm1", "transition1.0"}
+    assert points["block1.layers.2.norm1"] == (-1,) * 8 + (0, 1, 2, 3) + (-1,) * 4
+    net = _arch("densenet")
+    pruned = _prune_and_replay(net)
+    widths = [layer.conv2.out_channels for block in (pruned.block1, pruned.block2) for layer in block.layers]
+    assert sum(widths) < 6 * 4  # growth channels went
+    assert pruned.block1.layers[2].norm1.num_features == pruned.conv0.out_channels + widths[0] + widths[1]
+
+
+def test_densenet121_shaped_net_gates_every_growth_layer_and_prunes_exactly():
+    net = _arch("densenet121")
+    plan = plan_groups(net, (1, 32, 32))
+    assert len(plan.gated) == 2 * (6 + 12 + 24 + 16) + 1 + 3 and [f.root for f in plan.fixed] == ["classifier"]
+    assert check_prunable(net, plan, (1, 32, 32)) <= 1e-12
+
+
+def test_layernorm_over_channels_is_refused_with_its_reason_and_ignore_leaves_the_rest_exact():
+    with pytest.raises(UserError, match=r"block.norm \(LayerNorm, a norm over channels.*list it under model.ignore"):
+        plan_groups(_arch("convnext"), ARCH_SHAPE)
+    plan = plan_groups(_arch("convnext"), ARCH_SHAPE, ignore=["block.norm"])
+    assert [g.root for g in plan.gated] == ["block.pwconv1"]  # the MLP's hidden channels (a Linear on (B, H, W, C))
+    assert check_prunable(_arch("convnext"), plan, ARCH_SHAPE) <= 1e-12
+    _prune_and_replay(_arch("convnext"), ignore=["block.norm"])

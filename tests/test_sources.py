@@ -55,6 +55,39 @@ def test_inspect_prints_groups_and_reasons():
     assert proc.returncode == 0 and "input [1, 32, 32]" in proc.stdout and "classifier.3: fixed: output layer" in proc.stdout
 
 
+def test_inspect_real_architectures_from_the_command_line():
+    """A channel shuffle is one line naming the op, the module and the ignore entry; with it, inspect runs."""
+    shuffle = "tests/archnets.py:shufflenet_modules"
+    assert_user_error(run_cli("inspect", shuffle, "--input-shape", "1,16,16"),
+                      "channel_shuffle (channel shuffle) in stage2.0.shuffle", "list stage2.0.shuffle under model.ignore")
+    ignore = [arg for i in range(3) for arg in ("--ignore", f"stage2.{i}.shuffle")]
+    proc = run_cli("inspect", shuffle, "--input-shape", "1,16,16", *ignore, env={"COLUMNS": "80"})
+    assert proc.returncode == 0, proc.stderr
+    assert "stage2.1.branch2.3" in proc.stdout and "passes through stage2.0.shuffle" in proc.stdout
+
+
+@pytest.mark.parametrize("width", [80, 56])
+def test_inspect_keeps_group_names_whole_at_80_columns(width):
+    import io
+
+    from rich.console import Console
+
+    from vib_deploy.sources import inspect_model, print_inspection
+
+    info = inspect_model(f"{ROOT}/tests/archnets.py:densenet", (1, 16, 16), [], [])
+    console = Console(width=width, file=io.StringIO(), record=True)
+    print_inspection(info, console)
+    text = console.export_text()
+    table_lines = text.split("exact-pruning")[0].splitlines()
+    names = [r["group (root)"] for r in info["rows"]]
+    assert "block2.layers.2.conv2" in names and all(len(line) <= width for line in text.splitlines())
+    for name in names:  # each name whole on its own row of the table, not only in the fixed-reason lines below it
+        assert any(line.split() and line.split()[0] == name for line in table_lines), name
+    assert "…" not in text and "%FLOPs" in text  # no header or cell cut either: columns are left out instead, and said so
+    header = next(line for line in table_lines if "group (root)" in line).split()  # 9 columns, "group (root)" two words
+    assert ("left out" in text) == (len(header) < 10) and (width > 56 or "left out" in text)
+
+
 def test_saved_module_model_loads_from_another_directory(tmp_path, monkeypatch):
     source = ModuleSource(BRANCHY, {"width": 4}, (1, 28, 28))
     net = source.dense().eval()

@@ -3,11 +3,13 @@
 A *group* is every coupled set of channels that must be removed together, as Torch-Pruning's
 DependencyGraph finds them: a residual add couples the channels of every branch into the add and of the
 stream after it; a depthwise conv follows its input channels; a concat gives each branch its own group
-(mapped to its slice of the consumer's inputs); BN follows its conv. Each group gets one VIBGate.
+(mapped to its slice of the consumer's inputs; a layer read by several concats, as in a DenseNet, has one
+group over all its slices); BN follows its conv. Each group gets one VIBGate.
 
 Where the gate multiplies: at every *gate point* of its group, i.e. every Conv/Linear/BN whose output
 channels are in the group, on that module's output (a conv feeding straight into its BN is gated at
-the BN, since BN would undo a gate before it). All points of a group share one draw of z per sample.
+the BN, since BN would undo a gate before it; a BN after a concat is gated on each group's slice).
+All points of a group share one draw of z per sample.
 Gating a layer's own output makes folding exact whatever the sign of z: z scales the layer's weights
 and bias (or BN's affine), so the gated model in eval mode is a plain net whose dead channels are
 exactly zero; pruning (prune/groups.py) then removes them with the same DependencyGraph.
@@ -17,13 +19,14 @@ channels at input (or output) positions p and p' with p = p' mod (channels / gro
 even across groups (the two branches of a concat that feeds a grouped conv share one gate). Torch-Pruning
 prunes one group at a time, which would leave such a conv's groups unequal in between; its inputs are
 therefore cut in one step after the groups (`prune.groups._prune_grouped_inputs`). A group is left fixed (no gate,
-never pruned) when it holds the output layer or a layer listed in `ignore`, or is tied to such a group.
+never pruned) when it holds the output layer, reaches the model's output through any layer (a fully
+convolutional head), holds a layer listed in `ignore` or passes through an ignored channel shuffle
+(tracing.py), or is tied to such a group.
 """
 
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import asdict, dataclass
 from functools import partial
 from typing import Any, Sequence, cast
@@ -34,6 +37,7 @@ from torch import nn
 
 from vib_deploy.errors import UserError, first_line
 from vib_deploy.layers import count_flops
+from vib_deploy.tracing import channel_moves, trace
 from vib_deploy.vib import VIBGate
 
 PRUNABLE_TYPES = (nn.Conv1d, nn.Conv2d, nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d)
@@ -49,7 +53,8 @@ class GateGroup:
     channels: int
     gate: int  # index of its VIBGate (groups tied through a grouped conv share one)
     unit_of_channel: tuple[int, ...]  # the gate unit of each channel
-    points: tuple[tuple[str, tuple[int, ...]], ...]  # (module, group channel of each of its outputs): gated outputs
+    # (module, group channel of each of its outputs, -1 for outputs of other groups): the outputs it gates
+    points: tuple[tuple[str, tuple[int, ...]], ...]
     members: tuple[str, ...]  # every module the group touches (for `inspect`)
     map_size: int  # H*W of the root's output (1 for a Linear)
     flops_per_channel: int  # FLOPs (2 x MACs) that removing one channel of this group saves
@@ -99,34 +104,20 @@ def _unsupported_layers(net: nn.Module, ignore: set[str]) -> list[str]:
         if isinstance(m, PRUNABLE_TYPES) or not list(m.parameters(recurse=False)):
             continue
         if not any(name == i or name.startswith(i + ".") for i in ignore):
-            bad.append(f"{name} ({type(m).__name__})")
+            norm = isinstance(m, (nn.LayerNorm, nn.GroupNorm))
+            bad.append(f"{name} ({type(m).__name__}{', a norm over channels: a removed channel would still move its statistics' if norm else ''})")
     return bad
 
 
-def dependency_graph(net: nn.Module, input_shape: Sequence[int], dtype: torch.dtype = torch.float32) -> tp.DependencyGraph:
-    """Torch-Pruning's graph of `net`, traced once on a zero input; a model that fails to trace is a UserError."""
-    x = torch.zeros((1,) + tuple(input_shape), dtype=dtype)
-    was_training = net.training
-    try:
-        with warnings.catch_warnings():  # "unwrapped parameters": only ever in groups left fixed (see plan_groups)
-            warnings.simplefilter("ignore")
-            return tp.DependencyGraph().build_dependency(net.eval(), example_inputs=x)
-    except Exception as e:
-        raise UserError(f"the model could not be traced on an input of shape {tuple(x.shape)} "
-                        f"({type(e).__name__}: {first_line(e)})") from e
-    finally:
-        net.train(was_training)
-
-
-def _output_sizes(net: nn.Module, input_shape: Sequence[int]) -> tuple[dict[str, tuple[int, ...]], torch.Tensor]:
-    """Per-sample output shape of every leaf module, and the model's output, from one forward pass."""
+def _output_sizes(net: nn.Module, input_shape: Sequence[int]) -> tuple[dict[str, tuple[int, ...]], torch.Tensor, dict[str, str]]:
+    """Per-sample output shape of every leaf module, the model's output and its channel moves (tracing.py), from one forward pass."""
     shapes: dict[str, tuple[int, ...]] = {}
     handles = [m.register_forward_hook(partial(_record_shape, shapes=shapes, name=n))
                for n, m in net.named_modules() if not list(m.children())]
     was_training = net.training
     try:
         with torch.no_grad():
-            out = net.eval()(torch.zeros((1,) + tuple(input_shape)))
+            out, moves = channel_moves(net, lambda: net.eval()(torch.zeros((1,) + tuple(input_shape))))
     except Exception as e:
         raise UserError(f"the model fails on an input of shape (1, {', '.join(map(str, input_shape))}): "
                         f"{type(e).__name__}: {first_line(e)}") from e
@@ -137,7 +128,7 @@ def _output_sizes(net: nn.Module, input_shape: Sequence[int]) -> tuple[dict[str,
     if not isinstance(out, torch.Tensor) or out.dim() != 2:
         raise UserError(f"the model returns {tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__} "
                         "for one sample; vib-deploy expects logits of shape (batch, classes)")
-    return shapes, out
+    return shapes, out, moves
 
 
 def _record_shape(module: nn.Module, inputs: Any, output: Any, shapes: dict[str, tuple[int, ...]], name: str) -> None:
@@ -176,13 +167,23 @@ def plan_groups(net: nn.Module, input_shape: Sequence[int], ignore: Sequence[str
     if bad:
         raise UserError(f"layer {bad[0]} has parameters vib-deploy cannot prune (supported: Conv1d/2d, Linear, "
                         f"BatchNorm1d/2d); list it under model.ignore to leave the channels it touches unpruned")
-    shapes, output = _output_sizes(net, input_shape)
-    graph = dependency_graph(net, input_shape)
+    shapes, output, moves = _output_sizes(net, input_shape)
     names = _names(net)
 
     def ignored(obj: Any) -> bool:
-        name = names.get(id(obj), "")
+        name = obj if isinstance(obj, str) else names.get(id(obj), "")
         return bool(name) and any(name == i or name.startswith(i + ".") for i in ignore_set)
+
+    for module_name, op in moves.items():
+        if not ignored(module_name):
+            where = (f"in {module_name} ({type(net.get_submodule(module_name)).__name__})" if module_name
+                     else "in the model's own forward (move it into a submodule to list that under model.ignore)")
+            others = [n for n in moves if n and n != module_name and not ignored(n)]
+            raise UserError(f"channels are reordered by {op} {where}, which Torch-Pruning's graph cannot map; "
+                            f"list {module_name or 'that submodule'} under model.ignore to leave the channels it touches "
+                            f"unpruned" + (f" (so too {', '.join(others[:3])}{', ...' if len(others) > 3 else ''})" if others else ""))
+    traced = trace(net, input_shape)
+    graph = traced.graph
 
     # The output layer: the last weighted module whose output has the model output's shape.
     out_layer = ""
@@ -196,11 +197,15 @@ def plan_groups(net: nn.Module, input_shape: Sequence[int], ignore: Sequence[str
         root = names[id(items[0][0])]
         c: dict[str, Any] = {"root": root, "channels": len(items[0][2]), "members": [], "points": {}, "reason": "",
                              "flops": 0, "grouped": []}  # grouped: (conv, side, {group channel: position})
-        for module, handler, idxs, root_idxs in items:
+        for (module, handler, idxs, root_idxs), item in zip(items, group.items):
+            is_out = graph.is_out_channel_pruning_fn(handler)
+            if not item.dep.target.outputs and (is_out or not isinstance(module, WEIGHTED)):
+                c["reason"] = c["reason"] or "reaches the model output"  # (a final Linear: "output layer", below)
+            if item.dep.target.grad_fn in traced.opaque:
+                c["reason"] = c["reason"] or f"passes through {traced.opaque[item.dep.target.grad_fn]}, in model.ignore (it reorders channels)"
             if not isinstance(module, (nn.Module, nn.Parameter)) or id(module) not in names:
                 continue  # Torch-Pruning's internal element-wise/concat/reshape nodes
             name = names[id(module)]
-            is_out = graph.is_out_channel_pruning_fn(handler)
             c["members"].append(name)
             if name == out_layer and is_out:
                 c["reason"] = "output layer"
@@ -212,10 +217,11 @@ def plan_groups(net: nn.Module, input_shape: Sequence[int], ignore: Sequence[str
             if is_out and isinstance(module, PRUNABLE_TYPES) and not _feeds_own_bn(graph, module, items):
                 if isinstance(module, BATCHNORMS) and not module.affine:
                     c["reason"] = c["reason"] or f"BatchNorm {name} has affine=False: no scale to fold a gate into"
-                elif sorted(idxs) != list(range(_out_channels(module))):
-                    c["reason"] = c["reason"] or f"the outputs of {name} are split over several groups"
-                else:  # (a concat's branch holds a slice of the group's channels)
-                    c["points"][name] = tuple(r for _, r in sorted(zip(idxs, root_idxs)))
+                elif len(set(idxs)) != len(idxs) or not set(idxs) <= set(range(_out_channels(module))):
+                    c["reason"] = c["reason"] or f"the outputs of {name} map to the group's channels more than once"
+                else:  # a concat's branch holds a slice of the group's channels; a BN after a concat, a slice of its outputs
+                    channel_of = dict(zip(idxs, root_idxs))
+                    c["points"][name] = tuple(channel_of.get(p, -1) for p in range(_out_channels(module)))
         if not c["points"]:
             c["reason"] = c["reason"] or "no layer to gate"
         candidates.append(c)
@@ -332,7 +338,19 @@ def _feeds_own_bn(graph: tp.DependencyGraph, module: nn.Module, items: list[tupl
     return len(outputs) == 1 and isinstance(outputs[0].module, BATCHNORMS) and id(outputs[0].module) in group_modules
 
 
+def point_scale(z: torch.Tensor, index: Sequence[int]) -> torch.Tensor:
+    """A group's z (B|1, channels) over one gate point's outputs: 1 at the outputs of other groups (index -1)."""
+    if min(index) >= 0:
+        return z[:, list(index)]
+    scale = torch.ones(z.shape[0], len(index), dtype=z.dtype, device=z.device)
+    mine = [p for p, r in enumerate(index) if r >= 0]
+    scale[:, mine] = z[:, [index[p] for p in mine]]
+    return scale
+
+
 def _multiply_output(module: nn.Module, inputs: Any, output: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    if isinstance(module, nn.Linear):  # features last: (B|1, C) -> (B|1, 1, 1, C) for a Linear on (B, H, W, C)
+        return output * z.reshape(z.shape[:1] + (1,) * (output.dim() - 2) + z.shape[1:])
     return output * z.reshape(z.shape + (1,) * (output.dim() - z.dim()))  # (B|1, C) -> (B|1, C, 1, 1)
 
 
@@ -367,7 +385,7 @@ class GatedNet(nn.Module):
         return [z[g.gate][:, list(g.unit_of_channel)] for g in self.groups]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        handles = [self.net.get_submodule(point).register_forward_hook(partial(_multiply_output, z=z[:, list(index)]))
+        handles = [self.net.get_submodule(point).register_forward_hook(partial(_multiply_output, z=point_scale(z, index)))
                    for g, z in zip(self.groups, self.channel_scales(x)) for point, index in g.points]
         try:
             return self.net(x)
@@ -383,16 +401,3 @@ class GatedNet(nn.Module):
         """Per group, the kept channels (bool over `channels`)."""
         units = self.unit_masks() if unit_masks is None else unit_masks
         return [units[g.gate][list(g.unit_of_channel)] for g in self.groups]
-
-
-def describe_plan(plan: GroupPlan) -> list[dict[str, Any]]:
-    """One row per group (gated first, then fixed) for `vib-deploy inspect`."""
-    rows: list[dict[str, Any]] = []
-    for g in plan.gated:
-        rows.append({"group (root)": g.root, "channels": g.channels, "gate": g.gate, "gate units": g.units, "gate points": len(g.points),
-                     "layers": len(g.members), "KFLOPs/ch": g.flops_per_channel / 1e3,
-                     "% FLOPs": 100.0 * g.flops_per_channel * g.channels / max(plan.flops, 1), "status": "gated"})
-    for f in plan.fixed:
-        rows.append({"group (root)": f.root, "channels": f.channels, "gate": "-", "gate units": 0, "gate points": 0, "layers": 0,
-                     "KFLOPs/ch": 0.0, "% FLOPs": 0.0, "status": f"fixed: {f.reason}"})
-    return rows

@@ -21,7 +21,7 @@ from torch import nn
 from vib_deploy.config import load_config
 from vib_deploy.errors import UserError
 from vib_deploy.factory import build_net
-from vib_deploy.graph import GatedNet, GroupPlan, describe_plan, plan_groups
+from vib_deploy.graph import GatedNet, GroupPlan, plan_groups
 from vib_deploy.layers import count_params
 from vib_deploy.modelfile import save_model, save_module_model
 from vib_deploy.prune.groups import check_prunable, prune_groups
@@ -179,23 +179,71 @@ def inspect_model(model: str, input_shape: Sequence[int], ignore: Sequence[str],
             "rows": describe_plan(plan), "self_check": error}
 
 
-def print_inspection(info: dict[str, Any]) -> None:
-    """The inspection as a rich table, fixed groups' reasons below it."""
-    from rich.console import Console
+def describe_plan(plan: GroupPlan) -> list[dict[str, Any]]:
+    """One row per group (gated first, then fixed) for `vib-deploy inspect`."""
+    rows: list[dict[str, Any]] = []
+    for g in plan.gated:
+        rows.append({"group (root)": g.root, "channels": g.channels, "gate": g.gate, "gate units": g.units, "gate points": len(g.points),
+                     "layers": len(g.members), "KFLOPs/ch": g.flops_per_channel / 1e3,
+                     "% FLOPs": 100.0 * g.flops_per_channel * g.channels / max(plan.flops, 1), "status": "gated"})
+    for f in plan.fixed:
+        rows.append({"group (root)": f.root, "channels": f.channels, "gate": "-", "gate units": 0, "gate points": 0, "layers": 0,
+                     "KFLOPs/ch": 0.0, "% FLOPs": 0.0, "status": f"fixed: {f.reason}"})
+    return rows
+
+
+HEADERS = {"group (root)": "group (root)", "channels": "ch", "gate": "gate", "gate units": "units",
+           "gate points": "pts", "layers": "layers", "KFLOPs/ch": "kFLOP/ch", "% FLOPs": "%FLOPs", "status": "status"}
+DROP_FIRST = ("layers", "gate points", "gate units", "KFLOPs/ch")  # left out, in this order, where the console is narrow
+
+
+def _cell(key: str, value: Any) -> str:
+    if key == "status":
+        return "fixed" if str(value).startswith("fixed") else str(value)
+    return f"{value:,.1f}" if isinstance(value, float) else str(value)
+
+
+def inspection_table(info: dict[str, Any], console: Any) -> tuple[Any, list[str]]:
+    """The groups as a rich table that fits `console` with group names never cut; and the columns left out."""
+    from rich.measure import Measurement
+
+    keys = list(info["rows"][0]) if info["rows"] else list(HEADERS)
+    dropped: list[str] = []
+    for key in DROP_FIRST:  # (measured without the title, which wraps)
+        if Measurement.get(console, console.options.update_width(10_000), _table(info, keys, "")).maximum <= console.width:
+            break
+        keys.remove(key)
+        dropped.append(HEADERS[key])
+    title = f"{info['model']}  input {info['input_shape']}: {info['flops'] / 1e6:,.3f} MFLOPs, {info['params']:,} parameters"
+    return _table(info, keys, title), dropped
+
+
+def _table(info: dict[str, Any], keys: list[str], title: str) -> Any:
+    from rich import box
     from rich.table import Table
 
-    console = Console()
-    table = Table(title=f"{info['model']}  input {info['input_shape']}: {info['flops'] / 1e6:,.3f} MFLOPs, "
-                        f"{info['params']:,} parameters")
-    for name in info["rows"][0] if info["rows"] else []:
-        table.add_column(name, justify="left" if name in ("group (root)", "status") else "right")
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True, padding=(0, 1), title=title or None)
+    name_width = max([len(HEADERS["group (root)"])] + [len(r["group (root)"]) for r in info["rows"]])
+    for key in keys:
+        table.add_column(HEADERS[key], justify="left" if key in ("group (root)", "status") else "right", no_wrap=True,
+                         min_width=name_width if key == "group (root)" else None)
     for row in info["rows"]:
-        status = "fixed" if row["status"].startswith("fixed") else row["status"]
-        table.add_row(*(f"{v:,.1f}" if isinstance(v, float) else str(v) for v in list(row.values())[:-1]), status)
+        table.add_row(*(_cell(k, row[k]) for k in keys))
+    return table
+
+
+def print_inspection(info: dict[str, Any], console: Any = None) -> None:
+    """The inspection as a rich table (group names whole at any width), fixed groups' reasons below it."""
+    from rich.console import Console
+
+    console = console or Console()
+    table, dropped = inspection_table(info, console)
     console.print(table)
+    if dropped:
+        console.print(f"(columns {', '.join(dropped)} left out: the console is {console.width} wide)")
     for row in info["rows"]:
         if row["status"].startswith("fixed"):
-            console.print(f"  {row['group (root)']}: {row['status']}")
+            console.print(f"  {row['group (root)']}: {row['status']}", overflow="fold")
     console.print(f"exact-pruning self-check (random gates, float64): max |Δ| = {info['self_check']:.2g} x scale, ok")
-    console.print("gate: groups tied through a grouped conv share one; gate points: layers whose outputs it multiplies; "
-                  "% FLOPs: share of the dense net's FLOPs that the group's channels touch (groups overlap)")
+    console.print("gate: groups tied through a grouped conv share one; pts: layers whose outputs it multiplies; "
+                  "%FLOPs: share of the dense net's FLOPs that the group's channels touch (groups overlap)")

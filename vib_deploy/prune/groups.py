@@ -16,8 +16,9 @@ import torch
 from torch import nn
 
 from vib_deploy.errors import UserError
-from vib_deploy.graph import BATCHNORMS, WEIGHTED, GatedNet, GateGroup, GroupPlan, dependency_graph, is_grouped_conv
+from vib_deploy.graph import BATCHNORMS, WEIGHTED, GatedNet, GateGroup, GroupPlan, is_grouped_conv, point_scale
 from vib_deploy.prune.result import PruneResult
+from vib_deploy.tracing import dependency_graph
 from vib_deploy.vib import VIBGate
 
 
@@ -84,10 +85,10 @@ def prune_groups(gated: GatedNet, input_shape: Sequence[int]) -> tuple[PruneResu
     with torch.no_grad():
         for g, z in zip(work.groups, work.channel_scales(torch.zeros(1, dtype=torch.float64))):
             for point, index in g.points:
-                _scale_outputs(net.get_submodule(point), z[0, list(index)])
-    for g in work.groups:  # a layer whose channels all died keeps one, an exact zero: the net keeps its shape
+                _scale_outputs(net.get_submodule(point), point_scale(z, index)[0])
+    for g in work.groups:  # a layer whose channels (of this group) all died keeps one, an exact zero: the net keeps its shape
         for _, index in g.points:
-            units = [g.unit_of_channel[i] for i in index]
+            units = [g.unit_of_channel[i] for i in index if i >= 0]
             if not bool(unit_masks[g.gate][units].any()):
                 unit_masks[g.gate][units[0]] = True
     masks = work.keep_masks(unit_masks)
