@@ -1,28 +1,25 @@
 """VIB gates for any nn.Module, placed on Torch-Pruning's dependency groups (`plan_groups`, `GatedNet`).
 
-A *group* is every coupled set of channels that must be removed together, as Torch-Pruning's
-DependencyGraph finds them: a residual add couples the channels of every branch into the add and of the
-stream after it; a depthwise conv follows its input channels; a concat gives each branch its own group
-(mapped to its slice of the consumer's inputs; a layer read by several concats, as in a DenseNet, has one
-group over all its slices); BN follows its conv. Each group gets one VIBGate.
+A *group* is every coupled set of channels that must be removed together, as Torch-Pruning's DependencyGraph
+finds them: a residual add couples the channels of every branch into the add and of the stream after it; a
+depthwise conv follows its input channels; a concat gives each branch its own group (mapped to its slice of the
+consumer's inputs; a layer read by several concats, as in a DenseNet, has one group over all its slices); BN
+follows its conv. Each group gets one VIBGate.
 
-Where the gate multiplies: at every *gate point* of its group, i.e. every Conv/Linear/BN whose output
-channels are in the group, on that module's output (a conv feeding straight into its BN is gated at
-the BN, since BN would undo a gate before it; a BN after a concat is gated on each group's slice).
-All points of a group share one draw of z per sample.
-Gating a layer's own output makes folding exact whatever the sign of z: z scales the layer's weights
-and bias (or BN's affine), so the gated model in eval mode is a plain net whose dead channels are
-exactly zero; pruning (prune/groups.py) then removes them with the same DependencyGraph.
+Where the gate multiplies: at every *gate point* of its group, i.e. every Conv/Linear/BN whose output channels
+are in the group, on that module's output (a conv feeding straight into its BN is gated at the BN, since BN
+would undo a gate before it; a BN after a concat is gated on each group's slice), one draw of z per sample.
+Gating a layer's own output makes folding exact whatever the sign of z: z scales the layer's weights and bias
+(or BN's affine), so the gated model in eval mode is a plain net whose dead channels are exactly zero;
+pruning (prune/groups.py) then removes them with the same DependencyGraph.
 
-A grouped conv (1 < groups < channels) must lose the same positions in each of its conv groups, so the
-channels at input (or output) positions p and p' with p = p' mod (channels / groups) share one gate unit,
-even across groups (the two branches of a concat that feeds a grouped conv share one gate). Torch-Pruning
-prunes one group at a time, which would leave such a conv's groups unequal in between; its inputs are
-therefore cut in one step after the groups (`prune.groups._prune_grouped_inputs`). A group is left fixed (no gate,
-never pruned) when it holds the output layer, reaches the model's output through any layer (a fully
-convolutional head), holds a layer listed in `ignore` or passes through an ignored channel shuffle
-(tracing.py), or is tied to such a group.
-"""
+A grouped conv (1 < groups < channels) must lose the same positions in each of its conv groups, so the channels
+at input (or output) positions p and p' with p = p' mod (channels / groups) share one gate unit, even across
+groups (two concat branches feeding a grouped conv share one gate). Torch-Pruning prunes one group at a time,
+which would leave such a conv's groups unequal in between; its inputs are therefore cut in one step after the
+groups (`prune.groups._prune_grouped_inputs`). A group is left fixed (no gate, never pruned) when it holds the
+output layer, reaches the model's output through any layer (a fully convolutional head), holds a layer listed
+in `ignore` or passes through an ignored channel shuffle (tracing.py), or is tied to such a group."""
 
 from __future__ import annotations
 
