@@ -111,7 +111,8 @@ for _name, _doc in [
     ("train-dense", "Train the dense net (best validation epoch kept)."),
     ("train-vib", "Add VIB gates to the dense net and train with the VIB loss."),
     ("prune", "Remove gated-off units structurally; verified exact against the VIB model."),
-    ("export", "Export dense and pruned models to ONNX; checker + parity with torch."),
+    ("finetune", "Train the pruned net again (train.finetune; best validation epoch kept, kept pixels unchanged)."),
+    ("export", "Export dense and pruned (fine-tuned when train.finetune is on) models to ONNX; checker + parity with torch."),
     ("report", "Write metrics.json, report.md and plots, and print the final table."),
 ]:
     _stage_command(_name, _doc)

@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from vib_deploy.config import PipelineConfig
+from vib_deploy.config import FinetuneConfig, PipelineConfig
 from vib_deploy.errors import UserError
 from vib_deploy.runs import RunDir, atomic_write, atomic_write_json, atomic_write_text
 from vib_deploy.sweep import RUNS, copy_stage, mean_std, override_tag, point_config, run_point, run_record
@@ -28,6 +28,8 @@ def run_peer(config: PipelineConfig, vib_run: RunDir, method: str, progress: Any
     from vib_deploy.peers import PeerSpec, dense_widths, peer_prune
     from vib_deploy.pipeline import Context, Stage, _stages, run_stage, write_config
 
+    # a peer fine-tunes in its own prune stage; the pipeline's finetune stage is VIB's (off here, so not an input)
+    config = config.model_copy(update={"train": config.train.model_copy(update={"finetune": FinetuneConfig()})})
     vib_prune = vib_run.read_json("prune.json")
     hidden = len(dense_widths(load_model(vib_run.verified("dense.pt"))))
     arch = vib_prune["dense_architecture"]

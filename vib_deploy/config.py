@@ -68,12 +68,21 @@ class VIBTrainConfig(_Strict):
         return self
 
 
+class FinetuneConfig(_Strict):
+    """The `finetune` stage: the pruned plain net trained again (fresh Adam, cosine), best validation epoch kept."""
+
+    epochs: int = Field(0, ge=0)  # 0: off (the stage does not exist; export/bench use pruned.pt)
+    lr: float = Field(3e-4, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+
+
 class TrainConfig(_Strict):
     seed: int = 0
     batch_size: int = Field(100, ge=1)
     device: Literal["cpu", "cuda", "auto"] = "cpu"
     dense: DenseTrainConfig = DenseTrainConfig()
     vib: VIBTrainConfig = VIBTrainConfig()
+    finetune: FinetuneConfig = FinetuneConfig()
 
 
 class PruneConfig(_Strict):

@@ -1,4 +1,7 @@
-"""The stage registry and `run`: train-dense -> train-vib -> prune -> export -> bench -> report.
+"""The stage registry and `run`: train-dense -> train-vib -> prune -> [finetune] -> export -> bench -> report.
+
+`finetune` is optional (`train.finetune.epochs: 0` = off): when off it is not a stage of the run at all and
+the stages after it do not take it as an input, so their cache keys are those of a pipeline without it.
 
 Each stage reads the artifacts of the stages it needs (sha256-verified against the manifest) and
 writes its own atomically. Its cache key hashes its config section, its inputs' sha256 and the
@@ -85,13 +88,25 @@ def _stages() -> list[Stage]:
         Stage("train-dense", (), lambda c: {**_train_common(c), "dense": c.train.dense.model_dump()}, s.train_dense, True, True),
         Stage("train-vib", ("train-dense",), lambda c: {**_train_common(c), "vib": c.train.vib.model_dump()}, s.train_vib, True, True),
         Stage("prune", ("train-vib",), lambda c: {"prune": c.prune.model_dump(), "data": keyed_section("data", c.data)}, s.prune, True),
-        Stage("export", ("train-dense", "prune"), lambda c: {"export": c.export.model_dump(), "data": keyed_section("data", c.data)}, s.export, True),
-        Stage("bench", ("train-dense", "prune", "export"), lambda c: {"bench": c.bench.model_dump()}, s.bench),
-        Stage("report", ("train-dense", "train-vib", "prune", "export", "bench"), lambda c: {}, s.report),
+        Stage("finetune", ("prune",), lambda c: {**_train_common(c), "finetune": c.train.finetune.model_dump()}, s.finetune, True, True),
+        Stage("export", ("train-dense", "prune", "finetune"), lambda c: {"export": c.export.model_dump(), "data": keyed_section("data", c.data)}, s.export, True),
+        Stage("bench", ("train-dense", "prune", "finetune", "export"), lambda c: {"bench": c.bench.model_dump()}, s.bench),
+        Stage("report", ("train-dense", "train-vib", "prune", "finetune", "export", "bench"), lambda c: {}, s.report),
     ]
 
 
-STAGE_NAMES = ["train-dense", "train-vib", "prune", "export", "bench", "report"]
+STAGE_NAMES = ["train-dense", "train-vib", "prune", "finetune", "export", "bench", "report"]
+_OPTIONAL: dict[str, Callable[[PipelineConfig], bool]] = {"finetune": lambda c: c.train.finetune.epochs > 0}
+
+
+def enabled(name: str, config: PipelineConfig) -> bool:
+    """Whether stage `name` is part of a run with `config` (an optional stage that is off is not, nor an input)."""
+    return name not in _OPTIONAL or _OPTIONAL[name](config)
+
+
+def _check_enabled(name: str, config: PipelineConfig) -> None:
+    if not enabled(name, config):
+        raise UserError(f"stage {name} is off in this config (train.{name}.epochs: 0)")
 
 
 def _data_hashes(ctx: Context) -> dict[str, str]:
@@ -105,6 +120,8 @@ def _input_hashes(ctx: Context, stage: Stage) -> dict[str, str]:
     manifest = ctx.run.manifest()
     hashes: dict[str, str] = {}
     for need in stage.needs:
+        if not enabled(need, ctx.config):
+            continue
         entry = manifest["stages"].get(need)
         if entry is None:
             raise UserError(f"stage {stage.name} needs stage {need}, which has not run in {ctx.run.path}")
@@ -259,10 +276,13 @@ def run_pipeline(config: PipelineConfig, run_dir: Path | None = None, force: str
         raise UserError(f"--force {force!r}: not a stage; stages are {', '.join(STAGE_NAMES)}")
     from vib_deploy import distributed
 
+    if force is not None:
+        _check_enabled(force, config)
     run = open_run(config, run_dir)
     stages = _stages()
     if until is not None:
         stages = stages[: STAGE_NAMES.index(until) + 1]
+    stages = [s for s in stages if enabled(s.name, config)]
     with _locked(run):
         ctx = Context(run, config, progress)
         distributed.on_main(lambda: _preflight(ctx, stages, force, echo))
@@ -277,6 +297,7 @@ def run_pipeline(config: PipelineConfig, run_dir: Path | None = None, force: str
 def run_single(run_dir: Path, stage_name: str, progress: Any = None, echo: Callable[[str], None] = print) -> RunDir:
     """Run one stage of an existing run directory (always reruns it)."""
     config = read_run_config(run_dir)
+    _check_enabled(stage_name, config)
     run = RunDir(Path(run_dir))
     stage = {s.name: s for s in _stages()}[stage_name]
     with _locked(run):

@@ -16,6 +16,7 @@ def build_metrics(run: RunDir, config: Any) -> dict[str, Any]:
 
     dense, vib, pruned, export, bench = (run.read_json(n) for n in ("train-dense.json", "train-vib.json", "prune.json",
                                                             "export.json", "bench.json"))
+    tuned = run.read_json("finetune.json") if config.train.finetune.epochs > 0 else None
     flops_d, flops_p = pruned["dense"]["flops"], pruned["pruned"]["flops"]
     params_d, params_p = pruned["dense"]["params"], pruned["pruned"]["params"]
     return {
@@ -30,6 +31,9 @@ def build_metrics(run: RunDir, config: Any) -> dict[str, Any]:
                 "kl_factor": config.train.vib.kl_factor, "seconds": vib["seconds"]},
         "pruned": {"error": pruned["test_error"], "architecture": pruned["architecture"], "flops": flops_p,
                    "params": params_p, "bytes": params_p * BYTES_PER_PARAM, "scales_left": pruned["scales_left"]},
+        "finetuned": None if tuned is None else {"error": tuned["test_error"], **{
+            k: tuned[k] for k in ("val_error", "pruned_val_error", "epochs", "best_epoch", "lr", "weight_decay", "seconds")}},
+        "deployed": "finetuned.pt" if tuned else "pruned.pt",  # what export, bench and ship use
         "prune": {k: pruned.get(k) for k in ("max_abs_diff", "max_abs_diff_float64", "argmax_agreement", "reduced_max_abs_diff",
                                              "reduced_max_abs_diff_float64", "tolerance", "logit_scale", "vib_fp32_rounding")},
         "export": {"max_abs_diff": max(v["max_abs_diff"] for v in export.values()),
@@ -50,9 +54,11 @@ def arch_string(metrics: dict[str, Any]) -> str:
 def summary_rows(metrics: dict[str, Any]) -> list[tuple[str, str]]:
     """The final table's rows: one screen that says what was gained."""
     d, v, p = metrics["dense"], metrics["vib"], metrics["pruned"]
+    f = metrics.get("finetuned")
+    tuned = (" / fine-tuned", f" / {f['error']:.2%}") if f else ("", "")
     rows = [
-        ("test error dense / VIB / pruned", f"{d['error']:.2%} / {v['error']:.2%} / {p['error']:.2%}"
-                                             f"  ({metrics['test_samples']:,} test images)"),
+        (f"test error dense / VIB / pruned{tuned[0]}", f"{d['error']:.2%} / {v['error']:.2%} / {p['error']:.2%}{tuned[1]}"
+                                                        f"  ({metrics['test_samples']:,} test images)"),
         ("architecture kept", arch_string(metrics)),
         ("KFLOPs dense → pruned", f"{d['flops'] / 1e3:,.1f} → {p['flops'] / 1e3:,.1f}  (ideal speedup {metrics['ideal_speedup']:.1f}×)"),
         ("parameters dense → pruned", f"{d['params']:,} → {p['params']:,}"),
@@ -155,18 +161,23 @@ def render_markdown(metrics: dict[str, Any], config: Any) -> str:
         for r in metrics["bench"]
     )
     limited = " (a limited test set: not comparable with published numbers)" if config.data.test_limit else ""
+    f = metrics.get("finetuned")
+    tuned = "" if not f else (
+        f"\nFine-tuned {f['epochs']} epochs (Adam lr {f['lr']:g}, weight decay {f['weight_decay']:g}, cosine); validation kept "
+        + (f"epoch {f['best_epoch']}." if f["best_epoch"] else "the pruned weights (no epoch beat them).")
+        + f" Exported, timed and shipped: `{metrics['deployed']}`.")
     m = metrics["machine"]
     return f"""# vib-deploy report: {config.name}
 
 Model `{metrics['model']}` on `{metrics['dataset']}`, kl_factor {metrics['vib']['kl_factor']:g},
-dense {metrics['dense']['epochs']} epochs (best validation epoch {metrics['dense']['best_epoch']}), VIB {metrics['vib']['epochs']} epochs (last epoch kept).
+dense {metrics['dense']['epochs']} epochs (best validation epoch {metrics['dense']['best_epoch']}), VIB {metrics['vib']['epochs']} epochs (last epoch kept).{tuned}
 
 | | |
 |---|---|
 {rows}
 
 Errors are on the {metrics['test_samples']:,}-image test set{limited}, measured once per final model.
-The validation split (last {config.data.val_size:,} training images) chose the dense epoch; the test set chose nothing.
+The validation split (last {config.data.val_size:,} training images) chose the dense {'and fine-tuned epochs' if f else 'epoch'}; the test set chose nothing.
 Published VIB numbers are the best test error seen during training, which this report does not do.
 
 ## Latency (measured on {m['cpu']}, {m['cores']} cores, {metrics['bench'][0]['threads']} thread(s))

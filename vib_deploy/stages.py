@@ -3,7 +3,11 @@
 Artifacts of a run directory (each stage writes them to `ctx.out(name)`; they move into place when it commits):
   train-dense: dense.pt, train-dense.json          train-vib: vib.pt, train-vib.json
   prune: pruned.pt, [pruned_reduced.pt], prune.json  export: *.onnx, export.json
+  finetune (train.finetune.epochs > 0): finetuned.pt, [finetuned_reduced.pt], finetune.json
   bench: bench.json                                 report: metrics.json, report.md, plots/*.png
+
+Export, bench (and so ship) take the deployed net, `deployed_file`: finetuned.pt when the finetune stage is
+on, else pruned.pt; the exactness check stays in prune (pruned vs VIB).
 
 Under torchrun every rank runs the training stages (the loop is data-parallel) and rank 0 alone writes
 their artifacts; the other stages run on rank 0 only (see `pipeline.run_stage`).
@@ -124,6 +128,53 @@ def prune(ctx: Any) -> list[str]:
     return outputs + ["prune.json"]
 
 
+def deployed_file(config: Any, variant: str) -> str:
+    """The model file a variant ("dense", "pruned", "pruned_reduced") is exported and timed from."""
+    if variant == "dense":
+        return "dense.pt"
+    return variant.replace("pruned", "finetuned" if config.train.finetune.epochs > 0 else "pruned", 1) + ".pt"
+
+
+def finetune(ctx: Any) -> list[str]:
+    """The pruned plain net trained again: fresh Adam, cosine, `train.finetune`; the best validation epoch is
+    kept, the pruned weights themselves (epoch 0) included. Kept pixels (PixelSelect indices) are buffers and
+    never change; the reduced-input net is this net without its PixelSelect."""
+    from vib_deploy.prune import reduced_input
+    from vib_deploy.train import train
+
+    cfg = ctx.config.train.finetune
+    data = ctx.splits()
+    source = model_source(ctx.config)
+    info = ctx.read_json("prune.json")
+    model = load_model(ctx.run.verified("pruned.pt"))
+    torch.manual_seed(ctx.config.train.seed)
+    t0 = time.time()
+    result = train(model, _spec(ctx, "finetune", epochs=cfg.epochs, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                select_best=True, keep_start=True), data, ctx.run, ctx.progress)
+    seconds = time.time() - t0
+    model = model.cpu().eval()
+
+    def write() -> list[str]:
+        extra = {"kept_pixels": info["kept_pixels"]}
+        source.save(model, ctx.out("finetuned.pt"), extra, pruning=info.get("pruning"))
+        outputs = ["finetuned.pt"]
+        if info["kept_pixels"] is not None:
+            assert isinstance(model, torch.nn.Sequential)
+            source.save(reduced_input(model), ctx.out("finetuned_reduced.pt"), extra)
+            outputs.append("finetuned_reduced.pt")
+        start = result.start_val_acc
+        atomic_write_json(ctx.out("finetune.json"), {
+            "epochs": cfg.epochs, "lr": cfg.lr, "weight_decay": cfg.weight_decay, "history": result.history,
+            "best_epoch": result.best_epoch, "resumed_from_epoch": result.resumed_from, "seconds": seconds,
+            "pruned_val_error": None if start is None else 1.0 - start, "pruned_test_error": info["test_error"],
+            "test_error": _error(model, data.x_test, data.y_test), "val_error": _error(model, data.x_val, data.y_val),
+            "world_size": distributed.world_size(), "images_per_second": result.images_per_second,
+        })
+        return outputs + ["finetune.json"]
+
+    return distributed.on_main(write)
+
+
 def export(ctx: Any) -> list[str]:
     """ONNX for dense, pruned (full image) and pruned_reduced (kept pixels), each checked and compared."""
     from vib_deploy.export import export_onnx, onnx_summary, parity
@@ -137,7 +188,7 @@ def export(ctx: Any) -> list[str]:
     for variant in ("dense", "pruned", "pruned_reduced"):
         if variant == "pruned_reduced" and prune_info["kept_pixels"] is None:
             continue
-        model = load_model(ctx.run.verified(f"{variant}.pt"))
+        model = load_model(ctx.run.verified(deployed_file(ctx.config, variant)))
         x = x_test
         shape: tuple[int, ...] = tuple(prune_info.get("input_shape", (1, 28, 28)))
         meta = {"vib_deploy.variant": variant, "vib_deploy.run": ctx.config.name}
@@ -149,6 +200,7 @@ def export(ctx: Any) -> list[str]:
         export_onnx(model, path, shape, cfg.opset, meta)
         report[variant] = {**parity(path, model, x, cfg.tolerance, cfg.min_argmax_agreement), **onnx_summary(path)}
         report[variant].pop("metadata")
+        report[variant]["model_file"] = deployed_file(ctx.config, variant)
         outputs.append(f"{variant}.onnx")
     atomic_write_json(ctx.out("export.json"), report)
     return outputs + ["export.json"]
@@ -161,15 +213,15 @@ def bench(ctx: Any) -> list[str]:
     cfg = ctx.config.bench
     prune_info = ctx.read_json("prune.json")
     run = ctx.run
-    variants = [Variant("dense", {".onnx": run.verified("dense.onnx"), ".pt": run.verified("dense.pt")}),
-                Variant("pruned", {".onnx": run.verified("pruned.onnx"), ".pt": run.verified("pruned.pt")})]
-    if prune_info["kept_pixels"] is not None:
-        variants.append(Variant("pruned_reduced", {".onnx": run.verified("pruned_reduced.onnx"),
-                                                   ".pt": run.verified("pruned_reduced.pt")}, prune_info["kept_pixels"]))
+    names = ["dense", "pruned"] + (["pruned_reduced"] if prune_info["kept_pixels"] is not None else [])
+    files = {name: deployed_file(ctx.config, name) for name in names}
+    variants = [Variant(name, {".onnx": run.verified(f"{name}.onnx"), ".pt": run.verified(files[name])},
+                        prune_info["kept_pixels"] if name == "pruned_reduced" else None) for name in names]
     images = ctx.splits().x_test[:512]
     records = run_bench(variants, images, cfg.backends, cfg.batch_sizes, cfg.threads, cfg.rounds, cfg.iters_per_round,
                         cfg.warmup, cfg.memory, ctx.progress)
-    atomic_write_json(ctx.out("bench.json"), {"records": records, "speedup": speedups(records), "machine": machine_info()})
+    atomic_write_json(ctx.out("bench.json"), {"records": records, "speedup": speedups(records), "machine": machine_info(),
+                                              "model_files": files})
     return ["bench.json"]
 
 

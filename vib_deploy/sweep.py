@@ -111,10 +111,13 @@ def run_record(run: RunDir, method: str) -> dict[str, Any]:
     prune = run.read_json("prune.json")
     bench = run.read_json("bench.json")
     p50 = {f"{r['backend']}/b{r['batch']}/{r['variant']}": r["p50_ms"] for r in bench["records"]}
+    tuned = run.read_json("finetune.json") if config.train.finetune.epochs > 0 else None  # the deployed net's error
     return {
         "model": config.model.name, "pipeline": config.name, "method": method, "seed": config.train.seed,
-        "kl_factor": config.train.vib.kl_factor if method == "vib" else None,
-        "run_dir": str(run.path), "error": prune["test_error"], "test_samples": prune["samples"],
+        "kl_factor": config.train.vib.kl_factor if method == "vib" else None, "run_dir": str(run.path),
+        "error": tuned["test_error"] if tuned else prune["test_error"], "error_pruned": prune["test_error"],
+        "finetune": {k: tuned[k] for k in ("epochs", "lr", "weight_decay", "best_epoch")} if tuned else None,
+        "test_samples": prune["samples"],
         "architecture": prune["architecture"], "dense_architecture": prune["dense_architecture"],
         "flops": prune["pruned"]["flops"], "params": prune["pruned"]["params"], "bytes": prune["pruned"]["params"] * 4,
         "dense_flops": prune["dense"]["flops"], "dense_params": prune["dense"]["params"], "p50_ms": p50,

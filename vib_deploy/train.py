@@ -54,12 +54,14 @@ class TrainSpec:
     kl_factor: float | None = None  # VIB only
     select_best: bool = False  # keep the epoch with the best validation accuracy (dense)
     finetune_epochs: int = 0  # VIB only: last N epochs with gates frozen at their inference value z = mu * mask
+    keep_start: bool = False  # with select_best: the weights it starts from are a candidate too (epoch 0)
 
 
 @dataclass
 class TrainResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     best_epoch: int = 0
+    start_val_acc: float | None = None  # validation accuracy of the starting weights (keep_start)
     resumed_from: int = 0  # epochs done before this process started
     images_per_second: float | None = None  # training images over the wall time of the epochs run here
 
@@ -207,6 +209,10 @@ def train(model: nn.Module, spec: TrainSpec, data: Any, run: RunDir, progress: A
         start, best, best_state = ckpt["epoch"], ckpt["best"], ckpt["best_model"]
         result.history = list(ckpt["history"])
         result.resumed_from = start
+        result.start_val_acc = ckpt.get("start_val_acc")
+    elif spec.select_best and spec.keep_start:  # epoch 0: kept unless an epoch beats it on validation
+        best = result.start_val_acc = accuracy(model, data.x_val, data.y_val, device)
+        best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
 
     x_train, y_train = torch.as_tensor(data.x_train), torch.as_tensor(data.y_train)
     n = len(x_train)
@@ -278,6 +284,7 @@ def train(model: nn.Module, spec: TrainSpec, data: Any, run: RunDir, progress: A
                 best = val_acc
                 best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
             state = _checkpoint_state(model, opt, sched, gen, epoch + 1, best, best_state, result.history, spec.key)
+            state["start_val_acc"] = result.start_val_acc
             distributed.on_main(lambda: _save_checkpoint(run, spec.stage, ckpt_name, state))
             if progress is not None:
                 alive = "-".join(map(str, record["units_alive"]))
@@ -295,6 +302,8 @@ def train(model: nn.Module, spec: TrainSpec, data: Any, run: RunDir, progress: A
     if spec.select_best and best_state is not None:
         model.load_state_dict(best_state)
         result.best_epoch = max(range(len(result.history)), key=lambda i: result.history[i]["val_acc"]) + 1
+        if result.start_val_acc is not None and result.start_val_acc >= result.history[result.best_epoch - 1]["val_acc"]:
+            result.best_epoch = 0  # no epoch beat the starting weights
     else:
         result.best_epoch = len(result.history)
     return result
