@@ -59,6 +59,8 @@ class VIBTrainConfig(_Strict):
     kl_factor: float = Field(1e-5, ge=0)  # the one knob: loss = CE + kl_factor * sum of KL
     threshold: float = 0.0  # a unit is kept when logα < threshold
     finetune_epochs: int = Field(0, ge=0)  # of `epochs`, the last N train weights only, gates frozen (no noise, no KL)
+    # per-unit KL weight: the paper's (0.5 * kl_mult * map_size) or the FLOPs a unit costs now (vib_deploy/klweight.py)
+    kl_weighting: Literal["paper", "flops"] = "paper"
 
 
     @model_validator(mode="after")
@@ -120,6 +122,12 @@ class PipelineConfig(_Strict):
     prune: PruneConfig = PruneConfig()
     export: ExportConfig = ExportConfig()
     bench: BenchConfig = BenchConfig()
+
+    @model_validator(mode="after")
+    def _flops_weighting_on_sequential(self) -> "PipelineConfig":
+        if self.train.vib.kl_weighting == "flops" and self.model.name not in ("lenet300", "lenet5"):
+            raise ValueError("train.vib.kl_weighting: flops supports the zoo LeNets (model.name lenet300 or lenet5) only")
+        return self
 
 
 def _describe(err: ValidationError, source: str) -> str:

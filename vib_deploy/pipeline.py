@@ -63,7 +63,8 @@ class Stage:
 
 
 # Keys added to a section after runs were made: keyed only when set, so existing runs stay cached.
-_KEYED_WHEN_SET = {"model": {"factory": None, "kwargs": {}, "input_shape": None, "ignore": []}, "data": {"pad": 0}}
+_KEYED_WHEN_SET = {"model": {"factory": None, "kwargs": {}, "input_shape": None, "ignore": []}, "data": {"pad": 0},
+                   "vib": {"kl_weighting": "paper"}}
 
 
 def keyed_section(name: str, section: Any) -> dict[str, Any]:
@@ -86,7 +87,7 @@ def _stages() -> list[Stage]:
 
     return [
         Stage("train-dense", (), lambda c: {**_train_common(c), "dense": c.train.dense.model_dump()}, s.train_dense, True, True),
-        Stage("train-vib", ("train-dense",), lambda c: {**_train_common(c), "vib": c.train.vib.model_dump()}, s.train_vib, True, True),
+        Stage("train-vib", ("train-dense",), lambda c: {**_train_common(c), "vib": keyed_section("vib", c.train.vib)}, s.train_vib, True, True),
         Stage("prune", ("train-vib",), lambda c: {"prune": c.prune.model_dump(), "data": keyed_section("data", c.data)}, s.prune, True),
         Stage("finetune", ("prune",), lambda c: {**_train_common(c), "finetune": c.train.finetune.model_dump()}, s.finetune, True, True),
         Stage("export", ("train-dense", "prune", "finetune"), lambda c: {"export": c.export.model_dump(), "data": keyed_section("data", c.data)}, s.export, True),

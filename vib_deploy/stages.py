@@ -77,9 +77,14 @@ def train_vib(ctx: Any) -> list[str]:
     dense = load_model(ctx.run.verified("dense.pt"))  # before seeding: the gates' init draws come first after it
     torch.manual_seed(ctx.config.train.seed)
     gated = source.gated(dense, cfg.threshold)
+    weighting = None
+    if cfg.kl_weighting == "flops":
+        from vib_deploy.klweight import FlopsWeighting
+
+        weighting = FlopsWeighting(gated, source.input_shape)
     t0 = time.time()
-    result = train(gated, _spec(ctx, "train-vib", epochs=cfg.epochs, lr=cfg.lr, gate_lr=cfg.gate_lr,
-                                kl_factor=cfg.kl_factor, finetune_epochs=cfg.finetune_epochs), data, ctx.run, ctx.progress)
+    result = train(gated, _spec(ctx, "train-vib", epochs=cfg.epochs, lr=cfg.lr, gate_lr=cfg.gate_lr, kl_factor=cfg.kl_factor,
+                                finetune_epochs=cfg.finetune_epochs, kl_weighting=weighting), data, ctx.run, ctx.progress)
     seconds = time.time() - t0
     gated = gated.cpu()
     masks = distributed.same_on_all_ranks("gate masks", mask_digest(gated))  # what pruning will cut, from every rank
@@ -91,7 +96,8 @@ def train_vib(ctx: Any) -> list[str]:
             "test_error": _error(gated, data.x_test, data.y_test), "val_error": _error(gated, data.x_val, data.y_val),
             "gates": gate_summary(gated), "architecture": source.architecture(gated),
             "world_size": distributed.world_size(), "images_per_second": result.images_per_second,
-            "mask_sha256_per_rank": masks,
+            "mask_sha256_per_rank": masks, "kl_weighting": cfg.kl_weighting,
+            **({"kl_unit_weights": weighting.weights()} if weighting else {}),  # at the final widths
         })
         return ["vib.pt", "train-vib.json"]
 

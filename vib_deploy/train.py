@@ -54,6 +54,7 @@ class TrainSpec:
     kl_factor: float | None = None  # VIB only
     select_best: bool = False  # keep the epoch with the best validation accuracy (dense)
     finetune_epochs: int = 0  # VIB only: last N epochs with gates frozen at their inference value z = mu * mask
+    kl_weighting: Any = None  # VIB only: a klweight.FlopsWeighting of the model (None: the paper's weights)
     keep_start: bool = False  # with select_best: the weights it starts from are a candidate too (epoch 0)
 
 
@@ -247,10 +248,10 @@ def train(model: nn.Module, spec: TrainSpec, data: Any, run: RunDir, progress: A
                 xb, yb = x_train[idx].to(device), y_train[idx].to(device)
                 logits = net(xb)
                 if spec.kl_factor is not None and not finetune:
-                    loss, ce, kl = vib_loss(logits, yb, model, spec.kl_factor)
+                    loss, ce, kl = vib_loss(logits, yb, model, spec.kl_factor, spec.kl_weighting)
                 else:
                     loss = ce = nn.functional.cross_entropy(logits, yb)
-                    kl = total_kl(model).detach() if spec.kl_factor is not None else torch.zeros(())
+                    kl = total_kl(model, spec.kl_weighting).detach() if spec.kl_factor is not None else torch.zeros(())
                 if ce_weight != 1.0:
                     loss = loss + (ce_weight - 1.0) * ce  # this rank's CE weighted as `_shard_of` says; KL once
                 values = torch.stack([loss.detach(), ce.detach() * ce_weight, kl.detach().to(loss.device)])
