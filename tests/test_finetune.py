@@ -189,3 +189,27 @@ def test_ship_says_the_shipped_pruned_model_is_the_finetuned_one(on_run, tmp_pat
     manifest = json.loads((tmp_path / "models" / "ft-pruned" / "1" / "manifest.json").read_text())
     assert sha256_file(tmp_path / "models" / "ft-pruned" / "1" / "model.onnx") == sha256_file(run_dir / "pruned.onnx")
     assert manifest["metrics"]["error"] == RunDir(run_dir).read_json("finetune.json")["test_error"]
+
+
+# -- peers that take VIB's architecture (they live beside a VIB run, like compare's) ----------------------
+@pytest.mark.parametrize("method", ["scratch", "random-same"])
+def test_scratch_and_same_width_peers_have_vibs_architecture(off_run, tmp_path, method):
+    from vib_deploy.compare import run_peer
+
+    vib_dir = tmp_path / "vib"
+    shutil.copytree(off_run, vib_dir)
+    torch.set_num_threads(1)
+    peer = run_peer(_config(), RunDir(vib_dir), method, echo=lambda s: None)
+    vib, got = RunDir(vib_dir).read_json("prune.json"), peer.read_json("prune.json")
+    assert got["architecture"] == vib["architecture"] and got["pruned"]["flops"] == vib["pruned"]["flops"]
+    assert len(got["kept_pixels"]) == len(vib["kept_pixels"])
+    if method == "scratch":
+        assert got["kept_pixels"] == vib["kept_pixels"]
+    else:  # VIB's pixel count, this criterion's pixels (unit-tested in test_peers: seeded, not L1's)
+        assert got["kept_pixels"] == sorted(torch.randperm(784, generator=torch.Generator().manual_seed(0))[:len(got["kept_pixels"])].tolist())
+    budget = {"scratch": 1 + 2, "random-same": 2}[method]  # dense + VIB epochs from scratch; VIB epochs after dense
+    assert got["finetune_epochs"] == got["budget_epochs"] == budget and got["sparsity_epochs"] == 0
+    if method == "scratch":  # re-initialised: nothing of the VIB weights
+        a, b = load_model(vib_dir / "pruned.pt"), load_model(peer.path / "pruned.pt")
+        assert a[2].weight.shape == b[2].weight.shape and not torch.allclose(a[2].weight, b[2].weight)
+    assert {"pruned.onnx", "pruned_reduced.onnx", "bench.json"} <= {p.name for p in peer.path.iterdir()}

@@ -34,7 +34,8 @@ def run_peer(config: PipelineConfig, vib_run: RunDir, method: str, progress: Any
     vib_prune = vib_run.read_json("prune.json")
     hidden = len(dense_widths(load_model(vib_run.verified("dense.pt"))))
     arch = vib_prune["dense_architecture"]
-    spec = PeerSpec(method, vib_prune["pruned"]["flops"], str(vib_run.path), arch[0] if len(arch) == hidden + 1 else None)
+    spec = PeerSpec(method, vib_prune["pruned"]["flops"], str(vib_run.path), arch[0] if len(arch) == hidden + 1 else None,
+                    tuple(vib_prune["architecture"]), vib_run.manifest()["artifacts"]["pruned.pt"]["sha256"])
     run = RunDir(Path(f"{vib_run.path}-{method}"))
     copy_stage(vib_run, run, "train-dense")
     stages = [Stage("prune", ("train-dense",), spec.section, lambda ctx: peer_prune(ctx, spec), uses_data=True)]

@@ -13,12 +13,18 @@ as a plain Sequential (`pruned.pt`), so the pipeline's export and bench stages r
                are pruned and the scales folded into the weights (prune.prune_gated, checked exact)
     l1-pixels  l1, then also the input pixels whose columns of the first Linear have the smallest L1
                norm (MLPs): a Gather of the kept pixels in the graph, like VIB's input gate
+    l1-same, random-same
+               l1 / random at exactly VIB's kept widths, and (MLPs with VIB's input gate) VIB's number of
+               kept pixels chosen by the same criterion: the criterion isolated from the width allocation
+    scratch    VIB's final architecture and kept pixels, re-initialised and trained from scratch for VIB's whole
+               budget, dense epochs included (Liu et al., "Rethinking the Value of Network Pruning", ICLR 2019)
 
 The other peers keep every input pixel (these methods prune hidden units and filters; the input-pixel
 gate is VIB's own); FLOPs are matched on the whole model, so such a peer spends the FLOPs VIB saves on
-pixels on hidden units instead. Epoch budget: the VIB stage's `train.vib.epochs` after the dense stage,
-all of them fine-tuning for l1, l1-pixels, magnitude and random; for slimming the first half (rounded up) is sparsity training
-and the rest fine-tuning. Optimiser as in the VIB stage (Adam, lr / gate_lr, cosine, batch_size);
+pixels on hidden units instead. Epoch budget (`epoch_budget`): VIB's epochs after the dense stage,
+B = train.vib.epochs + train.finetune.epochs, all of them fine-tuning for the pruning peers; slimming spends
+them as VIB does: sparsity training for train.vib.epochs, then fine-tuning for train.finetune.epochs (with the
+finetune stage off, the first half of B, rounded up, then the rest); scratch trains train.dense.epochs + B. Optimiser as in the VIB stage (Adam, lr / gate_lr, cosine, batch_size);
 the last epoch is kept, as for VIB.
 """
 
@@ -28,6 +34,7 @@ import copy
 import math
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -65,6 +72,9 @@ class Method:
     title: str  # for tables
     importance: Callable[[], Any] | None  # a Torch-Pruning importance (MetaPruner), or None: slimming
     pixels: bool = False  # also drop input pixels (MLPs): the first Linear's columns by the same criterion
+    same_widths: bool = False  # VIB's kept widths (and pixel count) instead of widths searched to VIB's FLOPs
+    scratch: bool = False  # VIB's architecture re-initialised, trained from scratch
+    pixel_criterion: str = "l1"  # how same_widths picks its pixels: "l1" (column norm) or "random"
 
 
 METHODS: dict[str, Method] = {m.name: m for m in [
@@ -73,6 +83,9 @@ METHODS: dict[str, Method] = {m.name: m for m in [
     Method("random", "random structured", _random),
     Method("magnitude", "magnitude neurons (L2 of incoming weights)", _l2),
     Method("l1-pixels", "L1-norm, input pixels too (MLP)", _l1, pixels=True),
+    Method("l1-same", "L1-norm at VIB's kept widths and pixel count", _l1, same_widths=True),
+    Method("random-same", "random at VIB's kept widths and pixel count", _random, same_widths=True, pixel_criterion="random"),
+    Method("scratch", "VIB's architecture from scratch (Liu et al. 2019)", None, scratch=True),
 ]}
 
 
@@ -177,8 +190,9 @@ def prune_to_widths(dense: nn.Sequential, widths: list[int], importance: Any, in
     return model
 
 
-def prune_pixels(model: nn.Sequential, pixels: int) -> tuple[nn.Sequential, nn.Sequential, list[int]]:
-    """Keep the `pixels` input pixels whose columns of the first Linear have the largest L1 norm.
+def prune_pixels(model: nn.Sequential, pixels: int, seed: int | None = None) -> tuple[nn.Sequential, nn.Sequential, list[int]]:
+    """Keep the `pixels` input pixels whose columns of the first Linear have the largest L1 norm (with `seed`:
+    `pixels` pixels drawn at random by a generator seeded with it).
 
     Returns (full-image model: Flatten -> PixelSelect -> ..., reduced model taking the kept pixels, kept indices),
     the same two deployments as a VIB model with an input gate.
@@ -191,14 +205,29 @@ def prune_pixels(model: nn.Sequential, pixels: int) -> tuple[nn.Sequential, nn.S
     first = next(i for i, m in enumerate(model) if isinstance(m, nn.Linear))
     linear = model[first]
     assert isinstance(linear, nn.Linear)
-    norms = linear.weight.detach().abs().sum(0)  # (in_features,)
-    kept = sorted(torch.topk(norms, pixels).indices.tolist())
+    if seed is None:
+        norms = linear.weight.detach().abs().sum(0)  # (in_features,)
+        kept = sorted(torch.topk(norms, pixels).indices.tolist())
+    else:
+        kept = sorted(torch.randperm(linear.in_features, generator=torch.Generator().manual_seed(seed))[:pixels].tolist())
     dead = sorted(set(range(linear.in_features)) - set(kept))
     if dead:
         tp.prune_linear_in_channels(linear, dead)
     rest = list(model)[first:]
     full = nn.Sequential(*list(model)[:first], PixelSelect(torch.tensor(kept)), *rest).eval()
     return full, nn.Sequential(*rest).eval(), kept
+
+
+def scratch_net(vib_pruned: nn.Sequential) -> nn.Sequential:
+    """VIB's pruned architecture re-initialised (the zoo's default init, from the global RNG), its PixelSelect
+    keeping VIB's pixels; folded gate scales (ChannelScale) are dropped: they are learned weights, not architecture."""
+    from vib_deploy.nets import PixelSelect
+
+    model = build([s for s in describe(vib_pruned) if s["type"] != "scale"])
+    selects = [m for m in vib_pruned if isinstance(m, PixelSelect)]
+    for new, old in zip((m for m in model if isinstance(m, PixelSelect)), selects):
+        new.indices.copy_(old.indices)
+    return model
 
 
 def gated_for_slimming(dense: nn.Sequential) -> nn.Sequential:
@@ -242,6 +271,12 @@ def prune_by_scale(gated: nn.Sequential, widths: list[int], input_shape: tuple[i
     if got != list(widths):
         raise UserError(f"slimming kept {got}, not the planned {widths}")
     return result.model.float().eval(), {"scales_left": result.scales_left}
+
+
+def _kept_pixels(model: nn.Sequential) -> list[int]:
+    from vib_deploy.nets import PixelSelect
+
+    return next(m for m in model if isinstance(m, PixelSelect)).indices.tolist()
 
 
 # -- training ------------------------------------------------------------------------------------
@@ -294,20 +329,55 @@ class PeerSpec:
     target_flops: int  # the VIB model's pruned FLOPs
     vib_run: str  # the VIB run directory (for the record)
     input_units: int | None  # the VIB model's input width when it gates its input (shown as 784-…)
+    vib_architecture: tuple[int, ...] = ()  # VIB's kept units per gate, its kept pixels first when it gates its input
+    vib_model_sha256: str | None = None  # VIB's pruned.pt (scratch takes its architecture and kept pixels)
 
     def section(self, config: Any) -> dict[str, Any]:
         from vib_deploy.pipeline import keyed_section
 
         t = config.train
-        return {"method": self.method, "target_flops": self.target_flops, "tolerance": FLOPS_TOLERANCE,
-                "slimming_l1": SLIMMING_L1 if self.method == "slimming" else None, "epochs": t.vib.epochs,
-                "lr": t.vib.lr, "gate_lr": t.vib.gate_lr, "batch_size": t.batch_size, "seed": t.seed,
-                "data": keyed_section("data", config.data), "prune": config.prune.model_dump()}
+        method = METHODS[self.method]
+        budget = epoch_budget(self.method, config)
+        out = {"method": self.method, "target_flops": self.target_flops, "tolerance": FLOPS_TOLERANCE,
+               "slimming_l1": SLIMMING_L1 if self.method == "slimming" else None, "epochs": budget["total"],
+               "lr": t.vib.lr, "gate_lr": t.vib.gate_lr, "batch_size": t.batch_size, "seed": t.seed,
+               "data": keyed_section("data", config.data), "prune": config.prune.model_dump()}
+        if t.finetune.epochs > 0:  # keyed only when set: runs made without VIB's finetune stage stay cached
+            out["split"] = [budget["sparsity"], budget["finetune"]]
+        if method.same_widths or method.scratch:
+            out["widths"] = list(self.vib_architecture)
+        if method.scratch:
+            out["vib_model_sha256"] = self.vib_model_sha256
+        return out
+
+    def vib_widths(self, hidden: int) -> tuple[int | None, list[int]]:
+        """(kept pixels or None, kept hidden widths) of the VIB model whose dense net has `hidden` prunable layers."""
+        arch = list(self.vib_architecture)
+        return (arch[0] if len(arch) == hidden + 1 else None), arch[len(arch) - hidden:]
+
+
+def epoch_budget(method: str, config: Any) -> dict[str, int]:
+    """Epochs a peer trains: sparsity (slimming), finetune (or from-scratch training), and their total.
+
+    VIB trains train.vib.epochs (+ train.finetune.epochs) after the dense stage; every peer but scratch gets
+    that total after the same dense stage; scratch, which has no dense stage, also gets the dense epochs.
+    """
+    t = config.train
+    total = t.vib.epochs + t.finetune.epochs
+    if METHODS[method].scratch:
+        return {"sparsity": 0, "finetune": t.dense.epochs + total, "total": t.dense.epochs + total}
+    if method == "slimming":
+        sparse = t.vib.epochs if t.finetune.epochs > 0 else (total + 1) // 2
+        return {"sparsity": sparse, "finetune": total - sparse, "total": total}
+    return {"sparsity": 0, "finetune": total, "total": total}
 
 
 def peer_prune(ctx: Any, spec: PeerSpec) -> list[str]:
     """Prune the run's dense.pt with `spec.method` to the VIB FLOPs, fine-tune, write pruned.pt + prune.json."""
     from vib_deploy.train import accuracy
+
+    from vib_deploy.prune import reduced_input
+    from vib_deploy.runs import RunDir
 
     t = ctx.config.train
     data = ctx.splits()
@@ -315,25 +385,37 @@ def peer_prune(ctx: Any, spec: PeerSpec) -> list[str]:
     torch.manual_seed(t.seed)
     dense = load_model(ctx.run.verified("dense.pt"))
     method = METHODS[spec.method]
-    widths = match_widths(dense, spec.target_flops, shape, pixels=method.pixels)
-    pixels = widths.pop(0) if method.pixels else None
+    budget = epoch_budget(spec.method, ctx.config)
+    if method.same_widths or method.scratch:
+        pixels, widths = spec.vib_widths(len(dense_widths(dense)))
+    else:
+        widths = match_widths(dense, spec.target_flops, shape, pixels=method.pixels)
+        pixels = widths.pop(0) if method.pixels else None
     t0 = time.time()
     sparsity: list[dict[str, Any]] = []
     extra: dict[str, Any] = {}
-    epochs = t.vib.epochs
-    if method.importance is None:  # slimming: sparsity training, then prune by |scale|
-        sparse_epochs = (epochs + 1) // 2
+    kept_pixels, reduced, outputs = None, None, ["pruned.pt"]
+    if method.scratch:  # VIB's architecture and pixels, weights drawn afresh
+        vib_pruned = load_model(RunDir(Path(spec.vib_run)).verified("pruned.pt"))
+        assert isinstance(vib_pruned, nn.Sequential)
+        pruned = scratch_net(vib_pruned)
+        if dense_widths(pruned) != widths:
+            raise UserError(f"scratch: VIB's pruned.pt has widths {dense_widths(pruned)}, its prune.json {widths}")
+        if pixels is not None:
+            kept_pixels, reduced = _kept_pixels(pruned), reduced_input(pruned)
+            outputs.append("pruned_reduced.pt")
+        pixels = None
+    elif method.importance is None:  # slimming: sparsity training, then prune by |scale|
         gated = gated_for_slimming(dense)
-        sparsity = fit(gated, data, sparse_epochs, t.vib.lr, t.batch_size, t.seed, t.vib.gate_lr, SLIMMING_L1,
+        sparsity = fit(gated, data, budget["sparsity"], t.vib.lr, t.batch_size, t.seed, t.vib.gate_lr, SLIMMING_L1,
                        ctx.progress, "slimming L1")
         pruned, extra = prune_by_scale(gated, widths, shape)
-        finetune_epochs = epochs - sparse_epochs
     else:
         pruned = prune_to_widths(dense, widths, method.importance(), shape)
-        finetune_epochs = epochs
-    kept_pixels, reduced, outputs = None, None, ["pruned.pt"]
+    finetune_epochs = budget["finetune"]
     if pixels is not None:
-        pruned, reduced, kept_pixels = prune_pixels(pruned, pixels)  # `reduced` shares its layers with `pruned`
+        seed = t.seed if method.pixel_criterion == "random" else None
+        pruned, reduced, kept_pixels = prune_pixels(pruned, pixels, seed)  # `reduced` shares its layers with `pruned`
         outputs.append("pruned_reduced.pt")
     error_before = 1 - accuracy(pruned, data.x_test, data.y_test)
     history = fit(pruned, data, finetune_epochs, t.vib.lr, t.batch_size, t.seed + 1, progress=ctx.progress)
@@ -352,6 +434,7 @@ def peer_prune(ctx: Any, spec: PeerSpec) -> list[str]:
         "kept_pixels": kept_pixels,
         "test_error": 1 - accuracy(pruned, data.x_test, data.y_test), "test_error_before_finetune": error_before,
         "samples": len(data.y_test), "input_shape": list(shape), "sparsity_epochs": len(sparsity), "finetune_epochs": len(history),
+        "budget_epochs": budget["total"],
         "history": {"sparsity": sparsity, "finetune": history}, "seconds": time.time() - t0,
         "dense": {"flops": count_flops(dense, shape), "params": count_params(dense)},
         "pruned": {"flops": flops, "params": count_params(pruned)},
