@@ -370,7 +370,7 @@ def sweep(
 @app.command()
 def compare(
     pipeline: Path = typer.Argument(..., help="Pipeline file."),
-    methods: str = typer.Option("vib,l1,slimming,random", "--methods", help="vib plus peers: l1, slimming, random, magnitude, l1-pixels (MLPs)."),
+    methods: str = typer.Option("vib,l1,slimming,random", "--methods", help="vib plus peers: l1, slimming, random, magnitude, l1-pixels (MLPs), l1-same, random-same (VIB's widths), scratch."),
     match_flops: bool = typer.Option(True, "--match-flops/--no-match-flops", help="Peers pruned to the VIB model's FLOPs (±2 %)."),
     seeds: str = SEEDS,
     set_: Optional[List[str]] = typer.Option(None, "--set", help="Override a key for every run."),
