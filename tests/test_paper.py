@@ -21,6 +21,10 @@ def test_every_setting_is_listed_and_read_from_the_config():
     assert "**differs**: 100 VIB epochs" in _row(lines, "epochs") and "same: 300 VIB epochs" in _row(lines, "epochs")
     assert "**differs**: cosine annealing to 0 over the 100 VIB epochs" in _row(lines, "schedule")
     assert "**differs**: 0 on weights and gates" in _row(lines, "weight decay")
+    step = deviations({"c": load_config(ROOT / "pipelines/mnist-lenet300.yaml",
+                                        ["train.vib.weight_decay=5e-5", "train.vib.schedule=step"])})
+    assert "same: 5e-05 on weights and gates" in _row(step, "weight decay")
+    assert "same: step: lr × 0.5 every 30 epochs" in _row(step, "schedule")
     tuned = _row(lines, "after pruning")
     assert "same: none" in tuned and "**differs**: finetune stage: 20 epochs" in tuned
     assert "best validation epoch" in _row(lines, "selection")

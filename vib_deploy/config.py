@@ -59,6 +59,8 @@ class VIBTrainConfig(_Strict):
     kl_factor: float = Field(1e-5, ge=0)  # the one knob: loss = CE + kl_factor * sum of KL
     threshold: float = 0.0  # a unit is kept when logα < threshold
     finetune_epochs: int = Field(0, ge=0)  # of `epochs`, the last N train weights only, gates frozen (no noise, no KL)
+    weight_decay: float = Field(0.0, ge=0)  # Adam's L2 on weights AND gates (the official code: 5e-5 on both)
+    schedule: Literal["cosine", "step"] = "cosine"  # step: lr x 0.5 every 30 epochs (the official code)
     # per-unit KL weight: the paper's (0.5 * kl_mult * map_size) or the FLOPs a unit costs now (vib_deploy/klweight.py)
     kl_weighting: Literal["paper", "flops"] = "paper"
 

@@ -54,8 +54,9 @@ def our_settings(config: Any) -> dict[str, tuple[str, bool | None]]:
         "optimizer": ("Adam", True),
         "lr": (f"{v.lr:g}", v.lr in (1e-3, 1.4e-3)),
         "gate_lr": (f"{v.gate_lr:g}{ratio}", v.gate_lr == v.lr),
-        "weight_decay": ("0 on weights and gates (the VIB stage has no weight decay)", False),
-        "schedule": (f"cosine annealing to 0 over the {v.epochs} VIB epochs", False),
+        "weight_decay": (f"{v.weight_decay:g} on weights and gates", v.weight_decay == 5e-5),
+        "schedule": ("step: lr × 0.5 every 30 epochs" if v.schedule == "step"
+                     else f"cosine annealing to 0 over the {v.epochs} VIB epochs", v.schedule == "step"),
         "epochs": (f"{v.epochs} VIB epochs{frozen}, from a dense net trained {t.dense.epochs} epochs", v.epochs == 300),
         "batch_size": (f"{t.batch_size}", t.batch_size == 128),
         "kl_factor": (f"{v.kl_factor:g}", None),

@@ -64,7 +64,7 @@ class Stage:
 
 # Keys added to a section after runs were made: keyed only when set, so existing runs stay cached.
 _KEYED_WHEN_SET = {"model": {"factory": None, "kwargs": {}, "input_shape": None, "ignore": []}, "data": {"pad": 0},
-                   "vib": {"kl_weighting": "paper"}}
+                   "vib": {"kl_weighting": "paper", "weight_decay": 0.0, "schedule": "cosine"}}
 
 
 def keyed_section(name: str, section: Any) -> dict[str, Any]:

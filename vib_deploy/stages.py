@@ -84,7 +84,8 @@ def train_vib(ctx: Any) -> list[str]:
         weighting = FlopsWeighting(gated, source.input_shape)
     t0 = time.time()
     result = train(gated, _spec(ctx, "train-vib", epochs=cfg.epochs, lr=cfg.lr, gate_lr=cfg.gate_lr, kl_factor=cfg.kl_factor,
-                                finetune_epochs=cfg.finetune_epochs, kl_weighting=weighting), data, ctx.run, ctx.progress)
+                                finetune_epochs=cfg.finetune_epochs, kl_weighting=weighting, weight_decay=cfg.weight_decay,
+                                gate_weight_decay=cfg.weight_decay, schedule=cfg.schedule), data, ctx.run, ctx.progress)
     seconds = time.time() - t0
     gated = gated.cpu()
     masks = distributed.same_on_all_ranks("gate masks", mask_digest(gated))  # what pruning will cut, from every rank

@@ -50,6 +50,8 @@ class TrainSpec:
     seed: int
     device: torch.device
     weight_decay: float = 0.0
+    gate_weight_decay: float = 0.0  # VIB only: the official code decays the gates like the weights
+    schedule: str = "cosine"  # cosine (to 0 over `epochs`) | step (lr x 0.5 every 30 epochs, the official VIBNet code)
     gate_lr: float | None = None  # VIB only: Adam group of the gates
     kl_factor: float | None = None  # VIB only
     select_best: bool = False  # keep the epoch with the best validation accuracy (dense)
@@ -103,7 +105,7 @@ def _optimizer(model: nn.Module, spec: TrainSpec) -> torch.optim.Optimizer:
     weights = [p for p in model.parameters() if id(p) not in gate_ids]
     groups: list[dict[str, Any]] = [{"params": weights, "lr": spec.lr, "weight_decay": spec.weight_decay}]
     if gate_params:
-        groups.append({"params": gate_params, "lr": spec.gate_lr or spec.lr, "weight_decay": 0.0})
+        groups.append({"params": gate_params, "lr": spec.gate_lr or spec.lr, "weight_decay": spec.gate_weight_decay})
     return torch.optim.Adam(groups)
 
 
@@ -194,7 +196,9 @@ def train(model: nn.Module, spec: TrainSpec, data: Any, run: RunDir, progress: A
     device = spec.device
     model.to(device)
     opt = _optimizer(model, spec)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=spec.epochs)
+    sched: torch.optim.lr_scheduler.LRScheduler = (
+        torch.optim.lr_scheduler.StepLR(opt, step_size=30, gamma=0.5) if spec.schedule == "step"
+        else torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=spec.epochs))
     gen = torch.Generator().manual_seed(spec.seed)  # the same on every rank: one global permutation
     torch.manual_seed(spec.seed + distributed.rank())  # gate noise: each rank draws its own
     world = distributed.world_size()
