@@ -213,3 +213,18 @@ def test_scratch_and_same_width_peers_have_vibs_architecture(off_run, tmp_path, 
         a, b = load_model(vib_dir / "pruned.pt"), load_model(peer.path / "pruned.pt")
         assert a[2].weight.shape == b[2].weight.shape and not torch.allclose(a[2].weight, b[2].weight)
     assert {"pruned.onnx", "pruned_reduced.onnx", "bench.json"} <= {p.name for p in peer.path.iterdir()}
+
+
+def test_peer_of_a_finetuned_vib_run_gets_its_epochs_and_runs_without_the_stage(on_run, tmp_path):
+    from vib_deploy.compare import run_peer
+
+    run_dir, _ = on_run
+    vib_dir = tmp_path / "vib"
+    shutil.copytree(run_dir, vib_dir)
+    torch.set_num_threads(1)
+    peer = run_peer(_config(*ON), RunDir(vib_dir), "l1-same", echo=lambda s: None)
+    got = peer.read_json("prune.json")
+    assert got["budget_epochs"] == got["finetune_epochs"] == 2 + 3  # VIB's epochs + its fine-tune epochs
+    assert got["architecture"] == RunDir(vib_dir).read_json("prune.json")["architecture"]
+    assert "finetune" not in json.loads((peer.path / "manifest.json").read_text())["stages"]
+    assert peer.read_json("export.json")["pruned"]["model_file"] == "pruned.pt"  # the peer's own fine-tuned net

@@ -146,18 +146,22 @@ def _config(*sets):
 def test_every_peer_gets_vibs_budget(finetune):
     from vib_deploy.peers import epoch_budget
 
-    config = _config(f"train.finetune.epochs={finetune}")
+    from vib_deploy.peers import PeerSpec
+
+    config = _config()  # a peer's own config: the finetune stage off (it is VIB's); VIB's epochs come with the spec
     vib_after_dense = 100 + finetune
     for method in METHODS:
-        b = epoch_budget(method, config)
+        b = epoch_budget(method, config, finetune)
         assert b["sparsity"] + b["finetune"] == b["total"]
         if method == "scratch":  # no dense stage to start from: the dense epochs too
             assert b == {"sparsity": 0, "finetune": 10 + vib_after_dense, "total": 10 + vib_after_dense}
         else:
             assert b["total"] == vib_after_dense, method
-    slim = epoch_budget("slimming", config)
+    slim = epoch_budget("slimming", config, finetune)
     # slimming splits it as VIB does (sparsity = VIB epochs, then the fine-tune epochs); without a finetune stage, half/half
     assert (slim["sparsity"], slim["finetune"]) == ((100, 20) if finetune else (50, 50))
+    section = PeerSpec("slimming", 1, "r", 784, (1, 1, 1), vib_finetune_epochs=finetune).section(config)
+    assert section["epochs"] == vib_after_dense and section.get("split", [50, 50]) == [slim["sparsity"], slim["finetune"]]
 
 
 def test_peer_keys_without_finetune_are_the_old_ones():

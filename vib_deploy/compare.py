@@ -30,12 +30,13 @@ def run_peer(config: PipelineConfig, vib_run: RunDir, method: str, progress: Any
     from vib_deploy.pipeline import Context, Stage, _stages, run_stage, write_config
 
     # a peer fine-tunes in its own prune stage; the pipeline's finetune stage is VIB's (off here, so not an input)
+    vib_finetune = config.train.finetune.epochs
     config = config.model_copy(update={"train": config.train.model_copy(update={"finetune": FinetuneConfig()})})
     vib_prune = vib_run.read_json("prune.json")
     hidden = len(dense_widths(load_model(vib_run.verified("dense.pt"))))
     arch = vib_prune["dense_architecture"]
     spec = PeerSpec(method, vib_prune["pruned"]["flops"], str(vib_run.path), arch[0] if len(arch) == hidden + 1 else None,
-                    tuple(vib_prune["architecture"]), vib_run.manifest()["artifacts"]["pruned.pt"]["sha256"])
+                    tuple(vib_prune["architecture"]), vib_run.manifest()["artifacts"]["pruned.pt"]["sha256"], vib_finetune)
     run = RunDir(Path(f"{vib_run.path}-{method}"))
     copy_stage(vib_run, run, "train-dense")
     stages = [Stage("prune", ("train-dense",), spec.section, lambda ctx: peer_prune(ctx, spec), uses_data=True)]

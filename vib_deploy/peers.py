@@ -22,7 +22,7 @@ as a plain Sequential (`pruned.pt`), so the pipeline's export and bench stages r
 The other peers keep every input pixel (these methods prune hidden units and filters; the input-pixel
 gate is VIB's own); FLOPs are matched on the whole model, so such a peer spends the FLOPs VIB saves on
 pixels on hidden units instead. Epoch budget (`epoch_budget`): VIB's epochs after the dense stage,
-B = train.vib.epochs + train.finetune.epochs, all of them fine-tuning for the pruning peers; slimming spends
+B = train.vib.epochs + train.finetune.epochs (the VIB run's), all of them fine-tuning for the pruning peers; slimming spends
 them as VIB does: sparsity training for train.vib.epochs, then fine-tuning for train.finetune.epochs (with the
 finetune stage off, the first half of B, rounded up, then the rest); scratch trains train.dense.epochs + B. Optimiser as in the VIB stage (Adam, lr / gate_lr, cosine, batch_size);
 the last epoch is kept, as for VIB.
@@ -331,18 +331,19 @@ class PeerSpec:
     input_units: int | None  # the VIB model's input width when it gates its input (shown as 784-…)
     vib_architecture: tuple[int, ...] = ()  # VIB's kept units per gate, its kept pixels first when it gates its input
     vib_model_sha256: str | None = None  # VIB's pruned.pt (scratch takes its architecture and kept pixels)
+    vib_finetune_epochs: int = 0  # VIB's train.finetune.epochs (a peer's own config has the stage off: it fine-tunes itself)
 
     def section(self, config: Any) -> dict[str, Any]:
         from vib_deploy.pipeline import keyed_section
 
         t = config.train
         method = METHODS[self.method]
-        budget = epoch_budget(self.method, config)
+        budget = epoch_budget(self.method, config, self.vib_finetune_epochs)
         out = {"method": self.method, "target_flops": self.target_flops, "tolerance": FLOPS_TOLERANCE,
                "slimming_l1": SLIMMING_L1 if self.method == "slimming" else None, "epochs": budget["total"],
                "lr": t.vib.lr, "gate_lr": t.vib.gate_lr, "batch_size": t.batch_size, "seed": t.seed,
                "data": keyed_section("data", config.data), "prune": config.prune.model_dump()}
-        if t.finetune.epochs > 0:  # keyed only when set: runs made without VIB's finetune stage stay cached
+        if self.vib_finetune_epochs > 0:  # keyed only when set: runs made without VIB's finetune stage stay cached
             out["split"] = [budget["sparsity"], budget["finetune"]]
         if method.same_widths or method.scratch:
             out["widths"] = list(self.vib_architecture)
@@ -356,18 +357,18 @@ class PeerSpec:
         return (arch[0] if len(arch) == hidden + 1 else None), arch[len(arch) - hidden:]
 
 
-def epoch_budget(method: str, config: Any) -> dict[str, int]:
+def epoch_budget(method: str, config: Any, vib_finetune_epochs: int) -> dict[str, int]:
     """Epochs a peer trains: sparsity (slimming), finetune (or from-scratch training), and their total.
 
     VIB trains train.vib.epochs (+ train.finetune.epochs) after the dense stage; every peer but scratch gets
     that total after the same dense stage; scratch, which has no dense stage, also gets the dense epochs.
     """
     t = config.train
-    total = t.vib.epochs + t.finetune.epochs
+    total = t.vib.epochs + vib_finetune_epochs
     if METHODS[method].scratch:
         return {"sparsity": 0, "finetune": t.dense.epochs + total, "total": t.dense.epochs + total}
     if method == "slimming":
-        sparse = t.vib.epochs if t.finetune.epochs > 0 else (total + 1) // 2
+        sparse = t.vib.epochs if vib_finetune_epochs > 0 else (total + 1) // 2
         return {"sparsity": sparse, "finetune": total - sparse, "total": total}
     return {"sparsity": 0, "finetune": total, "total": total}
 
@@ -385,7 +386,7 @@ def peer_prune(ctx: Any, spec: PeerSpec) -> list[str]:
     torch.manual_seed(t.seed)
     dense = load_model(ctx.run.verified("dense.pt"))
     method = METHODS[spec.method]
-    budget = epoch_budget(spec.method, ctx.config)
+    budget = epoch_budget(spec.method, ctx.config, spec.vib_finetune_epochs)
     if method.same_widths or method.scratch:
         pixels, widths = spec.vib_widths(len(dense_widths(dense)))
     else:
