@@ -174,9 +174,11 @@ def render(records: list[dict[str, Any]], wall: float, seeds: list[int], pipelin
     lines += ["", f"Training time of all runs above (dense + VIB stages, from their train-*.json): {_duration(total)}; "
               "prune, export, bench and report come on top of it. Times are wall-clock on the machine that ran them and grow "
               "with its load when other jobs share it.", "",
-              f"Our error is the pruned model's (equal to the VIB model's: pruning is exact) on the "
-              f"{records[0]['test_samples']:,} test images,",
-              "last training epoch, test set used once; bytes = fp32 weights and biases of the pruned model.",
+              (f"Our error is the fine-tuned pruned model's (`train.finetune`, best validation epoch) on the "
+               if any(r.get("finetune") for r in records) else
+               f"Our error is the pruned model's (equal to the VIB model's: pruning is exact) on the ")
+              + f"{records[0]['test_samples']:,} test images,",
+              "last VIB epoch, test set used once; bytes = fp32 weights and biases of the pruned model.",
               "FLOPs = 2 × MACs of the Linear/Conv layers (the paper's convention); the kept-pixel Gather has none.", ""]
     for model in sorted({r["model"] for r in records}):
         group = [r for r in records if r["model"] == model]
