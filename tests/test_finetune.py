@@ -1,4 +1,4 @@
-"""The finetune stage: off changes nothing, on trains the pruned net (best validation epoch, pruned weights
+"""The finetune stage (tests on tiny real runs: e2e): off changes nothing, on trains the pruned net (best validation epoch, pruned weights
 included), keeps the kept pixels, is cached, resumes after an interruption to the same bits, and is what
 export and bench use. Real MNIST, a few hundred images, one thread."""
 
@@ -61,6 +61,7 @@ def _keys(run_dir) -> dict[str, str]:
     return {s: e["key"] for s, e in json.loads((run_dir / "manifest.json").read_text())["stages"].items()}
 
 
+@pytest.mark.e2e
 def test_off_is_no_stage_and_no_input(off_run):
     config = _config()
     assert not enabled("finetune", config) and "finetune" not in _keys(off_run)
@@ -79,6 +80,7 @@ def test_off_is_no_stage_and_no_input(off_run):
     assert run.read_json("bench.json")["model_files"]["pruned"] == "pruned.pt"
 
 
+@pytest.mark.e2e
 def test_off_run_rerun_is_all_cached_and_on_reruns_from_finetune(off_run, on_run):
     assert _lines(_run(_config(), off_run), "[run]") == []
     run_dir, echoed = on_run
@@ -89,6 +91,7 @@ def test_off_run_rerun_is_all_cached_and_on_reruns_from_finetune(off_run, on_run
     assert keys_on["prune"] == keys_off["prune"] and keys_on["export"] != keys_off["export"]
 
 
+@pytest.mark.e2e
 def test_on_exports_and_times_the_finetuned_net(on_run):
     run_dir, _ = on_run
     run = RunDir(run_dir)
@@ -114,6 +117,7 @@ def test_on_exports_and_times_the_finetuned_net(on_run):
     assert "fine-tuned" in (run_dir / "report.md").read_text()
 
 
+@pytest.mark.e2e
 def test_kept_pixels_unchanged_and_reduced_net_is_the_finetuned_one(on_run):
     run_dir, _ = on_run
     kept = RunDir(run_dir).read_json("prune.json")["kept_pixels"]
@@ -126,6 +130,7 @@ def test_kept_pixels_unchanged_and_reduced_net_is_the_finetuned_one(on_run):
         assert torch.equal(tuned(x), reduced(x.flatten(1)[:, kept]))
 
 
+@pytest.mark.e2e
 def test_validation_chose_the_epoch(on_run):
     run_dir, _ = on_run
     tune = RunDir(run_dir).read_json("finetune.json")
@@ -134,6 +139,7 @@ def test_validation_chose_the_epoch(on_run):
     assert tune["val_error"] == pytest.approx(1.0 - vals[tune["best_epoch"]], abs=1e-9)
 
 
+@pytest.mark.e2e
 def test_interrupted_finetune_resumes_to_the_same_bits(off_run, on_run, tmp_path):
     run_dir, _ = on_run
     copy = tmp_path / "killed"
@@ -150,6 +156,7 @@ def test_interrupted_finetune_resumes_to_the_same_bits(off_run, on_run, tmp_path
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.e2e
 def test_force_or_single_run_of_an_off_stage_is_a_clear_error(off_run):
     with pytest.raises(UserError, match="stage finetune is off"):
         run_pipeline(_config(), off_run, force="finetune", echo=lambda s: None)
@@ -180,6 +187,7 @@ def test_keep_start_keeps_the_starting_weights_unless_an_epoch_beats_them(tmp_pa
     assert same == start_wins
 
 
+@pytest.mark.e2e
 def test_ship_says_the_shipped_pruned_model_is_the_finetuned_one(on_run, tmp_path):
     from vib_deploy.ship import package
     from vib_deploy.runs import sha256_file
@@ -192,6 +200,7 @@ def test_ship_says_the_shipped_pruned_model_is_the_finetuned_one(on_run, tmp_pat
 
 
 # -- peers that take VIB's architecture (they live beside a VIB run, like compare's) ----------------------
+@pytest.mark.e2e
 @pytest.mark.parametrize("method", ["scratch", "random-same"])
 def test_scratch_and_same_width_peers_have_vibs_architecture(off_run, tmp_path, method):
     from vib_deploy.compare import run_peer
@@ -215,6 +224,7 @@ def test_scratch_and_same_width_peers_have_vibs_architecture(off_run, tmp_path, 
     assert {"pruned.onnx", "pruned_reduced.onnx", "bench.json"} <= {p.name for p in peer.path.iterdir()}
 
 
+@pytest.mark.e2e
 def test_peer_of_a_finetuned_vib_run_gets_its_epochs_and_runs_without_the_stage(on_run, tmp_path):
     from vib_deploy.compare import run_peer
 
