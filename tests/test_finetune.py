@@ -238,3 +238,14 @@ def test_peer_of_a_finetuned_vib_run_gets_its_epochs_and_runs_without_the_stage(
     assert got["architecture"] == RunDir(vib_dir).read_json("prune.json")["architecture"]
     assert "finetune" not in json.loads((peer.path / "manifest.json").read_text())["stages"]
     assert peer.read_json("export.json")["pruned"]["model_file"] == "pruned.pt"  # the peer's own fine-tuned net
+
+
+def test_the_finetune_command_of_a_run_with_it_off_is_exit_2(tmp_path):
+    from conftest import run_cli
+
+    assert run_cli("init", "pipelines/mnist-lenet300.yaml", "--run-dir", str(tmp_path / "r")).returncode == 0
+    for args in (("finetune", str(tmp_path / "r")),
+                 ("run", "pipelines/mnist-lenet300.yaml", "--run-dir", str(tmp_path / "r"), "--force", "finetune")):
+        proc = run_cli(*args)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr
+        assert proc.stderr.strip().splitlines()[-1] == "error: stage finetune is off in this config (train.finetune.epochs: 0)"
