@@ -38,6 +38,10 @@ def test_records_have_the_required_keys_and_matched_flops(compared):
         assert r["p50_ms"]["onnxruntime/b1/pruned"] > 0 and r["p50_ms"]["onnxruntime/b64/dense"] > 0
         if r["method"] != "vib":  # peers keep every input pixel, prune hidden units only
             assert r["architecture"][0] == 784 and r["architecture"][1:] != [300, 100]
+            # McNemar's counts are the two deployed models' per-image correctness: their difference is the error gap
+            t = r["vs_vib"]
+            assert t["n"] == r["test_samples"] and 0 <= t["p_value"] <= 1
+            assert t["a_only"] - t["b_only"] == round((r["error"] - vib["error"]) * t["n"])
 
 
 def test_peer_run_dirs_are_normal_runs_from_the_same_dense_net(compared):
@@ -57,6 +61,9 @@ def test_tables_and_plot(compared):
     md = (cwd / "docs" / "comparison.md").read_text()
     assert "## mnist-lenet300" in md and "network slimming" in md and " ± " in md and "| vib | 1 |" in md
     assert md.count("- vs ") == 3  # one verdict per peer
+    verdict_lines = [line for line in md.splitlines() if line.startswith("- vs ")]
+    assert "McNemar's exact test" in md and all(", p = " in line for line in verdict_lines)
+    assert all(any(w in line for w in ("**VIB better**", "**VIB worse**", "**tie**")) for line in verdict_lines)
     assert (cwd / "docs" / "img" / f"comparison-mnist-lenet300{TAG}.png").read_bytes()[:4] == b"\x89PNG"
     assert "tables:" in proc.stdout
 

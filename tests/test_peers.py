@@ -134,3 +134,84 @@ def test_a_non_sequential_net_is_a_clear_error():
 
     with pytest.raises(UserError, match="compare is not available for it yet"):
         dense_widths(Net())
+
+
+# -- scratch and same-width peers, budgets ----------------------------------------------------------
+def _config(*sets):
+    from vib_deploy.config import load_config
+    from conftest import ROOT
+
+    return load_config(ROOT / "pipelines/mnist-lenet300.yaml", ["train.dense.epochs=10", "train.vib.epochs=100", *sets])
+
+
+@pytest.mark.parametrize("finetune", [0, 20])
+def test_every_peer_gets_vibs_budget(finetune):
+    from vib_deploy.studies.peer_stage import epoch_budget
+
+    from vib_deploy.studies.peer_stage import PeerSpec
+
+    config = _config()  # a peer's own config: the finetune stage off (it is VIB's); VIB's epochs come with the spec
+    vib_after_dense = 100 + finetune
+    for method in METHODS:
+        b = epoch_budget(method, config, finetune)
+        assert b["sparsity"] + b["finetune"] == b["total"]
+        if method == "scratch":  # no dense stage to start from: the dense epochs too
+            assert b == {"sparsity": 0, "finetune": 10 + vib_after_dense, "total": 10 + vib_after_dense}
+        else:
+            assert b["total"] == vib_after_dense, method
+    slim = epoch_budget("slimming", config, finetune)
+    # slimming splits it as VIB does (sparsity = VIB epochs, then the fine-tune epochs); without a finetune stage, half/half
+    assert (slim["sparsity"], slim["finetune"]) == ((100, 20) if finetune else (50, 50))
+    section = PeerSpec("slimming", 1, "r", 784, (1, 1, 1), vib_finetune_epochs=finetune).section(config)
+    assert section["epochs"] == vib_after_dense and section.get("split", [50, 50]) == [slim["sparsity"], slim["finetune"]]
+
+
+def test_peer_keys_without_finetune_are_the_old_ones():
+    from vib_deploy.pipeline import keyed_section
+    from vib_deploy.studies.peer_stage import PeerSpec
+
+    config = _config()
+    t = config.train
+    old = {"method": "l1", "target_flops": 22_336, "tolerance": FLOPS_TOLERANCE, "slimming_l1": None, "epochs": t.vib.epochs,
+           "lr": t.vib.lr, "gate_lr": t.vib.gate_lr, "batch_size": t.batch_size, "seed": t.seed,
+           "data": keyed_section("data", config.data), "prune": config.prune.model_dump()}
+    assert PeerSpec("l1", 22_336, "runs/x", 784, (110, 83, 27)).section(config) == old
+    same = PeerSpec("l1-same", 22_336, "runs/x", 784, (110, 83, 27)).section(config)
+    assert same["widths"] == [110, 83, 27]
+    assert PeerSpec("scratch", 1, "r", 784, (110, 83, 27), "ab").section(config)["vib_model_sha256"] == "ab"
+    assert PeerSpec("l1", 1, "r", 784, (110, 83, 27)).vib_widths(2) == (110, [83, 27])
+    assert PeerSpec("l1", 1, "r", None, (4, 9, 60)).vib_widths(3) == (None, [4, 9, 60])
+
+
+def test_scratch_net_is_vibs_architecture_and_pixels_reinitialised():
+    from vib_deploy.layers import ChannelScale, PixelSelect, describe
+    from vib_deploy.studies.peers import scratch_net
+
+    torch.manual_seed(0)
+    kept = [3, 10, 50, 700]
+    vib = nn.Sequential(nn.Flatten(), PixelSelect(torch.tensor(kept)), nn.Linear(4, 6), nn.ReLU(),
+                        ChannelScale(-torch.ones(6)), nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 10))
+    net = scratch_net(vib)
+    assert describe(net) == [s for s in describe(vib) if s["type"] != "scale"]
+    assert next(m for m in net if isinstance(m, PixelSelect)).indices.tolist() == kept
+    assert dense_widths(net) == [6, 5]
+    assert not torch.equal(net[2].weight, vib[2].weight)  # fresh weights
+    assert net(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+
+
+def test_same_width_peers_keep_vibs_widths_and_pixel_count():
+    from vib_deploy.studies.peers import prune_pixels
+
+    torch.manual_seed(0)
+    dense = lenet300()
+    for name in ("l1-same", "random-same"):
+        method = METHODS[name]
+        hidden = prune_to_widths(dense, [83, 27], method.importance(), SHAPE)
+        assert dense_widths(hidden) == [83, 27]
+        seed = 0 if method.pixel_criterion == "random" else None
+        full, reduced, kept = prune_pixels(hidden, 110, seed)
+        assert len(kept) == 110 and dense_widths(full) == [83, 27]
+        x = torch.randn(4, *SHAPE)
+        assert torch.equal(full(x), reduced(x.flatten(1)[:, kept]))
+    # random pixels: seeded, and not the L1 choice
+    assert prune_pixels(hidden, 110, 0)[2] == prune_pixels(hidden, 110, 0)[2] != prune_pixels(hidden, 110)[2]

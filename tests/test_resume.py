@@ -27,7 +27,7 @@ from vib_deploy.errors import UserError
 from vib_deploy.runs import RunDir, sha256_file
 
 SETTINGS = ["data.train_limit=3000", "data.val_size=500", "data.test_limit=500", "train.dense.epochs=5",
-            "train.vib.epochs=4", "train.vib.finetune_epochs=1", "bench.rounds=1", "bench.iters_per_round=2",
+            "train.vib.epochs=4", "train.vib.finetune_epochs=1", "train.finetune.epochs=3", "bench.rounds=1", "bench.iters_per_round=2",
             "bench.warmup=0", "bench.batch_sizes=[1]", "bench.memory=false", "bench.backends=[onnxruntime]"]
 ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 POLL_S = 0.0005
@@ -123,6 +123,7 @@ def test_sigkill_anywhere_then_rerun_is_bitwise_equal(reference, tmp_path):
         ("mid-epoch, VIB", lambda: changed("train-vib.ckpt"), rng.uniform(0.2, 0.8) * epoch_s),
         ("during a VIB checkpoint write", lambda: writing("train-vib.ckpt"), 0.0),
         ("right after a VIB checkpoint", lambda: changed("train-vib.ckpt"), 0.0),
+        ("mid-epoch, finetune", lambda: changed("finetune.ckpt"), 0.1 * epoch_s),  # short: its 3 epochs are quick
         ("during export", lambda: exists("dense.onnx"), rng.uniform(0.0, 0.5)),
     ]
     killed = []
@@ -139,7 +140,8 @@ def test_sigkill_anywhere_then_rerun_is_bitwise_equal(reference, tmp_path):
             assert rc in (-signal.SIGKILL, 0), log.read_text()[-3000:]
             if rc == -signal.SIGKILL:
                 killed.append((what, hit, _ckpt_epoch(run_dir, "train-dense"), _ckpt_epoch(run_dir, "train-vib"),
-                               sorted(p.name for p in run_dir.glob(".*.tmp")), _stale_manifest(run_dir)))
+                               sorted(p.name for p in run_dir.glob(".*.tmp")), _stale_manifest(run_dir),
+                               _ckpt_epoch(run_dir, "finetune")))
         finally:
             if proc.poll() is None:
                 proc.kill()
@@ -147,18 +149,19 @@ def test_sigkill_anywhere_then_rerun_is_bitwise_equal(reference, tmp_path):
     # the plan really interrupted training: a dense and a VIB kill landed with that stage's epochs unfinished
     assert any(d is not None and d < 5 for _, _, d, *_ in killed), killed
     assert any(v is not None and v < 4 for _, _, _, v, *_ in killed), killed
+    assert any(k[-1] is not None and k[-1] < 3 for k in killed), killed  # and the finetune stage mid-way
     assert len(killed) >= 6, killed
 
     proc = _start(run_dir, log)
     assert proc.wait(timeout=300) == 0, f"kills: {killed}\n" + log.read_text()[-3000:]
 
-    for name in ("dense.pt", "vib.pt"):
+    for name in ("dense.pt", "vib.pt", "finetuned.pt"):
         ref, got = _weights(reference, name), _weights(run_dir, name)
         assert ref.keys() == got.keys()
         for key in ref:
             assert torch.equal(ref[key], got[key]), f"{name}:{key} differs after resume (kills: {killed})"
     # the history the checkpoints carried across kills is the uninterrupted one
-    for name in ("train-dense.json", "train-vib.json"):
+    for name in ("train-dense.json", "train-vib.json", "finetune.json"):
         assert json.loads((run_dir / name).read_text())["history"] == json.loads((reference / name).read_text())["history"]
 
     proc = run_cli("verify", str(run_dir))
@@ -179,7 +182,7 @@ def test_changed_vib_setting_reruns_from_train_vib(reference, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = proc.stderr.splitlines()
     assert [line.split()[1] for line in lines if line.startswith("[cached]")] == ["train-dense"]
-    assert [line.split()[1] for line in lines if line.startswith("[run]")] == ["train-vib", "prune", "export", "bench", "report"]
+    assert [line.split()[1] for line in lines if line.startswith("[run]")] == ["train-vib", "prune", "finetune", "export", "bench", "report"]
     assert (run_dir / "dense.pt").read_bytes() == dense and (run_dir / "train-dense.ckpt").read_bytes() == dense_ckpt
     # the old VIB checkpoint belongs to the old key: VIB training starts over instead of resuming from it
     assert json.loads((run_dir / "train-vib.json").read_text())["resumed_from_epoch"] == 0

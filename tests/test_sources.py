@@ -131,6 +131,12 @@ def test_user_model_through_the_whole_pipeline(tmp_path, mnist_root):
     pruned = load_model(run_dir / "pruned.pt")  # rebuilt by the factory + the pruning record
     assert sum(p.numel() for p in pruned.parameters()) < sum(p.numel() for p in build_net(BRANCHY, {}).parameters())
     assert run_cli("verify", str(run_dir)).returncode == 0
+    # the finetune stage on a factory net: saved as factory + pruning record, exported from finetuned.pt
+    tuned = run_cli("run", str(pipeline), "--run-dir", str(run_dir), *TINY, "--set", "train.finetune.epochs=1")
+    assert tuned.returncode == 0 and "[run] finetune" in tuned.stderr, tuned.stderr[-3000:]
+    export = json.loads((run_dir / "export.json").read_text())
+    assert export["pruned"]["model_file"] == "finetuned.pt" and export["pruned"]["max_abs_diff"] <= 1e-4
+    assert [p.shape for p in load_model(run_dir / "finetuned.pt").parameters()] == [p.shape for p in pruned.parameters()]
     # a changed model file retrains: the cache key holds the file's sha256
     copy = tmp_path / "branchy_copy.py"
     copy.write_text((ROOT / BRANCHY.split(":")[0]).read_text() + "\n# changed\n")

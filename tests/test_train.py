@@ -73,3 +73,14 @@ def test_checkpoint_of_other_key_is_not_resumed(tmp_path):
     train(gated_model("lenet300"), _spec(epochs=1, key="old"), _data(), run)
     result = train(gated_model("lenet300"), _spec(epochs=1, key="new"), _data(), run)
     assert result.resumed_from == 0
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "step"])
+def test_schedule_and_gate_weight_decay_are_what_the_spec_says(tmp_path, schedule):
+    torch.manual_seed(0)
+    model = gated_model("lenet300")
+    train(model, _spec(epochs=2, weight_decay=5e-5, gate_weight_decay=5e-5, schedule=schedule), _data(), RunDir(tmp_path))
+    groups = torch.load(tmp_path / "train-vib.ckpt", weights_only=True)["optimizer"]["param_groups"]
+    assert [g["weight_decay"] for g in groups] == [5e-5, 5e-5]  # weights and gates, as the official code
+    # step: lr x 0.5 every 30 epochs, so unchanged after 2; cosine over 2 epochs: 0 after 2
+    assert [g["lr"] for g in groups] == ([1e-3, 1e-2] if schedule == "step" else [0.0, 0.0])

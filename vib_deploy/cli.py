@@ -15,7 +15,7 @@ from typing import Any, Iterator, List, Optional
 import typer
 
 from vib_deploy.errors import UserError
-from vib_deploy.options import floats as _floats, int_list as _int_list, seeds as _seeds
+from vib_deploy.options import STAGE_COMMANDS, floats as _floats, int_list as _int_list, seeds as _seeds
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="VIB training → structural pruning → ONNX → measured speedup.")
@@ -108,14 +108,7 @@ def _stage_command(name: str, doc: str) -> None:
     app.command(name=name)(command)
 
 
-for _name, _doc in [
-    ("train-dense", "Train the dense net (best validation epoch kept)."),
-    ("train-vib", "Add VIB gates to the dense net and train with the VIB loss."),
-    ("export", "Export dense and pruned models to ONNX; checker + parity with torch."),
-    ("openvino", "OpenVINO IR (.xml + .bin + sidecar) of every ONNX model; parity with torch on the test set."),
-    ("quantize", "INT8 (QDQ ONNX) of the dense and pruned models, calibrated on training images; test error per engine."),
-    ("report", "Write metrics.json, report.md and plots, and print the final table."),
-]:
+for _name, _doc in STAGE_COMMANDS:
     _stage_command(_name, _doc)
 
 
@@ -299,7 +292,7 @@ def sweep(
 @app.command()
 def compare(
     pipeline: Path = typer.Argument(..., help="Pipeline file."),
-    methods: str = typer.Option("vib,l1,slimming,random", "--methods", help="vib plus peers: l1, slimming, random, magnitude, l1-pixels (MLPs)."),
+    methods: str = typer.Option("vib,l1,slimming,random", "--methods", help="vib plus peers: l1, slimming, random, magnitude, l1-pixels (MLPs), l1-same, random-same (VIB's widths), scratch."),
     match_flops: bool = typer.Option(True, "--match-flops/--no-match-flops", help="Peers pruned to the VIB model's FLOPs (±2 %)."),
     seeds: str = SEEDS,
     set_: Optional[List[str]] = typer.Option(None, "--set", help="Override a key for every run."),

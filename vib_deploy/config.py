@@ -77,6 +77,10 @@ class VIBTrainConfig(_Strict):
     kl_factor: float = Field(1e-5, ge=0)  # the one knob: loss = CE + kl_factor * sum of KL
     threshold: float = 0.0  # a unit is kept when logα < threshold
     finetune_epochs: int = Field(0, ge=0)  # of `epochs`, the last N train weights only, gates frozen (no noise, no KL)
+    weight_decay: float = Field(0.0, ge=0)  # Adam's L2 on weights AND gates (the official code: 5e-5 on both)
+    schedule: Literal["cosine", "step"] = "cosine"  # step: lr x 0.5 every 30 epochs (the official code)
+    # per-unit KL weight: the paper's (0.5 * kl_mult * map_size) or the FLOPs a unit costs now (vib_deploy/klweight.py)
+    kl_weighting: Literal["paper", "flops"] = "paper"
 
 
     @model_validator(mode="after")
@@ -86,6 +90,14 @@ class VIBTrainConfig(_Strict):
         return self
 
 
+class FinetuneConfig(_Strict):
+    """The `finetune` stage: the pruned plain net trained again (fresh Adam, cosine), best validation epoch kept."""
+
+    epochs: int = Field(0, ge=0)  # 0: off (the stage does not exist; export/bench use pruned.pt)
+    lr: float = Field(3e-4, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+
+
 class TrainConfig(_Strict):
     seed: int = 0
     batch_size: int = Field(100, ge=1)
@@ -93,6 +105,7 @@ class TrainConfig(_Strict):
     amp: Literal["off", "bf16", "fp16"] = "off"  # autocast dtype of the forward pass; fp16 adds a GradScaler
     dense: DenseTrainConfig = DenseTrainConfig()
     vib: VIBTrainConfig = VIBTrainConfig()
+    finetune: FinetuneConfig = FinetuneConfig()
 
     @field_validator("device")
     @classmethod
@@ -166,6 +179,12 @@ class PipelineConfig(_Strict):
     bench: BenchConfig = BenchConfig()
     quantize: QuantizeConfig = QuantizeConfig()
     track: TrackConfig = TrackConfig()  # experiment tracking; keys no stage (changing it reruns nothing)
+
+    @model_validator(mode="after")
+    def _flops_weighting_on_sequential(self) -> "PipelineConfig":
+        if self.train.vib.kl_weighting == "flops" and self.model.name not in ("lenet300", "lenet5"):
+            raise ValueError("train.vib.kl_weighting: flops supports the zoo LeNets (model.name lenet300 or lenet5) only")
+        return self
 
 
 def _describe(err: ValidationError, source: str) -> str:

@@ -16,6 +16,7 @@ from typing import Any, cast
 
 import numpy as np
 
+from vib_deploy.deployed import deployed_error, deployed_file
 from vib_deploy.errors import UserError
 from vib_deploy.runs import atomic_write, atomic_write_json
 
@@ -51,7 +52,7 @@ def openvino_ir(ctx: Any) -> list[str]:
         xml = ctx.out(f"{variant}.xml")
         sidecar = save_ir(ctx.run.verified(f"{variant}.onnx"), xml, lambda name, fn: atomic_write(ctx.out(name), fn))
         atomic_write_json(sidecar_path(xml), sidecar)
-        model = load_model(ctx.run.verified(f"{variant}.pt"))
+        model = load_model(ctx.run.verified(deployed_file(ctx.config, variant)))  # what the .onnx was made from
         report[variant] = {**parity(xml, model, x, cfg.tolerance, cfg.min_argmax_agreement, backend="openvino"),
                            "sidecar": sidecar}
         outputs += [xml.with_suffix(".bin").name, xml.name, sidecar_path(xml).name]
@@ -117,7 +118,7 @@ def quantize(ctx: Any) -> list[str]:
     cfg = ctx.config.quantize
     data = ctx.splits()
     images = calibration_images(data, cfg.calibration_images)
-    fp32_error = {"dense": ctx.read_json("train-dense.json")["test_error"], "pruned": ctx.read_json("prune.json")["test_error"]}
+    fp32_error = {"dense": ctx.read_json("train-dense.json")["test_error"], "pruned": deployed_error(ctx)}
     engines = [b for b in ("onnxruntime", "openvino") if BACKENDS[b].unavailable() is None]
     report: dict[str, Any] = {"calibration": {"split": "train", "images": len(images), "method": "minmax"},
                               "format": "QDQ", "weights": "int8 per channel" if cfg.per_channel else "int8 per tensor",

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from vib_deploy.bench import Variant, make_input, percentiles
+from vib_deploy.deployed import deployed_file
 from vib_deploy.errors import UserError
 
 BATCH_SIZES = (1, 8, 64, 256, 1024)
@@ -172,10 +173,10 @@ def _memory(runner: Any, x: Any, device: str, sampler_index: int) -> dict[str, A
     return out
 
 
-def _variants(run: Any) -> tuple[list[Variant], dict[str, Any]]:
-    info = run.read_json("prune.json")
+def _variants(run: Any, config: Any) -> tuple[list[Variant], dict[str, Any]]:
+    info, pruned = run.read_json("prune.json"), deployed_file(config, "pruned")  # finetuned.pt when that stage is on
     variants = [Variant("dense", {".pt": run.verified("dense.pt"), ".onnx": run.file("dense.onnx")}),
-                Variant("pruned", {".pt": run.verified("pruned.pt"), ".onnx": run.file("pruned.onnx")})]
+                Variant("pruned", {".pt": run.verified(pruned), ".onnx": run.file("pruned.onnx")})]
     return variants, info
 
 
@@ -265,7 +266,7 @@ def _bench_gpu(run_dir: Path, cases: list[Case], device: str, batch_sizes: tuple
 
     config = read_run_config(run_dir)
     run = RunDir(run_dir)
-    variants, info = _variants(run)
+    variants, info = _variants(run, config)
     shape = tuple(info["input_shape"])
     images = splits_of(config.data).x_test[:1024]
     check_x = make_input(variants[0], images, 256)

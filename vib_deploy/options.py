@@ -1,4 +1,5 @@
-"""Comma-separated command-line options (`--concurrency 1,4,16`, `--kl-factor 1e-5,3e-5`, `--seeds 0,1,2`): one parser."""
+"""Command-line helpers: comma-separated options (`--concurrency 1,4,16`, `--kl-factor 1e-5,3e-5`, `--seeds 0,1,2`):
+one parser; the stage commands that take only a run directory, with their help."""
 
 from __future__ import annotations
 
@@ -47,3 +48,15 @@ def bench_overrides(backends: str | None, precisions: str | None, batch_sizes: s
             raise UserError(f"--set {assignment!r}: bench takes bench.* keys only (the other stages' keys belong to `run`)")
         overrides.append(assignment)
     return overrides
+
+
+# `vib-deploy <stage> RUN_DIR` for the stages with no options of their own (prune and bench have their own commands)
+STAGE_COMMANDS = [
+    ("train-dense", "Train the dense net (best validation epoch kept)."),
+    ("train-vib", "Add VIB gates to the dense net and train with the VIB loss."),
+    ("finetune", "Train the pruned net again (train.finetune; best validation epoch kept, kept pixels unchanged)."),
+    ("export", "Export dense and pruned (fine-tuned when train.finetune is on) models to ONNX; checker + parity with torch."),
+    ("openvino", "OpenVINO IR (.xml + .bin + sidecar) of every ONNX model; parity with torch on the test set."),
+    ("quantize", "INT8 (QDQ ONNX) of the dense and pruned models, calibrated on training images; test error per engine."),
+    ("report", "Write metrics.json, report.md and plots, and print the final table."),
+]

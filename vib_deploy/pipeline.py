@@ -1,7 +1,9 @@
-"""The stage registry and `run`: train-dense -> train-vib -> prune -> export -> [openvino] -> [quantize] -> bench -> report.
+"""The stage registry and `run`: train-dense -> train-vib -> prune -> [finetune] -> export -> [openvino] -> [quantize]
+-> bench -> report.
 
-openvino and quantize run only when the config turns them on (`enabled`); a stage reads their outputs (and
-keys on them) only where they have run (`after`), so runs made before they existed keep their cache keys.
+finetune, openvino and quantize run only when the config turns them on (`enabled`; finetune: train.finetune.epochs > 0).
+A stage that is off is no input of the stages that need it, and a stage reads the outputs of an `after` stage (and
+keys on them) only where it has run, so runs made before these stages existed keep their cache keys.
 
 Each stage reads the artifacts of the stages it needs (sha256-verified against the manifest) and
 writes its own atomically. Its cache key hashes its config section, its inputs' sha256 and the
@@ -20,6 +22,7 @@ from typing import Any, Callable, Iterator
 
 from vib_deploy import __version__
 from vib_deploy.config import PipelineConfig, apply_override, config_to_yaml, load_config, parse_config
+from vib_deploy.deployed import finetuned
 from vib_deploy.errors import UserError
 from vib_deploy.runs import RunDir, atomic_write_text, sha256_file, stage_key
 
@@ -69,7 +72,8 @@ class Stage:
 # Keys added to a section after runs were made: keyed only when set, so existing runs stay cached.
 _KEYED_WHEN_SET = {"model": {"factory": None, "kwargs": {}, "input_shape": None, "ignore": []},
                    "data": {"pad": 0, "channels": None, "size": None, "normalize": False}, "train": {"amp": "off"},
-                   "bench": {"precisions": None}, "prune": {"round_to": 1}}
+                   "bench": {"precisions": None}, "prune": {"round_to": 1},
+                   "vib": {"kl_weighting": "paper", "weight_decay": 0.0, "schedule": "cosine"}}
 
 
 def keyed_section(name: str, section: Any) -> dict[str, Any]:
@@ -92,23 +96,36 @@ def _stages() -> list[Stage]:
 
     return [
         Stage("train-dense", (), lambda c: {**_train_common(c), "dense": c.train.dense.model_dump()}, s.train_dense, uses_data=True, all_ranks=True),
-        Stage("train-vib", ("train-dense",), lambda c: {**_train_common(c), "vib": c.train.vib.model_dump()}, s.train_vib, uses_data=True, all_ranks=True),
+        Stage("train-vib", ("train-dense",), lambda c: {**_train_common(c), "vib": keyed_section("vib", c.train.vib)}, s.train_vib, uses_data=True, all_ranks=True),
         Stage("prune", ("train-vib",), lambda c: {"prune": keyed_section("prune", c.prune), "data": keyed_section("data", c.data),
               **({"auto": {"backend": c.bench.backends[0], "threads": c.bench.threads}} if c.prune.round_to == "auto" else {})},
               s.prune, uses_data=True),
-        Stage("export", ("train-dense", "prune"), lambda c: {"export": c.export.model_dump(), "data": keyed_section("data", c.data)}, s.export, uses_data=True),
-        Stage("openvino", ("prune", "export"), lambda c: {"export": c.export.model_dump(), "data": keyed_section("data", c.data)},
+        Stage("finetune", ("prune",), lambda c: {**_train_common(c), "finetune": c.train.finetune.model_dump()}, s.finetune,
+              uses_data=True, all_ranks=True, enabled=finetuned),
+        Stage("export", ("train-dense", "prune", "finetune"), lambda c: {"export": c.export.model_dump(), "data": keyed_section("data", c.data)}, s.export, uses_data=True),
+        Stage("openvino", ("prune", "finetune", "export"), lambda c: {"export": c.export.model_dump(), "data": keyed_section("data", c.data)},
               cpu.openvino_ir, uses_data=True, enabled=lambda c: "openvino" in c.bench.backends),
-        Stage("quantize", ("train-dense", "prune", "export"), lambda c: {"quantize": c.quantize.model_dump(),
+        Stage("quantize", ("train-dense", "prune", "finetune", "export"), lambda c: {"quantize": c.quantize.model_dump(),
               "data": keyed_section("data", c.data)}, cpu.quantize, uses_data=True, enabled=lambda c: c.quantize.enabled),
-        Stage("bench", ("train-dense", "prune", "export"), lambda c: {"bench": keyed_section("bench", c.bench)}, s.bench,
+        Stage("bench", ("train-dense", "prune", "finetune", "export"), lambda c: {"bench": keyed_section("bench", c.bench)}, s.bench,
               after=("quantize",)),
-        Stage("report", ("train-dense", "train-vib", "prune", "export", "bench"), lambda c: {}, s.report,
+        Stage("report", ("train-dense", "train-vib", "prune", "finetune", "export", "bench"), lambda c: {}, s.report,
               after=("openvino", "quantize")),
     ]
 
 
-STAGE_NAMES = ["train-dense", "train-vib", "prune", "export", "openvino", "quantize", "bench", "report"]
+STAGE_NAMES = ["train-dense", "train-vib", "prune", "finetune", "export", "openvino", "quantize", "bench", "report"]
+_REFUSED_WHEN_OFF = {"finetune": "train.finetune.epochs: 0"}  # off, it has nothing to do (quantize off may still run alone)
+
+
+def enabled(name: str, config: PipelineConfig) -> bool:
+    """Whether stage `name` is on for `config` (its `Stage.enabled`); one that is off is no input of the others."""
+    return next(s for s in _stages() if s.name == name).enabled(config)
+
+
+def _check_enabled(name: str, config: PipelineConfig) -> None:
+    if name in _REFUSED_WHEN_OFF and not enabled(name, config):
+        raise UserError(f"stage {name} is off in this config ({_REFUSED_WHEN_OFF[name]})")
 
 
 def _data_hashes(ctx: Context) -> dict[str, str]:
@@ -120,6 +137,8 @@ def _input_hashes(ctx: Context, stage: Stage) -> dict[str, str]:
     hashes: dict[str, str] = {}
     needed = []
     for need in stage.needs:
+        if not enabled(need, ctx.config):  # a stage that is off (finetune) is no input: the keys of runs without it
+            continue
         entry = manifest["stages"].get(need)
         if entry is None:
             raise UserError(f"stage {stage.name} needs stage {need}, which has not run in {ctx.run.path}")
@@ -280,6 +299,8 @@ def run_pipeline(config: PipelineConfig, run_dir: Path | None = None, force: str
         raise UserError(f"--force {force!r}: not a stage; stages are {', '.join(STAGE_NAMES)}")
     from vib_deploy import distributed
 
+    if force is not None:
+        _check_enabled(force, config)
     run = open_run(config, run_dir)
     stages = _stages()
     if until is not None:
@@ -319,6 +340,7 @@ def run_single(run_dir: Path, stage_name: str, progress: Any = None, echo: Calla
     """Run one stage of an existing run directory (always reruns it); `overrides` (`a.b=value`) change its
     config.yaml when the stage commits with them."""
     config = read_run_config(run_dir)
+    _check_enabled(stage_name, config)
     run = RunDir(Path(run_dir))
     stage = {s.name: s for s in _stages()}[stage_name]
     if overrides:

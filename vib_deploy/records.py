@@ -66,6 +66,7 @@ class PeerInfo:
     finetune_epochs: int
     history: dict[str, Any]
     seconds: float
+    budget_epochs: int | None = None  # the epochs the peer was given (VIB's post-dense budget); None: made before budgets
 
 
 _EXACT = tuple(f.name for f in fields(ExactCheck))
@@ -98,7 +99,7 @@ class PruneRecord:
         if self.exact is not None:
             out.update(self.exact.to_json())
         if self.peer is not None:
-            out.update({k: getattr(self.peer, k) for k in _PEER})
+            out.update({k: getattr(self.peer, k) for k in _PEER if not (k == "budget_epochs" and self.peer.budget_epochs is None)})
         out.update({"architecture": self.architecture, "dense_architecture": self.dense_architecture,
                     "kept_pixels": self.kept_pixels, "test_error": self.test_error, "samples": self.samples,
                     "input_shape": list(self.input_shape),
@@ -122,7 +123,7 @@ class PruneRecord:
             input_shape=tuple(d.get("input_shape", MNIST_INPUT)), scales_left=d.get("scales_left"),
             kept_indices=d.get("kept_indices"), pruning=d.get("pruning"),
             exact=ExactCheck(**{k: d[k] for k in _EXACT if k in d}) if "max_abs_diff_float64" in d else None,
-            peer=PeerInfo(**{k: d[k] for k in _PEER}) if "method" in d else None,
+            peer=PeerInfo(**{k: d[k] for k in _PEER if k in d}) if "method" in d else None,
             round_to=d.get("round_to"), widths=d.get("widths"), record_version=d.get("record_version", 0))
 
     def write(self, path: Path) -> None:
@@ -178,20 +179,22 @@ class BenchFile:
     records: tuple[BenchRecord, ...]
     speedup: list[dict[str, Any]]
     machine: dict[str, Any]
+    model_files: dict[str, str] | None = None  # variant -> the .pt it was made from (None: a file made before finetune)
     record_version: int = RECORD_VERSION
 
     def p50_by_key(self) -> dict[str, float]:
         return {r.key: r.p50_ms for r in self.records}
 
     def to_json(self) -> dict[str, Any]:
+        files = {} if self.model_files is None else {"model_files": self.model_files}
         return {"record_version": self.record_version, "records": [r.to_json() for r in self.records],
-                "speedup": self.speedup, "machine": self.machine}
+                "speedup": self.speedup, "machine": self.machine, **files}
 
     @staticmethod
     def from_json(d: dict[str, Any]) -> "BenchFile":
         _check_version(d, "bench.json")
         return BenchFile(tuple(BenchRecord.from_json(r) for r in d["records"]), d["speedup"], d["machine"],
-                         d.get("record_version", 0))
+                         d.get("model_files"), d.get("record_version", 0))
 
     def write(self, path: Path) -> None:
         atomic_write_json(path, self.to_json())

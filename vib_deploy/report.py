@@ -7,6 +7,7 @@ from typing import Any, Callable
 
 from vib_deploy import __version__
 from vib_deploy.data import CLASS_NAMES
+from vib_deploy.deployed import finetuned
 from vib_deploy.deploy_matrix import headline_short, headlines, plot_speedup_vs_ideal, render_matrix
 from vib_deploy.plots import pyplot, save_png
 from vib_deploy.records import BenchFile, PruneRecord
@@ -20,6 +21,7 @@ def build_metrics(run: RunDir, config: Any) -> dict[str, Any]:
 
     dense, vib, export = (run.read_json(n) for n in ("train-dense.json", "train-vib.json", "export.json"))
     pruned, bench = PruneRecord.read(run), BenchFile.read(run)
+    tuned = run.read_json("finetune.json") if finetuned(config) else None
     flops_d, flops_p = pruned.dense.flops, pruned.pruned.flops
     params_d, params_p = pruned.dense.params, pruned.pruned.params
     return {
@@ -35,6 +37,9 @@ def build_metrics(run: RunDir, config: Any) -> dict[str, Any]:
         "pruned": {"error": pruned.test_error, "architecture": pruned.architecture, "flops": flops_p,
                    "params": params_p, "bytes": params_p * BYTES_PER_PARAM, "scales_left": pruned.scales_left,
                    **({"round_to": pruned.round_to, "widths": pruned.widths} if pruned.round_to is not None else {})},
+        "finetuned": None if tuned is None else {"error": tuned["test_error"], **{
+            k: tuned[k] for k in ("val_error", "pruned_val_error", "epochs", "best_epoch", "lr", "weight_decay", "seconds")}},
+        "deployed": "finetuned.pt" if tuned else "pruned.pt",  # what export, bench and ship use
         "prune": {k: getattr(pruned.exact, k, None) for k in ("max_abs_diff", "max_abs_diff_float64", "argmax_agreement", "reduced_max_abs_diff",
                                                              "reduced_max_abs_diff_float64", "tolerance", "logit_scale", "vib_fp32_rounding")},
         "export": {"max_abs_diff": max(v["max_abs_diff"] for v in export.values()),
@@ -59,9 +64,11 @@ def arch_string(metrics: dict[str, Any]) -> str:
 def summary_rows(metrics: dict[str, Any]) -> list[tuple[str, str]]:
     """The final table's rows: one screen that says what was gained."""
     d, v, p = metrics["dense"], metrics["vib"], metrics["pruned"]
+    f = metrics.get("finetuned")
+    tuned = (" / fine-tuned", f" / {f['error']:.2%}") if f else ("", "")
     rows = [
-        ("test error dense / VIB / pruned", f"{d['error']:.2%} / {v['error']:.2%} / {p['error']:.2%}"
-                                             f"  ({metrics['test_samples']:,} test images)"),
+        (f"test error dense / VIB / pruned{tuned[0]}", f"{d['error']:.2%} / {v['error']:.2%} / {p['error']:.2%}{tuned[1]}"
+                                                        f"  ({metrics['test_samples']:,} test images)"),
         ("architecture kept", arch_string(metrics)),
         ("KFLOPs dense → pruned", f"{d['flops'] / 1e3:,.1f} → {p['flops'] / 1e3:,.1f}  (ideal speedup {metrics['ideal_speedup']:.1f}×)"),
         ("parameters dense → pruned", f"{d['params']:,} → {p['params']:,}"),
@@ -161,12 +168,17 @@ def render_markdown(metrics: dict[str, Any], config: Any) -> str:
         for r in metrics["bench"]
     )
     limited = " (a limited test set: not comparable with published numbers)" if config.data.test_limit else ""
+    f = metrics.get("finetuned")
+    tuned = "" if not f else (
+        f"\nFine-tuned {f['epochs']} epochs (Adam lr {f['lr']:g}, weight decay {f['weight_decay']:g}, cosine); validation kept "
+        + (f"epoch {f['best_epoch']}." if f["best_epoch"] else "the pruned weights (no epoch beat them).")
+        + f" Exported, timed and shipped: `{metrics['deployed']}`.")
     m = metrics["machine"]
     pre = metrics["preprocessing"]
     return f"""# vib-deploy report: {config.name}
 
 Model `{metrics['model']}` on `{metrics['dataset']}`, kl_factor {metrics['vib']['kl_factor']:g},
-dense {metrics['dense']['epochs']} epochs (best validation epoch {metrics['dense']['best_epoch']}), VIB {metrics['vib']['epochs']} epochs (last epoch kept).
+dense {metrics['dense']['epochs']} epochs (best validation epoch {metrics['dense']['best_epoch']}), VIB {metrics['vib']['epochs']} epochs (last epoch kept).{tuned}
 
 | | |
 |---|---|
@@ -177,7 +189,7 @@ mean ({', '.join(f'{v:.4f}' for v in pre['mean'])}) and divided by std ({', '.jo
 model's metadata as `vib_deploy.preprocessing`).
 
 Errors are on the {metrics['test_samples']:,}-image test set{limited}, measured once per final model.
-The validation split (last {config.data.val_size:,} training images) chose the dense epoch; the test set chose nothing.
+The validation split (last {config.data.val_size:,} training images) chose the dense {'and fine-tuned epochs' if f else 'epoch'}; the test set chose nothing.
 Published VIB numbers are the best test error seen during training, which this report does not do.
 
 ## Latency (measured on {m['cpu']}, {m['cores']} cores, {metrics['bench'][0]['threads']} thread(s))

@@ -3,8 +3,12 @@
 Artifacts of a run directory (each stage writes them to `ctx.out(name)`; they move into place when it commits):
   train-dense: dense.pt, train-dense.json          train-vib: vib.pt, train-vib.json
   prune: pruned.pt, [pruned_reduced.pt], prune.json  export: *.onnx, export.json
+  finetune (train.finetune.epochs > 0): finetuned.pt, [finetuned_reduced.pt], finetune.json
   bench: bench.json                                 report: metrics.json, report.md, plots/*.png
   (cpu_deploy.py) openvino: *.xml, *.bin, *.xml.json, openvino.json   quantize: *_int8.onnx, quantize.json
+
+Export, openvino, quantize, bench (and so ship) take the deployed net, `deployed_file` (deployed.py): finetuned.pt
+when the finetune stage is on, else pruned.pt; the exactness check stays in prune (pruned vs VIB).
 
 Under torchrun every rank runs the training stages (the loop is data-parallel) and rank 0 alone writes
 their artifacts; the other stages run on rank 0 only (see `pipeline.run_stage`).
@@ -19,6 +23,7 @@ from typing import Any
 import torch
 
 from vib_deploy import distributed
+from vib_deploy.deployed import deployed_error, deployed_file
 from vib_deploy.errors import UserError
 from vib_deploy.layers import count_flops, count_params
 from vib_deploy.modelfile import load_model
@@ -81,9 +86,15 @@ def train_vib(ctx: Any) -> list[str]:
     dense = load_model(ctx.run.verified("dense.pt"))  # before seeding: the gates' init draws come first after it
     torch.manual_seed(ctx.config.train.seed)
     gated = source.gated(dense, cfg.threshold)
+    weighting = None
+    if cfg.kl_weighting == "flops":
+        from vib_deploy.klweight import FlopsWeighting
+
+        weighting = FlopsWeighting(gated, source.input_shape)
     t0 = time.time()
-    result = train(gated, _spec(ctx, "train-vib", epochs=cfg.epochs, lr=cfg.lr, gate_lr=cfg.gate_lr,
-                                kl_factor=cfg.kl_factor, finetune_epochs=cfg.finetune_epochs), data, ctx.run, ctx.progress)
+    result = train(gated, _spec(ctx, "train-vib", epochs=cfg.epochs, lr=cfg.lr, gate_lr=cfg.gate_lr, kl_factor=cfg.kl_factor,
+                                finetune_epochs=cfg.finetune_epochs, kl_weighting=weighting, weight_decay=cfg.weight_decay,
+                                gate_weight_decay=cfg.weight_decay, schedule=cfg.schedule), data, ctx.run, ctx.progress)
     seconds = time.time() - t0
     gated = gated.cpu()
     masks = distributed.same_on_all_ranks("gate masks", mask_digest(gated))  # what pruning will cut, from every rank
@@ -96,7 +107,8 @@ def train_vib(ctx: Any) -> list[str]:
             "gates": gate_summary(gated), "architecture": source.architecture(gated),
             "world_size": distributed.world_size(), "images_per_second": result.images_per_second,
             "epoch_seconds": result.epoch_seconds,
-            "mask_sha256_per_rank": masks,
+            "mask_sha256_per_rank": masks, "kl_weighting": cfg.kl_weighting,
+            **({"kl_unit_weights": weighting.weights()} if weighting else {}),  # at the final widths
         })
         return ["vib.pt", "train-vib.json"]
 
@@ -155,6 +167,46 @@ def _round(ctx: Any, source: Any, vib_model: torch.nn.Module, data: Any) -> list
     return widths
 
 
+def finetune(ctx: Any) -> list[str]:
+    """The pruned plain net trained again: fresh Adam, cosine, `train.finetune`; the best validation epoch is
+    kept, the pruned weights themselves (epoch 0) included. Kept pixels (PixelSelect indices) are buffers and
+    never change; the reduced-input net is this net without its PixelSelect."""
+    from vib_deploy.prune.sequential import reduced_input
+    from vib_deploy.train import train
+
+    cfg = ctx.config.train.finetune
+    data = ctx.splits()
+    source = model_source(ctx.config)
+    info = PruneRecord.read(ctx.run)
+    model = load_model(ctx.run.verified("pruned.pt"))
+    torch.manual_seed(ctx.config.train.seed)
+    t0 = time.time()
+    result = train(model, _spec(ctx, "finetune", epochs=cfg.epochs, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                select_best=True, keep_start=True), data, ctx.run, ctx.progress)
+    seconds = time.time() - t0
+    model = model.cpu().eval()
+
+    def write() -> list[str]:
+        extra = {"kept_pixels": info.kept_pixels}
+        source.save(model, ctx.out("finetuned.pt"), extra, pruning=info.pruning)
+        outputs = ["finetuned.pt"]
+        if info.kept_pixels is not None:
+            assert isinstance(model, torch.nn.Sequential)
+            source.save(reduced_input(model), ctx.out("finetuned_reduced.pt"), extra)
+            outputs.append("finetuned_reduced.pt")
+        start = result.start_val_acc
+        atomic_write_json(ctx.out("finetune.json"), {
+            "epochs": cfg.epochs, "lr": cfg.lr, "weight_decay": cfg.weight_decay, "history": result.history,
+            "best_epoch": result.best_epoch, "resumed_from_epoch": result.resumed_from, "seconds": seconds,
+            "pruned_val_error": None if start is None else 1.0 - start, "pruned_test_error": info.test_error,
+            "test_error": _error(model, data.x_test, data.y_test), "val_error": _error(model, data.x_val, data.y_val),
+            "world_size": distributed.world_size(), "images_per_second": result.images_per_second,
+        })
+        return outputs + ["finetune.json"]
+
+    return distributed.on_main(write)
+
+
 def export(ctx: Any) -> list[str]:
     """ONNX for dense, pruned (full image) and pruned_reduced (kept pixels), each checked and compared."""
     from vib_deploy.export import export_onnx, onnx_summary, parity
@@ -169,7 +221,7 @@ def export(ctx: Any) -> list[str]:
     for variant in ("dense", "pruned", "pruned_reduced"):
         if variant == "pruned_reduced" and kept_pixels is None:
             continue
-        model = load_model(ctx.run.verified(f"{variant}.pt"))
+        model = load_model(ctx.run.verified(deployed_file(ctx.config, variant)))
         x = x_test
         shape: tuple[int, ...] = prune_info.input_shape
         meta = {"vib_deploy.variant": variant, "vib_deploy.run": ctx.config.name,
@@ -183,6 +235,7 @@ def export(ctx: Any) -> list[str]:
         export_onnx(model, path, shape, cfg.opset, meta)
         report[variant] = {**parity(path, model, x, cfg.tolerance, cfg.min_argmax_agreement), **onnx_summary(path)}
         report[variant].pop("metadata")
+        report[variant]["model_file"] = deployed_file(ctx.config, variant)
         outputs.append(f"{variant}.onnx")
     atomic_write_json(ctx.out("export.json"), report)
     return outputs + ["export.json"]
@@ -194,9 +247,12 @@ def bench(ctx: Any) -> list[str]:
 
     cfg = ctx.config.bench
     images = ctx.splits().x_test[:512]
-    records = run_bench(bench_variants(ctx), images, cfg.backends, cfg.batch_sizes, cfg.threads, cfg.rounds,
+    variants = bench_variants(ctx)
+    records = run_bench(variants, images, cfg.backends, cfg.batch_sizes, cfg.threads, cfg.rounds,
                         cfg.iters_per_round, cfg.warmup, cfg.memory, ctx.progress)
-    BenchFile(tuple(BenchRecord.from_json(r) for r in records), speedups(records), machine_info()).write(ctx.out("bench.json"))
+    files = {v.name: deployed_file(ctx.config, v.name) for v in variants if v.precision == "fp32"}
+    BenchFile(tuple(BenchRecord.from_json(r) for r in records), speedups(records), machine_info(),
+              model_files=files).write(ctx.out("bench.json"))
     return ["bench.json"]
 
 
@@ -210,9 +266,10 @@ def bench_variants(ctx: Any) -> list[Any]:
     widths = {"dense": prune_info["dense_architecture"], "pruned": prune_info["architecture"]}
     widths["pruned_reduced"] = widths["pruned"]
     names = ["dense", "pruned"] + (["pruned_reduced"] if prune_info["kept_pixels"] is not None else [])
-    variants = [Variant(n, {".onnx": run.verified(f"{n}.onnx"), ".pt": run.verified(f"{n}.pt")},
+    pruned_error = deployed_error(ctx)  # the fine-tuned net's when the finetune stage is on
+    variants = [Variant(n, {".onnx": run.verified(f"{n}.onnx"), ".pt": run.verified(deployed_file(ctx.config, n))},
                         prune_info["kept_pixels"] if n == "pruned_reduced" else None, "fp32",
-                        {"*": dense_error if n == "dense" else prune_info["test_error"]}, widths[n]) for n in names]
+                        {"*": dense_error if n == "dense" else pruned_error}, widths[n]) for n in names]
     precisions = ctx.config.bench.precisions or (["fp32", "int8"] if ctx.config.quantize.enabled else ["fp32"])
     if "int8" in precisions:
         if "quantize" not in run.manifest()["stages"]:

@@ -26,7 +26,6 @@ import hashlib
 import math
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -35,8 +34,8 @@ from torch import nn
 
 from vib_deploy import distributed
 from vib_deploy.accel import amp_context, on_device
-from vib_deploy.errors import UserError, first_line
-from vib_deploy.modelfile import to_bytes
+from vib_deploy.checkpoint import checkpoint_state, load_checkpoint, restore_rng, save_checkpoint
+from vib_deploy.errors import UserError
 from vib_deploy.runs import RunDir
 from vib_deploy.vib import VIBGate, gates, total_kl, vib_loss
 
@@ -53,18 +52,23 @@ class TrainSpec:
     seed: int
     device: torch.device
     weight_decay: float = 0.0
+    gate_weight_decay: float = 0.0  # VIB only: the official code decays the gates like the weights
+    schedule: str = "cosine"  # cosine (to 0 over `epochs`) | step (lr x 0.5 every 30 epochs, the official VIBNet code)
     gate_lr: float | None = None  # VIB only: Adam group of the gates
     kl_factor: float | None = None  # VIB only
     select_best: bool = False  # keep the epoch with the best validation accuracy (dense)
     finetune_epochs: int = 0  # VIB only: last N epochs with gates frozen at their inference value z = mu * mask
     l1: float = 0.0  # network slimming (studies/peers.py): + l1 * sum |mu| of the gates
     amp: str = "off"  # off | bf16 | fp16: autocast of forward + loss (fp16 with a GradScaler); off is the fp32 path
+    kl_weighting: Any = None  # VIB only: a klweight.FlopsWeighting of the model (None: the paper's weights)
+    keep_start: bool = False  # with select_best: the weights it starts from are a candidate too (epoch 0)
 
 
 @dataclass
 class TrainResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     best_epoch: int = 0
+    start_val_acc: float | None = None  # validation accuracy of the starting weights (keep_start)
     resumed_from: int = 0  # epochs done before this process started
     images_per_second: float | None = None  # training images over the wall time of the epochs run here
     epoch_seconds: list[float] = field(default_factory=list)  # wall time of each epoch run here (steps, validation, checkpoint)
@@ -113,40 +117,8 @@ def _optimizer(model: nn.Module, spec: TrainSpec) -> torch.optim.Optimizer:
     weights = [p for p in model.parameters() if id(p) not in gate_ids]
     groups: list[dict[str, Any]] = [{"params": weights, "lr": spec.lr, "weight_decay": spec.weight_decay}]
     if gate_params:
-        groups.append({"params": gate_params, "lr": spec.gate_lr or spec.lr, "weight_decay": 0.0})
+        groups.append({"params": gate_params, "lr": spec.gate_lr or spec.lr, "weight_decay": spec.gate_weight_decay})
     return torch.optim.Adam(groups)
-
-
-def _rng_state() -> dict[str, Any]:
-    return {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
-
-
-def _checkpoint_state(model, opt, sched, gen, epoch, best, best_state, history, key) -> dict[str, Any]:
-    rng = _rng_state()
-    state = {
-        "key": key, "epoch": epoch, "best": best, "history": history,
-        "model": model.state_dict(), "best_model": best_state,
-        "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-        "rng_torch": rng["torch"], "rng_shuffle": gen.get_state(), "rng_cuda": rng["cuda"],
-    }
-    if distributed.active():  # a collective: every rank calls this, rank 0 writes the result
-        state["world_size"] = distributed.world_size()
-        state["rng_ranks"] = distributed.all_gather(rng)
-    return state
-
-
-def _restore_rng(ckpt: dict[str, Any], gen: torch.Generator, path: Path, epochs_left: int) -> None:
-    """The shuffling generator and this rank's global RNG (gate noise) as they were at the checkpoint."""
-    saved_world, world = ckpt.get("world_size", 1), distributed.world_size()
-    if saved_world != world and epochs_left > 0:
-        raise UserError(f"{path} was written by a {saved_world}-process run and has {epochs_left} epoch(s) left, but this "
-                        f"run has {world} process(es); resume with {saved_world} (each rank's gate-noise RNG is in it) "
-                        "or delete the checkpoint to start the stage over")
-    gen.set_state(ckpt["rng_shuffle"])
-    own = ckpt["rng_ranks"][distributed.rank()] if saved_world > 1 else {"torch": ckpt["rng_torch"], "cuda": ckpt["rng_cuda"]}
-    torch.set_rng_state(own["torch"])
-    if own["cuda"]:
-        torch.cuda.set_rng_state_all(own["cuda"])
 
 
 def _replicated(model: nn.Module, device: torch.device) -> nn.Module:
@@ -173,25 +145,6 @@ def _sharded_accuracy(model: nn.Module, x: np.ndarray, y: np.ndarray, device: to
     lo, hi = len(y) * rank // world, len(y) * (rank + 1) // world
     correct = int((predict(model, x[lo:hi], device).argmax(1).numpy() == y[lo:hi]).sum()) if hi > lo else 0
     return int(distributed.all_reduce_sum(torch.tensor(correct))) / len(y)
-
-
-def _save_checkpoint(run: RunDir, stage: str, name: str, state: dict[str, Any]) -> None:
-    data = to_bytes(state)  # in memory first: a disk-full error can say how much was needed
-    run.write_artifact(stage, name, lambda tmp: tmp.write_bytes(data), len(data))
-
-
-def _load_checkpoint(run: RunDir, name: str) -> dict[str, Any] | None:
-    path = run.file(name)
-    if not path.exists():
-        return None
-    run.verified(name)  # a truncated or altered checkpoint is an error, never a silent restart
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises many types for garbage files
-        raise UserError(f"{path}: not a loadable checkpoint ({type(e).__name__}: {first_line(e)})") from e
-    if not isinstance(ckpt, dict) or "key" not in ckpt or "epoch" not in ckpt:
-        raise UserError(f"{path}: not a vib-deploy training checkpoint")
-    return ckpt
 
 
 @dataclass
@@ -224,7 +177,9 @@ def train(model: nn.Module, spec: TrainSpec, data: Any, run: RunDir | None, prog
     device = spec.device
     model.to(device)
     opt = _optimizer(model, spec)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=spec.epochs)
+    sched: torch.optim.lr_scheduler.LRScheduler = (
+        torch.optim.lr_scheduler.StepLR(opt, step_size=30, gamma=0.5) if spec.schedule == "step"
+        else torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=spec.epochs))
     loop = _Loop(opt, sched, torch.Generator().manual_seed(spec.seed))  # one global permutation on every rank
     torch.manual_seed(spec.seed + distributed.rank())  # gate noise: each rank draws its own
     world = distributed.world_size()
@@ -235,6 +190,9 @@ def train(model: nn.Module, spec: TrainSpec, data: Any, run: RunDir | None, prog
         model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     if run is not None:
         _resume(model, spec, run, loop, result, progress)
+    if loop.start == 0 and spec.select_best and spec.keep_start:  # epoch 0: kept unless an epoch beats it on validation
+        loop.best = result.start_val_acc = accuracy(model, data.x_val, data.y_val, device)
+        loop.best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
 
     x_train, y_train = on_device(data.x_train, data.y_train, device)
     n = len(x_train)
@@ -262,6 +220,8 @@ def train(model: nn.Module, spec: TrainSpec, data: Any, run: RunDir | None, prog
     if spec.select_best and loop.best_state is not None:
         model.load_state_dict(loop.best_state)
         result.best_epoch = max(range(len(result.history)), key=lambda i: result.history[i]["val_acc"]) + 1
+        if result.start_val_acc is not None and result.start_val_acc >= result.history[result.best_epoch - 1]["val_acc"]:
+            result.best_epoch = 0  # no epoch beat the starting weights
     else:
         result.best_epoch = len(result.history)
     return result
@@ -270,17 +230,18 @@ def train(model: nn.Module, spec: TrainSpec, data: Any, run: RunDir | None, prog
 def _resume(model: nn.Module, spec: TrainSpec, run: RunDir, loop: _Loop, result: TrainResult, progress: Any) -> None:
     """Model, optimizer, scheduler, RNGs and history from `<stage>.ckpt` when it was written under this key; says so."""
     ckpt_name = f"{spec.stage}.ckpt"
-    ckpt = _load_checkpoint(run, ckpt_name)
+    ckpt = load_checkpoint(run, ckpt_name)
     if ckpt is not None and ckpt["key"] == spec.key and ckpt["epoch"] <= spec.epochs:
         model.load_state_dict(ckpt["model"])
         loop.opt.load_state_dict(ckpt["optimizer"])
         loop.sched.load_state_dict(ckpt["scheduler"])
         if loop.scaler is not None and "scaler" in ckpt:
             loop.scaler.load_state_dict(ckpt["scaler"])
-        _restore_rng(ckpt, loop.gen, run.file(ckpt_name), spec.epochs - ckpt["epoch"])
+        restore_rng(ckpt, loop.gen, run.file(ckpt_name), spec.epochs - ckpt["epoch"])
         loop.start, loop.best, loop.best_state = ckpt["epoch"], ckpt["best"], ckpt["best_model"]
         result.history = list(ckpt["history"])
         result.resumed_from = loop.start
+        result.start_val_acc = ckpt.get("start_val_acc")
         if progress is not None and loop.start < spec.epochs:  # a resume must not look like a restart
             saved = datetime.datetime.fromtimestamp(run.file(ckpt_name).stat().st_mtime).strftime("%H:%M:%S")
             progress.console.print(f"{spec.stage}: resuming at epoch {loop.start + 1}/{spec.epochs} from "
@@ -321,10 +282,10 @@ def _train_epoch(model: nn.Module, spec: TrainSpec, loop: _Loop, x_train: torch.
         with loop.autocast():
             logits = net(xb)
             if spec.kl_factor is not None and not finetune:
-                loss, ce, kl = vib_loss(logits, yb, model, spec.kl_factor)
+                loss, ce, kl = vib_loss(logits, yb, model, spec.kl_factor, spec.kl_weighting)
             else:
                 loss = ce = nn.functional.cross_entropy(logits, yb)
-                kl = total_kl(model).detach() if spec.kl_factor is not None else torch.zeros(())
+                kl = total_kl(model, spec.kl_weighting).detach() if spec.kl_factor is not None else torch.zeros(())
         if spec.l1:  # network slimming's sparsity term on the per-unit scales
             loss = loss + spec.l1 * torch.stack([g.mu.abs().sum() for g in gates(model)]).sum()
         if ce_weight != 1.0:
@@ -369,11 +330,12 @@ def _end_epoch(model: nn.Module, spec: TrainSpec, loop: _Loop, data: Any, means:
         loop.best = val_acc
         loop.best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     if run is not None:
-        state = _checkpoint_state(model, loop.opt, loop.sched, loop.gen, epoch + 1, loop.best, loop.best_state,
+        state = checkpoint_state(model, loop.opt, loop.sched, loop.gen, epoch + 1, loop.best, loop.best_state,
                                   result.history, spec.key)
         if loop.scaler is not None:
             state["scaler"] = loop.scaler.state_dict()
-        distributed.on_main(lambda: _save_checkpoint(run, spec.stage, f"{spec.stage}.ckpt", state))
+        state["start_val_acc"] = result.start_val_acc
+        distributed.on_main(lambda: save_checkpoint(run, spec.stage, f"{spec.stage}.ckpt", state))
     result.epoch_seconds.append(time.perf_counter() - loop.epoch_started)
     if progress is not None:
         alive = "-".join(map(str, record["units_alive"]))

@@ -13,6 +13,8 @@ a conv gate on an S x S map (the official VGG configs) and 1 for a linear gate.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -46,9 +48,13 @@ class VIBGate(nn.Module):
         """The deterministic gate: mu where kept, 0 where pruned."""
         return self.mu * self.keep_mask().to(self.mu.dtype)
 
+    def unit_kl(self) -> torch.Tensor:
+        """sum over units of log(1 + mu^2 / (exp(logD) + 1e-8)): the KL before its per-unit weight."""
+        return torch.log1p(self.mu.pow(2) / (self.logD.exp() + EPS)).sum()
+
     def kl(self) -> torch.Tensor:
         """KL term of this gate layer per sample: 0.5 * kl_mult * map_size * sum log(1 + mu^2 / (exp(logD) + 1e-8))."""
-        return 0.5 * self.kl_mult * self.map_size * torch.log1p(self.mu.pow(2) / (self.logD.exp() + EPS)).sum()
+        return 0.5 * self.kl_mult * self.map_size * self.unit_kl()
 
     def _shape(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         # (B, C) -> (B, C, 1, 1) for a (B, C, H, W) input: one draw per channel, shared over H x W
@@ -70,13 +76,17 @@ def gates(model: nn.Module) -> list[VIBGate]:
     return [m for m in model.modules() if isinstance(m, VIBGate)]
 
 
-def total_kl(model: nn.Module) -> torch.Tensor:
-    """Sum of the KL terms of all gates (per sample, independent of batch size)."""
+def total_kl(model: nn.Module, weighting: Any = None) -> torch.Tensor:
+    """Sum of the KL terms of all gates (per sample, independent of batch size); `weighting` (a
+    `klweight.FlopsWeighting` of this model) replaces the paper's per-unit weights with its own."""
+    if weighting is not None:
+        return weighting.total_kl()
     return torch.stack([g.kl() for g in gates(model)]).sum()
 
 
-def vib_loss(logits: torch.Tensor, targets: torch.Tensor, model: nn.Module, kl_factor: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def vib_loss(logits: torch.Tensor, targets: torch.Tensor, model: nn.Module, kl_factor: float,
+             weighting: Any = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Loss = mean cross-entropy + kl_factor * sum of KL. Returns (loss, ce, kl)."""
     ce = nn.functional.cross_entropy(logits, targets)
-    kl = total_kl(model)
+    kl = total_kl(model, weighting)
     return ce + kl_factor * kl, ce, kl

@@ -153,9 +153,12 @@ def prune_sequential(vib_model: nn.Sequential, input_shape: tuple[int, ...]) -> 
             scales_left += 1
     pruned = nn.Sequential(*(m for m in layers if not isinstance(m, nn.Identity))).eval()
 
-    reduced = None
-    if kept_pixels is not None:
-        select_at = next(i for i, m in enumerate(pruned) if isinstance(m, PixelSelect))
-        reduced = nn.Sequential(*list(pruned)[select_at + 1 :]).eval()
+    reduced = reduced_input(pruned) if kept_pixels is not None else None
     kept = [torch.nonzero(m).flatten().tolist() for m in masks]
     return PruneResult(pruned, reduced, kept_pixels, kept, scales_left)
+
+
+def reduced_input(pruned: nn.Sequential) -> nn.Sequential:
+    """The layers after `pruned`'s PixelSelect (shared, not copied): the net that takes only the kept pixels."""
+    select_at = next(i for i, m in enumerate(pruned) if isinstance(m, PixelSelect))
+    return nn.Sequential(*list(pruned)[select_at + 1 :]).eval()

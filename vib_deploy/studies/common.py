@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from vib_deploy.config import PipelineConfig, load_config
+from vib_deploy.deployed import finetuned
 from vib_deploy.errors import UserError
 from vib_deploy.pipeline import read_run_config, run_pipeline
 from vib_deploy.records import BenchFile, PruneRecord
@@ -80,10 +81,13 @@ def run_record(run: RunDir, method: str) -> dict[str, Any]:
     """model, method, seed, error, flops, params, bytes, architecture and ORT/torch p50s of a finished run."""
     config = read_run_config(run.path)
     prune = PruneRecord.read(run)
+    tuned = run.read_json("finetune.json") if finetuned(config) else None  # the deployed net's error
     return {
         "model": config.model.name, "pipeline": config.name, "method": method, "seed": config.train.seed,
-        "kl_factor": config.train.vib.kl_factor if method == "vib" else None,
-        "run_dir": str(run.path), "error": prune.test_error, "test_samples": prune.samples,
+        "kl_factor": config.train.vib.kl_factor if method == "vib" else None, "run_dir": str(run.path),
+        "error": tuned["test_error"] if tuned else prune.test_error, "error_pruned": prune.test_error,
+        "finetune": {k: tuned[k] for k in ("epochs", "lr", "weight_decay", "best_epoch")} if tuned else None,
+        "test_samples": prune.samples,
         "architecture": prune.architecture, "dense_architecture": prune.dense_architecture,
         "flops": prune.pruned.flops, "params": prune.pruned.params, "bytes": prune.pruned.params * 4,
         "dense_flops": prune.dense.flops, "dense_params": prune.dense.params, "p50_ms": BenchFile.read(run).p50_by_key(),

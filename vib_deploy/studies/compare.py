@@ -2,7 +2,7 @@
 
 Per seed: the VIB point `runs/<name>-kl<K>-s<seed>/` (see `sweep.run_point`), then one run directory
 per peer, `runs/<name>-kl<K>-s<seed>-<method>/`, holding a copy of the VIB run's dense stage, a `prune`
-stage of its own (`peers.peer_prune`: prune to the VIB FLOPs, fine-tune) and the pipeline's own
+stage of its own (`peer_stage.peer_prune`: prune to the VIB FLOPs, fine-tune) and the pipeline's own
 `export` and `bench` stages, cached like any run. The records of every run go to
 `docs/comparison.json` (records of other pipelines, methods or seeds already there are kept) and the tables, mean ± std
 over seeds and per seed, to `docs/comparison.md`, plots to `docs/img/`.
@@ -14,23 +14,29 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
-from vib_deploy.config import PipelineConfig
+from vib_deploy.config import FinetuneConfig, PipelineConfig
 from vib_deploy.errors import UserError
 from vib_deploy.modelfile import load_model
 from vib_deploy.pipeline import Context, Stage, _stages, run_stage, write_config
 from vib_deploy.plots import pyplot, save_png
 from vib_deploy.records import PruneRecord
 from vib_deploy.runs import RunDir, atomic_write_json, atomic_write_text
+from vib_deploy.stats import paired
 from vib_deploy.studies.common import RUNS, Echo, copy_stage, mean_std, override_tag, point_config, run_point, run_record
-from vib_deploy.studies.peers import METHODS, PeerSpec, check_methods, dense_widths, peer_prune
+from vib_deploy.studies.peer_stage import PeerSpec, peer_prune
+from vib_deploy.studies.peers import METHODS, check_methods, dense_widths
 
 
 def run_peer(config: PipelineConfig, vib_run: RunDir, method: str, progress: Any = None, echo: Echo = print) -> RunDir:
     """One peer of a finished VIB run: its own run directory, the same dense stage, export and bench."""
+    # a peer fine-tunes in its own prune stage; the pipeline's finetune stage is VIB's (off here, so not an input)
+    vib_finetune = config.train.finetune.epochs
+    config = config.model_copy(update={"train": config.train.model_copy(update={"finetune": FinetuneConfig.model_validate({})})})
     vib_prune = PruneRecord.read(vib_run)
     hidden = len(dense_widths(load_model(vib_run.verified("dense.pt"))))
     arch = vib_prune.dense_architecture
-    spec = PeerSpec(method, vib_prune.pruned.flops, str(vib_run.path), arch[0] if len(arch) == hidden + 1 else None)
+    spec = PeerSpec(method, vib_prune.pruned.flops, str(vib_run.path), arch[0] if len(arch) == hidden + 1 else None,
+                    tuple(vib_prune.architecture), vib_run.manifest()["artifacts"]["pruned.pt"]["sha256"], vib_finetune)
     run = RunDir(Path(f"{vib_run.path}-{method}"))
     copy_stage(vib_run, run, "train-dense")
     stages = [Stage("prune", ("train-dense",), spec.section, lambda ctx: peer_prune(ctx, spec), uses_data=True)]
@@ -56,13 +62,30 @@ def compare(pipeline: Path, methods: Sequence[str], seeds: Sequence[int], overri
         vib_run = run_point(config, runs, progress, echo, override_tag(overrides))
         vib = {**run_record(vib_run, "vib"), "pipeline_file": str(pipeline), "overrides": list(overrides)}
         records.append(vib)
+        vib_correct = per_image_correct(vib_run)
         for method in methods:
             if method != "vib":
                 echo(f"== {config.name} seed {seed}: {method} at the VIB model's {vib['flops']:,} FLOPs")
-                records.append({**run_record(run_peer(config, vib_run, method, progress, echo), method),
-                                "pipeline_file": str(pipeline), "overrides": list(overrides)})
+                peer_run = run_peer(config, vib_run, method, progress, echo)
+                records.append({**run_record(peer_run, method), "pipeline_file": str(pipeline), "overrides": list(overrides),
+                                "vs_vib": paired(vib_correct, per_image_correct(peer_run)).to_json()})
     write_comparison(records, docs)
     return records
+
+
+def per_image_correct(run: RunDir) -> Any:
+    """Whether the run's deployed model (fine-tuned when its finetune stage is on, else pruned) gets each test image right."""
+    import torch
+
+    from vib_deploy.data import splits_of
+    from vib_deploy.pipeline import read_run_config
+    from vib_deploy.deployed import deployed_file
+    from vib_deploy.train import predict
+
+    config = read_run_config(run.path)
+    data = splits_of(config.data)
+    model = load_model(run.verified(deployed_file(config, "pruned")))
+    return predict(model, data.x_test, torch.device("cpu")).argmax(1).numpy() == data.y_test
 
 
 def write_comparison(records: list[dict[str, Any]], docs: Path) -> None:
@@ -127,15 +150,26 @@ def summary(group: list[dict[str, Any]], backend: str = "onnxruntime") -> dict[s
 
 
 def verdicts(records: list[dict[str, Any]]) -> list[str]:
-    """Is VIB at least as accurate as each peer (mean over seeds)? One line per peer."""
-    lines = []
+    """VIB better / worse / tie against each peer by McNemar's exact test on per-image correctness (discordant
+    images pooled over the seed pairs, two-sided, alpha 0.05); a tie is never a win. One line per peer."""
+    from vib_deploy.stats import ALPHA, Paired, pooled
+
+    lines = [f"Verdicts: McNemar's exact test (two-sided, α = {ALPHA:g}) on per-image correctness of VIB's and the peer's "
+             "deployed models over the same test images, discordant images pooled over the seed pairs; "
+             "not significant = tie (never a win)."]
     vib = [r["error"] for r in records if r["method"] == "vib"]
     for method in sorted({r["method"] for r in records} - {"vib"}, key=_method_order):
-        peer = [r["error"] for r in records if r["method"] == method]
-        dv, dp = mean_std(vib)[0], mean_std(peer)[0]
-        word = "**VIB at least as accurate**" if dv <= dp else "**VIB less accurate**"
-        lines.append(f"- vs {_title(method)}: VIB {100 * dv:.2f} % vs {100 * dp:.2f} % error "
-                     f"({100 * (dp - dv):+.2f} points for the peer; {len(vib)} / {len(peer)} seeds): {word}")
+        group = [r for r in records if r["method"] == method]
+        dv, dp = mean_std(vib)[0], mean_std([r["error"] for r in group])[0]
+        head = (f"- vs {_title(method)}: VIB {100 * dv:.2f} % vs {100 * dp:.2f} % error "
+                f"({100 * (dp - dv):+.2f} points for the peer; {len(vib)} / {len(group)} seeds)")
+        if not all("vs_vib" in r for r in group):
+            lines.append(f"{head}: **not tested** (records without per-image correctness; rerun `vib-deploy compare`)")
+            continue
+        test = pooled([Paired(**r["vs_vib"]) for r in group])
+        word = {"better": "VIB better", "worse": "VIB worse", "tie": "tie"}[test.verdict()]
+        lines.append(f"{head}; VIB right and the peer wrong on {test.a_only} images, the reverse on {test.b_only} "
+                     f"({test.n:,} image pairs), p = {test.p_value:.3g}: **{word}**")
     return lines
 
 
@@ -148,8 +182,8 @@ def render(records: list[dict[str, Any]], plots: dict[str, str]) -> str:
              "Peers keep all input pixels except `l1-pixels`, which also drops the pixels with the smallest L1 column norm;",
              "VIB prunes pixels with its input gate (a Gather in the graph), so at equal total FLOPs a pixel-keeping peer",
              "has narrower hidden layers than VIB (the kept column shows input-h1-h2 for the MLP).",
-             "Errors: pruned model on the test set, last epoch, test",
-             "set used once. Latency: ONNX Runtime CPU, 1 thread, p50, dense and pruned alternating in one process;",
+             "Errors: the deployed model on the test set (VIB's fine-tuned net when its `train.finetune` is on, its best",
+             "validation epoch; else the pruned net, last epoch), test set used once. Latency: ONNX Runtime CPU, 1 thread, p50, dense and pruned alternating in one process;",
              "speedup = dense p50 / pruned p50 of the same run; measured/ideal = speedup / (dense FLOPs / pruned FLOPs).",
              _gpu_note(), ""]
     for pipeline in sorted({_section(r) for r in records}):

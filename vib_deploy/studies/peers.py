@@ -13,20 +13,25 @@ as a plain Sequential (`pruned.pt`), so the pipeline's export and bench stages r
                are pruned and the scales folded into the weights (prune.sequential.prune_sequential, checked exact)
     l1-pixels  l1, then also the input pixels whose columns of the first Linear have the smallest L1
                norm (MLPs): a Gather of the kept pixels in the graph, like VIB's input gate
+    l1-same, random-same
+               l1 / random at exactly VIB's kept widths, and (MLPs with VIB's input gate) VIB's number of
+               kept pixels chosen by the same criterion: the criterion isolated from the width allocation
+    scratch    VIB's final architecture and kept pixels, re-initialised and trained from scratch for VIB's whole
+               budget, dense epochs included (Liu et al., "Rethinking the Value of Network Pruning", ICLR 2019)
 
 The other peers keep every input pixel (these methods prune hidden units and filters; the input-pixel
 gate is VIB's own); FLOPs are matched on the whole model, so such a peer spends the FLOPs VIB saves on
-pixels on hidden units instead. Epoch budget: the VIB stage's `train.vib.epochs` after the dense stage,
-all of them fine-tuning for l1, l1-pixels, magnitude and random; for slimming the first half (rounded up) is sparsity training
-and the rest fine-tuning. Optimiser as in the VIB stage (Adam, lr / gate_lr, cosine, batch_size);
-the last epoch is kept, as for VIB.
+pixels on hidden units instead. Epoch budget (`epoch_budget`): VIB's epochs after the dense stage,
+B = train.vib.epochs + train.finetune.epochs (the VIB run's), all of them fine-tuning for the pruning peers; slimming spends
+them as VIB does: sparsity training for train.vib.epochs, then fine-tuning for train.finetune.epochs (with the
+finetune stage off, the first half of B, rounded up, then the rest); scratch trains train.dense.epochs + B. Optimiser as in the VIB stage (Adam, lr / gate_lr, cosine, batch_size);
+the last epoch is kept, as for VIB. The peer's `prune` stage itself (spec, budget, record) is studies/peer_stage.py.
 """
 
 from __future__ import annotations
 
 import copy
 import math
-import time
 from dataclasses import dataclass
 from typing import Any, Callable, cast
 
@@ -34,12 +39,9 @@ import torch
 from torch import nn
 
 from vib_deploy.errors import UserError
-from vib_deploy.layers import PixelSelect, build, count_flops, count_params, describe, prunable_layers
-from vib_deploy.modelfile import load_model, save_model
-from vib_deploy.pipeline import keyed_section
+from vib_deploy.layers import PixelSelect, build, count_flops, describe, prunable_layers
 from vib_deploy.prune.sequential import prune_sequential
-from vib_deploy.records import Cost, PeerInfo, PruneRecord
-from vib_deploy.train import TrainSpec, accuracy, train
+from vib_deploy.train import TrainSpec, train
 from vib_deploy.vib import VIBGate, gates
 
 FLOPS_TOLERANCE = 0.02  # |peer FLOPs / VIB FLOPs - 1|
@@ -70,6 +72,9 @@ class Method:
     title: str  # for tables
     importance: Callable[[], Any] | None  # a Torch-Pruning importance (MetaPruner), or None: slimming
     pixels: bool = False  # also drop input pixels (MLPs): the first Linear's columns by the same criterion
+    same_widths: bool = False  # VIB's kept widths (and pixel count) instead of widths searched to VIB's FLOPs
+    scratch: bool = False  # VIB's architecture re-initialised, trained from scratch
+    pixel_criterion: str = "l1"  # how same_widths picks its pixels: "l1" (column norm) or "random"
 
 
 METHODS: dict[str, Method] = {m.name: m for m in [
@@ -78,6 +83,9 @@ METHODS: dict[str, Method] = {m.name: m for m in [
     Method("random", "random structured", _random),
     Method("magnitude", "magnitude neurons (L2 of incoming weights)", _l2),
     Method("l1-pixels", "L1-norm, input pixels too (MLP)", _l1, pixels=True),
+    Method("l1-same", "L1-norm at VIB's kept widths and pixel count", _l1, same_widths=True),
+    Method("random-same", "random at VIB's kept widths and pixel count", _random, same_widths=True, pixel_criterion="random"),
+    Method("scratch", "VIB's architecture from scratch (Liu et al. 2019)", None, scratch=True),
 ]}
 
 
@@ -185,8 +193,9 @@ def prune_to_widths(dense: nn.Sequential, widths: list[int], importance: Any, in
     return model
 
 
-def prune_pixels(model: nn.Sequential, pixels: int) -> tuple[nn.Sequential, nn.Sequential, list[int]]:
-    """Keep the `pixels` input pixels whose columns of the first Linear have the largest L1 norm.
+def prune_pixels(model: nn.Sequential, pixels: int, seed: int | None = None) -> tuple[nn.Sequential, nn.Sequential, list[int]]:
+    """Keep the `pixels` input pixels whose columns of the first Linear have the largest L1 norm (with `seed`:
+    `pixels` pixels drawn at random by a generator seeded with it).
 
     Returns (full-image model: Flatten -> PixelSelect -> ..., reduced model taking the kept pixels, kept indices),
     the same two deployments as a VIB model with an input gate.
@@ -197,14 +206,27 @@ def prune_pixels(model: nn.Sequential, pixels: int) -> tuple[nn.Sequential, nn.S
     first = next(i for i, m in enumerate(model) if isinstance(m, nn.Linear))
     linear = model[first]
     assert isinstance(linear, nn.Linear)
-    norms = linear.weight.detach().abs().sum(0)  # (in_features,)
-    kept = sorted(torch.topk(norms, pixels).indices.tolist())
+    if seed is None:
+        norms = linear.weight.detach().abs().sum(0)  # (in_features,)
+        kept = sorted(torch.topk(norms, pixels).indices.tolist())
+    else:
+        kept = sorted(torch.randperm(linear.in_features, generator=torch.Generator().manual_seed(seed))[:pixels].tolist())
     dead = sorted(set(range(linear.in_features)) - set(kept))
     if dead:
         tp.prune_linear_in_channels(linear, dead)
     rest = list(model)[first:]
     full = nn.Sequential(*list(model)[:first], PixelSelect(torch.tensor(kept)), *rest).eval()
     return full, nn.Sequential(*rest).eval(), kept
+
+
+def scratch_net(vib_pruned: nn.Sequential) -> nn.Sequential:
+    """VIB's pruned architecture re-initialised (the zoo's default init, from the global RNG), its PixelSelect
+    keeping VIB's pixels; folded gate scales (ChannelScale) are dropped: they are learned weights, not architecture."""
+    model = build([s for s in describe(vib_pruned) if s["type"] != "scale"])
+    selects = [m for m in vib_pruned if isinstance(m, PixelSelect)]
+    for new, old in zip((m for m in model if isinstance(m, PixelSelect)), selects):
+        new.indices.copy_(old.indices)
+    return model
 
 
 def gated_for_slimming(dense: nn.Sequential) -> nn.Sequential:
@@ -245,6 +267,10 @@ def prune_by_scale(gated: nn.Sequential, widths: list[int], input_shape: tuple[i
     return cast(nn.Sequential, result.model.float().eval()), {"scales_left": result.scales_left}
 
 
+def _kept_pixels(model: nn.Sequential) -> list[int]:
+    return next(m for m in model if isinstance(m, PixelSelect)).indices.tolist()
+
+
 # -- training ------------------------------------------------------------------------------------
 def fit(model: nn.Sequential, data: Any, epochs: int, lr: float, batch_size: int, seed: int,
         gate_lr: float | None = None, l1: float = 0.0, progress: Any = None, label: str = "fine-tune") -> list[dict[str, Any]]:
@@ -258,73 +284,3 @@ def fit(model: nn.Sequential, data: Any, epochs: int, lr: float, batch_size: int
                      device=torch.device("cpu"), gate_lr=gate_lr, l1=l1)
     history = train(model, spec, data, None, progress).history
     return [{"epoch": r["epoch"], "loss": r["loss"], "val_acc": r["val_acc"]} for r in history]
-
-
-# -- the peer's "prune" stage ----------------------------------------------------------------------
-@dataclass(frozen=True)
-class PeerSpec:
-    """What a peer run needs from its VIB run."""
-
-    method: str
-    target_flops: int  # the VIB model's pruned FLOPs
-    vib_run: str  # the VIB run directory (for the record)
-    input_units: int | None  # the VIB model's input width when it gates its input (shown as 784-…)
-
-    def section(self, config: Any) -> dict[str, Any]:
-        t = config.train
-        return {"method": self.method, "target_flops": self.target_flops, "tolerance": FLOPS_TOLERANCE,
-                "slimming_l1": SLIMMING_L1 if self.method == "slimming" else None, "epochs": t.vib.epochs,
-                "lr": t.vib.lr, "gate_lr": t.vib.gate_lr, "batch_size": t.batch_size, "seed": t.seed,
-                "data": keyed_section("data", config.data), "prune": config.prune.model_dump()}
-
-
-def peer_prune(ctx: Any, spec: PeerSpec) -> list[str]:
-    """Prune the run's dense.pt with `spec.method` to the VIB FLOPs, fine-tune, write pruned.pt + prune.json."""
-    t = ctx.config.train
-    data = ctx.splits()
-    shape = tuple(data.x_test.shape[1:])
-    torch.manual_seed(t.seed)
-    dense = load_model(ctx.run.verified("dense.pt"))
-    assert isinstance(dense, nn.Sequential)  # compare refuses other nets first (dense_widths)
-    method = METHODS[spec.method]
-    widths = match_widths(dense, spec.target_flops, shape, pixels=method.pixels)
-    pixels = widths.pop(0) if method.pixels else None
-    t0 = time.time()
-    sparsity: list[dict[str, Any]] = []
-    extra: dict[str, Any] = {}
-    epochs = t.vib.epochs
-    if method.importance is None:  # slimming: sparsity training, then prune by |scale|
-        sparse_epochs = (epochs + 1) // 2
-        gated = gated_for_slimming(dense)
-        sparsity = fit(gated, data, sparse_epochs, t.vib.lr, t.batch_size, t.seed, t.vib.gate_lr, SLIMMING_L1,
-                       ctx.progress, "slimming L1")
-        pruned, extra = prune_by_scale(gated, widths, shape)
-        finetune_epochs = epochs - sparse_epochs
-    else:
-        pruned = prune_to_widths(dense, widths, method.importance(), shape)
-        finetune_epochs = epochs
-    kept_pixels, reduced, outputs = None, None, ["pruned.pt"]
-    if pixels is not None:
-        pruned, reduced, kept_pixels = prune_pixels(pruned, pixels)  # `reduced` shares its layers with `pruned`
-        outputs.append("pruned_reduced.pt")
-    error_before = 1 - accuracy(pruned, data.x_test, data.y_test)
-    history = fit(pruned, data, finetune_epochs, t.vib.lr, t.batch_size, t.seed + 1, progress=ctx.progress)
-    pruned = pruned.float().eval()
-    flops = count_flops(pruned, shape)
-    save_model(pruned, ctx.out("pruned.pt"), {"kept_pixels": kept_pixels, "method": spec.method})
-    if reduced is not None:
-        save_model(reduced.float().eval(), ctx.out("pruned_reduced.pt"), {"kept_pixels": kept_pixels, "method": spec.method})
-    inputs = [pixels] if pixels is not None else [spec.input_units] if spec.input_units else []
-    arch = inputs + widths
-    full = dense_widths(dense)
-    peer = PeerInfo(method=spec.method, vib_run=spec.vib_run, target_flops=spec.target_flops,
-                    flops_mismatch=flops / spec.target_flops - 1, test_error_before_finetune=error_before,
-                    sparsity_epochs=len(sparsity), finetune_epochs=len(history),
-                    history={"sparsity": sparsity, "finetune": history}, seconds=time.time() - t0)
-    PruneRecord(
-        architecture=arch, dense_architecture=([spec.input_units or math.prod(shape)] if inputs else []) + full,
-        kept_pixels=kept_pixels, test_error=1 - accuracy(pruned, data.x_test, data.y_test), samples=len(data.y_test),
-        dense=Cost(count_flops(dense, shape), count_params(dense)), pruned=Cost(flops, count_params(pruned)),
-        input_shape=shape, scales_left=extra.get("scales_left"), peer=peer,
-    ).write(ctx.out("prune.json"))
-    return outputs + ["prune.json"]

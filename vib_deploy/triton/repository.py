@@ -240,6 +240,8 @@ def package(run_dir: Path, repo: Path, version: int | None = None, name: str | N
         n_out = outputs[0].dims[0] if len(outputs[0].dims) == 1 else -1
         labels = classes if classes is not None and len(classes) == n_out else [str(i) for i in range(max(n_out, 0))]
         m = metrics.get(variant, {})
+        if variant == "pruned" and metrics.get("finetuned"):  # the ONNX model is the fine-tuned net (its error)
+            m = {**m, "error": metrics["finetuned"]["error"]}
         record = {"variant": variant, "vib_deploy_version": __version__,
                   "source": {"run": str(run_dir.resolve()), "run_name": _run_name(run_dir),
                              "metrics_sha256": sha256_file(run.file("metrics.json"))},
