@@ -110,3 +110,17 @@ def test_records_of_other_overrides_are_kept_beside_each_other(tmp_path):
     md = (tmp_path / "comparison.md").read_text()
     assert "## mnist-lenet300 (" in md and f"## mnist-lenet300{override_tag(['train.vib.epochs=3'])} (" in md
     assert "--set train.vib.epochs=3" in md
+
+
+def test_dense_drift_flags_peer_runs_whose_dense_p50_moved_over_20_percent():
+    from vib_deploy.studies.compare import dense_drift
+
+    def rec(method, seed, b1, b64):
+        return {"method": method, "seed": seed, "p50_ms": {"onnxruntime/b1/dense": b1, "onnxruntime/b64/dense": b64}}
+
+    group = [rec("vib", 0, 1.0, 10.0), rec("l1", 0, 1.19, 7.9), rec("random", 0, 1.25, 10.0), rec("vib", 1, 2.0, 20.0),
+             rec("l1", 1, 2.0, 20.0), rec("scratch", 2, 9.0, 90.0)]  # seed 2 has no VIB record: nothing to compare with
+    drift = dense_drift(group)
+    assert set(drift) == {("l1", 0), ("random", 0)}
+    assert list(drift[("l1", 0)]) == [64] and drift[("l1", 0)][64] == pytest.approx(-0.21)
+    assert list(drift[("random", 0)]) == [1] and drift[("random", 0)][1] == pytest.approx(0.25)

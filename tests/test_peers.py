@@ -93,7 +93,7 @@ def test_slimming_sparsity_training_shrinks_scales(mnist_root):
     s = load_splits("mnist", None, 200, 700, 100)
     data = SimpleNamespace(x_train=s.x_train, y_train=s.y_train, x_val=s.x_val, y_val=s.y_val)
     gated = gated_for_slimming(lenet300())
-    history = fit(gated, data, 2, 1e-3, 50, 0, gate_lr=1e-2, l1=1e-2)
+    history, _ = fit(gated, data, 2, 1e-3, 50, 0, gate_lr=1e-2, l1=1e-2)
     assert len(history) == 2
     mu = torch.cat([g.mu.detach() for g in gates(gated)])
     assert float(mu.abs().mean()) < 1.0 and all(float(g.logD.max()) == -1e4 for g in gates(gated))
@@ -119,6 +119,44 @@ def test_pixel_peers_search_pixels_too_and_gather_them_in_the_graph(target):
     x0 = torch.zeros(8, 784)
     x0[:, kept] = torch.randn(8, pixels)
     assert torch.allclose(full(x0.reshape(8, *SHAPE)), hidden(x0.reshape(8, *SHAPE)), atol=1e-5)
+
+
+def test_activation_pixel_criterion_weighs_column_norms_by_the_pixels_mean_value():
+    from vib_deploy.studies.peer_stage import mean_abs_input
+    from vib_deploy.studies.peers import prune_pixels
+
+    torch.manual_seed(0)
+    dense = lenet300()
+    x = torch.zeros(50, *SHAPE)
+    x[:, :, 4:24, 4:24] = torch.rand(50, 1, 20, 20) + 0.1  # only the centre 400 pixels are ever lit
+    stats = mean_abs_input(x.numpy())
+    assert stats.shape == (784,) and int((stats > 0).sum()) == 400
+    _, _, kept = prune_pixels(dense, 100, mean_abs_input=stats)
+    lit = set(torch.nonzero(stats > 0).flatten().tolist())
+    assert set(kept) <= lit  # a never-lit pixel scores 0, whatever its weights
+    score = dense[1].weight.detach().abs().sum(0).double() * stats
+    assert float(score[kept].min()) >= float(score[[i for i in range(784) if i not in set(kept)]].max())
+    _, _, by_norm = prune_pixels(dense, 100)
+    assert not set(by_norm) <= lit  # the column norm alone ignores the data
+    with pytest.raises(UserError, match="first Linear takes 784"):
+        prune_pixels(dense, 100, mean_abs_input=stats[:10])
+
+
+def test_peer_fine_tune_keeps_the_best_validation_epoch(mnist_root):
+    from types import SimpleNamespace
+
+    from vib_deploy.data import load_splits
+    from vib_deploy.train import accuracy
+
+    s = load_splits("mnist", None, 200, 700, 100)
+    data = SimpleNamespace(x_train=s.x_train, y_train=s.y_train, x_val=s.x_val, y_val=s.y_val)
+    torch.manual_seed(0)
+    model = with_widths(lenet300(), [20, 10])
+    start = accuracy(model, s.x_val, s.y_val)
+    history, kept = fit(model, data, 3, 3e-2, 50, 0, select_best=True)  # a large lr: validation accuracy jumps about
+    accs = [start] + [h["val_acc"] for h in history]
+    assert len(history) == 3 and kept == max(range(4), key=lambda i: (accs[i], -i))  # ties: the earliest
+    assert accuracy(model, s.x_val, s.y_val) == pytest.approx(accs[kept])
 
 
 def test_pixel_peers_need_an_mlp():
@@ -166,7 +204,7 @@ def test_every_peer_gets_vibs_budget(finetune):
     assert section["epochs"] == vib_after_dense and section.get("split", [50, 50]) == [slim["sparsity"], slim["finetune"]]
 
 
-def test_peer_keys_without_finetune_are_the_old_ones():
+def test_peer_keys_name_the_kept_epoch_and_are_otherwise_the_old_ones():
     from vib_deploy.pipeline import keyed_section
     from vib_deploy.studies.peer_stage import PeerSpec
 
@@ -175,6 +213,8 @@ def test_peer_keys_without_finetune_are_the_old_ones():
     old = {"method": "l1", "target_flops": 22_336, "tolerance": FLOPS_TOLERANCE, "slimming_l1": None, "epochs": t.vib.epochs,
            "lr": t.vib.lr, "gate_lr": t.vib.gate_lr, "batch_size": t.batch_size, "seed": t.seed,
            "data": keyed_section("data", config.data), "prune": config.prune.model_dump()}
+    # peers made when the last fine-tune epoch was kept rerun: they now keep the best validation epoch, as VIB's finetune
+    old["keep"] = "best validation epoch"
     assert PeerSpec("l1", 22_336, "runs/x", 784, (110, 83, 27)).section(config) == old
     same = PeerSpec("l1-same", 22_336, "runs/x", 784, (110, 83, 27)).section(config)
     assert same["widths"] == [110, 83, 27]

@@ -67,6 +67,7 @@ class PeerInfo:
     history: dict[str, Any]
     seconds: float
     budget_epochs: int | None = None  # the epochs the peer was given (VIB's post-dense budget); None: made before budgets
+    kept_epoch: int | None = None  # the fine-tune epoch kept by validation (0: as pruned); None: made when the last was kept
 
 
 _EXACT = tuple(f.name for f in fields(ExactCheck))
@@ -99,7 +100,7 @@ class PruneRecord:
         if self.exact is not None:
             out.update(self.exact.to_json())
         if self.peer is not None:
-            out.update({k: getattr(self.peer, k) for k in _PEER if not (k == "budget_epochs" and self.peer.budget_epochs is None)})
+            out.update({k: getattr(self.peer, k) for k in _PEER if not (k in ("budget_epochs", "kept_epoch") and getattr(self.peer, k) is None)})
         out.update({"architecture": self.architecture, "dense_architecture": self.dense_architecture,
                     "kept_pixels": self.kept_pixels, "test_error": self.test_error, "samples": self.samples,
                     "input_shape": list(self.input_shape),

@@ -27,6 +27,12 @@ from vib_deploy.studies.peers import (FLOPS_TOLERANCE, METHODS, SLIMMING_L1, _ke
 from vib_deploy.train import accuracy
 
 
+def mean_abs_input(x_train: Any) -> torch.Tensor:
+    """Mean |x| of each input value over the training images, flattened as the first Linear of an MLP sees them."""
+    x = torch.as_tensor(x_train)
+    return x.reshape(len(x), -1).abs().double().mean(0)
+
+
 # -- the peer's "prune" stage ----------------------------------------------------------------------
 @dataclass(frozen=True)
 class PeerSpec:
@@ -47,7 +53,8 @@ class PeerSpec:
         out = {"method": self.method, "target_flops": self.target_flops, "tolerance": FLOPS_TOLERANCE,
                "slimming_l1": SLIMMING_L1 if self.method == "slimming" else None, "epochs": budget["total"],
                "lr": t.vib.lr, "gate_lr": t.vib.gate_lr, "batch_size": t.batch_size, "seed": t.seed,
-               "data": keyed_section("data", config.data), "prune": config.prune.model_dump()}
+               "data": keyed_section("data", config.data), "prune": config.prune.model_dump(),
+               "keep": "best validation epoch"}
         if self.vib_finetune_epochs > 0:  # keyed only when set: runs made without VIB's finetune stage stay cached
             out["split"] = [budget["sparsity"], budget["finetune"]]
         if method.same_widths or method.scratch:
@@ -110,7 +117,7 @@ def peer_prune(ctx: Any, spec: PeerSpec) -> list[str]:
         pixels = None
     elif method.importance is None:  # slimming: sparsity training, then prune by |scale|
         gated = gated_for_slimming(dense)
-        sparsity = fit(gated, data, budget["sparsity"], t.vib.lr, t.batch_size, t.seed, t.vib.gate_lr, SLIMMING_L1,
+        sparsity, _ = fit(gated, data, budget["sparsity"], t.vib.lr, t.batch_size, t.seed, t.vib.gate_lr, SLIMMING_L1,
                        ctx.progress, "slimming L1")
         pruned, extra = prune_by_scale(gated, widths, shape)
     else:
@@ -118,10 +125,12 @@ def peer_prune(ctx: Any, spec: PeerSpec) -> list[str]:
     finetune_epochs = budget["finetune"]
     if pixels is not None:
         seed = t.seed if method.pixel_criterion == "random" else None
-        pruned, reduced, kept_pixels = prune_pixels(pruned, pixels, seed)  # `reduced` shares its layers with `pruned`
+        stats = mean_abs_input(data.x_train) if method.pixel_criterion == "activation" else None
+        pruned, reduced, kept_pixels = prune_pixels(pruned, pixels, seed, stats)  # `reduced` shares its layers with `pruned`
         outputs.append("pruned_reduced.pt")
     error_before = 1 - accuracy(pruned, data.x_test, data.y_test)
-    history = fit(pruned, data, finetune_epochs, t.vib.lr, t.batch_size, t.seed + 1, progress=ctx.progress)
+    history, kept_epoch = fit(pruned, data, finetune_epochs, t.vib.lr, t.batch_size, t.seed + 1, progress=ctx.progress,
+                              select_best=True)
     pruned = pruned.float().eval()
     flops = count_flops(pruned, shape)
     save_model(pruned, ctx.out("pruned.pt"), {"kept_pixels": kept_pixels, "method": spec.method})
@@ -134,7 +143,7 @@ def peer_prune(ctx: Any, spec: PeerSpec) -> list[str]:
                     flops_mismatch=flops / spec.target_flops - 1, test_error_before_finetune=error_before,
                     sparsity_epochs=len(sparsity), finetune_epochs=len(history),
                     history={"sparsity": sparsity, "finetune": history}, seconds=time.time() - t0,
-                    budget_epochs=budget["total"])
+                    budget_epochs=budget["total"], kept_epoch=kept_epoch)
     PruneRecord(
         architecture=arch, dense_architecture=([spec.input_units or math.prod(shape)] if inputs else []) + full,
         kept_pixels=kept_pixels, test_error=1 - accuracy(pruned, data.x_test, data.y_test), samples=len(data.y_test),

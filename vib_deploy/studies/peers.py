@@ -13,6 +13,9 @@ as a plain Sequential (`pruned.pt`), so the pipeline's export and bench stages r
                are pruned and the scales folded into the weights (prune.sequential.prune_sequential, checked exact)
     l1-pixels  l1, then also the input pixels whose columns of the first Linear have the smallest L1
                norm (MLPs): a Gather of the kept pixels in the graph, like VIB's input gate
+    act-pixels l1, then the input pixels with the smallest |W_j|_1 * E|x_j| (column norm times the pixel's mean
+               absolute value over the training images): the data-aware pixel criterion -- a never-lit pixel
+               scores 0 whatever its (initial) weights
     l1-same, random-same
                l1 / random at exactly VIB's kept widths, and (MLPs with VIB's input gate) VIB's number of
                kept pixels chosen by the same criterion: the criterion isolated from the width allocation
@@ -25,7 +28,7 @@ pixels on hidden units instead. Epoch budget (`epoch_budget`): VIB's epochs afte
 B = train.vib.epochs + train.finetune.epochs (the VIB run's), all of them fine-tuning for the pruning peers; slimming spends
 them as VIB does: sparsity training for train.vib.epochs, then fine-tuning for train.finetune.epochs (with the
 finetune stage off, the first half of B, rounded up, then the rest); scratch trains train.dense.epochs + B. Optimiser as in the VIB stage (Adam, lr / gate_lr, cosine, batch_size);
-the last epoch is kept, as for VIB. The peer's `prune` stage itself (spec, budget, record) is studies/peer_stage.py.
+the best validation epoch of the fine-tune is kept (the pruned weights count as epoch 0), as VIB's finetune stage does. The peer's `prune` stage itself (spec, budget, record) is studies/peer_stage.py.
 """
 
 from __future__ import annotations
@@ -74,7 +77,7 @@ class Method:
     pixels: bool = False  # also drop input pixels (MLPs): the first Linear's columns by the same criterion
     same_widths: bool = False  # VIB's kept widths (and pixel count) instead of widths searched to VIB's FLOPs
     scratch: bool = False  # VIB's architecture re-initialised, trained from scratch
-    pixel_criterion: str = "l1"  # how same_widths picks its pixels: "l1" (column norm) or "random"
+    pixel_criterion: str = "l1"  # how pixels are picked: "l1" (column norm), "activation" (|W_j|_1 * E|x_j|) or "random"
 
 
 METHODS: dict[str, Method] = {m.name: m for m in [
@@ -83,6 +86,7 @@ METHODS: dict[str, Method] = {m.name: m for m in [
     Method("random", "random structured", _random),
     Method("magnitude", "magnitude neurons (L2 of incoming weights)", _l2),
     Method("l1-pixels", "L1-norm, input pixels too (MLP)", _l1, pixels=True),
+    Method("act-pixels", "L1-norm, input pixels by |W|·E|x| (MLP)", _l1, pixels=True, pixel_criterion="activation"),
     Method("l1-same", "L1-norm at VIB's kept widths and pixel count", _l1, same_widths=True),
     Method("random-same", "random at VIB's kept widths and pixel count", _random, same_widths=True, pixel_criterion="random"),
     Method("scratch", "VIB's architecture from scratch (Liu et al. 2019)", None, scratch=True),
@@ -193,9 +197,11 @@ def prune_to_widths(dense: nn.Sequential, widths: list[int], importance: Any, in
     return model
 
 
-def prune_pixels(model: nn.Sequential, pixels: int, seed: int | None = None) -> tuple[nn.Sequential, nn.Sequential, list[int]]:
-    """Keep the `pixels` input pixels whose columns of the first Linear have the largest L1 norm (with `seed`:
-    `pixels` pixels drawn at random by a generator seeded with it).
+def prune_pixels(model: nn.Sequential, pixels: int, seed: int | None = None,
+                 mean_abs_input: torch.Tensor | None = None) -> tuple[nn.Sequential, nn.Sequential, list[int]]:
+    """Keep the `pixels` input pixels whose columns of the first Linear have the largest L1 norm, times the pixel's
+    mean |x| over the training images when `mean_abs_input` (flattened, as the first Linear sees it) is given
+    (with `seed`: `pixels` pixels drawn at random by a generator seeded with it).
 
     Returns (full-image model: Flatten -> PixelSelect -> ..., reduced model taking the kept pixels, kept indices),
     the same two deployments as a VIB model with an input gate.
@@ -208,6 +214,11 @@ def prune_pixels(model: nn.Sequential, pixels: int, seed: int | None = None) -> 
     assert isinstance(linear, nn.Linear)
     if seed is None:
         norms = linear.weight.detach().abs().sum(0)  # (in_features,)
+        if mean_abs_input is not None:
+            if mean_abs_input.shape != norms.shape:
+                raise UserError(f"pixel statistics have shape {tuple(mean_abs_input.shape)}, the first Linear takes "
+                                f"{linear.in_features} inputs")
+            norms = norms * mean_abs_input.to(norms.dtype)
         kept = sorted(torch.topk(norms, pixels).indices.tolist())
     else:
         kept = sorted(torch.randperm(linear.in_features, generator=torch.Generator().manual_seed(seed))[:pixels].tolist())
@@ -273,14 +284,17 @@ def _kept_pixels(model: nn.Sequential) -> list[int]:
 
 # -- training ------------------------------------------------------------------------------------
 def fit(model: nn.Sequential, data: Any, epochs: int, lr: float, batch_size: int, seed: int,
-        gate_lr: float | None = None, l1: float = 0.0, progress: Any = None, label: str = "fine-tune") -> list[dict[str, Any]]:
-    """`train.train` without checkpoints: Adam + cosine for `epochs`, CE (+ l1 * sum |mu| of the gates), last epoch kept.
+        gate_lr: float | None = None, l1: float = 0.0, progress: Any = None, label: str = "fine-tune",
+        select_best: bool = False) -> tuple[list[dict[str, Any]], int]:
+    """`train.train` without checkpoints: Adam + cosine for `epochs`, CE (+ l1 * sum |mu| of the gates); the last
+    epoch kept, or with `select_best` the best validation epoch (the starting weights count as epoch 0).
 
-    Returns the history as peers' prune.json has always recorded it: epoch, mean loss, validation accuracy.
+    Returns the history as peers' prune.json has always recorded it (epoch, mean loss, validation accuracy) and the
+    epoch whose weights the model holds (0: the starting weights).
     """
     if epochs == 0:
-        return []
+        return [], 0
     spec = TrainSpec(stage=label, key="", epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
-                     device=torch.device("cpu"), gate_lr=gate_lr, l1=l1)
-    history = train(model, spec, data, None, progress).history
-    return [{"epoch": r["epoch"], "loss": r["loss"], "val_acc": r["val_acc"]} for r in history]
+                     device=torch.device("cpu"), gate_lr=gate_lr, l1=l1, select_best=select_best, keep_start=select_best)
+    result = train(model, spec, data, None, progress)
+    return [{"epoch": r["epoch"], "loss": r["loss"], "val_acc": r["val_acc"]} for r in result.history], result.best_epoch
