@@ -18,12 +18,13 @@ LENET300 = "pipelines/mnist-lenet300.yaml"
 TINY = ["--set", "data.train_limit=700", "--set", "data.val_size=200", "--set", "data.test_limit=300",
         "--set", "train.dense.epochs=2", "--set", "train.vib.epochs=2", "--set", "train.vib.kl_factor=1e-3",
         "--set", "bench.rounds=2", "--set", "bench.iters_per_round=3", "--set", "bench.warmup=1",
-        "--set", "bench.batch_sizes=[1,8]"]
+        "--set", "bench.batch_sizes=[1,8]", "--set", "train.finetune.epochs=0"]  # finetune: tests/test_finetune.py
 # the study commands' tiny points (test_sweep, test_compare)
 STUDY_TINY = ["--set", "data.train_limit=700", "--set", "data.val_size=200", "--set", "data.test_limit=300",
               "--set", "train.dense.epochs=1", "--set", "train.vib.epochs=3", "--set", "train.batch_size=50",
               "--set", "train.vib.gate_lr=0.1", "--set", "bench.rounds=2", "--set", "bench.iters_per_round=3",
-              "--set", "bench.warmup=1", "--set", "bench.memory=false", "--set", "bench.backends=[onnxruntime]"]
+              "--set", "bench.warmup=1", "--set", "bench.memory=false", "--set", "bench.backends=[onnxruntime]",
+              "--set", "train.finetune.epochs=0"]
 # the progress lines stage commands print on stderr, and the line a changed config prints before anything reruns
 STATUS = re.compile(r"^\[(run|cached|off)\] [a-z-]+$|^\S+: .* from the (finished run|last run there); .*(rerun|reruns)$")
 

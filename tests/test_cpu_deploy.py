@@ -16,6 +16,7 @@ ov = pytest.importorskip("openvino", reason="the openvino wheel is a dependency:
 
 TINY = ["--set", "data.train_limit=700", "--set", "data.val_size=200", "--set", "data.test_limit=300",
         "--set", "train.dense.epochs=1", "--set", "train.vib.epochs=2", "--set", "train.vib.kl_factor=1e-4",
+        "--set", "train.finetune.epochs=0",
         "--set", "bench.rounds=2", "--set", "bench.iters_per_round=3", "--set", "bench.warmup=1",
         "--set", "bench.batch_sizes=[1,8]", "--set", "bench.backends=[onnxruntime,openvino]",
         "--set", "bench.memory=false", "--set", "quantize.enabled=true"]

@@ -36,7 +36,8 @@ def tiny_fs(tmp_path):
 def test_real_full_disk_during_a_run(tiny_fs, mnist_root):
     run_dir = tiny_fs / "run"
     proc = run_cli("run", "pipelines/mnist-lenet300.yaml", "--run-dir", str(run_dir), "--set", "data.train_limit=500",
-                   "--set", "data.val_size=100", "--set", "train.dense.epochs=1", "--set", "train.vib.epochs=1")
+                   "--set", "data.val_size=100", "--set", "train.dense.epochs=1", "--set", "train.vib.epochs=1",
+                   "--set", "train.finetune.epochs=0")
     assert proc.returncode == 2, proc.stderr[-2000:]
     error = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(error) == 1 and "Traceback" not in proc.stderr

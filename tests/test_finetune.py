@@ -24,7 +24,8 @@ from vib_deploy.train import TrainSpec, train
 
 TINY = ["data.train_limit=700", "data.val_size=200", "data.test_limit=300", "train.dense.epochs=1",
         "train.vib.epochs=2", "train.vib.kl_factor=1e-3", "bench.rounds=1", "bench.iters_per_round=2", "bench.warmup=0",
-        "bench.batch_sizes=[1]", "bench.memory=false", "bench.backends=[onnxruntime,torch]"]
+        "bench.batch_sizes=[1]", "bench.memory=false", "bench.backends=[onnxruntime,torch]",
+        "train.finetune.epochs=0"]  # the LeNet pipelines fine-tune by default; these tests turn it on with ON
 ON = ["train.finetune.epochs=3", "train.finetune.lr=3e-4"]
 
 

@@ -14,7 +14,7 @@ from conftest import ROOT
 ARGS = ["run", "pipelines/mnist-lenet300.yaml", "--set", "data.train_limit=30000", "--set", "data.val_size=500",
         "--set", "data.test_limit=500", "--set", "train.dense.epochs=50", "--set", "train.vib.epochs=1",
         "--set", "bench.backends=[onnxruntime]", "--set", "bench.batch_sizes=[1]", "--set", "bench.rounds=1",
-        "--set", "bench.iters_per_round=2", "--set", "bench.memory=false"]
+        "--set", "bench.iters_per_round=2", "--set", "bench.memory=false", "--set", "train.finetune.epochs=0"]
 
 
 @pytest.mark.e2e

@@ -104,7 +104,8 @@ TINY = ["--set", "data.train_limit=600", "--set", "data.val_size=100", "--set", 
         "--set", "train.batch_size=50", "--set", "train.dense.epochs=1", "--set", "train.vib.epochs=2",
         "--set", "train.vib.kl_factor=1e-3", "--set", "train.vib.gate_lr=0.5",
         "--set", "bench.backends=[onnxruntime]", "--set", "bench.batch_sizes=[1,8]", "--set", "bench.rounds=2",
-        "--set", "bench.iters_per_round=3", "--set", "bench.warmup=1", "--set", "bench.memory=false"]
+        "--set", "bench.iters_per_round=3", "--set", "bench.warmup=1", "--set", "bench.memory=false",
+        "--set", "train.finetune.epochs=0"]
 
 
 @pytest.mark.e2e

@@ -36,8 +36,11 @@ def test_sweep_reuses_one_dense_stage_and_plots_the_frontier(tmp_path, mnist_roo
     assert [(r["kl_factor"], r["seed"]) for r in records] == [(2e-4, 0), (1e-3, 0)]
     assert records[1]["flops"] < records[0]["flops"] < records[0]["dense_flops"]  # more KL, fewer FLOPs
     assert all(r["p50_ms"]["onnxruntime/b64/pruned"] > 0 for r in records)
+    for r, point in zip(records, points):  # validation error (what chooses a point) is the VIB stage's, as recorded
+        assert r["val_error"] == json.loads((point / "train-vib.json").read_text())["val_error"]
     assert (tmp_path / "sw" / "frontier.png").read_bytes()[:4] == b"\x89PNG"
-    assert "| 0.001 | 0 |" in (tmp_path / "sw" / "frontier.md").read_text()
+    frontier = (tmp_path / "sw" / "frontier.md").read_text()
+    assert "| 0.001 | 0 |" in frontier and "| val error % | test error % |" in frontier
     assert "kl_factor 0.001: error" in proc.stdout
 
     again = run_cli("sweep", PIPELINE, "--kl-factor", "1e-3", "--out", str(tmp_path / "sw2"), *TINY, cwd=tmp_path)

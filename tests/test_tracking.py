@@ -12,7 +12,7 @@ mlflow = pytest.importorskip("mlflow", reason="MLflow is the optional extra `tra
 
 TINY = ["data.train_limit=600", "data.val_size=100", "data.test_limit=200", "train.dense.epochs=2", "train.vib.epochs=3",
         "bench.rounds=1", "bench.iters_per_round=1", "bench.warmup=0", "bench.batch_sizes=[1]", "bench.memory=false",
-        "bench.backends=[onnxruntime]"]
+        "bench.backends=[onnxruntime]", "train.finetune.epochs=0"]
 
 
 @pytest.mark.e2e

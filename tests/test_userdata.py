@@ -133,7 +133,7 @@ def test_test_labels_beyond_the_training_classes(tmp_path):
 # -- through every stage ------------------------------------------------------------------------------------
 FAST = ["--set", "train.dense.epochs=1", "--set", "train.vib.epochs=2", "--set", "train.vib.finetune_epochs=0",
         "--set", "bench.rounds=1", "--set", "bench.iters_per_round=1", "--set", "bench.warmup=0", "--set", "bench.batch_sizes=[1]",
-        "--set", "bench.memory=false", "--set", "bench.backends=[onnxruntime]"]
+        "--set", "bench.memory=false", "--set", "bench.backends=[onnxruntime]", "--set", "train.finetune.epochs=0"]
 
 
 @pytest.mark.e2e

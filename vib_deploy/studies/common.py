@@ -82,10 +82,13 @@ def run_record(run: RunDir, method: str) -> dict[str, Any]:
     config = read_run_config(run.path)
     prune = PruneRecord.read(run)
     tuned = run.read_json("finetune.json") if finetuned(config) else None  # the deployed net's error
+    vib = run.read_json("train-vib.json") if method == "vib" else {}
     return {
         "model": config.model.name, "pipeline": config.name, "method": method, "seed": config.train.seed,
         "kl_factor": config.train.vib.kl_factor if method == "vib" else None, "run_dir": str(run.path),
         "error": tuned["test_error"] if tuned else prune.test_error, "error_pruned": prune.test_error,
+        # what chooses between points: the validation error of the deployed net (VIB runs; the test error is reported once)
+        "val_error": tuned["val_error"] if tuned else vib.get("val_error"),
         "finetune": {k: tuned[k] for k in ("epochs", "lr", "weight_decay", "best_epoch")} if tuned else None,
         "test_samples": prune.samples,
         "architecture": prune.architecture, "dense_architecture": prune.dense_architecture,
