@@ -28,3 +28,16 @@ def test_every_setting_is_listed_and_read_from_the_config():
     tuned = _row(lines, "after pruning")
     assert "same: none" in tuned and "**differs**: finetune stage: 20 epochs" in tuned
     assert "best validation epoch" in _row(lines, "selection")
+
+
+def test_goal_lines_judge_error_and_flops_or_the_reduction_factor():
+    from vib_deploy.studies.paper import _goal_lines
+
+    l5 = [{"error": 0.0088, "flops": 180_000, "dense_flops": 4_586_000}, {"error": 0.0094, "flops": 170_000, "dense_flops": 4_586_000}]
+    (line,) = _goal_lines("lenet5", l5)  # mean 0.91 % at 26.2x: the error misses by 0.01 points, the reduction is met
+    assert "≥ 25× fewer FLOPs: **missed** (error +0.01 points)" in line and "26.2× fewer than dense" in line
+    goal, stretch = _goal_lines("lenet300", [{"error": 0.0165, "flops": 19_000, "dense_flops": 532_400}])
+    assert "≤ 1.7 % error at ≤ 19.1 KFLOPs: **met**" in goal and "**missed** (error +0.05 points)" in stretch
+    (far,) = _goal_lines("lenet5", [{"error": 0.008, "flops": 262_900, "dense_flops": 4_586_000}])  # 17.4x < 25x
+    assert "**missed** (FLOPs +43.3%)" in far
+    assert _goal_lines("resnet20", l5) == []
