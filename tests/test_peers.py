@@ -217,7 +217,10 @@ def test_peer_keys_name_the_kept_epoch_and_are_otherwise_the_old_ones():
     old["keep"] = "best validation epoch"
     assert PeerSpec("l1", 22_336, "runs/x", 784, (110, 83, 27)).section(config) == old
     same = PeerSpec("l1-same", 22_336, "runs/x", 784, (110, 83, 27)).section(config)
-    assert same["widths"] == [110, 83, 27]
+    assert same["widths"] == [110, 83, 27] and same["pixels_by"] == "|W|*E|x|"  # l1-same's pixels: the data-aware criterion
+    assert "pixels_by" not in PeerSpec("l1-same", 1, "r", None, (4, 9, 60)).section(config)  # no input gate: no pixels
+    assert "pixels_by" not in PeerSpec("random-same", 1, "r", 784, (110, 83, 27)).section(config)
+    assert PeerSpec("act-pixels", 1, "r", 784, (110, 83, 27)).section(config)["pixels_by"] == "|W|*E|x|"
     assert PeerSpec("scratch", 1, "r", 784, (110, 83, 27), "ab").section(config)["vib_model_sha256"] == "ab"
     assert PeerSpec("l1", 1, "r", 784, (110, 83, 27)).vib_widths(2) == (110, [83, 27])
     assert PeerSpec("l1", 1, "r", None, (4, 9, 60)).vib_widths(3) == (None, [4, 9, 60])
@@ -255,3 +258,14 @@ def test_same_width_peers_keep_vibs_widths_and_pixel_count():
         assert torch.equal(full(x), reduced(x.flatten(1)[:, kept]))
     # random pixels: seeded, and not the L1 choice
     assert prune_pixels(hidden, 110, 0)[2] == prune_pixels(hidden, 110, 0)[2] != prune_pixels(hidden, 110)[2]
+
+
+def test_records_count_the_kept_pixels_of_a_net_that_gathers_them():
+    from types import SimpleNamespace
+
+    from vib_deploy.studies.common import _architecture
+
+    old_scratch = SimpleNamespace(architecture=[784, 65, 26], dense_architecture=[784, 300, 100], kept_pixels=list(range(95)))
+    assert _architecture(old_scratch) == [95, 65, 26]  # type: ignore[arg-type]
+    conv = SimpleNamespace(architecture=[4, 9, 60], dense_architecture=[20, 50, 500], kept_pixels=None)
+    assert _architecture(conv) == [4, 9, 60]  # type: ignore[arg-type]

@@ -91,10 +91,19 @@ def run_record(run: RunDir, method: str) -> dict[str, Any]:
         "val_error": tuned["val_error"] if tuned else vib.get("val_error"),
         "finetune": {k: tuned[k] for k in ("epochs", "lr", "weight_decay", "best_epoch")} if tuned else None,
         "test_samples": prune.samples,
-        "architecture": prune.architecture, "dense_architecture": prune.dense_architecture,
+        "architecture": _architecture(prune), "dense_architecture": prune.dense_architecture,
         "flops": prune.pruned.flops, "params": prune.pruned.params, "bytes": prune.pruned.params * 4,
         "dense_flops": prune.dense.flops, "dense_params": prune.dense.params, "p50_ms": BenchFile.read(run).p50_by_key(),
     }
+
+
+def _architecture(prune: PruneRecord) -> list[int]:
+    """Kept units per layer, the kept pixels first when the net gathers them (scratch records made before its prune.json
+    counted them say 784 there: the count is taken from the kept pixels themselves)."""
+    arch = list(prune.architecture)
+    if prune.kept_pixels is not None and len(arch) == len(prune.dense_architecture):
+        arch[0] = len(prune.kept_pixels)
+    return arch
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:

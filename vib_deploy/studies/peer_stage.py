@@ -59,6 +59,8 @@ class PeerSpec:
             out["split"] = [budget["sparsity"], budget["finetune"]]
         if method.same_widths or method.scratch:
             out["widths"] = list(self.vib_architecture)
+        if method.pixel_criterion == "activation" and (method.pixels or self.input_units):  # keyed only when it applies
+            out["pixels_by"] = "|W|*E|x|"
         if method.scratch:
             out["vib_model_sha256"] = self.vib_model_sha256
         return out
@@ -136,7 +138,7 @@ def peer_prune(ctx: Any, spec: PeerSpec) -> list[str]:
     save_model(pruned, ctx.out("pruned.pt"), {"kept_pixels": kept_pixels, "method": spec.method})
     if reduced is not None:
         save_model(reduced.float().eval(), ctx.out("pruned_reduced.pt"), {"kept_pixels": kept_pixels, "method": spec.method})
-    inputs = [pixels] if pixels is not None else [spec.input_units] if spec.input_units else []
+    inputs = [len(kept_pixels)] if kept_pixels is not None else [spec.input_units] if spec.input_units else []
     arch = inputs + widths
     full = dense_widths(dense)
     peer = PeerInfo(method=spec.method, vib_run=spec.vib_run, target_flops=spec.target_flops,

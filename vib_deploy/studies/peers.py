@@ -18,7 +18,8 @@ as a plain Sequential (`pruned.pt`), so the pipeline's export and bench stages r
                scores 0 whatever its (initial) weights
     l1-same, random-same
                l1 / random at exactly VIB's kept widths, and (MLPs with VIB's input gate) VIB's number of
-               kept pixels chosen by the same criterion: the criterion isolated from the width allocation
+               kept pixels, chosen by |W_j|_1 * E|x_j| (l1-same: the column norm alone picks never-lit pixels) or
+               at random: the criterion isolated from the width allocation
     scratch    VIB's final architecture and kept pixels, re-initialised and trained from scratch for VIB's whole
                budget, dense epochs included (Liu et al., "Rethinking the Value of Network Pruning", ICLR 2019)
 
@@ -87,7 +88,8 @@ METHODS: dict[str, Method] = {m.name: m for m in [
     Method("magnitude", "magnitude neurons (L2 of incoming weights)", _l2),
     Method("l1-pixels", "L1-norm, input pixels too (MLP)", _l1, pixels=True),
     Method("act-pixels", "L1-norm, input pixels by |W|·E|x| (MLP)", _l1, pixels=True, pixel_criterion="activation"),
-    Method("l1-same", "L1-norm at VIB's kept widths and pixel count", _l1, same_widths=True),
+    Method("l1-same", "L1-norm at VIB's kept widths and pixel count (pixels by |W|·E|x|)", _l1, same_widths=True,
+           pixel_criterion="activation"),
     Method("random-same", "random at VIB's kept widths and pixel count", _random, same_widths=True, pixel_criterion="random"),
     Method("scratch", "VIB's architecture from scratch (Liu et al. 2019)", None, scratch=True),
 ]}
