@@ -42,6 +42,10 @@ def test_records_have_the_required_keys_and_matched_flops(compared):
             t = r["vs_vib"]
             assert t["n"] == r["test_samples"] and 0 <= t["p_value"] <= 1
             assert t["a_only"] - t["b_only"] == round((r["error"] - vib["error"]) * t["n"])
+            # the peer's fine-tune keeps its best validation epoch (0: as pruned), as VIB's finetune stage does
+            history = json.loads((cwd / r["run_dir"] / "prune.json").read_text())["history"]["finetune"]
+            accs = [h["val_acc"] for h in history]
+            assert r["kept_epoch"] == 0 or accs[r["kept_epoch"] - 1] == max(accs)
 
 
 def test_peer_run_dirs_are_normal_runs_from_the_same_dense_net(compared):

@@ -90,6 +90,8 @@ def run_record(run: RunDir, method: str) -> dict[str, Any]:
         # what chooses between points: the validation error of the deployed net (VIB runs; the test error is reported once)
         "val_error": tuned["val_error"] if tuned else vib.get("val_error"),
         "finetune": {k: tuned[k] for k in ("epochs", "lr", "weight_decay", "best_epoch")} if tuned else None,
+        # the fine-tune epoch validation kept (0: as pruned): VIB's finetune stage, a peer's own fine-tune
+        "kept_epoch": tuned["best_epoch"] if tuned else prune.peer.kept_epoch if prune.peer else None,
         "test_samples": prune.samples,
         "architecture": _architecture(prune), "dense_architecture": prune.dense_architecture,
         "flops": prune.pruned.flops, "params": prune.pruned.params, "bytes": prune.pruned.params * 4,

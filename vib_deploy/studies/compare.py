@@ -246,14 +246,15 @@ def render(records: list[dict[str, Any]], plots: dict[str, str]) -> str:
                       + (f"Flagged: {len(drift)} of {sum(r['method'] != 'vib' for r in group)} peer runs." if drift else
                          "None flagged.")]
         parts += ["", *verdicts(group), "", "Per run:", "",
-                  "| method | seed | error | kept | KFLOPs | params | ORT b1 ms | ORT b64 ms | dense p50 vs VIB's run | run directory |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
+                  "| method | seed | error | kept | KFLOPs | params | fine-tune epoch kept | ORT b1 ms | ORT b64 ms "
+                  "| dense p50 vs VIB's run | run directory |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in group:
             flag = drift.get((r["method"], r["seed"]))
             note = "–" if r["method"] == "vib" else ("**flagged** " + ", ".join(f"b{b} {v:+.0%}" for b, v in flag.items())
                                                      if flag else "within 20 %")
             parts.append(f"| {r['method']} | {r['seed']} | {100 * r['error']:.2f} % | {'-'.join(map(str, r['architecture']))} | "
-                         f"{r['flops'] / 1e3:.1f} | {r['params']:,} | {_fmt(_p50(r, 'onnxruntime', 1))} | "
+                         f"{r['flops'] / 1e3:.1f} | {r['params']:,} | {_kept_epoch(r)} | {_fmt(_p50(r, 'onnxruntime', 1))} | "
                          f"{_fmt(_p50(r, 'onnxruntime', 64))} | {note} | `{r['run_dir']}` |")
         if pipeline in plots:
             parts += ["", f"![{pipeline}]({plots[pipeline]})"]
@@ -277,6 +278,11 @@ def _command(group: list[dict[str, Any]]) -> str:
     sets = "".join(f" --set {o}" for o in group[0].get("overrides", []))
     return (f"vib-deploy compare {group[0].get('pipeline_file', 'PIPELINE')} --methods {','.join(methods)} --match-flops "
             f"--seeds {','.join(map(str, seeds))}{sets}")
+
+
+def _kept_epoch(r: dict[str, Any]) -> str:
+    epoch = r.get("kept_epoch")
+    return "–" if epoch is None else f"{epoch} of {r['finetune']['epochs']}" if r.get("finetune") else str(epoch)
 
 
 def _fmt(v: float | None) -> str:
