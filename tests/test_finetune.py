@@ -245,9 +245,10 @@ def test_peer_of_a_finetuned_vib_run_gets_its_epochs_and_runs_without_the_stage(
 def test_the_finetune_command_of_a_run_with_it_off_is_exit_2(tmp_path):
     from conftest import run_cli
 
-    assert run_cli("init", "pipelines/mnist-lenet300.yaml", "--run-dir", str(tmp_path / "r")).returncode == 0
+    off = ("--set", "train.finetune.epochs=0")  # the LeNet pipelines fine-tune by default
+    assert run_cli("init", "pipelines/mnist-lenet300.yaml", "--run-dir", str(tmp_path / "r"), *off).returncode == 0
     for args in (("finetune", str(tmp_path / "r")),
-                 ("run", "pipelines/mnist-lenet300.yaml", "--run-dir", str(tmp_path / "r"), "--force", "finetune")):
+                 ("run", "pipelines/mnist-lenet300.yaml", "--run-dir", str(tmp_path / "r"), "--force", "finetune", *off)):
         proc = run_cli(*args)
         assert proc.returncode == 2 and "Traceback" not in proc.stderr
         assert proc.stderr.strip().splitlines()[-1] == "error: stage finetune is off in this config (train.finetune.epochs: 0)"

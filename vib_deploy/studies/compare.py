@@ -245,21 +245,25 @@ def render(records: list[dict[str, Any]], plots: dict[str, str]) -> str:
                       f"comparable with VIB's; its speedups are, being timed against its own dense model in one process). "
                       + (f"Flagged: {len(drift)} of {sum(r['method'] != 'vib' for r in group)} peer runs." if drift else
                          "None flagged.")]
-        parts += ["", *verdicts(group), "", "Per run:", "",
-                  "| method | seed | error | kept | KFLOPs | params | fine-tune epoch kept | ORT b1 ms | ORT b64 ms "
-                  "| dense p50 vs VIB's run | run directory |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|"]
-        for r in group:
-            flag = drift.get((r["method"], r["seed"]))
-            note = "–" if r["method"] == "vib" else ("**flagged** " + ", ".join(f"b{b} {v:+.0%}" for b, v in flag.items())
-                                                     if flag else "within 20 %")
-            parts.append(f"| {r['method']} | {r['seed']} | {100 * r['error']:.2f} % | {'-'.join(map(str, r['architecture']))} | "
-                         f"{r['flops'] / 1e3:.1f} | {r['params']:,} | {_kept_epoch(r)} | {_fmt(_p50(r, 'onnxruntime', 1))} | "
-                         f"{_fmt(_p50(r, 'onnxruntime', 64))} | {note} | `{r['run_dir']}` |")
+        parts += ["", *verdicts(group), "", "Per run:", "", *_per_run(group, drift)]
         if pipeline in plots:
             parts += ["", f"![{pipeline}]({plots[pipeline]})"]
         parts.append("")
     return "\n".join(parts)
+
+
+def _per_run(group: list[dict[str, Any]], drift: dict[tuple[str, int], dict[int, float]]) -> list[str]:
+    """The per-run table of one pipeline's records, a peer's dense-p50 drift flagged."""
+    lines = ["| method | seed | error | kept | KFLOPs | params | fine-tune epoch kept | ORT b1 ms | ORT b64 ms "
+             "| dense p50 vs VIB's run | run directory |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in group:
+        flag = drift.get((r["method"], r["seed"]))
+        note = "–" if r["method"] == "vib" else ("**flagged** " + ", ".join(f"b{b} {v:+.0%}" for b, v in flag.items())
+                                                 if flag else "within 20 %")
+        lines.append(f"| {r['method']} | {r['seed']} | {100 * r['error']:.2f} % | {'-'.join(map(str, r['architecture']))} | "
+                     f"{r['flops'] / 1e3:.1f} | {r['params']:,} | {_kept_epoch(r)} | {_fmt(_p50(r, 'onnxruntime', 1))} | "
+                     f"{_fmt(_p50(r, 'onnxruntime', 64))} | {note} | `{r['run_dir']}` |")
+    return lines
 
 
 def _gpu_note() -> str:
