@@ -87,10 +87,10 @@ METHODS: dict[str, Method] = {m.name: m for m in [
     Method("random", "random structured", _random),
     Method("magnitude", "magnitude neurons (L2 of incoming weights)", _l2),
     Method("l1-pixels", "L1-norm, input pixels too (MLP)", _l1, pixels=True),
-    Method("act-pixels", "L1-norm, input pixels by |W|·E|x| (MLP)", _l1, pixels=True, pixel_criterion="activation"),
-    Method("l1-same", "L1-norm at VIB's kept widths and pixel count (pixels by |W|·E|x|)", _l1, same_widths=True,
+    Method("act-pixels", "L1-norm, input pixels by weight × mean input (MLP)", _l1, pixels=True, pixel_criterion="activation"),
+    Method("l1-same", "L1-norm at VIB's kept widths (and pixel count: pixels by weight × mean input)", _l1, same_widths=True,
            pixel_criterion="activation"),
-    Method("random-same", "random at VIB's kept widths and pixel count", _random, same_widths=True, pixel_criterion="random"),
+    Method("random-same", "random at VIB's kept widths (and pixel count)", _random, same_widths=True, pixel_criterion="random"),
     Method("scratch", "VIB's architecture from scratch (Liu et al. 2019)", None, scratch=True),
 ]}
 
