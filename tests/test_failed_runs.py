@@ -118,7 +118,19 @@ def test_disk_full_at_the_first_write(run_copy, monkeypatch):
         real(path, fail, size)
 
     before = snapshot(run_copy)
-    monkeypatch.setattr(runs, "atomic_write", full)  # every writer in vib_deploy goes through it
+    # every writer in vib_deploy goes through it: patch it where it is defined and in every module that imported the
+    # name (imported first, so none binds the failing one for good and breaks later tests in this process)
+    import importlib
+    import pkgutil
+
+    import vib_deploy
+
+    for info in pkgutil.walk_packages(vib_deploy.__path__, "vib_deploy."):
+        if info.name.endswith("__main__"):  # runs the CLI
+            continue
+        module = importlib.import_module(info.name)
+        if getattr(module, "atomic_write", None) is real:
+            monkeypatch.setattr(module, "atomic_write", full)
     config = load_config(ROOT / PIPELINE, [*SETTINGS, "train.seed=1"])
     with pytest.raises(UserError, match="disk full while writing"):
         run_pipeline(config, run_copy, echo=lambda _: None)
