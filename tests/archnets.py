@@ -51,9 +51,18 @@ class Fire(nn.Module):
 class SqueezeNet(nn.Module):
     def __init__(self, num_classes: int = 10):
         super().__init__()
-        self.features = nn.Sequential(nn.Conv2d(1, 12, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-                                      Fire(12, 4, 6), Fire(12, 4, 8), nn.MaxPool2d(2), Fire(16, 6, 8))
-        self.classifier = nn.Sequential(nn.Dropout(0.5), nn.Conv2d(16, num_classes, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1))
+        self.features = nn.Sequential(
+            nn.Conv2d(1, 12, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            Fire(12, 4, 6),
+            Fire(12, 4, 8),
+            nn.MaxPool2d(2),
+            Fire(16, 6, 8),
+        )
+        self.classifier = nn.Sequential(
+            nn.Dropout(0.5), nn.Conv2d(16, num_classes, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.flatten(self.classifier(self.features(x)), 1)
@@ -72,10 +81,14 @@ class ShuffleUnit(nn.Module):
         super().__init__()
         half = cout // 2
         self.stride = stride
-        self.branch1 = (nn.Sequential(*_cbr(cin, cin, 3, stride, cin, relu=False), *_cbr(cin, half))
-                        if stride > 1 else nn.Sequential())
-        self.branch2 = nn.Sequential(*_cbr(cin if stride > 1 else half, half),
-                                     *_cbr(half, half, 3, stride, half, relu=False), *_cbr(half, half))
+        self.branch1 = (
+            nn.Sequential(*_cbr(cin, cin, 3, stride, cin, relu=False), *_cbr(cin, half))
+            if stride > 1
+            else nn.Sequential()
+        )
+        self.branch2 = nn.Sequential(
+            *_cbr(cin if stride > 1 else half, half), *_cbr(half, half, 3, stride, half, relu=False), *_cbr(half, half)
+        )
         self.shuffle = nn.ChannelShuffle(2) if shuffle_module else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -91,8 +104,11 @@ class ShuffleNet(nn.Module):
     def __init__(self, num_classes: int = 10, shuffle_module: bool = False):
         super().__init__()
         self.conv1 = nn.Sequential(*_cbr(1, 8, 3))
-        self.stage2 = nn.Sequential(ShuffleUnit(8, 16, 2, shuffle_module), ShuffleUnit(16, 16, 1, shuffle_module),
-                                    ShuffleUnit(16, 16, 1, shuffle_module))
+        self.stage2 = nn.Sequential(
+            ShuffleUnit(8, 16, 2, shuffle_module),
+            ShuffleUnit(16, 16, 1, shuffle_module),
+            ShuffleUnit(16, 16, 1, shuffle_module),
+        )
         self.conv5 = nn.Sequential(*_cbr(16, 24))
         self.fc = nn.Linear(24, num_classes)
 
@@ -137,8 +153,10 @@ class DenseNet(nn.Module):
             self.stages.append(f"block{i}")
             c += layers * growth
             if i < len(blocks):
-                self.add_module(f"transition{i}", nn.Sequential(nn.BatchNorm2d(c), nn.ReLU(), nn.Conv2d(c, c // 2, 1, bias=False),
-                                                                nn.AvgPool2d(2)))
+                self.add_module(
+                    f"transition{i}",
+                    nn.Sequential(nn.BatchNorm2d(c), nn.ReLU(), nn.Conv2d(c, c // 2, 1, bias=False), nn.AvgPool2d(2)),
+                )
                 self.stages.append(f"transition{i}")
                 c //= 2
         self.norm5 = nn.BatchNorm2d(c)

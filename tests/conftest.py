@@ -15,18 +15,63 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 LENET300 = "pipelines/mnist-lenet300.yaml"
 # the tiny LeNet-300-100 run of `lenet300_run` (test_cli, test_bad_inputs, test_triton) and of torchrun's twin
-TINY = ["--set", "data.train_limit=700", "--set", "data.val_size=200", "--set", "data.test_limit=300",
-        "--set", "train.dense.epochs=2", "--set", "train.vib.epochs=2", "--set", "train.vib.kl_factor=1e-3",
-        "--set", "bench.rounds=2", "--set", "bench.iters_per_round=3", "--set", "bench.warmup=1",
-        "--set", "bench.batch_sizes=[1,8]", "--set", "train.finetune.epochs=0"]  # finetune: tests/test_finetune.py
+TINY = [
+    "--set",
+    "data.train_limit=700",
+    "--set",
+    "data.val_size=200",
+    "--set",
+    "data.test_limit=300",
+    "--set",
+    "train.dense.epochs=2",
+    "--set",
+    "train.vib.epochs=2",
+    "--set",
+    "train.vib.kl_factor=1e-3",
+    "--set",
+    "bench.rounds=2",
+    "--set",
+    "bench.iters_per_round=3",
+    "--set",
+    "bench.warmup=1",
+    "--set",
+    "bench.batch_sizes=[1,8]",
+    "--set",
+    "train.finetune.epochs=0",
+]  # finetune: tests/test_finetune.py
 # the study commands' tiny points (test_sweep, test_compare)
-STUDY_TINY = ["--set", "data.train_limit=700", "--set", "data.val_size=200", "--set", "data.test_limit=300",
-              "--set", "train.dense.epochs=1", "--set", "train.vib.epochs=3", "--set", "train.batch_size=50",
-              "--set", "train.vib.gate_lr=0.1", "--set", "bench.rounds=2", "--set", "bench.iters_per_round=3",
-              "--set", "bench.warmup=1", "--set", "bench.memory=false", "--set", "bench.backends=[onnxruntime]",
-              "--set", "train.finetune.epochs=0"]
+STUDY_TINY = [
+    "--set",
+    "data.train_limit=700",
+    "--set",
+    "data.val_size=200",
+    "--set",
+    "data.test_limit=300",
+    "--set",
+    "train.dense.epochs=1",
+    "--set",
+    "train.vib.epochs=3",
+    "--set",
+    "train.batch_size=50",
+    "--set",
+    "train.vib.gate_lr=0.1",
+    "--set",
+    "bench.rounds=2",
+    "--set",
+    "bench.iters_per_round=3",
+    "--set",
+    "bench.warmup=1",
+    "--set",
+    "bench.memory=false",
+    "--set",
+    "bench.backends=[onnxruntime]",
+    "--set",
+    "train.finetune.epochs=0",
+]
 # the progress lines stage commands print on stderr, and the line a changed config prints before anything reruns
-STATUS = re.compile(r"^\[(run|cached|off)\] [a-z-]+$|^\S+: .* from the (finished run|last run there); .*(rerun|reruns)$")
+STATUS = re.compile(
+    r"^\[(run|cached|off)\] [a-z-]+$|^\S+: .* from the (finished run|last run there); .*(rerun|reruns)$"
+)
 
 
 @pytest.fixture(scope="session")
@@ -60,11 +105,19 @@ def assert_user_error(proc: subprocess.CompletedProcess, *fragments: str) -> str
     return lines[0]
 
 
-def run_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+def run_cli(
+    *args: str, cwd: Path | None = None, env: dict[str, str] | None = None, timeout: int = 600
+) -> subprocess.CompletedProcess:
     """Run `python -m vib_deploy ARGS` the way a user runs the console script."""
     full_env = {**os.environ, **(env or {})}
-    return subprocess.run([sys.executable, "-m", "vib_deploy", *args], cwd=cwd or ROOT, capture_output=True,
-                          text=True, env=full_env, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "vib_deploy", *args],
+        cwd=cwd or ROOT,
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=timeout,
+    )
 
 
 class InterruptAfter:

@@ -16,7 +16,9 @@ import numpy as np
 WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 
 
-def write_digit_folder(root: Path, n_train: int = 600, n_test: int = 200, rgb_every: int = 3, classes: int = 10) -> Path:
+def write_digit_folder(
+    root: Path, n_train: int = 600, n_test: int = 200, rgb_every: int = 3, classes: int = 10
+) -> Path:
     from PIL import Image
 
     from vib_deploy.data import SPLIT_FILES, _find_split, read_idx, resolve_root

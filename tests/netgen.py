@@ -46,8 +46,9 @@ class Residual(nn.Module):
 class Depthwise(nn.Module):
     def __init__(self, cin: int, cout: int):
         super().__init__()
-        self.body = nn.Sequential(*_cbr(cin, cin, groups=cin),
-                                  nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU())
+        self.body = nn.Sequential(
+            *_cbr(cin, cin, groups=cin), nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(x)
@@ -66,8 +67,14 @@ class Concat(nn.Module):
 class DenseLayer(nn.Module):
     def __init__(self, cin: int, growth: int):
         super().__init__()
-        self.body = nn.Sequential(nn.BatchNorm2d(cin), nn.ReLU(), nn.Conv2d(cin, 2 * growth, 1, bias=False),
-                                  nn.BatchNorm2d(2 * growth), nn.ReLU(), nn.Conv2d(2 * growth, growth, 3, padding=1, bias=False))
+        self.body = nn.Sequential(
+            nn.BatchNorm2d(cin),
+            nn.ReLU(),
+            nn.Conv2d(cin, 2 * growth, 1, bias=False),
+            nn.BatchNorm2d(2 * growth),
+            nn.ReLU(),
+            nn.Conv2d(2 * growth, growth, 3, padding=1, bias=False),
+        )
 
     def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
         return self.body(torch.cat(features, dim=1))
@@ -91,7 +98,7 @@ class BlockSpec:
     cin: int
     cout: int
     groups: int = 1  # "grouped" only
-    split: int = 0   # "concat": channels of the 1x1 branch (the 3x3 branch has cout - split)
+    split: int = 0  # "concat": channels of the 1x1 branch (the 3x3 branch has cout - split)
 
     def build(self) -> nn.Module:
         if self.kind == "residual":

@@ -27,8 +27,10 @@ def test_rounds_alternate_order():
 def test_percentiles_and_speedups():
     stats = percentiles([1_000_000] * 98 + [5_000_000, 9_000_000])
     assert stats["p50_ms"] == 1.0 and stats["p99_ms"] > 5.0
-    recs = [{"backend": "ort", "batch": 1, "variant": "dense", "p50_ms": 4.0},
-            {"backend": "ort", "batch": 1, "variant": "pruned", "p50_ms": 1.0}]
+    recs = [
+        {"backend": "ort", "batch": 1, "variant": "dense", "p50_ms": 4.0},
+        {"backend": "ort", "batch": 1, "variant": "pruned", "p50_ms": 1.0},
+    ]
     assert speedups(recs) == [{"backend": "ort", "batch": 1, "variant": "pruned", "precision": "fp32", "speedup": 4.0}]
 
 
@@ -47,11 +49,17 @@ def test_real_run_on_both_backends(tmp_path):
     export_onnx(dense, tmp_path / "d.onnx", (1, 28, 28), 18)
     v = Variant("dense", {".pt": tmp_path / "d.pt", ".onnx": tmp_path / "d.onnx"})
     images = np.random.default_rng(0).random((16, 1, 28, 28), dtype=np.float32)
-    recs = run_bench([v], images, ["onnxruntime", "torch", "openvino"], [1, 4], threads=1, rounds=2, iters=3, warmup=1,
-                     memory=True)
-    assert {(r["backend"], r["batch"]) for r in recs} == {(b, n) for b in ("onnxruntime", "torch", "openvino") for n in (1, 4)}
+    recs = run_bench(
+        [v], images, ["onnxruntime", "torch", "openvino"], [1, 4], threads=1, rounds=2, iters=3, warmup=1, memory=True
+    )
+    assert {(r["backend"], r["batch"]) for r in recs} == {
+        (b, n) for b in ("onnxruntime", "torch", "openvino") for n in (1, 4)
+    }
     for r in recs:
-        assert r["precision"] == "fp32" and r["bytes"] == v.artifacts[".pt" if r["backend"] == "torch" else ".onnx"].stat().st_size
+        assert (
+            r["precision"] == "fp32"
+            and r["bytes"] == v.artifacts[".pt" if r["backend"] == "torch" else ".onnx"].stat().st_size
+        )
         assert 0 < r["p50_ms"] <= r["p90_ms"] <= r["p99_ms"] and r["calls"] == 6
         assert r["throughput"] == pytest.approx(r["batch"] / (r["mean_ms"] / 1e3))
         assert r["peak_memory_bytes"] > 0  # the model's own load + inference peak, not 0

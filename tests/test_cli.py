@@ -13,9 +13,24 @@ pytestmark = pytest.mark.e2e
 
 def test_every_artifact_and_the_metrics_contract(lenet300_run):
     run_dir, proc = lenet300_run
-    for name in ["config.yaml", "manifest.json", "dense.pt", "vib.pt", "pruned.pt", "pruned_reduced.pt", "dense.onnx",
-                 "pruned.onnx", "pruned_reduced.onnx", "metrics.json", "report.md", "plots/units.png",
-                 "plots/latency.png", "plots/training.png", "train-dense.ckpt", "train-vib.ckpt"]:
+    for name in [
+        "config.yaml",
+        "manifest.json",
+        "dense.pt",
+        "vib.pt",
+        "pruned.pt",
+        "pruned_reduced.pt",
+        "dense.onnx",
+        "pruned.onnx",
+        "pruned_reduced.onnx",
+        "metrics.json",
+        "report.md",
+        "plots/units.png",
+        "plots/latency.png",
+        "plots/training.png",
+        "train-dense.ckpt",
+        "train-vib.ckpt",
+    ]:
         assert (run_dir / name).is_file() and (run_dir / name).stat().st_size > 0, name
     m = json.loads((run_dir / "metrics.json").read_text())
     assert m["model"] == "lenet300" and m["dataset"] == "mnist"
@@ -33,9 +48,21 @@ def test_every_artifact_and_the_metrics_contract(lenet300_run):
     assert m["export"]["max_abs_diff"] <= 1e-4 and m["export"]["argmax_agreement"] >= 0.999
     assert m["export"]["opset"] >= 17
     combos = {(r["backend"], r["batch"], r["variant"]) for r in m["bench"]}
-    assert combos == {(b, n, v) for b in ("onnxruntime", "torch") for n in (1, 8) for v in ("dense", "pruned", "pruned_reduced")}
+    assert combos == {
+        (b, n, v) for b in ("onnxruntime", "torch") for n in (1, 8) for v in ("dense", "pruned", "pruned_reduced")
+    }
     for r in m["bench"]:
-        assert {"backend", "device", "batch", "variant", "p50_ms", "p90_ms", "p99_ms", "throughput", "peak_memory_bytes"} <= set(r)
+        assert {
+            "backend",
+            "device",
+            "batch",
+            "variant",
+            "p50_ms",
+            "p90_ms",
+            "p99_ms",
+            "throughput",
+            "peak_memory_bytes",
+        } <= set(r)
     assert len(m["speedup"]) == 8 and all(s["speedup"] > 0 for s in m["speedup"])
     # the final table is printed
     assert "architecture kept" in proc.stdout and "784-300-100 →" in proc.stdout
@@ -50,13 +77,28 @@ def test_rerun_is_cached_and_one_change_reruns_from_there(lenet300_run, tmp_path
     proc = run_cli("run", "pipelines/mnist-lenet300.yaml", "--run-dir", str(copy), *TINY)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stderr.count("[cached]") == 6
-    proc = run_cli("run", "pipelines/mnist-lenet300.yaml", "--run-dir", str(copy), *TINY, "--set", "bench.iters_per_round=2")
+    proc = run_cli(
+        "run", "pipelines/mnist-lenet300.yaml", "--run-dir", str(copy), *TINY, "--set", "bench.iters_per_round=2"
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     ran = [line.split()[1] for line in proc.stderr.splitlines() if line.startswith("[run]")]
     assert ran == ["bench", "report"]
-    proc = run_cli("run", "pipelines/mnist-lenet300.yaml", "--run-dir", str(copy), *TINY, "--set",
-                   "bench.iters_per_round=2", "--force", "export")
-    assert [line.split()[1] for line in proc.stderr.splitlines() if line.startswith("[run]")] == ["export", "bench", "report"]
+    proc = run_cli(
+        "run",
+        "pipelines/mnist-lenet300.yaml",
+        "--run-dir",
+        str(copy),
+        *TINY,
+        "--set",
+        "bench.iters_per_round=2",
+        "--force",
+        "export",
+    )
+    assert [line.split()[1] for line in proc.stderr.splitlines() if line.startswith("[run]")] == [
+        "export",
+        "bench",
+        "report",
+    ]
 
 
 def test_single_stage_commands_and_verify(lenet300_run, tmp_path):
@@ -78,9 +120,19 @@ def test_single_stage_commands_and_verify(lenet300_run, tmp_path):
 
 def test_lenet5_through_every_stage(tmp_path, mnist_root):
     run_dir = tmp_path / "l5"
-    proc = run_cli("run", "pipelines/mnist-lenet5.yaml", "--run-dir", str(run_dir), *TINY,
-                   "--set", "train.vib.kl_factor=1e-4", "--set", "bench.backends=[onnxruntime]",
-                   "--set", "bench.memory=false")
+    proc = run_cli(
+        "run",
+        "pipelines/mnist-lenet5.yaml",
+        "--run-dir",
+        str(run_dir),
+        *TINY,
+        "--set",
+        "train.vib.kl_factor=1e-4",
+        "--set",
+        "bench.backends=[onnxruntime]",
+        "--set",
+        "bench.memory=false",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     m = json.loads((run_dir / "metrics.json").read_text())
     assert m["dense"]["architecture"] == [20, 50, 500]
@@ -89,14 +141,17 @@ def test_lenet5_through_every_stage(tmp_path, mnist_root):
     assert {r["variant"] for r in m["bench"]} == {"dense", "pruned"}
 
 
-@pytest.mark.parametrize("args,message", [
-    (["run", "pipelines/nope.yaml"], "pipeline file pipelines/nope.yaml not found"),
-    (["run", "pipelines/mnist-lenet300.yaml", "--set", "train.vib.kl_factr=1"], "unknown key 'train.vib.kl_factr'"),
-    (["run", "pipelines/mnist-lenet300.yaml", "--set", "train.dense.epochs=zero"], "key 'train.dense.epochs'"),
-    (["run", "pipelines/mnist-lenet300.yaml", "--force", "nosuchstage"], "not a stage"),
-    (["prune", "/nonexistent/run"], "run directory /nonexistent/run not found"),
-    (["data", "fetch", "cifar"], "unknown dataset 'cifar'"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["run", "pipelines/nope.yaml"], "pipeline file pipelines/nope.yaml not found"),
+        (["run", "pipelines/mnist-lenet300.yaml", "--set", "train.vib.kl_factr=1"], "unknown key 'train.vib.kl_factr'"),
+        (["run", "pipelines/mnist-lenet300.yaml", "--set", "train.dense.epochs=zero"], "key 'train.dense.epochs'"),
+        (["run", "pipelines/mnist-lenet300.yaml", "--force", "nosuchstage"], "not a stage"),
+        (["prune", "/nonexistent/run"], "run directory /nonexistent/run not found"),
+        (["data", "fetch", "cifar"], "unknown dataset 'cifar'"),
+    ],
+)
 def test_bad_input_is_one_line_exit_2(args, message, tmp_path):
     proc = run_cli(*args, "--run-dir", str(tmp_path / "r")) if args[0] == "run" else run_cli(*args)
     assert proc.returncode == 2, proc.stderr

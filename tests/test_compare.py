@@ -18,8 +18,21 @@ pytestmark = pytest.mark.e2e
 @pytest.fixture(scope="module")
 def compared(tmp_path_factory, mnist_root):
     cwd = tmp_path_factory.mktemp("compare")
-    proc = run_cli("compare", PIPELINE, "--methods", "vib,l1,slimming,random", "--match-flops", "--seeds", "0,1",
-                   "--docs", str(cwd / "docs"), *TINY, "--set", "train.vib.kl_factor=1e-3", cwd=cwd)
+    proc = run_cli(
+        "compare",
+        PIPELINE,
+        "--methods",
+        "vib,l1,slimming,random",
+        "--match-flops",
+        "--seeds",
+        "0,1",
+        "--docs",
+        str(cwd / "docs"),
+        *TINY,
+        "--set",
+        "train.vib.kl_factor=1e-3",
+        cwd=cwd,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return cwd, proc
 
@@ -28,7 +41,8 @@ def test_records_have_the_required_keys_and_matched_flops(compared):
     cwd, _ = compared
     records = json.loads((cwd / "docs" / "comparison.json").read_text())
     assert sorted((r["method"], r["seed"]) for r in records) == sorted(
-        (m, s) for m in ("vib", "l1", "slimming", "random") for s in (0, 1))
+        (m, s) for m in ("vib", "l1", "slimming", "random") for s in (0, 1)
+    )
     for r in records:
         assert {"model", "method", "seed", "error", "flops", "params"} <= r.keys()
         assert r["model"] == "lenet300" and 0 <= r["error"] <= 1 and r["params"] > 0
@@ -75,8 +89,19 @@ def test_tables_and_plot(compared):
 def test_paper_table_reuses_the_runs(compared):
     cwd, _ = compared
     out = cwd / "docs" / "paper.md"
-    proc = run_cli("paper", "--pipelines", PIPELINE, "--seeds", "0,1", "--out", str(out), *TINY,
-                   "--set", "train.vib.kl_factor=1e-3", cwd=cwd)
+    proc = run_cli(
+        "paper",
+        "--pipelines",
+        PIPELINE,
+        "--seeds",
+        "0,1",
+        "--out",
+        str(out),
+        *TINY,
+        "--set",
+        "train.vib.kl_factor=1e-3",
+        cwd=cwd,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "[run]" not in proc.stderr  # the compare run's VIB points, reused
     md = out.read_text()
@@ -100,17 +125,33 @@ def test_records_of_other_overrides_are_kept_beside_each_other(tmp_path):
     from vib_deploy.studies.compare import write_comparison
 
     def record(method, seed, overrides, error):
-        return {"model": "lenet300", "pipeline": "mnist-lenet300", "method": method, "seed": seed, "overrides": overrides,
-                "error": error, "flops": 22_000, "params": 11_000, "bytes": 44_000, "architecture": [784, 14, 7],
-                "dense_architecture": [784, 300, 100], "dense_flops": 532_400, "test_samples": 10_000,
-                "p50_ms": {"onnxruntime/b1/pruned": 0.01, "onnxruntime/b1/dense": 0.02}, "run_dir": "runs/x"}
+        return {
+            "model": "lenet300",
+            "pipeline": "mnist-lenet300",
+            "method": method,
+            "seed": seed,
+            "overrides": overrides,
+            "error": error,
+            "flops": 22_000,
+            "params": 11_000,
+            "bytes": 44_000,
+            "architecture": [784, 14, 7],
+            "dense_architecture": [784, 300, 100],
+            "dense_flops": 532_400,
+            "test_samples": 10_000,
+            "p50_ms": {"onnxruntime/b1/pruned": 0.01, "onnxruntime/b1/dense": 0.02},
+            "run_dir": "runs/x",
+        }
 
     write_comparison([record("vib", 0, [], 0.019), record("l1", 0, [], 0.05)], tmp_path)
     write_comparison([record("vib", 0, ["train.vib.epochs=3"], 0.3)], tmp_path)  # a quick run: its own table
     write_comparison([record("vib", 0, [], 0.018)], tmp_path)  # the same run again: replaces its record
     records = json.loads((tmp_path / "comparison.json").read_text())
     assert sorted((r["method"], r["error"], tuple(r["overrides"])) for r in records) == [
-        ("l1", 0.05, ()), ("vib", 0.018, ()), ("vib", 0.3, ("train.vib.epochs=3",))]
+        ("l1", 0.05, ()),
+        ("vib", 0.018, ()),
+        ("vib", 0.3, ("train.vib.epochs=3",)),
+    ]
     md = (tmp_path / "comparison.md").read_text()
     assert "## mnist-lenet300 (" in md and f"## mnist-lenet300{override_tag(['train.vib.epochs=3'])} (" in md
     assert "--set train.vib.epochs=3" in md
@@ -122,8 +163,14 @@ def test_dense_drift_flags_peer_runs_whose_dense_p50_moved_over_20_percent():
     def rec(method, seed, b1, b64):
         return {"method": method, "seed": seed, "p50_ms": {"onnxruntime/b1/dense": b1, "onnxruntime/b64/dense": b64}}
 
-    group = [rec("vib", 0, 1.0, 10.0), rec("l1", 0, 1.19, 7.9), rec("random", 0, 1.25, 10.0), rec("vib", 1, 2.0, 20.0),
-             rec("l1", 1, 2.0, 20.0), rec("scratch", 2, 9.0, 90.0)]  # seed 2 has no VIB record: nothing to compare with
+    group = [
+        rec("vib", 0, 1.0, 10.0),
+        rec("l1", 0, 1.19, 7.9),
+        rec("random", 0, 1.25, 10.0),
+        rec("vib", 1, 2.0, 20.0),
+        rec("l1", 1, 2.0, 20.0),
+        rec("scratch", 2, 9.0, 90.0),
+    ]  # seed 2 has no VIB record: nothing to compare with
     drift = dense_drift(group)
     assert set(drift) == {("l1", 0), ("random", 0)}
     assert list(drift[("l1", 0)]) == [64] and drift[("l1", 0)][64] == pytest.approx(-0.21)

@@ -16,25 +16,30 @@ def test_shipped_pipelines_validate(path):
 
 
 def test_overrides(tmp_path):
-    c = load_config(PIPELINES / "mnist-lenet5.yaml", ["train.vib.kl_factor=2e-5", "bench.batch_sizes=[1,8]", "train.seed=3"])
+    c = load_config(
+        PIPELINES / "mnist-lenet5.yaml", ["train.vib.kl_factor=2e-5", "bench.batch_sizes=[1,8]", "train.seed=3"]
+    )
     assert c.train.vib.kl_factor == 2e-5
     assert c.bench.batch_sizes == [1, 8]
     assert c.train.seed == 3
 
 
-@pytest.mark.parametrize("text,message", [
-    ("name: x\nmodel: {name: lenet300}\ntrain: {epochz: 3}\n", "unknown key 'train.epochz'"),
-    ("name: x\n", "missing key 'model'"),
-    ("name: x\nmodel: {name: resnet9000}\n", "key 'model.name'"),
-    ("name: x\nmodel: {name: lenet300}\ntrain: {batch_size: -1}\n", "key 'train.batch_size'"),
-    ("name: x\nmodel: {name: lenet300}\ntrain: {vib: {kl_factor: lots}}\n", "key 'train.vib.kl_factor'"),
-    ("name: x\nmodel: {name: lenet300}\nexport: {opset: 11}\n", "key 'export.opset'"),
-    ("name: x\nmodel: {name: lenet300}\nbench: {batch_sizes: []}\n", "key 'bench.batch_sizes'"),
-    ("name: 'bad name/..'\nmodel: {name: lenet300}\n", "key 'name'"),
-    ("- a\n- b\n", "expected a mapping"),
-    ("name: [unclosed\n", "not valid YAML"),
-    ("", "the file is empty"),
-])
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ("name: x\nmodel: {name: lenet300}\ntrain: {epochz: 3}\n", "unknown key 'train.epochz'"),
+        ("name: x\n", "missing key 'model'"),
+        ("name: x\nmodel: {name: resnet9000}\n", "key 'model.name'"),
+        ("name: x\nmodel: {name: lenet300}\ntrain: {batch_size: -1}\n", "key 'train.batch_size'"),
+        ("name: x\nmodel: {name: lenet300}\ntrain: {vib: {kl_factor: lots}}\n", "key 'train.vib.kl_factor'"),
+        ("name: x\nmodel: {name: lenet300}\nexport: {opset: 11}\n", "key 'export.opset'"),
+        ("name: x\nmodel: {name: lenet300}\nbench: {batch_sizes: []}\n", "key 'bench.batch_sizes'"),
+        ("name: 'bad name/..'\nmodel: {name: lenet300}\n", "key 'name'"),
+        ("- a\n- b\n", "expected a mapping"),
+        ("name: [unclosed\n", "not valid YAML"),
+        ("", "the file is empty"),
+    ],
+)
 def test_bad_configs_name_the_problem(tmp_path, text, message):
     from vib_deploy.errors import UserError
 

@@ -26,18 +26,29 @@ FULL = load_config(SHIPPED).model_dump(mode="json")  # every key spelled out
 MESSAGE = re.compile(rf"^{re.escape(SOURCE)}: (unknown key|missing key|key) '([^']*)'")
 REQUIRED = {"name", "model", "model.name"}
 
-FUZZ = settings(max_examples=400, deadline=None, derandomize=True,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+FUZZ = settings(
+    max_examples=400,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 
 KEYS = st.text(alphabet=string.ascii_lowercase + "_", min_size=1, max_size=12)
 JUNK = st.recursive(
-    st.one_of(st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(), st.text(max_size=12),
-              st.sampled_from(["", "lenet300", "onnxruntime", "cpu", "mnist", "1e-3", "[1, 64]", "true"])),
+    st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(-(2**70), 2**70),
+        st.floats(),
+        st.text(max_size=12),
+        st.sampled_from(["", "lenet300", "onnxruntime", "cpu", "mnist", "1e-3", "[1, 64]", "true"]),
+    ),
     lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(KEYS, inner, max_size=3)),
     max_leaves=6,
 )
-OUT_OF_RANGE = st.sampled_from([0, -1, -0.5, -1e-12, 1e-320, 10**30, 2**63, -(2**63), 1e308,
-                                math.inf, -math.inf, math.nan, 0.0, 1.5, 100, 999999])
+OUT_OF_RANGE = st.sampled_from(
+    [0, -1, -0.5, -1e-12, 1e-320, 10**30, 2**63, -(2**63), 1e308, math.inf, -math.inf, math.nan, 0.0, 1.5, 100, 999999]
+)
 
 
 def _paths(node: Any, prefix: tuple = ()) -> list[tuple]:
@@ -85,7 +96,9 @@ def mutation(draw, tree: Any) -> tuple[str, tuple, Any]:
         node[key] = draw(JUNK)
         path = parent + (key,)
     else:
-        numeric = [p for p in _paths(tree) if isinstance(_get(tree, p), (int, float)) and not isinstance(_get(tree, p), bool)]
+        numeric = [
+            p for p in _paths(tree) if isinstance(_get(tree, p), (int, float)) and not isinstance(_get(tree, p), bool)
+        ]
         candidates = numeric if op == "range" and numeric else _paths(tree)
         path = draw(st.sampled_from(candidates))
         _get(tree, path[:-1])[path[-1]] = draw(OUT_OF_RANGE if op == "range" else JUNK)
@@ -169,7 +182,11 @@ def test_several_mutations_are_accepted_or_name_a_key_of_the_tree(data):
 
 
 @FUZZ
-@given(tree=st.one_of(JUNK.filter(lambda t: not isinstance(t, dict)), st.dictionaries(st.text(max_size=8), JUNK, max_size=4)))
+@given(
+    tree=st.one_of(
+        JUNK.filter(lambda t: not isinstance(t, dict)), st.dictionaries(st.text(max_size=8), JUNK, max_size=4)
+    )
+)
 def test_any_yaml_value_at_the_top_is_handled(tree):
     result = _outcome(tree)
     if not isinstance(tree, dict):
@@ -190,11 +207,21 @@ def test_any_unknown_key_is_named_on_one_line(parent, key, value):
 
 
 @FUZZ
-@given(assignment=st.one_of(
-    st.text(max_size=30),
-    st.builds(lambda k, v: f"{k}={v}", st.sampled_from([_dotted(p) for p in _paths(FULL)] + ["train.seed.x", "bench.backends.0", "model", "a..b", ""]),
-              st.one_of(st.text(max_size=15), st.sampled_from(["", "[1,", "{a: 1}", "nan", "-inf", "1e400", "!!python/name:os.system", "~", "0x10"]))),
-))
+@given(
+    assignment=st.one_of(
+        st.text(max_size=30),
+        st.builds(
+            lambda k, v: f"{k}={v}",
+            st.sampled_from(
+                [_dotted(p) for p in _paths(FULL)] + ["train.seed.x", "bench.backends.0", "model", "a..b", ""]
+            ),
+            st.one_of(
+                st.text(max_size=15),
+                st.sampled_from(["", "[1,", "{a: 1}", "nan", "-inf", "1e400", "!!python/name:os.system", "~", "0x10"]),
+            ),
+        ),
+    )
+)
 def test_random_set_is_accepted_or_one_line_user_error(assignment):
     try:
         config = load_config(SHIPPED, [assignment])
@@ -207,13 +234,24 @@ def test_random_set_is_accepted_or_one_line_user_error(assignment):
 
 
 # -- the same through the CLI -----------------------------------------------------------------------------------
-@pytest.mark.parametrize("mutate,fragment", [
-    pytest.param(lambda t: t["bench"].update(batch_sizes=[1, {"eight": 8}]), "key 'bench.batch_sizes.1'", id="dict-in-a-list"),
-    pytest.param(lambda t: t["train"]["vib"].update(kl_factor=math.inf), "key 'train.vib.kl_factor'", id="infinite-kl-factor"),
-    pytest.param(lambda t: t["prune"].update(tolerance=math.nan), "key 'prune.tolerance'", id="nan-tolerance"),
-    pytest.param(lambda t: t["train"]["dense"].update(epochs=-3), "key 'train.dense.epochs'", id="negative-epochs"),
-    pytest.param(lambda t: t["train"]["vib"].update(finetune_epochs=t["train"]["vib"]["epochs"]), "key 'train.vib'", id="finetune-not-below-epochs"),
-])
+@pytest.mark.parametrize(
+    "mutate,fragment",
+    [
+        pytest.param(
+            lambda t: t["bench"].update(batch_sizes=[1, {"eight": 8}]), "key 'bench.batch_sizes.1'", id="dict-in-a-list"
+        ),
+        pytest.param(
+            lambda t: t["train"]["vib"].update(kl_factor=math.inf), "key 'train.vib.kl_factor'", id="infinite-kl-factor"
+        ),
+        pytest.param(lambda t: t["prune"].update(tolerance=math.nan), "key 'prune.tolerance'", id="nan-tolerance"),
+        pytest.param(lambda t: t["train"]["dense"].update(epochs=-3), "key 'train.dense.epochs'", id="negative-epochs"),
+        pytest.param(
+            lambda t: t["train"]["vib"].update(finetune_epochs=t["train"]["vib"]["epochs"]),
+            "key 'train.vib'",
+            id="finetune-not-below-epochs",
+        ),
+    ],
+)
 def test_cli_names_the_key(tmp_path, mutate, fragment):
     tree = copy.deepcopy(FULL)
     mutate(tree)

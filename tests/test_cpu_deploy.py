@@ -14,18 +14,47 @@ from conftest import ROOT, run_cli
 
 ov = pytest.importorskip("openvino", reason="the openvino wheel is a dependency: `make setup` installs it")
 
-TINY = ["--set", "data.train_limit=700", "--set", "data.val_size=200", "--set", "data.test_limit=300",
-        "--set", "train.dense.epochs=1", "--set", "train.vib.epochs=2", "--set", "train.vib.kl_factor=1e-4",
-        "--set", "train.finetune.epochs=0",
-        "--set", "bench.rounds=2", "--set", "bench.iters_per_round=3", "--set", "bench.warmup=1",
-        "--set", "bench.batch_sizes=[1,8]", "--set", "bench.backends=[onnxruntime,openvino]",
-        "--set", "bench.memory=false", "--set", "quantize.enabled=true"]
+TINY = [
+    "--set",
+    "data.train_limit=700",
+    "--set",
+    "data.val_size=200",
+    "--set",
+    "data.test_limit=300",
+    "--set",
+    "train.dense.epochs=1",
+    "--set",
+    "train.vib.epochs=2",
+    "--set",
+    "train.vib.kl_factor=1e-4",
+    "--set",
+    "train.finetune.epochs=0",
+    "--set",
+    "bench.rounds=2",
+    "--set",
+    "bench.iters_per_round=3",
+    "--set",
+    "bench.warmup=1",
+    "--set",
+    "bench.batch_sizes=[1,8]",
+    "--set",
+    "bench.backends=[onnxruntime,openvino]",
+    "--set",
+    "bench.memory=false",
+    "--set",
+    "quantize.enabled=true",
+]
 
 
 def _net() -> torch.nn.Module:
     torch.manual_seed(0)
-    return torch.nn.Sequential(torch.nn.Conv2d(1, 3, 5), torch.nn.ReLU(), torch.nn.MaxPool2d(2), torch.nn.Flatten(),
-                               torch.nn.Linear(3 * 12 * 12, 10)).eval()
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(1, 3, 5),
+        torch.nn.ReLU(),
+        torch.nn.MaxPool2d(2),
+        torch.nn.Flatten(),
+        torch.nn.Linear(3 * 12 * 12, 10),
+    ).eval()
 
 
 def _ir(tmp_path: Path) -> tuple[torch.nn.Module, Path]:
@@ -36,7 +65,9 @@ def _ir(tmp_path: Path) -> tuple[torch.nn.Module, Path]:
     model = _net()
     export_onnx(model, tmp_path / "m.onnx", (1, 28, 28), opset=18)
     xml = tmp_path / "m.xml"
-    atomic_write_json(sidecar_path(xml), save_ir(tmp_path / "m.onnx", xml, lambda name, fn: atomic_write(tmp_path / name, fn)))
+    atomic_write_json(
+        sidecar_path(xml), save_ir(tmp_path / "m.onnx", xml, lambda name, fn: atomic_write(tmp_path / name, fn))
+    )
     return model, xml
 
 
@@ -57,7 +88,9 @@ def test_openvino_runner_matches_torch_from_onnx_and_ir(tmp_path):
     assert side["input_shapes"] == {"input": "[?,1,28,28]"} and isinstance(side["isa"], list) and side["cpu"]
     from vib_deploy.runs import sha256_file
 
-    assert side["onnx_sha256"] == sha256_file(tmp_path / "m.onnx") and side["bin_sha256"] == sha256_file(tmp_path / "m.bin")
+    assert side["onnx_sha256"] == sha256_file(tmp_path / "m.onnx") and side["bin_sha256"] == sha256_file(
+        tmp_path / "m.bin"
+    )
 
 
 def test_ir_from_another_openvino_version_is_one_clear_error(tmp_path):
@@ -180,8 +213,13 @@ def test_bench_over_precision_and_the_deploy_matrix(cpu_run, tmp_path):
     run_dir, proc = cpu_run
     m = json.loads((run_dir / "metrics.json").read_text())
     combos = {(r["backend"], r["precision"], r["variant"], r["batch"]) for r in m["bench"]}
-    assert combos == {(b, p, v, n) for b in ("onnxruntime", "openvino") for p in ("fp32", "int8")
-                      for v in ("dense", "pruned") for n in (1, 8)}
+    assert combos == {
+        (b, p, v, n)
+        for b in ("onnxruntime", "openvino")
+        for p in ("fp32", "int8")
+        for v in ("dense", "pruned")
+        for n in (1, 8)
+    }
     quant = m["quantize"]
     for r in m["bench"]:
         want = quant[r["variant"]]["error"][r["backend"]] if r["precision"] == "int8" else m[r["variant"]]["error"]
@@ -193,7 +231,9 @@ def test_bench_over_precision_and_the_deploy_matrix(cpu_run, tmp_path):
     # the bench command over engines, precisions and batches; the run's config keeps what was asked
     copy = tmp_path / "run"
     shutil.copytree(run_dir, copy)
-    proc = run_cli("bench", str(copy), "--backend", "openvino", "--precision", "int8", "--batch", "2", "--set", "bench.rounds=1")
+    proc = run_cli(
+        "bench", str(copy), "--backend", "openvino", "--precision", "int8", "--batch", "2", "--set", "bench.rounds=1"
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     recs = json.loads((copy / "bench.json").read_text())["records"]
     assert {(r["backend"], r["precision"], r["batch"]) for r in recs} == {("openvino", "int8", 2)}
@@ -214,14 +254,17 @@ def test_missing_openvino_is_one_line_with_the_install_hint(cpu_run, tmp_path):
         "    def find_spec(self, name, path=None, target=None):\n"
         "        if name.split('.')[0] == 'openvino':\n"
         "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
-        "sys.meta_path.insert(0, Hide())\n")
+        "sys.meta_path.insert(0, Hide())\n"
+    )
     copy = tmp_path / "run"
     shutil.copytree(cpu_run[0], copy)
     config = (copy / "config.yaml").read_text()
     for args in (["openvino", str(copy)], ["bench", str(copy), "--backend", "openvino"]):
         proc = run_cli(*args, env={"PYTHONPATH": f"{hide}:{ROOT}"})
         assert proc.returncode == 2, proc.stderr[-2000:]
-        assert "backend openvino is not available: pip install openvino" in proc.stderr and "Traceback" not in proc.stderr
+        assert (
+            "backend openvino is not available: pip install openvino" in proc.stderr and "Traceback" not in proc.stderr
+        )
     assert (copy / "config.yaml").read_text() == config  # a failed bench leaves the run's config as it was
 
 
@@ -243,12 +286,20 @@ def test_package_ships_int8_and_openvino_and_serve_runs_int8(cpu_run, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert sorted(p.name for p in repo.iterdir()) == ["l5-dense", "l5-pruned", "l5-pruned-int8", "l5-pruned-openvino"]
     ov_dir = repo / "l5-pruned-openvino"
-    assert sorted(p.name for p in (ov_dir / "1").iterdir()) == ["manifest.json", "model.bin", "model.xml", "model.xml.json"]
+    assert sorted(p.name for p in (ov_dir / "1").iterdir()) == [
+        "manifest.json",
+        "model.bin",
+        "model.xml",
+        "model.xml.json",
+    ]
     assert sha256_file(ov_dir / "1" / "model.bin") == sha256_file(run_dir / "pruned.bin")
     config = text_format.Parse((ov_dir / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
     assert config.backend == "openvino" and config.platform == "" and config.default_model_filename == "model.xml"
-    assert {k: v.string_value for k, v in config.parameters.items()} == \
-        {"INFERENCE_NUM_THREADS": "1", "NUM_STREAMS": "1", "PERFORMANCE_HINT": "LATENCY"}
+    assert {k: v.string_value for k, v in config.parameters.items()} == {
+        "INFERENCE_NUM_THREADS": "1",
+        "NUM_STREAMS": "1",
+        "PERFORMANCE_HINT": "LATENCY",
+    }
     int8 = text_format.Parse((repo / "l5-pruned-int8" / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
     assert int8.platform == "onnxruntime_onnx"
     assert sha256_file(repo / "l5-pruned-int8" / "1" / "model.onnx") == sha256_file(run_dir / "pruned_int8.onnx")
@@ -267,7 +318,9 @@ def test_package_ships_int8_and_openvino_and_serve_runs_int8(cpu_run, tmp_path):
         inp.set_data_from_numpy(x)
         got = client.infer("l5-pruned-int8", [inp]).as_numpy("logits")
         client.close()
-    local = ort.InferenceSession(str(run_dir / "pruned_int8.onnx"), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    local = ort.InferenceSession(str(run_dir / "pruned_int8.onnx"), providers=["CPUExecutionProvider"]).run(
+        None, {"input": x}
+    )[0]
     np.testing.assert_allclose(got, local, rtol=1e-5, atol=1e-5)
     assert got.argmax(1).tolist() == local.argmax(1).tolist() and (got.argmax(1) != y).mean() < 0.9
 
@@ -282,7 +335,9 @@ def test_prune_round_to_from_the_cli(cpu_run, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     info = json.loads((copy / "prune.json").read_text())
     assert info["round_to"] == 16 and [w["kept"] for w in info["widths"]] == info["architecture"]
-    assert all(w["vib"] <= w["kept"] <= w["units"] and (w["kept"] % 16 == 0 or w["kept"] == w["units"]) for w in info["widths"])
+    assert all(
+        w["vib"] <= w["kept"] <= w["units"] and (w["kept"] % 16 == 0 or w["kept"] == w["units"]) for w in info["widths"]
+    )
     assert "round_to: 16" in (copy / "config.yaml").read_text()
 
 
@@ -301,8 +356,14 @@ def test_prune_round_to_auto_measures_on_the_first_backend_and_caches(cpu_run, t
         assert all(t > 0 for t in w["sweep_ms"].values())
     assert "widths-sweep.json" in json.loads((copy / "manifest.json").read_text())["artifacts"]  # a listed artifact
     proc = run_cli("verify", str(copy))  # every file verifies; the stages after prune now describe the old pruned net
-    assert proc.returncode == 2 and "stage export is out of date (prune.json" in proc.stderr and "corrupt" not in proc.stderr
+    assert (
+        proc.returncode == 2
+        and "stage export is out of date (prune.json" in proc.stderr
+        and "corrupt" not in proc.stderr
+    )
     proc = run_cli("prune", str(copy), "--round-to", "auto")  # the cache answers: the same timings, nothing re-measured
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert json.loads((copy / "widths-sweep.json").read_text()) == sweep
-    assert [w["sweep_ms"] for w in json.loads((copy / "prune.json").read_text())["widths"]] == [w["sweep_ms"] for w in info["widths"]]
+    assert [w["sweep_ms"] for w in json.loads((copy / "prune.json").read_text())["widths"]] == [
+        w["sweep_ms"] for w in info["widths"]
+    ]

@@ -16,8 +16,12 @@ def _idx(array: np.ndarray) -> bytes:
 
 def _write_dataset(folder, n_train=30, n_test=10, gz=False):
     rng = np.random.default_rng(0)
-    arrays = {"train-images": rng.integers(0, 255, (n_train, 28, 28)), "train-labels": rng.integers(0, 10, n_train),
-              "test-images": rng.integers(0, 255, (n_test, 28, 28)), "test-labels": rng.integers(0, 10, n_test)}
+    arrays = {
+        "train-images": rng.integers(0, 255, (n_train, 28, 28)),
+        "train-labels": rng.integers(0, 10, n_train),
+        "test-images": rng.integers(0, 255, (n_test, 28, 28)),
+        "test-labels": rng.integers(0, 10, n_test),
+    }
     for key, arr in arrays.items():
         name = SPLIT_FILES[key] + (".gz" if gz else "")
         data = _idx(arr)

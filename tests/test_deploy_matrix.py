@@ -6,27 +6,50 @@ from vib_deploy.deploy_matrix import full_records, headline_short, headline_text
 
 
 def _metrics(records):
-    return {"bench": records, "ideal_speedup": 10.0, "dense": {"architecture": [20, 50, 500], "error": 0.01},
-            "pruned": {"architecture": [4, 9, 60], "error": 0.012}}
+    return {
+        "bench": records,
+        "ideal_speedup": 10.0,
+        "dense": {"architecture": [20, 50, 500], "error": 0.01},
+        "pruned": {"architecture": [4, 9, 60], "error": 0.012},
+    }
 
 
 def _rec(backend, variant, p50, precision=None, batch=64, **extra):
-    r = {"backend": backend, "batch": batch, "variant": variant, "p50_ms": p50, "p99_ms": p50 * 1.5,
-         "throughput": batch / p50 * 1e3, "peak_memory_bytes": None, **extra}
+    r = {
+        "backend": backend,
+        "batch": batch,
+        "variant": variant,
+        "p50_ms": p50,
+        "p99_ms": p50 * 1.5,
+        "throughput": batch / p50 * 1e3,
+        "peak_memory_bytes": None,
+        **extra,
+    }
     if precision is not None:
         r["precision"] = precision
     return r
 
 
 def test_a_slow_dense_baseline_does_not_flatter_the_pruned_net():
-    records = [_rec("onnxruntime", "dense", 5.0, "fp32"), _rec("onnxruntime", "pruned", 0.5, "fp32"),
-               _rec("openvino", "dense", 2.0, "fp32"), _rec("openvino", "pruned", 0.8, "fp32"),
-               _rec("openvino", "pruned", 0.6, "int8", error=0.013)]
+    records = [
+        _rec("onnxruntime", "dense", 5.0, "fp32"),
+        _rec("onnxruntime", "pruned", 0.5, "fp32"),
+        _rec("openvino", "dense", 2.0, "fp32"),
+        _rec("openvino", "pruned", 0.8, "fp32"),
+        _rec("openvino", "pruned", 0.6, "int8", error=0.013),
+    ]
     (h,) = headlines(_metrics(records))
-    assert (h["dense"]["backend"], h["pruned"]["backend"], h["pruned"]["precision"]) == ("openvino", "onnxruntime", "fp32")
+    assert (h["dense"]["backend"], h["pruned"]["backend"], h["pruned"]["precision"]) == (
+        "openvino",
+        "onnxruntime",
+        "fp32",
+    )
     assert h["speedup"] == pytest.approx(4.0)  # 2.0 / 0.5, not ORT's 5.0 / 0.5
     assert "4.00× of an ideal 10.0× (measured/ideal 0.40), error 1.00% → 1.20%" in headline_text(h, 10.0)
-    assert headline_short(h, 10.0) == "OV fp32 dense 2.000 → ORT fp32 pruned 0.500 ms: 4.00× of 10.0× (0.40); 1.00% → 1.20%"
+    assert (
+        headline_short(h, 10.0)
+        == "OV fp32 dense 2.000 → ORT fp32 pruned 0.500 ms: 4.00× of 10.0× (0.40); 1.00% → 1.20%"
+    )
     rows = {(r["backend"], r["precision"], r["variant"]): r for r in full_records(_metrics(records))}
     assert rows[("openvino", "int8", "pruned")]["speedup"] == pytest.approx(2.0 / 0.6)  # vs dense fp32, same engine
     assert rows[("openvino", "int8", "pruned")]["error"] == 0.013
@@ -34,8 +57,11 @@ def test_a_slow_dense_baseline_does_not_flatter_the_pruned_net():
 
 
 def test_old_bench_records_read_as_fp32_with_the_runs_figures():
-    records = [_rec("onnxruntime", "dense", 4.0), _rec("onnxruntime", "pruned", 1.0),
-               _rec("onnxruntime", "pruned_reduced", 0.8)]
+    records = [
+        _rec("onnxruntime", "dense", 4.0),
+        _rec("onnxruntime", "pruned", 1.0),
+        _rec("onnxruntime", "pruned_reduced", 0.8),
+    ]
     rows = full_records(_metrics(records))
     assert [r["precision"] for r in rows] == ["fp32"] * 3
     assert rows[2]["widths"] == [4, 9, 60] and rows[2]["error"] == 0.012 and rows[0]["error"] == 0.01

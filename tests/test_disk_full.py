@@ -26,7 +26,9 @@ def test_enospc_names_file_and_size(tmp_path, monkeypatch):
 def tiny_fs(tmp_path):
     mount = tmp_path / "tiny"
     mount.mkdir()
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(mount)], capture_output=True, text=True)
+    proc = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(mount)], capture_output=True, text=True
+    )
     if proc.returncode != 0:
         pytest.skip(f"cannot mount a small tmpfs to fill up here (needs root): {proc.stderr.strip()}")
     yield mount
@@ -35,9 +37,22 @@ def tiny_fs(tmp_path):
 
 def test_real_full_disk_during_a_run(tiny_fs, mnist_root):
     run_dir = tiny_fs / "run"
-    proc = run_cli("run", "pipelines/mnist-lenet300.yaml", "--run-dir", str(run_dir), "--set", "data.train_limit=500",
-                   "--set", "data.val_size=100", "--set", "train.dense.epochs=1", "--set", "train.vib.epochs=1",
-                   "--set", "train.finetune.epochs=0")
+    proc = run_cli(
+        "run",
+        "pipelines/mnist-lenet300.yaml",
+        "--run-dir",
+        str(run_dir),
+        "--set",
+        "data.train_limit=500",
+        "--set",
+        "data.val_size=100",
+        "--set",
+        "train.dense.epochs=1",
+        "--set",
+        "train.vib.epochs=1",
+        "--set",
+        "train.finetune.epochs=0",
+    )
     assert proc.returncode == 2, proc.stderr[-2000:]
     error = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(error) == 1 and "Traceback" not in proc.stderr

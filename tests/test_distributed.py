@@ -40,8 +40,17 @@ def _data(n_train=245):
 
 
 def _spec(**kw):
-    base = dict(stage="train-vib", key="k", epochs=1, lr=1e-3, batch_size=50, seed=0, device=torch.device("cpu"),
-                gate_lr=1e-2, kl_factor=1e-3)
+    base = dict(
+        stage="train-vib",
+        key="k",
+        epochs=1,
+        lr=1e-3,
+        batch_size=50,
+        seed=0,
+        device=torch.device("cpu"),
+        gate_lr=1e-2,
+        kl_factor=1e-3,
+    )
     return TrainSpec(**{**base, **kw})
 
 
@@ -60,8 +69,10 @@ def _steps_without_noise(out: Path) -> None:
     lr 1e-4: Adam's first step is lr * g / (|g| + 1e-8), which turns the float rounding of a gradient
     entry near 0 (~1e-9 here) into lr * 1e-1 of parameter change; at lr 1e-3 that is ~2e-6.
     """
-    for name, spec, n_train in [("one-step", _spec(lr=1e-4), 50),
-                                ("two-epochs", _spec(lr=1e-4, epochs=2, finetune_epochs=1), 245)]:
+    for name, spec, n_train in [
+        ("one-step", _spec(lr=1e-4), 50),
+        ("two-epochs", _spec(lr=1e-4, epochs=2, finetune_epochs=1), 245),
+    ]:
         model = _noiseless_model()
         result = train(model, spec, _data(n_train), RunDir(out / f"{name}-run"))
         if distributed.is_main():
@@ -83,13 +94,21 @@ def _resume_with_noise(out: Path) -> None:
     torch.manual_seed(123)  # the checkpoint's per-rank RNG state must win
     resumed = gated_model("lenet300")
     result = train(resumed, spec, _data(), RunDir(out / "part"))
-    torch.save({"full": full.state_dict(), "resumed": resumed.state_dict(), "resumed_from": result.resumed_from},
-               out / f"resume-rank{rank}.pt")
+    torch.save(
+        {"full": full.state_dict(), "resumed": resumed.state_dict(), "resumed_from": result.resumed_from},
+        out / f"resume-rank{rank}.pt",
+    )
 
 
 def _worker(rank: int, port: int, out: Path) -> None:
-    os.environ.update(ONE_THREAD, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(WORLD),
-                      RANK=str(rank), LOCAL_RANK=str(rank))
+    os.environ.update(
+        ONE_THREAD,
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        WORLD_SIZE=str(WORLD),
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+    )
     torch.set_num_threads(1)
     with distributed.process_group():
         assert distributed.world_size() == WORLD and distributed.rank() == rank
@@ -158,20 +177,55 @@ def test_resume_with_another_process_count_is_refused(two_ranks):
 
 
 # VGG-16 (the issue's pipeline) at 1/8 width on MNIST: gates on dependency groups, applied by hooks, under DDP
-VGG_TINY = ["--set", "model.kwargs.width=0.125", "--set", "data.dataset=mnist", "--set", "train.device=cpu",
-            "--set", "train.vib.finetune_epochs=0", "--set", "train.batch_size=100", "--set", "train.vib.kl_factor=1e-3",
-            "--set", "quantize.enabled=false"]
+VGG_TINY = [
+    "--set",
+    "model.kwargs.width=0.125",
+    "--set",
+    "data.dataset=mnist",
+    "--set",
+    "train.device=cpu",
+    "--set",
+    "train.vib.finetune_epochs=0",
+    "--set",
+    "train.batch_size=100",
+    "--set",
+    "train.vib.kl_factor=1e-3",
+    "--set",
+    "quantize.enabled=false",
+]
 
 
 @pytest.mark.e2e
-@pytest.mark.parametrize("pipeline, extra", [("pipelines/mnist-lenet300.yaml", []),
-                                             ("pipelines/vgg16-fashion.yaml", VGG_TINY)], ids=["lenet300", "vgg16"])
+@pytest.mark.parametrize(
+    "pipeline, extra",
+    [("pipelines/mnist-lenet300.yaml", []), ("pipelines/vgg16-fashion.yaml", VGG_TINY)],
+    ids=["lenet300", "vgg16"],
+)
 def test_pipeline_under_torchrun_two_ranks(tmp_path, mnist_root, pipeline, extra):
     run_dir = tmp_path / "ddp"
     settings = [*TINY, "--set", "bench.memory=false", "--set", "bench.backends=[onnxruntime]", *extra]
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(WORLD),
-                           "-m", "vib_deploy", "run", pipeline, "--run-dir", str(run_dir), *settings],
-                          cwd=ROOT, env={**os.environ, **ONE_THREAD}, capture_output=True, text=True, timeout=400)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node",
+            str(WORLD),
+            "-m",
+            "vib_deploy",
+            "run",
+            pipeline,
+            "--run-dir",
+            str(run_dir),
+            *settings,
+        ],
+        cwd=ROOT,
+        env={**os.environ, **ONE_THREAD},
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     vib = json.loads((run_dir / "train-vib.json").read_text())
     masks = vib["mask_sha256_per_rank"]
@@ -186,6 +240,12 @@ def test_pipeline_under_torchrun_two_ranks(tmp_path, mnist_root, pipeline, extra
     files = {p.relative_to(run_dir).as_posix() for p in run_dir.rglob("*") if p.is_file()}
     assert files - {"manifest.json", "config.yaml"} == set(manifest["artifacts"]), sorted(files)
     # rank 0 alone reports: each stage announced once, the final table printed once
-    assert [line.split()[1] for line in proc.stderr.splitlines() if line.startswith("[run]")] == \
-        ["train-dense", "train-vib", "prune", "export", "bench", "report"]
+    assert [line.split()[1] for line in proc.stderr.splitlines() if line.startswith("[run]")] == [
+        "train-dense",
+        "train-vib",
+        "prune",
+        "export",
+        "bench",
+        "report",
+    ]
     assert proc.stdout.count("architecture kept") == 1

@@ -11,7 +11,9 @@ from conftest import run_cli
 from vib_deploy.engine import unavailable
 
 TRT_PROBLEM = unavailable()
-needs_trt = pytest.mark.skipif(TRT_PROBLEM is not None, reason=f"TensorRT engine tests need CUDA + TensorRT: {TRT_PROBLEM}")
+needs_trt = pytest.mark.skipif(
+    TRT_PROBLEM is not None, reason=f"TensorRT engine tests need CUDA + TensorRT: {TRT_PROBLEM}"
+)
 
 
 @pytest.mark.skipif(TRT_PROBLEM is None, reason="TensorRT is available here: the real build test runs instead")

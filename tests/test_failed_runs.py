@@ -72,12 +72,29 @@ def _truncated_data(tmp: Path, mnist: Path) -> list[str]:
 FACTORY = ["model.name=null", "model.input_shape=[1,28,28]"]
 BAD_INPUTS = [
     pytest.param(lambda t, m: [*FACTORY, f"model.factory={t}/missing.py:build"], "file", id="factory-missing"),
-    pytest.param(lambda t, m: [*FACTORY, _factory(t, "def build(:\n    pass\n")], "SyntaxError", id="factory-syntax-error"),
-    pytest.param(lambda t, m: [*FACTORY, _factory(t, "def build():\n    return nn.Sequential(nn.Flatten(), nn.Linear(10, 10))\n")],
-                 "the model fails on an input of shape", id="model-does-not-run"),
-    pytest.param(lambda t, m: [*FACTORY, _factory(t, "def build():\n    return nn.Sequential(nn.Flatten(), nn.Linear(784, 20), "
-                                                     "nn.Sigmoid(), nn.Linear(20, 10))\n")],
-                 "cannot be pruned exactly", id="model-not-prunable"),
+    pytest.param(
+        lambda t, m: [*FACTORY, _factory(t, "def build(:\n    pass\n")], "SyntaxError", id="factory-syntax-error"
+    ),
+    pytest.param(
+        lambda t, m: [
+            *FACTORY,
+            _factory(t, "def build():\n    return nn.Sequential(nn.Flatten(), nn.Linear(10, 10))\n"),
+        ],
+        "the model fails on an input of shape",
+        id="model-does-not-run",
+    ),
+    pytest.param(
+        lambda t, m: [
+            *FACTORY,
+            _factory(
+                t,
+                "def build():\n    return nn.Sequential(nn.Flatten(), nn.Linear(784, 20), "
+                "nn.Sigmoid(), nn.Linear(20, 10))\n",
+            ),
+        ],
+        "cannot be pruned exactly",
+        id="model-not-prunable",
+    ),
     pytest.param(lambda t, m: [f"data.root={(t / 'empty').mkdir() or t / 'empty'}"], "data.root", id="data-root-empty"),
     pytest.param(lambda t, m: [f"data.root={t / 'nowhere'}"], "is not a folder", id="data-root-missing"),
     pytest.param(_truncated_data, "truncated", id="data-truncated"),
@@ -139,10 +156,25 @@ def test_disk_full_at_the_first_write(run_copy, monkeypatch):
 
 @pytest.mark.e2e
 def test_kill_during_the_first_stage_of_a_changed_config(run_copy):
-    config, stages = (run_copy / "config.yaml").read_bytes(), json.loads((run_copy / "manifest.json").read_text())["stages"]
-    child = subprocess.Popen([sys.executable, "-m", "vib_deploy", "run", PIPELINE, "--run-dir", str(run_copy),
-                              *sets(*SETTINGS, "train.dense.epochs=40", "data.train_limit=5000")],
-                             cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    config, stages = (
+        (run_copy / "config.yaml").read_bytes(),
+        json.loads((run_copy / "manifest.json").read_text())["stages"],
+    )
+    child = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "vib_deploy",
+            "run",
+            PIPELINE,
+            "--run-dir",
+            str(run_copy),
+            *sets(*SETTINGS, "train.dense.epochs=40", "data.train_limit=5000"),
+        ],
+        cwd=ROOT,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     assert child.stderr is not None
     for line in child.stderr:
         if line.startswith("[run] train-dense"):
@@ -168,10 +200,15 @@ def test_changed_config_says_what_reruns(run_copy):
 @pytest.mark.e2e
 def test_verify_reports_stale_and_missing_records(run_copy):
     # train-dense commits with a new setting, then train-vib fails: its old record no longer matches dense.pt
-    proc = run_cli("run", PIPELINE, "--run-dir", str(run_copy), *sets(*SETTINGS, "train.dense.lr=2e-3", "train.vib.lr=1e30"))
+    proc = run_cli(
+        "run", PIPELINE, "--run-dir", str(run_copy), *sets(*SETTINGS, "train.dense.lr=2e-3", "train.vib.lr=1e30")
+    )
     assert proc.returncode == 2 and "[run] train-dense" in proc.stderr and "loss is nan" in proc.stderr
     proc = run_cli("verify", str(run_copy))
-    assert proc.returncode == 2 and "stage train-vib is out of date (dense.pt, train-dense.json changed since it ran)" in proc.stderr
+    assert (
+        proc.returncode == 2
+        and "stage train-vib is out of date (dense.pt, train-dense.json changed since it ran)" in proc.stderr
+    )
     manifest = json.loads((run_copy / "manifest.json").read_text())
     del manifest["stages"]["prune"]
     (run_copy / "manifest.json").write_text(json.dumps(manifest))
@@ -194,7 +231,10 @@ def test_a_commit_interrupted_by_a_kill_is_rolled_forward(tmp_path, monkeypatch)
 
         def killed_after_one_rename(src, dst):
             calls.append(src)
-            if str(src).startswith(str(run.path / runs.STAGING)) and len([c for c in calls if runs.STAGING in str(c)]) == 2:
+            if (
+                str(src).startswith(str(run.path / runs.STAGING))
+                and len([c for c in calls if runs.STAGING in str(c)]) == 2
+            ):
                 raise KeyboardInterrupt  # the process dies between the two renames
             real_replace(src, dst)
 

@@ -22,10 +22,21 @@ from vib_deploy.pipeline import Context, _input_hashes, _stages, enabled, run_pi
 from vib_deploy.runs import RunDir, stage_key
 from vib_deploy.train import TrainSpec, train
 
-TINY = ["data.train_limit=700", "data.val_size=200", "data.test_limit=300", "train.dense.epochs=1",
-        "train.vib.epochs=2", "train.vib.kl_factor=1e-3", "bench.rounds=1", "bench.iters_per_round=2", "bench.warmup=0",
-        "bench.batch_sizes=[1]", "bench.memory=false", "bench.backends=[onnxruntime,torch]",
-        "train.finetune.epochs=0"]  # the LeNet pipelines fine-tune by default; these tests turn it on with ON
+TINY = [
+    "data.train_limit=700",
+    "data.val_size=200",
+    "data.test_limit=300",
+    "train.dense.epochs=1",
+    "train.vib.epochs=2",
+    "train.vib.kl_factor=1e-3",
+    "bench.rounds=1",
+    "bench.iters_per_round=2",
+    "bench.warmup=0",
+    "bench.batch_sizes=[1]",
+    "bench.memory=false",
+    "bench.backends=[onnxruntime,torch]",
+    "train.finetune.epochs=0",
+]  # the LeNet pipelines fine-tune by default; these tests turn it on with ON
 ON = ["train.finetune.epochs=3", "train.finetune.lr=3e-4"]
 
 
@@ -73,10 +84,16 @@ def test_off_is_no_stage_and_no_input(off_run):
     export = next(s for s in _stages() if s.name == "export")
     inputs = _input_hashes(Context(run, config), export)
     manifest = run.manifest()
-    old = {n: manifest["artifacts"][n]["sha256"] for s in ("train-dense", "prune") for n in manifest["stages"][s]["outputs"]}
+    old = {
+        n: manifest["artifacts"][n]["sha256"]
+        for s in ("train-dense", "prune")
+        for n in manifest["stages"][s]["outputs"]
+    }
     assert {k: v for k, v in inputs.items() if not k.startswith("data:")} == old
     assert _keys(off_run)["export"] == stage_key(export.section(config), inputs, __version__)
-    assert all(v["model_file"] in ("dense.pt", "pruned.pt", "pruned_reduced.pt") for v in run.read_json("export.json").values())
+    assert all(
+        v["model_file"] in ("dense.pt", "pruned.pt", "pruned_reduced.pt") for v in run.read_json("export.json").values()
+    )
     metrics = run.read_json("metrics.json")
     assert metrics["deployed"] == "pruned.pt" and metrics["finetuned"] is None
     assert run.read_json("bench.json")["model_files"]["pruned"] == "pruned.pt"
@@ -98,9 +115,15 @@ def test_on_exports_and_times_the_finetuned_net(on_run):
     run_dir, _ = on_run
     run = RunDir(run_dir)
     export = run.read_json("export.json")
-    assert export["pruned"]["model_file"] == "finetuned.pt" and export["pruned_reduced"]["model_file"] == "finetuned_reduced.pt"
-    assert run.read_json("bench.json")["model_files"] == {"dense": "dense.pt", "pruned": "finetuned.pt",
-                                                          "pruned_reduced": "finetuned_reduced.pt"}
+    assert (
+        export["pruned"]["model_file"] == "finetuned.pt"
+        and export["pruned_reduced"]["model_file"] == "finetuned_reduced.pt"
+    )
+    assert run.read_json("bench.json")["model_files"] == {
+        "dense": "dense.pt",
+        "pruned": "finetuned.pt",
+        "pruned_reduced": "finetuned_reduced.pt",
+    }
     # pruned.onnx is the fine-tuned net: its logits are finetuned.pt's, not pruned.pt's
     import onnxruntime as ort
 
@@ -180,8 +203,12 @@ def test_keep_start_keeps_the_starting_weights_unless_an_epoch_beats_them(tmp_pa
     # a good start: fit first, then fine-tune with a lr that ruins it (start wins) or one that helps
     train(net, TrainSpec("pre", "k", 20, 1e-2, 50, 0, torch.device("cpu")), data, RunDir(tmp_path / "pre"))
     start = {k: v.clone() for k, v in net.state_dict().items()}
-    result = train(net, TrainSpec("finetune", "k", 3, lr, 50, 0, torch.device("cpu"), select_best=True, keep_start=True),
-                   data, RunDir(tmp_path / "ft"))
+    result = train(
+        net,
+        TrainSpec("finetune", "k", 3, lr, 50, 0, torch.device("cpu"), select_best=True, keep_start=True),
+        data,
+        RunDir(tmp_path / "ft"),
+    )
     vals = [h["val_acc"] for h in result.history]
     assert result.start_val_acc is not None
     assert (result.best_epoch == 0) == start_wins == (max(vals) <= result.start_val_acc)
@@ -217,7 +244,9 @@ def test_scratch_and_same_width_peers_have_vibs_architecture(off_run, tmp_path, 
     if method == "scratch":
         assert got["kept_pixels"] == vib["kept_pixels"]
     else:  # VIB's pixel count, this criterion's pixels (unit-tested in test_peers: seeded, not L1's)
-        assert got["kept_pixels"] == sorted(torch.randperm(784, generator=torch.Generator().manual_seed(0))[:len(got["kept_pixels"])].tolist())
+        assert got["kept_pixels"] == sorted(
+            torch.randperm(784, generator=torch.Generator().manual_seed(0))[: len(got["kept_pixels"])].tolist()
+        )
     budget = {"scratch": 1 + 2, "random-same": 2}[method]  # dense + VIB epochs from scratch; VIB epochs after dense
     assert got["finetune_epochs"] == got["budget_epochs"] == budget and got["sparsity_epochs"] == 0
     if method == "scratch":  # re-initialised: nothing of the VIB weights
@@ -247,11 +276,16 @@ def test_the_finetune_command_of_a_run_with_it_off_is_exit_2(tmp_path):
 
     off = ("--set", "train.finetune.epochs=0")  # the LeNet pipelines fine-tune by default
     assert run_cli("init", "pipelines/mnist-lenet300.yaml", "--run-dir", str(tmp_path / "r"), *off).returncode == 0
-    for args in (("finetune", str(tmp_path / "r")),
-                 ("run", "pipelines/mnist-lenet300.yaml", "--run-dir", str(tmp_path / "r"), "--force", "finetune", *off)):
+    for args in (
+        ("finetune", str(tmp_path / "r")),
+        ("run", "pipelines/mnist-lenet300.yaml", "--run-dir", str(tmp_path / "r"), "--force", "finetune", *off),
+    ):
         proc = run_cli(*args)
         assert proc.returncode == 2 and "Traceback" not in proc.stderr
-        assert proc.stderr.strip().splitlines()[-1] == "error: stage finetune is off in this config (train.finetune.epochs: 0)"
+        assert (
+            proc.stderr.strip().splitlines()[-1]
+            == "error: stage finetune is off in this config (train.finetune.epochs: 0)"
+        )
 
 
 @pytest.mark.e2e

@@ -24,8 +24,17 @@ def _mlp(path: Path) -> Path:
 
 def _conv(path: Path) -> Path:
     torch.manual_seed(0)
-    save_model(nn.Sequential(nn.Conv2d(1, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(2, 2), nn.Flatten(),
-                             nn.Linear(8 * 13 * 13, 10)).eval(), path)
+    save_model(
+        nn.Sequential(
+            nn.Conv2d(1, 8, 3),
+            nn.BatchNorm2d(8),
+            nn.ReLU(),
+            nn.MaxPool2d(2, 2),
+            nn.Flatten(),
+            nn.Linear(8 * 13 * 13, 10),
+        ).eval(),
+        path,
+    )
     return path
 
 
@@ -97,12 +106,20 @@ def test_aotinductor_sidecar_checks(tmp_path):
     package.write_bytes(b"not compiled")
     with pytest.raises(UserError, match="no sidecar"):
         AOTInductorRunner(package, device="cpu").activate()
-    meta = {"torch_version": "2.0.0", "device": "cpu", "compute_capability": None, "precision": "fp32", "batch_min": 1, "batch_max": 8}
+    meta = {
+        "torch_version": "2.0.0",
+        "device": "cpu",
+        "compute_capability": None,
+        "precision": "fp32",
+        "batch_min": 1,
+        "batch_max": 8,
+    }
     sidecar_path(package).write_text(json.dumps(meta))
     with pytest.raises(UserError, match="compiled with torch 2.0.0, this is torch"):
         AOTInductorRunner(package, device="cpu").activate()
-    sidecar_path(package).write_text(json.dumps({**meta, "torch_version": torch.__version__, "device": "cuda",
-                                                 "compute_capability": "9.0"}))
+    sidecar_path(package).write_text(
+        json.dumps({**meta, "torch_version": torch.__version__, "device": "cuda", "compute_capability": "9.0"})
+    )
     with pytest.raises(UserError, match=r"compiled for cuda \(compute capability 9.0\), this runs on cpu"):
         AOTInductorRunner(package, device="cpu").activate()
 
@@ -110,8 +127,15 @@ def test_aotinductor_sidecar_checks(tmp_path):
 # -- on a GPU: every engine vs fp32 torch on CPU -------------------------------------------------------
 @pytest.mark.gpu
 @cuda
-@pytest.mark.parametrize("cls,precision,tol", [(TorchCudaRunner, "fp32", 1e-2), (TorchCudaRunner, "bf16", 1e-1),
-                                               (TorchCudaGraphsRunner, "fp32", 1e-2), (TorchCudaGraphsRunner, "fp16", 5e-2)])
+@pytest.mark.parametrize(
+    "cls,precision,tol",
+    [
+        (TorchCudaRunner, "fp32", 1e-2),
+        (TorchCudaRunner, "bf16", 1e-1),
+        (TorchCudaGraphsRunner, "fp32", 1e-2),
+        (TorchCudaGraphsRunner, "fp16", 5e-2),
+    ],
+)
 def test_cuda_engines_match_cpu_torch(tmp_path, cls, precision, tol):
     """Tolerance: max |Δlogit| <= tol x max(1, |logit|) (fp32 allows TF32 convs); fp32: argmax agreement >= 99 %."""
     path = _conv(tmp_path / "c.pt")

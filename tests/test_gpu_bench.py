@@ -46,31 +46,60 @@ def test_nvml_absent_is_not_available(monkeypatch):
 
 
 def _rec(backend, batch, variant, p50, **kw):
-    return {"backend": backend, "precision": "fp32", "batch": batch, "variant": variant, "p50_ms": p50, "p99_ms": p50 * 2,
-            "throughput": batch / p50 * 1e3, "weight_bytes": 4 << 20, "max_memory_allocated_bytes": None,
-            "nvml_used_bytes": "not available (ImportError: x)", "parity": {"ok": True, "max_abs_diff": 0.0}, **kw}
+    return {
+        "backend": backend,
+        "precision": "fp32",
+        "batch": batch,
+        "variant": variant,
+        "p50_ms": p50,
+        "p99_ms": p50 * 2,
+        "throughput": batch / p50 * 1e3,
+        "weight_bytes": 4 << 20,
+        "max_memory_allocated_bytes": None,
+        "nvml_used_bytes": "not available (ImportError: x)",
+        "parity": {"ok": True, "max_abs_diff": 0.0},
+        **kw,
+    }
 
 
 def test_speedup_rows_and_table():
     records = [_rec("torch-cuda", 256, "dense", 2.0), _rec("torch-cuda", 256, "pruned", 0.5)]
     rows = speedup_rows(records, ideal=8.0)
-    assert rows == [{"backend": "torch-cuda", "precision": "fp32", "batch": 256, "variant": "pruned", "speedup": 4.0,
-                     "measured_over_ideal": 0.5}]
-    result = {"run": "r", "ideal_speedup": 8.0, "records": records, "speedup": rows,
-              "machine": {"gpu": "G", "driver": "D", "cuda": "C", "torch": "T", "device": "cuda"},
-              "unavailable": [{"backend": "onnxruntime-cuda", "precision": "fp32", "why": "no CUDAExecutionProvider"}]}
+    assert rows == [
+        {
+            "backend": "torch-cuda",
+            "precision": "fp32",
+            "batch": 256,
+            "variant": "pruned",
+            "speedup": 4.0,
+            "measured_over_ideal": 0.5,
+        }
+    ]
+    result = {
+        "run": "r",
+        "ideal_speedup": 8.0,
+        "records": records,
+        "speedup": rows,
+        "machine": {"gpu": "G", "driver": "D", "cuda": "C", "torch": "T", "device": "cuda"},
+        "unavailable": [{"backend": "onnxruntime-cuda", "precision": "fp32", "why": "no CUDAExecutionProvider"}],
+    }
     table = markdown(result)
     assert "| torch-cuda | fp32 | 256 | 2.0000 / 4.0000 | 0.5000 / 1.0000 | 128,000 | 512,000 | 4.00x | 0.50 |" in table
     assert "not available (ImportError: x)" in table
     assert "| onnxruntime-cuda | fp32 | - | not available: no CUDAExecutionProvider |" in table
-    assert all(line.count("|") == table.splitlines()[4].count("|") for line in table.splitlines()[4:] if line.startswith("|"))
+    assert all(
+        line.count("|") == table.splitlines()[4].count("|") for line in table.splitlines()[4:] if line.startswith("|")
+    )
 
 
 def test_launch_overhead_table():
     from vib_deploy.gpu_bench import launch_overhead
 
-    records = [_rec("torch-cuda", 1, "dense", 1.0), _rec("torch-cuda-graphs", 1, "dense", 0.25),
-               _rec("torch-cuda", 8, "dense", 1.0)]  # batch 8 has no graph figure: no row
+    records = [
+        _rec("torch-cuda", 1, "dense", 1.0),
+        _rec("torch-cuda-graphs", 1, "dense", 0.25),
+        _rec("torch-cuda", 8, "dense", 1.0),
+    ]  # batch 8 has no graph figure: no row
     lines = launch_overhead({(r["backend"], r["precision"], r["batch"], r["variant"]): r for r in records})
     assert [line for line in lines if line.startswith("| fp32")] == ["| fp32 | 1 | dense | 1.0000 | 0.2500 | 75% |"]
     assert launch_overhead({}) == []
@@ -138,13 +167,29 @@ def tiny_run(tmp_path, mnist_root):
 
     run = RunDir(tmp_path / "run")
     run.path.mkdir()
-    write_config(run, parse_config({"name": "tiny", "model": {"name": "lenet300"},
-                                    "data": {"train_limit": 600, "val_size": 100, "test_limit": 300}}, "tiny"))
+    write_config(
+        run,
+        parse_config(
+            {
+                "name": "tiny",
+                "model": {"name": "lenet300"},
+                "data": {"train_limit": 600, "val_size": 100, "test_limit": 300},
+            },
+            "tiny",
+        ),
+    )
     torch.manual_seed(0)
     save_model(nn.Sequential(nn.Flatten(), nn.Linear(784, 64), nn.ReLU(), nn.Linear(64, 10)), run.file("dense.pt"))
     save_model(nn.Sequential(nn.Flatten(), nn.Linear(784, 16), nn.ReLU(), nn.Linear(16, 10)), run.file("pruned.pt"))
-    atomic_write_json(run.file("prune.json"), {"input_shape": [1, 28, 28], "kept_pixels": None,
-                                               "dense": {"flops": 400, "params": 4}, "pruned": {"flops": 100, "params": 1}})
+    atomic_write_json(
+        run.file("prune.json"),
+        {
+            "input_shape": [1, 28, 28],
+            "kept_pixels": None,
+            "dense": {"flops": 400, "params": 4},
+            "pruned": {"flops": 100, "params": 1},
+        },
+    )
     run.add_artifacts("test", ["dense.pt", "pruned.pt", "prune.json"])
     return run.path
 
@@ -162,10 +207,26 @@ def test_bench_on_cpu_keeps_going_past_a_failing_engine(tiny_run, monkeypatch):
 
     monkeypatch.setattr(TorchCudaRunner, "activate_impl", activate)
     out = tiny_run / "gpu-bench.json"
-    result = bench_gpu(tiny_run, [Case("torch-cuda", "bf16"), Case("torch-cuda"), Case("torch-cuda-graphs")], device="cpu",
-                       batch_sizes=(1, 8), rounds=2, iters=2, warmup=1, echo=lambda s: None, out=out)
-    assert [(r["batch"], r["variant"]) for r in result["records"]] == [(1, "dense"), (1, "pruned"), (8, "dense"), (8, "pruned")]
-    assert all(r["parity"]["ok"] and r["parity"]["max_abs_diff"] == 0 for r in result["records"])  # fp32 eager on CPU: exact
+    result = bench_gpu(
+        tiny_run,
+        [Case("torch-cuda", "bf16"), Case("torch-cuda"), Case("torch-cuda-graphs")],
+        device="cpu",
+        batch_sizes=(1, 8),
+        rounds=2,
+        iters=2,
+        warmup=1,
+        echo=lambda s: None,
+        out=out,
+    )
+    assert [(r["batch"], r["variant"]) for r in result["records"]] == [
+        (1, "dense"),
+        (1, "pruned"),
+        (8, "dense"),
+        (8, "pruned"),
+    ]
+    assert all(
+        r["parity"]["ok"] and r["parity"]["max_abs_diff"] == 0 for r in result["records"]
+    )  # fp32 eager on CPU: exact
     assert result["ideal_speedup"] == 4.0
     failed, graphs = result["unavailable"]
     assert failed == {"backend": "torch-cuda", "precision": "bf16", "why": "FAILED: RuntimeError: boom", "failed": True}

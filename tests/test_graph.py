@@ -39,7 +39,9 @@ def test_random_nets_prune_exactly(net):
     dense_flops, dense_params = count_flops(net, INPUT_SHAPE), count_params(net)
     # only the head stays: a Linear head is the output layer; a conv head's channels are the output
     plan = plan_groups(net, INPUT_SHAPE)
-    assert [(f.root, f.reason) for f in plan.fixed] == [("head", "reaches the model output" if net.conv_head else "output layer")]
+    assert [(f.root, f.reason) for f in plan.fixed] == [
+        ("head", "reaches the model output" if net.conv_head else "output layer")
+    ]
     gated = _gated_random(copy.deepcopy(net), INPUT_SHAPE)
     result, record = prune_groups(gated, INPUT_SHAPE)
     x = torch.randn((16,) + INPUT_SHAPE, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
@@ -62,8 +64,18 @@ class Residual(nn.Module):
     def __init__(self):
         super().__init__()
         self.stem, self.bn0 = nn.Conv2d(1, 6, 3, padding=1), nn.BatchNorm2d(6)
-        self.c1, self.b1, self.c2, self.b2 = nn.Conv2d(6, 5, 3, padding=1), nn.BatchNorm2d(5), nn.Conv2d(5, 6, 3, padding=1), nn.BatchNorm2d(6)
-        self.c3, self.b3, self.c4, self.b4 = nn.Conv2d(6, 4, 3, padding=1), nn.BatchNorm2d(4), nn.Conv2d(4, 6, 3, padding=1), nn.BatchNorm2d(6)
+        self.c1, self.b1, self.c2, self.b2 = (
+            nn.Conv2d(6, 5, 3, padding=1),
+            nn.BatchNorm2d(5),
+            nn.Conv2d(5, 6, 3, padding=1),
+            nn.BatchNorm2d(6),
+        )
+        self.c3, self.b3, self.c4, self.b4 = (
+            nn.Conv2d(6, 4, 3, padding=1),
+            nn.BatchNorm2d(4),
+            nn.Conv2d(4, 6, 3, padding=1),
+            nn.BatchNorm2d(6),
+        )
         self.head = nn.Linear(6, 3)
 
     def forward(self, x):

@@ -51,7 +51,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         stack.append(node)
         for nxt in sorted(graph[node]):
             if colour[nxt] == 1:
-                return stack[stack.index(nxt):] + [nxt]
+                return stack[stack.index(nxt) :] + [nxt]
             if colour[nxt] == 0 and (cycle := visit(nxt)):
                 return cycle
         stack.pop()
@@ -84,7 +84,6 @@ def test_layers_is_a_leaf():
     assert import_graph()["vib_deploy.layers"] <= {"vib_deploy.errors", "vib_deploy.vib"}
 
 
-
 def test_no_module_over_400_lines():
     long = {name: n for name, path in _modules().items() if (n := len(path.read_text().splitlines())) > MAX_LINES}
     assert not long, f"modules over {MAX_LINES} lines: {long}"
@@ -101,6 +100,10 @@ def test_a_long_function_says_why():
         for node in ast.walk(ast.parse(source)):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno is not None:
                 body = lines[node.lineno - 1 : node.end_lineno]
-                if len(body) > MAX_FUNCTION_LINES and not any(line.strip().startswith("# long function:") for line in body):
+                if len(body) > MAX_FUNCTION_LINES and not any(
+                    line.strip().startswith("# long function:") for line in body
+                ):
                     unexplained.append(f"{name}.{node.name} ({len(body)} lines)")
-    assert not unexplained, f"functions over {MAX_FUNCTION_LINES} lines without a '# long function:' comment: {unexplained}"
+    assert not unexplained, (
+        f"functions over {MAX_FUNCTION_LINES} lines without a '# long function:' comment: {unexplained}"
+    )

@@ -22,8 +22,17 @@ from vib_deploy.zoo import gated_model
 
 def _three_layer() -> nn.Sequential:
     """Input gate (4 pixels) -> 3 -> 2 -> 5 logits."""
-    return nn.Sequential(nn.Flatten(), VIBGate(4), nn.Linear(4, 3), nn.ReLU(), VIBGate(3), nn.Linear(3, 2), nn.ReLU(),
-                         VIBGate(2), nn.Linear(2, 5))
+    return nn.Sequential(
+        nn.Flatten(),
+        VIBGate(4),
+        nn.Linear(4, 3),
+        nn.ReLU(),
+        VIBGate(3),
+        nn.Linear(3, 2),
+        nn.ReLU(),
+        VIBGate(2),
+        nn.Linear(2, 5),
+    )
 
 
 def _kill(gate: VIBGate, unit: int) -> None:
@@ -60,14 +69,26 @@ def test_lenet5_costs_at_the_issue_widths():
 def _plain(name: str, widths: list[int]) -> tuple[nn.Sequential, tuple[int, ...]]:
     if name == "lenet5":
         a, b, c = widths
-        return nn.Sequential(nn.Conv2d(1, a, 5), nn.ReLU(), nn.MaxPool2d(2, 2), nn.Conv2d(a, b, 5), nn.ReLU(),
-                             nn.MaxPool2d(2, 2), nn.Flatten(), nn.Linear(b * 16, c), nn.ReLU(), nn.Linear(c, 10)), (1, 28, 28)
+        return nn.Sequential(
+            nn.Conv2d(1, a, 5),
+            nn.ReLU(),
+            nn.MaxPool2d(2, 2),
+            nn.Conv2d(a, b, 5),
+            nn.ReLU(),
+            nn.MaxPool2d(2, 2),
+            nn.Flatten(),
+            nn.Linear(b * 16, c),
+            nn.ReLU(),
+            nn.Linear(c, 10),
+        ), (1, 28, 28)
     p, a, b = widths
     return nn.Sequential(nn.Linear(p, a), nn.ReLU(), nn.Linear(a, b), nn.ReLU(), nn.Linear(b, 10)), (p,)
 
 
-@pytest.mark.parametrize("name,widths", [("lenet5", [4, 9, 60]), ("lenet5", [20, 50, 500]), ("lenet300", [97, 71, 33]),
-                                         ("lenet300", [784, 300, 100])])
+@pytest.mark.parametrize(
+    "name,widths",
+    [("lenet5", [4, 9, 60]), ("lenet5", [20, 50, 500]), ("lenet300", [97, 71, 33]), ("lenet300", [784, 300, 100])],
+)
 def test_unit_cost_is_what_removing_a_unit_saves_in_count_flops(name, widths):
     w = FlopsWeighting(gated_model(name), (1, 28, 28))
     costs = w.unit_flops(widths)
@@ -97,8 +118,19 @@ def test_training_with_flops_weighting_logs_its_kl(tmp_path):
     calls = []
     inner = w.total_kl
     w.total_kl = lambda: calls.append(1) or inner()  # type: ignore[method-assign]
-    spec = TrainSpec("train-vib", "k", 2, 1e-3, 50, 0, torch.device("cpu"), gate_lr=1e-2, kl_factor=1e-4,
-                     finetune_epochs=1, kl_weighting=w)
+    spec = TrainSpec(
+        "train-vib",
+        "k",
+        2,
+        1e-3,
+        50,
+        0,
+        torch.device("cpu"),
+        gate_lr=1e-2,
+        kl_factor=1e-4,
+        finetune_epochs=1,
+        kl_weighting=w,
+    )
     result = train(model, spec, data, RunDir(tmp_path))
     assert len(calls) == 4  # every step of both epochs: in the loss (epoch 1), logged (frozen epoch 2)
     with torch.no_grad():
@@ -115,7 +147,14 @@ def test_paper_weighting_keeps_the_cache_key_and_flops_is_keyed():
     assert keyed_section("vib", _cfg(schedule="step", weight_decay=5e-5).train.vib)["schedule"] == "step"
     assert keyed_section("vib", _cfg(kl_weighting="flops").train.vib)["kl_weighting"] == "flops"
     with pytest.raises(UserError, match="kl_weighting: flops supports the zoo LeNets"):
-        parse_config({"name": "x", "model": {"name": "resnet20"}, "data": {"pad": 2},
-                      "train": {"vib": {"kl_weighting": "flops"}}}, "t")
+        parse_config(
+            {
+                "name": "x",
+                "model": {"name": "resnet20"},
+                "data": {"pad": 2},
+                "train": {"vib": {"kl_weighting": "flops"}},
+            },
+            "t",
+        )
     with pytest.raises(UserError, match="Sequential"):
         FlopsWeighting(nn.Module(), (1, 28, 28))

@@ -38,16 +38,22 @@ def test_lenet5_flops():
 
 def test_save_load_roundtrip_in_fresh_process(tmp_path):
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Flatten(), PixelSelect(torch.tensor([3, 5, 700])), nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+    model = nn.Sequential(
+        nn.Flatten(), PixelSelect(torch.tensor([3, 5, 700])), nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2)
+    )
     path = tmp_path / "m.pt"
     save_model(model, path)
     x = torch.rand(3, 1, 28, 28)
     expected = model.eval()(x)
     assert torch.equal(load_model(path)(x), expected)
-    code = ("import torch,sys; from vib_deploy.nets import load_model; m=load_model(sys.argv[1]);"
-            "torch.manual_seed(0); print(describe(m) if False else m(torch.load(sys.argv[2])).sum().item())")
+    code = (
+        "import torch,sys; from vib_deploy.nets import load_model; m=load_model(sys.argv[1]);"
+        "torch.manual_seed(0); print(describe(m) if False else m(torch.load(sys.argv[2])).sum().item())"
+    )
     torch.save(x, tmp_path / "x.pt")
-    out = subprocess.run([sys.executable, "-c", code, str(path), str(tmp_path / "x.pt")], capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(path), str(tmp_path / "x.pt")], capture_output=True, text=True
+    )
     assert out.returncode == 0, out.stderr
     assert float(out.stdout) == pytest.approx(expected.sum().item(), rel=1e-6)
     assert describe(load_model(path))[1] == {"type": "select", "count": 3}

@@ -11,12 +11,21 @@ def _row(lines, key):
 
 def test_every_setting_is_listed_and_read_from_the_config():
     # the settings the LeNet pipelines had before validation chose the official ones
-    default = load_config(ROOT / "pipelines/mnist-lenet300.yaml",
-                          ["train.finetune.epochs=0", "train.vib.gate_lr=1e-2", "train.vib.weight_decay=0",
-                           "train.vib.schedule=cosine"])
-    official_like = load_config(ROOT / "pipelines/mnist-lenet300.yaml",
-                                ["train.vib.gate_lr=1e-3", "train.vib.epochs=300", "train.batch_size=128",
-                                 "train.finetune.epochs=20", "train.vib.weight_decay=0", "train.vib.schedule=cosine"])
+    default = load_config(
+        ROOT / "pipelines/mnist-lenet300.yaml",
+        ["train.finetune.epochs=0", "train.vib.gate_lr=1e-2", "train.vib.weight_decay=0", "train.vib.schedule=cosine"],
+    )
+    official_like = load_config(
+        ROOT / "pipelines/mnist-lenet300.yaml",
+        [
+            "train.vib.gate_lr=1e-3",
+            "train.vib.epochs=300",
+            "train.batch_size=128",
+            "train.finetune.epochs=20",
+            "train.vib.weight_decay=0",
+            "train.vib.schedule=cosine",
+        ],
+    )
     lines = deviations({"a": default, "b": official_like})
     assert len([line for line in lines if line.startswith("| ") and "---" not in line]) == len(OFFICIAL) + 1
     gate = _row(lines, "gate lr")
@@ -35,7 +44,10 @@ def test_every_setting_is_listed_and_read_from_the_config():
 def test_goal_lines_judge_error_and_flops_or_the_reduction_factor():
     from vib_deploy.studies.paper import _goal_lines
 
-    l5 = [{"error": 0.0088, "flops": 180_000, "dense_flops": 4_586_000}, {"error": 0.0094, "flops": 170_000, "dense_flops": 4_586_000}]
+    l5 = [
+        {"error": 0.0088, "flops": 180_000, "dense_flops": 4_586_000},
+        {"error": 0.0094, "flops": 170_000, "dense_flops": 4_586_000},
+    ]
     (line,) = _goal_lines("lenet5", l5)  # mean 0.91 % at 26.2x: the error misses by 0.01 points, the reduction is met
     assert "≥ 25× fewer FLOPs: **missed** (error +0.01 points)" in line and "26.2× fewer than dense" in line
     goal, stretch = _goal_lines("lenet300", [{"error": 0.0165, "flops": 19_000, "dense_flops": 532_400}])

@@ -7,25 +7,56 @@ from torch import nn
 
 from vib_deploy.errors import UserError
 from vib_deploy.layers import ChannelScale, count_flops
-from vib_deploy.studies.peers import (FLOPS_TOLERANCE, METHODS, dense_widths, fit, gated_for_slimming, match_widths,
-                              prune_by_scale, prune_to_widths, with_widths)
+from vib_deploy.studies.peers import (
+    FLOPS_TOLERANCE,
+    METHODS,
+    dense_widths,
+    fit,
+    gated_for_slimming,
+    match_widths,
+    prune_by_scale,
+    prune_to_widths,
+    with_widths,
+)
 from vib_deploy.vib import gates
 
 SHAPE = (1, 28, 28)
 
 
 def lenet300() -> nn.Sequential:
-    return nn.Sequential(nn.Flatten(), nn.Linear(784, 300), nn.ReLU(), nn.Linear(300, 100), nn.ReLU(), nn.Linear(100, 10))
+    return nn.Sequential(
+        nn.Flatten(), nn.Linear(784, 300), nn.ReLU(), nn.Linear(300, 100), nn.ReLU(), nn.Linear(100, 10)
+    )
 
 
 def lenet5() -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(1, 20, 5), nn.ReLU(), nn.MaxPool2d(2, 2), nn.Conv2d(20, 50, 5), nn.ReLU(),
-                         nn.MaxPool2d(2, 2), nn.Flatten(), nn.Linear(800, 500), nn.ReLU(), nn.Linear(500, 10))
+    return nn.Sequential(
+        nn.Conv2d(1, 20, 5),
+        nn.ReLU(),
+        nn.MaxPool2d(2, 2),
+        nn.Conv2d(20, 50, 5),
+        nn.ReLU(),
+        nn.MaxPool2d(2, 2),
+        nn.Flatten(),
+        nn.Linear(800, 500),
+        nn.ReLU(),
+        nn.Linear(500, 10),
+    )
 
 
 # targets: VIB results of this repository (22.3 K, 248.9 K) and the paper's 19.1 K, plus odd values
-@pytest.mark.parametrize("make,target", [(lenet300, 22_336), (lenet300, 19_100), (lenet300, 15_000), (lenet300, 84_300),
-                                         (lenet5, 248_876), (lenet5, 600_000), (lenet5, 2_000_000)])
+@pytest.mark.parametrize(
+    "make,target",
+    [
+        (lenet300, 22_336),
+        (lenet300, 19_100),
+        (lenet300, 15_000),
+        (lenet300, 84_300),
+        (lenet5, 248_876),
+        (lenet5, 600_000),
+        (lenet5, 2_000_000),
+    ],
+)
 def test_width_search_matches_flops_within_two_percent(make, target):
     dense = make()
     widths = match_widths(dense, target, SHAPE)
@@ -201,7 +232,10 @@ def test_every_peer_gets_vibs_budget(finetune):
     # slimming splits it as VIB does (sparsity = VIB epochs, then the fine-tune epochs); without a finetune stage, half/half
     assert (slim["sparsity"], slim["finetune"]) == ((100, 20) if finetune else (50, 50))
     section = PeerSpec("slimming", 1, "r", 784, (1, 1, 1), vib_finetune_epochs=finetune).section(config)
-    assert section["epochs"] == vib_after_dense and section.get("split", [50, 50]) == [slim["sparsity"], slim["finetune"]]
+    assert section["epochs"] == vib_after_dense and section.get("split", [50, 50]) == [
+        slim["sparsity"],
+        slim["finetune"],
+    ]
 
 
 def test_peer_keys_name_the_kept_epoch_and_are_otherwise_the_old_ones():
@@ -210,14 +244,26 @@ def test_peer_keys_name_the_kept_epoch_and_are_otherwise_the_old_ones():
 
     config = _config()
     t = config.train
-    old = {"method": "l1", "target_flops": 22_336, "tolerance": FLOPS_TOLERANCE, "slimming_l1": None, "epochs": t.vib.epochs,
-           "lr": t.vib.lr, "gate_lr": t.vib.gate_lr, "batch_size": t.batch_size, "seed": t.seed,
-           "data": keyed_section("data", config.data), "prune": config.prune.model_dump()}
+    old = {
+        "method": "l1",
+        "target_flops": 22_336,
+        "tolerance": FLOPS_TOLERANCE,
+        "slimming_l1": None,
+        "epochs": t.vib.epochs,
+        "lr": t.vib.lr,
+        "gate_lr": t.vib.gate_lr,
+        "batch_size": t.batch_size,
+        "seed": t.seed,
+        "data": keyed_section("data", config.data),
+        "prune": config.prune.model_dump(),
+    }
     # peers made when the last fine-tune epoch was kept rerun: they now keep the best validation epoch, as VIB's finetune
     old["keep"] = "best validation epoch"
     assert PeerSpec("l1", 22_336, "runs/x", 784, (110, 83, 27)).section(config) == old
     same = PeerSpec("l1-same", 22_336, "runs/x", 784, (110, 83, 27)).section(config)
-    assert same["widths"] == [110, 83, 27] and same["pixels_by"] == "|W|*E|x|"  # l1-same's pixels: the data-aware criterion
+    assert (
+        same["widths"] == [110, 83, 27] and same["pixels_by"] == "|W|*E|x|"
+    )  # l1-same's pixels: the data-aware criterion
     assert "pixels_by" not in PeerSpec("l1-same", 1, "r", None, (4, 9, 60)).section(config)  # no input gate: no pixels
     assert "pixels_by" not in PeerSpec("random-same", 1, "r", 784, (110, 83, 27)).section(config)
     assert PeerSpec("act-pixels", 1, "r", 784, (110, 83, 27)).section(config)["pixels_by"] == "|W|*E|x|"
@@ -232,8 +278,16 @@ def test_scratch_net_is_vibs_architecture_and_pixels_reinitialised():
 
     torch.manual_seed(0)
     kept = [3, 10, 50, 700]
-    vib = nn.Sequential(nn.Flatten(), PixelSelect(torch.tensor(kept)), nn.Linear(4, 6), nn.ReLU(),
-                        ChannelScale(-torch.ones(6)), nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 10))
+    vib = nn.Sequential(
+        nn.Flatten(),
+        PixelSelect(torch.tensor(kept)),
+        nn.Linear(4, 6),
+        nn.ReLU(),
+        ChannelScale(-torch.ones(6)),
+        nn.Linear(6, 5),
+        nn.ReLU(),
+        nn.Linear(5, 10),
+    )
     net = scratch_net(vib)
     assert describe(net) == [s for s in describe(vib) if s["type"] != "scale"]
     assert next(m for m in net if isinstance(m, PixelSelect)).indices.tolist() == kept
@@ -265,7 +319,9 @@ def test_records_count_the_kept_pixels_of_a_net_that_gathers_them():
 
     from vib_deploy.studies.common import _architecture
 
-    old_scratch = SimpleNamespace(architecture=[784, 65, 26], dense_architecture=[784, 300, 100], kept_pixels=list(range(95)))
+    old_scratch = SimpleNamespace(
+        architecture=[784, 65, 26], dense_architecture=[784, 300, 100], kept_pixels=list(range(95))
+    )
     assert _architecture(old_scratch) == [95, 65, 26]  # type: ignore[arg-type]
     conv = SimpleNamespace(architecture=[4, 9, 60], dense_architecture=[20, 50, 500], kept_pixels=None)
     assert _architecture(conv) == [4, 9, 60]  # type: ignore[arg-type]

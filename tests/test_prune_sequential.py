@@ -43,7 +43,7 @@ def test_pruned_equals_gated_model(name, seed, negative_fraction):
     assert not any(isinstance(m, VIBGate) for m in result.model.modules())
     weighted = [m for m in result.model if isinstance(m, (nn.Linear, nn.Conv2d))]
     outs = [m.out_features if isinstance(m, nn.Linear) else m.out_channels for m in weighted]
-    assert outs[:-1] == kept[-len(outs) + 1:]
+    assert outs[:-1] == kept[-len(outs) + 1 :]
     if negative_fraction == 0.0:
         assert result.scales_left == 0 and not any(isinstance(m, ChannelScale) for m in result.model)
 

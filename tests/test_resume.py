@@ -26,9 +26,21 @@ from conftest import ROOT, run_cli
 from vib_deploy.errors import UserError
 from vib_deploy.runs import RunDir, sha256_file
 
-SETTINGS = ["data.train_limit=3000", "data.val_size=500", "data.test_limit=500", "train.dense.epochs=5",
-            "train.vib.epochs=4", "train.vib.finetune_epochs=1", "train.finetune.epochs=3", "bench.rounds=1", "bench.iters_per_round=2",
-            "bench.warmup=0", "bench.batch_sizes=[1]", "bench.memory=false", "bench.backends=[onnxruntime]"]
+SETTINGS = [
+    "data.train_limit=3000",
+    "data.val_size=500",
+    "data.test_limit=500",
+    "train.dense.epochs=5",
+    "train.vib.epochs=4",
+    "train.vib.finetune_epochs=1",
+    "train.finetune.epochs=3",
+    "bench.rounds=1",
+    "bench.iters_per_round=2",
+    "bench.warmup=0",
+    "bench.batch_sizes=[1]",
+    "bench.memory=false",
+    "bench.backends=[onnxruntime]",
+]
 ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 POLL_S = 0.0005
 
@@ -42,7 +54,9 @@ def _command(run_dir: Path) -> list[str]:
 
 def _start(run_dir: Path, log: Path) -> subprocess.Popen:
     with open(log, "ab") as out:
-        return subprocess.Popen(_command(run_dir), cwd=ROOT, env={**os.environ, **ENV}, stdout=out, stderr=subprocess.STDOUT)
+        return subprocess.Popen(
+            _command(run_dir), cwd=ROOT, env={**os.environ, **ENV}, stdout=out, stderr=subprocess.STDOUT
+        )
 
 
 def _stamp(path: Path) -> tuple[int, int] | None:
@@ -80,8 +94,11 @@ def _stale_manifest(run_dir: Path) -> list[str]:
     """Files whose bytes are not what manifest.json lists (a kill between a write and its manifest entry)."""
     manifest = run_dir / "manifest.json"
     artifacts = json.loads(manifest.read_text())["artifacts"] if manifest.exists() else {}
-    return sorted(p.name for p in run_dir.glob("*.ckpt")
-                  if p.name not in artifacts or sha256_file(p) != artifacts[p.name]["sha256"])
+    return sorted(
+        p.name
+        for p in run_dir.glob("*.ckpt")
+        if p.name not in artifacts or sha256_file(p) != artifacts[p.name]["sha256"]
+    )
 
 
 def _weights(run_dir: Path, name: str) -> dict[str, torch.Tensor]:
@@ -139,9 +156,17 @@ def test_sigkill_anywhere_then_rerun_is_bitwise_equal(reference, tmp_path):
             rc = proc.wait(timeout=60)
             assert rc in (-signal.SIGKILL, 0), log.read_text()[-3000:]
             if rc == -signal.SIGKILL:
-                killed.append((what, hit, _ckpt_epoch(run_dir, "train-dense"), _ckpt_epoch(run_dir, "train-vib"),
-                               sorted(p.name for p in run_dir.glob(".*.tmp")), _stale_manifest(run_dir),
-                               _ckpt_epoch(run_dir, "finetune")))
+                killed.append(
+                    (
+                        what,
+                        hit,
+                        _ckpt_epoch(run_dir, "train-dense"),
+                        _ckpt_epoch(run_dir, "train-vib"),
+                        sorted(p.name for p in run_dir.glob(".*.tmp")),
+                        _stale_manifest(run_dir),
+                        _ckpt_epoch(run_dir, "finetune"),
+                    )
+                )
         finally:
             if proc.poll() is None:
                 proc.kill()
@@ -162,7 +187,9 @@ def test_sigkill_anywhere_then_rerun_is_bitwise_equal(reference, tmp_path):
             assert torch.equal(ref[key], got[key]), f"{name}:{key} differs after resume (kills: {killed})"
     # the history the checkpoints carried across kills is the uninterrupted one
     for name in ("train-dense.json", "train-vib.json", "finetune.json"):
-        assert json.loads((run_dir / name).read_text())["history"] == json.loads((reference / name).read_text())["history"]
+        assert (
+            json.loads((run_dir / name).read_text())["history"] == json.loads((reference / name).read_text())["history"]
+        )
 
     proc = run_cli("verify", str(run_dir))
     assert proc.returncode == 0, proc.stderr
@@ -182,11 +209,21 @@ def test_changed_vib_setting_reruns_from_train_vib(reference, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = proc.stderr.splitlines()
     assert [line.split()[1] for line in lines if line.startswith("[cached]")] == ["train-dense"]
-    assert [line.split()[1] for line in lines if line.startswith("[run]")] == ["train-vib", "prune", "finetune", "export", "bench", "report"]
+    assert [line.split()[1] for line in lines if line.startswith("[run]")] == [
+        "train-vib",
+        "prune",
+        "finetune",
+        "export",
+        "bench",
+        "report",
+    ]
     assert (run_dir / "dense.pt").read_bytes() == dense and (run_dir / "train-dense.ckpt").read_bytes() == dense_ckpt
     # the old VIB checkpoint belongs to the old key: VIB training starts over instead of resuming from it
     assert json.loads((run_dir / "train-vib.json").read_text())["resumed_from_epoch"] == 0
-    assert any(not torch.equal(a, b) for a, b in zip(_weights(reference, "vib.pt").values(), _weights(run_dir, "vib.pt").values()))
+    assert any(
+        not torch.equal(a, b)
+        for a, b in zip(_weights(reference, "vib.pt").values(), _weights(run_dir, "vib.pt").values())
+    )
     assert run_cli("verify", str(run_dir)).returncode == 0
 
 

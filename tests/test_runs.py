@@ -51,8 +51,17 @@ def test_unlisted_and_missing(tmp_path):
 def test_stage_key_changes_with_each_part():
     base = stage_key({"a": 1}, {"f": "h"}, "1")
     assert base == stage_key({"a": 1}, {"f": "h"}, "1")
-    assert len({base, stage_key({"a": 2}, {"f": "h"}, "1"), stage_key({"a": 1}, {"f": "g"}, "1"),
-                stage_key({"a": 1}, {"f": "h"}, "2")}) == 4
+    assert (
+        len(
+            {
+                base,
+                stage_key({"a": 2}, {"f": "h"}, "1"),
+                stage_key({"a": 1}, {"f": "g"}, "1"),
+                stage_key({"a": 1}, {"f": "h"}, "2"),
+            }
+        )
+        == 4
+    )
 
 
 def test_lock_names_the_other_process(tmp_path):

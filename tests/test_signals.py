@@ -11,10 +11,32 @@ import pytest
 from conftest import ROOT
 
 # ~1 s per dense epoch: the signal lands mid-training even on a loaded machine
-ARGS = ["run", "pipelines/mnist-lenet300.yaml", "--set", "data.train_limit=30000", "--set", "data.val_size=500",
-        "--set", "data.test_limit=500", "--set", "train.dense.epochs=50", "--set", "train.vib.epochs=1",
-        "--set", "bench.backends=[onnxruntime]", "--set", "bench.batch_sizes=[1]", "--set", "bench.rounds=1",
-        "--set", "bench.iters_per_round=2", "--set", "bench.memory=false", "--set", "train.finetune.epochs=0"]
+ARGS = [
+    "run",
+    "pipelines/mnist-lenet300.yaml",
+    "--set",
+    "data.train_limit=30000",
+    "--set",
+    "data.val_size=500",
+    "--set",
+    "data.test_limit=500",
+    "--set",
+    "train.dense.epochs=50",
+    "--set",
+    "train.vib.epochs=1",
+    "--set",
+    "bench.backends=[onnxruntime]",
+    "--set",
+    "bench.batch_sizes=[1]",
+    "--set",
+    "bench.rounds=1",
+    "--set",
+    "bench.iters_per_round=2",
+    "--set",
+    "bench.memory=false",
+    "--set",
+    "train.finetune.epochs=0",
+]
 
 
 @pytest.mark.e2e
@@ -23,8 +45,15 @@ def test_ctrl_c_saves_and_says_how_to_resume(tmp_path, mnist_root):
     cmd = [sys.executable, "-m", "vib_deploy", *ARGS, "--run-dir", str(run_dir)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     # a terminal's default SIGINT, also when the suite itself runs in the background (where it is ignored)
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    proc = subprocess.Popen(
+        cmd,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     ckpt = run_dir / "train-dense.ckpt"
     deadline = time.time() + 120
     while not ckpt.exists() and time.time() < deadline:
@@ -38,5 +67,7 @@ def test_ctrl_c_saves_and_says_how_to_resume(tmp_path, mnist_root):
     assert "train-dense interrupted at epoch" in stderr and "rerun the same command to resume" in stderr
     assert not (run_dir / ".lock").exists()
     assert not [p for p in run_dir.iterdir() if p.name.endswith(".tmp")]
-    verify = subprocess.run([sys.executable, "-m", "vib_deploy", "verify", str(run_dir)], cwd=ROOT, capture_output=True, text=True)
+    verify = subprocess.run(
+        [sys.executable, "-m", "vib_deploy", "verify", str(run_dir)], cwd=ROOT, capture_output=True, text=True
+    )
     assert verify.returncode == 0, verify.stderr

@@ -52,11 +52,14 @@ def test_override_tag():
     assert override_tag(["a=1"]) != override_tag(["a=2"]) and len(override_tag(["a=1"])) == 9
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--kl-factor", "1e-4,abc"], "--kl-factor takes comma-separated numbers"),
-    (["--kl-factor", "1e-4", "--seeds", "0,0"], "--seeds needs distinct integers"),
-    (["--kl-factor", "-1"], "needs at least one number >= 0"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--kl-factor", "1e-4,abc"], "--kl-factor takes comma-separated numbers"),
+        (["--kl-factor", "1e-4", "--seeds", "0,0"], "--seeds needs distinct integers"),
+        (["--kl-factor", "-1"], "needs at least one number >= 0"),
+    ],
+)
 def test_bad_sweep_input_is_one_line_and_exit_2(tmp_path, args, message):
     proc = run_cli("sweep", PIPELINE, *args, cwd=tmp_path)
     assert proc.returncode == 2 and message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1

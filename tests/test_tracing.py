@@ -16,8 +16,11 @@ from vib_deploy.tracing import channel_moves, dependency_graph
 
 
 def test_a_channel_shuffle_in_a_forward_is_refused_naming_the_view_the_module_and_the_ignore_entry():
-    with pytest.raises(UserError, match=r"reordered by view\(1, 2, 8, 8, 8\) of a \(1, 16, 8, 8\) tensor .*channel shuffle.* "
-                                        r"in stage2.0 \(ShuffleUnit\).*list stage2.0 under model.ignore.*so too stage2.1, stage2.2"):
+    with pytest.raises(
+        UserError,
+        match=r"reordered by view\(1, 2, 8, 8, 8\) of a \(1, 16, 8, 8\) tensor .*channel shuffle.* "
+        r"in stage2.0 \(ShuffleUnit\).*list stage2.0 under model.ignore.*so too stage2.1, stage2.2",
+    ):
         plan_groups(_arch("shufflenet"), ARCH_SHAPE)
     with pytest.raises(UserError, match=r"so too stage2.2\)$"):  # one ignored, the others still named
         plan_groups(_arch("shufflenet"), ARCH_SHAPE, ignore=["stage2.0"])
@@ -71,7 +74,12 @@ class SpaceToDepth(nn.Module):
     def __init__(self):
         super().__init__()
         self.c0, self.s2d = nn.Conv2d(1, 4, 3, padding=1), nn.PixelUnshuffle(2)
-        self.c1, self.bn, self.c2, self.head = nn.Conv2d(16, 8, 3, padding=1), nn.BatchNorm2d(8), nn.Conv2d(8, 6, 1), nn.Linear(6, 3)
+        self.c1, self.bn, self.c2, self.head = (
+            nn.Conv2d(16, 8, 3, padding=1),
+            nn.BatchNorm2d(8),
+            nn.Conv2d(8, 6, 1),
+            nn.Linear(6, 3),
+        )
 
     def forward(self, x):
         x = self.bn(self.c1(self.s2d(torch.relu(self.c0(x)))))
@@ -79,9 +87,14 @@ class SpaceToDepth(nn.Module):
 
 
 def test_pixel_unshuffle_is_a_channel_move_too():
-    with pytest.raises(UserError, match=r"pixel_unshuffle \(trades channels for pixels\) in s2d \(PixelUnshuffle\).*list s2d under"):
+    with pytest.raises(
+        UserError, match=r"pixel_unshuffle \(trades channels for pixels\) in s2d \(PixelUnshuffle\).*list s2d under"
+    ):
         plan_groups(SpaceToDepth(), ARCH_SHAPE)
     plan = plan_groups(SpaceToDepth(), ARCH_SHAPE, ignore=["s2d"])
     assert [g.root for g in plan.gated] == ["c1", "c2"]
-    assert [(f.root, f.reason) for f in plan.fixed][0] == ("c0", "passes through s2d, in model.ignore (it reorders channels)")
+    assert [(f.root, f.reason) for f in plan.fixed][0] == (
+        "c0",
+        "passes through s2d, in model.ignore (it reorders channels)",
+    )
     _prune_and_replay(SpaceToDepth(), ignore=["s2d"])

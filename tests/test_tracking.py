@@ -10,16 +10,32 @@ from conftest import ROOT, run_cli
 
 mlflow = pytest.importorskip("mlflow", reason="MLflow is the optional extra `track` (make setup installs it with dev)")
 
-TINY = ["data.train_limit=600", "data.val_size=100", "data.test_limit=200", "train.dense.epochs=2", "train.vib.epochs=3",
-        "bench.rounds=1", "bench.iters_per_round=1", "bench.warmup=0", "bench.batch_sizes=[1]", "bench.memory=false",
-        "bench.backends=[onnxruntime]", "train.finetune.epochs=0"]
+TINY = [
+    "data.train_limit=600",
+    "data.val_size=100",
+    "data.test_limit=200",
+    "train.dense.epochs=2",
+    "train.vib.epochs=3",
+    "bench.rounds=1",
+    "bench.iters_per_round=1",
+    "bench.warmup=0",
+    "bench.batch_sizes=[1]",
+    "bench.memory=false",
+    "bench.backends=[onnxruntime]",
+    "train.finetune.epochs=0",
+]
 
 
 @pytest.mark.e2e
 def test_a_run_is_logged_and_a_rerun_continues_it(tmp_path, mnist_root):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    args = ["run", str(ROOT / "pipelines/mnist-lenet300.yaml"), "--run-dir", str(tmp_path / "run"),
-            *[a for s in [*TINY, f"track.mlflow={{uri: '{uri}', experiment: tiny}}"] for a in ("--set", s)]]
+    args = [
+        "run",
+        str(ROOT / "pipelines/mnist-lenet300.yaml"),
+        "--run-dir",
+        str(tmp_path / "run"),
+        *[a for s in [*TINY, f"track.mlflow={{uri: '{uri}', experiment: tiny}}"] for a in ("--set", s)],
+    ]
     proc = run_cli(*args, cwd=tmp_path)  # MLflow's default artifact root is ./mlruns of the working directory
     assert proc.returncode == 0, proc.stderr[-3000:]
     state = json.loads((tmp_path / "run" / "mlflow-run.json").read_text())
@@ -33,6 +49,9 @@ def test_a_run_is_logged_and_a_rerun_continues_it(tmp_path, mnist_root):
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"metrics.json", "report.md", "plots"} <= artifacts
     again = run_cli(*args, cwd=tmp_path)  # every stage cached: the same MLflow run, nothing logged twice
-    assert again.returncode == 0 and json.loads((tmp_path / "run" / "mlflow-run.json").read_text())["run_id"] == state["run_id"]
+    assert (
+        again.returncode == 0
+        and json.loads((tmp_path / "run" / "mlflow-run.json").read_text())["run_id"] == state["run_id"]
+    )
     assert len(client.get_metric_history(run.info.run_id, "vib.val_acc")) == 3
     assert len(client.search_runs([run.info.experiment_id])) == 1

@@ -22,8 +22,17 @@ def _data(n=300):
 
 
 def _spec(**kw):
-    base = dict(stage="train-vib", key="k", epochs=3, lr=1e-3, batch_size=50, seed=0, device=torch.device("cpu"),
-                gate_lr=1e-2, kl_factor=1e-3)
+    base = dict(
+        stage="train-vib",
+        key="k",
+        epochs=3,
+        lr=1e-3,
+        batch_size=50,
+        seed=0,
+        device=torch.device("cpu"),
+        gate_lr=1e-2,
+        kl_factor=1e-3,
+    )
     return TrainSpec(**{**base, **kw})
 
 
@@ -79,7 +88,9 @@ def test_checkpoint_of_other_key_is_not_resumed(tmp_path):
 def test_schedule_and_gate_weight_decay_are_what_the_spec_says(tmp_path, schedule):
     torch.manual_seed(0)
     model = gated_model("lenet300")
-    train(model, _spec(epochs=2, weight_decay=5e-5, gate_weight_decay=5e-5, schedule=schedule), _data(), RunDir(tmp_path))
+    train(
+        model, _spec(epochs=2, weight_decay=5e-5, gate_weight_decay=5e-5, schedule=schedule), _data(), RunDir(tmp_path)
+    )
     groups = torch.load(tmp_path / "train-vib.ckpt", weights_only=True)["optimizer"]["param_groups"]
     assert [g["weight_decay"] for g in groups] == [5e-5, 5e-5]  # weights and gates, as the official code
     # step: lr x 0.5 every 30 epochs, so unchanged after 2; cosine over 2 epochs: 0 after 2

@@ -14,6 +14,7 @@ from vib_deploy.runs import RunDir
 from vib_deploy.train import TrainSpec, resolve_device, train
 from vib_deploy.zoo import gated_model, strip_gates
 
+
 def dense_model(name: str) -> nn.Sequential:
     return strip_gates(gated_model(name))
 
@@ -86,8 +87,19 @@ def test_bf16_autocast_changes_the_maths_within_bounds(tmp_path):
     assert max(diffs) < 5 * 1e-3 * 5  # 5 Adam steps of lr 1e-3 move a weight by at most ~lr each
 
 
-@pytest.mark.parametrize("device,ok", [("auto", True), ("cpu", True), ("cuda", True), ("cuda:1", True),
-                                       ("gpu", False), ("cuda:", False), ("cuda:x", False), ("CPU", False)])
+@pytest.mark.parametrize(
+    "device,ok",
+    [
+        ("auto", True),
+        ("cpu", True),
+        ("cuda", True),
+        ("cuda:1", True),
+        ("gpu", False),
+        ("cuda:", False),
+        ("cuda:x", False),
+        ("CPU", False),
+    ],
+)
 def test_device_values(device, ok):
     tree = {"name": "t", "model": {"name": "lenet300"}, "train": {"device": device}}
     if ok:
@@ -111,8 +123,21 @@ def test_cuda_on_cpu_machine_is_a_user_error(name):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only answer")
 def test_cli_cuda_on_cpu_machine_exits_2(mnist_root, tmp_path):
-    proc = run_cli("run", "pipelines/mnist-lenet300.yaml", "--run-dir", str(tmp_path / "r"), "--set", "train.device=cuda",
-                   "--set", "data.train_limit=600", "--set", "data.val_size=100", "--set", "data.test_limit=100", timeout=300)
+    proc = run_cli(
+        "run",
+        "pipelines/mnist-lenet300.yaml",
+        "--run-dir",
+        str(tmp_path / "r"),
+        "--set",
+        "train.device=cuda",
+        "--set",
+        "data.train_limit=600",
+        "--set",
+        "data.val_size=100",
+        "--set",
+        "data.test_limit=100",
+        timeout=300,
+    )
     assert proc.returncode == 2, proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.strip() and not line.startswith("[")]
     assert lines == [f"error: train.device=cuda but torch sees no CUDA device (torch {torch.__version__})"], proc.stderr

@@ -70,26 +70,34 @@ def test_layout_config_and_manifest(repo, tiny_run):
         # the config parses with Triton's schema and describes the real ONNX graph
         config = text_format.Parse((model_dir / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
         assert config.name == name and config.platform == "onnxruntime_onnx" and config.max_batch_size == 256
-        assert [(i.name, model_config_pb2.DataType.Name(i.data_type), list(i.dims)) for i in config.input] == \
-            [("input", "TYPE_FP32", [1, 28, 28])]
+        assert [(i.name, model_config_pb2.DataType.Name(i.data_type), list(i.dims)) for i in config.input] == [
+            ("input", "TYPE_FP32", [1, 28, 28])
+        ]
         assert [(o.name, list(o.dims), o.label_filename) for o in config.output] == [("logits", [10], "labels.txt")]
         assert list(config.dynamic_batching.preferred_batch_size) == [16, 64]
         assert config.dynamic_batching.max_queue_delay_microseconds == 100
-        assert [(g.count, model_config_pb2.ModelInstanceGroup.Kind.Name(g.kind)) for g in config.instance_group] == [(1, "KIND_CPU")]
+        assert [(g.count, model_config_pb2.ModelInstanceGroup.Kind.Name(g.kind)) for g in config.instance_group] == [
+            (1, "KIND_CPU")
+        ]
         assert config.version_policy.WhichOneof("policy_choice") == "latest"
-        assert config.model_warmup[0].inputs["input"].zero_data and list(config.model_warmup[0].inputs["input"].dims) == [1, 28, 28]
+        assert config.model_warmup[0].inputs["input"].zero_data and list(
+            config.model_warmup[0].inputs["input"].dims
+        ) == [1, 28, 28]
         assert (model_dir / "labels.txt").read_text().split() == [str(i) for i in range(10)]
         # the ONNX file is the run's, and the manifest traces it back with the run's metrics
         assert sha256_file(model_dir / "1" / "model.onnx") == sha256_file(tiny_run / f"{variant}.onnx")
         manifest = json.loads((model_dir / "1" / "manifest.json").read_text())
         assert manifest["files"] == {"model.onnx": sha256_file(model_dir / "1" / "model.onnx")}
-        assert manifest["model_files"] == {f"../{n}": sha256_file(model_dir / n) for n in ("config.pbtxt", "labels.txt")}
+        assert manifest["model_files"] == {
+            f"../{n}": sha256_file(model_dir / n) for n in ("config.pbtxt", "labels.txt")
+        }
         assert manifest["source"]["run"] == str(tiny_run.resolve())
         assert manifest["source"]["metrics_sha256"] == sha256_file(tiny_run / "metrics.json")
         assert manifest["metrics"]["error"] == metrics[variant]["error"]
         assert manifest["metrics"]["flops"] == metrics[variant]["flops"]
-        assert {(r["backend"], r["batch"]) for r in manifest["metrics"]["latency"]} == \
-            {(b, n) for b in ("onnxruntime", "torch") for n in (1, 8)}  # the run's bench (conftest.TINY), this variant
+        assert {(r["backend"], r["batch"]) for r in manifest["metrics"]["latency"]} == {
+            (b, n) for b in ("onnxruntime", "torch") for n in (1, 8)
+        }  # the run's bench (conftest.TINY), this variant
     proc = run_cli("verify", str(repo))
     assert proc.returncode == 0 and "ok: 2 model versions" in proc.stdout, proc.stderr
 
@@ -98,15 +106,31 @@ def test_versions_increase_and_can_be_set(repo, tiny_run, tmp_path):
     copy = _copy(repo, tmp_path)
     proc = run_cli("package", str(tiny_run), "--repo", str(copy), "--name", "tiny")
     assert proc.returncode == 0 and proc.stdout.count("version 1 unchanged") == 2, proc.stdout + proc.stderr
-    proc = run_cli("package", str(tiny_run), "--repo", str(copy), "--name", "tiny", "--version", "7",
-                   "--max-batch-size", "32", "--preferred-batch-sizes", "8,32", "--instances", "2")
+    proc = run_cli(
+        "package",
+        str(tiny_run),
+        "--repo",
+        str(copy),
+        "--name",
+        "tiny",
+        "--version",
+        "7",
+        "--max-batch-size",
+        "32",
+        "--preferred-batch-sizes",
+        "8,32",
+        "--instances",
+        "2",
+    )
     assert proc.returncode == 0, proc.stderr
     for name in MODELS:
         assert ship.versions(copy / name) == [1, 7]
         assert not [p for p in (copy / name).iterdir() if p.name.startswith(".")]
         config = text_format.Parse((copy / name / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
         assert config.max_batch_size == 32 and config.instance_group[0].count == 2
-    assert run_cli("package", str(tiny_run), "--repo", str(copy), "--name", "tiny").returncode == 0  # config differs: new version
+    assert (
+        run_cli("package", str(tiny_run), "--repo", str(copy), "--name", "tiny").returncode == 0
+    )  # config differs: new version
     assert ship.versions(copy / MODELS[0]) == [1, 7, 8]
     # replacing an existing version keeps the others and still verifies
     assert run_cli("package", str(tiny_run), "--repo", str(copy), "--name", "tiny", "--version", "7").returncode == 0
@@ -135,13 +159,24 @@ def test_a_failed_write_leaves_no_partial_version(repo, tiny_run, tmp_path, monk
     assert run_cli("verify", str(copy)).returncode == 0
 
 
-@pytest.mark.parametrize("target,edit,message", [
-    ("tiny-pruned/1/model.onnx", lambda b: b[:-10], "tiny-pruned/1/model.onnx changed"),
-    ("tiny-dense/labels.txt", lambda b: b.replace(b"7", b"seven"), "tiny-dense/labels.txt changed"),
-    ("tiny-dense/config.pbtxt", lambda b: b.replace(b"max_batch_size: 256", b"max_batch_size: 128"), "tiny-dense/config.pbtxt changed"),
-    ("tiny-dense/config.pbtxt", lambda b: b.replace(b"max_batch_size", b"max_batch_sise"), "is not a valid Triton model config"),
-    ("tiny-dense/1/manifest.json", lambda b: b[:20], "tiny-dense/1/manifest.json is corrupt"),
-])
+@pytest.mark.parametrize(
+    "target,edit,message",
+    [
+        ("tiny-pruned/1/model.onnx", lambda b: b[:-10], "tiny-pruned/1/model.onnx changed"),
+        ("tiny-dense/labels.txt", lambda b: b.replace(b"7", b"seven"), "tiny-dense/labels.txt changed"),
+        (
+            "tiny-dense/config.pbtxt",
+            lambda b: b.replace(b"max_batch_size: 256", b"max_batch_size: 128"),
+            "tiny-dense/config.pbtxt changed",
+        ),
+        (
+            "tiny-dense/config.pbtxt",
+            lambda b: b.replace(b"max_batch_size", b"max_batch_sise"),
+            "is not a valid Triton model config",
+        ),
+        ("tiny-dense/1/manifest.json", lambda b: b[:20], "tiny-dense/1/manifest.json is corrupt"),
+    ],
+)
 def test_tampered_repository_fails_verify_naming_the_file(repo, tmp_path, target, edit, message):
     copy = _copy(repo, tmp_path)
     path = copy / target
@@ -156,14 +191,17 @@ def test_a_typo_in_a_generated_config_is_the_parsers_message():
         ship.parse_config('name: "x"\nmax_batch_sise: 4\n', "config.pbtxt")
 
 
-@pytest.mark.parametrize("args,message", [
-    (["package", "/nonexistent/run", "--repo", "{tmp}/m"], "run directory /nonexistent/run not found"),
-    (["package", "{run}", "--repo", "{tmp}/m", "--version", "0"], "--version must be a positive integer"),
-    (["package", "{run}", "--repo", "{tmp}/m", "--preferred-batch-sizes", "16,x"], "comma-separated integers"),
-    (["package", "{run}", "--repo", "{tmp}/m", "--preferred-batch-sizes", "512"], "must lie in 1..256"),
-    (["package", "{run}", "--repo", "{run}"], "is a run directory, not a model repository"),
-    (["serve", "{tmp}", "--http-port", "0"], "is not a Triton model repository"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["package", "/nonexistent/run", "--repo", "{tmp}/m"], "run directory /nonexistent/run not found"),
+        (["package", "{run}", "--repo", "{tmp}/m", "--version", "0"], "--version must be a positive integer"),
+        (["package", "{run}", "--repo", "{tmp}/m", "--preferred-batch-sizes", "16,x"], "comma-separated integers"),
+        (["package", "{run}", "--repo", "{tmp}/m", "--preferred-batch-sizes", "512"], "must lie in 1..256"),
+        (["package", "{run}", "--repo", "{run}"], "is a run directory, not a model repository"),
+        (["serve", "{tmp}", "--http-port", "0"], "is not a Triton model repository"),
+    ],
+)
 def test_bad_input_is_one_line_exit_2(args, message, tiny_run, tmp_path):
     proc = run_cli(*[a.format(run=tiny_run, tmp=tmp_path) for a in args])
     assert proc.returncode == 2 and message in proc.stderr, proc.stderr
@@ -207,8 +245,8 @@ def test_round_trip_equals_onnxruntime_and_metrics(server, repo, tiny_run, test_
             assert client.is_model_ready(name)
             got = []
             for i in range(0, len(x), 64):  # batches of 64, the last one smaller
-                inp = lib.InferInput("input", list(x[i:i + 64].shape), "FP32")
-                inp.set_data_from_numpy(x[i:i + 64])
+                inp = lib.InferInput("input", list(x[i : i + 64].shape), "FP32")
+                inp.set_data_from_numpy(x[i : i + 64])
                 got.append(client.infer(name, [inp], outputs=[lib.InferRequestedOutput("logits")]).as_numpy("logits"))
             logits = np.concatenate(got)
             local = _ort(repo / name / "1" / "model.onnx", x)
@@ -216,17 +254,22 @@ def test_round_trip_equals_onnxruntime_and_metrics(server, repo, tiny_run, test_
             assert np.array_equal(logits.argmax(1), local.argmax(1))
             np.testing.assert_allclose(logits, local, rtol=1e-5, atol=1e-5)
             error = float((logits.argmax(1) != y).mean())
-            agreement = metrics["export"]["variants"][variant]["argmax_agreement"]  # ONNX vs torch, where the error came from
+            agreement = metrics["export"]["variants"][variant][
+                "argmax_agreement"
+            ]  # ONNX vs torch, where the error came from
             assert abs(error - metrics[variant]["error"]) <= (1 - agreement) + 1e-9
     finally:
         client.close()
 
 
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
-@pytest.mark.parametrize("shape,dtype,message", [
-    ((2, 784), "FP32", "unexpected shape for input 'input'"),
-    ((2, 1, 28, 28), "FP64", "data-type is 'FP64', but model 'tiny-pruned' expects 'FP32'"),
-])
+@pytest.mark.parametrize(
+    "shape,dtype,message",
+    [
+        ((2, 784), "FP32", "unexpected shape for input 'input'"),
+        ((2, 1, 28, 28), "FP64", "data-type is 'FP64', but model 'tiny-pruned' expects 'FP32'"),
+    ],
+)
 def test_a_bad_request_gets_the_servers_error(server, protocol, shape, dtype, message):
     import tritonclient.grpc as grpcclient
     import tritonclient.http as httpclient
@@ -268,11 +311,19 @@ def test_serve_command_serves_until_sigterm(repo):
     if problem:
         pytest.skip(f"a local Triton cannot start here: {problem}")
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "vib_deploy", "serve", str(repo), "--http-port", str(port), "--grpc-port", "0"],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vib_deploy", "serve", str(repo), "--http-port", str(port), "--grpc-port", "0"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         line = proc.stdout.readline()  # "ready in ... (pid N)"
-        assert line.startswith("ready in") and f"127.0.0.1:{port}" in line, (line, proc.stderr.read() if proc.poll() is not None else "")
+        assert line.startswith("ready in") and f"127.0.0.1:{port}" in line, (
+            line,
+            proc.stderr.read() if proc.poll() is not None else "",
+        )
         server_pid = int(line.split("(pid ")[1].split(")")[0])
         client = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
         assert client.is_model_ready(MODELS[0]) and client.is_model_ready(MODELS[1])
@@ -300,11 +351,14 @@ def test_bench_through_triton(tiny_run, tmp_path):
         pytest.skip(f"a local Triton cannot start here: {problem}")
     copy = tmp_path / "run"
     shutil.copytree(tiny_run, copy)
-    proc = run_cli("bench", str(copy), "--backend", "triton", "--concurrency", "1,3", "--batch-sizes", "1,8", "--requests", "5")
+    proc = run_cli(
+        "bench", str(copy), "--backend", "triton", "--concurrency", "1,3", "--batch-sizes", "1,8", "--requests", "5"
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     records = json.loads((copy / "bench-triton.json").read_text())["records"]
-    assert {(r["variant"], r["batch"], r["concurrency"]) for r in records} == \
-        {(v, b, c) for v in ("dense", "pruned") for b in (1, 8) for c in (1, 3)}
+    assert {(r["variant"], r["batch"], r["concurrency"]) for r in records} == {
+        (v, b, c) for v in ("dense", "pruned") for b in (1, 8) for c in (1, 3)
+    }
     for r in records:
         assert r["calls"] == 5 * r["concurrency"] and 0 < r["p50_ms"] <= r["p99_ms"] and r["throughput"] > 0
         assert r["in_process_p50_ms"] > 0  # the run's own onnxruntime figure at the same batch, beside it
@@ -322,11 +376,21 @@ def test_an_engine_ships_as_a_tensorrt_model(tiny_run, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)
     (run / "dense.plan").write_bytes(b"stand-in engine bytes")
-    atomic_write_json(run / "dense.plan.json", {
-        "tensorrt_version": "10.3.0", "gpu_name": "NVIDIA H100", "compute_capability": "9.0", "precision": "fp16",
-        "profile": {"input": [[1, 1, 28, 28], [64, 1, 28, 28], [128, 1, 28, 28]]}, "inputs": {"input": [-1, 1, 28, 28]},
-        "outputs": {"logits": [-1, 10]}, "onnx_sha256": sha256_file(run / "dense.onnx"), "build_seconds": 1.0,
-        "device_memory_bytes": 1})
+    atomic_write_json(
+        run / "dense.plan.json",
+        {
+            "tensorrt_version": "10.3.0",
+            "gpu_name": "NVIDIA H100",
+            "compute_capability": "9.0",
+            "precision": "fp16",
+            "profile": {"input": [[1, 1, 28, 28], [64, 1, 28, 28], [128, 1, 28, 28]]},
+            "inputs": {"input": [-1, 1, 28, 28]},
+            "outputs": {"logits": [-1, 10]},
+            "onnx_sha256": sha256_file(run / "dense.onnx"),
+            "build_seconds": 1.0,
+            "device_memory_bytes": 1,
+        },
+    )
     RunDir(run).add_artifacts("build-engine", ["dense.plan", "dense.plan.json"])
     repo = tmp_path / "models"
     proc = run_cli("package", str(run), "--repo", str(repo), "--name", "tiny")
@@ -339,8 +403,12 @@ def test_an_engine_ships_as_a_tensorrt_model(tiny_run, tmp_path):
     assert model_config_pb2.ModelInstanceGroup.Kind.Name(config.instance_group[0].kind) == "KIND_GPU"
     assert list(config.dynamic_batching.preferred_batch_size) == [16, 64]
     manifest = json.loads((vdir / "manifest.json").read_text())
-    assert manifest["engine"] == {"tensorrt_version": "10.3.0", "gpu_name": "NVIDIA H100", "compute_capability": "9.0",
-                                  "precision": "fp16"}
+    assert manifest["engine"] == {
+        "tensorrt_version": "10.3.0",
+        "gpu_name": "NVIDIA H100",
+        "compute_capability": "9.0",
+        "precision": "fp16",
+    }
     assert manifest["files"]["model.plan"] == sha256_file(run / "dense.plan")
     assert run_cli("verify", str(repo)).returncode == 0
     (vdir / "model.plan").write_bytes(b"altered")

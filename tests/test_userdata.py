@@ -25,7 +25,9 @@ def _folder(root, sizes=None, classes=("cat", "dog"), n=6, mode="L"):
             for i in range(n):
                 h, w = sizes.get((split, c, i), (8, 8))
                 value = 40 * (classes.index(c) + 1) + i
-                Image.new(mode, (w, h), value if mode == "L" else (value, 0, 255 - value)).save(root / split / c / f"{i}.png")
+                Image.new(mode, (w, h), value if mode == "L" else (value, 0, 255 - value)).save(
+                    root / split / c / f"{i}.png"
+                )
     return root
 
 
@@ -87,15 +89,33 @@ def test_normalisation_uses_the_training_split_only(tmp_path):
     assert s.x_test.mean() > 1  # test images were not used: they stay far from zero mean
 
 
-@pytest.mark.parametrize("breakit,fragment", [
-    pytest.param(lambda r: shutil.rmtree(r / "train"), "no train/ folder", id="no-train"),
-    pytest.param(lambda r: [p.unlink() for p in (r / "train" / "dog").iterdir()], "a class folder with no images", id="empty-class"),
-    pytest.param(lambda r: shutil.copytree(r / "test" / "dog", r / "test" / "bird"), "test/ has classes that train/ has not: bird",
-                 id="unknown-test-class"),
-    pytest.param(lambda r: (r / "train" / "cat" / "9.png").write_bytes(b"not a png"), "9.png: not a readable image", id="unreadable"),
-    pytest.param(lambda r: Image.new("L", (9, 7)).save(r / "train" / "dog" / "big.png"), "images of different sizes", id="mixed-sizes"),
-    pytest.param(lambda r: [shutil.rmtree(r / s) for s in ("train", "test")], "no train/ folder", id="empty-root"),
-])
+@pytest.mark.parametrize(
+    "breakit,fragment",
+    [
+        pytest.param(lambda r: shutil.rmtree(r / "train"), "no train/ folder", id="no-train"),
+        pytest.param(
+            lambda r: [p.unlink() for p in (r / "train" / "dog").iterdir()],
+            "a class folder with no images",
+            id="empty-class",
+        ),
+        pytest.param(
+            lambda r: shutil.copytree(r / "test" / "dog", r / "test" / "bird"),
+            "test/ has classes that train/ has not: bird",
+            id="unknown-test-class",
+        ),
+        pytest.param(
+            lambda r: (r / "train" / "cat" / "9.png").write_bytes(b"not a png"),
+            "9.png: not a readable image",
+            id="unreadable",
+        ),
+        pytest.param(
+            lambda r: Image.new("L", (9, 7)).save(r / "train" / "dog" / "big.png"),
+            "images of different sizes",
+            id="mixed-sizes",
+        ),
+        pytest.param(lambda r: [shutil.rmtree(r / s) for s in ("train", "test")], "no train/ folder", id="empty-root"),
+    ],
+)
 def test_bad_folders(tmp_path, breakit, fragment):
     root = _folder(tmp_path / "d")
     breakit(root)
@@ -109,17 +129,36 @@ def test_mixed_sizes_are_fine_with_a_size(tmp_path):
     assert load_folder(root, size=(6, 5)).x_train.shape[2:] == (6, 5)
 
 
-@pytest.mark.parametrize("train,fragment", [
-    pytest.param({"x": np.zeros((4, 8, 8), np.uint8), "y": np.array([0, 1, 2, -1])}, "label -1 out of range", id="negative-label"),
-    pytest.param({"x": np.zeros((4, 8, 8), np.uint8)}, "needs arrays x (images) and y (labels)", id="no-labels"),
-    pytest.param({"x": np.zeros((4, 2, 8, 8), np.uint8), "y": np.zeros(4, int)}, "expected (N, H, W) or (N, C, H, W)", id="two-channels"),
-    pytest.param({"x": np.full((4, 8, 8), 3.0), "y": np.zeros(4, int)}, "float images must lie in [0, 1]", id="float-range"),
-    pytest.param({"x": np.zeros((4, 8, 8), np.uint8), "y": np.zeros(3, int)}, "y must be 4 integer labels", id="count-mismatch"),
-])
+@pytest.mark.parametrize(
+    "train,fragment",
+    [
+        pytest.param(
+            {"x": np.zeros((4, 8, 8), np.uint8), "y": np.array([0, 1, 2, -1])},
+            "label -1 out of range",
+            id="negative-label",
+        ),
+        pytest.param({"x": np.zeros((4, 8, 8), np.uint8)}, "needs arrays x (images) and y (labels)", id="no-labels"),
+        pytest.param(
+            {"x": np.zeros((4, 2, 8, 8), np.uint8), "y": np.zeros(4, int)},
+            "expected (N, H, W) or (N, C, H, W)",
+            id="two-channels",
+        ),
+        pytest.param(
+            {"x": np.full((4, 8, 8), 3.0), "y": np.zeros(4, int)}, "float images must lie in [0, 1]", id="float-range"
+        ),
+        pytest.param(
+            {"x": np.zeros((4, 8, 8), np.uint8), "y": np.zeros(3, int)},
+            "y must be 4 integer labels",
+            id="count-mismatch",
+        ),
+    ],
+)
 def test_bad_arrays(tmp_path, train, fragment):
     np.savez(tmp_path / "train.npz", **train)
     np.savez(tmp_path / "test.npz", x=np.zeros((2, 8, 8), np.uint8), y=np.zeros(2, int))
-    with pytest.raises(UserError, match=fragment.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[").replace("]", r"\]")):
+    with pytest.raises(
+        UserError, match=fragment.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[").replace("]", r"\]")
+    ):
         load_splits("arrays", str(tmp_path), 1, None, None)
 
 
@@ -131,17 +170,45 @@ def test_test_labels_beyond_the_training_classes(tmp_path):
 
 
 # -- through every stage ------------------------------------------------------------------------------------
-FAST = ["--set", "train.dense.epochs=1", "--set", "train.vib.epochs=2", "--set", "train.vib.finetune_epochs=0",
-        "--set", "bench.rounds=1", "--set", "bench.iters_per_round=1", "--set", "bench.warmup=0", "--set", "bench.batch_sizes=[1]",
-        "--set", "bench.memory=false", "--set", "bench.backends=[onnxruntime]", "--set", "train.finetune.epochs=0"]
+FAST = [
+    "--set",
+    "train.dense.epochs=1",
+    "--set",
+    "train.vib.epochs=2",
+    "--set",
+    "train.vib.finetune_epochs=0",
+    "--set",
+    "bench.rounds=1",
+    "--set",
+    "bench.iters_per_round=1",
+    "--set",
+    "bench.warmup=0",
+    "--set",
+    "bench.batch_sizes=[1]",
+    "--set",
+    "bench.memory=false",
+    "--set",
+    "bench.backends=[onnxruntime]",
+    "--set",
+    "train.finetune.epochs=0",
+]
 
 
 @pytest.mark.e2e
 def test_rgb_folder_through_every_stage(tmp_path, mnist_root, monkeypatch):
     root = write_digit_folder(tmp_path / "digits", n_train=300, n_test=100, classes=4)
     run_dir = tmp_path / "run"
-    proc = run_cli("run", "pipelines/folder-example.yaml", "--run-dir", str(run_dir), "--set", f"data.root={root}",
-                   "--set", "data.val_size=50", *FAST)
+    proc = run_cli(
+        "run",
+        "pipelines/folder-example.yaml",
+        "--run-dir",
+        str(run_dir),
+        "--set",
+        f"data.root={root}",
+        "--set",
+        "data.val_size=50",
+        *FAST,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = json.loads((run_dir / "metrics.json").read_text())
     pre = metrics["preprocessing"]
@@ -163,12 +230,28 @@ def test_arrays_through_every_stage(tmp_path, mnist_root):
     from vib_deploy.data import load_splits as load
 
     mnist = load("mnist", None, 1, 600, 200)
-    np.savez(tmp_path / "train.npz", x=(np.concatenate([mnist.x_train, mnist.x_val])[:, 0] * 255).round().astype(np.uint8),
-             y=np.concatenate([mnist.y_train, mnist.y_val]))
+    np.savez(
+        tmp_path / "train.npz",
+        x=(np.concatenate([mnist.x_train, mnist.x_val])[:, 0] * 255).round().astype(np.uint8),
+        y=np.concatenate([mnist.y_train, mnist.y_val]),
+    )
     np.savez(tmp_path / "test.npz", x=mnist.x_test[:, 0], y=mnist.y_test)  # float in [0, 1] works too
     run_dir = tmp_path / "run"
-    proc = run_cli("run", "pipelines/mnist-lenet300.yaml", "--run-dir", str(run_dir), "--set", "data.dataset=arrays",
-                   "--set", f"data.root={tmp_path}", "--set", "data.val_size=100", "--set", "data.normalize=true", *FAST)
+    proc = run_cli(
+        "run",
+        "pipelines/mnist-lenet300.yaml",
+        "--run-dir",
+        str(run_dir),
+        "--set",
+        "data.dataset=arrays",
+        "--set",
+        f"data.root={tmp_path}",
+        "--set",
+        "data.val_size=100",
+        "--set",
+        "data.normalize=true",
+        *FAST,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["preprocessing"]["classes"] == [str(i) for i in range(10)] and metrics["test_samples"] == 200

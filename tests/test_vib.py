@@ -32,7 +32,9 @@ def test_three_unit_kl_mask_and_log_alpha_by_hand():
     assert g.keep_mask().tolist() == [True, False, True]
     assert g.inference_scale().tolist() == pytest.approx([1.0, 0.0, -2.0])
     # KL = 0.5 * sum log(1 + mu^2 / (exp(logD) + 1e-8))
-    expected_kl = 0.5 * sum(math.log(1 + m * m / (math.exp(d) + 1e-8)) for m, d in [(1.0, -9.0), (0.5, 0.0), (-2.0, 1.0)])
+    expected_kl = 0.5 * sum(
+        math.log(1 + m * m / (math.exp(d) + 1e-8)) for m, d in [(1.0, -9.0), (0.5, 0.0), (-2.0, 1.0)]
+    )
     assert g.kl().item() == pytest.approx(expected_kl, rel=1e-6)
 
 
@@ -76,6 +78,8 @@ def test_loss_is_ce_plus_factor_times_kl_independent_of_batch():
     y = torch.tensor([0, 1, 0, 1, 1])
     loss, ce, kl = vib_loss(logits, y, model, kl_factor=1e-3)
     assert kl.item() == pytest.approx(total_kl(model).item())
-    assert loss.item() == pytest.approx(torch.nn.functional.cross_entropy(logits, y).item() + 1e-3 * kl.item(), rel=1e-6)
+    assert loss.item() == pytest.approx(
+        torch.nn.functional.cross_entropy(logits, y).item() + 1e-3 * kl.item(), rel=1e-6
+    )
     loss2, _, kl2 = vib_loss(torch.randn(50, 2), torch.zeros(50, dtype=torch.long), model, kl_factor=1e-3)
     assert kl2.item() == kl.item()

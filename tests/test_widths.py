@@ -70,13 +70,16 @@ def test_auto_picks_the_fastest_width_on_a_known_latency_table():
 
     records = auto_widths(model, table, "fake")
     kept = [int(g.keep_mask().sum()) for g in gates(model)]
-    assert kept == [r["kept"] for r in records] == [min(round_up(v, 8, g.units), round_up(v, 16, g.units))
-                                                    for v, g in zip(vib, gates(model))]
+    assert (
+        kept
+        == [r["kept"] for r in records]
+        == [min(round_up(v, 8, g.units), round_up(v, 16, g.units)) for v, g in zip(vib, gates(model))]
+    )
     assert kept != vib  # this seed's VIB counts are not all multiples of 8
     for i, (r, v, g) in enumerate(zip(records, vib, gates(model))):
         assert list(map(int, r["sweep_ms"])) == list(range(v, round_up(v, 16, g.units) + 1))  # VIB count .. next 16
         assert "fastest" in r["why"]
-    assert all(c[2] == vib[2] for c in asked[:len(records[0]["sweep_ms"])])  # later layers stay at VIB while sweeping
+    assert all(c[2] == vib[2] for c in asked[: len(records[0]["sweep_ms"])])  # later layers stay at VIB while sweeping
     exact = check_exact(prune_sequential(model, (1, 28, 28)), model, torch.rand(32, 1, 28, 28), tolerance=1e-5)
     assert exact["max_abs_diff"] <= 1e-5 * exact["logit_scale"]
 

@@ -76,8 +76,9 @@ def test_resnets_also_take_28x28():
 # ResNet-20 (n=3), C=1, K=10: 144+32 + 14016 + 51648 + 205696 + 650 = 272186 (C=3: +288 = 272474, i.e. the
 # well-known 269722 of option A plus 2752 for the two 1x1-conv+BN shortcuts: the paper's "0.27M").
 # ResNet-56 (n=9), C=1, K=10: 176 + 42048 + 163008 + 649600 + 650 = 855482 (C=3: 855770 = 853018 + 2752, "0.85M").
-@pytest.mark.parametrize("factory, c, expected", [
-    (resnet20, 1, 272186), (resnet20, 3, 272474), (resnet56, 1, 855482), (resnet56, 3, 855770)])
+@pytest.mark.parametrize(
+    "factory, c, expected", [(resnet20, 1, 272186), (resnet20, 3, 272474), (resnet56, 1, 855482), (resnet56, 3, 855770)]
+)
 def test_resnet_param_counts(factory, c, expected):
     assert _n_params(factory(in_channels=c)) == expected
 
@@ -97,7 +98,10 @@ def test_vgg16_shape_of_the_paper():
     assert len(convs) == 13 and all(c.kernel_size == (3, 3) for c in convs)
     assert [c.out_channels for c in convs] == [64, 64, 128, 128, 256, 256, 256, 512, 512, 512, 512, 512, 512]
     assert sum(isinstance(m, nn.BatchNorm2d) for m in net.modules()) == 13
-    assert [(m.in_features, m.out_features) for m in net.modules() if isinstance(m, nn.Linear)] == [(512, 512), (512, 10)]
+    assert [(m.in_features, m.out_features) for m in net.modules() if isinstance(m, nn.Linear)] == [
+        (512, 512),
+        (512, 10),
+    ]
     assert _n_params(net) == 14989770  # 14.99 M with 1 input channel
     assert [c.out_channels for c in _convs(vgg16(width=0.125))][:3] == [8, 8, 16]
 

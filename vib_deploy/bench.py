@@ -54,12 +54,23 @@ def make_input(variant: Variant, images: np.ndarray, batch: int) -> np.ndarray:
 
 def percentiles(samples_ns: list[int]) -> dict[str, float]:
     ms = np.asarray(samples_ns, dtype=np.float64) / 1e6
-    return {"p50_ms": float(np.percentile(ms, 50)), "p90_ms": float(np.percentile(ms, 90)),
-            "p99_ms": float(np.percentile(ms, 99)), "mean_ms": float(ms.mean())}
+    return {
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p90_ms": float(np.percentile(ms, 90)),
+        "p99_ms": float(np.percentile(ms, 99)),
+        "mean_ms": float(ms.mean()),
+    }
 
 
-def time_alternating(runners: dict[Any, Any], inputs: dict[Any, np.ndarray], rounds: int, iters: int, warmup: int,
-                     progress: Any = None, task: Any = None) -> dict[Any, list[int]]:
+def time_alternating(
+    runners: dict[Any, Any],
+    inputs: dict[Any, np.ndarray],
+    rounds: int,
+    iters: int,
+    warmup: int,
+    progress: Any = None,
+    task: Any = None,
+) -> dict[Any, list[int]]:
     """Per-call latencies (ns) of each runner, in rounds whose order alternates."""
     names = list(runners)
     for name in names:
@@ -108,17 +119,33 @@ def peak_memory(backend: str, path: Path, shape: tuple[int, ...], threads: int) 
     /proc/self/clear_refs), so the figure is the model's own load + inference peak.
     """
     # import the backend library before the first reading so only the model's own memory counts
-    warm = {"onnxruntime": "import onnxruntime", "torch": "import torch", "openvino": "import openvino"}.get(backend, "")
+    warm = {"onnxruntime": "import onnxruntime", "torch": "import torch", "openvino": "import openvino"}.get(
+        backend, ""
+    )
     code = warm + "\n" + _MEMORY_PROBE
-    proc = subprocess.run([sys.executable, "-c", code, backend, str(path), json.dumps(list(shape)), str(threads)],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", code, backend, str(path), json.dumps(list(shape)), str(threads)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     if proc.returncode != 0:
         raise RuntimeError(f"memory probe failed: {proc.stderr.strip().splitlines()[-1:]}")
     return int(json.loads(proc.stdout.strip().splitlines()[-1])["peak_rss_growth_bytes"])
 
 
-def run_bench(variants: list[Variant], images: np.ndarray, backends: list[str], batch_sizes: list[int], threads: int,
-              rounds: int, iters: int, warmup: int, memory: bool, progress: Any = None) -> list[dict[str, Any]]:
+def run_bench(
+    variants: list[Variant],
+    images: np.ndarray,
+    backends: list[str],
+    batch_sizes: list[int],
+    threads: int,
+    rounds: int,
+    iters: int,
+    warmup: int,
+    memory: bool,
+    progress: Any = None,
+) -> list[dict[str, Any]]:
     """Benchmark every variant on every backend and batch size; returns metrics.json `bench` records.
 
     Every (backend, variant) runner is loaded first and all of them alternate in the same rounds, so a
@@ -143,10 +170,23 @@ def run_bench(variants: list[Variant], images: np.ndarray, backends: list[str], 
         for (backend, key), runner in runners.items():
             v, path, stats = by_key[key], paths[backend, key], percentiles(samples[backend, key])
             mem = peak_memory(backend, path, inputs[backend, key].shape, threads) if memory else None
-            records.append({"backend": backend, "device": runner.device, "batch": batch, "variant": v.name,
-                            "precision": v.precision, "widths": v.widths, "error": v.error_on(backend),
-                            "bytes": path.stat().st_size, **stats, "throughput": batch / (stats["mean_ms"] / 1e3),
-                            "peak_memory_bytes": mem, "threads": threads, "calls": len(samples[backend, key])})
+            records.append(
+                {
+                    "backend": backend,
+                    "device": runner.device,
+                    "batch": batch,
+                    "variant": v.name,
+                    "precision": v.precision,
+                    "widths": v.widths,
+                    "error": v.error_on(backend),
+                    "bytes": path.stat().st_size,
+                    **stats,
+                    "throughput": batch / (stats["mean_ms"] / 1e3),
+                    "peak_memory_bytes": mem,
+                    "threads": threads,
+                    "calls": len(samples[backend, key]),
+                }
+            )
     for runner in runners.values():
         runner.deactivate()
     return records
@@ -182,11 +222,17 @@ def time_concurrent(runners: list[Any], x: np.ndarray, requests: int, warmup: in
         t.join()
     wall = time.perf_counter() - t0
     flat = [s for per in samples for s in per]
-    return {**percentiles(flat), "throughput": len(flat) * len(x) / wall, "calls": len(flat), "concurrency": len(runners)}
+    return {
+        **percentiles(flat),
+        "throughput": len(flat) * len(x) / wall,
+        "calls": len(flat),
+        "concurrency": len(runners),
+    }
 
 
 def speedups(records: list[dict[str, Any]], baseline: str = "dense") -> list[dict[str, Any]]:
     """dense fp32 p50 / variant p50 per backend, batch, variant and precision (records without one are fp32)."""
+
     def key(r: dict[str, Any]) -> tuple[str, int, str, str]:
         return r["backend"], r["batch"], r["variant"], r.get("precision", "fp32")
 
@@ -195,8 +241,15 @@ def speedups(records: list[dict[str, Any]], baseline: str = "dense") -> list[dic
     for (backend, batch, variant, precision), rec in by_key.items():
         base = by_key.get((backend, batch, baseline, "fp32"))
         if (variant, precision) != (baseline, "fp32") and base is not None:
-            out.append({"backend": backend, "batch": batch, "variant": variant, "precision": precision,
-                        "speedup": base["p50_ms"] / rec["p50_ms"]})
+            out.append(
+                {
+                    "backend": backend,
+                    "batch": batch,
+                    "variant": variant,
+                    "precision": precision,
+                    "speedup": base["p50_ms"] / rec["p50_ms"],
+                }
+            )
     return out
 
 
@@ -213,8 +266,12 @@ def machine_info() -> dict[str, Any]:
                 break
     except OSError:
         pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
-            "max_rss_self_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "max_rss_self_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+    }
 
 
 def profile_onnx(path: Path, x: np.ndarray, runs: int = 200, threads: int = 1) -> list[dict[str, Any]]:
@@ -246,13 +303,21 @@ def profile_onnx(path: Path, x: np.ndarray, runs: int = 200, threads: int = 1) -
         if event.get("cat") != "Node" or not event["name"].endswith("_kernel_time"):
             continue
         node = event["name"][: -len("_kernel_time")]
-        rec = per_node.setdefault(node, {"node": node, "op": event["args"].get("op_name", "?"), "total_us": 0.0, "calls": 0})
+        rec = per_node.setdefault(
+            node, {"node": node, "op": event["args"].get("op_name", "?"), "total_us": 0.0, "calls": 0}
+        )
         rec["total_us"] += event["dur"]
         rec["calls"] += 1
     total = sum(r["total_us"] for r in per_node.values()) or 1.0
     out = []
     for rec in per_node.values():
         calls_per_run = rec["calls"] / (start_runs + 20)
-        out.append({"node": rec["node"], "op": rec["op"], "mean_us": rec["total_us"] / rec["calls"] * calls_per_run,
-                    "share": rec["total_us"] / total})
+        out.append(
+            {
+                "node": rec["node"],
+                "op": rec["op"],
+                "mean_us": rec["total_us"] / rec["calls"] * calls_per_run,
+                "share": rec["total_us"] / total,
+            }
+        )
     return sorted(out, key=lambda r: -r["mean_us"])

@@ -24,10 +24,17 @@ def rng_state() -> dict[str, Any]:
 def checkpoint_state(model, opt, sched, gen, epoch, best, best_state, history, key) -> dict[str, Any]:
     rng = rng_state()
     state = {
-        "key": key, "epoch": epoch, "best": best, "history": history,
-        "model": model.state_dict(), "best_model": best_state,
-        "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-        "rng_torch": rng["torch"], "rng_shuffle": gen.get_state(), "rng_cuda": rng["cuda"],
+        "key": key,
+        "epoch": epoch,
+        "best": best,
+        "history": history,
+        "model": model.state_dict(),
+        "best_model": best_state,
+        "optimizer": opt.state_dict(),
+        "scheduler": sched.state_dict(),
+        "rng_torch": rng["torch"],
+        "rng_shuffle": gen.get_state(),
+        "rng_cuda": rng["cuda"],
     }
     if distributed.active():  # a collective: every rank calls this, rank 0 writes the result
         state["world_size"] = distributed.world_size()
@@ -39,11 +46,17 @@ def restore_rng(ckpt: dict[str, Any], gen: torch.Generator, path: Path, epochs_l
     """The shuffling generator and this rank's global RNG (gate noise) as they were at the checkpoint."""
     saved_world, world = ckpt.get("world_size", 1), distributed.world_size()
     if saved_world != world and epochs_left > 0:
-        raise UserError(f"{path} was written by a {saved_world}-process run and has {epochs_left} epoch(s) left, but this "
-                        f"run has {world} process(es); resume with {saved_world} (each rank's gate-noise RNG is in it) "
-                        "or delete the checkpoint to start the stage over")
+        raise UserError(
+            f"{path} was written by a {saved_world}-process run and has {epochs_left} epoch(s) left, but this "
+            f"run has {world} process(es); resume with {saved_world} (each rank's gate-noise RNG is in it) "
+            "or delete the checkpoint to start the stage over"
+        )
     gen.set_state(ckpt["rng_shuffle"])
-    own = ckpt["rng_ranks"][distributed.rank()] if saved_world > 1 else {"torch": ckpt["rng_torch"], "cuda": ckpt["rng_cuda"]}
+    own = (
+        ckpt["rng_ranks"][distributed.rank()]
+        if saved_world > 1
+        else {"torch": ckpt["rng_torch"], "cuda": ckpt["rng_cuda"]}
+    )
     torch.set_rng_state(own["torch"])
     if own["cuda"]:
         torch.cuda.set_rng_state_all(own["cuda"])

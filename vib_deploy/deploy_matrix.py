@@ -14,8 +14,16 @@ def full_records(metrics: dict[str, Any]) -> list[dict[str, Any]]:
     """Bench records with precision, widths, error, the speedup vs dense fp32 (same backend, batch) and measured/ideal."""
     widths = {"dense": metrics["dense"]["architecture"], "pruned": metrics["pruned"]["architecture"]}
     errors = {"dense": metrics["dense"]["error"], "pruned": metrics["pruned"]["error"]}
-    out = [{"precision": "fp32", "widths": widths.get(r["variant"], widths["pruned"]),
-            "error": errors.get(r["variant"], errors["pruned"]), "bytes": None, **r} for r in metrics["bench"]]
+    out = [
+        {
+            "precision": "fp32",
+            "widths": widths.get(r["variant"], widths["pruned"]),
+            "error": errors.get(r["variant"], errors["pruned"]),
+            "bytes": None,
+            **r,
+        }
+        for r in metrics["bench"]
+    ]
     base = {(r["backend"], r["batch"]): r["p50_ms"] for r in out if (r["variant"], r["precision"]) == ("dense", "fp32")}
     for r in out:
         b = base.get((r["backend"], r["batch"]))
@@ -38,15 +46,19 @@ def headlines(metrics: dict[str, Any]) -> list[dict[str, Any]]:
         pruned = [r for r in records if r["batch"] == batch and r["variant"] != "dense"]
         if dense and pruned:
             best_d, best_p = (min(rs, key=lambda r: r["p50_ms"]) for rs in (dense, pruned))
-            out.append({"batch": batch, "dense": best_d, "pruned": best_p, "speedup": best_d["p50_ms"] / best_p["p50_ms"]})
+            out.append(
+                {"batch": batch, "dense": best_d, "pruned": best_p, "speedup": best_d["p50_ms"] / best_p["p50_ms"]}
+            )
     return out
 
 
 def headline_text(h: dict[str, Any], ideal: float) -> str:
     d, p = h["dense"], h["pruned"]
     error = f", error {d['error']:.2%} → {p['error']:.2%}" if d["error"] is not None and p["error"] is not None else ""
-    return (f"{label(d)} {d['p50_ms']:.4f} ms → {label(p)} {p['p50_ms']:.4f} ms: {h['speedup']:.2f}× of an ideal "
-            f"{ideal:.1f}× (measured/ideal {h['speedup'] / ideal:.2f}){error}")
+    return (
+        f"{label(d)} {d['p50_ms']:.4f} ms → {label(p)} {p['p50_ms']:.4f} ms: {h['speedup']:.2f}× of an ideal "
+        f"{ideal:.1f}× (measured/ideal {h['speedup'] / ideal:.2f}){error}"
+    )
 
 
 _SHORT = {"onnxruntime": "ORT", "openvino": "OV"}
@@ -54,13 +66,16 @@ _SHORT = {"onnxruntime": "ORT", "openvino": "OV"}
 
 def headline_short(h: dict[str, Any], ideal: float) -> str:
     """The headline in one console cell: engines abbreviated (ORT, OV), 3 decimals."""
+
     def name(r: dict[str, Any]) -> str:
         return f"{_SHORT.get(r['backend'], r['backend'])} {r['precision']} {r['variant']}"
 
     d, p = h["dense"], h["pruned"]
     error = f"; {d['error']:.2%} → {p['error']:.2%}" if d["error"] is not None and p["error"] is not None else ""
-    return (f"{name(d)} {d['p50_ms']:.3f} → {name(p)} {p['p50_ms']:.3f} ms: {h['speedup']:.2f}× of {ideal:.1f}× "
-            f"({h['speedup'] / ideal:.2f}){error}")
+    return (
+        f"{name(d)} {d['p50_ms']:.3f} → {name(p)} {p['p50_ms']:.3f} ms: {h['speedup']:.2f}× of {ideal:.1f}× "
+        f"({h['speedup'] / ideal:.2f}){error}"
+    )
 
 
 def _cell(value: Any, fmt: str) -> str:
@@ -70,31 +85,50 @@ def _cell(value: Any, fmt: str) -> str:
 def render_matrix(metrics: dict[str, Any]) -> str:
     """The markdown section: headlines, then the full matrix, then the INT8 accuracy table (when quantized)."""
     ideal = metrics["ideal_speedup"]
-    lines = ["## Deploy matrix", "",
-             "Best dense deployment vs best pruned deployment per batch size, across every engine and precision:", ""]
+    lines = [
+        "## Deploy matrix",
+        "",
+        "Best dense deployment vs best pruned deployment per batch size, across every engine and precision:",
+        "",
+    ]
     lines += [f"- batch {h['batch']}: {headline_text(h, ideal)}" for h in headlines(metrics)]
     if metrics["pruned"].get("round_to"):
         w = metrics["pruned"]["widths"]
         why = "; ".join(f"gate {r['gate']}: {r['why']}" for r in w)
-        lines += ["", f"Widths rounded up to multiples of {metrics['pruned']['round_to']} (`prune.round_to`): VIB "
-                  f"{'-'.join(str(r['vib']) for r in w)} → {'-'.join(str(r['kept']) for r in w)} ({why}); "
-                  "the pruned error is the rounded net's, measured."]
-    lines += ["", f"Speedup is against dense fp32 on the same backend and batch; measured/ideal divides it by the "
-              f"FLOPs ratio ({ideal:.1f}× for the pruned nets, 1 for dense; the same for int8). Bytes are the file timed. Error is on the full test "
-              "set, measured on the engine that ran the model (int8) or once in torch (fp32: every engine agrees "
-              "within the parity tolerance).", "",
-              "| backend | precision | variant | widths | batch | p50 ms | p99 ms | samples/s | peak memory bytes | "
-              "test error | bytes | speedup | measured/ideal |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            f"Widths rounded up to multiples of {metrics['pruned']['round_to']} (`prune.round_to`): VIB "
+            f"{'-'.join(str(r['vib']) for r in w)} → {'-'.join(str(r['kept']) for r in w)} ({why}); "
+            "the pruned error is the rounded net's, measured.",
+        ]
+    lines += [
+        "",
+        f"Speedup is against dense fp32 on the same backend and batch; measured/ideal divides it by the "
+        f"FLOPs ratio ({ideal:.1f}× for the pruned nets, 1 for dense; the same for int8). Bytes are the file timed. Error is on the full test "
+        "set, measured on the engine that ran the model (int8) or once in torch (fp32: every engine agrees "
+        "within the parity tolerance).",
+        "",
+        "| backend | precision | variant | widths | batch | p50 ms | p99 ms | samples/s | peak memory bytes | "
+        "test error | bytes | speedup | measured/ideal |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in sorted(full_records(metrics), key=lambda r: (r["batch"], r["backend"], r["precision"], r["variant"])):
-        lines.append(f"| {r['backend']} | {r['precision']} | {r['variant']} | {'-'.join(map(str, r['widths'] or []))} | "
-                     f"{r['batch']} | {r['p50_ms']:.4f} | {r['p99_ms']:.4f} | {r['throughput']:,.0f} | "
-                     f"{_cell(r['peak_memory_bytes'], ',')} | {_cell(r['error'], '.2%')} | {_cell(r['bytes'], ',')} | "
-                     f"{_cell(r['speedup'], '.2f')} | {_cell(r['measured_over_ideal'], '.2f')} |")
+        lines.append(
+            f"| {r['backend']} | {r['precision']} | {r['variant']} | {'-'.join(map(str, r['widths'] or []))} | "
+            f"{r['batch']} | {r['p50_ms']:.4f} | {r['p99_ms']:.4f} | {r['throughput']:,.0f} | "
+            f"{_cell(r['peak_memory_bytes'], ',')} | {_cell(r['error'], '.2%')} | {_cell(r['bytes'], ',')} | "
+            f"{_cell(r['speedup'], '.2f')} | {_cell(r['measured_over_ideal'], '.2f')} |"
+        )
     quant = metrics.get("quantize")
     if quant:
-        lines += ["", f"INT8: ONNX Runtime static quantization ({quant['format']}, {quant['weights']} weights, "
-                  f"{quant['activations']} activations), calibrated on {quant['calibration']['images']} training images.", "",
-                  "| model | fp32 error | int8 error (per engine) | fp32 bytes | int8 bytes |", "|---|---|---|---|---|"]
+        lines += [
+            "",
+            f"INT8: ONNX Runtime static quantization ({quant['format']}, {quant['weights']} weights, "
+            f"{quant['activations']} activations), calibrated on {quant['calibration']['images']} training images.",
+            "",
+            "| model | fp32 error | int8 error (per engine) | fp32 bytes | int8 bytes |",
+            "|---|---|---|---|---|",
+        ]
         for variant in ("dense", "pruned"):
             q = quant[variant]
             per_engine = ", ".join(f"{e} {v:.2%}" for e, v in q["error"].items())

@@ -22,8 +22,16 @@ from vib_deploy.runs import RunDir, atomic_write_bytes, atomic_write_json, sha25
 PRECISIONS = ("fp32", "fp16")
 
 
-def build_engine(onnx_path: Path, plan_path: Path, precision: str, min_batch: int, opt_batch: int, max_batch: int,
-                 workspace_bytes: int, timing_cache: Path | None = None) -> EngineSidecar:
+def build_engine(
+    onnx_path: Path,
+    plan_path: Path,
+    precision: str,
+    min_batch: int,
+    opt_batch: int,
+    max_batch: int,
+    workspace_bytes: int,
+    timing_cache: Path | None = None,
+) -> EngineSidecar:
     """Parse `onnx_path`, build a plan for batch min/opt/max at `precision`, write plan + sidecar atomically.
 
     Every ONNX-parser error is reported; the builder's log goes to `<plan>.log`; a timing cache is
@@ -88,13 +96,22 @@ def build_engine(onnx_path: Path, plan_path: Path, precision: str, min_batch: in
         atomic_write_bytes(timing_cache, bytes(memoryview(config.get_timing_cache().serialize())))
 
     engine = trt.Runtime(logger).deserialize_cuda_engine(plan_bytes)
-    io = {engine.get_tensor_name(i): engine.get_tensor_mode(engine.get_tensor_name(i)) for i in range(engine.num_io_tensors)}
+    io = {
+        engine.get_tensor_name(i): engine.get_tensor_mode(engine.get_tensor_name(i))
+        for i in range(engine.num_io_tensors)
+    }
     gpu, cc = current_gpu()
     sidecar = EngineSidecar(
-        tensorrt_version=trt.__version__, gpu_name=gpu, compute_capability=cc, precision=precision, profile=shapes,
+        tensorrt_version=trt.__version__,
+        gpu_name=gpu,
+        compute_capability=cc,
+        precision=precision,
+        profile=shapes,
         inputs={n: _dims(engine.get_tensor_shape(n)) for n, m in io.items() if m == trt.TensorIOMode.INPUT},
         outputs={n: _dims(engine.get_tensor_shape(n)) for n, m in io.items() if m == trt.TensorIOMode.OUTPUT},
-        onnx_sha256=sha256_file(onnx_path), build_seconds=seconds, device_memory_bytes=int(engine.device_memory_size_v2),
+        onnx_sha256=sha256_file(onnx_path),
+        build_seconds=seconds,
+        device_memory_bytes=int(engine.device_memory_size_v2),
     )
     atomic_write_bytes(plan_path, plan_bytes)
     atomic_write_json(plan_path.with_name(plan_path.name + ".json"), asdict(sidecar))
@@ -106,9 +123,15 @@ def _dims(dims: Any) -> list[int]:
     return [int(dims[i]) for i in range(len(dims))]
 
 
-
-def build_run_engines(run_dir: Path, precision: str, min_batch: int, opt_batch: int, max_batch: int, workspace_mb: int,
-                      echo: Callable[[str], None] = print) -> list[EngineSidecar]:
+def build_run_engines(
+    run_dir: Path,
+    precision: str,
+    min_batch: int,
+    opt_batch: int,
+    max_batch: int,
+    workspace_mb: int,
+    echo: Callable[[str], None] = print,
+) -> list[EngineSidecar]:
     """dense.plan and pruned.plan from a run's ONNX files, recorded in its manifest under `build-engine`."""
     problem = unavailable()
     if problem:
@@ -119,11 +142,21 @@ def build_run_engines(run_dir: Path, precision: str, min_batch: int, opt_batch: 
         names = []
         for variant in ("dense", "pruned"):
             plan = run.file(f"{variant}.plan")
-            sidecar = build_engine(run.verified(f"{variant}.onnx"), plan, precision, min_batch, opt_batch, max_batch,
-                                   workspace_mb << 20, run.file("timing.cache"))
+            sidecar = build_engine(
+                run.verified(f"{variant}.onnx"),
+                plan,
+                precision,
+                min_batch,
+                opt_batch,
+                max_batch,
+                workspace_mb << 20,
+                run.file("timing.cache"),
+            )
             names += [plan.name, plan.name + ".json"]
-            echo(f"{plan}: {sidecar.precision}, built in {sidecar.build_seconds:.1f} s, "
-                 f"device memory {sidecar.device_memory_bytes:,} bytes")
+            echo(
+                f"{plan}: {sidecar.precision}, built in {sidecar.build_seconds:.1f} s, "
+                f"device memory {sidecar.device_memory_bytes:,} bytes"
+            )
             sidecars.append(sidecar)
         run.add_artifacts("build-engine", names)
     return sidecars

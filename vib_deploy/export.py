@@ -20,7 +20,9 @@ INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 
 
-def export_onnx(model: nn.Module, path: Path, input_shape: tuple[int, ...], opset: int, metadata: dict[str, str] | None = None) -> None:
+def export_onnx(
+    model: nn.Module, path: Path, input_shape: tuple[int, ...], opset: int, metadata: dict[str, str] | None = None
+) -> None:
     """Export `model` to `path` atomically with a dynamic batch axis and run onnx.checker (full check)."""
     import onnx
 
@@ -33,9 +35,14 @@ def export_onnx(model: nn.Module, path: Path, input_shape: tuple[int, ...], opse
         try:
             with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
                 program = torch.onnx.export(
-                    model, (example,), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                    model,
+                    (example,),
+                    input_names=[INPUT_NAME],
+                    output_names=[OUTPUT_NAME],
                     dynamic_shapes=({0: torch.export.Dim("batch", min=1)},),  # positional: any forward arg name
-                    opset_version=opset, dynamo=True, verbose=False,
+                    opset_version=opset,
+                    dynamo=True,
+                    verbose=False,
                 )
         except Exception as e:  # torch.onnx wraps the real reason (torch.export's) as the cause
             raise UserError(f"ONNX export of {path.name} failed: {_first_line(e.__cause__ or e)}") from e
@@ -75,8 +82,15 @@ def onnx_summary(path: Path) -> dict[str, Any]:
     }
 
 
-def parity(onnx_path: Path, model: nn.Module, x: np.ndarray, tolerance: float, min_agreement: float, batch: int = 1000,
-           backend: str = "onnxruntime") -> dict[str, Any]:
+def parity(
+    onnx_path: Path,
+    model: nn.Module,
+    x: np.ndarray,
+    tolerance: float,
+    min_agreement: float,
+    batch: int = 1000,
+    backend: str = "onnxruntime",
+) -> dict[str, Any]:
     """An engine (ONNX Runtime by default; any backend that loads `onnx_path`) vs torch on all of `x`:
     max |Δlogit| and argmax agreement, enforced."""
     from vib_deploy.backends import get_backend

@@ -43,8 +43,9 @@ def resolve_factory(ref: str) -> Callable[..., Any]:
     except UserError:
         raise
     except Exception as e:  # the user's file: SyntaxError, ImportError, anything at import time
-        raise UserError(f"model.factory {ref!r}: importing {module_part} failed: {type(e).__name__}: "
-                        f"{first_line(e)}") from e
+        raise UserError(
+            f"model.factory {ref!r}: importing {module_part} failed: {type(e).__name__}: {first_line(e)}"
+        ) from e
     func = getattr(module, func_name, None)
     if not callable(func):
         raise UserError(f"model.factory {ref!r}: {module_part} has no function {func_name!r}")

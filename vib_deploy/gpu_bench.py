@@ -36,8 +36,16 @@ class Case:
     precision: str = "fp32"
 
 
-DEFAULT_CASES = (Case("torch-cuda"), Case("torch-cuda", "bf16"), Case("torch-cuda-graphs"), Case("torch-cuda-graphs", "bf16"),
-                 Case("onnxruntime-cuda"), Case("onnxruntime-tensorrt"), Case("tensorrt", "fp16"), Case("aotinductor"))
+DEFAULT_CASES = (
+    Case("torch-cuda"),
+    Case("torch-cuda", "bf16"),
+    Case("torch-cuda-graphs"),
+    Case("torch-cuda-graphs", "bf16"),
+    Case("onnxruntime-cuda"),
+    Case("onnxruntime-tensorrt"),
+    Case("tensorrt", "fp16"),
+    Case("aotinductor"),
+)
 
 
 class NvmlSampler:
@@ -86,12 +94,19 @@ def gpu_facts(device: str) -> dict[str, Any]:
 
     from vib_deploy.bench import machine_info
 
-    facts: dict[str, Any] = {"torch": torch.__version__, "cuda": torch.version.cuda or "not available", "device": device}
+    facts: dict[str, Any] = {
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda or "not available",
+        "device": device,
+    }
     if device.startswith("cuda"):
         dev = torch.device(device)
         cc = torch.cuda.get_device_capability(dev)
-        facts.update(gpu=torch.cuda.get_device_name(dev), compute_capability=f"{cc[0]}.{cc[1]}",
-                     memory_bytes=torch.cuda.get_device_properties(dev).total_memory)
+        facts.update(
+            gpu=torch.cuda.get_device_name(dev),
+            compute_capability=f"{cc[0]}.{cc[1]}",
+            memory_bytes=torch.cuda.get_device_properties(dev).total_memory,
+        )
     else:
         facts["gpu"] = f"none (CPU: {machine_info()['cpu']})"
     try:
@@ -109,6 +124,7 @@ def _timer(device: str, host_clock: bool) -> Any:
     import torch
 
     if device.startswith("cuda") and not host_clock:
+
         def events(fn: Any) -> tuple[Any, Any]:
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
@@ -130,8 +146,9 @@ def _timer(device: str, host_clock: bool) -> Any:
     return host
 
 
-def time_alternating(runners: dict[str, Any], inputs: dict[str, Any], rounds: int, iters: int, warmup: int,
-                     device: str) -> dict[str, list[float]]:
+def time_alternating(
+    runners: dict[str, Any], inputs: dict[str, Any], rounds: int, iters: int, warmup: int, device: str
+) -> dict[str, list[float]]:
     """Per-call latencies (ms) of each runner, in rounds whose order flips; CUDA events read after each round."""
     import torch
 
@@ -175,8 +192,10 @@ def _memory(runner: Any, x: Any, device: str, sampler_index: int) -> dict[str, A
 
 def _variants(run: Any, config: Any) -> tuple[list[Variant], dict[str, Any]]:
     info, pruned = run.read_json("prune.json"), deployed_file(config, "pruned")  # finetuned.pt when that stage is on
-    variants = [Variant("dense", {".pt": run.verified("dense.pt"), ".onnx": run.file("dense.onnx")}),
-                Variant("pruned", {".pt": run.verified(pruned), ".onnx": run.file("pruned.onnx")})]
+    variants = [
+        Variant("dense", {".pt": run.verified("dense.pt"), ".onnx": run.file("dense.onnx")}),
+        Variant("pruned", {".pt": run.verified(pruned), ".onnx": run.file("pruned.onnx")}),
+    ]
     return variants, info
 
 
@@ -185,12 +204,17 @@ def _parity(runner: Any, reference: np.ndarray, x: np.ndarray, precision: str) -
     scale = max(1.0, float(np.abs(reference).max()))
     diff = float(np.abs(got - reference).max())
     agree = float((got.argmax(1) == reference.argmax(1)).mean())
-    return {"max_abs_diff": diff, "tolerance": PARITY[precision] * scale, "argmax_agreement": agree,
-            "ok": bool(diff <= PARITY[precision] * scale)}
+    return {
+        "max_abs_diff": diff,
+        "tolerance": PARITY[precision] * scale,
+        "argmax_agreement": agree,
+        "ok": bool(diff <= PARITY[precision] * scale),
+    }
 
 
-def _aoti_packages(run: Any, variants: list[Variant], shape: tuple[int, ...], device: str, precision: str, max_batch: int,
-                   echo: Any) -> dict[str, Path]:
+def _aoti_packages(
+    run: Any, variants: list[Variant], shape: tuple[int, ...], device: str, precision: str, max_batch: int, echo: Any
+) -> dict[str, Path]:
     """Compile (or reuse, when the sidecar matches this torch, device and source) one .pt2 per variant."""
     import json
 
@@ -205,14 +229,15 @@ def _aoti_packages(run: Any, variants: list[Variant], shape: tuple[int, ...], de
         current = False
         if package.is_file() and side.is_file():
             meta = json.loads(side.read_text())
-            current = meta.get("source_sha256") == sha256_file(v.artifacts[".pt"]) and meta.get("batch_max", 0) >= max_batch
+            current = (
+                meta.get("source_sha256") == sha256_file(v.artifacts[".pt"]) and meta.get("batch_max", 0) >= max_batch
+            )
         if not current:
             meta = compile_package(v.artifacts[".pt"], package, shape, device, precision, max_batch)
             echo(f"aotinductor: {package.name} compiled in {meta['compile_seconds']:.1f} s")
             run.add_artifacts("aotinductor", [package.name, side.name])
         packages[v.name] = package
     return packages
-
 
 
 def parse_cases(text: str) -> list[Case]:
@@ -228,8 +253,17 @@ def parse_cases(text: str) -> list[Case]:
     return cases
 
 
-def bench_gpu(run_dir: Path, cases: list[Case], device: str = "cuda", batch_sizes: tuple[int, ...] = BATCH_SIZES,
-              rounds: int = 10, iters: int = 10, warmup: int = 10, echo: Any = print, out: Path | None = None) -> dict[str, Any]:
+def bench_gpu(
+    run_dir: Path,
+    cases: list[Case],
+    device: str = "cuda",
+    batch_sizes: tuple[int, ...] = BATCH_SIZES,
+    rounds: int = 10,
+    iters: int = 10,
+    warmup: int = 10,
+    echo: Any = print,
+    out: Path | None = None,
+) -> dict[str, Any]:
     """Every case on the run's dense and pruned models; returns {"machine", "records", "unavailable", "speedup"}.
 
     Holds the run's lock: AOTInductor packages are compiled into the run directory and added to its manifest.
@@ -249,8 +283,17 @@ def bench_gpu(run_dir: Path, cases: list[Case], device: str = "cuda", batch_size
         return _bench_gpu(Path(run_dir), cases, device, batch_sizes, rounds, iters, warmup, echo, out)
 
 
-def _bench_gpu(run_dir: Path, cases: list[Case], device: str, batch_sizes: tuple[int, ...], rounds: int, iters: int,
-               warmup: int, echo: Any, out: Path | None) -> dict[str, Any]:
+def _bench_gpu(
+    run_dir: Path,
+    cases: list[Case],
+    device: str,
+    batch_sizes: tuple[int, ...],
+    rounds: int,
+    iters: int,
+    warmup: int,
+    echo: Any,
+    out: Path | None,
+) -> dict[str, Any]:
     import torch
 
     from vib_deploy.runs import atomic_write_json
@@ -271,14 +314,22 @@ def _bench_gpu(run_dir: Path, cases: list[Case], device: str, batch_sizes: tuple
     images = splits_of(config.data).x_test[:1024]
     check_x = make_input(variants[0], images, 256)
     with torch.no_grad():
-        references = {v.name: load_model(v.artifacts[".pt"]).eval()(torch.from_numpy(check_x)).numpy() for v in variants}
+        references = {
+            v.name: load_model(v.artifacts[".pt"]).eval()(torch.from_numpy(check_x)).numpy() for v in variants
+        }
     ideal = info["dense"]["flops"] / info["pruned"]["flops"]
     records: list[dict[str, Any]] = []
     unavailable: list[dict[str, Any]] = []
 
     def result() -> dict[str, Any]:
-        return {"machine": gpu_facts(device), "records": records, "unavailable": unavailable,
-                "speedup": speedup_rows(records, ideal), "ideal_speedup": ideal, "run": config.name}
+        return {
+            "machine": gpu_facts(device),
+            "records": records,
+            "unavailable": unavailable,
+            "speedup": speedup_rows(records, ideal),
+            "ideal_speedup": ideal,
+            "run": config.name,
+        }
 
     for case in cases:
         if out is not None:
@@ -287,7 +338,11 @@ def _bench_gpu(run_dir: Path, cases: list[Case], device: str, batch_sizes: tuple
         if cls is None:
             raise UserError(f"unknown backend {case.backend!r}; known: {', '.join(BACKENDS)}")
         check = getattr(cls, "unavailable_on", None)
-        problem = check(device) if check else (cls.unavailable() or (None if device.startswith("cuda") else "needs a CUDA device"))
+        problem = (
+            check(device)
+            if check
+            else (cls.unavailable() or (None if device.startswith("cuda") else "needs a CUDA device"))
+        )
         if problem is None and not hasattr(cls, "infer_tensor"):
             problem = "no device-tensor interface (prepare / infer_tensor) for CUDA-event timing"
         if problem:
@@ -295,9 +350,27 @@ def _bench_gpu(run_dir: Path, cases: list[Case], device: str, batch_sizes: tuple
             echo(f"{case.backend} {case.precision}: not available: {problem}")
             continue
         try:
-            _bench_case(case, cls, run, variants, shape, images, check_x, references, device, batch_sizes, rounds, iters,
-                        warmup, ideal, records, echo)
-        except Exception as e:  # one engine failing (an export the compiler rejects, a driver error) must not cost the others
+            _bench_case(
+                case,
+                cls,
+                run,
+                variants,
+                shape,
+                images,
+                check_x,
+                references,
+                device,
+                batch_sizes,
+                rounds,
+                iters,
+                warmup,
+                ideal,
+                records,
+                echo,
+            )
+        except (
+            Exception
+        ) as e:  # one engine failing (an export the compiler rejects, a driver error) must not cost the others
             why = f"FAILED: {type(e).__name__}: {str(e).strip().splitlines()[0][:300] if str(e).strip() else ''}"
             unavailable.append({"backend": case.backend, "precision": case.precision, "why": why, "failed": True})
             echo(f"{case.backend} {case.precision}: {why}")
@@ -308,14 +381,31 @@ def _bench_gpu(run_dir: Path, cases: list[Case], device: str, batch_sizes: tuple
     return result()
 
 
-def _bench_case(case: Case, cls: Any, run: Any, variants: list[Variant], shape: tuple[int, ...], images: np.ndarray,
-                check_x: np.ndarray, references: dict[str, np.ndarray], device: str, batch_sizes: tuple[int, ...], rounds: int,
-                iters: int, warmup: int, ideal: float, records: list[dict[str, Any]], echo: Any) -> None:
+def _bench_case(
+    case: Case,
+    cls: Any,
+    run: Any,
+    variants: list[Variant],
+    shape: tuple[int, ...],
+    images: np.ndarray,
+    check_x: np.ndarray,
+    references: dict[str, np.ndarray],
+    device: str,
+    batch_sizes: tuple[int, ...],
+    rounds: int,
+    iters: int,
+    warmup: int,
+    ideal: float,
+    records: list[dict[str, Any]],
+    echo: Any,
+) -> None:
     """One backend and precision: parity, then every batch size timed; records are appended batch by batch."""
     paths = {v.name: v.artifacts.get(cls.artifact_suffix) for v in variants}
     if case.backend == "aotinductor":
         paths = dict(_aoti_packages(run, variants, shape, device, case.precision, max(batch_sizes), echo))
-    runners: dict[str, Any] = {name: cls(path, device=device, precision=case.precision).activate() for name, path in paths.items()}
+    runners: dict[str, Any] = {
+        name: cls(path, device=device, precision=case.precision).activate() for name, path in paths.items()
+    }
     try:
         parity = {name: _parity(r, references[name], check_x, case.precision) for name, r in runners.items()}
         index = 0 if device == "cpu" else (int(device.split(":")[1]) if ":" in device else 0)
@@ -324,13 +414,25 @@ def _bench_case(case: Case, cls: Any, run: Any, variants: list[Variant], shape: 
             samples = time_alternating(runners, inputs, rounds, iters, warmup, device)
             for v in variants:
                 stats = percentiles([int(ms * 1e6) for ms in samples[v.name]])
-                records.append({"backend": case.backend, "precision": case.precision, "device": device, "batch": batch,
-                                "variant": v.name, **stats, "throughput": batch / (stats["p50_ms"] / 1e3),
-                                "calls": len(samples[v.name]), "parity": parity[v.name],
-                                **_memory(runners[v.name], inputs[v.name], device, index)})
+                records.append(
+                    {
+                        "backend": case.backend,
+                        "precision": case.precision,
+                        "device": device,
+                        "batch": batch,
+                        "variant": v.name,
+                        **stats,
+                        "throughput": batch / (stats["p50_ms"] / 1e3),
+                        "calls": len(samples[v.name]),
+                        "parity": parity[v.name],
+                        **_memory(runners[v.name], inputs[v.name], device, index),
+                    }
+                )
             dense, pruned = records[-2], records[-1]
-            echo(f"{case.backend} {case.precision} b{batch}: p50 {dense['p50_ms']:.4f} -> {pruned['p50_ms']:.4f} ms "
-                 f"(speedup {dense['p50_ms'] / pruned['p50_ms']:.2f}x, ideal {ideal:.2f}x)")
+            echo(
+                f"{case.backend} {case.precision} b{batch}: p50 {dense['p50_ms']:.4f} -> {pruned['p50_ms']:.4f} ms "
+                f"(speedup {dense['p50_ms'] / pruned['p50_ms']:.2f}x, ideal {ideal:.2f}x)"
+            )
     finally:
         for r in runners.values():
             r.deactivate()
@@ -344,8 +446,16 @@ def speedup_rows(records: list[dict[str, Any]], ideal: float) -> list[dict[str, 
         dense = by.get((backend, precision, batch, "dense"))
         if variant != "dense" and dense is not None:
             s = dense["p50_ms"] / r["p50_ms"]
-            out.append({"backend": backend, "precision": precision, "batch": batch, "variant": variant, "speedup": s,
-                        "measured_over_ideal": s / ideal})
+            out.append(
+                {
+                    "backend": backend,
+                    "precision": precision,
+                    "batch": batch,
+                    "variant": variant,
+                    "speedup": s,
+                    "measured_over_ideal": s / ideal,
+                }
+            )
     return out
 
 
@@ -357,42 +467,60 @@ def launch_overhead(by: dict[tuple[Any, ...], dict[str, Any]]) -> list[str]:
     """Eager vs CUDA-graph p50 per precision, batch and variant: the share of eager time that is kernel launches
     (what bounds a pruned net's speedup at small batch, where its kernels are too short to hide the launches)."""
     rows = []
-    for (backend, precision, batch, variant), eager in sorted(by.items(), key=lambda kv: (kv[0][1], kv[0][2], kv[0][3])):
+    for (backend, precision, batch, variant), eager in sorted(
+        by.items(), key=lambda kv: (kv[0][1], kv[0][2], kv[0][3])
+    ):
         graph = by.get(("torch-cuda-graphs", precision, batch, variant))
         if backend == "torch-cuda" and graph is not None:
             share = max(0.0, 1 - graph["p50_ms"] / eager["p50_ms"])
-            rows.append(f"| {precision} | {batch} | {variant} | {eager['p50_ms']:.4f} | {graph['p50_ms']:.4f} | {share:.0%} |")
+            rows.append(
+                f"| {precision} | {batch} | {variant} | {eager['p50_ms']:.4f} | {graph['p50_ms']:.4f} | {share:.0%} |"
+            )
     if not rows:
         return []
-    return ["", "Launch overhead: eager vs CUDA-graph replay (same kernels, launched once as a graph)", "",
-            "| precision | batch | variant | eager p50 ms | graph p50 ms | eager time that is launch overhead |",
-            "|---|---|---|---|---|---|", *rows]
+    return [
+        "",
+        "Launch overhead: eager vs CUDA-graph replay (same kernels, launched once as a graph)",
+        "",
+        "| precision | batch | variant | eager p50 ms | graph p50 ms | eager time that is launch overhead |",
+        "|---|---|---|---|---|---|",
+        *rows,
+    ]
 
 
 def markdown(result: dict[str, Any]) -> str:
     """One table per run: backend, precision, batch, p50/p99 and throughput of dense and pruned, memory, measured/ideal."""
     m = result["machine"]
-    lines = [f"### {result['run']}: dense vs pruned (ideal speedup {result['ideal_speedup']:.2f}x = FLOPs ratio)", "",
-             f"GPU {m['gpu']}, driver {m['driver']}, CUDA {m['cuda']}, torch {m['torch']}, device {m['device']}", "",
-             "| backend | precision | batch | dense p50 / p99 ms | pruned p50 / p99 ms | dense img/s | pruned img/s | speedup "
-             "| measured/ideal | weights dense / pruned | max allocated dense / pruned | NVML used (pruned) | parity |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"### {result['run']}: dense vs pruned (ideal speedup {result['ideal_speedup']:.2f}x = FLOPs ratio)",
+        "",
+        f"GPU {m['gpu']}, driver {m['driver']}, CUDA {m['cuda']}, torch {m['torch']}, device {m['device']}",
+        "",
+        "| backend | precision | batch | dense p50 / p99 ms | pruned p50 / p99 ms | dense img/s | pruned img/s | speedup "
+        "| measured/ideal | weights dense / pruned | max allocated dense / pruned | NVML used (pruned) | parity |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     by = {(r["backend"], r["precision"], r["batch"], r["variant"]): r for r in result["records"]}
     for s in result["speedup"]:
         d = by[(s["backend"], s["precision"], s["batch"], "dense")]
         p = by[(s["backend"], s["precision"], s["batch"], s["variant"])]
         ok = "ok" if d["parity"]["ok"] and p["parity"]["ok"] else "FAILED"
-        lines.append(f"| {s['backend']} | {s['precision']} | {s['batch']} | {d['p50_ms']:.4f} / {d['p99_ms']:.4f} | "
-                     f"{p['p50_ms']:.4f} / {p['p99_ms']:.4f} | {d['throughput']:,.0f} | {p['throughput']:,.0f} | "
-                     f"{s['speedup']:.2f}x | {s['measured_over_ideal']:.2f} | {_bytes(d['weight_bytes'])} / {_bytes(p['weight_bytes'])} | "
-                     f"{_bytes(d['max_memory_allocated_bytes'])} / {_bytes(p['max_memory_allocated_bytes'])} | "
-                     f"{_bytes(p['nvml_used_bytes'])} | {ok} (max abs diff {max(d['parity']['max_abs_diff'], p['parity']['max_abs_diff']):.2g}) |")
+        lines.append(
+            f"| {s['backend']} | {s['precision']} | {s['batch']} | {d['p50_ms']:.4f} / {d['p99_ms']:.4f} | "
+            f"{p['p50_ms']:.4f} / {p['p99_ms']:.4f} | {d['throughput']:,.0f} | {p['throughput']:,.0f} | "
+            f"{s['speedup']:.2f}x | {s['measured_over_ideal']:.2f} | {_bytes(d['weight_bytes'])} / {_bytes(p['weight_bytes'])} | "
+            f"{_bytes(d['max_memory_allocated_bytes'])} / {_bytes(p['max_memory_allocated_bytes'])} | "
+            f"{_bytes(p['nvml_used_bytes'])} | {ok} (max abs diff {max(d['parity']['max_abs_diff'], p['parity']['max_abs_diff']):.2g}) |"
+        )
     for u in result["unavailable"]:
         why = u["why"] if u.get("failed") else f"not available: {u['why']}"
         lines.append(f"| {u['backend']} | {u['precision']} | - | {why} | | | | | | | | | |")
     lines += launch_overhead(by)
-    lines += ["", "p50/p99: CUDA events per call after warm-up, dense and pruned alternating; img/s at p50; measured/ideal: "
-              "speedup over the FLOPs ratio; max allocated: torch's allocator peak during 3 calls beyond what was allocated "
-              "before them (a CUDA graph's pool is allocated at capture, so ~0 there); NVML used: the whole device's, "
-              "sampled every ms; parity: vs the fp32 torch model on CPU, 256 test images."]
+    lines += [
+        "",
+        "p50/p99: CUDA events per call after warm-up, dense and pruned alternating; img/s at p50; measured/ideal: "
+        "speedup over the FLOPs ratio; max allocated: torch's allocator peak during 3 calls beyond what was allocated "
+        "before them (a CUDA graph's pool is allocated at capture, so ~0 there); NVML used: the whole device's, "
+        "sampled every ms; parity: vs the fp32 torch model on CPU, 256 test images.",
+    ]
     return "\n".join(lines) + "\n"

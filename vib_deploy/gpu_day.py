@@ -36,13 +36,28 @@ RUNS = Path("runs/gpu-day")
 # The report prints the measured epoch time; resize these from it for the next GPU day.
 VGG_EPOCHS = {"dense": 12, "vib": 12, "finetune": 2}
 # the pipeline's own bench stage (CPU backends) is cut to a token run: the GPU bench is the measurement here
-SHORT_CPU_BENCH = ["bench.backends=[torch]", "bench.batch_sizes=[1]", "bench.rounds=2", "bench.iters_per_round=5",
-                   "bench.warmup=2", "bench.memory=false"]
-TINY_DATA = ["data.train_limit=400", "data.val_size=100", "data.test_limit=100", "train.batch_size=32",
-             "train.dense.epochs=1", "train.vib.epochs=1", "train.device=cpu"]
+SHORT_CPU_BENCH = [
+    "bench.backends=[torch]",
+    "bench.batch_sizes=[1]",
+    "bench.rounds=2",
+    "bench.iters_per_round=5",
+    "bench.warmup=2",
+    "bench.memory=false",
+]
+TINY_DATA = [
+    "data.train_limit=400",
+    "data.val_size=100",
+    "data.test_limit=100",
+    "train.batch_size=32",
+    "train.dense.epochs=1",
+    "train.vib.epochs=1",
+    "train.device=cpu",
+]
 # AOTInductor last: its compiles (dense and pruned) take longest; the bench writes its JSON after every case
-GPU_CASES = "torch-cuda:fp32,torch-cuda:bf16,torch-cuda-graphs:fp32,torch-cuda-graphs:bf16,onnxruntime-cuda:fp32," \
-            "onnxruntime-tensorrt:fp32,tensorrt:fp16,aotinductor:fp32"
+GPU_CASES = (
+    "torch-cuda:fp32,torch-cuda:bf16,torch-cuda-graphs:fp32,torch-cuda-graphs:bf16,onnxruntime-cuda:fp32,"
+    "onnxruntime-tensorrt:fp32,tensorrt:fp16,aotinductor:fp32"
+)
 LENET_CASES = "torch-cuda:fp32,torch-cuda-graphs:fp32"
 DRY_CASES = "torch-cuda:fp32,torch-cuda:bf16,torch-cuda-graphs:fp32,onnxruntime-cuda:fp32"
 
@@ -77,16 +92,45 @@ def plan(dry_run: bool, python: str = sys.executable, runs: Path = RUNS) -> list
     if dry_run:
         vgg_sets = TINY_DATA + ["model.kwargs.width=0.125", "train.amp=bf16", "train.vib.finetune_epochs=0"]
         lenet_sets = TINY_DATA
-        batches, rounds, cases, lenet_cases = "1,8", ["--rounds", "2", "--iters", "2", "--warmup", "1"], DRY_CASES, DRY_CASES
+        batches, rounds, cases, lenet_cases = (
+            "1,8",
+            ["--rounds", "2", "--iters", "2", "--warmup", "1"],
+            DRY_CASES,
+            DRY_CASES,
+        )
     else:
-        vgg_sets = ["train.device=cuda", "train.amp=bf16", f"train.dense.epochs={VGG_EPOCHS['dense']}",
-                    f"train.vib.epochs={VGG_EPOCHS['vib']}", f"train.vib.finetune_epochs={VGG_EPOCHS['finetune']}",
-                    "data.test_limit=2000"]  # the CPU-side checks (exact pruning in fp64, ONNX parity) on 2,000 images
+        vgg_sets = [
+            "train.device=cuda",
+            "train.amp=bf16",
+            f"train.dense.epochs={VGG_EPOCHS['dense']}",
+            f"train.vib.epochs={VGG_EPOCHS['vib']}",
+            f"train.vib.finetune_epochs={VGG_EPOCHS['finetune']}",
+            "data.test_limit=2000",
+        ]  # the CPU-side checks (exact pruning in fp64, ONNX parity) on 2,000 images
         lenet_sets = ["train.device=cuda"]
-        batches, rounds, cases, lenet_cases = "1,8,64,256,1024", ["--rounds", "10", "--iters", "10"], GPU_CASES, LENET_CASES
+        batches, rounds, cases, lenet_cases = (
+            "1,8,64,256,1024",
+            ["--rounds", "10", "--iters", "10"],
+            GPU_CASES,
+            LENET_CASES,
+        )
     run = lambda p, d, sets: cli + ["run", p, "--run-dir", str(d)] + _sets(sets + SHORT_CPU_BENCH)  # noqa: E731
-    bench = lambda d, c: cli + ["gpu-bench", str(d), "--device", device, "--cases", c, "--batch-sizes", batches,  # noqa: E731
-                                "--out", str(d / "gpu-bench.json")] + rounds
+    bench = lambda d, c: (
+        cli
+        + [
+            "gpu-bench",
+            str(d),
+            "--device",
+            device,
+            "--cases",
+            c,
+            "--batch-sizes",
+            batches,  # noqa: E731
+            "--out",
+            str(d / "gpu-bench.json"),
+        ]
+        + rounds
+    )
     steps += [
         Step("vgg16-fashion", run("pipelines/vgg16-fashion.yaml", vgg_dir, vgg_sets), 300, 60, run_dir=vgg_dir),
         Step("gpu-bench vgg16-fashion", bench(vgg_dir, cases), 240, 30, bench_json=vgg_dir / "gpu-bench.json"),
@@ -101,8 +145,9 @@ def plan(dry_run: bool, python: str = sys.executable, runs: Path = RUNS) -> list
 def _run(argv: list[str], timeout: float, log: Any, env: dict[str, str]) -> tuple[int | None, float]:
     """Run `argv`, echoing its output to the console and `log`; stopped (its process group) at `timeout`."""
     t0 = time.perf_counter()
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True
+    )
 
     def pump() -> None:
         assert proc.stdout is not None
@@ -128,14 +173,25 @@ def _run(argv: list[str], timeout: float, log: Any, env: dict[str, str]) -> tupl
     return rc, time.perf_counter() - t0
 
 
-def run_steps(steps: list[Step], budget: float, log: Any, env: dict[str, str], started: float,
-              say: Callable[[str], None] = print, reserve: float = 10.0, after: Callable[[], None] = lambda: None) -> None:
+def run_steps(
+    steps: list[Step],
+    budget: float,
+    log: Any,
+    env: dict[str, str],
+    started: float,
+    say: Callable[[str], None] = print,
+    reserve: float = 10.0,
+    after: Callable[[], None] = lambda: None,
+) -> None:
     """Run the steps in order under the budget guard (`reserve` seconds kept for the report); each step's `result`
     says what happened; `after` runs after every step (the report so far: a call killed later still returns it)."""
     for step in steps:
         left = budget - (time.monotonic() - started) - reserve
         if left < step.min_s:
-            step.result = {"status": "skipped", "why": f"{left:.0f} s left of the budget, needs at least {step.min_s:.0f} s"}
+            step.result = {
+                "status": "skipped",
+                "why": f"{left:.0f} s left of the budget, needs at least {step.min_s:.0f} s",
+            }
             say(f"== {step.name}: skipped ({step.result['why']})")
             after()
             continue
@@ -162,56 +218,95 @@ def _run_figures(run_dir: Path) -> dict[str, Any]:
         if path.is_file():
             rec = json.loads(path.read_text())
             secs = rec.get("epoch_seconds") or []
-            epochs[stage] = {"epochs": len(secs), "median_s": round(sorted(secs)[len(secs) // 2], 2) if secs else None,
-                             "first_s": round(secs[0], 2) if secs else None, "test_error": rec.get("test_error"),
-                             "images_per_second": rec.get("images_per_second")}
+            epochs[stage] = {
+                "epochs": len(secs),
+                "median_s": round(sorted(secs)[len(secs) // 2], 2) if secs else None,
+                "first_s": round(secs[0], 2) if secs else None,
+                "test_error": rec.get("test_error"),
+                "images_per_second": rec.get("images_per_second"),
+            }
     if epochs:
         out["epoch_seconds"] = epochs
     prune = run_dir / "prune.json"
     if prune.is_file():
         p = json.loads(prune.read_text())
-        out["prune"] = {"architecture": p["architecture"], "dense_architecture": p["dense_architecture"],
-                        "test_error_pruned": p["test_error"], "test_samples": p.get("samples"),
-                        "flops_ratio": p["dense"]["flops"] / p["pruned"]["flops"],
-                        "params_ratio": p["dense"]["params"] / p["pruned"]["params"]}
+        out["prune"] = {
+            "architecture": p["architecture"],
+            "dense_architecture": p["dense_architecture"],
+            "test_error_pruned": p["test_error"],
+            "test_samples": p.get("samples"),
+            "flops_ratio": p["dense"]["flops"] / p["pruned"]["flops"],
+            "params_ratio": p["dense"]["params"] / p["pruned"]["params"],
+        }
     return out
 
 
-def report(steps: list[Step], out: Path, facts: dict[str, Any], dry_run: bool, command: str, started_utc: str,
-           total: float) -> None:
+def report(
+    steps: list[Step], out: Path, facts: dict[str, Any], dry_run: bool, command: str, started_utc: str, total: float
+) -> None:
     """$OUT/gpu-day.md and $OUT/gpu-day.json."""
     from vib_deploy.gpu_bench import markdown
     from vib_deploy.runs import atomic_write_json, atomic_write_text
 
     benches = {s.name: json.loads(s.bench_json.read_text()) for s in steps if s.bench_json and s.bench_json.is_file()}
     head = "DRY RUN on CPU (tiny data): no figure below is a GPU figure\n\n" if dry_run else ""
-    lines = [f"## GPU day: {facts.get('gpu')} ({started_utc})", "", head + f"Command: `{command}`; "
-             f"GPU {facts.get('gpu')}, driver {facts.get('driver')}, CUDA {facts.get('cuda')}, torch {facts.get('torch')}; "
-             f"{total:.0f} s in all.", "", "| step | status | seconds | figures |", "|---|---|---|---|"]
+    lines = [
+        f"## GPU day: {facts.get('gpu')} ({started_utc})",
+        "",
+        head + f"Command: `{command}`; "
+        f"GPU {facts.get('gpu')}, driver {facts.get('driver')}, CUDA {facts.get('cuda')}, torch {facts.get('torch')}; "
+        f"{total:.0f} s in all.",
+        "",
+        "| step | status | seconds | figures |",
+        "|---|---|---|---|",
+    ]
     for s in steps:
         fig = ""
         if "epoch_seconds" in s.result:
-            fig += "; ".join(f"{k}: {v['epochs']} epochs, median {v['median_s']} s/epoch (first {v['first_s']} s), "
-                             f"test error {v['test_error']:.4f}" for k, v in s.result["epoch_seconds"].items()
-                             if v["test_error"] is not None)
+            fig += "; ".join(
+                f"{k}: {v['epochs']} epochs, median {v['median_s']} s/epoch (first {v['first_s']} s), "
+                f"test error {v['test_error']:.4f}"
+                for k, v in s.result["epoch_seconds"].items()
+                if v["test_error"] is not None
+            )
         if "prune" in s.result:
             p = s.result["prune"]
-            fig += (f"; pruned {'-'.join(map(str, p['architecture']))} test error {p['test_error_pruned']:.4f} "
-                    f"({p['test_samples']} test images), {p['flops_ratio']:.2f}x fewer FLOPs, {p['params_ratio']:.2f}x fewer params")
+            fig += (
+                f"; pruned {'-'.join(map(str, p['architecture']))} test error {p['test_error_pruned']:.4f} "
+                f"({p['test_samples']} test images), {p['flops_ratio']:.2f}x fewer FLOPs, {p['params_ratio']:.2f}x fewer params"
+            )
         why = s.result.get("why", "")
-        lines.append(f"| {s.name} | {s.result.get('status', 'not run')}{': ' + why if why else ''} | "
-                     f"{s.result.get('seconds', '')} | {fig.strip('; ')} |")
+        lines.append(
+            f"| {s.name} | {s.result.get('status', 'not run')}{': ' + why if why else ''} | "
+            f"{s.result.get('seconds', '')} | {fig.strip('; ')} |"
+        )
     lines.append("")
     for table in benches.values():
         lines += [markdown(table), ""]
     atomic_write_text(out / "gpu-day.md", "\n".join(lines))
-    atomic_write_json(out / "gpu-day.json", {"machine": facts, "dry_run": dry_run, "command": command, "started_utc": started_utc,
-                                             "seconds": total, "steps": [{"name": s.name, **s.result} for s in steps],
-                                             "benches": benches})
+    atomic_write_json(
+        out / "gpu-day.json",
+        {
+            "machine": facts,
+            "dry_run": dry_run,
+            "command": command,
+            "started_utc": started_utc,
+            "seconds": total,
+            "steps": [{"name": s.name, **s.result} for s in steps],
+            "benches": benches,
+        },
+    )
 
 
-def gpu_day(out: Path, dry_run: bool = False, budget: float = BUDGET_S, elapsed_before: float = 0.0,
-            command: str = "scripts/gpu-day.sh", say: Callable[[str], None] = print, runs: Path = RUNS) -> Path:
+def gpu_day(
+    out: Path,
+    dry_run: bool = False,
+    budget: float = BUDGET_S,
+    elapsed_before: float = 0.0,
+    command: str = "scripts/gpu-day.sh",
+    say: Callable[[str], None] = print,
+    runs: Path = RUNS,
+) -> Path:
     """Run the day's steps under the budget (`elapsed_before`: seconds the shell script already spent installing)."""
     import torch
 
@@ -225,6 +320,7 @@ def gpu_day(out: Path, dry_run: bool = False, budget: float = BUDGET_S, elapsed_
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     facts = gpu_facts("cpu" if dry_run else "cuda")
     steps = plan(dry_run, runs=runs)
+
     def write_report() -> None:
         report(steps, out, facts, dry_run, command, started_utc, time.monotonic() - started)
 

@@ -67,8 +67,17 @@ class GateGroup:
     @staticmethod
     def from_json(d: dict[str, Any]) -> "GateGroup":
         pairs = lambda key: tuple((name, tuple(index)) for name, index in d[key])  # noqa: E731
-        return GateGroup(d["root"], d["channels"], d["gate"], tuple(d["unit_of_channel"]), pairs("points"),
-                         tuple(d["members"]), d["map_size"], d["flops_per_channel"], pairs("grouped_inputs"))
+        return GateGroup(
+            d["root"],
+            d["channels"],
+            d["gate"],
+            tuple(d["unit_of_channel"]),
+            pairs("points"),
+            tuple(d["members"]),
+            d["map_size"],
+            d["flops_per_channel"],
+            pairs("grouped_inputs"),
+        )
 
 
 @dataclass(frozen=True)
@@ -102,29 +111,40 @@ def _unsupported_layers(net: nn.Module, ignore: set[str]) -> list[str]:
             continue
         if not any(name == i or name.startswith(i + ".") for i in ignore):
             norm = isinstance(m, (nn.LayerNorm, nn.GroupNorm))
-            bad.append(f"{name} ({type(m).__name__}{', a norm over channels: a removed channel would still move its statistics' if norm else ''})")
+            bad.append(
+                f"{name} ({type(m).__name__}{', a norm over channels: a removed channel would still move its statistics' if norm else ''})"
+            )
     return bad
 
 
-def _output_sizes(net: nn.Module, input_shape: Sequence[int]) -> tuple[dict[str, tuple[int, ...]], torch.Tensor, dict[str, str]]:
+def _output_sizes(
+    net: nn.Module, input_shape: Sequence[int]
+) -> tuple[dict[str, tuple[int, ...]], torch.Tensor, dict[str, str]]:
     """Per-sample output shape of every leaf module, the model's output and its channel moves (tracing.py), from one forward pass."""
     shapes: dict[str, tuple[int, ...]] = {}
-    handles = [m.register_forward_hook(partial(_record_shape, shapes=shapes, name=n))
-               for n, m in net.named_modules() if not list(m.children())]
+    handles = [
+        m.register_forward_hook(partial(_record_shape, shapes=shapes, name=n))
+        for n, m in net.named_modules()
+        if not list(m.children())
+    ]
     was_training = net.training
     try:
         with torch.no_grad():
             out, moves = channel_moves(net, lambda: net.eval()(torch.zeros((1,) + tuple(input_shape))))
     except Exception as e:
-        raise UserError(f"the model fails on an input of shape (1, {', '.join(map(str, input_shape))}): "
-                        f"{type(e).__name__}: {first_line(e)}") from e
+        raise UserError(
+            f"the model fails on an input of shape (1, {', '.join(map(str, input_shape))}): "
+            f"{type(e).__name__}: {first_line(e)}"
+        ) from e
     finally:
         net.train(was_training)
         for h in handles:
             h.remove()
     if not isinstance(out, torch.Tensor) or out.dim() != 2:
-        raise UserError(f"the model returns {tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__} "
-                        "for one sample; vib-deploy expects logits of shape (batch, classes)")
+        raise UserError(
+            f"the model returns {tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__} "
+            "for one sample; vib-deploy expects logits of shape (batch, classes)"
+        )
     return shapes, out, moves
 
 
@@ -157,13 +177,17 @@ def plan_groups(net: nn.Module, input_shape: Sequence[int], ignore: Sequence[str
     module_names = {n for n, _ in net.named_modules()}
     unknown = [i for i in ignore if i not in module_names]
     if unknown:
-        raise UserError(f"model.ignore lists {unknown[0]!r}, which is not a module of the model "
-                        f"(modules: {', '.join(sorted(n for n in module_names if n)[:12])}, ...)")
+        raise UserError(
+            f"model.ignore lists {unknown[0]!r}, which is not a module of the model "
+            f"(modules: {', '.join(sorted(n for n in module_names if n)[:12])}, ...)"
+        )
     ignore_set = set(ignore)
     bad = _unsupported_layers(net, ignore_set)
     if bad:
-        raise UserError(f"layer {bad[0]} has parameters vib-deploy cannot prune (supported: Conv1d/2d, Linear, "
-                        f"BatchNorm1d/2d); list it under model.ignore to leave the channels it touches unpruned")
+        raise UserError(
+            f"layer {bad[0]} has parameters vib-deploy cannot prune (supported: Conv1d/2d, Linear, "
+            f"BatchNorm1d/2d); list it under model.ignore to leave the channels it touches unpruned"
+        )
     shapes, output, moves = _output_sizes(net, input_shape)
     names = _names(net)
 
@@ -173,12 +197,18 @@ def plan_groups(net: nn.Module, input_shape: Sequence[int], ignore: Sequence[str
 
     for module_name, op in moves.items():
         if not ignored(module_name):
-            where = (f"in {module_name} ({type(net.get_submodule(module_name)).__name__})" if module_name
-                     else "in the model's own forward (move it into a submodule to list that under model.ignore)")
+            where = (
+                f"in {module_name} ({type(net.get_submodule(module_name)).__name__})"
+                if module_name
+                else "in the model's own forward (move it into a submodule to list that under model.ignore)"
+            )
             others = [n for n in moves if n and n != module_name and not ignored(n)]
-            raise UserError(f"channels are reordered by {op} {where}, which Torch-Pruning's graph cannot map; "
-                            f"list {module_name or 'that submodule'} under model.ignore to leave the channels it touches "
-                            f"unpruned" + (f" (so too {', '.join(others[:3])}{', ...' if len(others) > 3 else ''})" if others else ""))
+            raise UserError(
+                f"channels are reordered by {op} {where}, which Torch-Pruning's graph cannot map; "
+                f"list {module_name or 'that submodule'} under model.ignore to leave the channels it touches "
+                f"unpruned"
+                + (f" (so too {', '.join(others[:3])}{', ...' if len(others) > 3 else ''})" if others else "")
+            )
     traced = trace(net, input_shape)
     graph = traced.graph
 
@@ -189,17 +219,29 @@ def plan_groups(net: nn.Module, input_shape: Sequence[int], ignore: Sequence[str
             out_layer = name
     candidates: list[dict[str, Any]] = []
     for group in graph.get_all_groups(root_module_types=WEIGHTED):
-        items = [(item.dep.target.module, item.dep.handler, list(item.idxs), list(item.root_idxs or item.idxs))
-                 for item in group.items]
+        items = [
+            (item.dep.target.module, item.dep.handler, list(item.idxs), list(item.root_idxs or item.idxs))
+            for item in group.items
+        ]
         root = names[id(items[0][0])]
-        c: dict[str, Any] = {"root": root, "channels": len(items[0][2]), "members": [], "points": {}, "reason": "",
-                             "flops": 0, "grouped": []}  # grouped: (conv, side, {group channel: position})
+        c: dict[str, Any] = {
+            "root": root,
+            "channels": len(items[0][2]),
+            "members": [],
+            "points": {},
+            "reason": "",
+            "flops": 0,
+            "grouped": [],
+        }  # grouped: (conv, side, {group channel: position})
         for (module, handler, idxs, root_idxs), item in zip(items, group.items):
             is_out = graph.is_out_channel_pruning_fn(handler)
             if not item.dep.target.outputs and (is_out or not isinstance(module, WEIGHTED)):
                 c["reason"] = c["reason"] or "reaches the model output"  # (a final Linear: "output layer", below)
             if item.dep.target.grad_fn in traced.opaque:
-                c["reason"] = c["reason"] or f"passes through {traced.opaque[item.dep.target.grad_fn]}, in model.ignore (it reorders channels)"
+                c["reason"] = (
+                    c["reason"]
+                    or f"passes through {traced.opaque[item.dep.target.grad_fn]}, in model.ignore (it reorders channels)"
+                )
             if not isinstance(module, (nn.Module, nn.Parameter)) or id(module) not in names:
                 continue  # Torch-Pruning's internal element-wise/concat/reshape nodes
             name = names[id(module)]
@@ -231,18 +273,32 @@ def plan_groups(net: nn.Module, input_shape: Sequence[int], ignore: Sequence[str
         if c["reason"]:
             continue
         out_shape = shapes.get(next(iter(c["points"])), (c["channels"],))
-        grouped_inputs = tuple((conv, tuple(pos[r] for r in range(c["channels"])))
-                               for conv, side, pos in c["grouped"] if side == "in")
-        gated.append(GateGroup(c["root"], c["channels"], c["gate"], tuple(c["unit_of_channel"]), tuple(c["points"].items()),
-                               tuple(dict.fromkeys(c["members"])), math.prod(out_shape[1:]) if len(out_shape) > 1 else 1,
-                               c["flops"], grouped_inputs))
+        grouped_inputs = tuple(
+            (conv, tuple(pos[r] for r in range(c["channels"]))) for conv, side, pos in c["grouped"] if side == "in"
+        )
+        gated.append(
+            GateGroup(
+                c["root"],
+                c["channels"],
+                c["gate"],
+                tuple(c["unit_of_channel"]),
+                tuple(c["points"].items()),
+                tuple(dict.fromkeys(c["members"])),
+                math.prod(out_shape[1:]) if len(out_shape) > 1 else 1,
+                c["flops"],
+                grouped_inputs,
+            )
+        )
     return GroupPlan(gated, fixed, count_flops(net, tuple(input_shape)), int(output.shape[1]))
 
 
 def is_grouped_conv(module: Any) -> bool:
     """A conv with 1 < groups that is not depthwise (a depthwise conv's in and out channels are one group)."""
-    return (isinstance(module, (nn.Conv1d, nn.Conv2d)) and module.groups > 1
-            and not module.groups == module.in_channels == module.out_channels)
+    return (
+        isinstance(module, (nn.Conv1d, nn.Conv2d))
+        and module.groups > 1
+        and not module.groups == module.in_channels == module.out_channels
+    )
 
 
 def _tie_grouped_convs(net: nn.Module, candidates: list[dict[str, Any]]) -> None:
@@ -326,7 +382,9 @@ def _out_channels(module: nn.Module) -> int:
     return module.out_channels  # type: ignore[return-value]
 
 
-def _feeds_own_bn(graph: tp.DependencyGraph, module: nn.Module, items: list[tuple[Any, Any, list[int], list[int]]]) -> bool:
+def _feeds_own_bn(
+    graph: tp.DependencyGraph, module: nn.Module, items: list[tuple[Any, Any, list[int], list[int]]]
+) -> bool:
     """A conv/linear whose only consumer is a BN of the same group: the BN's output is gated instead."""
     if not isinstance(module, WEIGHTED):
         return False
@@ -374,7 +432,9 @@ class GatedNet(nn.Module):
             units = 1 + max(max(g.unit_of_channel) for g in gates[k])
             channels = sum(g.channels for g in gates[k])
             size = gates[k][0].map_size
-            self.gates.append(VIBGate(units, kl_mult=channels / units / math.sqrt(size), map_size=size, threshold=threshold))
+            self.gates.append(
+                VIBGate(units, kl_mult=channels / units / math.sqrt(size), map_size=size, threshold=threshold)
+            )
 
     def channel_scales(self, like: torch.Tensor) -> list[torch.Tensor]:
         """Per group, z over its channels: (B|1, channels), drawn once per gate."""
@@ -382,8 +442,11 @@ class GatedNet(nn.Module):
         return [z[g.gate][:, list(g.unit_of_channel)] for g in self.groups]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        handles = [self.net.get_submodule(point).register_forward_hook(partial(_multiply_output, z=point_scale(z, index)))
-                   for g, z in zip(self.groups, self.channel_scales(x)) for point, index in g.points]
+        handles = [
+            self.net.get_submodule(point).register_forward_hook(partial(_multiply_output, z=point_scale(z, index)))
+            for g, z in zip(self.groups, self.channel_scales(x))
+            for point, index in g.points
+        ]
         try:
             return self.net(x)
         finally:

@@ -77,9 +77,11 @@ class FlopsWeighting:
 def _terms(model: nn.Sequential, input_shape: tuple[int, ...]) -> list[_Term]:
     """One bilinear term per Conv2d/Linear, with the gate (or constant width) on each side."""
     shapes: dict[int, torch.Size] = {}
+
     def record(k: int) -> Any:
         def hook(_module: nn.Module, _inputs: Any, out: torch.Tensor) -> None:
             shapes[k] = out.shape
+
         return hook
 
     handles = [m.register_forward_hook(record(k)) for k, m in enumerate(model) if isinstance(m, nn.Conv2d)]
@@ -114,7 +116,9 @@ def _terms(model: nn.Sequential, input_shape: tuple[int, ...]) -> list[_Term]:
                 raise UserError("train.vib.kl_weighting: flops: grouped convolutions are not supported")
             close(None)
             spatial = shapes[k][2] * shapes[k][3]
-            pending.append((float(spatial * layer.kernel_size[0] * layer.kernel_size[1]), src, width, layer.out_channels))
+            pending.append(
+                (float(spatial * layer.kernel_size[0] * layer.kernel_size[1]), src, width, layer.out_channels)
+            )
             src, width = None, layer.out_channels
         elif isinstance(layer, nn.Linear):
             close(None)

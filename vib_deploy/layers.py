@@ -50,15 +50,26 @@ def _spec_of(layer: nn.Module) -> dict[str, Any]:
     if isinstance(layer, nn.Linear):
         return {"type": "linear", "in": layer.in_features, "out": layer.out_features}
     if isinstance(layer, nn.Conv2d):
-        return {"type": "conv2d", "in": layer.in_channels, "out": layer.out_channels,
-                "kernel": list(layer.kernel_size), "stride": list(layer.stride), "padding": list(layer.padding)}
+        return {
+            "type": "conv2d",
+            "in": layer.in_channels,
+            "out": layer.out_channels,
+            "kernel": list(layer.kernel_size),
+            "stride": list(layer.stride),
+            "padding": list(layer.padding),
+        }
     if isinstance(layer, nn.BatchNorm2d):
         return {"type": "batchnorm2d", "channels": layer.num_features, "eps": layer.eps}
     if isinstance(layer, nn.MaxPool2d):
         return {"type": "maxpool2d", "kernel": layer.kernel_size, "stride": layer.stride}
     if isinstance(layer, VIBGate):
-        return {"type": "vib_gate", "units": layer.units, "kl_mult": layer.kl_mult, "map_size": layer.map_size,
-                "threshold": layer.threshold}
+        return {
+            "type": "vib_gate",
+            "units": layer.units,
+            "kl_mult": layer.kl_mult,
+            "map_size": layer.map_size,
+            "threshold": layer.threshold,
+        }
     if isinstance(layer, ChannelScale):
         return {"type": "scale", "channels": layer.values.numel()}
     if isinstance(layer, PixelSelect):
@@ -94,7 +105,9 @@ def build(spec: list[dict[str, Any]]) -> nn.Sequential:
 
 def prunable_layers(model: nn.Sequential) -> list[tuple[int, nn.Module]]:
     """(index, layer) of the Conv2d/Linear layers whose outputs are gated (all but the last)."""
-    weighted: list[tuple[int, nn.Module]] = [(i, m) for i, m in enumerate(model) if isinstance(m, (nn.Conv2d, nn.Linear))]
+    weighted: list[tuple[int, nn.Module]] = [
+        (i, m) for i, m in enumerate(model) if isinstance(m, (nn.Conv2d, nn.Linear))
+    ]
     return weighted[:-1]
 
 
@@ -122,5 +135,9 @@ def count_flops(model: nn.Module, input_shape: tuple[int, ...]) -> int:
 
 def count_params(model: nn.Module) -> int:
     """Weights and biases of Conv2d/Linear/BatchNorm (the deployable parameters; gates excluded)."""
-    return sum(p.numel() for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d, nn.BatchNorm2d))
-               for p in m.parameters(recurse=False))
+    return sum(
+        p.numel()
+        for m in model.modules()
+        if isinstance(m, (nn.Linear, nn.Conv2d, nn.BatchNorm2d))
+        for p in m.parameters(recurse=False)
+    )

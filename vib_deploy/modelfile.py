@@ -27,8 +27,11 @@ from vib_deploy.vib import VIBGate
 
 def save_model(model: nn.Sequential, path: Path, extra: dict[str, Any] | None = None) -> None:
     """Save architecture + weights (+ JSON-able extras) atomically, loadable with weights_only=True."""
-    payload = {"layers": describe(model), "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-               "extra": extra or {}}
+    payload = {
+        "layers": describe(model),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "extra": extra or {},
+    }
     atomic_write_bytes(path, to_bytes(payload))
 
 
@@ -71,8 +74,15 @@ def load_model(path: str | Path) -> nn.Module:
     return model.eval()
 
 
-def save_module_model(model: nn.Module, path: Path, factory: str, kwargs: dict[str, Any], input_shape: Sequence[int],
-                      extra: dict[str, Any] | None = None, pruning: list[dict[str, Any]] | None = None) -> None:
+def save_module_model(
+    model: nn.Module,
+    path: Path,
+    factory: str,
+    kwargs: dict[str, Any],
+    input_shape: Sequence[int],
+    extra: dict[str, Any] | None = None,
+    pruning: list[dict[str, Any]] | None = None,
+) -> None:
     """Save factory + pruning record + gate groups + weights atomically (loadable by `load_model`)."""
     from vib_deploy.graph import GatedNet  # torch_pruning: loaded for module-format files only
 
@@ -82,12 +92,17 @@ def save_module_model(model: nn.Module, path: Path, factory: str, kwargs: dict[s
     spec = {
         "factory": factory,
         "factory_path": str(Path(module_part).resolve()) if is_file_ref(module_part) else None,
-        "kwargs": kwargs, "input_shape": list(input_shape), "pruning": pruning or [],
+        "kwargs": kwargs,
+        "input_shape": list(input_shape),
+        "pruning": pruning or [],
         "gates": [g.to_json() for g in gated.groups] if gated else None,
         "threshold": float(cast(VIBGate, gated.gates[0]).threshold) if gated and len(gated.gates) else 0.0,
     }
-    payload = {"module": spec, "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-               "extra": extra or {}}
+    payload = {
+        "module": spec,
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "extra": extra or {},
+    }
     atomic_write_bytes(path, to_bytes(payload))
 
 
@@ -108,6 +123,8 @@ def load_module_model(spec: dict[str, Any], state_dict: dict[str, torch.Tensor],
     try:
         model.load_state_dict(state_dict)
     except RuntimeError as e:
-        raise UserError(f"{path}: weights do not match the model its factory {factory!r} builds "
-                        f"({first_line(e)}); was the model file changed?") from e
+        raise UserError(
+            f"{path}: weights do not match the model its factory {factory!r} builds "
+            f"({first_line(e)}); was the model file changed?"
+        ) from e
     return model.eval()

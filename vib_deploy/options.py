@@ -13,8 +13,9 @@ def comma_list(text: str, option: str, kind: type, example: str) -> list[Any]:
     try:
         return [kind(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise UserError(f"{option} takes comma-separated {'integers' if kind is int else 'numbers'}, "
-                        f"e.g. {example}; got {text!r}") from None
+        raise UserError(
+            f"{option} takes comma-separated {'integers' if kind is int else 'numbers'}, e.g. {example}; got {text!r}"
+        ) from None
 
 
 def int_list(text: str, option: str) -> tuple[int, ...]:
@@ -39,13 +40,20 @@ def seeds(text: str) -> list[int]:
     return seeds
 
 
-def bench_overrides(backends: str | None, precisions: str | None, batch_sizes: str | None, sets: list[str]) -> list[str]:
+def bench_overrides(
+    backends: str | None, precisions: str | None, batch_sizes: str | None, sets: list[str]
+) -> list[str]:
     """`vib-deploy bench`'s options as `bench.*` overrides of the run's config (other sections belong to `run`)."""
-    overrides = [f"bench.{key}=[{value}]" for key, value in
-                 (("backends", backends), ("precisions", precisions), ("batch_sizes", batch_sizes)) if value is not None]
+    overrides = [
+        f"bench.{key}=[{value}]"
+        for key, value in (("backends", backends), ("precisions", precisions), ("batch_sizes", batch_sizes))
+        if value is not None
+    ]
     for assignment in sets:
         if not assignment.startswith("bench."):
-            raise UserError(f"--set {assignment!r}: bench takes bench.* keys only (the other stages' keys belong to `run`)")
+            raise UserError(
+                f"--set {assignment!r}: bench takes bench.* keys only (the other stages' keys belong to `run`)"
+            )
         overrides.append(assignment)
     return overrides
 
@@ -55,8 +63,14 @@ STAGE_COMMANDS = [
     ("train-dense", "Train the dense net (best validation epoch kept)."),
     ("train-vib", "Add VIB gates to the dense net and train with the VIB loss."),
     ("finetune", "Train the pruned net again (train.finetune; best validation epoch kept, kept pixels unchanged)."),
-    ("export", "Export dense and pruned (fine-tuned when train.finetune is on) models to ONNX; checker + parity with torch."),
+    (
+        "export",
+        "Export dense and pruned (fine-tuned when train.finetune is on) models to ONNX; checker + parity with torch.",
+    ),
     ("openvino", "OpenVINO IR (.xml + .bin + sidecar) of every ONNX model; parity with torch on the test set."),
-    ("quantize", "INT8 (QDQ ONNX) of the dense and pruned models, calibrated on training images; test error per engine."),
+    (
+        "quantize",
+        "INT8 (QDQ ONNX) of the dense and pruned models, calibrated on training images; test error per engine.",
+    ),
     ("report", "Write metrics.json, report.md and plots, and print the final table."),
 ]

@@ -64,16 +64,26 @@ class Stage:
     section: Callable[[PipelineConfig], Any]  # the config that keys this stage
     run: Callable[[Context], list[str]]  # does the work, returns the artifact names it wrote
     uses_data: bool = field(default=False, kw_only=True)  # the dataset's files are inputs too
-    all_ranks: bool = field(default=False, kw_only=True)  # under torchrun every rank runs it (training); else rank 0 alone
-    after: tuple[str, ...] = field(default=(), kw_only=True)  # stages whose outputs it reads when they have run (keyed only then)
-    enabled: Callable[[PipelineConfig], bool] = field(default=lambda c: True, kw_only=True)  # `run` skips a stage turned off
+    all_ranks: bool = field(
+        default=False, kw_only=True
+    )  # under torchrun every rank runs it (training); else rank 0 alone
+    after: tuple[str, ...] = field(
+        default=(), kw_only=True
+    )  # stages whose outputs it reads when they have run (keyed only then)
+    enabled: Callable[[PipelineConfig], bool] = field(
+        default=lambda c: True, kw_only=True
+    )  # `run` skips a stage turned off
 
 
 # Keys added to a section after runs were made: keyed only when set, so existing runs stay cached.
-_KEYED_WHEN_SET = {"model": {"factory": None, "kwargs": {}, "input_shape": None, "ignore": []},
-                   "data": {"pad": 0, "channels": None, "size": None, "normalize": False}, "train": {"amp": "off"},
-                   "bench": {"precisions": None}, "prune": {"round_to": 1},
-                   "vib": {"kl_weighting": "paper", "weight_decay": 0.0, "schedule": "cosine"}}
+_KEYED_WHEN_SET = {
+    "model": {"factory": None, "kwargs": {}, "input_shape": None, "ignore": []},
+    "data": {"pad": 0, "channels": None, "size": None, "normalize": False},
+    "train": {"amp": "off"},
+    "bench": {"precisions": None},
+    "prune": {"round_to": 1},
+    "vib": {"kl_weighting": "paper", "weight_decay": 0.0, "schedule": "cosine"},
+}
 
 
 def keyed_section(name: str, section: Any) -> dict[str, Any]:
@@ -86,36 +96,108 @@ def _train_common(c: PipelineConfig) -> dict[str, Any]:
     t = c.train
     from vib_deploy.factory import factory_digest
 
-    factory = {"factory_sha256": factory_digest(c.model.factory)} if c.model.factory else {}  # a changed model file retrains
-    return {"model": keyed_section("model", c.model), **factory, "data": keyed_section("data", c.data), "seed": t.seed,
-            "batch_size": t.batch_size, "device": t.device, **({"amp": t.amp} if t.amp != _KEYED_WHEN_SET["train"]["amp"] else {})}
+    factory = (
+        {"factory_sha256": factory_digest(c.model.factory)} if c.model.factory else {}
+    )  # a changed model file retrains
+    return {
+        "model": keyed_section("model", c.model),
+        **factory,
+        "data": keyed_section("data", c.data),
+        "seed": t.seed,
+        "batch_size": t.batch_size,
+        "device": t.device,
+        **({"amp": t.amp} if t.amp != _KEYED_WHEN_SET["train"]["amp"] else {}),
+    }
 
 
 def _stages() -> list[Stage]:
     from vib_deploy import cpu_deploy as cpu, stages as s
 
     return [
-        Stage("train-dense", (), lambda c: {**_train_common(c), "dense": c.train.dense.model_dump()}, s.train_dense, uses_data=True, all_ranks=True),
-        Stage("train-vib", ("train-dense",), lambda c: {**_train_common(c), "vib": keyed_section("vib", c.train.vib)}, s.train_vib, uses_data=True, all_ranks=True),
-        Stage("prune", ("train-vib",), lambda c: {"prune": keyed_section("prune", c.prune), "data": keyed_section("data", c.data),
-              **({"auto": {"backend": c.bench.backends[0], "threads": c.bench.threads}} if c.prune.round_to == "auto" else {})},
-              s.prune, uses_data=True),
-        Stage("finetune", ("prune",), lambda c: {**_train_common(c), "finetune": c.train.finetune.model_dump()}, s.finetune,
-              uses_data=True, all_ranks=True, enabled=finetuned),
-        Stage("export", ("train-dense", "prune", "finetune"), lambda c: {"export": c.export.model_dump(), "data": keyed_section("data", c.data)}, s.export, uses_data=True),
-        Stage("openvino", ("prune", "finetune", "export"), lambda c: {"export": c.export.model_dump(), "data": keyed_section("data", c.data)},
-              cpu.openvino_ir, uses_data=True, enabled=lambda c: "openvino" in c.bench.backends),
-        Stage("quantize", ("train-dense", "prune", "finetune", "export"), lambda c: {"quantize": c.quantize.model_dump(),
-              "data": keyed_section("data", c.data)}, cpu.quantize, uses_data=True, enabled=lambda c: c.quantize.enabled),
-        Stage("bench", ("train-dense", "prune", "finetune", "export"), lambda c: {"bench": keyed_section("bench", c.bench)}, s.bench,
-              after=("quantize",)),
-        Stage("report", ("train-dense", "train-vib", "prune", "finetune", "export", "bench"), lambda c: {}, s.report,
-              after=("openvino", "quantize")),
+        Stage(
+            "train-dense",
+            (),
+            lambda c: {**_train_common(c), "dense": c.train.dense.model_dump()},
+            s.train_dense,
+            uses_data=True,
+            all_ranks=True,
+        ),
+        Stage(
+            "train-vib",
+            ("train-dense",),
+            lambda c: {**_train_common(c), "vib": keyed_section("vib", c.train.vib)},
+            s.train_vib,
+            uses_data=True,
+            all_ranks=True,
+        ),
+        Stage(
+            "prune",
+            ("train-vib",),
+            lambda c: {
+                "prune": keyed_section("prune", c.prune),
+                "data": keyed_section("data", c.data),
+                **(
+                    {"auto": {"backend": c.bench.backends[0], "threads": c.bench.threads}}
+                    if c.prune.round_to == "auto"
+                    else {}
+                ),
+            },
+            s.prune,
+            uses_data=True,
+        ),
+        Stage(
+            "finetune",
+            ("prune",),
+            lambda c: {**_train_common(c), "finetune": c.train.finetune.model_dump()},
+            s.finetune,
+            uses_data=True,
+            all_ranks=True,
+            enabled=finetuned,
+        ),
+        Stage(
+            "export",
+            ("train-dense", "prune", "finetune"),
+            lambda c: {"export": c.export.model_dump(), "data": keyed_section("data", c.data)},
+            s.export,
+            uses_data=True,
+        ),
+        Stage(
+            "openvino",
+            ("prune", "finetune", "export"),
+            lambda c: {"export": c.export.model_dump(), "data": keyed_section("data", c.data)},
+            cpu.openvino_ir,
+            uses_data=True,
+            enabled=lambda c: "openvino" in c.bench.backends,
+        ),
+        Stage(
+            "quantize",
+            ("train-dense", "prune", "finetune", "export"),
+            lambda c: {"quantize": c.quantize.model_dump(), "data": keyed_section("data", c.data)},
+            cpu.quantize,
+            uses_data=True,
+            enabled=lambda c: c.quantize.enabled,
+        ),
+        Stage(
+            "bench",
+            ("train-dense", "prune", "finetune", "export"),
+            lambda c: {"bench": keyed_section("bench", c.bench)},
+            s.bench,
+            after=("quantize",),
+        ),
+        Stage(
+            "report",
+            ("train-dense", "train-vib", "prune", "finetune", "export", "bench"),
+            lambda c: {},
+            s.report,
+            after=("openvino", "quantize"),
+        ),
     ]
 
 
 STAGE_NAMES = ["train-dense", "train-vib", "prune", "finetune", "export", "openvino", "quantize", "bench", "report"]
-_REFUSED_WHEN_OFF = {"finetune": "train.finetune.epochs: 0"}  # off, it has nothing to do (quantize off may still run alone)
+_REFUSED_WHEN_OFF = {
+    "finetune": "train.finetune.epochs: 0"
+}  # off, it has nothing to do (quantize off may still run alone)
 
 
 def enabled(name: str, config: PipelineConfig) -> bool:
@@ -153,7 +235,9 @@ def _input_hashes(ctx: Context, stage: Stage) -> dict[str, str]:
     return hashes
 
 
-def run_stage(ctx: Context, stage: Stage, force: bool = False, echo: Callable[[str], None] = print, fresh: bool = False) -> bool:
+def run_stage(
+    ctx: Context, stage: Stage, force: bool = False, echo: Callable[[str], None] = print, fresh: bool = False
+) -> bool:
     """Run one stage unless its key matches and outputs verify; returns True when it ran.
 
     The stage's old record and outputs stay until its new outputs commit (with the config that made them);
@@ -184,8 +268,9 @@ def _stage_key(ctx: Context, stage: Stage) -> tuple[str, dict[str, str]]:
     return stage_key(stage.section(ctx.config), inputs, __version__), inputs
 
 
-def _start_stage(ctx: Context, stage: Stage, force: bool, echo: Callable[[str], None],
-                 fresh: bool) -> tuple[str, dict[str, str]] | None:
+def _start_stage(
+    ctx: Context, stage: Stage, force: bool, echo: Callable[[str], None], fresh: bool
+) -> tuple[str, dict[str, str]] | None:
     """The stage's cache key and input hashes; None when the stage is current."""
     key, inputs = _stage_key(ctx, stage)
     if not force and ctx.run.stage_is_current(stage.name, key):
@@ -222,8 +307,11 @@ def _check_model(ctx: Context) -> None:
 
 def _differing_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
     if isinstance(old, dict) and isinstance(new, dict):
-        return [k for key in sorted(old.keys() | new.keys())
-                for k in _differing_keys(old.get(key), new.get(key), f"{prefix}{key}.")]
+        return [
+            k
+            for key in sorted(old.keys() | new.keys())
+            for k in _differing_keys(old.get(key), new.get(key), f"{prefix}{key}.")
+        ]
     return [] if old == new else [prefix.rstrip(".")]
 
 
@@ -285,12 +373,20 @@ def read_run_config(run_dir: Path) -> PipelineConfig:
         raise UserError(f"run directory {run_dir} not found")
     path = run_dir / CONFIG_FILE
     if not path.exists():
-        raise UserError(f"{run_dir} is not a vib-deploy run directory (no {CONFIG_FILE}); start one with `vib-deploy run PIPELINE.yaml`")
+        raise UserError(
+            f"{run_dir} is not a vib-deploy run directory (no {CONFIG_FILE}); start one with `vib-deploy run PIPELINE.yaml`"
+        )
     return load_config(path)
 
 
-def run_pipeline(config: PipelineConfig, run_dir: Path | None = None, force: str | None = None,
-                 progress: Any = None, echo: Callable[[str], None] = print, until: str | None = None) -> RunDir:
+def run_pipeline(
+    config: PipelineConfig,
+    run_dir: Path | None = None,
+    force: str | None = None,
+    progress: Any = None,
+    echo: Callable[[str], None] = print,
+    until: str | None = None,
+) -> RunDir:
     """Run every stage in order (skipping current ones); `force` reruns from that stage on.
 
     Nothing in the run directory changes until the data and model have been checked and a stage commits.
@@ -335,8 +431,13 @@ def _tracked(config: PipelineConfig, run: RunDir) -> Iterator[Callable[[str], No
         yield tracker.log_stage
 
 
-def run_single(run_dir: Path, stage_name: str, progress: Any = None, echo: Callable[[str], None] = print,
-               overrides: list[str] | None = None) -> RunDir:
+def run_single(
+    run_dir: Path,
+    stage_name: str,
+    progress: Any = None,
+    echo: Callable[[str], None] = print,
+    overrides: list[str] | None = None,
+) -> RunDir:
     """Run one stage of an existing run directory (always reruns it); `overrides` (`a.b=value`) change its
     config.yaml when the stage commits with them."""
     config = read_run_config(run_dir)
@@ -375,4 +476,3 @@ def init_run(config_path: Path, overrides: list[str], run_dir: Path | None) -> R
     with _locked(run):
         distributed.on_main(lambda: write_config(run, config))
     return run
-

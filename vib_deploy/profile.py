@@ -22,7 +22,9 @@ def profile_run(run_dir: Path, batch: int, runs: int, threads: int) -> list[tupl
     out = []
     for name in names:
         variant = Variant(name, {}, kept if name == "pruned_reduced" else None)
-        out.append((name, profile_onnx(run.verified(f"{name}.onnx"), make_input(variant, images, batch), runs, threads)))
+        out.append(
+            (name, profile_onnx(run.verified(f"{name}.onnx"), make_input(variant, images, batch), runs, threads))
+        )
     return out
 
 
@@ -32,7 +34,9 @@ def print_profile(profiles: list[tuple[str, list[dict[str, Any]]]], batch: int) 
     from rich.table import Table
 
     for name, records in profiles:
-        table = Table(title=f"{name}.onnx, batch {batch}: {sum(r['mean_us'] for r in records):.1f} µs of kernel time per run")
+        table = Table(
+            title=f"{name}.onnx, batch {batch}: {sum(r['mean_us'] for r in records):.1f} µs of kernel time per run"
+        )
         for col in ("node", "op", "µs/run", "share"):
             table.add_column(col)
         for r in records:

@@ -25,7 +25,9 @@ MNIST_INPUT = (1, 28, 28)  # prune.json files made before `input_shape` was reco
 def _check_version(data: dict[str, Any], name: str) -> None:
     version = data.get("record_version", 0)
     if not isinstance(version, int) or version > RECORD_VERSION:
-        raise UserError(f"{name} has record_version {version!r}; this vib-deploy reads up to {RECORD_VERSION}: upgrade it")
+        raise UserError(
+            f"{name} has record_version {version!r}; this vib-deploy reads up to {RECORD_VERSION}: upgrade it"
+        )
 
 
 @dataclass(frozen=True)
@@ -49,8 +51,11 @@ class ExactCheck:
     reduced_argmax_agreement: float | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self)
-                if not (f.name.startswith("reduced_") and getattr(self, f.name) is None)}
+        return {
+            f.name: getattr(self, f.name)
+            for f in fields(self)
+            if not (f.name.startswith("reduced_") and getattr(self, f.name) is None)
+        }
 
 
 @dataclass(frozen=True)
@@ -66,8 +71,12 @@ class PeerInfo:
     finetune_epochs: int
     history: dict[str, Any]
     seconds: float
-    budget_epochs: int | None = None  # the epochs the peer was given (VIB's post-dense budget); None: made before budgets
-    kept_epoch: int | None = None  # the fine-tune epoch kept by validation (0: as pruned); None: made when the last was kept
+    budget_epochs: int | None = (
+        None  # the epochs the peer was given (VIB's post-dense budget); None: made before budgets
+    )
+    kept_epoch: int | None = (
+        None  # the fine-tune epoch kept by validation (0: as pruned); None: made when the last was kept
+    )
 
 
 _EXACT = tuple(f.name for f in fields(ExactCheck))
@@ -100,12 +109,25 @@ class PruneRecord:
         if self.exact is not None:
             out.update(self.exact.to_json())
         if self.peer is not None:
-            out.update({k: getattr(self.peer, k) for k in _PEER if not (k in ("budget_epochs", "kept_epoch") and getattr(self.peer, k) is None)})
-        out.update({"architecture": self.architecture, "dense_architecture": self.dense_architecture,
-                    "kept_pixels": self.kept_pixels, "test_error": self.test_error, "samples": self.samples,
-                    "input_shape": list(self.input_shape),
-                    "dense": {"flops": self.dense.flops, "params": self.dense.params},
-                    "pruned": {"flops": self.pruned.flops, "params": self.pruned.params}})
+            out.update(
+                {
+                    k: getattr(self.peer, k)
+                    for k in _PEER
+                    if not (k in ("budget_epochs", "kept_epoch") and getattr(self.peer, k) is None)
+                }
+            )
+        out.update(
+            {
+                "architecture": self.architecture,
+                "dense_architecture": self.dense_architecture,
+                "kept_pixels": self.kept_pixels,
+                "test_error": self.test_error,
+                "samples": self.samples,
+                "input_shape": list(self.input_shape),
+                "dense": {"flops": self.dense.flops, "params": self.dense.params},
+                "pruned": {"flops": self.pruned.flops, "params": self.pruned.params},
+            }
+        )
         if self.exact is not None:  # VIB runs have always written these, None or not
             out.update({"kept_indices": self.kept_indices, "scales_left": self.scales_left, "pruning": self.pruning})
         elif self.scales_left is not None:
@@ -118,14 +140,23 @@ class PruneRecord:
     def from_json(d: dict[str, Any]) -> "PruneRecord":
         _check_version(d, "prune.json")
         return PruneRecord(
-            architecture=list(d["architecture"]), dense_architecture=list(d["dense_architecture"]),
-            kept_pixels=d.get("kept_pixels"), test_error=d["test_error"], samples=d["samples"],
-            dense=Cost(**d["dense"]), pruned=Cost(**d["pruned"]),
-            input_shape=tuple(d.get("input_shape", MNIST_INPUT)), scales_left=d.get("scales_left"),
-            kept_indices=d.get("kept_indices"), pruning=d.get("pruning"),
+            architecture=list(d["architecture"]),
+            dense_architecture=list(d["dense_architecture"]),
+            kept_pixels=d.get("kept_pixels"),
+            test_error=d["test_error"],
+            samples=d["samples"],
+            dense=Cost(**d["dense"]),
+            pruned=Cost(**d["pruned"]),
+            input_shape=tuple(d.get("input_shape", MNIST_INPUT)),
+            scales_left=d.get("scales_left"),
+            kept_indices=d.get("kept_indices"),
+            pruning=d.get("pruning"),
             exact=ExactCheck(**{k: d[k] for k in _EXACT if k in d}) if "max_abs_diff_float64" in d else None,
             peer=PeerInfo(**{k: d[k] for k in _PEER if k in d}) if "method" in d else None,
-            round_to=d.get("round_to"), widths=d.get("widths"), record_version=d.get("record_version", 0))
+            round_to=d.get("round_to"),
+            widths=d.get("widths"),
+            record_version=d.get("record_version", 0),
+        )
 
     def write(self, path: Path) -> None:
         atomic_write_json(path, self.to_json())
@@ -135,8 +166,20 @@ class PruneRecord:
         return PruneRecord.from_json(run.read_json("prune.json"))
 
 
-_BENCH_KEYS = ("backend", "device", "batch", "variant", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "throughput",
-               "peak_memory_bytes", "threads", "calls")
+_BENCH_KEYS = (
+    "backend",
+    "device",
+    "batch",
+    "variant",
+    "p50_ms",
+    "p90_ms",
+    "p99_ms",
+    "mean_ms",
+    "throughput",
+    "peak_memory_bytes",
+    "threads",
+    "calls",
+)
 
 
 @dataclass(frozen=True)
@@ -161,7 +204,9 @@ class BenchRecord:
     @property
     def key(self) -> str:
         """'backend/b<batch>/variant[/precision]': how sweep.json and the docs' tables name a measurement."""
-        return f"{self.backend}/b{self.batch}/{self.variant}" + ("" if self.precision in (None, "fp32") else f"/{self.precision}")
+        return f"{self.backend}/b{self.batch}/{self.variant}" + (
+            "" if self.precision in (None, "fp32") else f"/{self.precision}"
+        )
 
     def to_json(self) -> dict[str, Any]:
         precision = {} if self.precision is None else {"precision": self.precision}
@@ -169,8 +214,11 @@ class BenchRecord:
 
     @staticmethod
     def from_json(d: dict[str, Any]) -> "BenchRecord":
-        return BenchRecord(**{k: d[k] for k in _BENCH_KEYS if k in d}, precision=d.get("precision"),
-                           extra={k: v for k, v in d.items() if k not in _BENCH_KEYS and k != "precision"})
+        return BenchRecord(
+            **{k: d[k] for k in _BENCH_KEYS if k in d},
+            precision=d.get("precision"),
+            extra={k: v for k, v in d.items() if k not in _BENCH_KEYS and k != "precision"},
+        )
 
 
 @dataclass(frozen=True)
@@ -188,14 +236,24 @@ class BenchFile:
 
     def to_json(self) -> dict[str, Any]:
         files = {} if self.model_files is None else {"model_files": self.model_files}
-        return {"record_version": self.record_version, "records": [r.to_json() for r in self.records],
-                "speedup": self.speedup, "machine": self.machine, **files}
+        return {
+            "record_version": self.record_version,
+            "records": [r.to_json() for r in self.records],
+            "speedup": self.speedup,
+            "machine": self.machine,
+            **files,
+        }
 
     @staticmethod
     def from_json(d: dict[str, Any]) -> "BenchFile":
         _check_version(d, "bench.json")
-        return BenchFile(tuple(BenchRecord.from_json(r) for r in d["records"]), d["speedup"], d["machine"],
-                         d.get("model_files"), d.get("record_version", 0))
+        return BenchFile(
+            tuple(BenchRecord.from_json(r) for r in d["records"]),
+            d["speedup"],
+            d["machine"],
+            d.get("model_files"),
+            d.get("record_version", 0),
+        )
 
     def write(self, path: Path) -> None:
         atomic_write_json(path, self.to_json())

@@ -29,31 +29,79 @@ def build_metrics(run: RunDir, config: Any) -> dict[str, Any]:
         "dataset": config.data.dataset,
         "version": __version__,
         "test_samples": dense["test_samples"],
-        "dense": {"error": dense["test_error"], "val_error": dense["val_error"], "architecture": pruned.dense_architecture,
-                  "flops": flops_d, "params": params_d, "bytes": params_d * BYTES_PER_PARAM,
-                  "epochs": len(dense["history"]), "best_epoch": dense["best_epoch"], "seconds": dense["seconds"]},
-        "vib": {"error": vib["test_error"], "val_error": vib["val_error"], "epochs": len(vib["history"]),
-                "kl_factor": config.train.vib.kl_factor, "seconds": vib["seconds"]},
-        "pruned": {"error": pruned.test_error, "architecture": pruned.architecture, "flops": flops_p,
-                   "params": params_p, "bytes": params_p * BYTES_PER_PARAM, "scales_left": pruned.scales_left,
-                   **({"round_to": pruned.round_to, "widths": pruned.widths} if pruned.round_to is not None else {})},
-        "finetuned": None if tuned is None else {"error": tuned["test_error"], **{
-            k: tuned[k] for k in ("val_error", "pruned_val_error", "epochs", "best_epoch", "lr", "weight_decay", "seconds")}},
+        "dense": {
+            "error": dense["test_error"],
+            "val_error": dense["val_error"],
+            "architecture": pruned.dense_architecture,
+            "flops": flops_d,
+            "params": params_d,
+            "bytes": params_d * BYTES_PER_PARAM,
+            "epochs": len(dense["history"]),
+            "best_epoch": dense["best_epoch"],
+            "seconds": dense["seconds"],
+        },
+        "vib": {
+            "error": vib["test_error"],
+            "val_error": vib["val_error"],
+            "epochs": len(vib["history"]),
+            "kl_factor": config.train.vib.kl_factor,
+            "seconds": vib["seconds"],
+        },
+        "pruned": {
+            "error": pruned.test_error,
+            "architecture": pruned.architecture,
+            "flops": flops_p,
+            "params": params_p,
+            "bytes": params_p * BYTES_PER_PARAM,
+            "scales_left": pruned.scales_left,
+            **({"round_to": pruned.round_to, "widths": pruned.widths} if pruned.round_to is not None else {}),
+        },
+        "finetuned": None
+        if tuned is None
+        else {
+            "error": tuned["test_error"],
+            **{
+                k: tuned[k]
+                for k in ("val_error", "pruned_val_error", "epochs", "best_epoch", "lr", "weight_decay", "seconds")
+            },
+        },
         "deployed": "finetuned.pt" if tuned else "pruned.pt",  # what export, bench and ship use
-        "prune": {k: getattr(pruned.exact, k, None) for k in ("max_abs_diff", "max_abs_diff_float64", "argmax_agreement", "reduced_max_abs_diff",
-                                                             "reduced_max_abs_diff_float64", "tolerance", "logit_scale", "vib_fp32_rounding")},
-        "export": {"max_abs_diff": max(v["max_abs_diff"] for v in export.values()),
-                   "argmax_agreement": min(v["argmax_agreement"] for v in export.values()),
-                   "opset": min(v["opset"] for v in export.values()), "variants": export},
+        "prune": {
+            k: getattr(pruned.exact, k, None)
+            for k in (
+                "max_abs_diff",
+                "max_abs_diff_float64",
+                "argmax_agreement",
+                "reduced_max_abs_diff",
+                "reduced_max_abs_diff_float64",
+                "tolerance",
+                "logit_scale",
+                "vib_fp32_rounding",
+            )
+        },
+        "export": {
+            "max_abs_diff": max(v["max_abs_diff"] for v in export.values()),
+            "argmax_agreement": min(v["argmax_agreement"] for v in export.values()),
+            "opset": min(v["opset"] for v in export.values()),
+            "variants": export,
+        },
         "bench": [r.to_json() for r in bench.records],
         "speedup": bench.speedup,
         "ideal_speedup": flops_d / flops_p,
         "machine": bench.machine,
         "history": {"dense": dense["history"], "vib": vib["history"]},
         # how a client prepares an image (runs before 2026-12 lack it: the IDX datasets' plain [0, 1] scaling)
-        "preprocessing": dense.get("preprocessing") or {"scale": "1/255", "pad": config.data.pad, "mean": [0.0], "std": [1.0],
-                                                          "classes": list(CLASS_NAMES.get(config.data.dataset, ()))},
-        **{name: run.read_json(f"{name}.json") for name in ("openvino", "quantize") if name in run.manifest()["stages"]},
+        "preprocessing": dense.get("preprocessing")
+        or {
+            "scale": "1/255",
+            "pad": config.data.pad,
+            "mean": [0.0],
+            "std": [1.0],
+            "classes": list(CLASS_NAMES.get(config.data.dataset, ())),
+        },
+        **{
+            name: run.read_json(f"{name}.json") for name in ("openvino", "quantize") if name in run.manifest()["stages"]
+        },
     }
 
 
@@ -67,15 +115,27 @@ def summary_rows(metrics: dict[str, Any]) -> list[tuple[str, str]]:
     f = metrics.get("finetuned")
     tuned = (" / fine-tuned", f" / {f['error']:.2%}") if f else ("", "")
     rows = [
-        (f"test error dense / VIB / pruned{tuned[0]}", f"{d['error']:.2%} / {v['error']:.2%} / {p['error']:.2%}{tuned[1]}"
-                                                        f"  ({metrics['test_samples']:,} test images)"),
+        (
+            f"test error dense / VIB / pruned{tuned[0]}",
+            f"{d['error']:.2%} / {v['error']:.2%} / {p['error']:.2%}{tuned[1]}"
+            f"  ({metrics['test_samples']:,} test images)",
+        ),
         ("architecture kept", arch_string(metrics)),
-        ("KFLOPs dense → pruned", f"{d['flops'] / 1e3:,.1f} → {p['flops'] / 1e3:,.1f}  (ideal speedup {metrics['ideal_speedup']:.1f}×)"),
+        (
+            "KFLOPs dense → pruned",
+            f"{d['flops'] / 1e3:,.1f} → {p['flops'] / 1e3:,.1f}  (ideal speedup {metrics['ideal_speedup']:.1f}×)",
+        ),
         ("parameters dense → pruned", f"{d['params']:,} → {p['params']:,}"),
         ("bytes (fp32) dense → pruned", f"{d['bytes']:,} → {p['bytes']:,}"),
-        ("pruning exact (max |Δlogit|)", f"fp32 {metrics['prune']['max_abs_diff']:.2e} (≤ {metrics['prune']['tolerance']:g} × "
-                                          f"{metrics['prune']['logit_scale']:.1f}), fp64 {metrics['prune']['max_abs_diff_float64']:.1e}"),
-        ("ONNX parity (max |Δ|, argmax)", f"{metrics['export']['max_abs_diff']:.2e}, {metrics['export']['argmax_agreement']:.2%}"),
+        (
+            "pruning exact (max |Δlogit|)",
+            f"fp32 {metrics['prune']['max_abs_diff']:.2e} (≤ {metrics['prune']['tolerance']:g} × "
+            f"{metrics['prune']['logit_scale']:.1f}), fp64 {metrics['prune']['max_abs_diff_float64']:.1e}",
+        ),
+        (
+            "ONNX parity (max |Δ|, argmax)",
+            f"{metrics['export']['max_abs_diff']:.2e}, {metrics['export']['argmax_agreement']:.2%}",
+        ),
     ]
     for h in headlines(metrics):
         rows.append((f"b{h['batch']} best dense → pruned", headline_short(h, metrics["ideal_speedup"])))
@@ -126,7 +186,9 @@ def _plots(out: Callable[[str], Path], metrics: dict[str, Any]) -> list[str]:
         for j, variant in enumerate(variants):
             vals = [next(r["p50_ms"] for r in recs if r["batch"] == b and r["variant"] == variant) for b in batches]
             ax.bar([i + j * width for i in range(len(batches))], vals, width, label=variant)
-        ax.set_xticks([i + width * (len(variants) - 1) / 2 for i in range(len(batches))], [f"batch {b}" for b in batches])
+        ax.set_xticks(
+            [i + width * (len(variants) - 1) / 2 for i in range(len(batches))], [f"batch {b}" for b in batches]
+        )
         ax.set_ylabel("p50 latency (ms)")
         ax.set_yscale("log")
         ax.set_title(backend)
@@ -141,7 +203,11 @@ def _plots(out: Callable[[str], Path], metrics: dict[str, Any]) -> list[str]:
     hist = metrics["history"]["vib"]
     epochs = [h["epoch"] for h in hist]
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.5))
-    axes[0].plot([h["epoch"] for h in metrics["history"]["dense"]], [h["val_acc"] for h in metrics["history"]["dense"]], label="dense")
+    axes[0].plot(
+        [h["epoch"] for h in metrics["history"]["dense"]],
+        [h["val_acc"] for h in metrics["history"]["dense"]],
+        label="dense",
+    )
     axes[0].plot([e + len(metrics["history"]["dense"]) for e in epochs], [h["val_acc"] for h in hist], label="VIB")
     axes[0].set_title("validation accuracy")
     axes[0].set_xlabel("epoch (dense, then VIB)")
@@ -169,30 +235,35 @@ def render_markdown(metrics: dict[str, Any], config: Any) -> str:
     )
     limited = " (a limited test set: not comparable with published numbers)" if config.data.test_limit else ""
     f = metrics.get("finetuned")
-    tuned = "" if not f else (
-        f"\nFine-tuned {f['epochs']} epochs (Adam lr {f['lr']:g}, weight decay {f['weight_decay']:g}, cosine); validation kept "
-        + (f"epoch {f['best_epoch']}." if f["best_epoch"] else "the pruned weights (no epoch beat them).")
-        + f" Exported, timed and shipped: `{metrics['deployed']}`.")
+    tuned = (
+        ""
+        if not f
+        else (
+            f"\nFine-tuned {f['epochs']} epochs (Adam lr {f['lr']:g}, weight decay {f['weight_decay']:g}, cosine); validation kept "
+            + (f"epoch {f['best_epoch']}." if f["best_epoch"] else "the pruned weights (no epoch beat them).")
+            + f" Exported, timed and shipped: `{metrics['deployed']}`."
+        )
+    )
     m = metrics["machine"]
     pre = metrics["preprocessing"]
     return f"""# vib-deploy report: {config.name}
 
-Model `{metrics['model']}` on `{metrics['dataset']}`, kl_factor {metrics['vib']['kl_factor']:g},
-dense {metrics['dense']['epochs']} epochs (best validation epoch {metrics['dense']['best_epoch']}), VIB {metrics['vib']['epochs']} epochs (last epoch kept).{tuned}
+Model `{metrics["model"]}` on `{metrics["dataset"]}`, kl_factor {metrics["vib"]["kl_factor"]:g},
+dense {metrics["dense"]["epochs"]} epochs (best validation epoch {metrics["dense"]["best_epoch"]}), VIB {metrics["vib"]["epochs"]} epochs (last epoch kept).{tuned}
 
 | | |
 |---|---|
 {rows}
 
-Classes ({len(pre['classes'])}): {', '.join(pre['classes'])}. Input: pixels / 255, zero border {pre['pad']}, then minus
-mean ({', '.join(f'{v:.4f}' for v in pre['mean'])}) and divided by std ({', '.join(f'{v:.4f}' for v in pre['std'])}) per channel (computed on the training split; in every ONNX
+Classes ({len(pre["classes"])}): {", ".join(pre["classes"])}. Input: pixels / 255, zero border {pre["pad"]}, then minus
+mean ({", ".join(f"{v:.4f}" for v in pre["mean"])}) and divided by std ({", ".join(f"{v:.4f}" for v in pre["std"])}) per channel (computed on the training split; in every ONNX
 model's metadata as `vib_deploy.preprocessing`).
 
-Errors are on the {metrics['test_samples']:,}-image test set{limited}, measured once per final model.
-The validation split (last {config.data.val_size:,} training images) chose the dense {'and fine-tuned epochs' if f else 'epoch'}; the test set chose nothing.
+Errors are on the {metrics["test_samples"]:,}-image test set{limited}, measured once per final model.
+The validation split (last {config.data.val_size:,} training images) chose the dense {"and fine-tuned epochs" if f else "epoch"}; the test set chose nothing.
 Published VIB numbers are the best test error seen during training, which this report does not do.
 
-## Latency (measured on {m['cpu']}, {m['cores']} cores, {metrics['bench'][0]['threads']} thread(s))
+## Latency (measured on {m["cpu"]}, {m["cores"]} cores, {metrics["bench"][0]["threads"]} thread(s))
 
 Dense and pruned were timed in alternating rounds in one process. `pruned_reduced` takes only the kept
 input pixels (indices in its ONNX metadata `vib_deploy.kept_pixels`); `pruned` gathers them in-graph.

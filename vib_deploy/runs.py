@@ -81,7 +81,15 @@ def atomic_write(path: Path, write: Callable[[Path], object], size: int | None =
 
 # A directory that cannot be opened or fsynced here (Windows, some network and FUSE file systems): the rename is
 # still atomic, only its durability across a power cut is not promised. Any other error (EIO...) is raised.
-_FSYNC_DIR_UNSUPPORTED = {errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EBADF, errno.EACCES, errno.EISDIR, errno.EPERM}
+_FSYNC_DIR_UNSUPPORTED = {
+    errno.EINVAL,
+    errno.ENOTSUP,
+    errno.EOPNOTSUPP,
+    errno.EBADF,
+    errno.EACCES,
+    errno.EISDIR,
+    errno.EPERM,
+}
 
 
 def fsync_dir(directory: Path) -> None:
@@ -147,8 +155,10 @@ class RunDir:
         data.setdefault("stages", {})
         for name, entry in data["artifacts"].items():
             if not isinstance(entry, dict) or not {"sha256", "stage", "bytes"} <= entry.keys():
-                raise UserError(f"{path} is corrupt (its entry for {name} lacks sha256/stage/bytes); "
-                                "delete the run directory or rerun with --force")
+                raise UserError(
+                    f"{path} is corrupt (its entry for {name} lacks sha256/stage/bytes); "
+                    "delete the run directory or rerun with --force"
+                )
         return data
 
     def add_artifacts(self, stage: str, outputs: list[str]) -> None:
@@ -251,13 +261,21 @@ class RunDir:
         """
         manifest = self.manifest()
         problems = []
-        orphans = sorted({e["stage"] for n, e in manifest["artifacts"].items()
-                          if e["stage"] in recorded and e["stage"] not in manifest["stages"] and not n.endswith(".ckpt")})
+        orphans = sorted(
+            {
+                e["stage"]
+                for n, e in manifest["artifacts"].items()
+                if e["stage"] in recorded and e["stage"] not in manifest["stages"] and not n.endswith(".ckpt")
+            }
+        )
         problems += [f"stage {s} has outputs but no record" for s in orphans]
         for stage in recorded:
             entry = manifest["stages"].get(stage)
-            changed = [name for name, sha in (entry or {}).get("inputs", {}).items()
-                       if not name.startswith("data:") and manifest["artifacts"].get(name, {}).get("sha256") != sha]
+            changed = [
+                name
+                for name, sha in (entry or {}).get("inputs", {}).items()
+                if not name.startswith("data:") and manifest["artifacts"].get(name, {}).get("sha256") != sha
+            ]
             if changed:
                 problems.append(f"stage {stage} is out of date ({', '.join(changed)} changed since it ran)")
         return problems

@@ -97,15 +97,19 @@ class ModuleSource:
         """Fail now, before any training, if the model does not fit the data or cannot be pruned exactly."""
         plan = self.plan(dense)
         if plan.classes != classes:
-            raise UserError(f"model.factory {self.factory!r}: the model gives {plan.classes} logits but the data has "
-                            f"{classes} classes (pass num_classes through model.kwargs?)")
+            raise UserError(
+                f"model.factory {self.factory!r}: the model gives {plan.classes} logits but the data has "
+                f"{classes} classes (pass num_classes through model.kwargs?)"
+            )
         check_prunable(dense, plan, self.input_shape)
 
     def gated(self, dense: nn.Module, threshold: float) -> nn.Module:
         plan = self.plan(dense)
         if not plan.gated:
-            raise UserError(f"model.factory {self.factory!r}: no prunable channel group found "
-                            f"({'; '.join(f'{f.root}: {f.reason}' for f in plan.fixed) or 'no Conv/Linear layers'})")
+            raise UserError(
+                f"model.factory {self.factory!r}: no prunable channel group found "
+                f"({'; '.join(f'{f.root}: {f.reason}' for f in plan.fixed) or 'no Conv/Linear layers'})"
+            )
         return GatedNet(dense, plan.gated, threshold)
 
     def architecture(self, gated: nn.Module) -> list[int]:
@@ -117,8 +121,13 @@ class ModuleSource:
         result, record = prune_groups(vib_model, self.input_shape)
         return result, {"kept_pixels": None, "pruning": record}
 
-    def save(self, model: nn.Module, path: Path, extra: dict[str, Any] | None = None,
-             pruning: list[dict[str, Any]] | None = None) -> None:
+    def save(
+        self,
+        model: nn.Module,
+        path: Path,
+        extra: dict[str, Any] | None = None,
+        pruning: list[dict[str, Any]] | None = None,
+    ) -> None:
         """Save factory + pruning record + gate groups + weights atomically (loadable by `load_model`)."""
         save_module_model(model, path, self.factory, self.kwargs, self.input_shape, extra, pruning)
 
@@ -131,28 +140,39 @@ def model_source(config: Any) -> SequentialSource | ModuleSource:
     data_shape = image_shape(config.data)
     if m.name in SEQUENTIAL_ZOO:
         if data_shape != MNIST_SHAPE:
-            raise UserError(f"model {m.name} takes 1x28x28 images, the data's are {'x'.join(map(str, data_shape))}; "
-                            "remove data.pad, or use a conv net (resnet20, mobilenet, vgg16) or your own")
+            raise UserError(
+                f"model {m.name} takes 1x28x28 images, the data's are {'x'.join(map(str, data_shape))}; "
+                "remove data.pad, or use a conv net (resnet20, mobilenet, vgg16) or your own"
+            )
         if len(class_names(config.data)) != 10:
             raise UserError(f"model {m.name} has 10 outputs, the data has {len(class_names(config.data))} classes")
         return SequentialSource(m.name)
     if m.name in MIN_SIDE and data_shape[1] < MIN_SIDE[m.name]:
-        raise UserError(f"model {m.name} takes images of at least {MIN_SIDE[m.name]}x{MIN_SIDE[m.name]}; "
-                        f"set data.pad: {(MIN_SIDE[m.name] - 28 + 1) // 2} (28x28 + zero border)")
+        raise UserError(
+            f"model {m.name} takes images of at least {MIN_SIDE[m.name]}x{MIN_SIDE[m.name]}; "
+            f"set data.pad: {(MIN_SIDE[m.name] - 28 + 1) // 2} (28x28 + zero border)"
+        )
     factory = MODULE_ZOO[m.name] if m.name else m.factory
     shape = tuple(m.input_shape) if m.input_shape else data_shape
     if shape != data_shape:
-        raise UserError(f"model.input_shape {list(shape)} does not match the data's images {list(data_shape)} "
-                        f"({config.data.dataset}, data.pad={config.data.pad})")
+        raise UserError(
+            f"model.input_shape {list(shape)} does not match the data's images {list(data_shape)} "
+            f"({config.data.dataset}, data.pad={config.data.pad})"
+        )
     kwargs = dict(m.kwargs)
     if m.name:  # a zoo net is built for the data's channels and classes (stated only where not the default)
         classes = len(class_names(config.data))
-        kwargs = {**({"in_channels": shape[0]} if shape[0] != 1 else {}),
-                  **({"num_classes": classes} if classes != 10 else {}), **kwargs}
+        kwargs = {
+            **({"in_channels": shape[0]} if shape[0] != 1 else {}),
+            **({"num_classes": classes} if classes != 10 else {}),
+            **kwargs,
+        }
     return ModuleSource(factory, kwargs, shape, m.ignore)
 
 
-def inspect_model(model: str, input_shape: Sequence[int], ignore: Sequence[str], kwargs: Sequence[str]) -> dict[str, Any]:
+def inspect_model(
+    model: str, input_shape: Sequence[int], ignore: Sequence[str], kwargs: Sequence[str]
+) -> dict[str, Any]:
     """Groups, gates, FLOPs and the exactness self-check of a factory or zoo model (for `vib-deploy inspect`)."""
     if model.endswith((".yaml", ".yml")):  # a pipeline file: its model section and the data's image shape
         source = model_source(load_config(Path(model)))
@@ -175,26 +195,67 @@ def inspect_model(model: str, input_shape: Sequence[int], ignore: Sequence[str],
     net = build_net(ref, parsed)
     plan = plan_groups(net, input_shape, ignore)
     error = check_prunable(net, plan, input_shape)
-    return {"model": ref, "input_shape": list(input_shape), "flops": plan.flops, "params": count_params(net),
-            "rows": describe_plan(plan), "self_check": error}
+    return {
+        "model": ref,
+        "input_shape": list(input_shape),
+        "flops": plan.flops,
+        "params": count_params(net),
+        "rows": describe_plan(plan),
+        "self_check": error,
+    }
 
 
 def describe_plan(plan: GroupPlan) -> list[dict[str, Any]]:
     """One row per group (gated first, then fixed) for `vib-deploy inspect`."""
     rows: list[dict[str, Any]] = []
     for g in plan.gated:
-        rows.append({"group (root)": g.root, "channels": g.channels, "gate": g.gate, "gate units": g.units, "gate points": len(g.points),
-                     "layers": len(g.members), "KFLOPs/ch": g.flops_per_channel / 1e3,
-                     "% FLOPs": 100.0 * g.flops_per_channel * g.channels / max(plan.flops, 1), "status": "gated"})
+        rows.append(
+            {
+                "group (root)": g.root,
+                "channels": g.channels,
+                "gate": g.gate,
+                "gate units": g.units,
+                "gate points": len(g.points),
+                "layers": len(g.members),
+                "KFLOPs/ch": g.flops_per_channel / 1e3,
+                "% FLOPs": 100.0 * g.flops_per_channel * g.channels / max(plan.flops, 1),
+                "status": "gated",
+            }
+        )
     for f in plan.fixed:
-        rows.append({"group (root)": f.root, "channels": f.channels, "gate": "-", "gate units": 0, "gate points": 0, "layers": 0,
-                     "KFLOPs/ch": 0.0, "% FLOPs": 0.0, "status": f"fixed: {f.reason}"})
+        rows.append(
+            {
+                "group (root)": f.root,
+                "channels": f.channels,
+                "gate": "-",
+                "gate units": 0,
+                "gate points": 0,
+                "layers": 0,
+                "KFLOPs/ch": 0.0,
+                "% FLOPs": 0.0,
+                "status": f"fixed: {f.reason}",
+            }
+        )
     return rows
 
 
-HEADERS = {"group (root)": "group (root)", "channels": "ch", "gate": "gate", "gate units": "units",
-           "gate points": "pts", "layers": "layers", "KFLOPs/ch": "kFLOP/ch", "% FLOPs": "%FLOPs", "status": "status"}
-DROP_FIRST = ("layers", "gate points", "gate units", "KFLOPs/ch")  # left out, in this order, where the console is narrow
+HEADERS = {
+    "group (root)": "group (root)",
+    "channels": "ch",
+    "gate": "gate",
+    "gate units": "units",
+    "gate points": "pts",
+    "layers": "layers",
+    "KFLOPs/ch": "kFLOP/ch",
+    "% FLOPs": "%FLOPs",
+    "status": "status",
+}
+DROP_FIRST = (
+    "layers",
+    "gate points",
+    "gate units",
+    "KFLOPs/ch",
+)  # left out, in this order, where the console is narrow
 
 
 def _cell(key: str, value: Any) -> str:
@@ -210,7 +271,10 @@ def inspection_table(info: dict[str, Any], console: Any) -> tuple[Any, list[str]
     keys = list(info["rows"][0]) if info["rows"] else list(HEADERS)
     dropped: list[str] = []
     for key in DROP_FIRST:  # (measured without the title, which wraps)
-        if Measurement.get(console, console.options.update_width(10_000), _table(info, keys, "")).maximum <= console.width:
+        if (
+            Measurement.get(console, console.options.update_width(10_000), _table(info, keys, "")).maximum
+            <= console.width
+        ):
             break
         keys.remove(key)
         dropped.append(HEADERS[key])
@@ -225,8 +289,12 @@ def _table(info: dict[str, Any], keys: list[str], title: str) -> Any:
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True, padding=(0, 1), title=title or None)
     name_width = max([len(HEADERS["group (root)"])] + [len(r["group (root)"]) for r in info["rows"]])
     for key in keys:
-        table.add_column(HEADERS[key], justify="left" if key in ("group (root)", "status") else "right", no_wrap=True,
-                         min_width=name_width if key == "group (root)" else None)
+        table.add_column(
+            HEADERS[key],
+            justify="left" if key in ("group (root)", "status") else "right",
+            no_wrap=True,
+            min_width=name_width if key == "group (root)" else None,
+        )
     for row in info["rows"]:
         table.add_row(*(_cell(k, row[k]) for k in keys))
     return table
@@ -245,5 +313,7 @@ def print_inspection(info: dict[str, Any], console: Any = None) -> None:
         if row["status"].startswith("fixed"):
             console.print(f"  {row['group (root)']}: {row['status']}", overflow="fold")
     console.print(f"exact-pruning self-check (random gates, float64): max |Δ| = {info['self_check']:.2g} x scale, ok")
-    console.print("gate: groups tied through a grouped conv share one; pts: layers whose outputs it multiplies; "
-                  "%FLOPs: share of the dense net's FLOPs that the group's channels touch (groups overlap)")
+    console.print(
+        "gate: groups tied through a grouped conv share one; pts: layers whose outputs it multiplies; "
+        "%FLOPs: share of the dense net's FLOPs that the group's channels touch (groups overlap)"
+    )

@@ -42,8 +42,9 @@ def _spec(ctx: Any, stage: str, **kw: Any) -> Any:
     from vib_deploy.train import TrainSpec, resolve_device
 
     t = ctx.config.train
-    return TrainSpec(stage=stage, key=ctx.key, batch_size=t.batch_size, seed=t.seed, device=resolve_device(t.device),
-                     amp=t.amp, **kw)
+    return TrainSpec(
+        stage=stage, key=ctx.key, batch_size=t.batch_size, seed=t.seed, device=resolve_device(t.device), amp=t.amp, **kw
+    )
 
 
 def train_dense(ctx: Any) -> list[str]:
@@ -56,21 +57,34 @@ def train_dense(ctx: Any) -> list[str]:
     torch.manual_seed(ctx.config.train.seed)
     dense = source.dense()
     t0 = time.time()
-    result = train(dense, _spec(ctx, "train-dense", epochs=cfg.epochs, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                                select_best=True), data, ctx.run, ctx.progress)
+    result = train(
+        dense,
+        _spec(ctx, "train-dense", epochs=cfg.epochs, lr=cfg.lr, weight_decay=cfg.weight_decay, select_best=True),
+        data,
+        ctx.run,
+        ctx.progress,
+    )
     seconds = time.time() - t0
     dense = dense.cpu()
 
     def write() -> list[str]:
         source.save(dense, ctx.out("dense.pt"))
-        atomic_write_json(ctx.out("train-dense.json"), {
-            "history": result.history, "best_epoch": result.best_epoch, "resumed_from_epoch": result.resumed_from,
-            "seconds": seconds, "test_error": _error(dense, data.x_test, data.y_test),
-            "val_error": _error(dense, data.x_val, data.y_val), "test_samples": len(data.y_test),
-            "world_size": distributed.world_size(), "images_per_second": result.images_per_second,
-            "preprocessing": data.preprocessing(ctx.config.data.pad),
-            "epoch_seconds": result.epoch_seconds,
-        })
+        atomic_write_json(
+            ctx.out("train-dense.json"),
+            {
+                "history": result.history,
+                "best_epoch": result.best_epoch,
+                "resumed_from_epoch": result.resumed_from,
+                "seconds": seconds,
+                "test_error": _error(dense, data.x_test, data.y_test),
+                "val_error": _error(dense, data.x_val, data.y_val),
+                "test_samples": len(data.y_test),
+                "world_size": distributed.world_size(),
+                "images_per_second": result.images_per_second,
+                "preprocessing": data.preprocessing(ctx.config.data.pad),
+                "epoch_seconds": result.epoch_seconds,
+            },
+        )
         return ["dense.pt", "train-dense.json"]
 
     return distributed.on_main(write)  # under torchrun the other ranks wait for rank 0's files
@@ -92,24 +106,49 @@ def train_vib(ctx: Any) -> list[str]:
 
         weighting = FlopsWeighting(gated, source.input_shape)
     t0 = time.time()
-    result = train(gated, _spec(ctx, "train-vib", epochs=cfg.epochs, lr=cfg.lr, gate_lr=cfg.gate_lr, kl_factor=cfg.kl_factor,
-                                finetune_epochs=cfg.finetune_epochs, kl_weighting=weighting, weight_decay=cfg.weight_decay,
-                                gate_weight_decay=cfg.weight_decay, schedule=cfg.schedule), data, ctx.run, ctx.progress)
+    result = train(
+        gated,
+        _spec(
+            ctx,
+            "train-vib",
+            epochs=cfg.epochs,
+            lr=cfg.lr,
+            gate_lr=cfg.gate_lr,
+            kl_factor=cfg.kl_factor,
+            finetune_epochs=cfg.finetune_epochs,
+            kl_weighting=weighting,
+            weight_decay=cfg.weight_decay,
+            gate_weight_decay=cfg.weight_decay,
+            schedule=cfg.schedule,
+        ),
+        data,
+        ctx.run,
+        ctx.progress,
+    )
     seconds = time.time() - t0
     gated = gated.cpu()
     masks = distributed.same_on_all_ranks("gate masks", mask_digest(gated))  # what pruning will cut, from every rank
 
     def write() -> list[str]:
         source.save(gated, ctx.out("vib.pt"))
-        atomic_write_json(ctx.out("train-vib.json"), {
-            "history": result.history, "resumed_from_epoch": result.resumed_from, "seconds": seconds,
-            "test_error": _error(gated, data.x_test, data.y_test), "val_error": _error(gated, data.x_val, data.y_val),
-            "gates": gate_summary(gated), "architecture": source.architecture(gated),
-            "world_size": distributed.world_size(), "images_per_second": result.images_per_second,
-            "epoch_seconds": result.epoch_seconds,
-            "mask_sha256_per_rank": masks, "kl_weighting": cfg.kl_weighting,
-            **({"kl_unit_weights": weighting.weights()} if weighting else {}),  # at the final widths
-        })
+        atomic_write_json(
+            ctx.out("train-vib.json"),
+            {
+                "history": result.history,
+                "resumed_from_epoch": result.resumed_from,
+                "seconds": seconds,
+                "test_error": _error(gated, data.x_test, data.y_test),
+                "val_error": _error(gated, data.x_val, data.y_val),
+                "gates": gate_summary(gated),
+                "architecture": source.architecture(gated),
+                "world_size": distributed.world_size(),
+                "images_per_second": result.images_per_second,
+                "epoch_seconds": result.epoch_seconds,
+                "mask_sha256_per_rank": masks,
+                "kl_weighting": cfg.kl_weighting,
+                **({"kl_unit_weights": weighting.weights()} if weighting else {}),  # at the final widths
+            },
+        )
         return ["vib.pt", "train-vib.json"]
 
     return distributed.on_main(write)  # under torchrun the other ranks wait for rank 0's files
@@ -135,11 +174,18 @@ def prune(ctx: Any) -> list[str]:
         outputs.append("pruned_reduced.pt")
     dense = load_model(ctx.run.verified("dense.pt"))
     PruneRecord(
-        architecture=[len(k) for k in result.kept_per_gate], dense_architecture=source.architecture(vib_model),
-        kept_pixels=result.kept_pixels, test_error=_error(pruned, data.x_test, data.y_test), samples=exact.pop("samples"),
-        dense=Cost(count_flops(dense, shape), count_params(dense)), pruned=Cost(count_flops(pruned, shape), count_params(pruned)),
-        input_shape=tuple(shape), scales_left=result.scales_left, kept_indices=result.kept_per_gate,
-        pruning=info.get("pruning"), exact=ExactCheck(**exact),
+        architecture=[len(k) for k in result.kept_per_gate],
+        dense_architecture=source.architecture(vib_model),
+        kept_pixels=result.kept_pixels,
+        test_error=_error(pruned, data.x_test, data.y_test),
+        samples=exact.pop("samples"),
+        dense=Cost(count_flops(dense, shape), count_params(dense)),
+        pruned=Cost(count_flops(pruned, shape), count_params(pruned)),
+        input_shape=tuple(shape),
+        scales_left=result.scales_left,
+        kept_indices=result.kept_per_gate,
+        pruning=info.get("pruning"),
+        exact=ExactCheck(**exact),
         **({"round_to": ctx.config.prune.round_to, "widths": widths} if ctx.config.prune.round_to != 1 else {}),
     ).write(ctx.out("prune.json"))
     return outputs + ["prune.json"] + (["widths-sweep.json"] if ctx.config.prune.round_to == "auto" else [])
@@ -156,12 +202,25 @@ def _round(ctx: Any, source: Any, vib_model: torch.nn.Module, data: Any) -> list
     from vib_deploy.runs import sha256_file
 
     backend, threads = ctx.config.bench.backends[0], ctx.config.bench.threads
-    key = {"backend": backend, "threads": threads, "batch": 64, **cpu_info(), "vib_sha256": sha256_file(ctx.run.verified("vib.pt"))}
+    key = {
+        "backend": backend,
+        "threads": threads,
+        "batch": 64,
+        **cpu_info(),
+        "vib_sha256": sha256_file(ctx.run.verified("vib.pt")),
+    }
     name = "widths-sweep.json"  # the last committed sweep is the cache; the new one is staged with the stage's outputs
     old = ctx.run.read_json(name) if name in ctx.run.manifest()["artifacts"] and ctx.run.file(name).exists() else {}
     cache: dict[str, float] = old.get("times_ms", {}) if old.get("key") == key else {}
-    timer = measured_timer(vib_model, lambda m: source.prune(m)[0].model.float(), source.input_shape, backend,
-                           data.x_train[:64], threads, cache)
+    timer = measured_timer(
+        vib_model,
+        lambda m: source.prune(m)[0].model.float(),
+        source.input_shape,
+        backend,
+        data.x_train[:64],
+        threads,
+        cache,
+    )
     widths = auto_widths(vib_model, timer, backend)
     atomic_write_json(ctx.out(name), {"key": key, "times_ms": cache})
     return widths
@@ -181,8 +240,21 @@ def finetune(ctx: Any) -> list[str]:
     model = load_model(ctx.run.verified("pruned.pt"))
     torch.manual_seed(ctx.config.train.seed)
     t0 = time.time()
-    result = train(model, _spec(ctx, "finetune", epochs=cfg.epochs, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                                select_best=True, keep_start=True), data, ctx.run, ctx.progress)
+    result = train(
+        model,
+        _spec(
+            ctx,
+            "finetune",
+            epochs=cfg.epochs,
+            lr=cfg.lr,
+            weight_decay=cfg.weight_decay,
+            select_best=True,
+            keep_start=True,
+        ),
+        data,
+        ctx.run,
+        ctx.progress,
+    )
     seconds = time.time() - t0
     model = model.cpu().eval()
 
@@ -195,13 +267,24 @@ def finetune(ctx: Any) -> list[str]:
             source.save(reduced_input(model), ctx.out("finetuned_reduced.pt"), extra)
             outputs.append("finetuned_reduced.pt")
         start = result.start_val_acc
-        atomic_write_json(ctx.out("finetune.json"), {
-            "epochs": cfg.epochs, "lr": cfg.lr, "weight_decay": cfg.weight_decay, "history": result.history,
-            "best_epoch": result.best_epoch, "resumed_from_epoch": result.resumed_from, "seconds": seconds,
-            "pruned_val_error": None if start is None else 1.0 - start, "pruned_test_error": info.test_error,
-            "test_error": _error(model, data.x_test, data.y_test), "val_error": _error(model, data.x_val, data.y_val),
-            "world_size": distributed.world_size(), "images_per_second": result.images_per_second,
-        })
+        atomic_write_json(
+            ctx.out("finetune.json"),
+            {
+                "epochs": cfg.epochs,
+                "lr": cfg.lr,
+                "weight_decay": cfg.weight_decay,
+                "history": result.history,
+                "best_epoch": result.best_epoch,
+                "resumed_from_epoch": result.resumed_from,
+                "seconds": seconds,
+                "pruned_val_error": None if start is None else 1.0 - start,
+                "pruned_test_error": info.test_error,
+                "test_error": _error(model, data.x_test, data.y_test),
+                "val_error": _error(model, data.x_val, data.y_val),
+                "world_size": distributed.world_size(),
+                "images_per_second": result.images_per_second,
+            },
+        )
         return outputs + ["finetune.json"]
 
     return distributed.on_main(write)
@@ -224,8 +307,11 @@ def export(ctx: Any) -> list[str]:
         model = load_model(ctx.run.verified(deployed_file(ctx.config, variant)))
         x = x_test
         shape: tuple[int, ...] = prune_info.input_shape
-        meta = {"vib_deploy.variant": variant, "vib_deploy.run": ctx.config.name,
-                "vib_deploy.preprocessing": json.dumps(data.preprocessing(ctx.config.data.pad))}  # what a client does first
+        meta = {
+            "vib_deploy.variant": variant,
+            "vib_deploy.run": ctx.config.name,
+            "vib_deploy.preprocessing": json.dumps(data.preprocessing(ctx.config.data.pad)),
+        }  # what a client does first
         if variant == "pruned_reduced":
             assert kept_pixels is not None
             x = x_test.reshape(len(x_test), -1)[:, kept_pixels]
@@ -248,11 +334,22 @@ def bench(ctx: Any) -> list[str]:
     cfg = ctx.config.bench
     images = ctx.splits().x_test[:512]
     variants = bench_variants(ctx)
-    records = run_bench(variants, images, cfg.backends, cfg.batch_sizes, cfg.threads, cfg.rounds,
-                        cfg.iters_per_round, cfg.warmup, cfg.memory, ctx.progress)
+    records = run_bench(
+        variants,
+        images,
+        cfg.backends,
+        cfg.batch_sizes,
+        cfg.threads,
+        cfg.rounds,
+        cfg.iters_per_round,
+        cfg.warmup,
+        cfg.memory,
+        ctx.progress,
+    )
     files = {v.name: deployed_file(ctx.config, v.name) for v in variants if v.precision == "fp32"}
-    BenchFile(tuple(BenchRecord.from_json(r) for r in records), speedups(records), machine_info(),
-              model_files=files).write(ctx.out("bench.json"))
+    BenchFile(
+        tuple(BenchRecord.from_json(r) for r in records), speedups(records), machine_info(), model_files=files
+    ).write(ctx.out("bench.json"))
     return ["bench.json"]
 
 
@@ -267,17 +364,29 @@ def bench_variants(ctx: Any) -> list[Any]:
     widths["pruned_reduced"] = widths["pruned"]
     names = ["dense", "pruned"] + (["pruned_reduced"] if prune_info["kept_pixels"] is not None else [])
     pruned_error = deployed_error(ctx)  # the fine-tuned net's when the finetune stage is on
-    variants = [Variant(n, {".onnx": run.verified(f"{n}.onnx"), ".pt": run.verified(deployed_file(ctx.config, n))},
-                        prune_info["kept_pixels"] if n == "pruned_reduced" else None, "fp32",
-                        {"*": dense_error if n == "dense" else pruned_error}, widths[n]) for n in names]
+    variants = [
+        Variant(
+            n,
+            {".onnx": run.verified(f"{n}.onnx"), ".pt": run.verified(deployed_file(ctx.config, n))},
+            prune_info["kept_pixels"] if n == "pruned_reduced" else None,
+            "fp32",
+            {"*": dense_error if n == "dense" else pruned_error},
+            widths[n],
+        )
+        for n in names
+    ]
     precisions = ctx.config.bench.precisions or (["fp32", "int8"] if ctx.config.quantize.enabled else ["fp32"])
     if "int8" in precisions:
         if "quantize" not in run.manifest()["stages"]:
-            raise UserError(f"bench precision int8 needs the INT8 models: run `vib-deploy quantize {run.path}` first "
-                            "(or set quantize.enabled: true in the pipeline)")
+            raise UserError(
+                f"bench precision int8 needs the INT8 models: run `vib-deploy quantize {run.path}` first "
+                "(or set quantize.enabled: true in the pipeline)"
+            )
         quant = ctx.read_json("quantize.json")
-        variants += [Variant(n, {".onnx": run.verified(int8_name(n))}, None, "int8", quant[n]["error"], widths[n])
-                     for n in QUANTIZED]
+        variants += [
+            Variant(n, {".onnx": run.verified(int8_name(n))}, None, "int8", quant[n]["error"], widths[n])
+            for n in QUANTIZED
+        ]
     return [v for v in variants if v.precision in precisions]
 
 

@@ -49,7 +49,7 @@ class Paired:
     test: str = "McNemar exact (two-sided)"
 
     def verdict(self, alpha: float = ALPHA) -> str:
-        """"better" / "worse" (A vs B) when significant at `alpha`, else "tie"."""
+        """ "better" / "worse" (A vs B) when significant at `alpha`, else "tie"."""
         if self.p_value >= alpha or self.a_only == self.b_only:
             return "tie"
         return "better" if self.a_only > self.b_only else "worse"
@@ -70,5 +70,10 @@ def paired(correct_a: np.ndarray, correct_b: np.ndarray) -> Paired:
 def pooled(pairs: list[Paired]) -> Paired:
     """Discordant counts summed over independent pairs (e.g. seed pairs), tested once."""
     a_only, b_only = sum(p.a_only for p in pairs), sum(p.b_only for p in pairs)
-    return Paired(a_only, b_only, sum(p.n for p in pairs), mcnemar_exact(a_only, b_only),
-                  "McNemar exact (two-sided), discordant images pooled over seed pairs")
+    return Paired(
+        a_only,
+        b_only,
+        sum(p.n for p in pairs),
+        mcnemar_exact(a_only, b_only),
+        "McNemar exact (two-sided), discordant images pooled over seed pairs",
+    )

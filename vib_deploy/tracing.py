@@ -52,8 +52,12 @@ def _splits_channels(x: Any, out: Any) -> bool:
     """(N, C, *S) -> (N, g, C/g, *S) with 1 < g < C: channels split into groups (the first step of a shuffle)."""
     if not (isinstance(x, torch.Tensor) and isinstance(out, torch.Tensor)) or x.dim() < 3 or out.dim() != x.dim() + 1:
         return False
-    return (out.shape[0] == x.shape[0] and 1 < out.shape[1] < x.shape[1] and out.shape[1] * out.shape[2] == x.shape[1]
-            and out.shape[3:] == x.shape[2:])
+    return (
+        out.shape[0] == x.shape[0]
+        and 1 < out.shape[1] < x.shape[1]
+        and out.shape[1] * out.shape[2] == x.shape[1]
+        and out.shape[3:] == x.shape[2:]
+    )
 
 
 def channel_moves(net: nn.Module, run: Callable[[], Any]) -> tuple[Any, dict[str, str]]:
@@ -61,6 +65,7 @@ def channel_moves(net: nn.Module, run: Callable[[], Any]) -> tuple[Any, dict[str
     stack: list[str] = []
     found: dict[str, str] = {}
     handles = []
+
     def enter(name: str, *_: Any) -> None:
         stack.append(name)
 
@@ -99,7 +104,9 @@ def _tensors(obj: Any) -> list[torch.Tensor]:
     return []
 
 
-def _opaque_forward(original: Callable[..., Any], grad_fns: dict[Any, str], name: str, *args: Any, **kwargs: Any) -> Any:
+def _opaque_forward(
+    original: Callable[..., Any], grad_fns: dict[Any, str], name: str, *args: Any, **kwargs: Any
+) -> Any:
     out = _Opaque.apply(partial(original, *args, **kwargs), *_tensors((args, kwargs)))
     if isinstance(out, torch.Tensor) and out.grad_fn is not None:
         grad_fns[out.grad_fn] = name
@@ -136,17 +143,23 @@ def trace(net: nn.Module, input_shape: Sequence[int], dtype: torch.dtype = torch
         with torch.no_grad():
             _, moves = channel_moves(net, lambda: net.eval()(x))
         opaque = [n for n in moves if n]  # a move in the model's own forward: plan_groups refuses it
-        with warnings.catch_warnings(), _opaque(net, opaque, grad_fns):  # "unwrapped parameters": only ever in fixed groups
+        with (
+            warnings.catch_warnings(),
+            _opaque(net, opaque, grad_fns),
+        ):  # "unwrapped parameters": only ever in fixed groups
             warnings.simplefilter("ignore")
             graph = tp.DependencyGraph().build_dependency(net.eval(), example_inputs=x)
     except Exception as e:
-        raise UserError(f"the model could not be traced on an input of shape {tuple(x.shape)} "
-                        f"({type(e).__name__}: {first_line(e)})") from e
+        raise UserError(
+            f"the model could not be traced on an input of shape {tuple(x.shape)} ({type(e).__name__}: {first_line(e)})"
+        ) from e
     finally:
         net.train(was_training)
     return Traced(graph, grad_fns, moves)
 
 
-def dependency_graph(net: nn.Module, input_shape: Sequence[int], dtype: torch.dtype = torch.float32) -> tp.DependencyGraph:
+def dependency_graph(
+    net: nn.Module, input_shape: Sequence[int], dtype: torch.dtype = torch.float32
+) -> tp.DependencyGraph:
     """Torch-Pruning's graph of `net` (see `trace`)."""
     return trace(net, input_shape, dtype).graph

@@ -34,8 +34,10 @@ class MlflowTracker:
         try:
             import mlflow
         except ImportError as e:
-            raise UserError("track.mlflow is set but MLflow is not installed; `pip install -e .[track]` "
-                            "(mlflow-skinny, sqlalchemy, alembic) or remove the track section") from e
+            raise UserError(
+                "track.mlflow is set but MLflow is not installed; `pip install -e .[track]` "
+                "(mlflow-skinny, sqlalchemy, alembic) or remove the track section"
+            ) from e
         self.mlflow, self.config, self.run = mlflow, config, run
         self.settings = config.track.mlflow
         path = run.file(STATE)
@@ -48,14 +50,23 @@ class MlflowTracker:
         try:
             mlflow.set_tracking_uri(self.settings.uri)
             mlflow.set_experiment(self.settings.experiment)
-            active = mlflow.start_run(run_id=self.state.get("run_id"), run_name=None if self.state.get("run_id") else self.config.name)
+            active = mlflow.start_run(
+                run_id=self.state.get("run_id"), run_name=None if self.state.get("run_id") else self.config.name
+            )
         except Exception as e:  # MLflow raises its own types for bad URIs, unreachable servers, deleted runs
-            raise UserError(f"track.mlflow: cannot start a run at {self.settings.uri} ({type(e).__name__}: {first_line(e)})") from e
+            raise UserError(
+                f"track.mlflow: cannot start a run at {self.settings.uri} ({type(e).__name__}: {first_line(e)})"
+            ) from e
         if self.state.get("run_id") is None:
             self.state["run_id"] = active.info.run_id
             self._save()
-        mlflow.log_params({k: json.dumps(v) if isinstance(v, (list, dict)) else v
-                           for k, v in _flatten(self.config.model_dump(mode="json")).items() if not k.startswith("track.")})
+        mlflow.log_params(
+            {
+                k: json.dumps(v) if isinstance(v, (list, dict)) else v
+                for k, v in _flatten(self.config.model_dump(mode="json")).items()
+                if not k.startswith("track.")
+            }
+        )
         mlflow.set_tag("vib_deploy.run_dir", str(self.run.path.resolve()))
         return self
 
@@ -80,18 +91,30 @@ class MlflowTracker:
     def _log_history(self, stage: str, history: list[dict[str, Any]]) -> None:
         prefix = stage.replace("train-", "")
         for entry in history:
-            values = {f"{prefix}.{k}": float(v) for k, v in entry.items() if k != "epoch" and isinstance(v, (int, float))}
+            values = {
+                f"{prefix}.{k}": float(v) for k, v in entry.items() if k != "epoch" and isinstance(v, (int, float))
+            }
             values.update({f"{prefix}.units_alive.{i}": float(n) for i, n in enumerate(entry.get("units_alive") or [])})
             self.mlflow.log_metrics(values, step=int(entry["epoch"]))
 
     def _log_report(self) -> None:
         metrics = self.run.read_json("metrics.json")
-        figures = {"test_error.dense": metrics["dense"]["error"], "test_error.vib": metrics["vib"]["error"],
-                   "test_error.pruned": metrics["pruned"]["error"], "flops.dense": metrics["dense"]["flops"],
-                   "flops.pruned": metrics["pruned"]["flops"], "params.pruned": metrics["pruned"]["params"],
-                   "ideal_speedup": metrics["ideal_speedup"], "prune.max_abs_diff": metrics["prune"]["max_abs_diff"]}
-        figures.update({f"speedup.{r['backend']}.b{r['batch']}.{r['variant']}": r["speedup"] for r in metrics["speedup"]})
+        figures = {
+            "test_error.dense": metrics["dense"]["error"],
+            "test_error.vib": metrics["vib"]["error"],
+            "test_error.pruned": metrics["pruned"]["error"],
+            "flops.dense": metrics["dense"]["flops"],
+            "flops.pruned": metrics["pruned"]["flops"],
+            "params.pruned": metrics["pruned"]["params"],
+            "ideal_speedup": metrics["ideal_speedup"],
+            "prune.max_abs_diff": metrics["prune"]["max_abs_diff"],
+        }
+        figures.update(
+            {f"speedup.{r['backend']}.b{r['batch']}.{r['variant']}": r["speedup"] for r in metrics["speedup"]}
+        )
         self.mlflow.log_metrics({k: float(v) for k, v in figures.items() if v is not None})
         manifest = self.run.manifest()["artifacts"]
         for name in ("metrics.json", "report.md", *sorted(n for n in manifest if n.startswith("plots/"))):
-            self.mlflow.log_artifact(str(self.run.verified(name)), artifact_path="plots" if name.startswith("plots/") else None)
+            self.mlflow.log_artifact(
+                str(self.run.verified(name)), artifact_path="plots" if name.startswith("plots/") else None
+            )

@@ -71,7 +71,9 @@ class TrainResult:
     start_val_acc: float | None = None  # validation accuracy of the starting weights (keep_start)
     resumed_from: int = 0  # epochs done before this process started
     images_per_second: float | None = None  # training images over the wall time of the epochs run here
-    epoch_seconds: list[float] = field(default_factory=list)  # wall time of each epoch run here (steps, validation, checkpoint)
+    epoch_seconds: list[float] = field(
+        default_factory=list
+    )  # wall time of each epoch run here (steps, validation, checkpoint)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -85,15 +87,19 @@ def resolve_device(name: str) -> torch.device:
         if index >= count:
             raise UserError(f"train.device={name} but torch sees {count} CUDA device(s) (0..{count - 1})")
         if distributed.launched_world_size() > 1:
-            raise UserError(f"train.device={name} names one GPU, but torchrun started {distributed.launched_world_size()} "
-                            "processes (one GPU each); use train.device=cuda or auto")
+            raise UserError(
+                f"train.device={name} names one GPU, but torchrun started {distributed.launched_world_size()} "
+                "processes (one GPU each); use train.device=cuda or auto"
+            )
     if name == "cuda" and distributed.active():
         return torch.device("cuda", distributed.local_rank())  # one GPU per process
     return torch.device(name)
 
 
 @torch.no_grad()
-def predict(model: nn.Module, x: np.ndarray | torch.Tensor, device: torch.device | None = None, batch: int = 2000) -> torch.Tensor:
+def predict(
+    model: nn.Module, x: np.ndarray | torch.Tensor, device: torch.device | None = None, batch: int = 2000
+) -> torch.Tensor:
     """Logits of `model` in eval mode for all of `x` (fp32, on CPU)."""
     model.eval()
     device = device or next(model.parameters()).device
@@ -178,8 +184,10 @@ def train(model: nn.Module, spec: TrainSpec, data: Any, run: RunDir | None, prog
     model.to(device)
     opt = _optimizer(model, spec)
     sched: torch.optim.lr_scheduler.LRScheduler = (
-        torch.optim.lr_scheduler.StepLR(opt, step_size=30, gamma=0.5) if spec.schedule == "step"
-        else torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=spec.epochs))
+        torch.optim.lr_scheduler.StepLR(opt, step_size=30, gamma=0.5)
+        if spec.schedule == "step"
+        else torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=spec.epochs)
+    )
     loop = _Loop(opt, sched, torch.Generator().manual_seed(spec.seed))  # one global permutation on every rank
     torch.manual_seed(spec.seed + distributed.rank())  # gate noise: each rank draws its own
     world = distributed.world_size()
@@ -199,8 +207,10 @@ def train(model: nn.Module, spec: TrainSpec, data: Any, run: RunDir | None, prog
     steps = math.ceil(n / spec.batch_size)
     smallest_batch = n - (steps - 1) * spec.batch_size
     if world > 1 and smallest_batch < world:
-        raise UserError(f"{spec.stage}: a batch of {smallest_batch} image(s) cannot be split over {world} processes; "
-                        "change train.batch_size or data.train_limit so every batch has an image per process")
+        raise UserError(
+            f"{spec.stage}: a batch of {smallest_batch} image(s) cannot be split over {world} processes; "
+            "change train.batch_size or data.train_limit so every batch has an image per process"
+        )
     task = progress.add_task(spec.stage, total=spec.epochs * steps, completed=loop.start * steps) if progress else None
     loop.epoch, loop.net = loop.start, model
     t0 = time.perf_counter()
@@ -210,9 +220,13 @@ def train(model: nn.Module, spec: TrainSpec, data: Any, run: RunDir | None, prog
             sums = _train_epoch(model, spec, loop, x_train, y_train, steps, run, progress, task)
             _end_epoch(model, spec, loop, data, {k: v / steps for k, v in sums.items()}, result, run, progress, task)
     except KeyboardInterrupt:
-        where = f"checkpointed in {run.file(f'{spec.stage}.ckpt')}; rerun the same command to resume" if run else "not kept"
-        raise UserError(f"{spec.stage} interrupted at epoch {loop.epoch + 1}, batch {loop.batch_i + 1}; "
-                        f"{loop.epoch} complete epoch(s) are {where}") from None
+        where = (
+            f"checkpointed in {run.file(f'{spec.stage}.ckpt')}; rerun the same command to resume" if run else "not kept"
+        )
+        raise UserError(
+            f"{spec.stage} interrupted at epoch {loop.epoch + 1}, batch {loop.batch_i + 1}; "
+            f"{loop.epoch} complete epoch(s) are {where}"
+        ) from None
     if loop.channels_last:
         model.to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]
     if spec.epochs > loop.start:
@@ -220,7 +234,10 @@ def train(model: nn.Module, spec: TrainSpec, data: Any, run: RunDir | None, prog
     if spec.select_best and loop.best_state is not None:
         model.load_state_dict(loop.best_state)
         result.best_epoch = max(range(len(result.history)), key=lambda i: result.history[i]["val_acc"]) + 1
-        if result.start_val_acc is not None and result.start_val_acc >= result.history[result.best_epoch - 1]["val_acc"]:
+        if (
+            result.start_val_acc is not None
+            and result.start_val_acc >= result.history[result.best_epoch - 1]["val_acc"]
+        ):
             result.best_epoch = 0  # no epoch beat the starting weights
     else:
         result.best_epoch = len(result.history)
@@ -244,12 +261,23 @@ def _resume(model: nn.Module, spec: TrainSpec, run: RunDir, loop: _Loop, result:
         result.start_val_acc = ckpt.get("start_val_acc")
         if progress is not None and loop.start < spec.epochs:  # a resume must not look like a restart
             saved = datetime.datetime.fromtimestamp(run.file(ckpt_name).stat().st_mtime).strftime("%H:%M:%S")
-            progress.console.print(f"{spec.stage}: resuming at epoch {loop.start + 1}/{spec.epochs} from "
-                                   f"{run.file(ckpt_name)} (saved {saved})")
+            progress.console.print(
+                f"{spec.stage}: resuming at epoch {loop.start + 1}/{spec.epochs} from "
+                f"{run.file(ckpt_name)} (saved {saved})"
+            )
 
 
-def _train_epoch(model: nn.Module, spec: TrainSpec, loop: _Loop, x_train: torch.Tensor, y_train: torch.Tensor, steps: int,
-                 run: RunDir | None, progress: Any, task: Any) -> dict[str, float]:
+def _train_epoch(
+    model: nn.Module,
+    spec: TrainSpec,
+    loop: _Loop,
+    x_train: torch.Tensor,
+    y_train: torch.Tensor,
+    steps: int,
+    run: RunDir | None,
+    progress: Any,
+    task: Any,
+) -> dict[str, float]:
     """One pass over the shuffled training set; returns the summed loss, CE and KL of its steps."""
     # long function: one step's batch placement, autocast forward + loss, NaN check and (scaled) backward read as one
     world, epoch, device = distributed.world_size(), loop.epoch, spec.device
@@ -295,9 +323,15 @@ def _train_epoch(model: nn.Module, spec: TrainSpec, loop: _Loop, x_train: torch.
             values = distributed.all_reduce_sum(values) / world  # the global batch's, so all ranks stop together
         loss_v, ce_v, kl_v = values.tolist()
         if not math.isfinite(loss_v):
-            kept = f"the last good checkpoint ({epoch} epochs) is kept in {run.file(f'{spec.stage}.ckpt')}" if run else "nothing is kept"
-            raise UserError(f"{spec.stage}: loss is {loss_v} at epoch {epoch + 1}, batch {batch_i + 1}; stopped, {kept} "
-                            "(try a lower learning rate or kl_factor)")
+            kept = (
+                f"the last good checkpoint ({epoch} epochs) is kept in {run.file(f'{spec.stage}.ckpt')}"
+                if run
+                else "nothing is kept"
+            )
+            raise UserError(
+                f"{spec.stage}: loss is {loss_v} at epoch {epoch + 1}, batch {batch_i + 1}; stopped, {kept} "
+                "(try a lower learning rate or kl_factor)"
+            )
         loop.opt.zero_grad(set_to_none=True)
         if loop.scaler is None:
             loss.backward()
@@ -315,8 +349,17 @@ def _train_epoch(model: nn.Module, spec: TrainSpec, loop: _Loop, x_train: torch.
     return sums
 
 
-def _end_epoch(model: nn.Module, spec: TrainSpec, loop: _Loop, data: Any, means: dict[str, float], result: TrainResult,
-               run: RunDir | None, progress: Any, task: Any) -> None:
+def _end_epoch(
+    model: nn.Module,
+    spec: TrainSpec,
+    loop: _Loop,
+    data: Any,
+    means: dict[str, float],
+    result: TrainResult,
+    run: RunDir | None,
+    progress: Any,
+    task: Any,
+) -> None:
     """Validate, keep the best weights, checkpoint (rank 0 writes), and log the epoch's line."""
     epoch = loop.epoch
     if distributed.world_size() > 1:
@@ -330,8 +373,9 @@ def _end_epoch(model: nn.Module, spec: TrainSpec, loop: _Loop, data: Any, means:
         loop.best = val_acc
         loop.best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     if run is not None:
-        state = checkpoint_state(model, loop.opt, loop.sched, loop.gen, epoch + 1, loop.best, loop.best_state,
-                                  result.history, spec.key)
+        state = checkpoint_state(
+            model, loop.opt, loop.sched, loop.gen, epoch + 1, loop.best, loop.best_state, result.history, spec.key
+        )
         if loop.scaler is not None:
             state["scaler"] = loop.scaler.state_dict()
         state["start_val_acc"] = result.start_val_acc

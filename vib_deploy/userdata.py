@@ -82,11 +82,15 @@ def _decode(path: Path, channels: int | None, size: tuple[int, int] | None) -> n
     return a[None] if a.ndim == 2 else a.transpose(2, 0, 1)  # (C, H, W)
 
 
-def _stack(arrays: list[np.ndarray], items: list[tuple[str, Path]], classes: list[str]) -> tuple[np.ndarray, np.ndarray]:
+def _stack(
+    arrays: list[np.ndarray], items: list[tuple[str, Path]], classes: list[str]
+) -> tuple[np.ndarray, np.ndarray]:
     shapes = {a.shape[1:]: p for a, (_, p) in zip(arrays, items)}
     if len(shapes) > 1:
         (s1, p1), (s2, p2) = list(shapes.items())[:2]
-        raise UserError(f"images of different sizes ({p1}: {s1[1]}x{s1[0]}, {p2}: {s2[1]}x{s2[0]}); set data.size: [H, W]")
+        raise UserError(
+            f"images of different sizes ({p1}: {s1[1]}x{s1[0]}, {p2}: {s2[1]}x{s2[0]}); set data.size: [H, W]"
+        )
     return np.stack(arrays), np.array([classes.index(c) for c, _ in items], dtype=np.int64)
 
 
@@ -98,19 +102,27 @@ def load_folder(root: Path, channels: int | None, size: tuple[int, int] | None, 
         unknown = sorted({c for c, _ in listing.get(split, [])} - set(classes))
         if unknown:
             raise UserError(f"data.root {root}: {split}/ has classes that train/ has not: {', '.join(unknown)}")
-    stat = [(str(p.relative_to(root)), p.stat().st_size, p.stat().st_mtime_ns) for items in listing.values() for _, p in items]
+    stat = [
+        (str(p.relative_to(root)), p.stat().st_size, p.stat().st_mtime_ns)
+        for items in listing.values()
+        for _, p in items
+    ]
     digest = hashlib.sha256(json.dumps([stat, channels, size]).encode()).hexdigest()
     path = cache / f"{digest[:32]}.npz"
     if not path.exists():
         images = {split: [_decode(p, channels, size) for _, p in items] for split, items in listing.items()}
         if channels is None and len({a.shape[0] for split in images.values() for a in split}) > 1:
-            images = {k: [np.repeat(a, 3, 0) if a.shape[0] == 1 else a for a in v] for k, v in images.items()}  # grey + colour: colour
+            images = {
+                k: [np.repeat(a, 3, 0) if a.shape[0] == 1 else a for a in v] for k, v in images.items()
+            }  # grey + colour: colour
         decoded = {}
         for split, items in listing.items():
             decoded[f"x_{split}"], decoded[f"y_{split}"] = _stack(images[split], items, classes)
         shapes = {a.shape[1:] for k, a in decoded.items() if k.startswith("x_")}
         if len(shapes) > 1:
-            raise UserError(f"data.root {root}: train, val and test images differ in size ({sorted(shapes)}); set data.size: [H, W]")
+            raise UserError(
+                f"data.root {root}: train, val and test images differ in size ({sorted(shapes)}); set data.size: [H, W]"
+            )
 
         def write(tmp: Path) -> None:
             with open(tmp, "wb") as f:
@@ -132,7 +144,9 @@ def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray, list[str] | None]:
     try:
         with np.load(path, allow_pickle=False) as z:
             if "x" not in z.files or "y" not in z.files:
-                raise UserError(f"{path}: needs arrays x (images) and y (labels); it has {', '.join(z.files) or 'none'}")
+                raise UserError(
+                    f"{path}: needs arrays x (images) and y (labels); it has {', '.join(z.files) or 'none'}"
+                )
             x, y = z["x"], z["y"]
             names = [str(c) for c in z["classes"]] if "classes" in z.files else None
     except UserError:
@@ -150,7 +164,9 @@ def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray, list[str] | None]:
     elif np.issubdtype(x.dtype, np.floating):
         x = x.astype(np.float32)
         if not np.isfinite(x).all() or x.min() < 0 or x.max() > 1:
-            raise UserError(f"{path}: float images must lie in [0, 1] (got {x.min():.3g}..{x.max():.3g}); or give uint8")
+            raise UserError(
+                f"{path}: float images must lie in [0, 1] (got {x.min():.3g}..{x.max():.3g}); or give uint8"
+            )
     else:
         raise UserError(f"{path}: x has dtype {x.dtype}; expected uint8 (0-255) or float (0-1)")
     return x, y.astype(np.int64), names
@@ -169,9 +185,18 @@ def load_arrays(root: Path) -> Arrays:
     classes = names or [str(i) for i in range(int(y_train.max()) + 1 if len(y_train) else 0)]
     for s, (x, y, _) in loaded.items():
         if len(y) and (y.min() < 0 or y.max() >= len(classes)):
-            raise UserError(f"{files[s]}: label {int(y.min() if y.min() < 0 else y.max())} out of range 0-{len(classes) - 1}")
+            raise UserError(
+                f"{files[s]}: label {int(y.min() if y.min() < 0 else y.max())} out of range 0-{len(classes) - 1}"
+            )
         if x.shape[1:] != x_train.shape[1:]:
-            raise UserError(f"{files[s]}: images of shape {list(x.shape[1:])}, but train.npz has {list(x_train.shape[1:])}")
+            raise UserError(
+                f"{files[s]}: images of shape {list(x.shape[1:])}, but train.npz has {list(x_train.shape[1:])}"
+            )
     val = loaded["val"][:2] if "val" in loaded else None
-    return Arrays(_shuffled(x_train, y_train), val, loaded["test"][:2], tuple(classes),
-                  {f"data:{s}.npz": sha256_file(p) for s, p in files.items()})
+    return Arrays(
+        _shuffled(x_train, y_train),
+        val,
+        loaded["test"][:2],
+        tuple(classes),
+        {f"data:{s}.npz": sha256_file(p) for s, p in files.items()},
+    )

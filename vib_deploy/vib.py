@@ -84,8 +84,9 @@ def total_kl(model: nn.Module, weighting: Any = None) -> torch.Tensor:
     return torch.stack([g.kl() for g in gates(model)]).sum()
 
 
-def vib_loss(logits: torch.Tensor, targets: torch.Tensor, model: nn.Module, kl_factor: float,
-             weighting: Any = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def vib_loss(
+    logits: torch.Tensor, targets: torch.Tensor, model: nn.Module, kl_factor: float, weighting: Any = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Loss = mean cross-entropy + kl_factor * sum of KL. Returns (loss, ce, kl)."""
     ce = nn.functional.cross_entropy(logits, targets)
     kl = total_kl(model, weighting)

@@ -56,7 +56,9 @@ def keep_smallest(gate: VIBGate, count: int) -> None:
         gate.threshold = float((la[count - 1] + la[count]) / 2)
     kept = {int(gate.keep_mask().sum()), int(copy.deepcopy(gate).double().keep_mask().sum())}  # prune works in float64
     if kept != {count}:  # two units with the same log α straddle the cut
-        raise UserError(f"cannot round a gate of {gate.units} units to {count} kept units: log α ties at the cut (kept {kept})")
+        raise UserError(
+            f"cannot round a gate of {gate.units} units to {count} kept units: log α ties at the cut (kept {kept})"
+        )
 
 
 def round_widths(model: nn.Module, multiple: int) -> list[dict[str, Any]]:
@@ -70,8 +72,16 @@ def round_widths(model: nn.Module, multiple: int) -> list[dict[str, Any]]:
         target = vib if id(gate) in fixed else round_up(vib, multiple, gate.units)
         if target != vib:
             keep_smallest(gate, target)
-        records.append({"gate": i + 1, "units": gate.units, "vib": vib, "kept": target, "threshold": float(gate.threshold),
-                        "why": "input pixels: not rounded" if id(gate) in fixed else f"multiple of {multiple}"})
+        records.append(
+            {
+                "gate": i + 1,
+                "units": gate.units,
+                "vib": vib,
+                "kept": target,
+                "threshold": float(gate.threshold),
+                "why": "input pixels: not rounded" if id(gate) in fixed else f"multiple of {multiple}",
+            }
+        )
     return records
 
 
@@ -86,7 +96,9 @@ def apply_widths(model: nn.Module, counts: list[int]) -> None:
             keep_smallest(gate, count)
 
 
-def auto_widths(model: nn.Module, time_widths: Callable[[list[list[int]]], list[float]], target: str) -> list[dict[str, Any]]:
+def auto_widths(
+    model: nn.Module, time_widths: Callable[[list[list[int]]], list[float]], target: str
+) -> list[dict[str, Any]]:
     """Choose each layer's width by measurement (see the module docstring) and apply it; one record per gate.
 
     `time_widths(candidates)` returns a latency per candidate width vector (lower is faster).
@@ -98,22 +110,35 @@ def auto_widths(model: nn.Module, time_widths: Callable[[list[list[int]]], list[
     for i, gate in enumerate(gates(model)):
         record: dict[str, Any] = {"gate": i + 1, "units": gate.units, "vib": vib[i]}
         if id(gate) in fixed or vib[i] == 0:  # a gate that keeps nothing: the prune stage refuses it
-            records.append({**record, "kept": vib[i], "why": "input pixels: not rounded" if vib[i] else "VIB keeps no unit"})
+            records.append(
+                {**record, "kept": vib[i], "why": "input pixels: not rounded" if vib[i] else "VIB keeps no unit"}
+            )
             continue
         widths = list(range(vib[i], round_up(max(vib[i], 1), AUTO_STEP, gate.units) + 1))
-        times = time_widths([chosen[:i] + [w] + vib[i + 1:] for w in widths])
+        times = time_widths([chosen[:i] + [w] + vib[i + 1 :] for w in widths])
         best = min(times)
         chosen[i] = min(w for w, t in zip(widths, times) if t <= best * (1 + TIE))
         fastest = widths[times.index(best)]
-        why = (f"fastest of widths {widths[0]}-{widths[-1]} on {target}" if chosen[i] == fastest else
-               f"{chosen[i]} within {TIE:.0%} of the fastest ({fastest}) on {target}, fewer units")
+        why = (
+            f"fastest of widths {widths[0]}-{widths[-1]} on {target}"
+            if chosen[i] == fastest
+            else f"{chosen[i]} within {TIE:.0%} of the fastest ({fastest}) on {target}, fewer units"
+        )
         records.append({**record, "kept": chosen[i], "why": why, "sweep_ms": dict(zip(map(str, widths), times))})
     apply_widths(model, chosen)
     return records
 
 
-def measured_timer(vib_model: nn.Module, prune: Callable[[nn.Module], nn.Module], input_shape: tuple[int, ...],
-                   backend: str, images: Any, threads: int, cache: dict[str, float], batch: int = 64) -> Callable[[list[list[int]]], list[float]]:
+def measured_timer(
+    vib_model: nn.Module,
+    prune: Callable[[nn.Module], nn.Module],
+    input_shape: tuple[int, ...],
+    backend: str,
+    images: Any,
+    threads: int,
+    cache: dict[str, float],
+    batch: int = 64,
+) -> Callable[[list[list[int]]], list[float]]:
     """A `time_widths` that prunes, exports and times each candidate on `backend` (p50 ms at `batch`), alternating.
 
     `cache` maps "a-b-c" width vectors to milliseconds; new timings are added to it.
@@ -129,8 +154,10 @@ def measured_timer(vib_model: nn.Module, prune: Callable[[nn.Module], nn.Module]
 
     cls = get_backend(backend)
     if cls.artifact_suffix != ".onnx":
-        raise UserError(f"prune.round_to auto times ONNX models, but the first of bench.backends is {backend}; "
-                        "put onnxruntime or openvino first")
+        raise UserError(
+            f"prune.round_to auto times ONNX models, but the first of bench.backends is {backend}; "
+            "put onnxruntime or openvino first"
+        )
     x = np.ascontiguousarray(np.concatenate([images] * (-(-batch // len(images))))[:batch], dtype=np.float32)
 
     def time_widths(candidates: list[list[int]]) -> list[float]:

@@ -13,8 +13,12 @@ from vib_deploy.data import splits_of
 
 a, b = Path(sys.argv[1]), Path(sys.argv[2])
 images = splits_of(load_config(a / "config.yaml").data).x_test[:512]
-variants = [Variant("dense", {".onnx": a / "dense.onnx"}), Variant("pruned_vib", {".onnx": a / "pruned.onnx"}),
-            Variant("pruned_auto", {".onnx": b / "pruned.onnx"})]
-for r in run_bench(variants, images, ["onnxruntime", "openvino"], [1, 64, 256], threads=1, rounds=20, iters=50, warmup=20,
-                   memory=False):
+variants = [
+    Variant("dense", {".onnx": a / "dense.onnx"}),
+    Variant("pruned_vib", {".onnx": a / "pruned.onnx"}),
+    Variant("pruned_auto", {".onnx": b / "pruned.onnx"}),
+]
+for r in run_bench(
+    variants, images, ["onnxruntime", "openvino"], [1, 64, 256], threads=1, rounds=20, iters=50, warmup=20, memory=False
+):
     print(r["batch"], r["backend"], r["variant"], f"{r['p50_ms']:.4f}")

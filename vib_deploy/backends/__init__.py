@@ -12,11 +12,22 @@ from vib_deploy.backends.torch import TorchRunner
 from vib_deploy.backends.torch_cuda import TorchCudaGraphsRunner, TorchCudaRunner
 from vib_deploy.errors import UserError
 
-BACKENDS: dict[str, type[Runner]] = {"onnxruntime": OnnxRuntimeRunner, "torch": TorchRunner, "tensorrt": TensorRTRunner,
-                                   "openvino": OpenVinoRunner}
+BACKENDS: dict[str, type[Runner]] = {
+    "onnxruntime": OnnxRuntimeRunner,
+    "torch": TorchRunner,
+    "tensorrt": TensorRTRunner,
+    "openvino": OpenVinoRunner,
+}
 # GPU engines (gpu_bench times them with CUDA events; see backends/torch_cuda.py, aotinductor.py, onnxruntime_gpu.py)
-BACKENDS.update({"torch-cuda": TorchCudaRunner, "torch-cuda-graphs": TorchCudaGraphsRunner, "aotinductor": AOTInductorRunner,
-                 "onnxruntime-cuda": OnnxRuntimeCudaRunner, "onnxruntime-tensorrt": OnnxRuntimeTensorRTRunner})
+BACKENDS.update(
+    {
+        "torch-cuda": TorchCudaRunner,
+        "torch-cuda-graphs": TorchCudaGraphsRunner,
+        "aotinductor": AOTInductorRunner,
+        "onnxruntime-cuda": OnnxRuntimeCudaRunner,
+        "onnxruntime-tensorrt": OnnxRuntimeTensorRTRunner,
+    }
+)
 
 
 def get_backend(name: str) -> type[Runner]:

@@ -35,8 +35,14 @@ def _device_facts(device: str) -> dict[str, Any]:
     return {"device": "cuda", "gpu_name": torch.cuda.get_device_name(dev), "compute_capability": f"{cc[0]}.{cc[1]}"}
 
 
-def compile_package(model_path: Path, package: Path, input_shape: tuple[int, ...], device: str = "cuda",
-                    precision: str = "fp32", max_batch: int = 1024) -> dict[str, Any]:
+def compile_package(
+    model_path: Path,
+    package: Path,
+    input_shape: tuple[int, ...],
+    device: str = "cuda",
+    precision: str = "fp32",
+    max_batch: int = 1024,
+) -> dict[str, Any]:
     """Compile the model saved at `model_path` into `package` (.pt2) for batches 1..max_batch; returns the sidecar."""
     import torch
 
@@ -54,11 +60,18 @@ def compile_package(model_path: Path, package: Path, input_shape: tuple[int, ...
     tmp = package.with_name(package.name + ".tmp.pt2")
     torch._inductor.aoti_compile_and_package(exported, package_path=str(tmp))
     tmp.replace(package)
-    sidecar = {"torch_version": torch.__version__, **_device_facts(device), "precision": precision,
-               "batch_min": 1, "batch_max": max_batch, "input_shape": list(input_shape),
-               "weight_bytes": sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()]),
-               "compile_seconds": time.perf_counter() - t0, "source": Path(model_path).name,
-               "source_sha256": sha256_file(Path(model_path))}
+    sidecar = {
+        "torch_version": torch.__version__,
+        **_device_facts(device),
+        "precision": precision,
+        "batch_min": 1,
+        "batch_max": max_batch,
+        "input_shape": list(input_shape),
+        "weight_bytes": sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()]),
+        "compile_seconds": time.perf_counter() - t0,
+        "source": Path(model_path).name,
+        "source_sha256": sha256_file(Path(model_path)),
+    }
     atomic_write_json(sidecar_path(package), sidecar)
     return sidecar
 
@@ -69,14 +82,20 @@ def check_sidecar(package: Path, device: str) -> dict[str, Any]:
 
     path = sidecar_path(package)
     if not path.is_file():
-        raise UserError(f"{package}: no sidecar {path.name}; compile it with vib_deploy.backends.aotinductor.compile_package")
+        raise UserError(
+            f"{package}: no sidecar {path.name}; compile it with vib_deploy.backends.aotinductor.compile_package"
+        )
     meta = json.loads(path.read_text())
     here = _device_facts(device)
     if meta["torch_version"] != torch.__version__:
-        raise UserError(f"{package} was compiled with torch {meta['torch_version']}, this is torch {torch.__version__}; recompile it")
+        raise UserError(
+            f"{package} was compiled with torch {meta['torch_version']}, this is torch {torch.__version__}; recompile it"
+        )
     if meta["device"] != here["device"] or meta["compute_capability"] != here["compute_capability"]:
-        raise UserError(f"{package} was compiled for {meta['device']} (compute capability {meta['compute_capability']}), "
-                        f"this runs on {here['device']} (compute capability {here['compute_capability']}); recompile it")
+        raise UserError(
+            f"{package} was compiled for {meta['device']} (compute capability {meta['compute_capability']}), "
+            f"this runs on {here['device']} (compute capability {here['compute_capability']}); recompile it"
+        )
     return meta
 
 
@@ -104,7 +123,9 @@ class AOTInductorRunner(TorchCudaRunner):
         self.torch = torch
         self.meta = check_sidecar(self.path, self._device)
         if self.meta["precision"] != self.precision:
-            raise UserError(f"{self.path} is a {self.meta['precision']} package, the runner was asked for {self.precision}")
+            raise UserError(
+                f"{self.path} is a {self.meta['precision']} package, the runner was asked for {self.precision}"
+            )
         self.dtype = getattr(torch, DTYPES[self.precision])
         self.channels_last = False  # the package's kernels take the layout it was exported with (contiguous)
         index = torch.device(self._device).index

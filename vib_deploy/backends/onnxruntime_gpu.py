@@ -43,8 +43,10 @@ class OnnxRuntimeCudaRunner(Runner):
         import onnxruntime as ort
 
         if cls.provider not in ort.get_available_providers():
-            return (f"onnxruntime {ort.__version__} has no {cls.provider} (providers: {', '.join(ort.get_available_providers())}); "
-                    "pip install onnxruntime-gpu")
+            return (
+                f"onnxruntime {ort.__version__} has no {cls.provider} (providers: {', '.join(ort.get_available_providers())}); "
+                "pip install onnxruntime-gpu"
+            )
         return cuda_problem()
 
     @property
@@ -64,7 +66,9 @@ class OnnxRuntimeCudaRunner(Runner):
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self.session = ort.InferenceSession(str(self.path), options, providers=self._providers())
         if self.session.get_providers()[0] != self.provider:
-            raise UserError(f"{self.path}: onnxruntime gave providers {self.session.get_providers()}, not {self.provider} first")
+            raise UserError(
+                f"{self.path}: onnxruntime gave providers {self.session.get_providers()}, not {self.provider} first"
+            )
         self.input_name = self.session.get_inputs()[0].name
         self.output_name = self.session.get_outputs()[0].name
         self.channels_last = False
@@ -98,4 +102,7 @@ class OnnxRuntimeTensorRTRunner(OnnxRuntimeCudaRunner):
 
     def _providers(self) -> list[Any]:
         # CUDA after TensorRT: nodes TensorRT does not take run on CUDA, never on the CPU
-        return [(self.provider, {"device_id": self.device_index}), ("CUDAExecutionProvider", {"device_id": self.device_index})]
+        return [
+            (self.provider, {"device_id": self.device_index}),
+            ("CUDAExecutionProvider", {"device_id": self.device_index}),
+        ]

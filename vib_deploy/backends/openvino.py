@@ -19,8 +19,21 @@ from vib_deploy.errors import UserError
 
 INSTALL_HINT = "pip install openvino (2025.0 or later; wheels for Python 3.10-3.13)"
 # x86 ISA extensions the CPU plugin picks kernels by (from /proc/cpuinfo's flags)
-_ISA_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx_vnni",
-              "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16")
+_ISA_FLAGS = (
+    "sse4_2",
+    "avx",
+    "avx2",
+    "fma",
+    "avx512f",
+    "avx512bw",
+    "avx512vl",
+    "avx512_vnni",
+    "avx_vnni",
+    "avx512_bf16",
+    "amx_tile",
+    "amx_int8",
+    "amx_bf16",
+)
 
 
 def sidecar_path(xml: Path) -> Path:
@@ -43,8 +56,12 @@ def cpu_info() -> dict[str, Any]:
 
 def compile_properties(threads: int) -> dict[str, str]:
     """CPU properties matching the ONNX Runtime runner: `threads` intra-op threads, one stream, latency hint."""
-    return {"INFERENCE_NUM_THREADS": str(threads), "NUM_STREAMS": "1", "PERFORMANCE_HINT": "LATENCY",
-            "INFERENCE_PRECISION_HINT": "f32"}  # no bf16/fp16 kernels behind our back: fp32 means fp32
+    return {
+        "INFERENCE_NUM_THREADS": str(threads),
+        "NUM_STREAMS": "1",
+        "PERFORMANCE_HINT": "LATENCY",
+        "INFERENCE_PRECISION_HINT": "f32",
+    }  # no bf16/fp16 kernels behind our back: fp32 means fp32
 
 
 def openvino_version() -> str:
@@ -67,7 +84,9 @@ def save_ir(onnx_path: Path, xml_path: Path, write: Any) -> dict[str, Any]:
     try:
         model = ov.Core().read_model(str(onnx_path))
     except Exception as e:  # OpenVINO raises RuntimeError subclasses with multi-line texts
-        raise UserError(f"{onnx_path}: OpenVINO cannot read it ({type(e).__name__}: {str(e).strip().splitlines()[0][:200]})") from e
+        raise UserError(
+            f"{onnx_path}: OpenVINO cannot read it ({type(e).__name__}: {str(e).strip().splitlines()[0][:200]})"
+        ) from e
     shapes = {p.get_any_name(): str(p.get_partial_shape()) for p in model.inputs}
     with tempfile.TemporaryDirectory(dir=xml_path.parent) as tmp:
         staged = Path(tmp) / "model.xml"
@@ -76,8 +95,15 @@ def save_ir(onnx_path: Path, xml_path: Path, write: Any) -> dict[str, Any]:
         write(xml_path.with_suffix(".bin").name, lambda out: out.write_bytes(staged.with_suffix(".bin").read_bytes()))
         # the .xml names its weights file by offsets only (not by name), so renaming the pair is safe
         write(xml_path.name, lambda out: out.write_bytes(staged.read_bytes()))
-    return {"openvino_version": ov.get_version(), **cpu_info(), "precision": "fp32", "input_shapes": shapes,
-            "onnx": onnx_path.name, "onnx_sha256": sha256_file(onnx_path), "bin_sha256": sha256_file(xml_path.with_suffix(".bin"))}
+    return {
+        "openvino_version": ov.get_version(),
+        **cpu_info(),
+        "precision": "fp32",
+        "input_shapes": shapes,
+        "onnx": onnx_path.name,
+        "onnx_sha256": sha256_file(onnx_path),
+        "bin_sha256": sha256_file(xml_path.with_suffix(".bin")),
+    }
 
 
 def check_sidecar(xml_path: Path) -> dict[str, Any]:
@@ -91,8 +117,10 @@ def check_sidecar(xml_path: Path) -> dict[str, Any]:
         raise UserError(f"{side} is corrupt or not JSON ({e})") from e
     built, here = record.get("openvino_version"), openvino_version()
     if built != here:
-        raise UserError(f"{xml_path} was made with OpenVINO {built} but this is OpenVINO {here}; "
-                        "remake it with `vib-deploy openvino RUN` (or install that version)")
+        raise UserError(
+            f"{xml_path} was made with OpenVINO {built} but this is OpenVINO {here}; "
+            "remake it with `vib-deploy openvino RUN` (or install that version)"
+        )
     return record
 
 
@@ -120,7 +148,9 @@ class OpenVinoRunner(Runner):
             model = core.read_model(str(self.path))
             self.compiled = core.compile_model(model, "CPU", compile_properties(self.threads))
         except Exception as e:  # garbage files and unsupported ops surface as RuntimeError with long texts
-            raise UserError(f"{self.path}: OpenVINO cannot load it ({type(e).__name__}: {str(e).strip().splitlines()[0][:200]})") from e
+            raise UserError(
+                f"{self.path}: OpenVINO cannot load it ({type(e).__name__}: {str(e).strip().splitlines()[0][:200]})"
+            ) from e
         self.request = self.compiled.create_infer_request()
 
     def infer_impl(self, x: np.ndarray) -> np.ndarray:

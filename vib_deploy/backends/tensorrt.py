@@ -77,9 +77,13 @@ def check_sidecar(plan: Path) -> EngineSidecar:
     sidecar = EngineSidecar(**json.loads(path.read_text()))
     gpu, cc = current_gpu()
     if sidecar.tensorrt_version != trt.__version__:
-        raise UserError(f"{plan} was built with TensorRT {sidecar.tensorrt_version}, this is {trt.__version__}; rebuild it here")
+        raise UserError(
+            f"{plan} was built with TensorRT {sidecar.tensorrt_version}, this is {trt.__version__}; rebuild it here"
+        )
     if sidecar.compute_capability != cc:
-        raise UserError(f"{plan} was built for {sidecar.gpu_name} (CC {sidecar.compute_capability}), this is {gpu} (CC {cc}); rebuild it here")
+        raise UserError(
+            f"{plan} was built for {sidecar.gpu_name} (CC {sidecar.compute_capability}), this is {gpu} (CC {cc}); rebuild it here"
+        )
     return sidecar
 
 

@@ -60,7 +60,9 @@ class TorchCudaRunner(Runner):
         self.torch = torch
         self.dtype = getattr(torch, DTYPES[self.precision])
         model = load_model(self.path).eval()
-        self.channels_last = self._device.startswith("cuda") and any(isinstance(m, torch.nn.Conv2d) for m in model.modules())
+        self.channels_last = self._device.startswith("cuda") and any(
+            isinstance(m, torch.nn.Conv2d) for m in model.modules()
+        )
         model = model.to(self._device, self.dtype)
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]

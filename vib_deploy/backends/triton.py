@@ -18,8 +18,16 @@ class TritonRunner(Runner):
     name = "triton"
     artifact_suffix = ".onnx"  # what the served model was made from
 
-    def __init__(self, path: Path, threads: int = 1, url: str = "127.0.0.1:8001", model: str = "", protocol: str = "grpc",
-                 input_name: str = "input", output_name: str = "logits"):
+    def __init__(
+        self,
+        path: Path,
+        threads: int = 1,
+        url: str = "127.0.0.1:8001",
+        model: str = "",
+        protocol: str = "grpc",
+        input_name: str = "input",
+        output_name: str = "logits",
+    ):
         super().__init__(path, threads)
         self.url, self.model, self.protocol = url, model, protocol
         self.input_name, self.output_name = input_name, output_name

@@ -51,12 +51,17 @@ def apply_pruning(net: nn.Module, record: Sequence[dict[str, Any]], input_shape:
             continue
         root = net.get_submodule(step["root"])
         pruner = graph.get_pruner_of_module(root)
-        assert pruner is not None, f"{step['root']} has no Torch-Pruning pruner"  # plan_groups only roots prunable types
+        assert pruner is not None, (
+            f"{step['root']} has no Torch-Pruning pruner"
+        )  # plan_groups only roots prunable types
         group = graph.get_pruning_group(root, pruner.prune_out_channels, idxs=list(step["dead"]))
         # a grouped conv's inputs are cut after all groups (an interim state with unequal conv groups has no
         # valid weight); Torch-Pruning's Group has no public way to drop one dependency
-        group._group = [item for item in group._group
-                        if not (is_grouped_conv(item.dep.target.module) and not graph.is_out_channel_pruning_fn(item.dep.handler))]
+        group._group = [
+            item
+            for item in group._group
+            if not (is_grouped_conv(item.dep.target.module) and not graph.is_out_channel_pruning_fn(item.dep.handler))
+        ]
         group.prune()
     return net
 
@@ -86,14 +91,17 @@ def prune_groups(gated: GatedNet, input_shape: Sequence[int]) -> tuple[PruneResu
         for g, z in zip(work.groups, work.channel_scales(torch.zeros(1, dtype=torch.float64))):
             for point, index in g.points:
                 _scale_outputs(net.get_submodule(point), point_scale(z, index)[0])
-    for g in work.groups:  # a layer whose channels (of this group) all died keeps one, an exact zero: the net keeps its shape
+    for g in (
+        work.groups
+    ):  # a layer whose channels (of this group) all died keeps one, an exact zero: the net keeps its shape
         for _, index in g.points:
             units = [g.unit_of_channel[i] for i in index if i >= 0]
             if not bool(unit_masks[g.gate][units].any()):
                 unit_masks[g.gate][units[0]] = True
     masks = work.keep_masks(unit_masks)
-    record: list[dict[str, Any]] = [{"root": g.root, "dead": torch.nonzero(~m).flatten().tolist()}
-                                    for g, m in zip(work.groups, masks)]
+    record: list[dict[str, Any]] = [
+        {"root": g.root, "dead": torch.nonzero(~m).flatten().tolist()} for g, m in zip(work.groups, masks)
+    ]
     record = [r for r in record if r["dead"]]
     dead_inputs: dict[str, list[int]] = {}
     for g, m in zip(work.groups, masks):
@@ -152,8 +160,12 @@ def _check_prunable(net: nn.Module, plan: GroupPlan, input_shape: Sequence[int],
     for group in plan.gated:  # name the culprit (with the groups that share its gate)
         tied = [replace(g, gate=0) for g in plan.gated if g.gate == group.gate]
         if not error_of(tied) <= SELF_CHECK_TOLERANCE:
-            raise UserError(f"the channel group of {group.root} ({', '.join(group.members[:6])}) cannot be pruned exactly: "
-                            "removing its channels changes the output (an operation between these layers maps 0 to "
-                            f"non-zero, e.g. a sigmoid); list {group.root} under model.ignore to leave it unpruned")
-    raise UserError(f"pruning the model's groups together changes its output (max |Δ| {worst:.3g} x scale) though each "
-                    "group alone is exact; this is a bug, please report it with your model")
+            raise UserError(
+                f"the channel group of {group.root} ({', '.join(group.members[:6])}) cannot be pruned exactly: "
+                "removing its channels changes the output (an operation between these layers maps 0 to "
+                f"non-zero, e.g. a sigmoid); list {group.root} under model.ignore to leave it unpruned"
+            )
+    raise UserError(
+        f"pruning the model's groups together changes its output (max |Δ| {worst:.3g} x scale) though each "
+        "group alone is exact; this is a bug, please report it with your model"
+    )

@@ -32,7 +32,9 @@ MATH_TOLERANCE = 1e-9  # float64 pruned vs float64 VIB model, relative to the lo
 
 
 @torch.no_grad()
-def max_abs_diff(a: nn.Module, b: nn.Module, x: torch.Tensor, x_b: torch.Tensor | None = None, batch: int = 2000) -> float:
+def max_abs_diff(
+    a: nn.Module, b: nn.Module, x: torch.Tensor, x_b: torch.Tensor | None = None, batch: int = 2000
+) -> float:
     """max |a(x) - b(x_b or x)| over all of x, in eval mode."""
     a.eval()
     b.eval()
@@ -54,20 +56,29 @@ def check_exact(result: PruneResult, vib_model: nn.Module, x: torch.Tensor, tole
     pairs: list[tuple[str, nn.Module, torch.Tensor | None]] = [("", result.model, None)]
     if result.reduced_model is not None:
         pairs.append(("reduced_", result.reduced_model, x.flatten(1)[:, result.kept_pixels]))
-    out: dict[str, Any] = {"tolerance": tolerance, "logit_scale": scale, "samples": len(x),
-                           
-                           # the VIB model's own float32 rounding (vs its float64 twin): the noise floor
-                           "vib_fp32_rounding": max_abs_diff(vib32, vib64, x32, x64)}
+    out: dict[str, Any] = {
+        "tolerance": tolerance,
+        "logit_scale": scale,
+        "samples": len(x),
+        # the VIB model's own float32 rounding (vs its float64 twin): the noise floor
+        "vib_fp32_rounding": max_abs_diff(vib32, vib64, x32, x64),
+    }
     for prefix, model64, x_in in pairs:
         model32 = copy.deepcopy(model64).float()
         out[f"{prefix}max_abs_diff"] = max_abs_diff(vib32, model32, x32, None if x_in is None else x_in.float())
-        out[f"{prefix}max_abs_diff_float64"] = max_abs_diff(vib64, model64, x64, None if x_in is None else x_in.double())
+        out[f"{prefix}max_abs_diff_float64"] = max_abs_diff(
+            vib64, model64, x64, None if x_in is None else x_in.double()
+        )
         agree = (model32(x32 if x_in is None else x_in.float()).argmax(1) == logits.argmax(1)).float().mean()
         out[f"{prefix}argmax_agreement"] = float(agree)
         if not out[f"{prefix}max_abs_diff_float64"] <= MATH_TOLERANCE * scale:  # also catches NaN
-            raise UserError(f"pruned {prefix}model is not exact in float64: max |Δlogit| {out[f'{prefix}max_abs_diff_float64']:.3g} "
-                            f"> {MATH_TOLERANCE:g} x {scale:.3g}; this is a bug in pruning, please report it")
+            raise UserError(
+                f"pruned {prefix}model is not exact in float64: max |Δlogit| {out[f'{prefix}max_abs_diff_float64']:.3g} "
+                f"> {MATH_TOLERANCE:g} x {scale:.3g}; this is a bug in pruning, please report it"
+            )
         if not out[f"{prefix}max_abs_diff"] <= tolerance * scale:
-            raise UserError(f"pruned {prefix}model differs from the VIB model in float32 by {out[f'{prefix}max_abs_diff']:.3g} "
-                            f"(> tolerance {tolerance:g} x logit scale {scale:.3g}) on {len(x)} images")
+            raise UserError(
+                f"pruned {prefix}model differs from the VIB model in float32 by {out[f'{prefix}max_abs_diff']:.3g} "
+                f"(> tolerance {tolerance:g} x logit scale {scale:.3g}) on {len(x)} images"
+            )
     return out

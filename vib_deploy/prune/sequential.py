@@ -94,7 +94,9 @@ def _fold_forward(model: nn.Sequential, consumer: int, values: torch.Tensor) -> 
 def prune_sequential(vib_model: nn.Sequential, input_shape: tuple[int, ...]) -> PruneResult:
     """Remove every gated-off unit of `vib_model` and fold the gates; see the module docstring."""
     # long function: the module docstring's four steps in order, on one model and its list of masks
-    model = cast(nn.Sequential, copy.deepcopy(vib_model).cpu().double().eval())  # float64: folding adds no rounding of its own
+    model = cast(
+        nn.Sequential, copy.deepcopy(vib_model).cpu().double().eval()
+    )  # float64: folding adds no rounding of its own
     masks: list[torch.Tensor] = []
     for i, layer in enumerate(model):
         if isinstance(layer, VIBGate):
@@ -124,7 +126,9 @@ def prune_sequential(vib_model: nn.Sequential, input_shape: tuple[int, ...]) -> 
 
     pruner = _ScalePruner()
     graph = tp.DependencyGraph().build_dependency(
-        model, example_inputs=torch.zeros((1,) + tuple(input_shape), dtype=torch.float64), customized_pruners={ChannelScale: pruner}
+        model,
+        example_inputs=torch.zeros((1,) + tuple(input_shape), dtype=torch.float64),
+        customized_pruners={ChannelScale: pruner},
     )
     scale_positions = [i for i, m in enumerate(model) if isinstance(m, ChannelScale)]
     for pos, mask in zip(scale_positions, gate_masks):

@@ -52,9 +52,11 @@ def copy_stage(src: RunDir, dst: RunDir, stage: str) -> bool:
         raise UserError(f"{src.path} has no finished {stage} stage to reuse")
     artifacts = src.manifest()["artifacts"]
     have = dst.manifest()
-    if have["stages"].get(stage) == entry and all(
-            have["artifacts"].get(n, {}).get("sha256") == artifacts[n]["sha256"] for n in entry["outputs"]) \
-            and dst.stage_is_current(stage, entry["key"]):
+    if (
+        have["stages"].get(stage) == entry
+        and all(have["artifacts"].get(n, {}).get("sha256") == artifacts[n]["sha256"] for n in entry["outputs"])
+        and dst.stage_is_current(stage, entry["key"])
+    ):
         return False
     with dst.locked():
         for name in entry["outputs"]:
@@ -68,7 +70,9 @@ def ensure_dense(config: PipelineConfig, runs: Path, progress: Any, echo: Echo, 
     return run_pipeline(config, dense_dir(config, runs, tag), None, progress, echo, until="train-dense")
 
 
-def run_point(config: PipelineConfig, runs: Path = RUNS, progress: Any = None, echo: Echo = print, tag: str = "") -> RunDir:
+def run_point(
+    config: PipelineConfig, runs: Path = RUNS, progress: Any = None, echo: Echo = print, tag: str = ""
+) -> RunDir:
     """One VIB point through every stage, reusing the seed's dense stage."""
     dense = ensure_dense(config, runs, progress, echo, tag)
     target = RunDir(point_dir(config, runs, tag))
@@ -84,18 +88,28 @@ def run_record(run: RunDir, method: str) -> dict[str, Any]:
     tuned = run.read_json("finetune.json") if finetuned(config) else None  # the deployed net's error
     vib = run.read_json("train-vib.json") if method == "vib" else {}
     return {
-        "model": config.model.name, "pipeline": config.name, "method": method, "seed": config.train.seed,
-        "kl_factor": config.train.vib.kl_factor if method == "vib" else None, "run_dir": str(run.path),
-        "error": tuned["test_error"] if tuned else prune.test_error, "error_pruned": prune.test_error,
+        "model": config.model.name,
+        "pipeline": config.name,
+        "method": method,
+        "seed": config.train.seed,
+        "kl_factor": config.train.vib.kl_factor if method == "vib" else None,
+        "run_dir": str(run.path),
+        "error": tuned["test_error"] if tuned else prune.test_error,
+        "error_pruned": prune.test_error,
         # what chooses between points: the validation error of the deployed net (VIB runs; the test error is reported once)
         "val_error": tuned["val_error"] if tuned else vib.get("val_error"),
         "finetune": {k: tuned[k] for k in ("epochs", "lr", "weight_decay", "best_epoch")} if tuned else None,
         # the fine-tune epoch validation kept (0: as pruned): VIB's finetune stage, a peer's own fine-tune
         "kept_epoch": tuned["best_epoch"] if tuned else prune.peer.kept_epoch if prune.peer else None,
         "test_samples": prune.samples,
-        "architecture": _architecture(prune), "dense_architecture": prune.dense_architecture,
-        "flops": prune.pruned.flops, "params": prune.pruned.params, "bytes": prune.pruned.params * 4,
-        "dense_flops": prune.dense.flops, "dense_params": prune.dense.params, "p50_ms": BenchFile.read(run).p50_by_key(),
+        "architecture": _architecture(prune),
+        "dense_architecture": prune.dense_architecture,
+        "flops": prune.pruned.flops,
+        "params": prune.pruned.params,
+        "bytes": prune.pruned.params * 4,
+        "dense_flops": prune.dense.flops,
+        "dense_params": prune.dense.params,
+        "p50_ms": BenchFile.read(run).p50_by_key(),
     }
 
 

@@ -22,7 +22,16 @@ from vib_deploy.plots import pyplot, save_png
 from vib_deploy.records import PruneRecord
 from vib_deploy.runs import RunDir, atomic_write_json, atomic_write_text
 from vib_deploy.stats import paired
-from vib_deploy.studies.common import RUNS, Echo, copy_stage, mean_std, override_tag, point_config, run_point, run_record
+from vib_deploy.studies.common import (
+    RUNS,
+    Echo,
+    copy_stage,
+    mean_std,
+    override_tag,
+    point_config,
+    run_point,
+    run_record,
+)
 from vib_deploy.studies.peer_stage import PeerSpec, peer_prune
 from vib_deploy.studies.peers import METHODS, check_methods, dense_widths
 
@@ -31,12 +40,21 @@ def run_peer(config: PipelineConfig, vib_run: RunDir, method: str, progress: Any
     """One peer of a finished VIB run: its own run directory, the same dense stage, export and bench."""
     # a peer fine-tunes in its own prune stage; the pipeline's finetune stage is VIB's (off here, so not an input)
     vib_finetune = config.train.finetune.epochs
-    config = config.model_copy(update={"train": config.train.model_copy(update={"finetune": FinetuneConfig.model_validate({})})})
+    config = config.model_copy(
+        update={"train": config.train.model_copy(update={"finetune": FinetuneConfig.model_validate({})})}
+    )
     vib_prune = PruneRecord.read(vib_run)
     hidden = len(dense_widths(load_model(vib_run.verified("dense.pt"))))
     arch = vib_prune.dense_architecture
-    spec = PeerSpec(method, vib_prune.pruned.flops, str(vib_run.path), arch[0] if len(arch) == hidden + 1 else None,
-                    tuple(vib_prune.architecture), vib_run.manifest()["artifacts"]["pruned.pt"]["sha256"], vib_finetune)
+    spec = PeerSpec(
+        method,
+        vib_prune.pruned.flops,
+        str(vib_run.path),
+        arch[0] if len(arch) == hidden + 1 else None,
+        tuple(vib_prune.architecture),
+        vib_run.manifest()["artifacts"]["pruned.pt"]["sha256"],
+        vib_finetune,
+    )
     run = RunDir(Path(f"{vib_run.path}-{method}"))
     copy_stage(vib_run, run, "train-dense")
     stages = [Stage("prune", ("train-dense",), spec.section, lambda ctx: peer_prune(ctx, spec), uses_data=True)]
@@ -49,8 +67,16 @@ def run_peer(config: PipelineConfig, vib_run: RunDir, method: str, progress: Any
     return run
 
 
-def compare(pipeline: Path, methods: Sequence[str], seeds: Sequence[int], overrides: Sequence[str] = (),
-            docs: Path = Path("docs"), runs: Path = RUNS, progress: Any = None, echo: Echo = print) -> list[dict[str, Any]]:
+def compare(
+    pipeline: Path,
+    methods: Sequence[str],
+    seeds: Sequence[int],
+    overrides: Sequence[str] = (),
+    docs: Path = Path("docs"),
+    runs: Path = RUNS,
+    progress: Any = None,
+    echo: Echo = print,
+) -> list[dict[str, Any]]:
     """Run VIB and every peer for every seed; merge the records into docs/comparison.json; write the tables."""
     check_methods(list(methods))
     if "vib" not in methods:
@@ -67,8 +93,14 @@ def compare(pipeline: Path, methods: Sequence[str], seeds: Sequence[int], overri
             if method != "vib":
                 echo(f"== {config.name} seed {seed}: {method} at the VIB model's {vib['flops']:,} FLOPs")
                 peer_run = run_peer(config, vib_run, method, progress, echo)
-                records.append({**run_record(peer_run, method), "pipeline_file": str(pipeline), "overrides": list(overrides),
-                                "vs_vib": paired(vib_correct, per_image_correct(peer_run)).to_json()})
+                records.append(
+                    {
+                        **run_record(peer_run, method),
+                        "pipeline_file": str(pipeline),
+                        "overrides": list(overrides),
+                        "vs_vib": paired(vib_correct, per_image_correct(peer_run)).to_json(),
+                    }
+                )
     write_comparison(records, docs)
     return records
 
@@ -101,8 +133,10 @@ def write_comparison(records: list[dict[str, Any]], docs: Path) -> None:
     merged = [r for r in old if ident(r) not in new] + records
     merged.sort(key=lambda r: (_section(r), _method_order(r["method"]), r["seed"]))
     atomic_write_json(path, merged)
-    plots = {p: plot_comparison([r for r in merged if _section(r) == p], docs / "img" / f"comparison-{p}.png")
-             for p in sorted({_section(r) for r in merged})}
+    plots = {
+        p: plot_comparison([r for r in merged if _section(r) == p], docs / "img" / f"comparison-{p}.png")
+        for p in sorted({_section(r) for r in merged})
+    }
     atomic_write_text(docs / "comparison.md", render(merged, {p: f"img/{q.name}" for p, q in plots.items()}))
 
 
@@ -136,9 +170,14 @@ def _speedup(r: dict[str, Any], backend: str, batch: int) -> float | None:
 def summary(group: list[dict[str, Any]], backend: str = "onnxruntime") -> dict[str, str]:
     """One table row: mean ± std over the seeds of a (pipeline, method) group."""
     archs = sorted({"-".join(map(str, r["architecture"])) for r in group})
-    row = {"seeds": ",".join(str(r["seed"]) for r in group), "error": _pm([r["error"] for r in group], ".2f", 100) + " %",
-           "kept": " / ".join(archs), "kflops": _pm([r["flops"] for r in group], ".1f", 1e-3),
-           "params": _pm([r["params"] for r in group], ",.0f"), "bytes": _pm([r["bytes"] for r in group], ",.0f")}
+    row = {
+        "seeds": ",".join(str(r["seed"]) for r in group),
+        "error": _pm([r["error"] for r in group], ".2f", 100) + " %",
+        "kept": " / ".join(archs),
+        "kflops": _pm([r["flops"] for r in group], ".1f", 1e-3),
+        "params": _pm([r["params"] for r in group], ",.0f"),
+        "bytes": _pm([r["bytes"] for r in group], ",.0f"),
+    }
     for batch in (1, 64):
         lat = [v for r in group if (v := _p50(r, backend, batch)) is not None]
         sp = [v for r in group if (v := _speedup(r, backend, batch)) is not None]
@@ -175,76 +214,116 @@ def verdicts(records: list[dict[str, Any]]) -> list[str]:
     images pooled over the seed pairs, two-sided, alpha 0.05); a tie is never a win. One line per peer."""
     from vib_deploy.stats import ALPHA, Paired, pooled
 
-    lines = [f"Verdicts: McNemar's exact test (two-sided, α = {ALPHA:g}) on per-image correctness of VIB's and the peer's "
-             "deployed models over the same test images, discordant images pooled over the seed pairs; "
-             "not significant = tie (never a win)."]
+    lines = [
+        f"Verdicts: McNemar's exact test (two-sided, α = {ALPHA:g}) on per-image correctness of VIB's and the peer's "
+        "deployed models over the same test images, discordant images pooled over the seed pairs; "
+        "not significant = tie (never a win)."
+    ]
     vib = [r["error"] for r in records if r["method"] == "vib"]
     for method in sorted({r["method"] for r in records} - {"vib"}, key=_method_order):
         group = [r for r in records if r["method"] == method]
         dv, dp = mean_std(vib)[0], mean_std([r["error"] for r in group])[0]
-        head = (f"- vs {_title(method)}: VIB {100 * dv:.2f} % vs {100 * dp:.2f} % error "
-                f"({100 * (dp - dv):+.2f} points for the peer; {len(vib)} / {len(group)} seeds)")
+        head = (
+            f"- vs {_title(method)}: VIB {100 * dv:.2f} % vs {100 * dp:.2f} % error "
+            f"({100 * (dp - dv):+.2f} points for the peer; {len(vib)} / {len(group)} seeds)"
+        )
         if not all("vs_vib" in r for r in group):
             lines.append(f"{head}: **not tested** (records without per-image correctness; rerun `vib-deploy compare`)")
             continue
         test = pooled([Paired(**r["vs_vib"]) for r in group])
         word = {"better": "VIB better", "worse": "VIB worse", "tie": "tie"}[test.verdict()]
-        lines.append(f"{head}; VIB right and the peer wrong on {test.a_only} images, the reverse on {test.b_only} "
-                     f"({test.n:,} image pairs), p = {test.p_value:.3g}: **{word}**")
+        lines.append(
+            f"{head}; VIB right and the peer wrong on {test.a_only} images, the reverse on {test.b_only} "
+            f"({test.n:,} image pairs), p = {test.p_value:.3g}: **{word}**"
+        )
     return lines
 
 
 def render(records: list[dict[str, Any]], plots: dict[str, str]) -> str:
-    parts = ["# VIB vs peer pruning methods at matched FLOPs", "",
-             "Generated by `vib-deploy compare` (one call per pipeline, named under its heading; every figure below is read",
-             "from the run directories it names). Each peer is pruned",
-             "from the VIB run's own dense.pt to per-layer widths whose FLOPs match the VIB model's within 2 %, fine-tuned",
-             "for the VIB stage's epoch budget (best validation epoch kept), and exported and benchmarked by the same stages (see `vib_deploy/studies/peers.py`).",
-             "Peers keep all input pixels except `l1-pixels`, which also drops the pixels with the smallest L1 column norm;",
-             "VIB prunes pixels with its input gate (a Gather in the graph), so at equal total FLOPs a pixel-keeping peer",
-             "has narrower hidden layers than VIB (the kept column shows input-h1-h2 for the MLP).",
-             "Errors: the deployed model on the test set (VIB's fine-tuned net when its `train.finetune` is on, its best",
-             "validation epoch; else the pruned net, last epoch), test set used once. Latency: ONNX Runtime CPU, 1 thread, p50, dense and pruned alternating in one process;",
-             "speedup = dense p50 / pruned p50 of the same run; measured/ideal = speedup / (dense FLOPs / pruned FLOPs).",
-             _gpu_note(), ""]
+    parts = [
+        "# VIB vs peer pruning methods at matched FLOPs",
+        "",
+        "Generated by `vib-deploy compare` (one call per pipeline, named under its heading; every figure below is read",
+        "from the run directories it names). Each peer is pruned",
+        "from the VIB run's own dense.pt to per-layer widths whose FLOPs match the VIB model's within 2 %, fine-tuned",
+        "for the VIB stage's epoch budget (best validation epoch kept), and exported and benchmarked by the same stages (see `vib_deploy/studies/peers.py`).",
+        "Peers keep all input pixels except `l1-pixels`, which also drops the pixels with the smallest L1 column norm;",
+        "VIB prunes pixels with its input gate (a Gather in the graph), so at equal total FLOPs a pixel-keeping peer",
+        "has narrower hidden layers than VIB (the kept column shows input-h1-h2 for the MLP).",
+        "Errors: the deployed model on the test set (VIB's fine-tuned net when its `train.finetune` is on, its best",
+        "validation epoch; else the pruned net, last epoch), test set used once. Latency: ONNX Runtime CPU, 1 thread, p50, dense and pruned alternating in one process;",
+        "speedup = dense p50 / pruned p50 of the same run; measured/ideal = speedup / (dense FLOPs / pruned FLOPs).",
+        _gpu_note(),
+        "",
+    ]
     for pipeline in sorted({_section(r) for r in records}):
         group = [r for r in records if _section(r) == pipeline]
         first = group[0]
-        parts += [f"## {pipeline} ({first['model']}, dense {'-'.join(map(str, first['dense_architecture']))}, "
-                  f"{first['dense_flops'] / 1e3:,.1f} KFLOPs, {first['test_samples']:,} test images)", "",
-                  f"Command: `{_command(group)}`", "",
-                  "| method | seeds | error (mean ± std) | kept | KFLOPs | params | bytes | ORT p50 b1 ms | ORT p50 b64 ms "
-                  "| speedup b1 | speedup b64 | measured/ideal b1 | measured/ideal b64 |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        parts += [
+            f"## {pipeline} ({first['model']}, dense {'-'.join(map(str, first['dense_architecture']))}, "
+            f"{first['dense_flops'] / 1e3:,.1f} KFLOPs, {first['test_samples']:,} test images)",
+            "",
+            f"Command: `{_command(group)}`",
+            "",
+            "| method | seeds | error (mean ± std) | kept | KFLOPs | params | bytes | ORT p50 b1 ms | ORT p50 b64 ms "
+            "| speedup b1 | speedup b64 | measured/ideal b1 | measured/ideal b64 |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
         for method in sorted({r["method"] for r in group}, key=_method_order):
             s = summary([r for r in group if r["method"] == method])
-            parts.append(f"| {_title(method)} | {s['seeds']} | {s['error']} | {s['kept']} | {s['kflops']} | {s['params']} | "
-                         f"{s['bytes']} | {s['b1']} | {s['b64']} | {s['speedup_b1']} | {s['speedup_b64']} | {s['ratio_b1']} | "
-                         f"{s['ratio_b64']} |")
-        reduced = [r for r in group if r["method"] == "vib" and _p50(r, "onnxruntime", 64, "pruned_reduced") is not None]
+            parts.append(
+                f"| {_title(method)} | {s['seeds']} | {s['error']} | {s['kept']} | {s['kflops']} | {s['params']} | "
+                f"{s['bytes']} | {s['b1']} | {s['b64']} | {s['speedup_b1']} | {s['speedup_b64']} | {s['ratio_b1']} | "
+                f"{s['ratio_b64']} |"
+            )
+        reduced = [
+            r for r in group if r["method"] == "vib" and _p50(r, "onnxruntime", 64, "pruned_reduced") is not None
+        ]
         if reduced:
             b1 = [v for r in reduced if (v := _p50(r, "onnxruntime", 1, "pruned_reduced")) is not None]
             b64 = [v for r in reduced if (v := _p50(r, "onnxruntime", 64, "pruned_reduced")) is not None]
-            parts += ["", f"VIB's `pruned_reduced.onnx` (takes the kept pixels only; the client gathers them, as a peer's "
-                          f"input is the whole image): ORT p50 b1 {_pm(b1, '.4f')} ms, b64 {_pm(b64, '.4f')} ms. "
-                          "The table's VIB latency is `pruned.onnx`, which gathers them in the graph."]
+            parts += [
+                "",
+                f"VIB's `pruned_reduced.onnx` (takes the kept pixels only; the client gathers them, as a peer's "
+                f"input is the whole image): ORT p50 b1 {_pm(b1, '.4f')} ms, b64 {_pm(b64, '.4f')} ms. "
+                "The table's VIB latency is `pruned.onnx`, which gathers them in the graph.",
+            ]
         for backend in sorted({k.split("/")[0] for r in group for k in r["p50_ms"]} - {"onnxruntime"}):
-            parts += ["", f"{backend}: p50 (ms) and measured speedup over the same run's dense model", "",
-                      "| method | p50 b1 | p50 b64 | speedup b1 | speedup b64 |", "|---|---|---|---|---|"]
+            parts += [
+                "",
+                f"{backend}: p50 (ms) and measured speedup over the same run's dense model",
+                "",
+                "| method | p50 b1 | p50 b64 | speedup b1 | speedup b64 |",
+                "|---|---|---|---|---|",
+            ]
             for method in sorted({r["method"] for r in group}, key=_method_order):
                 s = summary([r for r in group if r["method"] == method], backend)
                 parts.append(f"| {_title(method)} | {s['b1']} | {s['b64']} | {s['speedup_b1']} | {s['speedup_b64']} |")
-        over = [r for r in group for b in (1, 64) if (v := _speedup(r, "onnxruntime", b)) and v * r["flops"] / r["dense_flops"] > 1]
+        over = [
+            r
+            for r in group
+            for b in (1, 64)
+            if (v := _speedup(r, "onnxruntime", b)) and v * r["flops"] / r["dense_flops"] > 1
+        ]
         if over:
-            parts += ["", f"measured/ideal above 1 ({len(over)} measurement(s)): the dense model ran slower per FLOP than the "
-                          "pruned one, as when its larger weights fall out of the caches, which other jobs sharing the CPU make "
-                          "worse; dense and pruned alternate rounds in one process, so both saw the same load."]
+            parts += [
+                "",
+                f"measured/ideal above 1 ({len(over)} measurement(s)): the dense model ran slower per FLOP than the "
+                "pruned one, as when its larger weights fall out of the caches, which other jobs sharing the CPU make "
+                "worse; dense and pruned alternate rounds in one process, so both saw the same load.",
+            ]
         drift = dense_drift(group)
-        parts += ["", f"Latency integrity: the dense model is the same file in every run of a seed; a peer run whose dense ORT p50 "
-                      f"differs by more than {DENSE_DRIFT:.0%} from its VIB run's is flagged below (its p50 columns are not "
-                      f"comparable with VIB's; its speedups are, being timed against its own dense model in one process). "
-                      + (f"Flagged: {len(drift)} of {sum(r['method'] != 'vib' for r in group)} peer runs." if drift else
-                         "None flagged.")]
+        parts += [
+            "",
+            f"Latency integrity: the dense model is the same file in every run of a seed; a peer run whose dense ORT p50 "
+            f"differs by more than {DENSE_DRIFT:.0%} from its VIB run's is flagged below (its p50 columns are not "
+            f"comparable with VIB's; its speedups are, being timed against its own dense model in one process). "
+            + (
+                f"Flagged: {len(drift)} of {sum(r['method'] != 'vib' for r in group)} peer runs."
+                if drift
+                else "None flagged."
+            ),
+        ]
         parts += ["", *verdicts(group), "", "Per run:", "", *_per_run(group, drift)]
         if pipeline in plots:
             parts += ["", f"![{pipeline}]({plots[pipeline]})"]
@@ -254,15 +333,23 @@ def render(records: list[dict[str, Any]], plots: dict[str, str]) -> str:
 
 def _per_run(group: list[dict[str, Any]], drift: dict[tuple[str, int], dict[int, float]]) -> list[str]:
     """The per-run table of one pipeline's records, a peer's dense-p50 drift flagged."""
-    lines = ["| method | seed | error | kept | KFLOPs | params | fine-tune epoch kept | ORT b1 ms | ORT b64 ms "
-             "| dense p50 vs VIB's run | run directory |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| method | seed | error | kept | KFLOPs | params | fine-tune epoch kept | ORT b1 ms | ORT b64 ms "
+        "| dense p50 vs VIB's run | run directory |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in group:
         flag = drift.get((r["method"], r["seed"]))
-        note = "–" if r["method"] == "vib" else ("**flagged** " + ", ".join(f"b{b} {v:+.0%}" for b, v in flag.items())
-                                                 if flag else "within 20 %")
-        lines.append(f"| {r['method']} | {r['seed']} | {100 * r['error']:.2f} % | {'-'.join(map(str, r['architecture']))} | "
-                     f"{r['flops'] / 1e3:.1f} | {r['params']:,} | {_kept_epoch(r)} | {_fmt(_p50(r, 'onnxruntime', 1))} | "
-                     f"{_fmt(_p50(r, 'onnxruntime', 64))} | {note} | `{r['run_dir']}` |")
+        note = (
+            "–"
+            if r["method"] == "vib"
+            else ("**flagged** " + ", ".join(f"b{b} {v:+.0%}" for b, v in flag.items()) if flag else "within 20 %")
+        )
+        lines.append(
+            f"| {r['method']} | {r['seed']} | {100 * r['error']:.2f} % | {'-'.join(map(str, r['architecture']))} | "
+            f"{r['flops'] / 1e3:.1f} | {r['params']:,} | {_kept_epoch(r)} | {_fmt(_p50(r, 'onnxruntime', 1))} | "
+            f"{_fmt(_p50(r, 'onnxruntime', 64))} | {note} | `{r['run_dir']}` |"
+        )
     return lines
 
 
@@ -270,8 +357,10 @@ def _gpu_note() -> str:
     import torch
 
     if torch.cuda.is_available():
-        return ("GPU backends: this machine has a GPU, but the bench stage times CPU backends only (ONNX Runtime's CPU "
-                "provider, torch eager on CPU); no GPU figure is in these tables.")
+        return (
+            "GPU backends: this machine has a GPU, but the bench stage times CPU backends only (ONNX Runtime's CPU "
+            "provider, torch eager on CPU); no GPU figure is in these tables."
+        )
     return "GPU backends: not measured (no GPU on the machine that generated this file); every latency here is CPU."
 
 
@@ -280,8 +369,10 @@ def _command(group: list[dict[str, Any]]) -> str:
     methods = sorted({r["method"] for r in group}, key=_method_order)
     seeds = sorted({r["seed"] for r in group})
     sets = "".join(f" --set {o}" for o in group[0].get("overrides", []))
-    return (f"vib-deploy compare {group[0].get('pipeline_file', 'PIPELINE')} --methods {','.join(methods)} --match-flops "
-            f"--seeds {','.join(map(str, seeds))}{sets}")
+    return (
+        f"vib-deploy compare {group[0].get('pipeline_file', 'PIPELINE')} --methods {','.join(methods)} --match-flops "
+        f"--seeds {','.join(map(str, seeds))}{sets}"
+    )
 
 
 def _kept_epoch(r: dict[str, Any]) -> str:
@@ -310,9 +401,14 @@ def plot_comparison(records: list[dict[str, Any]], path: Path) -> Path:
     width = 0.8 / len(methods)
     for j, m in enumerate(methods):
         group = [r for r in records if r["method"] == m]
-        vals = [mean_std([v for r in group if (v := _p50(r, "onnxruntime", b)) is not None] or [0.0])[0] for b in (1, 64)]
+        vals = [
+            mean_std([v for r in group if (v := _p50(r, "onnxruntime", b)) is not None] or [0.0])[0] for b in (1, 64)
+        ]
         bx.bar([i + j * width for i in range(2)], vals, width, label=m)
-    dense = [mean_std([v for r in records if (v := _p50(r, "onnxruntime", b, "dense")) is not None] or [0.0])[0] for b in (1, 64)]
+    dense = [
+        mean_std([v for r in records if (v := _p50(r, "onnxruntime", b, "dense")) is not None] or [0.0])[0]
+        for b in (1, 64)
+    ]
     for i, d in enumerate(dense):
         bx.hlines(d, i - width / 2, i + width * (len(methods) - 0.5), color="black", label="dense" if i == 0 else None)
     bx.set_xticks([i + width * (len(methods) - 1) / 2 for i in range(2)], ["batch 1", "batch 64"])

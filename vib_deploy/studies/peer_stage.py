@@ -21,9 +21,20 @@ from vib_deploy.pipeline import keyed_section
 from vib_deploy.prune.sequential import reduced_input
 from vib_deploy.records import Cost, PeerInfo, PruneRecord
 from vib_deploy.runs import RunDir
-from vib_deploy.studies.peers import (FLOPS_TOLERANCE, METHODS, SLIMMING_L1, _kept_pixels, dense_widths, fit,
-                                      gated_for_slimming, match_widths, prune_by_scale, prune_pixels, prune_to_widths,
-                                      scratch_net)
+from vib_deploy.studies.peers import (
+    FLOPS_TOLERANCE,
+    METHODS,
+    SLIMMING_L1,
+    _kept_pixels,
+    dense_widths,
+    fit,
+    gated_for_slimming,
+    match_widths,
+    prune_by_scale,
+    prune_pixels,
+    prune_to_widths,
+    scratch_net,
+)
 from vib_deploy.train import accuracy
 
 
@@ -44,17 +55,28 @@ class PeerSpec:
     input_units: int | None  # the VIB model's input width when it gates its input (shown as 784-…)
     vib_architecture: tuple[int, ...] = ()  # VIB's kept units per gate, its kept pixels first when it gates its input
     vib_model_sha256: str | None = None  # VIB's pruned.pt (scratch takes its architecture and kept pixels)
-    vib_finetune_epochs: int = 0  # VIB's train.finetune.epochs (a peer's own config has the stage off: it fine-tunes itself)
+    vib_finetune_epochs: int = (
+        0  # VIB's train.finetune.epochs (a peer's own config has the stage off: it fine-tunes itself)
+    )
 
     def section(self, config: Any) -> dict[str, Any]:
         t = config.train
         method = METHODS[self.method]
         budget = epoch_budget(self.method, config, self.vib_finetune_epochs)
-        out = {"method": self.method, "target_flops": self.target_flops, "tolerance": FLOPS_TOLERANCE,
-               "slimming_l1": SLIMMING_L1 if self.method == "slimming" else None, "epochs": budget["total"],
-               "lr": t.vib.lr, "gate_lr": t.vib.gate_lr, "batch_size": t.batch_size, "seed": t.seed,
-               "data": keyed_section("data", config.data), "prune": config.prune.model_dump(),
-               "keep": "best validation epoch"}
+        out = {
+            "method": self.method,
+            "target_flops": self.target_flops,
+            "tolerance": FLOPS_TOLERANCE,
+            "slimming_l1": SLIMMING_L1 if self.method == "slimming" else None,
+            "epochs": budget["total"],
+            "lr": t.vib.lr,
+            "gate_lr": t.vib.gate_lr,
+            "batch_size": t.batch_size,
+            "seed": t.seed,
+            "data": keyed_section("data", config.data),
+            "prune": config.prune.model_dump(),
+            "keep": "best validation epoch",
+        }
         if self.vib_finetune_epochs > 0:  # keyed only when set: runs made without VIB's finetune stage stay cached
             out["split"] = [budget["sparsity"], budget["finetune"]]
         if method.same_widths or method.scratch:
@@ -68,7 +90,7 @@ class PeerSpec:
     def vib_widths(self, hidden: int) -> tuple[int | None, list[int]]:
         """(kept pixels or None, kept hidden widths) of the VIB model whose dense net has `hidden` prunable layers."""
         arch = list(self.vib_architecture)
-        return (arch[0] if len(arch) == hidden + 1 else None), arch[len(arch) - hidden:]
+        return (arch[0] if len(arch) == hidden + 1 else None), arch[len(arch) - hidden :]
 
 
 def epoch_budget(method: str, config: Any, vib_finetune_epochs: int) -> dict[str, int]:
@@ -119,8 +141,18 @@ def peer_prune(ctx: Any, spec: PeerSpec) -> list[str]:
         pixels = None
     elif method.importance is None:  # slimming: sparsity training, then prune by |scale|
         gated = gated_for_slimming(dense)
-        sparsity, _ = fit(gated, data, budget["sparsity"], t.vib.lr, t.batch_size, t.seed, t.vib.gate_lr, SLIMMING_L1,
-                       ctx.progress, "slimming L1")
+        sparsity, _ = fit(
+            gated,
+            data,
+            budget["sparsity"],
+            t.vib.lr,
+            t.batch_size,
+            t.seed,
+            t.vib.gate_lr,
+            SLIMMING_L1,
+            ctx.progress,
+            "slimming L1",
+        )
         pruned, extra = prune_by_scale(gated, widths, shape)
     else:
         pruned = prune_to_widths(dense, widths, method.importance(), shape)
@@ -128,28 +160,47 @@ def peer_prune(ctx: Any, spec: PeerSpec) -> list[str]:
     if pixels is not None:
         seed = t.seed if method.pixel_criterion == "random" else None
         stats = mean_abs_input(data.x_train) if method.pixel_criterion == "activation" else None
-        pruned, reduced, kept_pixels = prune_pixels(pruned, pixels, seed, stats)  # `reduced` shares its layers with `pruned`
+        pruned, reduced, kept_pixels = prune_pixels(
+            pruned, pixels, seed, stats
+        )  # `reduced` shares its layers with `pruned`
         outputs.append("pruned_reduced.pt")
     error_before = 1 - accuracy(pruned, data.x_test, data.y_test)
-    history, kept_epoch = fit(pruned, data, finetune_epochs, t.vib.lr, t.batch_size, t.seed + 1, progress=ctx.progress,
-                              select_best=True)
+    history, kept_epoch = fit(
+        pruned, data, finetune_epochs, t.vib.lr, t.batch_size, t.seed + 1, progress=ctx.progress, select_best=True
+    )
     pruned = pruned.float().eval()
     flops = count_flops(pruned, shape)
     save_model(pruned, ctx.out("pruned.pt"), {"kept_pixels": kept_pixels, "method": spec.method})
     if reduced is not None:
-        save_model(reduced.float().eval(), ctx.out("pruned_reduced.pt"), {"kept_pixels": kept_pixels, "method": spec.method})
+        save_model(
+            reduced.float().eval(), ctx.out("pruned_reduced.pt"), {"kept_pixels": kept_pixels, "method": spec.method}
+        )
     inputs = [len(kept_pixels)] if kept_pixels is not None else [spec.input_units] if spec.input_units else []
     arch = inputs + widths
     full = dense_widths(dense)
-    peer = PeerInfo(method=spec.method, vib_run=spec.vib_run, target_flops=spec.target_flops,
-                    flops_mismatch=flops / spec.target_flops - 1, test_error_before_finetune=error_before,
-                    sparsity_epochs=len(sparsity), finetune_epochs=len(history),
-                    history={"sparsity": sparsity, "finetune": history}, seconds=time.time() - t0,
-                    budget_epochs=budget["total"], kept_epoch=kept_epoch)
+    peer = PeerInfo(
+        method=spec.method,
+        vib_run=spec.vib_run,
+        target_flops=spec.target_flops,
+        flops_mismatch=flops / spec.target_flops - 1,
+        test_error_before_finetune=error_before,
+        sparsity_epochs=len(sparsity),
+        finetune_epochs=len(history),
+        history={"sparsity": sparsity, "finetune": history},
+        seconds=time.time() - t0,
+        budget_epochs=budget["total"],
+        kept_epoch=kept_epoch,
+    )
     PruneRecord(
-        architecture=arch, dense_architecture=([spec.input_units or math.prod(shape)] if inputs else []) + full,
-        kept_pixels=kept_pixels, test_error=1 - accuracy(pruned, data.x_test, data.y_test), samples=len(data.y_test),
-        dense=Cost(count_flops(dense, shape), count_params(dense)), pruned=Cost(flops, count_params(pruned)),
-        input_shape=shape, scales_left=extra.get("scales_left"), peer=peer,
+        architecture=arch,
+        dense_architecture=([spec.input_units or math.prod(shape)] if inputs else []) + full,
+        kept_pixels=kept_pixels,
+        test_error=1 - accuracy(pruned, data.x_test, data.y_test),
+        samples=len(data.y_test),
+        dense=Cost(count_flops(dense, shape), count_params(dense)),
+        pruned=Cost(flops, count_params(pruned)),
+        input_shape=shape,
+        scales_left=extra.get("scales_left"),
+        peer=peer,
     ).write(ctx.out("prune.json"))
     return outputs + ["prune.json"]

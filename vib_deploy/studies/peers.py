@@ -78,21 +78,43 @@ class Method:
     pixels: bool = False  # also drop input pixels (MLPs): the first Linear's columns by the same criterion
     same_widths: bool = False  # VIB's kept widths (and pixel count) instead of widths searched to VIB's FLOPs
     scratch: bool = False  # VIB's architecture re-initialised, trained from scratch
-    pixel_criterion: str = "l1"  # how pixels are picked: "l1" (column norm), "activation" (|W_j|_1 * E|x_j|) or "random"
+    pixel_criterion: str = (
+        "l1"  # how pixels are picked: "l1" (column norm), "activation" (|W_j|_1 * E|x_j|) or "random"
+    )
 
 
-METHODS: dict[str, Method] = {m.name: m for m in [
-    Method("l1", "L1-norm (Li et al. 2017)", _l1),
-    Method("slimming", "network slimming (Liu et al. 2017)", None),
-    Method("random", "random structured", _random),
-    Method("magnitude", "magnitude neurons (L2 of incoming weights)", _l2),
-    Method("l1-pixels", "L1-norm, input pixels too (MLP)", _l1, pixels=True),
-    Method("act-pixels", "L1-norm, input pixels by weight × mean input (MLP)", _l1, pixels=True, pixel_criterion="activation"),
-    Method("l1-same", "L1-norm at VIB's kept widths (and pixel count: pixels by weight × mean input)", _l1, same_widths=True,
-           pixel_criterion="activation"),
-    Method("random-same", "random at VIB's kept widths (and pixel count)", _random, same_widths=True, pixel_criterion="random"),
-    Method("scratch", "VIB's architecture from scratch (Liu et al. 2019)", None, scratch=True),
-]}
+METHODS: dict[str, Method] = {
+    m.name: m
+    for m in [
+        Method("l1", "L1-norm (Li et al. 2017)", _l1),
+        Method("slimming", "network slimming (Liu et al. 2017)", None),
+        Method("random", "random structured", _random),
+        Method("magnitude", "magnitude neurons (L2 of incoming weights)", _l2),
+        Method("l1-pixels", "L1-norm, input pixels too (MLP)", _l1, pixels=True),
+        Method(
+            "act-pixels",
+            "L1-norm, input pixels by weight × mean input (MLP)",
+            _l1,
+            pixels=True,
+            pixel_criterion="activation",
+        ),
+        Method(
+            "l1-same",
+            "L1-norm at VIB's kept widths (and pixel count: pixels by weight × mean input)",
+            _l1,
+            same_widths=True,
+            pixel_criterion="activation",
+        ),
+        Method(
+            "random-same",
+            "random at VIB's kept widths (and pixel count)",
+            _random,
+            same_widths=True,
+            pixel_criterion="random",
+        ),
+        Method("scratch", "VIB's architecture from scratch (Liu et al. 2019)", None, scratch=True),
+    ]
+}
 
 
 def check_methods(names: list[str]) -> None:
@@ -105,8 +127,10 @@ def check_methods(names: list[str]) -> None:
 def dense_widths(dense: nn.Module) -> list[int]:
     """Output units of each prunable layer (all Conv2d/Linear but the last)."""
     if not isinstance(dense, nn.Sequential):
-        raise UserError(f"the peers take a zoo LeNet (an nn.Sequential of Conv2d/Linear layers); this dense net is a "
-                        f"{type(dense).__name__}: compare is not available for it yet")
+        raise UserError(
+            f"the peers take a zoo LeNet (an nn.Sequential of Conv2d/Linear layers); this dense net is a "
+            f"{type(dense).__name__}: compare is not available for it yet"
+        )
     return [_out(layer) for _, layer in prunable_layers(dense)]
 
 
@@ -136,8 +160,13 @@ def with_widths(dense: nn.Sequential, widths: list[int], pixels: int | None = No
     return build(spec)
 
 
-def match_widths(dense: nn.Sequential, target_flops: int, input_shape: tuple[int, ...],
-                 tolerance: float = FLOPS_TOLERANCE, pixels: bool = False) -> list[int]:
+def match_widths(
+    dense: nn.Sequential,
+    target_flops: int,
+    input_shape: tuple[int, ...],
+    tolerance: float = FLOPS_TOLERANCE,
+    pixels: bool = False,
+) -> list[int]:
     """Per-layer widths whose FLOPs are within `tolerance` of `target_flops`.
 
     1. Binary search of one scale s for all layers, widths round(s * dense width) (Li et al.'s uniform
@@ -171,8 +200,8 @@ def match_widths(dense: nn.Sequential, target_flops: int, input_shape: tuple[int
             a, b = 1, full[i]  # largest width in [1, full] with FLOPs <= target (or 1)
             while a < b:
                 m = (a + b + 1) // 2
-                a, b = (m, b) if flops(widths[:i] + [m] + widths[i + 1:]) <= target_flops else (a, m - 1)
-            options = [widths[:i] + [w] + widths[i + 1:] for w in {a, min(a + 1, full[i])}]
+                a, b = (m, b) if flops(widths[:i] + [m] + widths[i + 1 :]) <= target_flops else (a, m - 1)
+            options = [widths[:i] + [w] + widths[i + 1 :] for w in {a, min(a + 1, full[i])}]
             widths = min(options, key=lambda ws: abs(flops(ws) - target_flops))
     miss = flops(widths) / target_flops - 1
     if abs(miss) > tolerance:
@@ -181,7 +210,9 @@ def match_widths(dense: nn.Sequential, target_flops: int, input_shape: tuple[int
 
 
 # -- pruning -------------------------------------------------------------------------------------
-def prune_to_widths(dense: nn.Sequential, widths: list[int], importance: Any, input_shape: tuple[int, ...]) -> nn.Sequential:
+def prune_to_widths(
+    dense: nn.Sequential, widths: list[int], importance: Any, input_shape: tuple[int, ...]
+) -> nn.Sequential:
     """Torch-Pruning's MetaPruner, one local ratio per prunable layer, so each keeps exactly its width."""
     import torch_pruning as tp
 
@@ -190,8 +221,14 @@ def prune_to_widths(dense: nn.Sequential, widths: list[int], importance: Any, in
     # MetaPruner keeps int(n * (1 - ratio)) units: +0.5 makes that exactly `width` despite float rounding
     ratios = {layer: 1 - (w + 0.5) / _out(layer) for layer, w in zip(layers, widths)}
     weighted = [m for m in model if isinstance(m, (nn.Linear, nn.Conv2d))]
-    pruner = tp.pruner.MetaPruner(model, torch.zeros((1,) + tuple(input_shape)), importance, pruning_ratio=0.0,
-                                  pruning_ratio_dict=ratios, ignored_layers=[weighted[-1]])  # type: ignore[arg-type]
+    pruner = tp.pruner.MetaPruner(
+        model,
+        torch.zeros((1,) + tuple(input_shape)),
+        importance,
+        pruning_ratio=0.0,
+        pruning_ratio_dict=ratios,
+        ignored_layers=[weighted[-1]],
+    )  # type: ignore[arg-type]
     pruner.step()
     got = dense_widths(model)
     if got != list(widths):
@@ -199,8 +236,9 @@ def prune_to_widths(dense: nn.Sequential, widths: list[int], importance: Any, in
     return model
 
 
-def prune_pixels(model: nn.Sequential, pixels: int, seed: int | None = None,
-                 mean_abs_input: torch.Tensor | None = None) -> tuple[nn.Sequential, nn.Sequential, list[int]]:
+def prune_pixels(
+    model: nn.Sequential, pixels: int, seed: int | None = None, mean_abs_input: torch.Tensor | None = None
+) -> tuple[nn.Sequential, nn.Sequential, list[int]]:
     """Keep the `pixels` input pixels whose columns of the first Linear have the largest L1 norm, times the pixel's
     mean |x| over the training images when `mean_abs_input` (flattened, as the first Linear sees it) is given
     (with `seed`: `pixels` pixels drawn at random by a generator seeded with it).
@@ -218,12 +256,16 @@ def prune_pixels(model: nn.Sequential, pixels: int, seed: int | None = None,
         norms = linear.weight.detach().abs().sum(0)  # (in_features,)
         if mean_abs_input is not None:
             if mean_abs_input.shape != norms.shape:
-                raise UserError(f"pixel statistics have shape {tuple(mean_abs_input.shape)}, the first Linear takes "
-                                f"{linear.in_features} inputs")
+                raise UserError(
+                    f"pixel statistics have shape {tuple(mean_abs_input.shape)}, the first Linear takes "
+                    f"{linear.in_features} inputs"
+                )
             norms = norms * mean_abs_input.to(norms.dtype)
         kept = sorted(torch.topk(norms, pixels).indices.tolist())
     else:
-        kept = sorted(torch.randperm(linear.in_features, generator=torch.Generator().manual_seed(seed))[:pixels].tolist())
+        kept = sorted(
+            torch.randperm(linear.in_features, generator=torch.Generator().manual_seed(seed))[:pixels].tolist()
+        )
     dead = sorted(set(range(linear.in_features)) - set(kept))
     if dead:
         tp.prune_linear_in_channels(linear, dead)
@@ -263,7 +305,9 @@ def gated_for_slimming(dense: nn.Sequential) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-def prune_by_scale(gated: nn.Sequential, widths: list[int], input_shape: tuple[int, ...]) -> tuple[nn.Sequential, dict[str, Any]]:
+def prune_by_scale(
+    gated: nn.Sequential, widths: list[int], input_shape: tuple[int, ...]
+) -> tuple[nn.Sequential, dict[str, Any]]:
     """Keep the `widths` largest |mu| per gate, fold the scales in (prune_sequential), check exactness."""
     gated = copy.deepcopy(gated).eval()
     with torch.no_grad():
@@ -285,9 +329,19 @@ def _kept_pixels(model: nn.Sequential) -> list[int]:
 
 
 # -- training ------------------------------------------------------------------------------------
-def fit(model: nn.Sequential, data: Any, epochs: int, lr: float, batch_size: int, seed: int,
-        gate_lr: float | None = None, l1: float = 0.0, progress: Any = None, label: str = "fine-tune",
-        select_best: bool = False) -> tuple[list[dict[str, Any]], int]:
+def fit(
+    model: nn.Sequential,
+    data: Any,
+    epochs: int,
+    lr: float,
+    batch_size: int,
+    seed: int,
+    gate_lr: float | None = None,
+    l1: float = 0.0,
+    progress: Any = None,
+    label: str = "fine-tune",
+    select_best: bool = False,
+) -> tuple[list[dict[str, Any]], int]:
     """`train.train` without checkpoints: Adam + cosine for `epochs`, CE (+ l1 * sum |mu| of the gates); the last
     epoch kept, or with `select_best` the best validation epoch (the starting weights count as epoch 0).
 
@@ -296,7 +350,20 @@ def fit(model: nn.Sequential, data: Any, epochs: int, lr: float, batch_size: int
     """
     if epochs == 0:
         return [], 0
-    spec = TrainSpec(stage=label, key="", epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
-                     device=torch.device("cpu"), gate_lr=gate_lr, l1=l1, select_best=select_best, keep_start=select_best)
+    spec = TrainSpec(
+        stage=label,
+        key="",
+        epochs=epochs,
+        lr=lr,
+        batch_size=batch_size,
+        seed=seed,
+        device=torch.device("cpu"),
+        gate_lr=gate_lr,
+        l1=l1,
+        select_best=select_best,
+        keep_start=select_best,
+    )
     result = train(model, spec, data, None, progress)
-    return [{"epoch": r["epoch"], "loss": r["loss"], "val_acc": r["val_acc"]} for r in result.history], result.best_epoch
+    return [
+        {"epoch": r["epoch"], "loss": r["loss"], "val_acc": r["val_acc"]} for r in result.history
+    ], result.best_epoch

@@ -18,8 +18,17 @@ from vib_deploy.plots import pyplot, save_png
 from vib_deploy.runs import atomic_write_json, atomic_write_text
 from vib_deploy.studies.common import RUNS, Echo, mean_std, override_tag, point_config, run_point, run_record
 
-def sweep(pipeline: Path, kl_factors: Sequence[float], seeds: Sequence[int], overrides: Sequence[str] = (),
-          out: Path | None = None, runs: Path = RUNS, progress: Any = None, echo: Echo = print) -> list[dict[str, Any]]:
+
+def sweep(
+    pipeline: Path,
+    kl_factors: Sequence[float],
+    seeds: Sequence[int],
+    overrides: Sequence[str] = (),
+    out: Path | None = None,
+    runs: Path = RUNS,
+    progress: Any = None,
+    echo: Echo = print,
+) -> list[dict[str, Any]]:
     """Run every (kl_factor, seed) point; write sweep.json + the frontier PNG; return the records."""
     records = []
     for seed in seeds:
@@ -38,17 +47,24 @@ def sweep(pipeline: Path, kl_factors: Sequence[float], seeds: Sequence[int], ove
 
 def render_frontier(name: str, records: Sequence[dict[str, Any]]) -> str:
     """The frontier as a markdown table (mean ± std over seeds), beside frontier.png."""
+
     def pm(v: tuple[float, float] | None, fmt: str, scale: float = 1.0) -> str:
         return "–" if v is None else f"{v[0] * scale:{fmt}} ± {v[1] * scale:{fmt}}"
 
-    lines = [f"# {name}: accuracy–FLOPs frontier", "",
-             "Validation error chooses between points (the validation split); the test error is the reported figure.", "",
-             "| kl_factor | seeds | kept (per seed) | val error % | test error % | KFLOPs | ORT p50 b1 ms | ORT p50 b64 ms |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# {name}: accuracy–FLOPs frontier",
+        "",
+        "Validation error chooses between points (the validation split); the test error is the reported figure.",
+        "",
+        "| kl_factor | seeds | kept (per seed) | val error % | test error % | KFLOPs | ORT p50 b1 ms | ORT p50 b64 ms |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for row in frontier_rows(records):
-        lines.append(f"| {row['kl_factor']:g} | {','.join(map(str, row['seeds']))} | {', '.join(row['architectures'])} | "
-                     f"{pm(row['val_error'], '.2f', 100)} | {pm(row['error'], '.2f', 100)} | {pm(row['flops'], '.1f', 1e-3)} | {pm(row['ort_b1_ms'], '.4f')} | "
-                     f"{pm(row['ort_b64_ms'], '.4f')} |")
+        lines.append(
+            f"| {row['kl_factor']:g} | {','.join(map(str, row['seeds']))} | {', '.join(row['architectures'])} | "
+            f"{pm(row['val_error'], '.2f', 100)} | {pm(row['error'], '.2f', 100)} | {pm(row['flops'], '.1f', 1e-3)} | {pm(row['ort_b1_ms'], '.4f')} | "
+            f"{pm(row['ort_b64_ms'], '.4f')} |"
+        )
     lines += ["", "![frontier](frontier.png)", ""]
     return "\n".join(lines)
 
@@ -58,12 +74,18 @@ def frontier_rows(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     rows = []
     for kl in sorted({r["kl_factor"] for r in records}):
         group = [r for r in records if r["kl_factor"] == kl]
-        row: dict[str, Any] = {"kl_factor": kl, "seeds": [r["seed"] for r in group],
-                               "architectures": ["-".join(map(str, r["architecture"])) for r in group]}
-        for key, values in (("error", [r["error"] for r in group]), ("flops", [r["flops"] for r in group]),
-                            ("val_error", [r.get("val_error") for r in group]),
-                            ("ort_b1_ms", [r["p50_ms"].get("onnxruntime/b1/pruned") for r in group]),
-                            ("ort_b64_ms", [r["p50_ms"].get("onnxruntime/b64/pruned") for r in group])):
+        row: dict[str, Any] = {
+            "kl_factor": kl,
+            "seeds": [r["seed"] for r in group],
+            "architectures": ["-".join(map(str, r["architecture"])) for r in group],
+        }
+        for key, values in (
+            ("error", [r["error"] for r in group]),
+            ("flops", [r["flops"] for r in group]),
+            ("val_error", [r.get("val_error") for r in group]),
+            ("ort_b1_ms", [r["p50_ms"].get("onnxruntime/b1/pruned") for r in group]),
+            ("ort_b64_ms", [r["p50_ms"].get("onnxruntime/b64/pruned") for r in group]),
+        ):
             clean = [v for v in values if v is not None]
             row[key] = mean_std(clean) if clean else None
         rows.append(row)
@@ -73,8 +95,13 @@ def frontier_rows(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 def plot_frontier(records: Sequence[dict[str, Any]], path: Path, title: str) -> None:
     """Error vs KFLOPs, one point per run (mean ± std per kl_factor), labelled with its ORT b64 p50."""
     fig, ax = pyplot().subplots(figsize=(7, 4.5))
-    ax.scatter([r["flops"] / 1e3 for r in records], [100 * r["error"] for r in records], s=12, color="#999999",
-               label="one seed")
+    ax.scatter(
+        [r["flops"] / 1e3 for r in records],
+        [100 * r["error"] for r in records],
+        s=12,
+        color="#999999",
+        label="one seed",
+    )
     for row in frontier_rows(records):
         (f, fs), (e, es) = row["flops"], row["error"]
         ax.errorbar(f / 1e3, 100 * e, xerr=fs / 1e3, yerr=100 * es, fmt="o", color="#1f77b4", capsize=3)

@@ -22,8 +22,14 @@ from vib_deploy.triton.repository import package
 from vib_deploy.triton.server import TritonServer
 
 
-def bench_triton(run_dir: Path, concurrency: tuple[int, ...], batch_sizes: tuple[int, ...], requests: int,
-                 protocol: str = "grpc", echo: Callable[[str], None] = print) -> list[dict[str, Any]]:
+def bench_triton(
+    run_dir: Path,
+    concurrency: tuple[int, ...],
+    batch_sizes: tuple[int, ...],
+    requests: int,
+    protocol: str = "grpc",
+    echo: Callable[[str], None] = print,
+) -> list[dict[str, Any]]:
     """Records {variant, batch, concurrency, p50_ms, p99_ms, throughput, in_process_p50_ms}; also written to bench-triton.json."""
     if protocol not in ("grpc", "http"):
         raise UserError(f"--protocol must be grpc or http, got {protocol!r}")
@@ -38,31 +44,54 @@ def bench_triton(run_dir: Path, concurrency: tuple[int, ...], batch_sizes: tuple
     config = read_run_config(run_dir)
     run = RunDir(run_dir)
     images = splits_of(config.data).x_test[:512]
-    in_process = {(r.variant, r.batch): r.p50_ms for r in BenchFile.read(run).records
-                  if r.backend == "onnxruntime" and r.precision in (None, "fp32")}
+    in_process = {
+        (r.variant, r.batch): r.p50_ms
+        for r in BenchFile.read(run).records
+        if r.backend == "onnxruntime" and r.precision in (None, "fp32")
+    }
     records = []
     with tempfile.TemporaryDirectory(prefix="vib-deploy-bench-") as tmp:
         shipped = {m.name.rsplit("-", 1)[1]: m for m in package(run_dir, Path(tmp) / "models", name="bench")}
         with TritonServer(Path(tmp) / "models") as server:
-            echo(f"tritonserver ready in {server.start_seconds:.1f} s ({protocol}); timing {len(shipped)} models × "
-                 f"batches {list(batch_sizes)} × concurrency {list(concurrency)}, {requests} calls per client")
+            echo(
+                f"tritonserver ready in {server.start_seconds:.1f} s ({protocol}); timing {len(shipped)} models × "
+                f"batches {list(batch_sizes)} × concurrency {list(concurrency)}, {requests} calls per client"
+            )
             url = server.grpc_url if protocol == "grpc" else server.http_url
             for variant, model in shipped.items():
                 for batch in batch_sizes:
                     x = make_input(Variant(variant, {}), images, batch)
                     for clients in concurrency:
-                        runners = [TritonRunner(run.file(f"{variant}.onnx"), url=url, model=model.name, protocol=protocol).activate()
-                                   for _ in range(clients)]
+                        runners = [
+                            TritonRunner(
+                                run.file(f"{variant}.onnx"), url=url, model=model.name, protocol=protocol
+                            ).activate()
+                            for _ in range(clients)
+                        ]
                         try:
                             stats = time_concurrent(runners, x, requests)
                         finally:
                             for r in runners:
                                 r.deactivate()
-                        records.append({"backend": "triton", "protocol": protocol, "variant": variant, "batch": batch, **stats,
-                                        "in_process_p50_ms": in_process.get((variant, batch))})
+                        records.append(
+                            {
+                                "backend": "triton",
+                                "protocol": protocol,
+                                "variant": variant,
+                                "batch": batch,
+                                **stats,
+                                "in_process_p50_ms": in_process.get((variant, batch)),
+                            }
+                        )
     with run.locked():
-        atomic_write_json(run.file("bench-triton.json"), {"records": records, "machine": machine_info(),
-                                                          "server": "tritonserver 2.51 (nvidia-pytriton), Python backend running onnxruntime"})
+        atomic_write_json(
+            run.file("bench-triton.json"),
+            {
+                "records": records,
+                "machine": machine_info(),
+                "server": "tritonserver 2.51 (nvidia-pytriton), Python backend running onnxruntime",
+            },
+        )
         run.add_artifacts("bench-triton", ["bench-triton.json"])
     return records
 
@@ -77,6 +106,13 @@ def print_table(records: list[dict[str, Any]]) -> None:
         table.add_column(col)
     for r in records:
         ip = r["in_process_p50_ms"]
-        table.add_row(r["variant"], str(r["batch"]), str(r["concurrency"]), f"{r['p50_ms']:.3f}", f"{r['p99_ms']:.3f}",
-                      f"{r['throughput']:,.0f}", "-" if ip is None else f"{ip:.4f}")
+        table.add_row(
+            r["variant"],
+            str(r["batch"]),
+            str(r["concurrency"]),
+            f"{r['p50_ms']:.3f}",
+            f"{r['p99_ms']:.3f}",
+            f"{r['throughput']:,.0f}",
+            "-" if ip is None else f"{ip:.4f}",
+        )
     Console().print(table)

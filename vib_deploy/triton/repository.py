@@ -38,20 +38,42 @@ from typing import Any
 from vib_deploy import __version__
 from vib_deploy.data import CLASS_NAMES
 from vib_deploy.errors import UserError
-from vib_deploy.runs import (RunDir, atomic_write_bytes, atomic_write_json, atomic_write_text, fsync_dir, read_json_file,
-                             sha256_file)
+from vib_deploy.runs import (
+    RunDir,
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+    fsync_dir,
+    read_json_file,
+    sha256_file,
+)
 
 VARIANTS = ("dense", "pruned")
 MODEL_FILE = "model.onnx"
 PLAN_FILE = "model.plan"  # TensorRT engine; its sidecar (TensorRT version, GPU) is model.plan.json beside it
-OPENVINO, IR_FILE = "openvino", "model.xml"  # Triton's OpenVINO backend; IR weights in model.bin, sidecar model.xml.json
+OPENVINO, IR_FILE = (
+    "openvino",
+    "model.xml",
+)  # Triton's OpenVINO backend; IR weights in model.bin, sidecar model.xml.json
 VERSION_MANIFEST = "manifest.json"
 CONFIG = "config.pbtxt"
 LABELS = "labels.txt"
 # ONNX TensorProto element types -> Triton data types
-_ONNX_TO_TRITON = {1: "TYPE_FP32", 2: "TYPE_UINT8", 3: "TYPE_INT8", 4: "TYPE_UINT16", 5: "TYPE_INT16", 6: "TYPE_INT32",
-                   7: "TYPE_INT64", 9: "TYPE_BOOL", 10: "TYPE_FP16", 11: "TYPE_FP64", 12: "TYPE_UINT32",
-                   13: "TYPE_UINT64", 16: "TYPE_BF16"}
+_ONNX_TO_TRITON = {
+    1: "TYPE_FP32",
+    2: "TYPE_UINT8",
+    3: "TYPE_INT8",
+    4: "TYPE_UINT16",
+    5: "TYPE_INT16",
+    6: "TYPE_INT32",
+    7: "TYPE_INT64",
+    9: "TYPE_BOOL",
+    10: "TYPE_FP16",
+    11: "TYPE_FP64",
+    12: "TYPE_UINT32",
+    13: "TYPE_UINT64",
+    16: "TYPE_BF16",
+}
 
 
 @dataclass(frozen=True)
@@ -108,11 +130,15 @@ def graph_io(onnx_path: Path) -> tuple[list[TensorSpec], list[TensorSpec]]:
     def spec(value: Any) -> TensorSpec:
         t = value.type.tensor_type
         if t.elem_type not in _ONNX_TO_TRITON:
-            raise UserError(f"{onnx_path}: {value.name} has ONNX element type {t.elem_type}, which Triton does not take")
+            raise UserError(
+                f"{onnx_path}: {value.name} has ONNX element type {t.elem_type}, which Triton does not take"
+            )
         dims = [d.dim_param or (d.dim_value if d.HasField("dim_value") else "?") for d in t.shape.dim]
         if not dims or isinstance(dims[0], int):
             raise UserError(f"{onnx_path}: {value.name} has no dynamic batch axis (shape {dims}); export with one")
-        return TensorSpec(value.name, _ONNX_TO_TRITON[t.elem_type], tuple(-1 if isinstance(d, str) else d for d in dims[1:]))
+        return TensorSpec(
+            value.name, _ONNX_TO_TRITON[t.elem_type], tuple(-1 if isinstance(d, str) else d for d in dims[1:])
+        )
 
     inputs = [spec(v) for v in model.graph.input if v.name not in initializers]
     return inputs, [spec(v) for v in model.graph.output]
@@ -122,36 +148,82 @@ def _dims(dims: tuple[int, ...]) -> str:
     return "[ " + ", ".join(str(d) for d in dims) + " ]"
 
 
-def render_config(name: str, inputs: list[TensorSpec], outputs: list[TensorSpec], options: ShipOptions,
-                  platform: str = "onnxruntime_onnx") -> str:
+def render_config(
+    name: str,
+    inputs: list[TensorSpec],
+    outputs: list[TensorSpec],
+    options: ShipOptions,
+    platform: str = "onnxruntime_onnx",
+) -> str:
     """config.pbtxt text for an ONNX model (or a plan, or OpenVINO IR: platform "openvino" names Triton's
     OpenVINO *backend*, run with one thread, one stream, latency hint as bench measured it); the first
     output carries the labels file."""
     if platform == OPENVINO:
         engine = [f'backend: "{OPENVINO}"', f'default_model_filename: "{IR_FILE}"']
-        engine_params = [f'parameters {{ key: "{k}" value: {{ string_value: "{v}" }} }}'
-                         for k, v in (("INFERENCE_NUM_THREADS", "1"), ("NUM_STREAMS", "1"), ("PERFORMANCE_HINT", "LATENCY"))]
+        engine_params = [
+            f'parameters {{ key: "{k}" value: {{ string_value: "{v}" }} }}'
+            for k, v in (("INFERENCE_NUM_THREADS", "1"), ("NUM_STREAMS", "1"), ("PERFORMANCE_HINT", "LATENCY"))
+        ]
     else:
         engine, engine_params = [f'platform: "{platform}"'], []
-    lines = [f'name: "{name}"', *engine, f"max_batch_size: {options.max_batch_size}",
-             "version_policy: { latest: { num_versions: 1 } }"]
+    lines = [
+        f'name: "{name}"',
+        *engine,
+        f"max_batch_size: {options.max_batch_size}",
+        "version_policy: { latest: { num_versions: 1 } }",
+    ]
     for t in inputs:
-        lines += ["input [", "  {", f'    name: "{t.name}"', f"    data_type: {t.data_type}", f"    dims: {_dims(t.dims)}",
-                  "  }", "]"]
+        lines += [
+            "input [",
+            "  {",
+            f'    name: "{t.name}"',
+            f"    data_type: {t.data_type}",
+            f"    dims: {_dims(t.dims)}",
+            "  }",
+            "]",
+        ]
     for i, t in enumerate(outputs):
         label = [f'    label_filename: "{LABELS}"'] if i == 0 else []
-        lines += ["output [", "  {", f'    name: "{t.name}"', f"    data_type: {t.data_type}", f"    dims: {_dims(t.dims)}",
-                  *label, "  }", "]"]
+        lines += [
+            "output [",
+            "  {",
+            f'    name: "{t.name}"',
+            f"    data_type: {t.data_type}",
+            f"    dims: {_dims(t.dims)}",
+            *label,
+            "  }",
+            "]",
+        ]
     preferred = ", ".join(str(b) for b in options.preferred_batch_sizes)
-    lines += ["dynamic_batching {", f"  preferred_batch_size: [ {preferred} ]",
-              f"  max_queue_delay_microseconds: {options.max_queue_delay_us}", "}",
-              "instance_group [", "  {", f"    count: {options.instance_count}", f"    kind: {options.kind}", "  }", "]",
-              "model_warmup [", "  {", '    name: "zeros_batch_1"', "    batch_size: 1"]
+    lines += [
+        "dynamic_batching {",
+        f"  preferred_batch_size: [ {preferred} ]",
+        f"  max_queue_delay_microseconds: {options.max_queue_delay_us}",
+        "}",
+        "instance_group [",
+        "  {",
+        f"    count: {options.instance_count}",
+        f"    kind: {options.kind}",
+        "  }",
+        "]",
+        "model_warmup [",
+        "  {",
+        '    name: "zeros_batch_1"',
+        "    batch_size: 1",
+    ]
     for t in inputs:
         if -1 in t.dims:
             raise UserError(f"input {t.name} has a dynamic non-batch axis {t.dims}; model_warmup needs fixed dims")
-        lines += ["    inputs {", f'      key: "{t.name}"', "      value: {", f"        data_type: {t.data_type}",
-                  f"        dims: {_dims(t.dims)}", "        zero_data: true", "      }", "    }"]
+        lines += [
+            "    inputs {",
+            f'      key: "{t.name}"',
+            "      value: {",
+            f"        data_type: {t.data_type}",
+            f"        dims: {_dims(t.dims)}",
+            "        zero_data: true",
+            "      }",
+            "    }",
+        ]
     lines += ["  }", "]", *engine_params]
     return "\n".join(lines) + "\n"
 
@@ -210,8 +282,9 @@ def _latency(metrics: dict[str, Any], variant: str) -> list[dict[str, Any]]:
     return [{k: r.get(k) for k in keys} for r in metrics.get("bench", []) if r.get("variant") == variant]
 
 
-def package(run_dir: Path, repo: Path, version: int | None = None, name: str | None = None,
-            options: ShipOptions = ShipOptions()) -> list[ShippedModel]:
+def package(
+    run_dir: Path, repo: Path, version: int | None = None, name: str | None = None, options: ShipOptions = ShipOptions()
+) -> list[ShippedModel]:
     """Add the run's dense and pruned ONNX models to the Triton repository `repo` as `<name>-dense`, `<name>-pruned`.
 
     The version is one above the newest existing one (1 in an empty repository) unless `version` is given;
@@ -242,12 +315,24 @@ def package(run_dir: Path, repo: Path, version: int | None = None, name: str | N
         m = metrics.get(variant, {})
         if variant == "pruned" and metrics.get("finetuned"):  # the ONNX model is the fine-tuned net (its error)
             m = {**m, "error": metrics["finetuned"]["error"]}
-        record = {"variant": variant, "vib_deploy_version": __version__,
-                  "source": {"run": str(run_dir.resolve()), "run_name": _run_name(run_dir),
-                             "metrics_sha256": sha256_file(run.file("metrics.json"))},
-                  "metrics": {"dataset": metrics.get("dataset"), "test_samples": metrics.get("test_samples"),
-                              "error": m.get("error"), "flops": m.get("flops"), "params": m.get("params"),
-                              "architecture": m.get("architecture"), "latency": _latency(metrics, variant)}}
+        record = {
+            "variant": variant,
+            "vib_deploy_version": __version__,
+            "source": {
+                "run": str(run_dir.resolve()),
+                "run_name": _run_name(run_dir),
+                "metrics_sha256": sha256_file(run.file("metrics.json")),
+            },
+            "metrics": {
+                "dataset": metrics.get("dataset"),
+                "test_samples": metrics.get("test_samples"),
+                "error": m.get("error"),
+                "flops": m.get("flops"),
+                "params": m.get("params"),
+                "architecture": m.get("architecture"),
+                "latency": _latency(metrics, variant),
+            },
+        }
         targets = [(f"{base}-{variant}", {MODEL_FILE: onnx_path}, "onnxruntime_onnx", options, {})]
         if run.file(f"{variant}.plan").exists():  # an engine from `vib-deploy build-engine`: ship it as <model>_trt
             plan = run.verified(f"{variant}.plan")
@@ -255,37 +340,81 @@ def package(run_dir: Path, repo: Path, version: int | None = None, name: str | N
             sidecar = json.loads(sidecar_path.read_text())
             max_batch = int(sidecar["profile"][inputs[0].name][2][0])  # the optimization profile's largest batch
             trt_options = dataclasses.replace(
-                options, kind="KIND_GPU", max_batch_size=min(options.max_batch_size, max_batch),
-                preferred_batch_sizes=tuple(b for b in options.preferred_batch_sizes if b <= max_batch) or (max_batch,))
+                options,
+                kind="KIND_GPU",
+                max_batch_size=min(options.max_batch_size, max_batch),
+                preferred_batch_sizes=tuple(b for b in options.preferred_batch_sizes if b <= max_batch) or (max_batch,),
+            )
             engine = {k: sidecar.get(k) for k in ("tensorrt_version", "gpu_name", "compute_capability", "precision")}
-            targets.append((f"{base}-{variant}_trt", {PLAN_FILE: plan, PLAN_FILE + ".json": sidecar_path}, "tensorrt_plan",
-                            trt_options, {"engine": engine}))
+            targets.append(
+                (
+                    f"{base}-{variant}_trt",
+                    {PLAN_FILE: plan, PLAN_FILE + ".json": sidecar_path},
+                    "tensorrt_plan",
+                    trt_options,
+                    {"engine": engine},
+                )
+            )
         if variant == "pruned":
             targets += _cpu_targets(run, base, options)
         for model_name, sources, platform, opts, extra in targets:
-            shipped.append(_ship_model(repo / model_name, sources, render_config(model_name, inputs, outputs, opts, platform),
-                                       inputs, outputs, labels, version, {**record, **extra, "options": dataclasses.asdict(opts)}))
+            shipped.append(
+                _ship_model(
+                    repo / model_name,
+                    sources,
+                    render_config(model_name, inputs, outputs, opts, platform),
+                    inputs,
+                    outputs,
+                    labels,
+                    version,
+                    {**record, **extra, "options": dataclasses.asdict(opts)},
+                )
+            )
     return shipped
 
 
-def _cpu_targets(run: RunDir, base: str, options: ShipOptions) -> list[tuple[str, dict[str, Path], str, ShipOptions, dict[str, Any]]]:
+def _cpu_targets(
+    run: RunDir, base: str, options: ShipOptions
+) -> list[tuple[str, dict[str, Path], str, ShipOptions, dict[str, Any]]]:
     """The pruned model's CPU deployments, where their stages ran: INT8 ONNX and OpenVINO IR."""
     stages = run.manifest()["stages"]
     targets: list[tuple[str, dict[str, Path], str, ShipOptions, dict[str, Any]]] = []
     if "quantize" in stages:
         quant = run.read_json("quantize.json")
-        targets.append((f"{base}-pruned-int8", {MODEL_FILE: run.verified("pruned_int8.onnx")}, "onnxruntime_onnx", options,
-                        {"precision": "int8", "int8": {k: quant[k] for k in ("format", "weights", "activations", "calibration")},
-                         "int8_error": quant["pruned"]["error"]}))
+        targets.append(
+            (
+                f"{base}-pruned-int8",
+                {MODEL_FILE: run.verified("pruned_int8.onnx")},
+                "onnxruntime_onnx",
+                options,
+                {
+                    "precision": "int8",
+                    "int8": {k: quant[k] for k in ("format", "weights", "activations", "calibration")},
+                    "int8_error": quant["pruned"]["error"],
+                },
+            )
+        )
     if "openvino" in stages:
         sidecar = run.verified("pruned.xml.json")
-        sources = {IR_FILE: run.verified("pruned.xml"), "model.bin": run.verified("pruned.bin"), IR_FILE + ".json": sidecar}
+        sources = {
+            IR_FILE: run.verified("pruned.xml"),
+            "model.bin": run.verified("pruned.bin"),
+            IR_FILE + ".json": sidecar,
+        }
         targets.append((f"{base}-pruned-{OPENVINO}", sources, OPENVINO, options, {"openvino": read_json_file(sidecar)}))
     return targets
 
 
-def _ship_model(model_dir: Path, sources: dict[str, Path], text: str, inputs: list[TensorSpec], outputs: list[TensorSpec],
-                labels: list[str], version: int | None, record: dict[str, Any]) -> ShippedModel:
+def _ship_model(
+    model_dir: Path,
+    sources: dict[str, Path],
+    text: str,
+    inputs: list[TensorSpec],
+    outputs: list[TensorSpec],
+    labels: list[str],
+    version: int | None,
+    record: dict[str, Any],
+) -> ShippedModel:
     """Validate the config, then write config, labels and a new (or replaced) version of one model."""
     where = f"generated {model_dir.name}/{CONFIG}"
     check_config_matches(parse_config(text, where), inputs, outputs, where)
@@ -295,8 +424,10 @@ def _ship_model(model_dir: Path, sources: dict[str, Path], text: str, inputs: li
         return ShippedModel(model_dir.name, number, model_dir / str(number), {})
     number = version if version is not None else (max(versions(model_dir), default=0) + 1)
     record = {"model": model_dir.name, "version": number, "created_utc": _now(), "written_ns": time.time_ns(), **record}
-    record["source"] = {**record["source"], "artifacts": {name: {"file": src.name, "sha256": sha256_file(src)}
-                                                          for name, src in sources.items()}}
+    record["source"] = {
+        **record["source"],
+        "artifacts": {name: {"file": src.name, "sha256": sha256_file(src)} for name, src in sources.items()},
+    }
     atomic_write_text(model_dir / CONFIG, text)
     atomic_write_text(model_dir / LABELS, labels_text)
     files = _write_version(model_dir, number, sources, record)
@@ -313,9 +444,13 @@ def _unchanged(model_dir: Path, sources: dict[str, Path], config_text: str, labe
         files = json.loads((vdir / VERSION_MANIFEST).read_text()).get("files", {})
     except (OSError, json.JSONDecodeError, UnicodeDecodeError):
         return False
-    return (set(files) == set(sources) and all(files[n] == sha256_file(src) for n, src in sources.items())
-            and all((vdir / n).is_file() and sha256_file(vdir / n) == files[n] for n in files)
-            and (model_dir / CONFIG).read_text() == config_text and (model_dir / LABELS).read_text() == labels_text)
+    return (
+        set(files) == set(sources)
+        and all(files[n] == sha256_file(src) for n, src in sources.items())
+        and all((vdir / n).is_file() and sha256_file(vdir / n) == files[n] for n in files)
+        and (model_dir / CONFIG).read_text() == config_text
+        and (model_dir / LABELS).read_text() == labels_text
+    )
 
 
 def _now() -> str:
@@ -355,5 +490,8 @@ def _write_version(model_dir: Path, number: int, sources: dict[str, Path], recor
 def is_model_repository(path: Path) -> bool:
     """True when `path` looks like a Triton model repository (a folder of model folders with config.pbtxt)."""
     path = Path(path)
-    return path.is_dir() and not (path / "manifest.json").exists() and any(
-        (p / CONFIG).is_file() for p in path.iterdir() if p.is_dir())
+    return (
+        path.is_dir()
+        and not (path / "manifest.json").exists()
+        and any((p / CONFIG).is_file() for p in path.iterdir() if p.is_dir())
+    )

@@ -141,8 +141,11 @@ def serving_copy(repo: Path, dest: Path) -> list[str]:
     backend = dest / "backends" / "python"
     backend.mkdir(parents=True)
     version = f"{sys.version_info.major}.{sys.version_info.minor}"
-    for src in (root / "backends" / "python" / "libtriton_python.so", root / "backends" / "python" / "triton_python_backend_utils.py",
-                root / "python_backend_stubs" / version / "triton_python_backend_stub"):
+    for src in (
+        root / "backends" / "python" / "libtriton_python.so",
+        root / "backends" / "python" / "triton_python_backend_utils.py",
+        root / "python_backend_stubs" / version / "triton_python_backend_stub",
+    ):
         os.symlink(src, backend / src.name)
     return names
 
@@ -180,15 +183,35 @@ class TritonServer:
         root = pytriton_root()
         assert root is not None
         venv_bin = str(Path(sys.executable).parent)
-        env = {**os.environ,
-               "LD_LIBRARY_PATH": os.pathsep.join(filter(None, [str(root.parent.parent / "nvidia_pytriton.libs"),
-                                                                sysconfig.get_config_var("LIBDIR"), os.environ.get("LD_LIBRARY_PATH")])),
-               "PATH": venv_bin + os.pathsep + os.environ.get("PATH", ""),
-               "PYTHONPATH": os.pathsep.join(filter(None, [sysconfig.get_paths()["purelib"], os.environ.get("PYTHONPATH")]))}
-        cmd = [str(root / "bin" / "tritonserver"), f"--model-repository={self.workdir / 'models'}",
-               f"--backend-directory={self.workdir / 'backends'}", "--model-control-mode=explicit",
-               *[f"--load-model={m}" for m in self.models], f"--http-port={self.http_port}", f"--grpc-port={self.grpc_port}",
-               "--allow-metrics=false", "--log-verbose=0", "--exit-timeout-secs=5"]
+        env = {
+            **os.environ,
+            "LD_LIBRARY_PATH": os.pathsep.join(
+                filter(
+                    None,
+                    [
+                        str(root.parent.parent / "nvidia_pytriton.libs"),
+                        sysconfig.get_config_var("LIBDIR"),
+                        os.environ.get("LD_LIBRARY_PATH"),
+                    ],
+                )
+            ),
+            "PATH": venv_bin + os.pathsep + os.environ.get("PATH", ""),
+            "PYTHONPATH": os.pathsep.join(
+                filter(None, [sysconfig.get_paths()["purelib"], os.environ.get("PYTHONPATH")])
+            ),
+        }
+        cmd = [
+            str(root / "bin" / "tritonserver"),
+            f"--model-repository={self.workdir / 'models'}",
+            f"--backend-directory={self.workdir / 'backends'}",
+            "--model-control-mode=explicit",
+            *[f"--load-model={m}" for m in self.models],
+            f"--http-port={self.http_port}",
+            f"--grpc-port={self.grpc_port}",
+            "--allow-metrics=false",
+            "--log-verbose=0",
+            "--exit-timeout-secs=5",
+        ]
         self.log_path = self.log_path or self.workdir / "tritonserver.log"
         self.log = open(self.log_path, "w")
         t0 = time.perf_counter()
@@ -197,8 +220,10 @@ class TritonServer:
         try:
             while True:
                 if self.process.poll() is not None:
-                    raise UserError(f"tritonserver exited with code {self.process.returncode} before it was ready: "
-                                    f"{self.log_tail()}")
+                    raise UserError(
+                        f"tritonserver exited with code {self.process.returncode} before it was ready: "
+                        f"{self.log_tail()}"
+                    )
                 try:
                     if client.is_server_ready():
                         break
@@ -258,20 +283,29 @@ class TritonServer:
 def serve_repository(repo: Path, http_port: int, grpc_port: int, note: Callable[[str], None] = print) -> None:
     """Serve `repo` until Ctrl-C or SIGTERM; the ready line goes to stdout, notes to `note`."""
     if not is_model_repository(repo):
-        raise UserError(f"{repo} is not a Triton model repository (no <model>/config.pbtxt); make one with `vib-deploy package`")
-    note("note: this tritonserver has no onnxruntime backend; each model runs the same model.onnx through a generated "
-         "Python-backend model.py (onnxruntime) in a temporary serving copy; the repository is unchanged")
+        raise UserError(
+            f"{repo} is not a Triton model repository (no <model>/config.pbtxt); make one with `vib-deploy package`"
+        )
+    note(
+        "note: this tritonserver has no onnxruntime backend; each model runs the same model.onnx through a generated "
+        "Python-backend model.py (onnxruntime) in a temporary serving copy; the repository is unchanged"
+    )
 
     def interrupt(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt  # SIGTERM stops the server like Ctrl-C does
 
     signal.signal(signal.SIGTERM, interrupt)
     with TritonServer(repo, http_port, grpc_port) as server:
-        skipped = sorted(p.name for p in repo.iterdir() if (p / "config.pbtxt").is_file() and p.name not in server.models)
+        skipped = sorted(
+            p.name for p in repo.iterdir() if (p / "config.pbtxt").is_file() and p.name not in server.models
+        )
         if skipped:
             note(f"not served here (only onnxruntime_onnx models have a stand-in): {', '.join(skipped)}")
-        print(f"ready in {server.start_seconds:.1f} s: {', '.join(server.models)}; HTTP {server.http_url}, "
-              f"gRPC {server.grpc_url} (pid {server.process.pid}); Ctrl-C stops it", flush=True)
+        print(
+            f"ready in {server.start_seconds:.1f} s: {', '.join(server.models)}; HTTP {server.http_url}, "
+            f"gRPC {server.grpc_url} (pid {server.process.pid}); Ctrl-C stops it",
+            flush=True,
+        )
         while server.process.poll() is None:
             time.sleep(0.5)
         raise UserError(f"tritonserver exited with code {server.process.returncode}: {server.log_tail()}")

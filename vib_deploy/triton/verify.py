@@ -8,8 +8,15 @@ from typing import Any
 
 from vib_deploy.errors import UserError
 from vib_deploy.runs import read_json_file, sha256_file
-from vib_deploy.triton.repository import (CONFIG, MODEL_FILE, VERSION_MANIFEST, check_config_matches, graph_io, parse_config,
-                                          versions)
+from vib_deploy.triton.repository import (
+    CONFIG,
+    MODEL_FILE,
+    VERSION_MANIFEST,
+    check_config_matches,
+    graph_io,
+    parse_config,
+    versions,
+)
 
 
 def verify_repository(repo: Path) -> list[str]:
@@ -45,8 +52,12 @@ def verify_repository(repo: Path) -> list[str]:
                     raise UserError(f"{shown} is missing (listed in {vdir / VERSION_MANIFEST})")
                 actual = sha256_file(path)
                 if actual != sha:
-                    raise UserError(f"{shown} changed: sha256 {actual[:12]}… != manifest {sha[:12]}… in {vdir / VERSION_MANIFEST}")
-            extra = sorted(p.name for p in vdir.iterdir() if p.name not in manifest["files"] and p.name != VERSION_MANIFEST)
+                    raise UserError(
+                        f"{shown} changed: sha256 {actual[:12]}… != manifest {sha[:12]}… in {vdir / VERSION_MANIFEST}"
+                    )
+            extra = sorted(
+                p.name for p in vdir.iterdir() if p.name not in manifest["files"] and p.name != VERSION_MANIFEST
+            )
             if extra:
                 raise UserError(f"{vdir} holds files not in its manifest: {', '.join(extra)}")
             if MODEL_FILE in manifest["files"]:

@@ -30,7 +30,8 @@ class BasicBlock(nn.Module):
         self.relu2 = nn.ReLU()
         if stride != 1 or in_planes != planes:
             self.shortcut = nn.Sequential(
-                nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False), nn.BatchNorm2d(planes))
+                nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False), nn.BatchNorm2d(planes)
+            )
         else:
             self.shortcut = nn.Sequential()  # identity
 

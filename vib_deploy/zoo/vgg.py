@@ -16,8 +16,7 @@ from torch import nn
 
 from vib_deploy.zoo.init import kaiming_init
 
-CFG: tuple[int | str, ...] = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M",
-                              512, 512, 512, "M")
+CFG: tuple[int | str, ...] = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
 
 
 class VGG16(nn.Module):
@@ -39,8 +38,7 @@ class VGG16(nn.Module):
                 c = out
         self.features = nn.Sequential(*layers)
         hidden = max(1, int(round(512 * width)))
-        self.classifier = nn.Sequential(
-            nn.Flatten(), nn.Linear(c, hidden), nn.ReLU(), nn.Linear(hidden, num_classes))
+        self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(c, hidden), nn.ReLU(), nn.Linear(hidden, num_classes))
         kaiming_init(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
