@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PIPELINE ?= pipelines/mnist-lenet300.yaml
 
-.PHONY: setup data run test typecheck clean gpu-carry
+.PHONY: setup data run test typecheck lint clean gpu-carry
 
 $(BIN)/vib-deploy: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,13 +29,17 @@ run: data
 	$(BIN)/vib-deploy package runs/$(basename $(notdir $(PIPELINE))) --repo models
 
 # Fashion-MNIST (a Debian package) for the GPU-day dry run: best effort, its test says why it skips without it
-test: data typecheck
+test: data typecheck lint
 	-$(BIN)/vib-deploy data fetch fashion-mnist
 	# two workers, each test file on one (its module fixtures are built once): ~5 min instead of ~8 on 2 cores
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile tests
 
 typecheck: setup
 	$(BIN)/pyright --pythonpath $(BIN)/python
+
+lint: setup
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
 
 # what scripts/gpu-day.sh needs on a GPU machine that reaches no registry (wheels + IDX files); fails over 64 MiB
 gpu-carry: setup

@@ -5,7 +5,6 @@ import json
 import shutil
 
 import pytest
-
 from conftest import TINY, run_cli
 
 pytestmark = pytest.mark.e2e

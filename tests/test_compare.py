@@ -4,8 +4,8 @@ paper table on the same run directories (all cached)."""
 import json
 
 import pytest
-
 from conftest import LENET300, ROOT, STUDY_TINY, run_cli
+
 from vib_deploy.studies.common import override_tag
 
 PIPELINE = str(ROOT / LENET300)

@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import ROOT, run_cli
 
 ov = pytest.importorskip("openvino", reason="the openvino wheel is a dependency: `make setup` installs it")

@@ -4,10 +4,10 @@ import errno
 import subprocess
 
 import pytest
-
 from conftest import run_cli
+
 from vib_deploy.errors import UserError
-from vib_deploy.runs import atomic_write, atomic_write_bytes
+from vib_deploy.runs import atomic_write
 
 
 def test_enospc_names_file_and_size(tmp_path, monkeypatch):

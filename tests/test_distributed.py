@@ -18,8 +18,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-
 from conftest import ROOT, TINY, InterruptAfter, run_cli
+
 from vib_deploy import distributed
 from vib_deploy.errors import UserError
 from vib_deploy.runs import RunDir

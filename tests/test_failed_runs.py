@@ -10,17 +10,17 @@ import errno
 import gzip
 import json
 import os
-import signal
 import shutil
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
-
 from conftest import LENET300 as PIPELINE
 from conftest import ROOT, TINY, run_cli
+
 from vib_deploy import runs
 from vib_deploy.errors import UserError
 from vib_deploy.runs import RunDir, atomic_write_bytes

@@ -11,8 +11,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-
 from conftest import ROOT, InterruptAfter
+
 from vib_deploy import __version__
 from vib_deploy.config import load_config
 from vib_deploy.errors import UserError
@@ -218,8 +218,8 @@ def test_keep_start_keeps_the_starting_weights_unless_an_epoch_beats_them(tmp_pa
 
 @pytest.mark.e2e
 def test_ship_says_the_shipped_pruned_model_is_the_finetuned_one(on_run, tmp_path):
-    from vib_deploy.triton.repository import package
     from vib_deploy.runs import sha256_file
+    from vib_deploy.triton.repository import package
 
     run_dir, _ = on_run
     package(run_dir, tmp_path / "models", name="ft")

@@ -10,11 +10,11 @@ import copy
 
 import pytest
 import torch
+from conftest import ROOT
 from hypothesis import HealthCheck, given, settings
+from netgen import INPUT_SHAPE, random_nets
 from torch import nn
 
-from conftest import ROOT
-from netgen import INPUT_SHAPE, random_nets
 from vib_deploy.errors import UserError
 from vib_deploy.graph import GatedNet, plan_groups
 from vib_deploy.layers import count_flops, count_params

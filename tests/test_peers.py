@@ -207,17 +207,16 @@ def test_a_non_sequential_net_is_a_clear_error():
 
 # -- scratch and same-width peers, budgets ----------------------------------------------------------
 def _config(*sets):
-    from vib_deploy.config import load_config
     from conftest import ROOT
+
+    from vib_deploy.config import load_config
 
     return load_config(ROOT / "pipelines/mnist-lenet300.yaml", ["train.dense.epochs=10", "train.vib.epochs=100", *sets])
 
 
 @pytest.mark.parametrize("finetune", [0, 20])
 def test_every_peer_gets_vibs_budget(finetune):
-    from vib_deploy.studies.peer_stage import epoch_budget
-
-    from vib_deploy.studies.peer_stage import PeerSpec
+    from vib_deploy.studies.peer_stage import PeerSpec, epoch_budget
 
     config = _config()  # a peer's own config: the finetune stage off (it is VIB's); VIB's epochs come with the spec
     vib_after_dense = 100 + finetune

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import ROOT, run_cli
+
 from vib_deploy.errors import UserError
 from vib_deploy.runs import RunDir, sha256_file
 

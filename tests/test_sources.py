@@ -6,8 +6,8 @@ import textwrap
 
 import pytest
 import torch
-
 from conftest import ROOT, assert_user_error, run_cli
+
 from vib_deploy.errors import UserError
 from vib_deploy.factory import build_net, resolve_factory
 from vib_deploy.modelfile import load_model

@@ -5,8 +5,8 @@ import hashlib
 import json
 
 import pytest
-
 from conftest import LENET300, ROOT, STUDY_TINY, run_cli
+
 from vib_deploy.studies.common import override_tag
 
 TINY = STUDY_TINY

@@ -5,12 +5,11 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-
 from conftest import InterruptAfter
+
 from vib_deploy.errors import UserError
 from vib_deploy.runs import RunDir
 from vib_deploy.train import TrainSpec, train
-from vib_deploy.vib import gates
 from vib_deploy.zoo import gated_model
 
 

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import ROOT, run_cli
 
 pytest.importorskip("tritonclient.grpc", reason="tritonclient is not installed: pip install 'vib-deploy[ship]'")
@@ -22,8 +21,8 @@ pytest.importorskip("tritonclient.grpc", reason="tritonclient is not installed: 
 from google.protobuf import text_format  # noqa: E402  (after the importorskip: tritonclient brings this protobuf)
 from tritonclient.grpc import model_config_pb2  # noqa: E402
 
-from vib_deploy.triton import repository as ship  # noqa: E402
 from vib_deploy.runs import sha256_file  # noqa: E402
+from vib_deploy.triton import repository as ship  # noqa: E402
 
 TEST_LIMIT = 300
 MODELS = ("tiny-dense", "tiny-pruned")

@@ -8,10 +8,10 @@ import shutil
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from conftest import run_cli
 from folderdata import WORDS, write_digit_folder
+from PIL import Image
+
 from vib_deploy import userdata
 from vib_deploy.data import load_splits
 from vib_deploy.errors import UserError

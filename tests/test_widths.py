@@ -76,7 +76,7 @@ def test_auto_picks_the_fastest_width_on_a_known_latency_table():
         == [min(round_up(v, 8, g.units), round_up(v, 16, g.units)) for v, g in zip(vib, gates(model))]
     )
     assert kept != vib  # this seed's VIB counts are not all multiples of 8
-    for i, (r, v, g) in enumerate(zip(records, vib, gates(model))):
+    for _i, (r, v, g) in enumerate(zip(records, vib, gates(model))):
         assert list(map(int, r["sweep_ms"])) == list(range(v, round_up(v, 16, g.units) + 1))  # VIB count .. next 16
         assert "fastest" in r["why"]
     assert all(c[2] == vib[2] for c in asked[: len(records[0]["sweep_ms"])])  # later layers stay at VIB while sweeping

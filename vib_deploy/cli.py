@@ -9,13 +9,17 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator, List, Optional
+from typing import Any
 
 import typer
 
 from vib_deploy.errors import UserError
-from vib_deploy.options import STAGE_COMMANDS, floats as _floats, int_list as _int_list, seeds as _seeds
+from vib_deploy.options import STAGE_COMMANDS
+from vib_deploy.options import floats as _floats
+from vib_deploy.options import int_list as _int_list
+from vib_deploy.options import seeds as _seeds
 
 app = typer.Typer(
     add_completion=False,
@@ -82,9 +86,9 @@ RUN_DIR = typer.Argument(..., help="A run directory, e.g. runs/mnist-lenet300.")
 @app.command()
 def run(
     pipeline: Path = typer.Argument(..., help="Pipeline file, e.g. pipelines/mnist-lenet300.yaml."),
-    set_: Optional[List[str]] = typer.Option(None, "--set", help="Override a key: --set train.vib.kl_factor=2e-5"),
-    force: Optional[str] = typer.Option(None, "--force", help="Rerun from this stage on, even if cached."),
-    run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Run directory (default runs/<name>)."),
+    set_: list[str] | None = typer.Option(None, "--set", help="Override a key: --set train.vib.kl_factor=2e-5"),
+    force: str | None = typer.Option(None, "--force", help="Rerun from this stage on, even if cached."),
+    run_dir: Path | None = typer.Option(None, "--run-dir", help="Run directory (default runs/<name>)."),
 ) -> None:
     """Run every stage of a pipeline; stages whose inputs and config are unchanged are skipped."""
     from vib_deploy.config import load_config
@@ -99,13 +103,12 @@ def run(
 @app.command()
 def init(
     pipeline: Path = typer.Argument(..., help="Pipeline file."),
-    set_: Optional[List[str]] = typer.Option(None, "--set", help="Override a key."),
-    run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Run directory (default runs/<name>)."),
+    set_: list[str] | None = typer.Option(None, "--set", help="Override a key."),
+    run_dir: Path | None = typer.Option(None, "--run-dir", help="Run directory (default runs/<name>)."),
 ) -> None:
     """Create a run directory with the resolved config, to run stages one at a time."""
-    from vib_deploy.pipeline import init_run
-
     from vib_deploy.distributed import is_main
+    from vib_deploy.pipeline import init_run
 
     path = init_run(pipeline, set_ or [], run_dir).path
     if is_main():
@@ -132,7 +135,7 @@ for _name, _doc in STAGE_COMMANDS:
 @app.command()
 def prune(
     run_dir: Path = RUN_DIR,
-    round_to: Optional[str] = typer.Option(
+    round_to: str | None = typer.Option(
         None,
         "--round-to",
         help="Round each layer's kept units up to a multiple: "
@@ -149,22 +152,22 @@ def prune(
 @app.command()
 def bench(
     run_dir: Path = RUN_DIR,
-    backend: Optional[str] = typer.Option(
+    backend: str | None = typer.Option(
         None,
         "--backend",
         help="In-process backends, comma-separated (onnxruntime,"
         "openvino,torch; default: the pipeline's bench.backends), or triton: through "
         "a local Triton server.",
     ),
-    precision: Optional[str] = typer.Option(
+    precision: str | None = typer.Option(
         None,
         "--precision",
         help="fp32,int8 (int8: the quantize stage's models); default: the pipeline's bench.precisions.",
     ),
-    batch: Optional[str] = typer.Option(
+    batch: str | None = typer.Option(
         None, "--batch", help="Batch sizes, comma-separated (default: bench.batch_sizes)."
     ),
-    set_: Optional[List[str]] = typer.Option(None, "--set", help="Override a bench key: --set bench.rounds=10"),
+    set_: list[str] | None = typer.Option(None, "--set", help="Override a bench key: --set bench.rounds=10"),
     concurrency: str = typer.Option(
         "1,4,16", "--concurrency", help="With --backend triton: concurrent clients, comma-separated."
     ),
@@ -179,9 +182,8 @@ def bench(
     --backend/--precision/--batch/--set set the run's bench.backends/precisions/batch_sizes/... (kept in its config.yaml).
     """
     if backend != "triton":
-        from vib_deploy.pipeline import run_single
-
         from vib_deploy.options import bench_overrides
+        from vib_deploy.pipeline import run_single
 
         with _progress() as progress:
             run_single(run_dir, "bench", progress, _echo, bench_overrides(backend, precision, batch, set_ or []))
@@ -206,10 +208,8 @@ def inspect(
         ..., help="path/to/my_net.py:build, package.module:build, a zoo name, or a pipeline file."
     ),
     input_shape: str = typer.Option("1,28,28", "--input-shape", help="One sample's shape, C,H,W."),
-    ignore: Optional[List[str]] = typer.Option(
-        None, "--ignore", help="A module whose output channels stay (repeatable)."
-    ),
-    kwarg: Optional[List[str]] = typer.Option(None, "--kwarg", help="A factory argument, key=value (repeatable)."),
+    ignore: list[str] | None = typer.Option(None, "--ignore", help="A module whose output channels stay (repeatable)."),
+    kwarg: list[str] | None = typer.Option(None, "--kwarg", help="A factory argument, key=value (repeatable)."),
 ) -> None:
     """Show the prunable channel groups of a model, where their gates go, FLOPs per group, and what stays fixed."""
     from vib_deploy.sources import inspect_model, print_inspection
@@ -233,10 +233,10 @@ def verify(
 def package(
     run_dir: Path = RUN_DIR,
     repo: Path = typer.Option(Path("models"), "--repo", help="Triton model repository to add the models to."),
-    version: Optional[int] = typer.Option(
+    version: int | None = typer.Option(
         None, "--version", help="Version number (default: one above the newest); an existing one is replaced."
     ),
-    name: Optional[str] = typer.Option(
+    name: str | None = typer.Option(
         None, "--name", help="Model name prefix (default: the run's name); models are <name>-dense and <name>-pruned."
     ),
     max_batch_size: int = typer.Option(256, "--max-batch-size", help="config.pbtxt max_batch_size."),
@@ -248,7 +248,8 @@ def package(
     kind: str = typer.Option("KIND_CPU", "--kind", help="instance_group kind: KIND_CPU or KIND_GPU."),
 ) -> None:
     """Add the run's dense and pruned ONNX models to a Triton model repository (config validated, versioned, manifest)."""
-    from vib_deploy.triton.repository import ShipOptions, package as ship
+    from vib_deploy.triton.repository import ShipOptions
+    from vib_deploy.triton.repository import package as ship
 
     options = ShipOptions(
         max_batch_size, _int_list(preferred_batch_sizes, "--preferred-batch-sizes"), max_queue_delay_us, instances, kind
@@ -331,13 +332,14 @@ def sweep(
     pipeline: Path = typer.Argument(..., help="Pipeline file."),
     kl_factor: str = typer.Option(..., "--kl-factor", help="kl_factor values, comma-separated, e.g. 1e-4,3e-4,5e-4."),
     seeds: str = SEEDS,
-    set_: Optional[List[str]] = typer.Option(None, "--set", help="Override a key for every point."),
-    out: Optional[Path] = typer.Option(
+    set_: list[str] | None = typer.Option(None, "--set", help="Override a key for every point."),
+    out: Path | None = typer.Option(
         None, "--out", help="Folder for sweep.json, frontier.png and frontier.md (default runs/<name>-sweep)."
     ),
 ) -> None:
     """One pipeline over several kl_factor values (dense stage reused): runs/<name>-kl<K>-s<seed>/ and the frontier plot."""
-    from vib_deploy.studies.sweep import frontier_rows, sweep as run_sweep
+    from vib_deploy.studies.sweep import frontier_rows
+    from vib_deploy.studies.sweep import sweep as run_sweep
 
     kls, seed_list = _floats(kl_factor, "--kl-factor"), _seeds(seeds)
     with _progress() as progress:
@@ -362,7 +364,7 @@ def compare(
         True, "--match-flops/--no-match-flops", help="Peers pruned to the VIB model's FLOPs (±2 %)."
     ),
     seeds: str = SEEDS,
-    set_: Optional[List[str]] = typer.Option(None, "--set", help="Override a key for every run."),
+    set_: list[str] | None = typer.Option(None, "--set", help="Override a key for every run."),
     docs: Path = typer.Option(Path("docs"), "--docs", help="Where comparison.md, comparison.json and img/ go."),
 ) -> None:
     """VIB vs peer pruning methods at matched FLOPs, each exported and benchmarked alike: docs/comparison.{md,json}."""
@@ -389,7 +391,7 @@ def paper(
         help="Pipeline files, comma-separated.",
     ),
     seeds: str = SEEDS,
-    set_: Optional[List[str]] = typer.Option(None, "--set", help="Override a key for every run."),
+    set_: list[str] | None = typer.Option(None, "--set", help="Override a key for every run."),
     out: Path = typer.Option(Path("docs/paper-reproduction.md"), "--out", help="The table (a .json beside it)."),
 ) -> None:
     """The paper's LeNet-300-100 / LeNet-5 figures beside ours (runs reused where current): docs/paper-reproduction.md."""
@@ -422,7 +424,7 @@ def gpu_bench(
     rounds: int = typer.Option(10, "--rounds", help="Alternating dense/pruned rounds."),
     iters: int = typer.Option(10, "--iters", help="Timed calls per variant per round."),
     warmup: int = typer.Option(10, "--warmup", help="Untimed calls per variant first."),
-    out: Optional[Path] = typer.Option(None, "--out", help="JSON result (default <run_dir>/gpu-bench.json)."),
+    out: Path | None = typer.Option(None, "--out", help="JSON result (default <run_dir>/gpu-bench.json)."),
 ) -> None:
     """Dense vs pruned on GPU engines (CUDA events, parity, NVML memory); prints the markdown table."""
     from vib_deploy.gpu_bench import bench_gpu, markdown, parse_cases

@@ -29,7 +29,7 @@ class ModelConfig(_Strict):
     ignore: list[str] = []  # module names whose output channels are never pruned (the output layer never is)
 
     @model_validator(mode="after")
-    def _one_source(self) -> "ModelConfig":
+    def _one_source(self) -> ModelConfig:
         if self.name is None and self.factory is None:
             raise PydanticCustomError("model_source_missing", "a zoo model name or a factory")
         if self.name is not None and self.factory is not None:
@@ -55,7 +55,7 @@ class DataConfig(_Strict):
     normalize: bool = False  # standardise per channel with the training split's mean/std (stored with the models)
 
     @model_validator(mode="after")
-    def _own_data(self) -> "DataConfig":
+    def _own_data(self) -> DataConfig:
         own = self.dataset in ("folder", "arrays")
         if own and not self.root:
             raise ValueError(f"dataset {self.dataset} needs data.root: the folder that holds the data")
@@ -85,7 +85,7 @@ class VIBTrainConfig(_Strict):
     kl_weighting: Literal["paper", "flops"] = "paper"
 
     @model_validator(mode="after")
-    def _finetune_within_epochs(self) -> "VIBTrainConfig":
+    def _finetune_within_epochs(self) -> VIBTrainConfig:
         if self.finetune_epochs >= self.epochs:
             raise ValueError(f"finetune_epochs ({self.finetune_epochs}) must be less than epochs ({self.epochs})")
         return self
@@ -182,7 +182,7 @@ class PipelineConfig(_Strict):
     track: TrackConfig = TrackConfig()  # experiment tracking; keys no stage (changing it reruns nothing)
 
     @model_validator(mode="after")
-    def _flops_weighting_on_sequential(self) -> "PipelineConfig":
+    def _flops_weighting_on_sequential(self) -> PipelineConfig:
         if self.train.vib.kl_weighting == "flops" and self.model.name not in ("lenet300", "lenet5"):
             raise ValueError(
                 "train.vib.kl_weighting: flops supports the zoo LeNets (model.name lenet300 or lenet5) only"

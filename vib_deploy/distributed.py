@@ -15,8 +15,9 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+from collections.abc import Callable, Iterator
 from datetime import timedelta
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, TypeVar
 
 from vib_deploy.errors import UserError
 

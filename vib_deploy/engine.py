@@ -11,9 +11,10 @@ was built from and for lives beside it in `<name>.plan.json`.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from vib_deploy.backends.tensorrt import EngineSidecar, current_gpu, unavailable
 from vib_deploy.errors import UserError

@@ -42,5 +42,5 @@ def environment() -> list[str]:
 
     lines.append(f"NVIDIA driver: {gpu_facts('cpu')['driver']}")
     for name in ("torch-cuda", "torch-cuda-graphs", "aotinductor", "onnxruntime-cuda", "onnxruntime-tensorrt"):
-        lines.append(f"{name} on cuda: {getattr(BACKENDS[name], 'unavailable_on')('cuda') or 'available'}")
+        lines.append(f"{name} on cuda: {getattr(BACKENDS[name], 'unavailable_on')('cuda') or 'available'}")  # noqa: B009
     return lines

@@ -74,7 +74,7 @@ class NvmlSampler:
             self.peak = max(self.peak or 0, self.used())
             time.sleep(self.interval)
 
-    def __enter__(self) -> "NvmlSampler":
+    def __enter__(self) -> NvmlSampler:
         if self.problem is None:
             self.peak = self.used()
             self._thread = threading.Thread(target=self._loop, daemon=True)
@@ -163,7 +163,7 @@ def time_alternating(
             runner, x = runners[name], inputs[name]
             timer = _timer(device, getattr(runner, "host_clock", False))
             for _ in range(iters):
-                pending.append((name, timer(lambda: runner.infer_tensor(x))))
+                pending.append((name, timer(lambda: runner.infer_tensor(x))))  # noqa: B023 (called at once)
         if device.startswith("cuda"):
             torch.cuda.synchronize()
         for name, t in pending:

@@ -23,9 +23,10 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from vib_deploy.errors import UserError
 
@@ -115,22 +116,25 @@ def plan(dry_run: bool, python: str = sys.executable, runs: Path = RUNS) -> list
             LENET_CASES,
         )
     run = lambda p, d, sets: cli + ["run", p, "--run-dir", str(d)] + _sets(sets + SHORT_CPU_BENCH)  # noqa: E731
-    bench = lambda d, c: (
-        cli
-        + [
-            "gpu-bench",
-            str(d),
-            "--device",
-            device,
-            "--cases",
-            c,
-            "--batch-sizes",
-            batches,  # noqa: E731
-            "--out",
-            str(d / "gpu-bench.json"),
-        ]
-        + rounds
-    )
+
+    def bench(d, c):
+        return (
+            cli
+            + [
+                "gpu-bench",
+                str(d),
+                "--device",
+                device,
+                "--cases",
+                c,
+                "--batch-sizes",
+                batches,  # noqa: E731
+                "--out",
+                str(d / "gpu-bench.json"),
+            ]
+            + rounds
+        )
+
     steps += [
         Step("vgg16-fashion", run("pipelines/vgg16-fashion.yaml", vgg_dir, vgg_sets), 300, 60, run_dir=vgg_dir),
         Step("gpu-bench vgg16-fashion", bench(vgg_dir, cases), 240, 30, bench_json=vgg_dir / "gpu-bench.json"),

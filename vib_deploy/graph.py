@@ -24,9 +24,10 @@ in `ignore` or passes through an ignored channel shuffle (tracing.py), or is tie
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from functools import partial
-from typing import Any, Sequence, cast
+from typing import Any, cast
 
 import torch
 import torch_pruning as tp
@@ -65,7 +66,7 @@ class GateGroup:
         return asdict(self)
 
     @staticmethod
-    def from_json(d: dict[str, Any]) -> "GateGroup":
+    def from_json(d: dict[str, Any]) -> GateGroup:
         pairs = lambda key: tuple((name, tuple(index)) for name, index in d[key])  # noqa: E731
         return GateGroup(
             d["root"],

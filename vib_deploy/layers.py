@@ -7,7 +7,8 @@ it imports nothing of vib-deploy beyond errors and the VIB gate.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn

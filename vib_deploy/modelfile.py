@@ -12,8 +12,9 @@ Both are read with `torch.load(weights_only=True)` and written atomically.
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence, cast
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -108,7 +109,7 @@ def save_module_model(
 
 def load_module_model(spec: dict[str, Any], state_dict: dict[str, torch.Tensor], path: Path) -> nn.Module:
     """Rebuild a saved module model: factory -> replay pruning -> gates -> weights."""
-    from vib_deploy.graph import GateGroup, GatedNet  # torch_pruning: loaded for module-format files only
+    from vib_deploy.graph import GatedNet, GateGroup  # torch_pruning: loaded for module-format files only
     from vib_deploy.prune.groups import apply_pruning
 
     factory = spec["factory"]

@@ -16,15 +16,16 @@ stages run on every rank (data-parallel), the others on rank 0 while the other r
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from vib_deploy import __version__
 from vib_deploy.config import PipelineConfig, apply_override, config_to_yaml, load_config, parse_config
 from vib_deploy.deployed import finetuned
 from vib_deploy.errors import UserError
-from vib_deploy.runs import RunDir, atomic_write_text, sha256_file, stage_key
+from vib_deploy.runs import RunDir, atomic_write_text, stage_key
 
 CONFIG_FILE = "config.yaml"
 
@@ -111,7 +112,8 @@ def _train_common(c: PipelineConfig) -> dict[str, Any]:
 
 
 def _stages() -> list[Stage]:
-    from vib_deploy import cpu_deploy as cpu, stages as s
+    from vib_deploy import cpu_deploy as cpu
+    from vib_deploy import stages as s
 
     return [
         Stage(
@@ -409,7 +411,7 @@ def run_pipeline(
             for stage in stages:
                 forcing = forcing or stage.name == force
                 if not stage.enabled(config):
-                    distributed.on_main(lambda: echo(f"[off] {stage.name}"))
+                    distributed.on_main(lambda: echo(f"[off] {stage.name}"))  # noqa: B023 (called at once)
                     continue
                 run_stage(ctx, stage, force=forcing, echo=echo, fresh=forcing)
                 track(stage.name)

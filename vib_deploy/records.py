@@ -137,7 +137,7 @@ class PruneRecord:
         return out
 
     @staticmethod
-    def from_json(d: dict[str, Any]) -> "PruneRecord":
+    def from_json(d: dict[str, Any]) -> PruneRecord:
         _check_version(d, "prune.json")
         return PruneRecord(
             architecture=list(d["architecture"]),
@@ -162,7 +162,7 @@ class PruneRecord:
         atomic_write_json(path, self.to_json())
 
     @staticmethod
-    def read(run: RunDir) -> "PruneRecord":
+    def read(run: RunDir) -> PruneRecord:
         return PruneRecord.from_json(run.read_json("prune.json"))
 
 
@@ -213,7 +213,7 @@ class BenchRecord:
         return {**{k: getattr(self, k) for k in _BENCH_KEYS}, **precision, **self.extra}
 
     @staticmethod
-    def from_json(d: dict[str, Any]) -> "BenchRecord":
+    def from_json(d: dict[str, Any]) -> BenchRecord:
         return BenchRecord(
             **{k: d[k] for k in _BENCH_KEYS if k in d},
             precision=d.get("precision"),
@@ -245,7 +245,7 @@ class BenchFile:
         }
 
     @staticmethod
-    def from_json(d: dict[str, Any]) -> "BenchFile":
+    def from_json(d: dict[str, Any]) -> BenchFile:
         _check_version(d, "bench.json")
         return BenchFile(
             tuple(BenchRecord.from_json(r) for r in d["records"]),
@@ -259,5 +259,5 @@ class BenchFile:
         atomic_write_json(path, self.to_json())
 
     @staticmethod
-    def read(run: RunDir) -> "BenchFile":
+    def read(run: RunDir) -> BenchFile:
         return BenchFile.from_json(run.read_json("bench.json"))

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from vib_deploy import __version__
 from vib_deploy.data import CLASS_NAMES
-from vib_deploy.deployed import finetuned
 from vib_deploy.deploy_matrix import headline_short, headlines, plot_speedup_vs_ideal, render_matrix
+from vib_deploy.deployed import finetuned
 from vib_deploy.plots import pyplot, save_png
 from vib_deploy.records import BenchFile, PruneRecord
 from vib_deploy.runs import RunDir, atomic_write_json, atomic_write_text

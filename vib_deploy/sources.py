@@ -12,8 +12,9 @@ Each kind saves in its own format; `modelfile.load_model` loads either.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import yaml
 from torch import nn

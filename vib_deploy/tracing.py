@@ -12,10 +12,11 @@ net unless the module is under model.ignore, and fixes every group that passes t
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import torch
 import torch_pruning as tp

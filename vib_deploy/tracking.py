@@ -45,7 +45,7 @@ class MlflowTracker:
         if (self.state.get("uri"), self.state.get("experiment")) != (self.settings.uri, self.settings.experiment):
             self.state = {"uri": self.settings.uri, "experiment": self.settings.experiment, "logged": {}}
 
-    def __enter__(self) -> "MlflowTracker":
+    def __enter__(self) -> MlflowTracker:
         mlflow = self.mlflow
         try:
             mlflow.set_tracking_uri(self.settings.uri)

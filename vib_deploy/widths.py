@@ -16,7 +16,8 @@ in the run directory (`widths-sweep.json`), so a rerun measures only what is new
 from __future__ import annotations
 
 import copy
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn

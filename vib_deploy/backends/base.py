@@ -28,7 +28,7 @@ class Runner(ABC):
     def device(self) -> str:
         return "cpu"
 
-    def activate(self) -> "Runner":
+    def activate(self) -> Runner:
         """Load the model (idempotent); returns self."""
         if not self.active:
             self.activate_impl()
@@ -52,5 +52,5 @@ class Runner(ABC):
     @abstractmethod
     def infer_impl(self, x: np.ndarray) -> np.ndarray: ...
 
-    def deactivate_impl(self) -> None:
+    def deactivate_impl(self) -> None:  # noqa: B027 (optional hook: most runners free nothing)
         pass

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Sequence
 from dataclasses import replace
-from typing import Any, Sequence, cast
+from typing import Any, cast
 
 import torch
 from torch import nn

@@ -16,7 +16,8 @@
 from __future__ import annotations
 
 import copy
-from typing import Sequence, TypeGuard, cast
+from collections.abc import Sequence
+from typing import TypeGuard, cast
 
 import torch
 import torch_pruning as tp

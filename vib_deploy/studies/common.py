@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import statistics
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from vib_deploy.config import PipelineConfig, load_config
 from vib_deploy.deployed import finetuned

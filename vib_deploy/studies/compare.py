@@ -11,8 +11,9 @@ over seeds and per seed, to `docs/comparison.md`, plots to `docs/img/`.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from vib_deploy.config import FinetuneConfig, PipelineConfig
 from vib_deploy.errors import UserError
@@ -110,8 +111,8 @@ def per_image_correct(run: RunDir) -> Any:
     import torch
 
     from vib_deploy.data import splits_of
-    from vib_deploy.pipeline import read_run_config
     from vib_deploy.deployed import deployed_file
+    from vib_deploy.pipeline import read_run_config
     from vib_deploy.train import predict
 
     config = read_run_config(run.path)

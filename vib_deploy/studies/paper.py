@@ -7,8 +7,9 @@ any run, the dense stage shared per seed), so a later `compare` reuses these ver
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from vib_deploy.runs import RunDir, atomic_write_json, atomic_write_text
 from vib_deploy.studies.common import RUNS, Echo, mean_std, override_tag, point_config, run_point, run_record
@@ -145,7 +146,7 @@ def paper(
             config = point_config(pipeline, overrides, seed)
             ran: list[str] = []
 
-            def tracking(message: str) -> None:
+            def tracking(message: str, ran: list[str] = ran) -> None:
                 if message.startswith("[run] "):
                     ran.append(message[6:])
                 echo(message)
@@ -248,9 +249,9 @@ def render(
         "with its load when other jobs share it.",
         "",
         (
-            f"Our error is the fine-tuned pruned model's (`train.finetune`, best validation epoch) on the "
+            "Our error is the fine-tuned pruned model's (`train.finetune`, best validation epoch) on the "
             if any(r.get("finetune") for r in records)
-            else f"Our error is the pruned model's (equal to the VIB model's: pruning is exact) on the "
+            else "Our error is the pruned model's (equal to the VIB model's: pruning is exact) on the "
         )
         + f"{records[0]['test_samples']:,} test images,",
         "last VIB epoch, test set used once; bytes = fp32 weights and biases of the pruned model.",

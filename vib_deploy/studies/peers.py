@@ -36,8 +36,9 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, cast
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -226,9 +227,9 @@ def prune_to_widths(
         torch.zeros((1,) + tuple(input_shape)),
         importance,
         pruning_ratio=0.0,
-        pruning_ratio_dict=ratios,
+        pruning_ratio_dict=ratios,  # type: ignore[arg-type]
         ignored_layers=[weighted[-1]],
-    )  # type: ignore[arg-type]
+    )
     pruner.step()
     got = dense_widths(model)
     if got != list(widths):

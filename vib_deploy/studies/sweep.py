@@ -10,8 +10,9 @@ pipeline finds the stage current and reuses the very same dense.pt (same sha256)
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from vib_deploy.config import load_config
 from vib_deploy.plots import pyplot, save_png

@@ -8,8 +8,9 @@ beside the run's own in-process ONNX Runtime figures, so the cost of serving is 
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from vib_deploy.backends.triton import TritonRunner
 from vib_deploy.bench import Variant, machine_info, make_input, time_concurrent

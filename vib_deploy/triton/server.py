@@ -18,9 +18,10 @@ import sys
 import sysconfig
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from vib_deploy.errors import UserError
 from vib_deploy.triton.repository import CONFIG, MODEL_FILE, is_model_repository, parse_config, versions
@@ -167,7 +168,7 @@ class TritonServer:
     timeout_s: float = 60.0
     log_path: Path | None = None
 
-    def start(self) -> "TritonServer":
+    def start(self) -> TritonServer:
         """Build the serving copy, start the server, load every model, wait for is_server_ready()."""
         problem = unavailable()
         if problem:
@@ -273,7 +274,7 @@ class TritonServer:
         """host:port of the gRPC endpoint."""
         return f"127.0.0.1:{self.grpc_port}"
 
-    def __enter__(self) -> "TritonServer":
+    def __enter__(self) -> TritonServer:
         return self.start()
 
     def __exit__(self, *exc: Any) -> None:

@@ -6,7 +6,7 @@ The dense model is the same Sequential without its gates (`strip_gates`).
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from torch import nn
 
