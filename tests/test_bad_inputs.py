@@ -519,3 +519,23 @@ def test_stage_before_its_inputs(tmp_path):
 def test_not_a_run_directory(tmp_path):
     assert_user_error(run_cli("prune", str(tmp_path)), f"{tmp_path} is not a vib-deploy run directory (no config.yaml)")
     assert_user_error(run_cli("verify", str(tmp_path)), f"{tmp_path} has no manifest entries")
+
+
+@pytest.mark.e2e
+def test_a_batch_that_cannot_fit_is_refused_before_allocation(tiny_run, tmp_path):
+    d = tmp_path / "run"
+    shutil.copytree(tiny_run, d)
+    config = (d / "config.yaml").read_bytes()
+    proc = run_cli("bench", str(d), "--batch", "200000000")
+    assert_user_error(proc, "bench.batch_sizes (--batch): the input alone needs 627,200,000,000 bytes", "available")
+    assert "MemoryError" not in proc.stderr and (d / "config.yaml").read_bytes() == config  # nothing changed
+
+
+@pytest.mark.e2e
+def test_a_hostile_manifest_entry_is_one_line(tiny_run, tmp_path):
+    d = tmp_path / "run"
+    shutil.copytree(tiny_run, d)
+    manifest = json.loads((d / "manifest.json").read_text())
+    manifest["artifacts"]["../../../etc/hostname"] = manifest["artifacts"]["dense.onnx"]
+    (d / "manifest.json").write_text(json.dumps(manifest))
+    assert_user_error(run_cli("verify", str(d)), "'../../../etc/hostname', which is not a plain file name inside")

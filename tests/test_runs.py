@@ -82,3 +82,56 @@ def test_lock_names_the_other_process(tmp_path):
     with RunDir(tmp_path).locked():
         assert (tmp_path / ".lock").read_text() == str(os.getpid())
     assert not (tmp_path / ".lock").exists()
+
+
+def _hostile_manifest(run_dir, name):
+    """A manifest that lists `name` (with a plausible entry) beside a real artifact."""
+    import json
+
+    run = RunDir(run_dir)
+    atomic_write_text(run.file("x.json"), "{}")
+    run.finish("s", "k", ["x.json"])
+    manifest = json.loads(run.file("manifest.json").read_text())
+    manifest["artifacts"][name] = dict(manifest["artifacts"]["x.json"])
+    run.file("manifest.json").write_text(json.dumps(manifest))
+    return run
+
+
+@pytest.mark.parametrize(
+    "name", ["../../../../../../etc/hostname", "/etc/hostname", "sub/../../x", "..", "a\\b", "a//b"]
+)
+def test_a_manifest_name_that_climbs_out_is_refused_before_anything_is_opened(tmp_path, monkeypatch, name):
+    import builtins
+    import io
+
+    run = _hostile_manifest(tmp_path / "run", name)
+    opened = []
+    real_open = builtins.open
+
+    def spy(file, *a, **k):
+        opened.append(os.path.abspath(file) if isinstance(file, (str, os.PathLike)) else file)
+        return real_open(file, *a, **k)
+
+    monkeypatch.setattr(builtins, "open", spy)
+    monkeypatch.setattr(io, "open", spy)
+    for call in (lambda: run.verified("x.json"), lambda: run.verified(name), run.verify_all):
+        with pytest.raises(UserError, match="is not a plain file name inside"):
+            call()
+    outside = [p for p in opened if not str(p).startswith(str(tmp_path))]
+    assert opened and not outside, outside  # the manifest itself was read; nothing else
+
+
+def test_a_symlink_that_leaves_the_run_directory_is_refused_unread(tmp_path, monkeypatch):
+    import builtins
+
+    secret = tmp_path / "secret.txt"
+    secret.write_text("not yours")
+    run = _hostile_manifest(tmp_path / "run", "model.onnx")
+    os.symlink(secret, run.file("model.onnx"))
+    os.symlink(run.file("x.json"), run.file("inside.json"))  # a link that stays inside is a plain name
+    real_open = builtins.open
+    opened = []
+    monkeypatch.setattr(builtins, "open", lambda f, *a, **k: opened.append(str(f)) or real_open(f, *a, **k))
+    with pytest.raises(UserError, match="'model.onnx', which is not a plain file name inside"):
+        run.verified("model.onnx")
+    assert not any("secret" in p or p.endswith("model.onnx") for p in opened)

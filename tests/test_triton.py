@@ -199,6 +199,10 @@ def test_a_typo_in_a_generated_config_is_the_parsers_message():
         (["package", "{run}", "--repo", "{tmp}/m", "--preferred-batch-sizes", "512"], "must lie in 1..256"),
         (["package", "{run}", "--repo", "{run}"], "is a run directory, not a model repository"),
         (["serve", "{tmp}", "--http-port", "0"], "is not a Triton model repository"),
+        (
+            ["bench", "{run}", "--backend", "triton", "--batch-sizes", "1,100000", "--concurrency", "1,100000"],
+            "--batch-sizes x --concurrency (requests in flight): the input alone needs 31,360,000,000,000 bytes (29206.3 GiB: 100,000 x 100,000 x 1x28x28",
+        ),
     ],
 )
 def test_bad_input_is_one_line_exit_2(args, message, tiny_run, tmp_path):
@@ -304,7 +308,7 @@ def test_the_server_is_stopped_when_the_body_fails(repo):
 def test_serve_command_serves_until_sigterm(repo):
     import tritonclient.http as httpclient
 
-    from vib_deploy.triton.server import free_port, unavailable
+    from vib_deploy.triton.server import free_port, listening_addresses, unavailable
 
     problem = unavailable()
     if problem:
@@ -319,10 +323,11 @@ def test_serve_command_serves_until_sigterm(repo):
     )
     try:
         line = proc.stdout.readline()  # "ready in ... (pid N)"
-        assert line.startswith("ready in") and f"127.0.0.1:{port}" in line, (
+        assert line.startswith("ready in") and f"HTTP 127.0.0.1:{port}, gRPC 127.0.0.1:" in line, (
             line,
             proc.stderr.read() if proc.poll() is not None else "",
         )
+        assert listening_addresses(port) == ["127.0.0.1"]  # read from the kernel, not from our own line
         server_pid = int(line.split("(pid ")[1].split(")")[0])
         client = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
         assert client.is_model_ready(MODELS[0]) and client.is_model_ready(MODELS[1])
@@ -340,6 +345,43 @@ def test_serve_command_serves_until_sigterm(repo):
         time.sleep(0.1)
     else:
         pytest.fail(f"tritonserver (pid {server_pid}) still runs after `vib-deploy serve` got SIGTERM")
+
+
+def test_a_host_that_is_not_an_address_is_one_line(repo):
+    proc = run_cli("serve", str(repo), "--host", "every-interface")
+    assert proc.returncode == 2 and "--host 'every-interface': not an IP address" in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_the_server_listens_on_loopback_only(server):
+    from vib_deploy.triton.server import listening_addresses
+
+    assert listening_addresses(server.http_port) == ["127.0.0.1"]
+    assert listening_addresses(server.grpc_port) == ["127.0.0.1"]
+    assert server.bound() == {"http": ["127.0.0.1"], "grpc": ["127.0.0.1"]}
+
+
+def test_host_widens_it_and_says_so(repo):
+    from vib_deploy.triton.server import free_port, listening_addresses, unavailable
+
+    problem = unavailable()
+    if problem:
+        pytest.skip(f"a local Triton cannot start here: {problem}")
+    port, grpc = free_port(), free_port()
+    args = ["serve", str(repo), "--http-port", str(port), "--grpc-port", str(grpc), "--host", "0.0.0.0"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vib_deploy", *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        line = proc.stdout.readline()
+        # gRPC's wildcard is the dual-stack [::] (IPv4 and IPv6): shown as it is bound
+        assert f"HTTP 0.0.0.0:{port}, gRPC " in line and (f"0.0.0.0:{grpc}" in line or f"[::]:{grpc}" in line), line
+        assert listening_addresses(port) == ["0.0.0.0"] and listening_addresses(grpc) in (["0.0.0.0"], ["::"])
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+    warnings = [w for w in proc.stderr.read().splitlines() if w.startswith("warning: binding to 0.0.0.0")]
+    assert len(warnings) == 1 and "anyone who can reach this machine" in warnings[0]
 
 
 def test_bench_through_triton(tiny_run, tmp_path):
@@ -362,6 +404,8 @@ def test_bench_through_triton(tiny_run, tmp_path):
         assert r["calls"] == 5 * r["concurrency"] and 0 < r["p50_ms"] <= r["p99_ms"] and r["throughput"] > 0
         assert r["in_process_p50_ms"] > 0  # the run's own onnxruntime figure at the same batch, beside it
     assert "through Triton" in proc.stdout
+    bound = json.loads((copy / "bench-triton.json").read_text())["bound"]  # read back while it served
+    assert bound == {"http": ["127.0.0.1"], "grpc": ["127.0.0.1"]}
     assert run_cli("verify", str(copy)).returncode == 0  # bench-triton.json is listed in the run's manifest
     proc = run_cli("bench", str(copy), "--backend", "tensorflow")
     assert proc.returncode == 2 and "key 'bench.backends.0'" in proc.stderr and "Traceback" not in proc.stderr

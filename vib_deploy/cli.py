@@ -266,11 +266,14 @@ def serve(
     repo: Path = typer.Argument(..., help="A Triton model repository made by `vib-deploy package`."),
     http_port: int = typer.Option(8000, "--http-port", help="HTTP port (0: a free one)."),
     grpc_port: int = typer.Option(8001, "--grpc-port", help="gRPC port (0: a free one)."),
+    host: str = typer.Option(
+        "127.0.0.1", "--host", help="Address to bind (default loopback only; 0.0.0.0 opens it to the network)."
+    ),
 ) -> None:
     """Serve a model repository with a local Triton (nvidia-pytriton's tritonserver) until Ctrl-C or SIGTERM."""
     from vib_deploy.triton.server import serve_repository
 
-    serve_repository(repo, http_port, grpc_port, _echo)
+    serve_repository(repo, http_port, grpc_port, _echo, host)
 
 
 @app.command()

@@ -49,12 +49,14 @@ class ExactCheck:
     reduced_max_abs_diff: float | None = None  # the reduced-input model (input-gated nets only)
     reduced_max_abs_diff_float64: float | None = None
     reduced_argmax_agreement: float | None = None
+    float64_samples: int | None = None  # images of the float64 check; None: every test image (records before sampling)
 
     def to_json(self) -> dict[str, Any]:
+        optional = {"float64_samples"}
         return {
             f.name: getattr(self, f.name)
             for f in fields(self)
-            if not (f.name.startswith("reduced_") and getattr(self, f.name) is None)
+            if not ((f.name.startswith("reduced_") or f.name in optional) and getattr(self, f.name) is None)
         }
 
 

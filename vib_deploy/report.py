@@ -79,6 +79,10 @@ def build_metrics(run: RunDir, config: Any) -> dict[str, Any]:
                 "logit_scale",
                 "vib_fp32_rounding",
             )
+        }
+        | {
+            "samples": pruned.samples,
+            "float64_samples": getattr(pruned.exact, "float64_samples", None) or pruned.samples,
         },
         "export": {
             "max_abs_diff": max(v["max_abs_diff"] for v in export.values()),
@@ -131,7 +135,8 @@ def summary_rows(metrics: dict[str, Any]) -> list[tuple[str, str]]:
         (
             "pruning exact (max |Δlogit|)",
             f"fp32 {metrics['prune']['max_abs_diff']:.2e} (≤ {metrics['prune']['tolerance']:g} × "
-            f"{metrics['prune']['logit_scale']:.1f}), fp64 {metrics['prune']['max_abs_diff_float64']:.1e}",
+            f"{metrics['prune']['logit_scale']:.1f}, {metrics['prune']['samples']:,} images), "
+            f"fp64 {metrics['prune']['max_abs_diff_float64']:.1e} ({metrics['prune']['float64_samples']:,} images)",
         ),
         (
             "ONNX parity (max |Δ|, argmax)",

@@ -121,6 +121,27 @@ def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
+def plain_name(name: object, listed_in: Path, base: Path) -> str:
+    """`name` as `listed_in` lists it, refused unless it names a file inside `base`.
+
+    A relative path (`model.onnx`, `plots/latency.png`) with no `.`/`..` part, no backslash and no NUL, that
+    does not leave `base` through a symlink. Checked before anything is opened (resolving a link reads the
+    link, not its target), so a hostile manifest cannot make vib-deploy read or hash a file elsewhere.
+    """
+    bad = not isinstance(name, str) or any(c in name for c in ("\\", "\0")) or os.path.isabs(name)
+    if not bad:
+        parts = str(name).split("/")
+        bad = any(p in ("", ".", "..") for p in parts)
+    if not bad:
+        bad = not (base / str(name)).resolve().is_relative_to(base.resolve())
+    if bad:
+        raise UserError(
+            f"{listed_in} lists {name!r}, which is not a plain file name inside {base}; the manifest was edited "
+            "or damaged: nothing was opened (delete the run directory or rerun with --force)"
+        )
+    return str(name)
+
+
 def read_json_file(path: Path, hint: str = "") -> Any:
     """Parse a JSON file; undecodable bytes are one UserError naming the file (plus `hint`)."""
     try:
@@ -154,6 +175,12 @@ class RunDir:
         if not isinstance(data, dict) or not isinstance(data.get("artifacts"), dict):
             raise UserError(f"{path} is not a vib-deploy manifest")
         data.setdefault("stages", {})
+        journal = data.get(JOURNAL, {})
+        listed = [*data["artifacts"], *(journal.get("artifacts", {}) if isinstance(journal, dict) else {})]
+        for stage in data["stages"].values():
+            listed += stage.get("outputs", []) if isinstance(stage, dict) else []
+        for name in listed:  # before any of them is opened
+            plain_name(name, path, self.path)
         for name, entry in data["artifacts"].items():
             if not isinstance(entry, dict) or not {"sha256", "stage", "bytes"} <= entry.keys():
                 raise UserError(

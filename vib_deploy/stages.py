@@ -330,9 +330,11 @@ def export(ctx: Any) -> list[str]:
 def bench(ctx: Any) -> list[str]:
     """Dense vs pruned (fp32, and int8 where asked) latency/throughput/memory per backend, alternating rounds."""
     from vib_deploy.bench import machine_info, run_bench, speedups
+    from vib_deploy.memory import refuse_oversized_input
 
     cfg = ctx.config.bench
     images = ctx.splits().x_test[:512]
+    refuse_oversized_input(cfg.batch_sizes, images.shape[1:], "bench.batch_sizes (--batch)")
     variants = bench_variants(ctx)
     records = run_bench(
         variants,

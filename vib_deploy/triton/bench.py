@@ -16,6 +16,7 @@ from vib_deploy.backends.triton import TritonRunner
 from vib_deploy.bench import Variant, machine_info, make_input, time_concurrent
 from vib_deploy.data import splits_of
 from vib_deploy.errors import UserError
+from vib_deploy.memory import refuse_oversized_input
 from vib_deploy.pipeline import read_run_config
 from vib_deploy.records import BenchFile
 from vib_deploy.runs import RunDir, atomic_write_json
@@ -45,6 +46,9 @@ def bench_triton(
     config = read_run_config(run_dir)
     run = RunDir(run_dir)
     images = splits_of(config.data).x_test[:512]
+    refuse_oversized_input(
+        batch_sizes, images.shape[1:], "--batch-sizes x --concurrency (requests in flight)", copies=max(concurrency)
+    )
     in_process = {
         (r.variant, r.batch): r.p50_ms
         for r in BenchFile.read(run).records
@@ -59,6 +63,7 @@ def bench_triton(
                 f"batches {list(batch_sizes)} × concurrency {list(concurrency)}, {requests} calls per client"
             )
             url = server.grpc_url if protocol == "grpc" else server.http_url
+            bound = server.bound()  # read back from the kernel: loopback only
             for variant, model in shipped.items():
                 for batch in batch_sizes:
                     x = make_input(Variant(variant, {}), images, batch)
@@ -91,6 +96,7 @@ def bench_triton(
                 "records": records,
                 "machine": machine_info(),
                 "server": "tritonserver 2.51 (nvidia-pytriton), Python backend running onnxruntime",
+                "bound": bound,
             },
         )
         run.add_artifacts("bench-triton", ["bench-triton.json"])

@@ -9,6 +9,7 @@ a generated `model.py` runs the same model.onnx with onnxruntime. The repository
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import shutil
 import signal
@@ -151,6 +152,48 @@ def serving_copy(repo: Path, dest: Path) -> list[str]:
     return names
 
 
+LOOPBACK = "127.0.0.1"
+
+
+def listening_addresses(port: int) -> list[str]:
+    """The addresses a TCP socket listens on at `port`, read from the kernel (/proc/net/tcp and tcp6)."""
+    found = []
+    for table, v6 in (("/proc/net/tcp", False), ("/proc/net/tcp6", True)):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            local, state = line.split()[1], line.split()[3]
+            address, hex_port = local.split(":")
+            if state == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN
+                raw = bytes.fromhex(address)
+                if v6:  # four little-endian 32-bit words
+                    raw = b"".join(raw[i : i + 4][::-1] for i in range(0, 16, 4))
+                    v6_address = ipaddress.IPv6Address(raw)  # gRPC binds 127.0.0.1 as ::ffff:127.0.0.1
+                    found.append(str(v6_address.ipv4_mapped or v6_address))
+                else:
+                    found.append(str(ipaddress.IPv4Address(raw[::-1])))
+    return sorted(set(found))
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` (an address or `localhost`) only reaches this machine."""
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _check_host(host: str) -> None:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise UserError(
+            f"--host {host!r}: not an IP address (e.g. 127.0.0.1, or 0.0.0.0 for every interface)"
+        ) from None
+
+
 def free_port() -> int:
     """A TCP port nobody listens on right now."""
     with socket.socket() as s:
@@ -165,6 +208,7 @@ class TritonServer:
     repo: Path
     http_port: int = 0  # 0: a free port
     grpc_port: int = 0
+    host: str = LOOPBACK  # the address both endpoints bind to; anything else opens the models to the network
     timeout_s: float = 60.0
     log_path: Path | None = None
 
@@ -209,6 +253,8 @@ class TritonServer:
             *[f"--load-model={m}" for m in self.models],
             f"--http-port={self.http_port}",
             f"--grpc-port={self.grpc_port}",
+            f"--http-address={self.host}",  # tritonserver's default is 0.0.0.0: every interface
+            f"--grpc-address={self.host}",
             "--allow-metrics=false",
             "--log-verbose=0",
             "--exit-timeout-secs=5",
@@ -217,7 +263,7 @@ class TritonServer:
         self.log = open(self.log_path, "w")
         t0 = time.perf_counter()
         self.process = subprocess.Popen(cmd, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
-        client = httpclient.InferenceServerClient(f"127.0.0.1:{self.http_port}")
+        client = httpclient.InferenceServerClient(self.http_url)
         try:
             while True:
                 if self.process.poll() is not None:
@@ -265,14 +311,23 @@ class TritonServer:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
     @property
+    def client_host(self) -> str:
+        """Where a client on this machine reaches the server (a wildcard bind is reached on loopback)."""
+        return LOOPBACK if self.host in ("0.0.0.0", "::") else self.host
+
+    @property
     def http_url(self) -> str:
         """host:port of the HTTP endpoint."""
-        return f"127.0.0.1:{self.http_port}"
+        return _host_port(self.client_host, self.http_port)
 
     @property
     def grpc_url(self) -> str:
         """host:port of the gRPC endpoint."""
-        return f"127.0.0.1:{self.grpc_port}"
+        return _host_port(self.client_host, self.grpc_port)
+
+    def bound(self) -> dict[str, list[str]]:
+        """The addresses each endpoint actually listens on, read back from the kernel."""
+        return {"http": listening_addresses(self.http_port), "grpc": listening_addresses(self.grpc_port)}
 
     def __enter__(self) -> TritonServer:
         return self.start()
@@ -281,12 +336,23 @@ class TritonServer:
         self.stop()
 
 
-def serve_repository(repo: Path, http_port: int, grpc_port: int, note: Callable[[str], None] = print) -> None:
+def _host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _shown(addresses: list[str], port: int) -> str:
+    return ", ".join(_host_port(a, port) for a in addresses) or f"nothing on port {port}"
+
+
+def serve_repository(
+    repo: Path, http_port: int, grpc_port: int, note: Callable[[str], None] = print, host: str = LOOPBACK
+) -> None:
     """Serve `repo` until Ctrl-C or SIGTERM; the ready line goes to stdout, notes to `note`."""
     if not is_model_repository(repo):
         raise UserError(
             f"{repo} is not a Triton model repository (no <model>/config.pbtxt); make one with `vib-deploy package`"
         )
+    _check_host(host)
     note(
         "note: this tritonserver has no onnxruntime backend; each model runs the same model.onnx through a generated "
         "Python-backend model.py (onnxruntime) in a temporary serving copy; the repository is unchanged"
@@ -295,16 +361,20 @@ def serve_repository(repo: Path, http_port: int, grpc_port: int, note: Callable[
     def interrupt(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt  # SIGTERM stops the server like Ctrl-C does
 
+    if not is_loopback(host):
+        note(f"warning: binding to {host}, not loopback: anyone who can reach this machine can query these models")
     signal.signal(signal.SIGTERM, interrupt)
-    with TritonServer(repo, http_port, grpc_port) as server:
+    with TritonServer(repo, http_port, grpc_port, host=host) as server:
         skipped = sorted(
             p.name for p in repo.iterdir() if (p / "config.pbtxt").is_file() and p.name not in server.models
         )
         if skipped:
             note(f"not served here (only onnxruntime_onnx models have a stand-in): {', '.join(skipped)}")
+        bound = server.bound()  # read back from the kernel, not assumed
         print(
-            f"ready in {server.start_seconds:.1f} s: {', '.join(server.models)}; HTTP {server.http_url}, "
-            f"gRPC {server.grpc_url} (pid {server.process.pid}); Ctrl-C stops it",
+            f"ready in {server.start_seconds:.1f} s: {', '.join(server.models)}; "
+            f"HTTP {_shown(bound['http'], server.http_port)}, gRPC {_shown(bound['grpc'], server.grpc_port)} "
+            f"(pid {server.process.pid}); Ctrl-C stops it",
             flush=True,
         )
         while server.process.poll() is None:

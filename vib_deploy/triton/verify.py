@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from vib_deploy.errors import UserError
-from vib_deploy.runs import read_json_file, sha256_file
+from vib_deploy.runs import plain_name, read_json_file, sha256_file
 from vib_deploy.triton.repository import (
     CONFIG,
     MODEL_FILE,
@@ -45,9 +45,11 @@ def verify_repository(repo: Path) -> list[str]:
             expected = dict(manifest["files"])
             if number == last:
                 expected.update(manifest.get("model_files", {}))
+            for rel in expected:  # a version's own files, or `../name` for the model's shared ones; before opening
+                shared = rel.startswith("../")
+                plain_name(rel[3:] if shared else rel, vdir / VERSION_MANIFEST, model_dir if shared else vdir)
             for rel, sha in sorted(expected.items()):
-                path = (vdir / rel).resolve() if rel.startswith("../") else vdir / rel
-                shown = model_dir / rel[3:] if rel.startswith("../") else vdir / rel
+                path = shown = model_dir / rel[3:] if rel.startswith("../") else vdir / rel
                 if not path.is_file():
                     raise UserError(f"{shown} is missing (listed in {vdir / VERSION_MANIFEST})")
                 actual = sha256_file(path)
