@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -39,6 +40,37 @@ TINY = [
     "--set",
     "train.finetune.epochs=0",
 ]  # finetune: tests/test_finetune.py
+# the one LeNet-5 run through every stage (conftest.lenet5_run): OpenVINO, INT8, both CPU engines
+LENET5_EVERY_STAGE = [
+    "--set",
+    "data.train_limit=700",
+    "--set",
+    "data.val_size=200",
+    "--set",
+    "data.test_limit=300",
+    "--set",
+    "train.dense.epochs=1",
+    "--set",
+    "train.vib.epochs=2",
+    "--set",
+    "train.vib.kl_factor=1e-4",
+    "--set",
+    "train.finetune.epochs=0",
+    "--set",
+    "bench.rounds=2",
+    "--set",
+    "bench.iters_per_round=3",
+    "--set",
+    "bench.warmup=1",
+    "--set",
+    "bench.batch_sizes=[1,8]",
+    "--set",
+    "bench.backends=[onnxruntime,openvino]",
+    "--set",
+    "bench.memory=false",
+    "--set",
+    "quantize.enabled=true",
+]
 # the study commands' tiny points (test_sweep, test_compare)
 STUDY_TINY = [
     "--set",
@@ -85,13 +117,38 @@ def mnist_root() -> Path:
         pytest.skip(f"real MNIST is not available ({e}); `make test` fetches it first")
 
 
+def shared_run(tmp_path_factory, name: str, *args: str) -> tuple[Path, subprocess.CompletedProcess]:
+    """`vib-deploy run ARGS --run-dir <shared>/<name>`, made once for the whole session and every xdist worker.
+
+    The first worker to ask builds it under a file lock; the others wait, then read the same directory and the
+    same captured output. Tests that change the run work on a copy.
+    """
+    from filelock import FileLock
+
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # the workers' common parent
+    run_dir, output = shared / "shared-runs" / name, shared / "shared-runs" / f"{name}.json"
+    run_dir.parent.mkdir(exist_ok=True)
+    with FileLock(str(output) + ".lock"):
+        if not output.exists():
+            proc = run_cli(*args, "--run-dir", str(run_dir))
+            output.write_text(json.dumps([proc.returncode, proc.stdout, proc.stderr]))
+        code, out, err = json.loads(output.read_text())
+    proc = subprocess.CompletedProcess([*args, "--run-dir", str(run_dir)], code, out, err)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return run_dir, proc
+
+
 @pytest.fixture(scope="session")
 def lenet300_run(tmp_path_factory, mnist_root) -> tuple[Path, subprocess.CompletedProcess]:
     """One tiny run of the default pipeline for the whole session (tests that change it work on a copy)."""
-    run_dir = tmp_path_factory.mktemp("runs") / "l300"
-    proc = run_cli("run", LENET300, "--run-dir", str(run_dir), *TINY)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return run_dir, proc
+    return shared_run(tmp_path_factory, "l300", "run", LENET300, *TINY)
+
+
+@pytest.fixture(scope="session")
+def lenet5_run(tmp_path_factory, mnist_root) -> tuple[Path, subprocess.CompletedProcess]:
+    """The session's one LeNet-5 run through every stage (OpenVINO, INT8, every bench backend): test_cli, test_cpu_deploy."""
+    return shared_run(tmp_path_factory, "l5", "run", "pipelines/mnist-lenet5.yaml", *LENET5_EVERY_STAGE)
 
 
 def assert_user_error(proc: subprocess.CompletedProcess, *fragments: str) -> str:

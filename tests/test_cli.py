@@ -117,22 +117,8 @@ def test_single_stage_commands_and_verify(lenet300_run, tmp_path):
         assert "pruned.onnx is corrupt or was altered" in proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_lenet5_through_every_stage(tmp_path, mnist_root):
-    run_dir = tmp_path / "l5"
-    proc = run_cli(
-        "run",
-        "pipelines/mnist-lenet5.yaml",
-        "--run-dir",
-        str(run_dir),
-        *TINY,
-        "--set",
-        "train.vib.kl_factor=1e-4",
-        "--set",
-        "bench.backends=[onnxruntime]",
-        "--set",
-        "bench.memory=false",
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+def test_lenet5_through_every_stage(lenet5_run):
+    run_dir, proc = lenet5_run  # the session's one LeNet-5 run (conftest), shared with test_cpu_deploy
     m = json.loads((run_dir / "metrics.json").read_text())
     assert m["dense"]["architecture"] == [20, 50, 500]
     assert m["prune"]["max_abs_diff"] <= 1e-5 * m["prune"]["logit_scale"]

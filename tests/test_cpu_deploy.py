@@ -9,40 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, run_cli
+from conftest import LENET5_EVERY_STAGE, ROOT, run_cli
 
 ov = pytest.importorskip("openvino", reason="the openvino wheel is a dependency: `make setup` installs it")
 
-TINY = [
-    "--set",
-    "data.train_limit=700",
-    "--set",
-    "data.val_size=200",
-    "--set",
-    "data.test_limit=300",
-    "--set",
-    "train.dense.epochs=1",
-    "--set",
-    "train.vib.epochs=2",
-    "--set",
-    "train.vib.kl_factor=1e-4",
-    "--set",
-    "train.finetune.epochs=0",
-    "--set",
-    "bench.rounds=2",
-    "--set",
-    "bench.iters_per_round=3",
-    "--set",
-    "bench.warmup=1",
-    "--set",
-    "bench.batch_sizes=[1,8]",
-    "--set",
-    "bench.backends=[onnxruntime,openvino]",
-    "--set",
-    "bench.memory=false",
-    "--set",
-    "quantize.enabled=true",
-]
+TINY = LENET5_EVERY_STAGE  # the session run of conftest.lenet5_run
 
 
 def _net() -> torch.nn.Module:
@@ -120,11 +91,8 @@ def test_calibration_set_is_training_images(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def cpu_run(tmp_path_factory, mnist_root):
-    run_dir = tmp_path_factory.mktemp("runs") / "l5"
-    proc = run_cli("run", "pipelines/mnist-lenet5.yaml", "--run-dir", str(run_dir), *TINY)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return run_dir, proc
+def cpu_run(lenet5_run):
+    return lenet5_run
 
 
 @pytest.mark.e2e
