@@ -10,7 +10,7 @@ from conftest import InterruptAfter
 from vib_deploy.errors import UserError
 from vib_deploy.runs import RunDir
 from vib_deploy.train import TrainSpec, train
-from vib_deploy.zoo import gated_model
+from vib_deploy.zoo import gated_model, strip_gates
 
 
 def _data(n=300):
@@ -94,3 +94,38 @@ def test_schedule_and_gate_weight_decay_are_what_the_spec_says(tmp_path, schedul
     assert [g["weight_decay"] for g in groups] == [5e-5, 5e-5]  # weights and gates, as the official code
     # step: lr x 0.5 every 30 epochs, so unchanged after 2; cosine over 2 epochs: 0 after 2
     assert [g["lr"] for g in groups] == ([1e-3, 1e-2] if schedule == "step" else [0.0, 0.0])
+
+
+def _scripted_validation(monkeypatch, accuracies):
+    """Validation returns `accuracies` in turn and keeps a copy of the weights it saw each time."""
+    import copy
+
+    import vib_deploy.train as train_module
+
+    seen = []
+
+    def accuracy(model, x, y, device=None):
+        seen.append(copy.deepcopy(model.state_dict()))
+        return accuracies[len(seen) - 1]
+
+    monkeypatch.setattr(train_module, "accuracy", accuracy)
+    return seen
+
+
+def test_patience_stops_and_keeps_the_best_validation_epoch(tmp_path, monkeypatch):
+    seen = _scripted_validation(monkeypatch, [0.5, 0.7, 0.6, 0.7, 0.65, 0.9, 0.9])
+    spec = _spec(stage="train-dense", epochs=7, gate_lr=None, kl_factor=None, select_best=True, patience=3)
+    model = strip_gates(gated_model("lenet300"))
+    result = train(model, spec, _data(), RunDir(tmp_path))
+    # epoch 2 is best; 3, 4 (a tie is not better) and 5 are not: stopped after 5 of the 7-epoch cap
+    assert len(result.history) == 5 and result.stopped_early and result.best_epoch == 2
+    assert all(torch.equal(v, seen[1][k]) for k, v in model.state_dict().items())  # epoch 2's weights
+    resumed = train(strip_gates(gated_model("lenet300")), spec, _data(), RunDir(tmp_path))  # the checkpoint had stopped
+    assert len(resumed.history) == 5 and resumed.stopped_early and len(seen) == 5
+
+
+def test_patience_never_reached_runs_to_the_cap(tmp_path, monkeypatch):
+    _scripted_validation(monkeypatch, [0.1, 0.2, 0.3, 0.2])
+    spec = _spec(stage="train-dense", epochs=4, gate_lr=None, kl_factor=None, select_best=True, patience=2)
+    result = train(strip_gates(gated_model("lenet300")), spec, _data(), None)
+    assert len(result.history) == 4 and not result.stopped_early and result.best_epoch == 3

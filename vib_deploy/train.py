@@ -62,6 +62,9 @@ class TrainSpec:
     amp: str = "off"  # off | bf16 | fp16: autocast of forward + loss (fp16 with a GradScaler); off is the fp32 path
     kl_weighting: Any = None  # VIB only: a klweight.FlopsWeighting of the model (None: the paper's weights)
     keep_start: bool = False  # with select_best: the weights it starts from are a candidate too (epoch 0)
+    # with select_best: stop after this many epochs without a better validation accuracy (`epochs` is the cap);
+    # the lr halves after patience // 3 such epochs (ReduceLROnPlateau) instead of following `schedule`
+    patience: int | None = None
 
 
 @dataclass
@@ -74,6 +77,13 @@ class TrainResult:
     epoch_seconds: list[float] = field(
         default_factory=list
     )  # wall time of each epoch run here (steps, validation, checkpoint)
+    stopped_early: bool = False  # `patience` epochs passed without a better validation accuracy
+
+
+def epochs_since_best(history: list[dict[str, Any]]) -> int:
+    """Epochs run after the first one with the best validation accuracy (0 when the last one is it)."""
+    best = max(range(len(history)), key=lambda i: history[i]["val_acc"])
+    return len(history) - 1 - best
 
 
 def resolve_device(name: str) -> torch.device:
@@ -184,8 +194,12 @@ def train(model: nn.Module, spec: TrainSpec, data: Any, run: RunDir | None, prog
     device = spec.device
     model.to(device)
     opt = _optimizer(model, spec)
-    sched: torch.optim.lr_scheduler.LRScheduler = (
-        torch.optim.lr_scheduler.StepLR(opt, step_size=30, gamma=0.5)
+    if spec.patience is not None and not spec.select_best:
+        raise ValueError("patience needs select_best: early stopping keeps the best validation epoch")
+    sched: Any = (
+        torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=0.5, patience=max(1, spec.patience // 3))
+        if spec.patience is not None
+        else torch.optim.lr_scheduler.StepLR(opt, step_size=30, gamma=0.5)
         if spec.schedule == "step"
         else torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=spec.epochs)
     )
@@ -216,10 +230,16 @@ def train(model: nn.Module, spec: TrainSpec, data: Any, run: RunDir | None, prog
     loop.epoch, loop.net = loop.start, model
     t0 = time.perf_counter()
     try:
-        for epoch in range(loop.start, spec.epochs):
+        result.stopped_early = bool(  # a resumed run that had already stopped (killed before its stage committed)
+            spec.patience is not None and result.history and epochs_since_best(result.history) >= spec.patience
+        )
+        for epoch in range(loop.start, loop.start if result.stopped_early else spec.epochs):
             loop.epoch = epoch
             sums = _train_epoch(model, spec, loop, x_train, y_train, steps, run, progress, task)
             _end_epoch(model, spec, loop, data, {k: v / steps for k, v in sums.items()}, result, run, progress, task)
+            if spec.patience is not None and epochs_since_best(result.history) >= spec.patience:
+                result.stopped_early = True
+                break
     except KeyboardInterrupt:
         where = (
             f"checkpointed in {run.file(f'{spec.stage}.ckpt')}; rerun the same command to resume" if run else "not kept"
@@ -230,8 +250,8 @@ def train(model: nn.Module, spec: TrainSpec, data: Any, run: RunDir | None, prog
         ) from None
     if loop.channels_last:
         model.to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]
-    if spec.epochs > loop.start:
-        result.images_per_second = (spec.epochs - loop.start) * n / (time.perf_counter() - t0)
+    if len(result.history) > loop.start:
+        result.images_per_second = (len(result.history) - loop.start) * n / (time.perf_counter() - t0)
     if spec.select_best and loop.best_state is not None:
         model.load_state_dict(loop.best_state)
         result.best_epoch = max(range(len(result.history)), key=lambda i: result.history[i]["val_acc"]) + 1
@@ -346,7 +366,8 @@ def _train_epoch(
         sums["kl"] += kl_v
         if progress is not None:
             progress.advance(task)
-    loop.sched.step()
+    if not isinstance(loop.sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
+        loop.sched.step()  # the plateau schedule steps on the validation accuracy, in _end_epoch
     return sums
 
 
@@ -368,6 +389,8 @@ def _end_epoch(
         distributed.same_on_all_ranks("gate masks", mask_digest(model))
     else:
         val_acc = accuracy(model, data.x_val, data.y_val, spec.device)
+    if isinstance(loop.sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
+        loop.sched.step(val_acc)
     record = {"epoch": epoch + 1, "val_acc": val_acc, **means, "units_alive": units_alive(model)}
     result.history.append(record)
     if spec.select_best and val_acc > loop.best:
