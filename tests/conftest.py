@@ -38,6 +38,8 @@ TINY = [
     "--set",
     "bench.batch_sizes=[1,8]",
     "--set",
+    "bench.memory=false",  # ~10 s a bench stage; tests/test_bench.py measures memory
+    "--set",
     "train.finetune.epochs=0",
 ]  # finetune: tests/test_finetune.py
 # the one LeNet-5 run through every stage (conftest.lenet5_run): OpenVINO, INT8, both CPU engines
