@@ -16,10 +16,10 @@ from typing import Any
 import typer
 
 from vib_deploy.errors import UserError
-from vib_deploy.options import STAGE_COMMANDS
 from vib_deploy.options import floats as _floats
 from vib_deploy.options import int_list as _int_list
 from vib_deploy.options import seeds as _seeds
+from vib_deploy.stages.registry import commands as _stage_commands
 
 app = typer.Typer(
     add_completion=False,
@@ -71,12 +71,12 @@ def _echo(message: str) -> None:
 
 def _summary(run_dir: Path) -> None:
     from vib_deploy.distributed import is_main
-    from vib_deploy.report import load_metrics, print_summary
+    from vib_deploy.report import load_summary, print_summary
 
     if not is_main():
         return
 
-    print_summary(load_metrics(run_dir))
+    print_summary(load_summary(run_dir))
     typer.echo(f"report: {run_dir / 'report.md'}")
 
 
@@ -128,8 +128,8 @@ def _stage_command(name: str, doc: str) -> None:
     app.command(name=name)(command)
 
 
-for _name, _doc in STAGE_COMMANDS:
-    _stage_command(_name, _doc)
+for _stage in _stage_commands():
+    _stage_command(_stage.name, _stage.help)
 
 
 @app.command()

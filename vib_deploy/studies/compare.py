@@ -18,10 +18,12 @@ from typing import Any
 from vib_deploy.config import FinetuneConfig, PipelineConfig
 from vib_deploy.errors import UserError
 from vib_deploy.modelfile import load_model
-from vib_deploy.pipeline import Context, Stage, _stages, run_stage, write_config
+from vib_deploy.pipeline import run_stage, write_config
 from vib_deploy.plots import pyplot, save_png
 from vib_deploy.records import PruneRecord
 from vib_deploy.runs import RunDir, atomic_write_json, atomic_write_text
+from vib_deploy.stages.base import Context, Stage
+from vib_deploy.stages.registry import peer_stages
 from vib_deploy.stats import paired
 from vib_deploy.studies.common import (
     RUNS,
@@ -53,13 +55,13 @@ def run_peer(config: PipelineConfig, vib_run: RunDir, method: str, progress: Any
         str(vib_run.path),
         arch[0] if len(arch) == hidden + 1 else None,
         tuple(vib_prune.architecture),
-        vib_run.manifest()["artifacts"]["pruned.pt"]["sha256"],
+        vib_run.view().sha256("pruned.pt"),
         vib_finetune,
     )
     run = RunDir(Path(f"{vib_run.path}-{method}"))
     copy_stage(vib_run, run, "train-dense")
     stages = [Stage("prune", ("train-dense",), spec.section, lambda ctx: peer_prune(ctx, spec), uses_data=True)]
-    stages += [s for s in _stages() if s.name in ("export", "bench")]  # the pipeline's own, unchanged
+    stages += peer_stages()  # the pipeline's own, unchanged
     with run.locked():
         write_config(run, config)
         ctx = Context(run, config, progress)
