@@ -182,8 +182,8 @@ def test_calibration_reads_only_training_images(cpu_run, tmp_path, monkeypatch):
     """The quantize stage run in-process: every image its calibration reader serves is a training image."""
     from vib_deploy import cpu_deploy
     from vib_deploy.config import load_config
-    from vib_deploy.pipeline import Context
     from vib_deploy.runs import RunDir
+    from vib_deploy.stages import Context
 
     run_dir = tmp_path / "run"
     shutil.copytree(cpu_run[0], run_dir)

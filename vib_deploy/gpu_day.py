@@ -85,6 +85,7 @@ def _sets(items: list[str]) -> list[str]:
 
 def plan(dry_run: bool, python: str = sys.executable, runs: Path = RUNS) -> list[Step]:
     """The steps of the day (GPU) or of the dry run (CPU, tiny data)."""
+    # long function: the day's table of steps, in the order they run
     cli = [python, "-m", "vib_deploy"]
     device = "cpu" if dry_run else "cuda"
     tests = [python, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "-m", "gpu", *GPU_TEST_FILES]

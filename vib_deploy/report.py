@@ -43,6 +43,32 @@ def _plain_scaling(config: Any) -> dict[str, Any]:
     return {"scale": "1/255", "pad": config.data.pad, "mean": [0.0], "std": [1.0], "classes": classes}
 
 
+def _dense(dense: TrainDenseRecord, pruned: PruneRecord) -> DenseSummary:
+    params = pruned.dense.params
+    arch, flops, epochs = pruned.dense_architecture, pruned.dense.flops, len(dense.history)
+    bytes_ = params * BYTES_PER_PARAM
+    return DenseSummary(
+        dense.test_error, dense.val_error, arch, flops, params, bytes_, epochs, dense.best_epoch, dense.seconds
+    )
+
+
+def _pruned(p: PruneRecord) -> PrunedSummary:
+    widths = p.widths if p.round_to is not None else None
+    cost = p.pruned
+    return PrunedSummary(
+        p.test_error, p.architecture, cost.flops, cost.params, cost.params * BYTES_PER_PARAM, p.scales_left,
+        p.round_to, widths,
+    )  # fmt: skip
+
+
+def _finetuned(t: FinetuneRecord | None) -> FinetunedSummary | None:
+    if t is None:
+        return None
+    return FinetunedSummary(
+        t.test_error, t.val_error, t.pruned_val_error, t.epochs, t.best_epoch, t.lr, t.weight_decay, t.seconds
+    )
+
+
 def build_summary(run: RunDir, config: Any) -> RunSummary:
     """The run's `RunSummary` (metrics.json) from every stage's record: the one place a run is summarised."""
     dense, vib, export = TrainDenseRecord.read(run), TrainVibRecord.read(run), ExportRecord.read(run)
@@ -56,40 +82,10 @@ def build_summary(run: RunDir, config: Any) -> RunSummary:
         dataset=config.data.dataset,
         version=__version__,
         test_samples=dense.test_samples,
-        dense=DenseSummary(
-            dense.test_error,
-            dense.val_error,
-            pruned.dense_architecture,
-            pruned.dense.flops,
-            pruned.dense.params,
-            pruned.dense.params * BYTES_PER_PARAM,
-            len(dense.history),
-            dense.best_epoch,
-            dense.seconds,
-        ),
+        dense=_dense(dense, pruned),
         vib=VibSummary(vib.test_error, vib.val_error, len(vib.history), config.train.vib.kl_factor, vib.seconds),
-        pruned=PrunedSummary(
-            pruned.test_error,
-            pruned.architecture,
-            pruned.pruned.flops,
-            pruned.pruned.params,
-            pruned.pruned.params * BYTES_PER_PARAM,
-            pruned.scales_left,
-            pruned.round_to,
-            pruned.widths if pruned.round_to is not None else None,
-        ),
-        finetuned=None
-        if tuned is None
-        else FinetunedSummary(
-            tuned.test_error,
-            tuned.val_error,
-            tuned.pruned_val_error,
-            tuned.epochs,
-            tuned.best_epoch,
-            tuned.lr,
-            tuned.weight_decay,
-            tuned.seconds,
-        ),
+        pruned=_pruned(pruned),
+        finetuned=_finetuned(tuned),
         deployed=deployed_file(config, "pruned"),
         prune=ExactSummary(**exact),
         export=ExportSummary(

@@ -150,3 +150,4 @@ class WidthsSweep(JsonRecord):
     FILE = "widths-sweep.json"
     key: dict[str, Any]
     times_ms: dict[str, float]
+    record_version: int = RECORD_VERSION

@@ -105,6 +105,7 @@ def render_config(
     """config.pbtxt text for an ONNX model (or a plan, or OpenVINO IR: platform "openvino" names Triton's
     OpenVINO *backend*, run with one thread, one stream, latency hint as bench measured it); the first
     output carries the labels file."""
+    # long function: the config.pbtxt template, read top to bottom as the file it writes
     if platform == OPENVINO:
         engine = [f'backend: "{OPENVINO}"', f'default_model_filename: "{IR_FILE}"']
         engine_params = [

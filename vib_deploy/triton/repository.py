@@ -159,26 +159,7 @@ def package(
         }
         targets = [(f"{base}-{variant}", {MODEL_FILE: onnx_path}, "onnxruntime_onnx", options, {})]
         if run.file(f"{variant}.plan").exists():  # an engine from `vib-deploy build-engine`: ship it as <model>_trt
-            plan = run.verified(f"{variant}.plan")
-            sidecar_path = run.verified(f"{variant}.plan.json")
-            sidecar = json.loads(sidecar_path.read_text())
-            max_batch = int(sidecar["profile"][inputs[0].name][2][0])  # the optimization profile's largest batch
-            trt_options = dataclasses.replace(
-                options,
-                kind="KIND_GPU",
-                max_batch_size=min(options.max_batch_size, max_batch),
-                preferred_batch_sizes=tuple(b for b in options.preferred_batch_sizes if b <= max_batch) or (max_batch,),
-            )
-            engine = {k: sidecar.get(k) for k in ("tensorrt_version", "gpu_name", "compute_capability", "precision")}
-            targets.append(
-                (
-                    f"{base}-{variant}_trt",
-                    {PLAN_FILE: plan, PLAN_FILE + ".json": sidecar_path},
-                    "tensorrt_plan",
-                    trt_options,
-                    {"engine": engine},
-                )
-            )
+            targets.append(_trt_target(run, f"{base}-{variant}_trt", variant, inputs[0].name, options))
         if variant == "pruned":
             targets += _cpu_targets(run, base, options)
         for model_name, sources, platform, opts, extra in targets:
@@ -195,6 +176,25 @@ def package(
                 )
             )
     return shipped
+
+
+def _trt_target(
+    run: RunDir, model_name: str, variant: str, input_name: str, options: ShipOptions
+) -> tuple[str, dict[str, Path], str, ShipOptions, dict[str, Any]]:
+    """A TensorRT engine's model: KIND_GPU, batch sizes capped by its optimization profile's largest batch."""
+    plan = run.verified(f"{variant}.plan")
+    sidecar_path = run.verified(f"{variant}.plan.json")
+    sidecar = json.loads(sidecar_path.read_text())
+    max_batch = int(sidecar["profile"][input_name][2][0])
+    trt_options = dataclasses.replace(
+        options,
+        kind="KIND_GPU",
+        max_batch_size=min(options.max_batch_size, max_batch),
+        preferred_batch_sizes=tuple(b for b in options.preferred_batch_sizes if b <= max_batch) or (max_batch,),
+    )
+    engine = {k: sidecar.get(k) for k in ("tensorrt_version", "gpu_name", "compute_capability", "precision")}
+    sources = {PLAN_FILE: plan, PLAN_FILE + ".json": sidecar_path}
+    return model_name, sources, "tensorrt_plan", trt_options, {"engine": engine}
 
 
 def _cpu_targets(
