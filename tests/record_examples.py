@@ -114,3 +114,28 @@ EXAMPLES: dict[type, Callable[[Draw], Any]] = {
     ),
     r.RunSummary: summary,
 }
+
+
+def summary_of(
+    bench: list[dict[str, Any]], dense: tuple[list[int], float], pruned: tuple[list[int], float], ideal: float
+):
+    """A RunSummary with these bench records (as bench.json holds them), architectures, errors and ideal speedup."""
+    return r.RunSummary(
+        model="lenet5",
+        dataset="mnist",
+        version="0",
+        test_samples=300,
+        dense=s.DenseSummary(dense[1], dense[1], dense[0], 1000, 100, 400, 1, 1, 1.0),
+        vib=s.VibSummary(0.02, 0.02, 1, 1e-5, 1.0),
+        pruned=s.PrunedSummary(pruned[1], pruned[0], 100, 10, 40, None),
+        finetuned=None,
+        deployed="pruned.pt",
+        prune=s.ExactSummary(),
+        export=s.ExportSummary(0.0, 1.0, 17, {}),
+        bench=[r.BenchRecord.from_json(b) for b in bench],
+        speedup=[],
+        ideal_speedup=ideal,
+        machine={},
+        history=s.Histories([], []),
+        preprocessing={},
+    )

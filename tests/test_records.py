@@ -204,3 +204,38 @@ def test_a_planted_read_is_caught(planted, tmp_path):
     module = tmp_path / "planted.py"
     module.write_text(planted + "\n")
     assert violations(module.read_text(), "planted.py")
+
+
+# -- the records of run directories made before this version (the code of main when records/ was written) ----------
+MAIN_RUNS = sorted((Path(__file__).parent / "fixtures").glob("main-run-*"))  # a LeNet-5 run, finetune off and on
+
+
+def _unversioned(x):
+    if isinstance(x, dict):
+        return {k: _unversioned(v) for k, v in x.items() if k != "record_version"}
+    return [_unversioned(v) for v in x] if isinstance(x, list) else x
+
+
+@pytest.mark.parametrize("run_dir", MAIN_RUNS, ids=lambda p: p.name)
+def test_every_record_of_a_run_made_by_main_reads_back_whole(run_dir):
+    files = {p.name for p in run_dir.glob("*.json")}
+    assert files <= STAGE_FILES and {"train-dense.json", "prune.json", "metrics.json"} <= files
+    for cls in RECORDS:
+        if (run_dir / cls.FILE).exists():
+            old = json.loads((run_dir / cls.FILE).read_text())
+            assert _unversioned(cls.from_json(old).to_json()) == _unversioned(old), cls.FILE
+
+
+@pytest.mark.parametrize("run_dir", MAIN_RUNS, ids=lambda p: p.name)
+def test_the_summary_of_a_run_made_by_main_is_its_metrics_json(run_dir, tmp_path):
+    from vib_deploy.config import load_config
+    from vib_deploy.report import build_summary
+
+    run = RunDir(tmp_path)
+    for path in run_dir.glob("*.json"):
+        if path.name != "metrics.json":
+            (tmp_path / path.name).write_bytes(path.read_bytes())
+            run.commit(path.name.removesuffix(".json"), "key", [path.name])
+    summary = build_summary(run, load_config(run_dir / "config.yaml"))
+    old = json.loads((run_dir / "metrics.json").read_text())
+    assert _unversioned(summary.to_json()) == {**_unversioned(old), "version": summary.version}
