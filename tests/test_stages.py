@@ -36,6 +36,14 @@ def test_every_stage_has_a_cli_command_with_its_help():
         assert stage.help and registered[stage.name].callback.__doc__ == stage.help
 
 
+def test_every_stage_runs_a_function_that_exists():
+    import importlib
+
+    for stage in STAGES:
+        module, _, function = stage.run.__qualname__.rpartition(".")
+        assert callable(getattr(importlib.import_module(module), function)), stage.name
+
+
 def test_a_stage_that_is_not_registered_is_refused():
     with pytest.raises(UserError, match="stages are train-dense, train-vib"):
         get_stage("deploy")
