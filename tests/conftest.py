@@ -196,3 +196,12 @@ class InterruptAfter:
         self.steps -= 1
         if self.steps == 0:
             raise KeyboardInterrupt
+
+
+def enabled_stages(run_dir: Path) -> list[str]:
+    """The stages the run directory's config turns on, in order, from the stage registry."""
+    from vib_deploy.pipeline import read_run_config
+    from vib_deploy.stages.registry import STAGES
+
+    config = read_run_config(run_dir)
+    return [s.name for s in STAGES if s.enabled(config)]

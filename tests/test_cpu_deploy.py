@@ -101,12 +101,13 @@ def test_ir_artifacts_and_parity_on_the_test_set(cpu_run):
     from vib_deploy.config import load_config
     from vib_deploy.data import splits_of
     from vib_deploy.modelfile import load_model
+    from vib_deploy.records import RECORD_VERSION
 
     run_dir, proc = cpu_run
     assert "[run] openvino" in proc.stderr and "[run] quantize" in proc.stderr
     manifest = json.loads((run_dir / "manifest.json").read_text())
     report = json.loads((run_dir / "openvino.json").read_text())
-    assert set(report) == {"dense", "pruned"}
+    assert report.pop("record_version") == RECORD_VERSION and set(report) == {"dense", "pruned"}
     x = splits_of(load_config(run_dir / "config.yaml").data).x_test
     for variant, rec in report.items():
         for name in (f"{variant}.xml", f"{variant}.bin", f"{variant}.xml.json"):
@@ -150,8 +151,8 @@ def test_calibration_reads_only_training_images(cpu_run, tmp_path, monkeypatch):
     """The quantize stage run in-process: every image its calibration reader serves is a training image."""
     from vib_deploy import cpu_deploy
     from vib_deploy.config import load_config
-    from vib_deploy.pipeline import Context
     from vib_deploy.runs import RunDir
+    from vib_deploy.stages import Context
 
     run_dir = tmp_path / "run"
     shutil.copytree(cpu_run[0], run_dir)

@@ -1,17 +1,13 @@
 """The deploy matrix and the honest headline: best dense vs best pruned across engines and precisions."""
 
 import pytest
+from record_examples import summary_of
 
 from vib_deploy.deploy_matrix import full_records, headline_short, headline_text, headlines, render_matrix
 
 
 def _metrics(records):
-    return {
-        "bench": records,
-        "ideal_speedup": 10.0,
-        "dense": {"architecture": [20, 50, 500], "error": 0.01},
-        "pruned": {"architecture": [4, 9, 60], "error": 0.012},
-    }
+    return summary_of(records, ([20, 50, 500], 0.01), ([4, 9, 60], 0.012), 10.0)
 
 
 def _rec(backend, variant, p50, precision=None, batch=64, **extra):
@@ -20,7 +16,9 @@ def _rec(backend, variant, p50, precision=None, batch=64, **extra):
         "batch": batch,
         "variant": variant,
         "p50_ms": p50,
+        "p90_ms": p50 * 1.2,
         "p99_ms": p50 * 1.5,
+        "mean_ms": p50 * 1.1,
         "throughput": batch / p50 * 1e3,
         "peak_memory_bytes": None,
         **extra,

@@ -19,14 +19,13 @@ from pathlib import Path
 
 import pytest
 from conftest import LENET300 as PIPELINE
-from conftest import ROOT, TINY, run_cli
+from conftest import ROOT, TINY, enabled_stages, run_cli
 
 from vib_deploy import runs
 from vib_deploy.errors import UserError
 from vib_deploy.runs import RunDir, atomic_write_bytes
 
 SETTINGS = [a for a in TINY if a != "--set"]  # the shared tiny run's settings (conftest.lenet300_run)
-STAGES = ["train-dense", "train-vib", "prune", "export", "bench", "report"]
 
 
 def sets(*assignments: str) -> list[str]:
@@ -41,7 +40,9 @@ def snapshot(d: Path) -> dict[str, bytes]:
 def assert_all_cached(d: Path, *extra: str) -> None:
     proc = run_cli("run", PIPELINE, "--run-dir", str(d), *sets(*SETTINGS), *extra)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert [f"[cached] {s}" for s in STAGES] == [line for line in proc.stderr.splitlines() if line.startswith("[c")]
+    assert [f"[cached] {s}" for s in enabled_stages(d)] == [
+        line for line in proc.stderr.splitlines() if line.startswith("[c")
+    ]
 
 
 @pytest.fixture

@@ -18,8 +18,11 @@ from vib_deploy.config import load_config
 from vib_deploy.errors import UserError
 from vib_deploy.layers import PixelSelect
 from vib_deploy.modelfile import load_model
-from vib_deploy.pipeline import Context, _input_hashes, _stages, enabled, run_pipeline
+from vib_deploy.pipeline import _input_hashes, run_pipeline
+from vib_deploy.records import ExportRecord
 from vib_deploy.runs import RunDir, stage_key
+from vib_deploy.stages import Context, get_stage
+from vib_deploy.stages.registry import enabled
 from vib_deploy.train import TrainSpec, train
 
 TINY = [
@@ -81,7 +84,7 @@ def test_off_is_no_stage_and_no_input(off_run):
     assert not (off_run / "finetuned.pt").exists()
     run = RunDir(off_run)
     # export's key is made of exactly the inputs it had before the finetune stage existed
-    export = next(s for s in _stages() if s.name == "export")
+    export = get_stage("export")
     inputs = _input_hashes(Context(run, config), export)
     manifest = run.manifest()
     old = {
@@ -92,7 +95,7 @@ def test_off_is_no_stage_and_no_input(off_run):
     assert {k: v for k, v in inputs.items() if not k.startswith("data:")} == old
     assert _keys(off_run)["export"] == stage_key(export.section(config), inputs, __version__)
     assert all(
-        v["model_file"] in ("dense.pt", "pruned.pt", "pruned_reduced.pt") for v in run.read_json("export.json").values()
+        v.model_file in ("dense.pt", "pruned.pt", "pruned_reduced.pt") for v in ExportRecord.read(run).variants.values()
     )
     metrics = run.read_json("metrics.json")
     assert metrics["deployed"] == "pruned.pt" and metrics["finetuned"] is None
@@ -114,10 +117,9 @@ def test_off_run_rerun_is_all_cached_and_on_reruns_from_finetune(off_run, on_run
 def test_on_exports_and_times_the_finetuned_net(on_run):
     run_dir, _ = on_run
     run = RunDir(run_dir)
-    export = run.read_json("export.json")
+    export = ExportRecord.read(run).variants
     assert (
-        export["pruned"]["model_file"] == "finetuned.pt"
-        and export["pruned_reduced"]["model_file"] == "finetuned_reduced.pt"
+        export["pruned"].model_file == "finetuned.pt" and export["pruned_reduced"].model_file == "finetuned_reduced.pt"
     )
     assert run.read_json("bench.json")["model_files"] == {
         "dense": "dense.pt",
@@ -268,7 +270,7 @@ def test_peer_of_a_finetuned_vib_run_gets_its_epochs_and_runs_without_the_stage(
     assert got["budget_epochs"] == got["finetune_epochs"] == 2 + 3  # VIB's epochs + its fine-tune epochs
     assert got["architecture"] == RunDir(vib_dir).read_json("prune.json")["architecture"]
     assert "finetune" not in json.loads((peer.path / "manifest.json").read_text())["stages"]
-    assert peer.read_json("export.json")["pruned"]["model_file"] == "pruned.pt"  # the peer's own fine-tuned net
+    assert ExportRecord.read(peer).variants["pruned"].model_file == "pruned.pt"  # the peer's own fine-tuned net
 
 
 def test_the_finetune_command_of_a_run_with_it_off_is_exit_2(tmp_path):

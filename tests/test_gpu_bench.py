@@ -157,13 +157,15 @@ def test_nvml_sees_an_allocation():
 
 @pytest.fixture
 def tiny_run(tmp_path, mnist_root):
-    """A run directory with just what gpu-bench reads: config, dense.pt, pruned.pt, prune.json (FLOPs ratio 4)."""
+    """A run directory with just what gpu-bench reads: config, dense.pt, pruned.pt, prune.json (FLOPs ratio 4) and
+    train-dense.json."""
     from torch import nn
 
     from vib_deploy.config import parse_config
     from vib_deploy.modelfile import save_model
     from vib_deploy.pipeline import write_config
-    from vib_deploy.runs import RunDir, atomic_write_json
+    from vib_deploy.records import Cost, PruneRecord, TrainDenseRecord
+    from vib_deploy.runs import RunDir
 
     run = RunDir(tmp_path / "run")
     run.path.mkdir()
@@ -181,16 +183,9 @@ def tiny_run(tmp_path, mnist_root):
     torch.manual_seed(0)
     save_model(nn.Sequential(nn.Flatten(), nn.Linear(784, 64), nn.ReLU(), nn.Linear(64, 10)), run.file("dense.pt"))
     save_model(nn.Sequential(nn.Flatten(), nn.Linear(784, 16), nn.ReLU(), nn.Linear(16, 10)), run.file("pruned.pt"))
-    atomic_write_json(
-        run.file("prune.json"),
-        {
-            "input_shape": [1, 28, 28],
-            "kept_pixels": None,
-            "dense": {"flops": 400, "params": 4},
-            "pruned": {"flops": 100, "params": 1},
-        },
-    )
-    run.add_artifacts("test", ["dense.pt", "pruned.pt", "prune.json"])
+    PruneRecord([16], [64], None, 0.1, 300, Cost(400, 4), Cost(100, 1)).write(run.file(PruneRecord.FILE))
+    TrainDenseRecord([], 1, 1.0, 0.1, 0.1, 300).write(run.file(TrainDenseRecord.FILE))
+    run.add_artifacts("test", ["dense.pt", "pruned.pt", PruneRecord.FILE, TrainDenseRecord.FILE])
     return run.path
 
 

@@ -13,8 +13,8 @@ from vib_deploy.config import parse_config
 from vib_deploy.errors import UserError
 from vib_deploy.klweight import FlopsWeighting
 from vib_deploy.layers import count_flops
-from vib_deploy.pipeline import keyed_section
 from vib_deploy.runs import RunDir
+from vib_deploy.stages.registry import keyed_section
 from vib_deploy.train import TrainSpec, train
 from vib_deploy.vib import VIBGate, total_kl
 from vib_deploy.zoo import gated_model

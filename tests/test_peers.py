@@ -238,7 +238,7 @@ def test_every_peer_gets_vibs_budget(finetune):
 
 
 def test_peer_keys_name_the_kept_epoch_and_are_otherwise_the_old_ones():
-    from vib_deploy.pipeline import keyed_section
+    from vib_deploy.stages.registry import keyed_section
     from vib_deploy.studies.peer_stage import PeerSpec
 
     config = _config()

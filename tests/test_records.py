@@ -1,13 +1,23 @@
-"""Stage records (vib_deploy/records.py): files written before records existed read back whole; newer ones are refused."""
+"""Stage records (vib_deploy/records/): every record round-trips; files written before records existed read back
+whole; newer ones are refused; no module outside records/ reads a stage file or the raw manifest."""
 
 from __future__ import annotations
 
+import ast
 import json
+import tempfile
+from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from record_examples import EXAMPLES
 
 from vib_deploy.errors import UserError
-from vib_deploy.records import RECORD_VERSION, BenchFile, PruneRecord
+from vib_deploy.records import RECORD_VERSION, RECORDS, STAGE_FILES, BenchFile, PruneRecord
+from vib_deploy.runs import RunDir
+
+PACKAGE = Path(__file__).resolve().parents[1] / "vib_deploy"
 
 # prune.json as the stage wrote it before records.py (a LeNet-300-100 run: input gate, Sequential model)
 OLD_VIB_PRUNE = {
@@ -131,3 +141,101 @@ def test_bench_file_round_trip_and_keys():
     assert bench.p50_by_key() == {"onnxruntime/b1/dense": 0.2, "onnxruntime/b1/pruned/int8": 0.1}  # fp32 keys as before
     assert bench.records[0].precision is None and bench.records[1].precision == "int8"
     assert bench.records[1].extra == {"widths": [4, 9]}
+
+
+def test_every_record_has_an_example():
+    assert set(EXAMPLES) == set(RECORDS)
+
+
+@pytest.mark.parametrize("cls", RECORDS, ids=lambda c: c.FILE)
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_every_record_round_trips_through_its_file(cls, data):
+    record = EXAMPLES[cls](data.draw)
+    with tempfile.TemporaryDirectory() as tmp:
+        run = RunDir(Path(tmp))
+        record.write(run.file(cls.FILE))
+        run.add_artifacts("test", [cls.FILE])
+        assert json.loads(run.file(cls.FILE).read_text())["record_version"] == RECORD_VERSION
+        assert cls.read(run) == record
+
+
+# -- no module outside records/ reads a stage file or the raw manifest -------------------------------------------
+RAW_READERS = {"read_json", "manifest"}  # RunDir.read_json: a stage file's dict; RunDir.manifest: the raw manifest
+ALLOWED = {"records", "runs.py"}  # records/ reads the stage files; runs.py owns the manifest
+
+
+def violations(source: str, where: str) -> list[str]:
+    """Where `source` spells a stage file's name or calls a raw reader (`x.read_json(...)`, `x.manifest()`)."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Constant) and node.value in STAGE_FILES:
+            found.append(f"{where}:{node.lineno} names {node.value} (use its record's FILE, read and write)")
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in RAW_READERS:
+            found.append(f"{where}:{node.lineno} calls .{node.func.attr}() (use a record, or RunDir.view())")
+        elif isinstance(node, ast.JoinedStr) and isinstance(node.values[-1], ast.Constant):
+            if str(node.values[-1].value).endswith(".json") and any(
+                f.endswith(node.values[-1].value) for f in STAGE_FILES
+            ):
+                found.append(f"{where}:{node.lineno} builds a stage file's name")
+    return found
+
+
+def test_only_records_read_stage_files():
+    found = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        rel = path.relative_to(PACKAGE)
+        if rel.parts[0] not in ALLOWED:
+            found += violations(path.read_text(), str(rel))
+    assert not found, "\n".join(found)
+
+
+@pytest.mark.parametrize(
+    "planted",
+    [
+        'from vib_deploy.runs import RunDir\nerror = RunDir(d).read_json("train-dense.json")["test_error"]',
+        'import json\nerror = json.loads((run_dir / "prune.json").read_text())["test_error"]',
+        'stages = run.manifest()["stages"]',
+        'history = run.read_json(f"{stage}.json")["history"]',
+        'from vib_deploy.runs import read_json_file\nm = read_json_file(path / "metrics.json")',
+    ],
+)
+def test_a_planted_read_is_caught(planted, tmp_path):
+    module = tmp_path / "planted.py"
+    module.write_text(planted + "\n")
+    assert violations(module.read_text(), "planted.py")
+
+
+# -- the records of run directories made before this version (the code of main when records/ was written) ----------
+MAIN_RUNS = sorted((Path(__file__).parent / "fixtures").glob("main-run-*"))  # a LeNet-5 run, finetune off and on
+
+
+def _unversioned(x):
+    if isinstance(x, dict):
+        return {k: _unversioned(v) for k, v in x.items() if k != "record_version"}
+    return [_unversioned(v) for v in x] if isinstance(x, list) else x
+
+
+@pytest.mark.parametrize("run_dir", MAIN_RUNS, ids=lambda p: p.name)
+def test_every_record_of_a_run_made_by_main_reads_back_whole(run_dir):
+    files = {p.name for p in run_dir.glob("*.json")}
+    assert files <= STAGE_FILES and {"train-dense.json", "prune.json", "metrics.json"} <= files
+    for cls in RECORDS:
+        if (run_dir / cls.FILE).exists():
+            old = json.loads((run_dir / cls.FILE).read_text())
+            assert _unversioned(cls.from_json(old).to_json()) == _unversioned(old), cls.FILE
+
+
+@pytest.mark.parametrize("run_dir", MAIN_RUNS, ids=lambda p: p.name)
+def test_the_summary_of_a_run_made_by_main_is_its_metrics_json(run_dir, tmp_path):
+    from vib_deploy.config import load_config
+    from vib_deploy.report import build_summary
+
+    run = RunDir(tmp_path)
+    for path in run_dir.glob("*.json"):
+        if path.name != "metrics.json":
+            (tmp_path / path.name).write_bytes(path.read_bytes())
+            run.commit(path.name.removesuffix(".json"), "key", [path.name])
+    summary = build_summary(run, load_config(run_dir / "config.yaml"))
+    old = json.loads((run_dir / "metrics.json").read_text())
+    assert _unversioned(summary.to_json()) == {**_unversioned(old), "version": summary.version}

@@ -144,10 +144,10 @@ def test_cli_cuda_on_cpu_machine_exits_2(mnist_root, tmp_path):
 
 
 def test_amp_is_keyed_only_when_set():
-    from vib_deploy.pipeline import _stages
+    from vib_deploy.stages import get_stage
 
     base = {"name": "t", "model": {"name": "lenet300"}}
-    dense = next(s for s in _stages() if s.name == "train-dense")
+    dense = get_stage("train-dense")
     off = dense.section(parse_config(base, "p"))
     assert "amp" not in off  # runs made before train.amp existed keep their cache keys
     on = dense.section(parse_config({**base, "train": {"amp": "bf16"}}, "p"))

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from vib_deploy.backends import get_backend
+from vib_deploy.deployed import reduce_input
 from vib_deploy.memory import refuse_oversized_input
 
 
@@ -48,9 +49,7 @@ def make_input(variant: Variant, images: np.ndarray, batch: int) -> np.ndarray:
     """A batch of real images in the layout the variant takes (refused before allocation if it cannot fit)."""
     refuse_oversized_input([batch], images.shape[1:], f"batch {batch:,}")
     reps = -(-batch // len(images))
-    x = np.concatenate([images] * reps)[:batch]
-    if variant.input_indices is not None:
-        x = x.reshape(len(x), -1)[:, variant.input_indices]
+    x = reduce_input(np.concatenate([images] * reps)[:batch], variant.input_indices)
     return np.ascontiguousarray(x, dtype=np.float32)
 
 

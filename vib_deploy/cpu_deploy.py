@@ -16,9 +16,11 @@ from typing import Any, cast
 
 import numpy as np
 
-from vib_deploy.deployed import deployed_error, deployed_file
+from vib_deploy.deployed import deployables
 from vib_deploy.errors import UserError
+from vib_deploy.records import OpenvinoModel, OpenvinoRecord, QuantizedModel, QuantizeRecord
 from vib_deploy.runs import atomic_write, atomic_write_json
+from vib_deploy.stages.base import Context
 
 QUANTIZED = ("dense", "pruned")  # pruned_reduced takes kept pixels: the same net as pruned, not quantized twice
 
@@ -27,17 +29,7 @@ def int8_name(variant: str) -> str:
     return f"{variant}_int8.onnx"
 
 
-def _exported(ctx: Any) -> list[tuple[str, np.ndarray]]:
-    """(variant, its test inputs) for every model the export stage wrote."""
-    prune_info, x_test = ctx.read_json("prune.json"), ctx.splits().x_test
-    out = []
-    for variant in ctx.read_json("export.json"):
-        x = x_test.reshape(len(x_test), -1)[:, prune_info["kept_pixels"]] if variant == "pruned_reduced" else x_test
-        out.append((variant, np.ascontiguousarray(x, dtype=np.float32)))
-    return out
-
-
-def openvino_ir(ctx: Any) -> list[str]:
+def openvino_ir(ctx: Context) -> list[str]:
     """OpenVINO IR of every exported model, with its sidecar, checked against torch on the full test set."""
     from vib_deploy.backends import get_backend
     from vib_deploy.backends.openvino import save_ir, sidecar_path
@@ -46,20 +38,20 @@ def openvino_ir(ctx: Any) -> list[str]:
 
     get_backend("openvino")  # missing openvino: one line with the install hint
     cfg = ctx.config.export
-    report: dict[str, Any] = {}
+    models: dict[str, OpenvinoModel] = {}
     outputs: list[str] = []
-    for variant, x in _exported(ctx):
-        xml = ctx.out(f"{variant}.xml")
-        sidecar = save_ir(ctx.run.verified(f"{variant}.onnx"), xml, lambda name, fn: atomic_write(ctx.out(name), fn))
+    x_test = ctx.splits().x_test
+    for d in deployables(ctx.run, ctx.config):  # every model the export stage wrote
+        xml = ctx.out(f"{d.name}.xml")
+        sidecar = save_ir(ctx.run.verified(d.onnx), xml, lambda name, fn: atomic_write(ctx.out(name), fn))
         atomic_write_json(sidecar_path(xml), sidecar)
-        model = load_model(ctx.run.verified(deployed_file(ctx.config, variant)))  # what the .onnx was made from
-        report[variant] = {
-            **parity(xml, model, x, cfg.tolerance, cfg.min_argmax_agreement, backend="openvino"),
-            "sidecar": sidecar,
-        }
+        model = load_model(ctx.run.verified(d.model_file))  # what the .onnx was made from
+        x = np.ascontiguousarray(d.inputs(x_test), dtype=np.float32)
+        check = parity(xml, model, x, cfg.tolerance, cfg.min_argmax_agreement, backend="openvino")
+        models[d.name] = OpenvinoModel.from_json({**check, "sidecar": sidecar})
         outputs += [xml.with_suffix(".bin").name, xml.name, sidecar_path(xml).name]
-    atomic_write_json(ctx.out("openvino.json"), report)
-    return outputs + ["openvino.json"]
+    OpenvinoRecord(models).write(ctx.out(OpenvinoRecord.FILE))
+    return outputs + [OpenvinoRecord.FILE]
 
 
 def calibration_images(splits: Any, n: int) -> np.ndarray:
@@ -128,35 +120,29 @@ def onnx_error(backend: str, path: Path, x: np.ndarray, y: np.ndarray, batch: in
     return wrong / len(x)
 
 
-def quantize(ctx: Any) -> list[str]:
+def quantize(ctx: Context) -> list[str]:
     """INT8 (QDQ) dense and pruned models, calibrated on training images; their test error on each engine."""
     from vib_deploy.backends import BACKENDS
 
     cfg = ctx.config.quantize
     data = ctx.splits()
     images = calibration_images(data, cfg.calibration_images)
-    fp32_error = {"dense": ctx.read_json("train-dense.json")["test_error"], "pruned": deployed_error(ctx)}
+    fp32_error = {d.name: d.error for d in deployables(ctx.run, ctx.config)}
     engines = [b for b in ("onnxruntime", "openvino") if BACKENDS[b].unavailable() is None]
-    report: dict[str, Any] = {
-        "calibration": {"split": "train", "images": len(images), "method": "minmax"},
-        "format": "QDQ",
-        "weights": "int8 per channel" if cfg.per_channel else "int8 per tensor",
-        "activations": "uint8",
-        "engines": engines,
-    }
-    outputs = []
+    models: dict[str, QuantizedModel] = {}
     for variant in QUANTIZED:
         src, dst = ctx.run.verified(f"{variant}.onnx"), ctx.out(int8_name(variant))
         quantize_onnx(src, dst, images, cfg.per_channel)
         errors = {e: onnx_error(e, dst, data.x_test, data.y_test) for e in engines}
-        report[variant] = {
-            "file": dst.name,
-            "bytes": dst.stat().st_size,
-            "fp32_bytes": src.stat().st_size,
-            "error": errors,
-            "fp32_error": fp32_error[variant],
-            "test_samples": len(data.y_test),
-        }
-        outputs.append(dst.name)
-    atomic_write_json(ctx.out("quantize.json"), report)
-    return outputs + ["quantize.json"]
+        models[variant] = QuantizedModel(
+            dst.name, dst.stat().st_size, src.stat().st_size, errors, fp32_error[variant], len(data.y_test)
+        )
+    QuantizeRecord(
+        calibration={"split": "train", "images": len(images), "method": "minmax"},
+        format="QDQ",
+        weights="int8 per channel" if cfg.per_channel else "int8 per tensor",
+        activations="uint8",
+        engines=engines,
+        variants=models,
+    ).write(ctx.out(QuantizeRecord.FILE))
+    return [m.file for m in models.values()] + [QuantizeRecord.FILE]

@@ -9,26 +9,29 @@ from __future__ import annotations
 
 from typing import Any
 
+from vib_deploy.records import RunSummary
 
-def full_records(metrics: dict[str, Any]) -> list[dict[str, Any]]:
-    """Bench records with precision, widths, error, the speedup vs dense fp32 (same backend, batch) and measured/ideal."""
-    widths = {"dense": metrics["dense"]["architecture"], "pruned": metrics["pruned"]["architecture"]}
-    errors = {"dense": metrics["dense"]["error"], "pruned": metrics["pruned"]["error"]}
+
+def full_records(summary: RunSummary) -> list[dict[str, Any]]:
+    """Bench records as table rows with precision, widths, error, the speedup vs dense fp32 (same backend, batch)
+    and measured/ideal."""
+    widths = {"dense": summary.dense.architecture, "pruned": summary.pruned.architecture}
+    errors = {"dense": summary.dense.error, "pruned": summary.pruned.error}
     out = [
         {
             "precision": "fp32",
-            "widths": widths.get(r["variant"], widths["pruned"]),
-            "error": errors.get(r["variant"], errors["pruned"]),
+            "widths": widths.get(r.variant, widths["pruned"]),
+            "error": errors.get(r.variant, errors["pruned"]),
             "bytes": None,
-            **r,
+            **r.to_json(),
         }
-        for r in metrics["bench"]
+        for r in summary.bench
     ]
     base = {(r["backend"], r["batch"]): r["p50_ms"] for r in out if (r["variant"], r["precision"]) == ("dense", "fp32")}
     for r in out:
         b = base.get((r["backend"], r["batch"]))
         r["speedup"] = b / r["p50_ms"] if b is not None else None
-        ideal = 1.0 if r["variant"] == "dense" else metrics["ideal_speedup"]  # a dense net's FLOPs do not change
+        ideal = 1.0 if r["variant"] == "dense" else summary.ideal_speedup  # a dense net's FLOPs do not change
         r["measured_over_ideal"] = r["speedup"] / ideal if r["speedup"] is not None else None
     return out
 
@@ -37,9 +40,9 @@ def label(r: dict[str, Any]) -> str:
     return f"{r['backend']} {r['precision']} {r['variant']}"
 
 
-def headlines(metrics: dict[str, Any]) -> list[dict[str, Any]]:
+def headlines(summary: RunSummary) -> list[dict[str, Any]]:
     """Per batch size: the fastest (p50) dense deployment and the fastest pruned one, over every engine and precision."""
-    records = full_records(metrics)
+    records = full_records(summary)
     out = []
     for batch in sorted({r["batch"] for r in records}):
         dense = [r for r in records if r["batch"] == batch and r["variant"] == "dense"]
@@ -82,22 +85,22 @@ def _cell(value: Any, fmt: str) -> str:
     return "—" if value is None else format(value, fmt)
 
 
-def render_matrix(metrics: dict[str, Any]) -> str:
+def render_matrix(summary: RunSummary) -> str:
     """The markdown section: headlines, then the full matrix, then the INT8 accuracy table (when quantized)."""
-    ideal = metrics["ideal_speedup"]
+    ideal = summary.ideal_speedup
     lines = [
         "## Deploy matrix",
         "",
         "Best dense deployment vs best pruned deployment per batch size, across every engine and precision:",
         "",
     ]
-    lines += [f"- batch {h['batch']}: {headline_text(h, ideal)}" for h in headlines(metrics)]
-    if metrics["pruned"].get("round_to"):
-        w = metrics["pruned"]["widths"]
+    lines += [f"- batch {h['batch']}: {headline_text(h, ideal)}" for h in headlines(summary)]
+    if summary.pruned.round_to:
+        w = summary.pruned.widths or []
         why = "; ".join(f"gate {r['gate']}: {r['why']}" for r in w)
         lines += [
             "",
-            f"Widths rounded up to multiples of {metrics['pruned']['round_to']} (`prune.round_to`): VIB "
+            f"Widths rounded up to multiples of {summary.pruned.round_to} (`prune.round_to`): VIB "
             f"{'-'.join(str(r['vib']) for r in w)} → {'-'.join(str(r['kept']) for r in w)} ({why}); "
             "the pruned error is the rounded net's, measured.",
         ]
@@ -112,34 +115,34 @@ def render_matrix(metrics: dict[str, Any]) -> str:
         "test error | bytes | speedup | measured/ideal |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in sorted(full_records(metrics), key=lambda r: (r["batch"], r["backend"], r["precision"], r["variant"])):
+    for r in sorted(full_records(summary), key=lambda r: (r["batch"], r["backend"], r["precision"], r["variant"])):
         lines.append(
             f"| {r['backend']} | {r['precision']} | {r['variant']} | {'-'.join(map(str, r['widths'] or []))} | "
             f"{r['batch']} | {r['p50_ms']:.4f} | {r['p99_ms']:.4f} | {r['throughput']:,.0f} | "
             f"{_cell(r['peak_memory_bytes'], ',')} | {_cell(r['error'], '.2%')} | {_cell(r['bytes'], ',')} | "
             f"{_cell(r['speedup'], '.2f')} | {_cell(r['measured_over_ideal'], '.2f')} |"
         )
-    quant = metrics.get("quantize")
+    quant = summary.quantize
     if quant:
         lines += [
             "",
-            f"INT8: ONNX Runtime static quantization ({quant['format']}, {quant['weights']} weights, "
-            f"{quant['activations']} activations), calibrated on {quant['calibration']['images']} training images.",
+            f"INT8: ONNX Runtime static quantization ({quant.format}, {quant.weights} weights, "
+            f"{quant.activations} activations), calibrated on {quant.calibration['images']} training images.",
             "",
             "| model | fp32 error | int8 error (per engine) | fp32 bytes | int8 bytes |",
             "|---|---|---|---|---|",
         ]
         for variant in ("dense", "pruned"):
-            q = quant[variant]
-            per_engine = ", ".join(f"{e} {v:.2%}" for e, v in q["error"].items())
-            lines.append(f"| {variant} | {q['fp32_error']:.2%} | {per_engine} | {q['fp32_bytes']:,} | {q['bytes']:,} |")
+            q = quant.variants[variant]
+            per_engine = ", ".join(f"{e} {v:.2%}" for e, v in q.error.items())
+            lines.append(f"| {variant} | {q.fp32_error:.2%} | {per_engine} | {q.fp32_bytes:,} | {q.bytes:,} |")
     return "\n".join(lines) + "\n"
 
 
-def plot_speedup_vs_ideal(ax: Any, metrics: dict[str, Any]) -> None:
+def plot_speedup_vs_ideal(ax: Any, summary: RunSummary) -> None:
     """Measured speedup of each pruned deployment vs the FLOPs-ideal one, per engine; the diagonal drawn."""
-    ideal = metrics["ideal_speedup"]
-    records = [r for r in full_records(metrics) if r["variant"] != "dense" and r["speedup"] is not None]
+    ideal = summary.ideal_speedup
+    records = [r for r in full_records(summary) if r["variant"] != "dense" and r["speedup"] is not None]
     for engine in sorted({(r["backend"], r["precision"]) for r in records}):
         rs = [r for r in records if (r["backend"], r["precision"]) == engine]
         ax.scatter([ideal] * len(rs), [r["speedup"] for r in rs], label=f"{engine[0]} {engine[1]}")

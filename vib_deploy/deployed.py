@@ -1,12 +1,26 @@
-"""Which model file a run deploys: the fine-tuned net when its finetune stage is on, else the pruned one.
+"""What a run deploys: `deployables(run, config)`, the one place that decides which model is exported, timed
+and shipped for each variant, and how its input is shaped.
 
-Export, openvino, quantize, bench (and so ship) take `deployed_file`; the exactness check stays in prune
-(pruned vs VIB). Its own module so that the stages of stages.py and cpu_deploy.py share it without a cycle.
+    dense            dense.pt, the full image
+    pruned           finetuned.pt when the finetune stage is on (train.finetune.epochs > 0), else pruned.pt;
+                     the full image (the net gathers its kept pixels in-graph)
+    pruned_reduced   (input-gated nets) the same net without its gather: it takes the kept pixels only
+
+Export, openvino, quantize, bench, profile, gpu-bench and Triton packaging all start here; the exactness check
+stays in prune (pruned vs VIB).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
+
+from vib_deploy.records import FinetuneRecord, PruneRecord, TrainDenseRecord
+from vib_deploy.runs import RunDir
+
+VARIANTS = ("dense", "pruned", "pruned_reduced")
 
 
 def finetuned(config: Any) -> bool:
@@ -21,6 +35,48 @@ def deployed_file(config: Any, variant: str) -> str:
     return variant.replace("pruned", "finetuned" if finetuned(config) else "pruned", 1) + ".pt"
 
 
-def deployed_error(ctx: Any) -> float:
-    """Test error of the deployed pruned net: finetune.json's when the stage is on, else prune.json's."""
-    return ctx.read_json("finetune.json" if finetuned(ctx.config) else "prune.json")["test_error"]
+def reduce_input(x: np.ndarray, kept_pixels: list[int] | None) -> np.ndarray:
+    """A batch of images in the layout a reduced-input net takes: flattened, the kept pixels only (None: as is)."""
+    return x if kept_pixels is None else x.reshape(len(x), -1)[:, kept_pixels]
+
+
+@dataclass(frozen=True)
+class Deployable:
+    """One deployed variant: the files it is made from and exported to, its input, test error and widths."""
+
+    name: str  # dense | pruned | pruned_reduced
+    model_file: str  # the .pt it is exported from
+    input_shape: tuple[int, ...]  # per sample
+    kept_pixels: list[int] | None  # pruned_reduced: the image pixels it takes (None: the full image)
+    error: float  # test error of the deployed net
+    widths: list[int]  # units per gated layer
+
+    @property
+    def onnx(self) -> str:
+        return f"{self.name}.onnx"
+
+    def inputs(self, x: np.ndarray) -> np.ndarray:
+        """Images `x` (N, C, H, W) as this variant takes them."""
+        return reduce_input(x, self.kept_pixels)
+
+
+def deployables(run: RunDir, config: Any) -> list[Deployable]:
+    """Every variant the run deploys, in order: dense, pruned and (input-gated nets) pruned_reduced."""
+    prune = PruneRecord.read(run)
+    tuned = FinetuneRecord.read(run) if finetuned(config) else None
+    dense_error = TrainDenseRecord.read(run).test_error
+    error = tuned.test_error if tuned else prune.test_error
+    shape = tuple(prune.input_shape)
+    out = [
+        Deployable("dense", deployed_file(config, "dense"), shape, None, dense_error, prune.dense_architecture),
+        Deployable("pruned", deployed_file(config, "pruned"), shape, None, error, prune.architecture),
+    ]
+    if prune.kept_pixels is not None:
+        kept = list(prune.kept_pixels)
+        reduced = deployed_file(config, "pruned_reduced")
+        out.append(Deployable("pruned_reduced", reduced, (len(kept),), kept, error, prune.architecture))
+    return out
+
+
+def deployable(run: RunDir, config: Any, name: str) -> Deployable:
+    return next(d for d in deployables(run, config) if d.name == name)

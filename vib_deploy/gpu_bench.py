@@ -22,8 +22,9 @@ from typing import Any
 import numpy as np
 
 from vib_deploy.bench import Variant, make_input, percentiles
-from vib_deploy.deployed import deployed_file
+from vib_deploy.deployed import deployables
 from vib_deploy.errors import UserError
+from vib_deploy.records import PruneRecord
 
 BATCH_SIZES = (1, 8, 64, 256, 1024)
 # max |Δlogit| vs the fp32 torch model on CPU, as a fraction of the largest |logit| (TF32 convs and matmuls in fp32)
@@ -190,13 +191,11 @@ def _memory(runner: Any, x: Any, device: str, sampler_index: int) -> dict[str, A
     return out
 
 
-def _variants(run: Any, config: Any) -> tuple[list[Variant], dict[str, Any]]:
-    info, pruned = run.read_json("prune.json"), deployed_file(config, "pruned")  # finetuned.pt when that stage is on
-    variants = [
-        Variant("dense", {".pt": run.verified("dense.pt"), ".onnx": run.file("dense.onnx")}),
-        Variant("pruned", {".pt": run.verified(pruned), ".onnx": run.file("pruned.onnx")}),
-    ]
-    return variants, info
+def _variants(run: Any, config: Any) -> tuple[list[Variant], PruneRecord]:
+    """Dense and pruned (the full-image nets the run deploys), and the prune record (shape, FLOPs)."""
+    deployed = [d for d in deployables(run, config) if d.name in ("dense", "pruned")]
+    variants = [Variant(d.name, {".pt": run.verified(d.model_file), ".onnx": run.file(d.onnx)}) for d in deployed]
+    return variants, PruneRecord.read(run)
 
 
 def _parity(runner: Any, reference: np.ndarray, x: np.ndarray, precision: str) -> dict[str, Any]:
@@ -310,14 +309,14 @@ def _bench_gpu(
     config = read_run_config(run_dir)
     run = RunDir(run_dir)
     variants, info = _variants(run, config)
-    shape = tuple(info["input_shape"])
+    shape = tuple(info.input_shape)
     images = splits_of(config.data).x_test[:1024]
     check_x = make_input(variants[0], images, 256)
     with torch.no_grad():
         references = {
             v.name: load_model(v.artifacts[".pt"]).eval()(torch.from_numpy(check_x)).numpy() for v in variants
         }
-    ideal = info["dense"]["flops"] / info["pruned"]["flops"]
+    ideal = info.dense.flops / info.pruned.flops
     records: list[dict[str, Any]] = []
     unavailable: list[dict[str, Any]] = []
 

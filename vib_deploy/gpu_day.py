@@ -85,6 +85,7 @@ def _sets(items: list[str]) -> list[str]:
 
 def plan(dry_run: bool, python: str = sys.executable, runs: Path = RUNS) -> list[Step]:
     """The steps of the day (GPU) or of the dry run (CPU, tiny data)."""
+    # long function: the day's table of steps, in the order they run
     cli = [python, "-m", "vib_deploy"]
     device = "cpu" if dry_run else "cuda"
     tests = [python, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "-m", "gpu", *GPU_TEST_FILES]
@@ -215,32 +216,34 @@ def run_steps(
 
 def _run_figures(run_dir: Path) -> dict[str, Any]:
     """Epoch times, errors, FLOPs and parameters of a pipeline run (whatever of it exists)."""
+    from vib_deploy.records import PruneRecord, TrainDenseRecord, TrainVibRecord
+    from vib_deploy.runs import RunDir
+
+    run = RunDir(run_dir)
     out: dict[str, Any] = {}
     epochs = {}
-    for stage in ("train-dense", "train-vib"):
-        path = run_dir / f"{stage}.json"
-        if path.is_file():
-            rec = json.loads(path.read_text())
-            secs = rec.get("epoch_seconds") or []
+    for stage, record in (("train-dense", TrainDenseRecord), ("train-vib", TrainVibRecord)):
+        rec = record.read_if_made(run)
+        if rec is not None:
+            secs = rec.epoch_seconds or []
             epochs[stage] = {
                 "epochs": len(secs),
                 "median_s": round(sorted(secs)[len(secs) // 2], 2) if secs else None,
                 "first_s": round(secs[0], 2) if secs else None,
-                "test_error": rec.get("test_error"),
-                "images_per_second": rec.get("images_per_second"),
+                "test_error": rec.test_error,
+                "images_per_second": rec.images_per_second,
             }
     if epochs:
         out["epoch_seconds"] = epochs
-    prune = run_dir / "prune.json"
-    if prune.is_file():
-        p = json.loads(prune.read_text())
+    p = PruneRecord.read_if_made(run)
+    if p is not None:
         out["prune"] = {
-            "architecture": p["architecture"],
-            "dense_architecture": p["dense_architecture"],
-            "test_error_pruned": p["test_error"],
-            "test_samples": p.get("samples"),
-            "flops_ratio": p["dense"]["flops"] / p["pruned"]["flops"],
-            "params_ratio": p["dense"]["params"] / p["pruned"]["params"],
+            "architecture": p.architecture,
+            "dense_architecture": p.dense_architecture,
+            "test_error_pruned": p.test_error,
+            "test_samples": p.samples,
+            "flops_ratio": p.dense.flops / p.pruned.flops,
+            "params_ratio": p.dense.params / p.pruned.params,
         }
     return out
 

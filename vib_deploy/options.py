@@ -1,5 +1,5 @@
 """Command-line helpers: comma-separated options (`--concurrency 1,4,16`, `--kl-factor 1e-5,3e-5`, `--seeds 0,1,2`):
-one parser; the stage commands that take only a run directory, with their help."""
+one parser; `vib-deploy bench`'s options as config overrides."""
 
 from __future__ import annotations
 
@@ -56,21 +56,3 @@ def bench_overrides(
             )
         overrides.append(assignment)
     return overrides
-
-
-# `vib-deploy <stage> RUN_DIR` for the stages with no options of their own (prune and bench have their own commands)
-STAGE_COMMANDS = [
-    ("train-dense", "Train the dense net (best validation epoch kept)."),
-    ("train-vib", "Add VIB gates to the dense net and train with the VIB loss."),
-    ("finetune", "Train the pruned net again (train.finetune; best validation epoch kept, kept pixels unchanged)."),
-    (
-        "export",
-        "Export dense and pruned (fine-tuned when train.finetune is on) models to ONNX; checker + parity with torch.",
-    ),
-    ("openvino", "OpenVINO IR (.xml + .bin + sidecar) of every ONNX model; parity with torch on the test set."),
-    (
-        "quantize",
-        "INT8 (QDQ ONNX) of the dense and pruned models, calibrated on training images; test error per engine.",
-    ),
-    ("report", "Write metrics.json, report.md and plots, and print the final table."),
-]

@@ -1,9 +1,4 @@
-"""The stage registry and `run`: train-dense -> train-vib -> prune -> [finetune] -> export -> [openvino] -> [quantize]
--> bench -> report.
-
-finetune, openvino and quantize run only when the config turns them on (`enabled`; finetune: train.finetune.epochs > 0).
-A stage that is off is no input of the stages that need it, and a stage reads the outputs of an `after` stage (and
-keys on them) only where it has run, so runs made before these stages existed keep their cache keys.
+"""`run`: the stages of `stages.registry.STAGES` in order, each skipped when current.
 
 Each stage reads the artifacts of the stages it needs (sha256-verified against the manifest) and
 writes its own atomically. Its cache key hashes its config section, its inputs' sha256 and the
@@ -17,199 +12,17 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from vib_deploy import __version__
 from vib_deploy.config import PipelineConfig, apply_override, config_to_yaml, load_config, parse_config
-from vib_deploy.deployed import finetuned
 from vib_deploy.errors import UserError
 from vib_deploy.runs import RunDir, atomic_write_text, stage_key
+from vib_deploy.stages.base import Context, Stage
+from vib_deploy.stages.registry import STAGE_NAMES, check_enabled, enabled, get_stage, stages_until
 
 CONFIG_FILE = "config.yaml"
-
-
-@dataclass
-class Context:
-    """What a stage gets: the run directory, the resolved config, and shared lazily-loaded data."""
-
-    run: RunDir
-    config: PipelineConfig
-    progress: Any = None
-    key: str = ""  # the running stage's cache key (training checkpoints are tagged with it)
-    stage: str = ""  # the running stage, whose outputs `out` stages until they are committed
-    _splits: Any = field(default=None, repr=False)
-
-    def out(self, name: str) -> Path:
-        """Where the running stage writes output `name` (moved into the run directory when the stage commits)."""
-        path = self.run.staged(self.stage, name)
-        path.parent.mkdir(parents=True, exist_ok=True)  # for writers that put temporary files beside their output
-        return path
-
-    def splits(self) -> Any:
-        if self._splits is None:
-            from vib_deploy.data import splits_of
-
-            self._splits = splits_of(self.config.data)
-        return self._splits
-
-    def read_json(self, name: str) -> dict[str, Any]:
-        return self.run.read_json(name)
-
-
-@dataclass(frozen=True)
-class Stage:
-    name: str
-    needs: tuple[str, ...]  # stages whose outputs this one reads
-    section: Callable[[PipelineConfig], Any]  # the config that keys this stage
-    run: Callable[[Context], list[str]]  # does the work, returns the artifact names it wrote
-    uses_data: bool = field(default=False, kw_only=True)  # the dataset's files are inputs too
-    all_ranks: bool = field(
-        default=False, kw_only=True
-    )  # under torchrun every rank runs it (training); else rank 0 alone
-    after: tuple[str, ...] = field(
-        default=(), kw_only=True
-    )  # stages whose outputs it reads when they have run (keyed only then)
-    enabled: Callable[[PipelineConfig], bool] = field(
-        default=lambda c: True, kw_only=True
-    )  # `run` skips a stage turned off
-
-
-# Keys added to a section after runs were made: keyed only when set, so existing runs stay cached.
-_KEYED_WHEN_SET = {
-    "model": {"factory": None, "kwargs": {}, "input_shape": None, "ignore": []},
-    "data": {"pad": 0, "channels": None, "size": None, "normalize": False},
-    "train": {"amp": "off"},
-    "bench": {"precisions": None},
-    "prune": {"round_to": 1},
-    "vib": {"kl_weighting": "paper", "weight_decay": 0.0, "schedule": "cosine"},
-}
-
-
-def keyed_section(name: str, section: Any) -> dict[str, Any]:
-    """A config section as its cache key sees it."""
-    later = _KEYED_WHEN_SET.get(name, {})
-    return {k: v for k, v in section.model_dump().items() if not (k in later and v == later[k])}
-
-
-def _train_common(c: PipelineConfig) -> dict[str, Any]:
-    t = c.train
-    from vib_deploy.factory import factory_digest
-
-    factory = (
-        {"factory_sha256": factory_digest(c.model.factory)} if c.model.factory else {}
-    )  # a changed model file retrains
-    return {
-        "model": keyed_section("model", c.model),
-        **factory,
-        "data": keyed_section("data", c.data),
-        "seed": t.seed,
-        "batch_size": t.batch_size,
-        "device": t.device,
-        **({"amp": t.amp} if t.amp != _KEYED_WHEN_SET["train"]["amp"] else {}),
-    }
-
-
-def _stages() -> list[Stage]:
-    from vib_deploy import cpu_deploy as cpu
-    from vib_deploy import stages as s
-
-    return [
-        Stage(
-            "train-dense",
-            (),
-            lambda c: {**_train_common(c), "dense": c.train.dense.model_dump()},
-            s.train_dense,
-            uses_data=True,
-            all_ranks=True,
-        ),
-        Stage(
-            "train-vib",
-            ("train-dense",),
-            lambda c: {**_train_common(c), "vib": keyed_section("vib", c.train.vib)},
-            s.train_vib,
-            uses_data=True,
-            all_ranks=True,
-        ),
-        Stage(
-            "prune",
-            ("train-vib",),
-            lambda c: {
-                "prune": keyed_section("prune", c.prune),
-                "data": keyed_section("data", c.data),
-                **(
-                    {"auto": {"backend": c.bench.backends[0], "threads": c.bench.threads}}
-                    if c.prune.round_to == "auto"
-                    else {}
-                ),
-            },
-            s.prune,
-            uses_data=True,
-        ),
-        Stage(
-            "finetune",
-            ("prune",),
-            lambda c: {**_train_common(c), "finetune": c.train.finetune.model_dump()},
-            s.finetune,
-            uses_data=True,
-            all_ranks=True,
-            enabled=finetuned,
-        ),
-        Stage(
-            "export",
-            ("train-dense", "prune", "finetune"),
-            lambda c: {"export": c.export.model_dump(), "data": keyed_section("data", c.data)},
-            s.export,
-            uses_data=True,
-        ),
-        Stage(
-            "openvino",
-            ("prune", "finetune", "export"),
-            lambda c: {"export": c.export.model_dump(), "data": keyed_section("data", c.data)},
-            cpu.openvino_ir,
-            uses_data=True,
-            enabled=lambda c: "openvino" in c.bench.backends,
-        ),
-        Stage(
-            "quantize",
-            ("train-dense", "prune", "finetune", "export"),
-            lambda c: {"quantize": c.quantize.model_dump(), "data": keyed_section("data", c.data)},
-            cpu.quantize,
-            uses_data=True,
-            enabled=lambda c: c.quantize.enabled,
-        ),
-        Stage(
-            "bench",
-            ("train-dense", "prune", "finetune", "export"),
-            lambda c: {"bench": keyed_section("bench", c.bench)},
-            s.bench,
-            after=("quantize",),
-        ),
-        Stage(
-            "report",
-            ("train-dense", "train-vib", "prune", "finetune", "export", "bench"),
-            lambda c: {},
-            s.report,
-            after=("openvino", "quantize"),
-        ),
-    ]
-
-
-STAGE_NAMES = ["train-dense", "train-vib", "prune", "finetune", "export", "openvino", "quantize", "bench", "report"]
-_REFUSED_WHEN_OFF = {
-    "finetune": "train.finetune.epochs: 0"
-}  # off, it has nothing to do (quantize off may still run alone)
-
-
-def enabled(name: str, config: PipelineConfig) -> bool:
-    """Whether stage `name` is on for `config` (its `Stage.enabled`); one that is off is no input of the others."""
-    return next(s for s in _stages() if s.name == name).enabled(config)
-
-
-def _check_enabled(name: str, config: PipelineConfig) -> None:
-    if name in _REFUSED_WHEN_OFF and not enabled(name, config):
-        raise UserError(f"stage {name} is off in this config ({_REFUSED_WHEN_OFF[name]})")
 
 
 def _data_hashes(ctx: Context) -> dict[str, str]:
@@ -217,21 +30,21 @@ def _data_hashes(ctx: Context) -> dict[str, str]:
 
 
 def _input_hashes(ctx: Context, stage: Stage) -> dict[str, str]:
-    manifest = ctx.run.manifest()
+    manifest = ctx.run.view()
     hashes: dict[str, str] = {}
     needed = []
     for need in stage.needs:
         if not enabled(need, ctx.config):  # a stage that is off (finetune) is no input: the keys of runs without it
             continue
-        entry = manifest["stages"].get(need)
+        entry = manifest.stages.get(need)
         if entry is None:
             raise UserError(f"stage {stage.name} needs stage {need}, which has not run in {ctx.run.path}")
         needed.append(entry)
-    needed += [manifest["stages"][name] for name in stage.after if name in manifest["stages"]]
+    needed += [manifest.stages[name] for name in stage.after if manifest.ran(name)]
     for entry in needed:
-        for name in entry["outputs"]:
+        for name in entry.outputs:
             ctx.run.verified(name)
-            hashes[name] = manifest["artifacts"][name]["sha256"]
+            hashes[name] = manifest.sha256(name)
     if stage.uses_data:
         hashes.update(_data_hashes(ctx))
     return hashes
@@ -332,7 +145,7 @@ def _config_change(run: RunDir, config: PipelineConfig, stages: list[Stage], fir
     rest = len(names) - 1 - names.index(first) if first is not None else 0
     later = f" and {rest} later stage{'s' if rest > 1 else ''}" if rest else ""
     reruns = "no stage reruns" if first is None else f"{first}{later} will rerun"
-    finished = set(names) <= set(run.manifest()["stages"])
+    finished = set(names) <= set(run.view().stages)
     what = f"{', '.join(keys)} {'differs' if len(keys) == 1 else 'differ'}" if keys else f"{CONFIG_FILE} differs"
     return f"{run.path}: {what} from the {'finished run' if finished else 'last run there'}; {reruns}"
 
@@ -398,11 +211,9 @@ def run_pipeline(
     from vib_deploy import distributed
 
     if force is not None:
-        _check_enabled(force, config)
+        check_enabled(force, config)
     run = open_run(config, run_dir)
-    stages = _stages()
-    if until is not None:
-        stages = stages[: STAGE_NAMES.index(until) + 1]
+    stages = stages_until(until)
     with _locked(run):
         ctx = Context(run, config, progress)
         distributed.on_main(lambda: _preflight(ctx, [s for s in stages if s.enabled(config)], force, echo))
@@ -443,9 +254,9 @@ def run_single(
     """Run one stage of an existing run directory (always reruns it); `overrides` (`a.b=value`) change its
     config.yaml when the stage commits with them."""
     config = read_run_config(run_dir)
-    _check_enabled(stage_name, config)
+    check_enabled(stage_name, config)
     run = RunDir(Path(run_dir))
-    stage = {s.name: s for s in _stages()}[stage_name]
+    stage = get_stage(stage_name)
     if overrides:
         tree = config.model_dump(mode="json")
         for assignment in overrides:
@@ -463,7 +274,7 @@ def verify_run(run_dir: Path) -> list[str]:
     """Every artifact's sha256 and every stage record of a run directory; returns the artifacts checked."""
     run = RunDir(Path(run_dir))
     names = run.verify_all()
-    problems = run.record_problems(STAGE_NAMES)
+    problems = run.record_problems(list(STAGE_NAMES))
     if problems:
         raise UserError(f"{run_dir}: {'; '.join(problems)}; `vib-deploy run` with its pipeline reruns what is needed")
     return names

@@ -7,8 +7,8 @@ from typing import Any
 
 from vib_deploy.bench import Variant, make_input, profile_onnx
 from vib_deploy.data import splits_of
+from vib_deploy.deployed import deployables
 from vib_deploy.pipeline import read_run_config
-from vib_deploy.records import PruneRecord
 from vib_deploy.runs import RunDir
 
 
@@ -17,14 +17,10 @@ def profile_run(run_dir: Path, batch: int, runs: int, threads: int) -> list[tupl
     config = read_run_config(run_dir)
     run = RunDir(run_dir)
     images = splits_of(config.data).x_test[:512]
-    kept = PruneRecord.read(run).kept_pixels
-    names = ["dense", "pruned"] + (["pruned_reduced"] if kept is not None else [])
     out = []
-    for name in names:
-        variant = Variant(name, {}, kept if name == "pruned_reduced" else None)
-        out.append(
-            (name, profile_onnx(run.verified(f"{name}.onnx"), make_input(variant, images, batch), runs, threads))
-        )
+    for d in deployables(run, config):
+        x = make_input(Variant(d.name, {}, d.kept_pixels), images, batch)
+        out.append((d.name, profile_onnx(run.verified(d.onnx), x, runs, threads)))
     return out
 
 

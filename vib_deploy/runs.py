@@ -157,6 +157,38 @@ def stage_key(section: Any, input_hashes: dict[str, str], version: str) -> str:
 
 
 @dataclass(frozen=True)
+class Artifact:
+    sha256: str
+    stage: str  # the stage that made it
+    bytes: int
+
+
+@dataclass(frozen=True)
+class StageEntry:
+    key: str  # the cache key it ran with
+    outputs: tuple[str, ...]
+    inputs: dict[str, str] | None  # input name -> sha256 (None: a record made before inputs were kept)
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """The manifest as readers see it: what each artifact is and which stages have run (`RunDir.view`)."""
+
+    artifacts: dict[str, Artifact]
+    stages: dict[str, StageEntry]
+
+    def has(self, name: str) -> bool:
+        """Artifact `name` is listed (it may still fail `RunDir.verified`)."""
+        return name in self.artifacts
+
+    def ran(self, stage: str) -> bool:
+        return stage in self.stages
+
+    def sha256(self, name: str) -> str:
+        return self.artifacts[name].sha256
+
+
+@dataclass(frozen=True)
 class RunDir:
     """A run directory `runs/<name>/` and its manifest."""
 
@@ -188,6 +220,13 @@ class RunDir:
                     "delete the run directory or rerun with --force"
                 )
         return data
+
+    def view(self) -> Manifest:
+        """The manifest, typed (what readers outside this module use)."""
+        data = self.manifest()
+        artifacts = {n: Artifact(e["sha256"], e["stage"], e["bytes"]) for n, e in data["artifacts"].items()}
+        stages = {s: StageEntry(e["key"], tuple(e["outputs"]), e.get("inputs")) for s, e in data["stages"].items()}
+        return Manifest(artifacts, stages)
 
     def add_artifacts(self, stage: str, outputs: list[str]) -> None:
         """List files in the manifest with their sha256 and the stage that made them."""

@@ -16,6 +16,7 @@ import json
 from typing import Any
 
 from vib_deploy.errors import UserError, first_line
+from vib_deploy.records import RunSummary, TrainDenseRecord, TrainVibRecord
 from vib_deploy.runs import RunDir, atomic_write_json, read_json_file
 
 STATE = "mlflow-run.json"  # {"uri", "experiment", "run_id", "logged": {stage: cache key}}
@@ -78,14 +79,16 @@ class MlflowTracker:
 
     def log_stage(self, stage: str) -> None:
         """Log what `stage` made, once per cache key (a cached stage already logged is skipped)."""
-        record = self.run.manifest()["stages"].get(stage)
-        if record is None or self.state["logged"].get(stage) == record["key"]:
+        record = self.run.view().stages.get(stage)
+        if record is None or self.state["logged"].get(stage) == record.key:
             return
-        if stage in ("train-dense", "train-vib"):
-            self._log_history(stage, self.run.read_json(f"{stage}.json")["history"])
+        if stage == "train-dense":
+            self._log_history(stage, TrainDenseRecord.read(self.run).history)
+        elif stage == "train-vib":
+            self._log_history(stage, TrainVibRecord.read(self.run).history)
         elif stage == "report":
             self._log_report()
-        self.state["logged"][stage] = record["key"]
+        self.state["logged"][stage] = record.key
         self._save()
 
     def _log_history(self, stage: str, history: list[dict[str, Any]]) -> None:
@@ -98,23 +101,21 @@ class MlflowTracker:
             self.mlflow.log_metrics(values, step=int(entry["epoch"]))
 
     def _log_report(self) -> None:
-        metrics = self.run.read_json("metrics.json")
+        s = RunSummary.read(self.run)
         figures = {
-            "test_error.dense": metrics["dense"]["error"],
-            "test_error.vib": metrics["vib"]["error"],
-            "test_error.pruned": metrics["pruned"]["error"],
-            "flops.dense": metrics["dense"]["flops"],
-            "flops.pruned": metrics["pruned"]["flops"],
-            "params.pruned": metrics["pruned"]["params"],
-            "ideal_speedup": metrics["ideal_speedup"],
-            "prune.max_abs_diff": metrics["prune"]["max_abs_diff"],
+            "test_error.dense": s.dense.error,
+            "test_error.vib": s.vib.error,
+            "test_error.pruned": s.pruned.error,
+            "flops.dense": s.dense.flops,
+            "flops.pruned": s.pruned.flops,
+            "params.pruned": s.pruned.params,
+            "ideal_speedup": s.ideal_speedup,
+            "prune.max_abs_diff": s.prune.max_abs_diff,
         }
-        figures.update(
-            {f"speedup.{r['backend']}.b{r['batch']}.{r['variant']}": r["speedup"] for r in metrics["speedup"]}
-        )
+        figures.update({f"speedup.{r.backend}.b{r.batch}.{r.variant}": r.speedup for r in s.speedup})
         self.mlflow.log_metrics({k: float(v) for k, v in figures.items() if v is not None})
-        manifest = self.run.manifest()["artifacts"]
-        for name in ("metrics.json", "report.md", *sorted(n for n in manifest if n.startswith("plots/"))):
+        artifacts = self.run.view().artifacts
+        for name in (RunSummary.FILE, "report.md", *sorted(n for n in artifacts if n.startswith("plots/"))):
             self.mlflow.log_artifact(
                 str(self.run.verified(name)), artifact_path="plots" if name.startswith("plots/") else None
             )

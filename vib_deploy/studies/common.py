@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from vib_deploy.config import PipelineConfig, load_config
-from vib_deploy.deployed import finetuned
+from vib_deploy.deployed import deployable, finetuned
 from vib_deploy.errors import UserError
 from vib_deploy.pipeline import read_run_config, run_pipeline
-from vib_deploy.records import BenchFile, PruneRecord
+from vib_deploy.records import BenchFile, FinetuneRecord, PruneRecord, TrainVibRecord
 from vib_deploy.runs import RunDir, atomic_write_bytes
 
 Echo = Callable[[str], None]
@@ -48,21 +48,21 @@ def dense_dir(config: PipelineConfig, runs: Path = RUNS, tag: str = "") -> Path:
 
 def copy_stage(src: RunDir, dst: RunDir, stage: str) -> bool:
     """Copy a finished stage's outputs and manifest entry (same cache key) into `dst`; False if already there."""
-    entry = src.manifest()["stages"].get(stage)
+    source = src.view()
+    entry = source.stages.get(stage)
     if entry is None:
         raise UserError(f"{src.path} has no finished {stage} stage to reuse")
-    artifacts = src.manifest()["artifacts"]
-    have = dst.manifest()
+    have = dst.view()
     if (
-        have["stages"].get(stage) == entry
-        and all(have["artifacts"].get(n, {}).get("sha256") == artifacts[n]["sha256"] for n in entry["outputs"])
-        and dst.stage_is_current(stage, entry["key"])
+        have.stages.get(stage) == entry
+        and all(have.has(n) and have.sha256(n) == source.sha256(n) for n in entry.outputs)
+        and dst.stage_is_current(stage, entry.key)
     ):
         return False
     with dst.locked():
-        for name in entry["outputs"]:
+        for name in entry.outputs:
             atomic_write_bytes(dst.staged(stage, name), src.verified(name).read_bytes())
-        dst.commit(stage, entry["key"], list(entry["outputs"]), entry.get("inputs"))
+        dst.commit(stage, entry.key, list(entry.outputs), entry.inputs)
     return True
 
 
@@ -86,8 +86,8 @@ def run_record(run: RunDir, method: str) -> dict[str, Any]:
     """model, method, seed, error, flops, params, bytes, architecture and ORT/torch p50s of a finished run."""
     config = read_run_config(run.path)
     prune = PruneRecord.read(run)
-    tuned = run.read_json("finetune.json") if finetuned(config) else None  # the deployed net's error
-    vib = run.read_json("train-vib.json") if method == "vib" else {}
+    tuned = FinetuneRecord.read(run) if finetuned(config) else None  # the deployed net's error
+    vib = TrainVibRecord.read(run) if method == "vib" else None
     return {
         "model": config.model.name,
         "pipeline": config.name,
@@ -95,13 +95,13 @@ def run_record(run: RunDir, method: str) -> dict[str, Any]:
         "seed": config.train.seed,
         "kl_factor": config.train.vib.kl_factor if method == "vib" else None,
         "run_dir": str(run.path),
-        "error": tuned["test_error"] if tuned else prune.test_error,
+        "error": deployable(run, config, "pruned").error,
         "error_pruned": prune.test_error,
         # what chooses between points: the validation error of the deployed net (VIB runs; the test error is reported once)
-        "val_error": tuned["val_error"] if tuned else vib.get("val_error"),
-        "finetune": {k: tuned[k] for k in ("epochs", "lr", "weight_decay", "best_epoch")} if tuned else None,
+        "val_error": tuned.val_error if tuned else vib.val_error if vib else None,
+        "finetune": {k: getattr(tuned, k) for k in ("epochs", "lr", "weight_decay", "best_epoch")} if tuned else None,
         # the fine-tune epoch validation kept (0: as pruned): VIB's finetune stage, a peer's own fine-tune
-        "kept_epoch": tuned["best_epoch"] if tuned else prune.peer.kept_epoch if prune.peer else None,
+        "kept_epoch": tuned.best_epoch if tuned else prune.peer.kept_epoch if prune.peer else None,
         "test_samples": prune.samples,
         "architecture": _architecture(prune),
         "dense_architecture": prune.dense_architecture,

@@ -15,57 +15,21 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from vib_deploy.config import FinetuneConfig, PipelineConfig
 from vib_deploy.errors import UserError
-from vib_deploy.modelfile import load_model
-from vib_deploy.pipeline import Context, Stage, _stages, run_stage, write_config
 from vib_deploy.plots import pyplot, save_png
-from vib_deploy.records import PruneRecord
-from vib_deploy.runs import RunDir, atomic_write_json, atomic_write_text
+from vib_deploy.runs import atomic_write_json, atomic_write_text
 from vib_deploy.stats import paired
 from vib_deploy.studies.common import (
     RUNS,
     Echo,
-    copy_stage,
     mean_std,
     override_tag,
     point_config,
     run_point,
     run_record,
 )
-from vib_deploy.studies.peer_stage import PeerSpec, peer_prune
-from vib_deploy.studies.peers import METHODS, check_methods, dense_widths
-
-
-def run_peer(config: PipelineConfig, vib_run: RunDir, method: str, progress: Any = None, echo: Echo = print) -> RunDir:
-    """One peer of a finished VIB run: its own run directory, the same dense stage, export and bench."""
-    # a peer fine-tunes in its own prune stage; the pipeline's finetune stage is VIB's (off here, so not an input)
-    vib_finetune = config.train.finetune.epochs
-    config = config.model_copy(
-        update={"train": config.train.model_copy(update={"finetune": FinetuneConfig.model_validate({})})}
-    )
-    vib_prune = PruneRecord.read(vib_run)
-    hidden = len(dense_widths(load_model(vib_run.verified("dense.pt"))))
-    arch = vib_prune.dense_architecture
-    spec = PeerSpec(
-        method,
-        vib_prune.pruned.flops,
-        str(vib_run.path),
-        arch[0] if len(arch) == hidden + 1 else None,
-        tuple(vib_prune.architecture),
-        vib_run.manifest()["artifacts"]["pruned.pt"]["sha256"],
-        vib_finetune,
-    )
-    run = RunDir(Path(f"{vib_run.path}-{method}"))
-    copy_stage(vib_run, run, "train-dense")
-    stages = [Stage("prune", ("train-dense",), spec.section, lambda ctx: peer_prune(ctx, spec), uses_data=True)]
-    stages += [s for s in _stages() if s.name in ("export", "bench")]  # the pipeline's own, unchanged
-    with run.locked():
-        write_config(run, config)
-        ctx = Context(run, config, progress)
-        for stage in stages:
-            run_stage(ctx, stage, echo=echo)
-    return run
+from vib_deploy.studies.peer_run import per_image_correct, run_peer
+from vib_deploy.studies.peers import METHODS, check_methods
 
 
 def compare(
@@ -104,21 +68,6 @@ def compare(
                 )
     write_comparison(records, docs)
     return records
-
-
-def per_image_correct(run: RunDir) -> Any:
-    """Whether the run's deployed model (fine-tuned when its finetune stage is on, else pruned) gets each test image right."""
-    import torch
-
-    from vib_deploy.data import splits_of
-    from vib_deploy.deployed import deployed_file
-    from vib_deploy.pipeline import read_run_config
-    from vib_deploy.train import predict
-
-    config = read_run_config(run.path)
-    data = splits_of(config.data)
-    model = load_model(run.verified(deployed_file(config, "pruned")))
-    return predict(model, data.x_test, torch.device("cpu")).argmax(1).numpy() == data.y_test
 
 
 def write_comparison(records: list[dict[str, Any]], docs: Path) -> None:
@@ -241,6 +190,8 @@ def verdicts(records: list[dict[str, Any]]) -> list[str]:
 
 
 def render(records: list[dict[str, Any]], plots: dict[str, str]) -> str:
+    """docs/comparison.md."""
+    # long function: a markdown template, read top to bottom as the page it writes
     parts = [
         "# VIB vs peer pruning methods at matched FLOPs",
         "",

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from vib_deploy.records import RunSummary
 from vib_deploy.runs import RunDir, atomic_write_json, atomic_write_text
 from vib_deploy.studies.common import RUNS, Echo, mean_std, override_tag, point_config, run_point, run_record
 
@@ -111,21 +112,20 @@ def deviations(configs: dict[str, Any]) -> list[str]:
 def paper_record(run: RunDir, stages_run: list[str]) -> dict[str, Any]:
     """run_record plus what the paper table shows: dense error, epochs, training seconds, what ran now."""
     record = run_record(run, "vib")
-    dense, vib = run.read_json("train-dense.json"), run.read_json("train-vib.json")
+    s = RunSummary.read(run)  # a VIB point runs every stage, report included
     record.update(
         {
-            "dense_error": dense["test_error"],
-            "vib_error": vib["test_error"],
-            "dense_epochs": len(dense["history"]),
-            "vib_epochs": len(vib["history"]),
-            "train_seconds": dense["seconds"] + vib["seconds"],
+            "dense_error": s.dense.error,
+            "vib_error": s.vib.error,
+            "dense_epochs": s.dense.epochs,
+            "vib_epochs": s.vib.epochs,
+            "train_seconds": s.dense.seconds + s.vib.seconds,
             "stages_run_now": stages_run,
         }
     )
-    if record["finetune"]:  # the deployed net was fine-tuned: its epochs and time count too
-        tune = run.read_json("finetune.json")
-        record["train_seconds"] += tune["seconds"]
-        record["finetune_epochs"] = tune["epochs"]
+    if s.finetuned:  # the deployed net was fine-tuned: its epochs and time count too
+        record["train_seconds"] += s.finetuned.seconds
+        record["finetune_epochs"] = s.finetuned.epochs
     return record
 
 

@@ -17,10 +17,11 @@ from torch import nn
 from vib_deploy.errors import UserError
 from vib_deploy.layers import count_flops, count_params
 from vib_deploy.modelfile import load_model, save_model
-from vib_deploy.pipeline import keyed_section
 from vib_deploy.prune.sequential import reduced_input
 from vib_deploy.records import Cost, PeerInfo, PruneRecord
 from vib_deploy.runs import RunDir
+from vib_deploy.stages.base import Context
+from vib_deploy.stages.registry import keyed_section
 from vib_deploy.studies.peers import (
     FLOPS_TOLERANCE,
     METHODS,
@@ -109,7 +110,7 @@ def epoch_budget(method: str, config: Any, vib_finetune_epochs: int) -> dict[str
     return {"sparsity": 0, "finetune": total, "total": total}
 
 
-def peer_prune(ctx: Any, spec: PeerSpec) -> list[str]:
+def peer_prune(ctx: Context, spec: PeerSpec) -> list[str]:
     """Prune the run's dense.pt with `spec.method` to the VIB FLOPs, fine-tune, write pruned.pt + prune.json."""
     # long function: choosing the widths, pruning (or rebuilding) by method, fine-tuning and the record read as one recipe
     t = ctx.config.train
@@ -202,5 +203,5 @@ def peer_prune(ctx: Any, spec: PeerSpec) -> list[str]:
         input_shape=shape,
         scales_left=extra.get("scales_left"),
         peer=peer,
-    ).write(ctx.out("prune.json"))
-    return outputs + ["prune.json"]
+    ).write(ctx.out(PruneRecord.FILE))
+    return outputs + [PruneRecord.FILE]

@@ -37,7 +37,10 @@ from typing import Any
 
 from vib_deploy import __version__
 from vib_deploy.data import CLASS_NAMES
+from vib_deploy.deployed import Deployable, deployables
 from vib_deploy.errors import UserError
+from vib_deploy.pipeline import read_run_config
+from vib_deploy.records import QuantizeRecord, RunSummary
 from vib_deploy.runs import (
     RunDir,
     atomic_write_bytes,
@@ -47,67 +50,23 @@ from vib_deploy.runs import (
     read_json_file,
     sha256_file,
 )
+from vib_deploy.triton.modelconfig import (
+    IR_FILE,
+    LABELS,
+    OPENVINO,
+    ShipOptions,
+    TensorSpec,
+    check_config_matches,
+    graph_io,
+    parse_config,
+    render_config,
+)
 
 VARIANTS = ("dense", "pruned")
 MODEL_FILE = "model.onnx"
 PLAN_FILE = "model.plan"  # TensorRT engine; its sidecar (TensorRT version, GPU) is model.plan.json beside it
-OPENVINO, IR_FILE = (
-    "openvino",
-    "model.xml",
-)  # Triton's OpenVINO backend; IR weights in model.bin, sidecar model.xml.json
 VERSION_MANIFEST = "manifest.json"
 CONFIG = "config.pbtxt"
-LABELS = "labels.txt"
-# ONNX TensorProto element types -> Triton data types
-_ONNX_TO_TRITON = {
-    1: "TYPE_FP32",
-    2: "TYPE_UINT8",
-    3: "TYPE_INT8",
-    4: "TYPE_UINT16",
-    5: "TYPE_INT16",
-    6: "TYPE_INT32",
-    7: "TYPE_INT64",
-    9: "TYPE_BOOL",
-    10: "TYPE_FP16",
-    11: "TYPE_FP64",
-    12: "TYPE_UINT32",
-    13: "TYPE_UINT64",
-    16: "TYPE_BF16",
-}
-
-
-@dataclass(frozen=True)
-class ShipOptions:
-    """How Triton should schedule the model (defaults suit a small CPU model)."""
-
-    max_batch_size: int = 256  # largest batch Triton forms or accepts
-    preferred_batch_sizes: tuple[int, ...] = (16, 64)  # dynamic batcher aims for these
-    max_queue_delay_us: int = 100  # how long a request may wait for others to batch with
-    instance_count: int = 1  # model instances (each runs one batch at a time)
-    kind: str = "KIND_CPU"  # KIND_CPU or KIND_GPU
-
-    def check(self) -> None:
-        """Reject options Triton would reject, with one clear line."""
-        if self.max_batch_size < 1:
-            raise UserError(f"--max-batch-size must be at least 1, got {self.max_batch_size}")
-        bad = [b for b in self.preferred_batch_sizes if not 1 <= b <= self.max_batch_size]
-        if bad:
-            raise UserError(f"--preferred-batch-sizes {bad} must lie in 1..{self.max_batch_size} (--max-batch-size)")
-        if self.max_queue_delay_us < 0:
-            raise UserError(f"--max-queue-delay-us must be >= 0, got {self.max_queue_delay_us}")
-        if self.instance_count < 1:
-            raise UserError(f"--instances must be at least 1, got {self.instance_count}")
-        if self.kind not in ("KIND_CPU", "KIND_GPU"):
-            raise UserError(f"--kind must be KIND_CPU or KIND_GPU, got {self.kind}")
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    """One graph input or output as Triton sees it: name, data type, dims without the batch axis."""
-
-    name: str
-    data_type: str
-    dims: tuple[int, ...]
 
 
 @dataclass(frozen=True)
@@ -118,145 +77,6 @@ class ShippedModel:
     version: int
     path: Path  # the version folder
     files: dict[str, str] = field(default_factory=dict)  # relative path -> sha256
-
-
-def graph_io(onnx_path: Path) -> tuple[list[TensorSpec], list[TensorSpec]]:
-    """The ONNX graph's real inputs and outputs; the first axis must be a dynamic batch axis."""
-    import onnx
-
-    model = onnx.load(str(onnx_path), load_external_data=False)
-    initializers = {i.name for i in model.graph.initializer}
-
-    def spec(value: Any) -> TensorSpec:
-        t = value.type.tensor_type
-        if t.elem_type not in _ONNX_TO_TRITON:
-            raise UserError(
-                f"{onnx_path}: {value.name} has ONNX element type {t.elem_type}, which Triton does not take"
-            )
-        dims = [d.dim_param or (d.dim_value if d.HasField("dim_value") else "?") for d in t.shape.dim]
-        if not dims or isinstance(dims[0], int):
-            raise UserError(f"{onnx_path}: {value.name} has no dynamic batch axis (shape {dims}); export with one")
-        return TensorSpec(
-            value.name, _ONNX_TO_TRITON[t.elem_type], tuple(-1 if isinstance(d, str) else d for d in dims[1:])
-        )
-
-    inputs = [spec(v) for v in model.graph.input if v.name not in initializers]
-    return inputs, [spec(v) for v in model.graph.output]
-
-
-def _dims(dims: tuple[int, ...]) -> str:
-    return "[ " + ", ".join(str(d) for d in dims) + " ]"
-
-
-def render_config(
-    name: str,
-    inputs: list[TensorSpec],
-    outputs: list[TensorSpec],
-    options: ShipOptions,
-    platform: str = "onnxruntime_onnx",
-) -> str:
-    """config.pbtxt text for an ONNX model (or a plan, or OpenVINO IR: platform "openvino" names Triton's
-    OpenVINO *backend*, run with one thread, one stream, latency hint as bench measured it); the first
-    output carries the labels file."""
-    if platform == OPENVINO:
-        engine = [f'backend: "{OPENVINO}"', f'default_model_filename: "{IR_FILE}"']
-        engine_params = [
-            f'parameters {{ key: "{k}" value: {{ string_value: "{v}" }} }}'
-            for k, v in (("INFERENCE_NUM_THREADS", "1"), ("NUM_STREAMS", "1"), ("PERFORMANCE_HINT", "LATENCY"))
-        ]
-    else:
-        engine, engine_params = [f'platform: "{platform}"'], []
-    lines = [
-        f'name: "{name}"',
-        *engine,
-        f"max_batch_size: {options.max_batch_size}",
-        "version_policy: { latest: { num_versions: 1 } }",
-    ]
-    for t in inputs:
-        lines += [
-            "input [",
-            "  {",
-            f'    name: "{t.name}"',
-            f"    data_type: {t.data_type}",
-            f"    dims: {_dims(t.dims)}",
-            "  }",
-            "]",
-        ]
-    for i, t in enumerate(outputs):
-        label = [f'    label_filename: "{LABELS}"'] if i == 0 else []
-        lines += [
-            "output [",
-            "  {",
-            f'    name: "{t.name}"',
-            f"    data_type: {t.data_type}",
-            f"    dims: {_dims(t.dims)}",
-            *label,
-            "  }",
-            "]",
-        ]
-    preferred = ", ".join(str(b) for b in options.preferred_batch_sizes)
-    lines += [
-        "dynamic_batching {",
-        f"  preferred_batch_size: [ {preferred} ]",
-        f"  max_queue_delay_microseconds: {options.max_queue_delay_us}",
-        "}",
-        "instance_group [",
-        "  {",
-        f"    count: {options.instance_count}",
-        f"    kind: {options.kind}",
-        "  }",
-        "]",
-        "model_warmup [",
-        "  {",
-        '    name: "zeros_batch_1"',
-        "    batch_size: 1",
-    ]
-    for t in inputs:
-        if -1 in t.dims:
-            raise UserError(f"input {t.name} has a dynamic non-batch axis {t.dims}; model_warmup needs fixed dims")
-        lines += [
-            "    inputs {",
-            f'      key: "{t.name}"',
-            "      value: {",
-            f"        data_type: {t.data_type}",
-            f"        dims: {_dims(t.dims)}",
-            "        zero_data: true",
-            "      }",
-            "    }",
-        ]
-    lines += ["  }", "]", *engine_params]
-    return "\n".join(lines) + "\n"
-
-
-def parse_config(text: str, where: str) -> Any:
-    """Parse config.pbtxt text with Triton's schema (`model_config_pb2.ModelConfig`); a bad field is a UserError."""
-    from google.protobuf import text_format
-
-    model_config_pb2 = _schema()
-    try:
-        return text_format.Parse(text, model_config_pb2.ModelConfig())
-    except text_format.ParseError as e:
-        raise UserError(f"{where} is not a valid Triton model config: {e}") from e
-
-
-def _schema() -> Any:
-    try:
-        from tritonclient.grpc import model_config_pb2
-    except ImportError as e:
-        raise UserError(f"Triton's config schema is not installed ({e}); pip install 'vib-deploy[ship]'") from e
-    return model_config_pb2
-
-
-def check_config_matches(config: Any, inputs: list[TensorSpec], outputs: list[TensorSpec], where: str) -> None:
-    """The parsed config must name exactly the graph's inputs and outputs, with their types and dims."""
-    model_config_pb2 = _schema()
-
-    def as_specs(entries: Any) -> list[TensorSpec]:
-        return [TensorSpec(e.name, model_config_pb2.DataType.Name(e.data_type), tuple(e.dims)) for e in entries]
-
-    for kind, got, want in (("inputs", as_specs(config.input), inputs), ("outputs", as_specs(config.output), outputs)):
-        if got != want:
-            raise UserError(f"{where}: {kind} {got} do not match the ONNX graph's {want}")
 
 
 def versions(model_dir: Path) -> list[int]:
@@ -277,9 +97,23 @@ def _run_name(run_dir: Path) -> str:
     return str(name or run_dir.resolve().name)
 
 
-def _latency(metrics: dict[str, Any], variant: str) -> list[dict[str, Any]]:
+def _latency(summary: RunSummary, variant: str) -> list[dict[str, Any]]:
     keys = ("backend", "device", "batch", "threads", "p50_ms", "p99_ms", "throughput")
-    return [{k: r.get(k) for k in keys} for r in metrics.get("bench", []) if r.get("variant") == variant]
+    return [{k: getattr(r, k) for k in keys} for r in summary.bench if r.variant == variant]
+
+
+def _figures(summary: RunSummary, deployed: Deployable) -> dict[str, Any]:
+    """What a shipped model's manifest says about it: its test error (the deployed net's), cost and latency."""
+    m = summary.dense if deployed.name == "dense" else summary.pruned
+    return {
+        "dataset": summary.dataset,
+        "test_samples": summary.test_samples,
+        "error": deployed.error,
+        "flops": m.flops,
+        "params": m.params,
+        "architecture": m.architecture,
+        "latency": _latency(summary, deployed.name),
+    }
 
 
 def package(
@@ -301,60 +135,31 @@ def package(
         raise UserError(f"--repo {repo} is a run directory, not a model repository")
     options.check()
     run = RunDir(run_dir)
-    metrics = run.read_json("metrics.json")
+    summary = RunSummary.read(run)
+    deployed = {d.name: d for d in deployables(run, read_run_config(run_dir))}
     base = name or _run_name(run_dir)
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", base):
         raise UserError(f"model name {base!r} may only use letters, digits, '_', '.', '-'")
-    classes = metrics.get("preprocessing", {}).get("classes") or CLASS_NAMES.get(metrics.get("dataset", ""))
+    classes = summary.preprocessing.get("classes") or CLASS_NAMES.get(summary.dataset)
     shipped = []
     for variant in VARIANTS:
-        onnx_path = run.verified(f"{variant}.onnx")
+        onnx_path = run.verified(deployed[variant].onnx)
         inputs, outputs = graph_io(onnx_path)
         n_out = outputs[0].dims[0] if len(outputs[0].dims) == 1 else -1
         labels = classes if classes is not None and len(classes) == n_out else [str(i) for i in range(max(n_out, 0))]
-        m = metrics.get(variant, {})
-        if variant == "pruned" and metrics.get("finetuned"):  # the ONNX model is the fine-tuned net (its error)
-            m = {**m, "error": metrics["finetuned"]["error"]}
         record = {
             "variant": variant,
             "vib_deploy_version": __version__,
             "source": {
                 "run": str(run_dir.resolve()),
                 "run_name": _run_name(run_dir),
-                "metrics_sha256": sha256_file(run.file("metrics.json")),
+                "metrics_sha256": sha256_file(run.file(RunSummary.FILE)),
             },
-            "metrics": {
-                "dataset": metrics.get("dataset"),
-                "test_samples": metrics.get("test_samples"),
-                "error": m.get("error"),
-                "flops": m.get("flops"),
-                "params": m.get("params"),
-                "architecture": m.get("architecture"),
-                "latency": _latency(metrics, variant),
-            },
+            "metrics": _figures(summary, deployed[variant]),
         }
         targets = [(f"{base}-{variant}", {MODEL_FILE: onnx_path}, "onnxruntime_onnx", options, {})]
         if run.file(f"{variant}.plan").exists():  # an engine from `vib-deploy build-engine`: ship it as <model>_trt
-            plan = run.verified(f"{variant}.plan")
-            sidecar_path = run.verified(f"{variant}.plan.json")
-            sidecar = json.loads(sidecar_path.read_text())
-            max_batch = int(sidecar["profile"][inputs[0].name][2][0])  # the optimization profile's largest batch
-            trt_options = dataclasses.replace(
-                options,
-                kind="KIND_GPU",
-                max_batch_size=min(options.max_batch_size, max_batch),
-                preferred_batch_sizes=tuple(b for b in options.preferred_batch_sizes if b <= max_batch) or (max_batch,),
-            )
-            engine = {k: sidecar.get(k) for k in ("tensorrt_version", "gpu_name", "compute_capability", "precision")}
-            targets.append(
-                (
-                    f"{base}-{variant}_trt",
-                    {PLAN_FILE: plan, PLAN_FILE + ".json": sidecar_path},
-                    "tensorrt_plan",
-                    trt_options,
-                    {"engine": engine},
-                )
-            )
+            targets.append(_trt_target(run, f"{base}-{variant}_trt", variant, inputs[0].name, options))
         if variant == "pruned":
             targets += _cpu_targets(run, base, options)
         for model_name, sources, platform, opts, extra in targets:
@@ -373,14 +178,33 @@ def package(
     return shipped
 
 
+def _trt_target(
+    run: RunDir, model_name: str, variant: str, input_name: str, options: ShipOptions
+) -> tuple[str, dict[str, Path], str, ShipOptions, dict[str, Any]]:
+    """A TensorRT engine's model: KIND_GPU, batch sizes capped by its optimization profile's largest batch."""
+    plan = run.verified(f"{variant}.plan")
+    sidecar_path = run.verified(f"{variant}.plan.json")
+    sidecar = json.loads(sidecar_path.read_text())
+    max_batch = int(sidecar["profile"][input_name][2][0])
+    trt_options = dataclasses.replace(
+        options,
+        kind="KIND_GPU",
+        max_batch_size=min(options.max_batch_size, max_batch),
+        preferred_batch_sizes=tuple(b for b in options.preferred_batch_sizes if b <= max_batch) or (max_batch,),
+    )
+    engine = {k: sidecar.get(k) for k in ("tensorrt_version", "gpu_name", "compute_capability", "precision")}
+    sources = {PLAN_FILE: plan, PLAN_FILE + ".json": sidecar_path}
+    return model_name, sources, "tensorrt_plan", trt_options, {"engine": engine}
+
+
 def _cpu_targets(
     run: RunDir, base: str, options: ShipOptions
 ) -> list[tuple[str, dict[str, Path], str, ShipOptions, dict[str, Any]]]:
     """The pruned model's CPU deployments, where their stages ran: INT8 ONNX and OpenVINO IR."""
-    stages = run.manifest()["stages"]
+    view = run.view()
     targets: list[tuple[str, dict[str, Path], str, ShipOptions, dict[str, Any]]] = []
-    if "quantize" in stages:
-        quant = run.read_json("quantize.json")
+    if view.ran("quantize"):
+        quant = QuantizeRecord.read(run)
         targets.append(
             (
                 f"{base}-pruned-int8",
@@ -389,12 +213,12 @@ def _cpu_targets(
                 options,
                 {
                     "precision": "int8",
-                    "int8": {k: quant[k] for k in ("format", "weights", "activations", "calibration")},
-                    "int8_error": quant["pruned"]["error"],
+                    "int8": {k: getattr(quant, k) for k in ("format", "weights", "activations", "calibration")},
+                    "int8_error": quant.variants["pruned"].error,
                 },
             )
         )
-    if "openvino" in stages:
+    if view.ran("openvino"):
         sidecar = run.verified("pruned.xml.json")
         sources = {
             IR_FILE: run.verified("pruned.xml"),

@@ -1,33 +1,14 @@
-"""The JSON records stages hand each other, as frozen dataclasses: one writer, one reader per file.
-
-Each record's `to_json` is the only place its file's keys are spelled when writing, `from_json` the only
-place they are read. Files carry `record_version`; files written before it existed (version 0) read with
-the missing fields defaulted, so run directories made by earlier versions load, verify and stay cached
-(their bytes are never rewritten). A file from a newer vib-deploy is refused with one line.
-
-    prune.json  `PruneRecord`: VIB pruning (with its exactness check) or a peer method (studies/peers.py)
-    bench.json  `BenchFile`: one `BenchRecord` per (backend, batch, variant), speedups, machine
-"""
+"""prune.json (`PruneRecord`: VIB pruning with its exactness check, or a peer method of studies/peers.py) and
+widths-sweep.json (`WidthsSweep`: the prune stage's measured per-layer times under `prune.round_to: auto`)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
-from pathlib import Path
+from dataclasses import dataclass, fields
 from typing import Any
 
-from vib_deploy.errors import UserError
-from vib_deploy.runs import RunDir, atomic_write_json
+from vib_deploy.records.base import RECORD_VERSION, JsonRecord, check_version
 
-RECORD_VERSION = 1
 MNIST_INPUT = (1, 28, 28)  # prune.json files made before `input_shape` was recorded were all LeNets on MNIST
-
-
-def _check_version(data: dict[str, Any], name: str) -> None:
-    version = data.get("record_version", 0)
-    if not isinstance(version, int) or version > RECORD_VERSION:
-        raise UserError(
-            f"{name} has record_version {version!r}; this vib-deploy reads up to {RECORD_VERSION}: upgrade it"
-        )
 
 
 @dataclass(frozen=True)
@@ -86,8 +67,10 @@ _PEER = tuple(f.name for f in fields(PeerInfo))
 
 
 @dataclass(frozen=True)
-class PruneRecord:
+class PruneRecord(JsonRecord):
     """prune.json: what pruning kept and what it costs; `exact` for VIB runs, `peer` for peer methods."""
+
+    FILE = "prune.json"
 
     architecture: list[int]  # kept units per gate (VIB) or per layer (peers), input first where gated
     dense_architecture: list[int]
@@ -138,9 +121,9 @@ class PruneRecord:
             out.update({"round_to": self.round_to, "widths": self.widths})
         return out
 
-    @staticmethod
-    def from_json(d: dict[str, Any]) -> PruneRecord:
-        _check_version(d, "prune.json")
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> PruneRecord:  # type: ignore[override]
+        check_version(d, "prune.json")
         return PruneRecord(
             architecture=list(d["architecture"]),
             dense_architecture=list(d["dense_architecture"]),
@@ -160,106 +143,13 @@ class PruneRecord:
             record_version=d.get("record_version", 0),
         )
 
-    def write(self, path: Path) -> None:
-        atomic_write_json(path, self.to_json())
-
-    @staticmethod
-    def read(run: RunDir) -> PruneRecord:
-        return PruneRecord.from_json(run.read_json("prune.json"))
-
-
-_BENCH_KEYS = (
-    "backend",
-    "device",
-    "batch",
-    "variant",
-    "p50_ms",
-    "p90_ms",
-    "p99_ms",
-    "mean_ms",
-    "throughput",
-    "peak_memory_bytes",
-    "threads",
-    "calls",
-)
-
 
 @dataclass(frozen=True)
-class BenchRecord:
-    """One (backend, batch, variant) measurement of `bench.run_bench`; keys it does not know are kept in `extra`."""
+class WidthsSweep(JsonRecord):
+    """widths-sweep.json: the per-layer times `prune.round_to: auto` measured, under the key they were measured with
+    (backend, threads, batch, CPU, the VIB model's sha256); a rerun with the same key measures only what is new."""
 
-    backend: str
-    batch: int
-    variant: str
-    p50_ms: float
-    p90_ms: float
-    p99_ms: float
-    mean_ms: float
-    throughput: float
-    device: str = "cpu"
-    peak_memory_bytes: int | None = None
-    threads: int | None = None
-    calls: int | None = None
-    precision: str | None = None  # fp32 | int8 (quantize stage); None: a record made before precisions, fp32
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def key(self) -> str:
-        """'backend/b<batch>/variant[/precision]': how sweep.json and the docs' tables name a measurement."""
-        return f"{self.backend}/b{self.batch}/{self.variant}" + (
-            "" if self.precision in (None, "fp32") else f"/{self.precision}"
-        )
-
-    def to_json(self) -> dict[str, Any]:
-        precision = {} if self.precision is None else {"precision": self.precision}
-        return {**{k: getattr(self, k) for k in _BENCH_KEYS}, **precision, **self.extra}
-
-    @staticmethod
-    def from_json(d: dict[str, Any]) -> BenchRecord:
-        return BenchRecord(
-            **{k: d[k] for k in _BENCH_KEYS if k in d},
-            precision=d.get("precision"),
-            extra={k: v for k, v in d.items() if k not in _BENCH_KEYS and k != "precision"},
-        )
-
-
-@dataclass(frozen=True)
-class BenchFile:
-    """bench.json: the measurements, dense/variant speedups and the machine they were made on."""
-
-    records: tuple[BenchRecord, ...]
-    speedup: list[dict[str, Any]]
-    machine: dict[str, Any]
-    model_files: dict[str, str] | None = None  # variant -> the .pt it was made from (None: a file made before finetune)
+    FILE = "widths-sweep.json"
+    key: dict[str, Any]
+    times_ms: dict[str, float]
     record_version: int = RECORD_VERSION
-
-    def p50_by_key(self) -> dict[str, float]:
-        return {r.key: r.p50_ms for r in self.records}
-
-    def to_json(self) -> dict[str, Any]:
-        files = {} if self.model_files is None else {"model_files": self.model_files}
-        return {
-            "record_version": self.record_version,
-            "records": [r.to_json() for r in self.records],
-            "speedup": self.speedup,
-            "machine": self.machine,
-            **files,
-        }
-
-    @staticmethod
-    def from_json(d: dict[str, Any]) -> BenchFile:
-        _check_version(d, "bench.json")
-        return BenchFile(
-            tuple(BenchRecord.from_json(r) for r in d["records"]),
-            d["speedup"],
-            d["machine"],
-            d.get("model_files"),
-            d.get("record_version", 0),
-        )
-
-    def write(self, path: Path) -> None:
-        atomic_write_json(path, self.to_json())
-
-    @staticmethod
-    def read(run: RunDir) -> BenchFile:
-        return BenchFile.from_json(run.read_json("bench.json"))

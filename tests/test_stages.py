@@ -1,0 +1,98 @@
+"""The stage registry (vib_deploy/stages/registry.py) is the only list of stages: the CLI's stage commands,
+`run --until`, `--force` and the peer runs of studies/compare all follow it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from vib_deploy import pipeline
+from vib_deploy.cli import app
+from vib_deploy.config import parse_config
+from vib_deploy.errors import UserError
+from vib_deploy.runs import Manifest
+from vib_deploy.stages import STAGE_NAMES, STAGES, get_stage
+from vib_deploy.stages.registry import commands, peer_stages, stages_until
+
+ALL_ON = {"train": {"finetune": {"epochs": 1}}, "quantize": {"enabled": True}, "bench": {"backends": ["openvino"]}}
+
+
+def _config(**tree):
+    return parse_config({"name": "t", "model": {"name": "lenet300"}, **tree}, "test")
+
+
+def test_names_are_unique_and_needs_come_first():
+    assert len(set(STAGE_NAMES)) == len(STAGES)
+    for i, stage in enumerate(STAGES):
+        assert set(stage.needs) | set(stage.after) <= set(STAGE_NAMES[:i]), stage.name
+
+
+def test_every_stage_has_a_cli_command_with_its_help():
+    registered = {c.name or c.callback.__name__: c for c in app.registered_commands}  # type: ignore[union-attr]
+    assert set(STAGE_NAMES) <= set(registered)
+    for stage in commands():
+        assert stage.help and registered[stage.name].callback.__doc__ == stage.help
+
+
+def test_every_stage_runs_a_function_that_exists():
+    import importlib
+
+    for stage in STAGES:
+        module, _, function = stage.run.__qualname__.rpartition(".")
+        assert callable(getattr(importlib.import_module(module), function)), stage.name
+
+
+def test_a_stage_that_is_not_registered_is_refused():
+    with pytest.raises(UserError, match="stages are train-dense, train-vib"):
+        get_stage("deploy")
+
+
+@pytest.fixture
+def ran(monkeypatch):
+    """Run the pipeline with every stage stubbed: (stage, forced) in the order run_pipeline ran them."""
+    calls: list[tuple[str, bool]] = []
+    monkeypatch.setattr(pipeline, "_preflight", lambda *a: None)
+    monkeypatch.setattr(pipeline, "run_stage", lambda ctx, s, force=False, **kw: calls.append((s.name, force)))
+    return calls
+
+
+@pytest.mark.parametrize("until", STAGE_NAMES)
+def test_until_runs_the_registry_up_to_that_stage(until, ran, tmp_path):
+    pipeline.run_pipeline(_config(**ALL_ON), tmp_path / "run", until=until, echo=lambda m: None)
+    assert [name for name, _ in ran] == list(STAGE_NAMES[: STAGE_NAMES.index(until) + 1])
+    assert [s.name for s in stages_until(until)] == [name for name, _ in ran]
+
+
+@pytest.mark.parametrize("force", STAGE_NAMES)
+def test_force_reruns_from_that_stage_on_in_registry_order(force, ran, tmp_path):
+    pipeline.run_pipeline(_config(**ALL_ON), tmp_path / "run", force=force, echo=lambda m: None)
+    assert ran == [(name, i >= STAGE_NAMES.index(force)) for i, name in enumerate(STAGE_NAMES)]
+
+
+def test_a_stage_that_is_off_is_skipped_and_says_so(ran, tmp_path):
+    said: list[str] = []
+    pipeline.run_pipeline(_config(), tmp_path / "run", echo=said.append)
+    off = [s.name for s in STAGES if not s.enabled(_config())]
+    assert off and [f"[off] {n}" for n in off] == said
+    assert [name for name, _ in ran] == [s.name for s in STAGES if s.enabled(_config())]
+
+
+def test_peer_runs_run_their_prune_then_the_registry_peer_stages(monkeypatch, tmp_path):
+    from vib_deploy.studies import peer_run
+
+    fake_prune = SimpleNamespace(
+        dense_architecture=[784, 300, 100], architecture=[20, 10, 5], pruned=SimpleNamespace(flops=1)
+    )
+    monkeypatch.setattr(peer_run.PruneRecord, "read", staticmethod(lambda run: fake_prune))
+    monkeypatch.setattr(peer_run, "load_model", lambda path: None)
+    monkeypatch.setattr(peer_run, "dense_widths", lambda model: [300, 100])
+    monkeypatch.setattr(peer_run, "copy_stage", lambda *a: True)
+    ran: list[tuple[str, tuple[str, ...]]] = []
+    monkeypatch.setattr(peer_run, "run_stage", lambda ctx, s, **kw: ran.append((s.name, s.needs)))
+    vib = SimpleNamespace(path=tmp_path / "vib", verified=lambda name: Path(name), view=lambda: Manifest({}, {}))
+    monkeypatch.setattr(Manifest, "sha256", lambda self, name: "0" * 64)
+    peer_run.run_peer(_config(), vib, "l1")  # type: ignore[arg-type]
+    assert ran == [("prune", ("train-dense",))] + [(s.name, s.needs) for s in peer_stages()]
+    assert [s.name for s in peer_stages()] == ["export", "bench"]

@@ -1,0 +1,73 @@
+"""The training stages' records: train-dense.json, train-vib.json and finetune.json.
+
+Files written before records carried `record_version` read as version 0; keys added since then have defaults.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from vib_deploy.records.base import RECORD_VERSION, JsonRecord
+
+
+@dataclass(frozen=True)
+class TrainDenseRecord(JsonRecord):
+    """train-dense.json: the dense net's training (best validation epoch kept) and its errors."""
+
+    FILE = "train-dense.json"
+    history: list[dict[str, Any]]  # one entry per epoch: epoch, loss, val_acc, ...
+    best_epoch: int | None
+    seconds: float
+    test_error: float
+    val_error: float
+    test_samples: int
+    resumed_from_epoch: int | None = None
+    world_size: int = 1
+    images_per_second: float | None = None
+    preprocessing: dict[str, Any] | None = None  # None: made before it was recorded (plain [0, 1] scaling)
+    epoch_seconds: list[float] | None = None
+    record_version: int = RECORD_VERSION
+
+
+@dataclass(frozen=True)
+class TrainVibRecord(JsonRecord):
+    """train-vib.json: VIB training from the dense weights (the last epoch kept), its gates and architecture."""
+
+    FILE = "train-vib.json"
+    history: list[dict[str, Any]]
+    seconds: float
+    test_error: float
+    val_error: float
+    gates: list[dict[str, Any]]
+    architecture: list[int]
+    resumed_from_epoch: int | None = None
+    world_size: int = 1
+    images_per_second: float | None = None
+    epoch_seconds: list[float] | None = None
+    mask_sha256_per_rank: list[str] | None = None
+    kl_weighting: str = "paper"
+    kl_unit_weights: list[Any] | None = None  # kl_weighting flops: each unit's weight at the final widths
+    record_version: int = RECORD_VERSION
+    OMIT_NONE = frozenset({"kl_unit_weights"})
+
+
+@dataclass(frozen=True)
+class FinetuneRecord(JsonRecord):
+    """finetune.json: the pruned net trained again (best validation epoch kept, epoch 0 = as pruned)."""
+
+    FILE = "finetune.json"
+    epochs: int
+    lr: float
+    weight_decay: float
+    history: list[dict[str, Any]]
+    best_epoch: int | None
+    seconds: float
+    pruned_val_error: float | None
+    pruned_test_error: float
+    test_error: float
+    val_error: float
+    resumed_from_epoch: int | None = None
+    world_size: int = 1
+    images_per_second: float | None = None
+    record_version: int = RECORD_VERSION

@@ -1,0 +1,95 @@
+"""The prune stage: structural pruning of the VIB net, checked exact against it: float32 on the
+whole test set, float64 on a fixed sample of it (prune/result.py).
+
+prune: pruned.pt, [pruned_reduced.pt], prune.json, [widths-sweep.json (prune.round_to: auto)]
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from vib_deploy.layers import count_flops, count_params
+from vib_deploy.modelfile import load_model
+from vib_deploy.records import Cost, ExactCheck, PruneRecord, WidthsSweep
+from vib_deploy.sources import model_source
+from vib_deploy.stages.base import Context
+from vib_deploy.stages.training import error_of
+
+
+def prune(ctx: Context) -> list[str]:
+    """Structural pruning, checked exact against the VIB model (float32: every test image; float64: 256)."""
+    from vib_deploy.prune.result import check_exact
+
+    source = model_source(ctx.config)
+    shape = source.input_shape
+    vib_model = load_model(ctx.run.verified("vib.pt"))
+    data = ctx.splits()
+    widths = _round(ctx, source, vib_model, data)  # the VIB net with looser per-gate thresholds (round_to 1: unchanged)
+    result, info = source.prune(vib_model)
+    exact = check_exact(result, vib_model, torch.as_tensor(data.x_test), ctx.config.prune.tolerance)
+    outputs = ["pruned.pt"]
+    pruned = result.model.float()
+    extra = {"kept_pixels": result.kept_pixels}
+    source.save(pruned, ctx.out("pruned.pt"), extra, pruning=info.get("pruning"))
+    if result.reduced_model is not None:
+        source.save(result.reduced_model.float(), ctx.out("pruned_reduced.pt"), extra)
+        outputs.append("pruned_reduced.pt")
+    dense = load_model(ctx.run.verified("dense.pt"))
+    round_to = ctx.config.prune.round_to
+    PruneRecord(
+        architecture=[len(k) for k in result.kept_per_gate],
+        dense_architecture=source.architecture(vib_model),
+        kept_pixels=result.kept_pixels,
+        test_error=error_of(pruned, data.x_test, data.y_test),
+        samples=exact.pop("samples"),
+        dense=Cost(count_flops(dense, shape), count_params(dense)),
+        pruned=Cost(count_flops(pruned, shape), count_params(pruned)),
+        input_shape=tuple(shape),
+        scales_left=result.scales_left,
+        kept_indices=result.kept_per_gate,
+        pruning=info.get("pruning"),
+        exact=ExactCheck(**exact),
+        **({"round_to": round_to, "widths": widths} if round_to != 1 else {}),
+    ).write(ctx.out(PruneRecord.FILE))
+    return outputs + [PruneRecord.FILE] + ([WidthsSweep.FILE] if round_to == "auto" else [])
+
+
+def _round(ctx: Context, source: Any, vib_model: torch.nn.Module, data: Any) -> list[dict[str, Any]]:
+    """prune.round_to: a fixed multiple, or `auto` (measured per layer on bench.backends[0], sweep cached)."""
+    from vib_deploy.widths import auto_widths, measured_timer, round_widths
+
+    round_to = ctx.config.prune.round_to
+    if round_to != "auto":
+        return round_widths(vib_model, round_to)
+    from vib_deploy.backends.openvino import cpu_info
+    from vib_deploy.runs import sha256_file
+
+    backend, threads = ctx.config.bench.backends[0], ctx.config.bench.threads
+    key = {
+        "backend": backend,
+        "threads": threads,
+        "batch": 64,
+        **cpu_info(),
+        "vib_sha256": sha256_file(ctx.run.verified("vib.pt")),
+    }
+    # the last committed sweep is the cache; the new one is staged with the stage's outputs
+    old = (
+        WidthsSweep.read(ctx.run)
+        if ctx.run.view().has(WidthsSweep.FILE) and ctx.run.file(WidthsSweep.FILE).exists()
+        else None
+    )
+    cache: dict[str, float] = dict(old.times_ms) if old is not None and old.key == key else {}
+    timer = measured_timer(
+        vib_model,
+        lambda m: source.prune(m)[0].model.float(),
+        source.input_shape,
+        backend,
+        data.x_train[:64],
+        threads,
+        cache,
+    )
+    widths = auto_widths(vib_model, timer, backend)
+    WidthsSweep(key, cache).write(ctx.out(WidthsSweep.FILE))
+    return widths
