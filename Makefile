@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PIPELINE ?= pipelines/mnist-lenet300.yaml
 
-.PHONY: setup data run test typecheck lint clean gpu-carry
+.PHONY: setup data run test typecheck lint docs clean gpu-carry
 
 $(BIN)/vib-deploy: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,7 +29,7 @@ run: data
 	$(BIN)/vib-deploy package runs/$(basename $(notdir $(PIPELINE))) --repo models
 
 # Fashion-MNIST (a Debian package) for the GPU-day dry run: best effort, its test says why it skips without it
-test: data typecheck lint
+test: data typecheck lint docs
 	-$(BIN)/vib-deploy data fetch fashion-mnist
 	# two workers, each test file on one (its module fixtures are built once): ~5 min instead of ~8 on 2 cores
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile tests
@@ -41,9 +41,14 @@ lint: setup
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
 
+# the documentation site: the CLI reference is generated from the typer app first; --strict fails on a broken link
+# (NO_MKDOCS_2_WARNING: mkdocs-material's banner about its successor, printed on every build)
+docs: setup
+	$(BIN)/python scripts/cli_reference.py && NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict -d site
+
 # what scripts/gpu-day.sh needs on a GPU machine that reaches no registry (wheels + IDX files); fails over 64 MiB
 gpu-carry: setup
 	PYTHON=$(BIN)/python scripts/gpu-carry.sh
 
 clean:
-	rm -rf $(VENV) runs models
+	rm -rf $(VENV) runs models site docs/cli.md

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU day in one call, from the repository root of a GPU machine (see README, "GPU day"):
+# The GPU day in one call, from the repository root of a GPU machine (see docs/gpu.md, "GPU day"):
 #   scripts/gpu-day.sh            install the carried wheels + the project, then `vib-deploy gpu-day` (ends within 9 min)
 #   scripts/gpu-day.sh --dry-run [--runs DIR]  the same steps on this CPU with tiny data (no install; tests run it)
 # Results: $OUT/gpu-day.md, gpu-day.json, gpu-day.log ($OUT defaults to ./gpu-day-out).
