@@ -16,7 +16,8 @@ from netgen import INPUT_SHAPE, random_nets
 from torch import nn
 
 from vib_deploy.errors import UserError
-from vib_deploy.graph import GatedNet, plan_groups
+from vib_deploy.gated import GatedNet
+from vib_deploy.graph import plan_groups
 from vib_deploy.layers import count_flops, count_params
 from vib_deploy.prune.groups import _random_gates, apply_pruning, check_prunable, prune_groups
 

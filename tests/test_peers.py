@@ -177,7 +177,7 @@ def test_peer_fine_tune_keeps_the_best_validation_epoch(mnist_root):
     from types import SimpleNamespace
 
     from vib_deploy.data import load_splits
-    from vib_deploy.train import accuracy
+    from vib_deploy.evaluate import accuracy
 
     s = load_splits("mnist", None, 200, 700, 100)
     data = SimpleNamespace(x_train=s.x_train, y_train=s.y_train, x_val=s.x_val, y_val=s.y_val)

@@ -6,7 +6,8 @@ from torch import nn
 
 from vib_deploy.errors import UserError
 from vib_deploy.factory import build_net
-from vib_deploy.graph import GatedNet, plan_groups
+from vib_deploy.gated import GatedNet
+from vib_deploy.graph import plan_groups
 from vib_deploy.prune.groups import _random_gates, prune_groups
 from vib_deploy.prune.result import FLOAT64_SAMPLES, check_exact, float64_sample
 from vib_deploy.sources import MODULE_ZOO

@@ -85,7 +85,7 @@ def save_module_model(
     pruning: list[dict[str, Any]] | None = None,
 ) -> None:
     """Save factory + pruning record + gate groups + weights atomically (loadable by `load_model`)."""
-    from vib_deploy.graph import GatedNet  # torch_pruning: loaded for module-format files only
+    from vib_deploy.gated import GatedNet  # torch_pruning: loaded for module-format files only
 
     gated = model if isinstance(model, GatedNet) else None
     assert not (gated and pruning), "a gated net is saved before pruning"
@@ -109,7 +109,8 @@ def save_module_model(
 
 def load_module_model(spec: dict[str, Any], state_dict: dict[str, torch.Tensor], path: Path) -> nn.Module:
     """Rebuild a saved module model: factory -> replay pruning -> gates -> weights."""
-    from vib_deploy.graph import GatedNet, GateGroup  # torch_pruning: loaded for module-format files only
+    from vib_deploy.gated import GatedNet  # torch_pruning: loaded for module-format files only
+    from vib_deploy.graph import GateGroup
     from vib_deploy.prune.groups import apply_pruning
 
     factory = spec["factory"]

@@ -22,7 +22,8 @@ from torch import nn
 from vib_deploy.config import load_config
 from vib_deploy.errors import UserError
 from vib_deploy.factory import build_net
-from vib_deploy.graph import GatedNet, GroupPlan, plan_groups
+from vib_deploy.gated import GatedNet
+from vib_deploy.graph import GroupPlan, plan_groups
 from vib_deploy.layers import count_params
 from vib_deploy.modelfile import save_model, save_module_model
 from vib_deploy.prune.groups import check_prunable, prune_groups

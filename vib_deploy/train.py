@@ -22,13 +22,11 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import hashlib
 import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -36,8 +34,9 @@ from vib_deploy import distributed
 from vib_deploy.accel import amp_context, on_device
 from vib_deploy.checkpoint import checkpoint_state, load_checkpoint, restore_rng, save_checkpoint
 from vib_deploy.errors import UserError
+from vib_deploy.evaluate import _sharded_accuracy, accuracy, mask_digest, units_alive
 from vib_deploy.runs import RunDir
-from vib_deploy.vib import VIBGate, gates, total_kl, vib_loss
+from vib_deploy.vib import gates, total_kl, vib_loss
 
 
 @dataclass
@@ -106,28 +105,6 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-@torch.no_grad()
-def predict(
-    model: nn.Module, x: np.ndarray | torch.Tensor, device: torch.device | None = None, batch: int = 250
-) -> torch.Tensor:
-    """Logits of `model` in eval mode for all of `x` (fp32, on CPU); batches of 250 (a 2000-image batch of a
-    32x32 ResNet ran 2.5x slower on 2 CPU cores: its activations churn through fresh pages)."""
-    model.eval()
-    device = device or next(model.parameters()).device
-    x = torch.as_tensor(x)
-    return torch.cat([model(x[i : i + batch].to(device)).float().cpu() for i in range(0, len(x), batch)])
-
-
-def accuracy(model: nn.Module, x: np.ndarray, y: np.ndarray, device: torch.device | None = None) -> float:
-    """Fraction of correct argmax predictions."""
-    return float((predict(model, x, device).argmax(1).numpy() == y).mean())
-
-
-def units_alive(model: nn.Module) -> list[int]:
-    """Units kept per gate layer at inference."""
-    return [int(g.keep_mask().sum()) for g in gates(model)]
-
-
 def _optimizer(model: nn.Module, spec: TrainSpec) -> torch.optim.Optimizer:
     gate_params = [p for g in gates(model) for p in g.parameters()]
     gate_ids = {id(p) for p in gate_params}
@@ -154,14 +131,6 @@ def _shard_of(idx: torch.Tensor) -> tuple[torch.Tensor, float]:
     world = distributed.world_size()
     shard = torch.tensor_split(idx, world)[distributed.rank()]
     return shard, world * len(shard) / len(idx)
-
-
-def _sharded_accuracy(model: nn.Module, x: np.ndarray, y: np.ndarray, device: torch.device) -> float:
-    """`accuracy` with the images split over the ranks and the correct counts summed: the same on every rank."""
-    rank, world = distributed.rank(), distributed.world_size()
-    lo, hi = len(y) * rank // world, len(y) * (rank + 1) // world
-    correct = int((predict(model, x[lo:hi], device).argmax(1).numpy() == y[lo:hi]).sum()) if hi > lo else 0
-    return int(distributed.all_reduce_sum(torch.tensor(correct))) / len(y)
 
 
 @dataclass
@@ -191,6 +160,8 @@ def train(model: nn.Module, spec: TrainSpec, data: Any, run: RunDir | None, prog
     the weights of the epoch with the best validation accuracy; otherwise those of the last epoch.
     `run=None` trains without checkpoints (a peer method's training: its stage reruns whole).
     """
+    # long function: set-up, the epoch loop and the best-epoch choice share one loop state; the steps, the
+    # epoch's end and the resume are _train_epoch, _end_epoch and _resume
     device = spec.device
     model.to(device)
     opt = _optimizer(model, spec)
@@ -412,19 +383,3 @@ def _end_epoch(
         line += f" ({result.epoch_seconds[-1]:.1f} s)"
         progress.update(task, description=f"{spec.stage} ep {epoch + 1}")
         progress.console.print(line)
-
-
-def mask_digest(model: nn.Module) -> str:
-    """A short hash of every gate's keep mask: equal on all ranks unless the replicas diverged."""
-    masks = [g.keep_mask().cpu().numpy().tobytes() for g in gates(model)]
-    return hashlib.sha256(b"".join(masks)).hexdigest()[:16]
-
-
-def gate_summary(model: nn.Module) -> list[dict[str, Any]]:
-    """Per gate layer: units, kept, and the sign of kept mu (what pruning must handle)."""
-    out = []
-    for g in gates(model):
-        assert isinstance(g, VIBGate)
-        mask = g.keep_mask()
-        out.append({"units": g.units, "kept": int(mask.sum()), "negative_mu_kept": int((g.mu[mask] < 0).sum())})
-    return out

@@ -17,7 +17,8 @@ import torch
 from torch import nn
 
 from vib_deploy.errors import UserError
-from vib_deploy.graph import BATCHNORMS, WEIGHTED, GatedNet, GateGroup, GroupPlan, is_grouped_conv, point_scale
+from vib_deploy.gated import GatedNet, point_scale
+from vib_deploy.graph import BATCHNORMS, WEIGHTED, GateGroup, GroupPlan, is_grouped_conv
 from vib_deploy.prune.result import PruneResult
 from vib_deploy.tracing import dependency_graph
 from vib_deploy.vib import VIBGate

@@ -20,7 +20,7 @@ from vib_deploy.stages.base import Context
 
 def error_of(model: torch.nn.Module, x: Any, y: Any) -> float:
     """Top-1 error of `model` on (x, y), on the CPU."""
-    from vib_deploy.train import accuracy
+    from vib_deploy.evaluate import accuracy
 
     return 1.0 - accuracy(model, x, y, torch.device("cpu"))
 
@@ -71,7 +71,8 @@ def train_dense(ctx: Context) -> list[str]:
 
 def train_vib(ctx: Context) -> list[str]:
     """VIB training from the dense weights; keeps the last epoch (no test-set or best-epoch selection)."""
-    from vib_deploy.train import gate_summary, mask_digest, train
+    from vib_deploy.evaluate import gate_summary, mask_digest
+    from vib_deploy.train import train
 
     cfg = ctx.config.train.vib
     data = ctx.splits()

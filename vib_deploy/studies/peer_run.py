@@ -56,7 +56,7 @@ def per_image_correct(run: RunDir) -> Any:
     import torch
 
     from vib_deploy.data import splits_of
-    from vib_deploy.train import predict
+    from vib_deploy.evaluate import predict
 
     config = read_run_config(run.path)
     data = splits_of(config.data)

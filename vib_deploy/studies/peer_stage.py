@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from vib_deploy.errors import UserError
+from vib_deploy.evaluate import accuracy
 from vib_deploy.layers import count_flops, count_params
 from vib_deploy.modelfile import load_model, save_model
 from vib_deploy.prune.sequential import reduced_input
@@ -36,7 +37,6 @@ from vib_deploy.studies.peers import (
     prune_to_widths,
     scratch_net,
 )
-from vib_deploy.train import accuracy
 
 
 def mean_abs_input(x_train: Any) -> torch.Tensor:

@@ -201,6 +201,26 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _server_env(root: Path) -> dict[str, str]:
+    """tritonserver's environment: its bundled libraries, and this Python for the Python backend's stub."""
+    venv_bin = str(Path(sys.executable).parent)
+    return {
+        **os.environ,
+        "LD_LIBRARY_PATH": os.pathsep.join(
+            filter(
+                None,
+                [
+                    str(root.parent.parent / "nvidia_pytriton.libs"),
+                    sysconfig.get_config_var("LIBDIR"),
+                    os.environ.get("LD_LIBRARY_PATH"),
+                ],
+            )
+        ),
+        "PATH": venv_bin + os.pathsep + os.environ.get("PATH", ""),
+        "PYTHONPATH": os.pathsep.join(filter(None, [sysconfig.get_paths()["purelib"], os.environ.get("PYTHONPATH")])),
+    }
+
+
 @dataclass
 class TritonServer:
     """A local tritonserver process serving a repository; use as a context manager (always stopped)."""
@@ -227,38 +247,7 @@ class TritonServer:
             raise UserError(f"{self.repo} holds no onnxruntime_onnx models to serve")
         root = pytriton_root()
         assert root is not None
-        venv_bin = str(Path(sys.executable).parent)
-        env = {
-            **os.environ,
-            "LD_LIBRARY_PATH": os.pathsep.join(
-                filter(
-                    None,
-                    [
-                        str(root.parent.parent / "nvidia_pytriton.libs"),
-                        sysconfig.get_config_var("LIBDIR"),
-                        os.environ.get("LD_LIBRARY_PATH"),
-                    ],
-                )
-            ),
-            "PATH": venv_bin + os.pathsep + os.environ.get("PATH", ""),
-            "PYTHONPATH": os.pathsep.join(
-                filter(None, [sysconfig.get_paths()["purelib"], os.environ.get("PYTHONPATH")])
-            ),
-        }
-        cmd = [
-            str(root / "bin" / "tritonserver"),
-            f"--model-repository={self.workdir / 'models'}",
-            f"--backend-directory={self.workdir / 'backends'}",
-            "--model-control-mode=explicit",
-            *[f"--load-model={m}" for m in self.models],
-            f"--http-port={self.http_port}",
-            f"--grpc-port={self.grpc_port}",
-            f"--http-address={self.host}",  # tritonserver's default is 0.0.0.0: every interface
-            f"--grpc-address={self.host}",
-            "--allow-metrics=false",
-            "--log-verbose=0",
-            "--exit-timeout-secs=5",
-        ]
+        env, cmd = _server_env(root), self._command(root)
         self.log_path = self.log_path or self.workdir / "tritonserver.log"
         self.log = open(self.log_path, "w")
         t0 = time.perf_counter()
@@ -286,6 +275,23 @@ class TritonServer:
             client.close()
         self.start_seconds = time.perf_counter() - t0
         return self
+
+    def _command(self, root: Path) -> list[str]:
+        """The tritonserver command line: explicit model control, both endpoints on `host`, no metrics port."""
+        return [
+            str(root / "bin" / "tritonserver"),
+            f"--model-repository={self.workdir / 'models'}",
+            f"--backend-directory={self.workdir / 'backends'}",
+            "--model-control-mode=explicit",
+            *[f"--load-model={m}" for m in self.models],
+            f"--http-port={self.http_port}",
+            f"--grpc-port={self.grpc_port}",
+            f"--http-address={self.host}",  # tritonserver's default is 0.0.0.0: every interface
+            f"--grpc-address={self.host}",
+            "--allow-metrics=false",
+            "--log-verbose=0",
+            "--exit-timeout-secs=5",
+        ]
 
     def log_tail(self, lines: int = 3) -> str:
         """The last lines of the server log, joined into one line."""
