@@ -96,3 +96,11 @@ def test_peer_runs_run_their_prune_then_the_registry_peer_stages(monkeypatch, tm
     peer_run.run_peer(_config(), vib, "l1")  # type: ignore[arg-type]
     assert ran == [("prune", ("train-dense",))] + [(s.name, s.needs) for s in peer_stages()]
     assert [s.name for s in peer_stages()] == ["export", "bench"]
+
+
+def test_a_key_added_later_is_keyed_only_when_set():
+    """train.dense.patience (added after runs were made) leaves the train-dense key of existing runs as it was."""
+    section = get_stage("train-dense").section
+    default, patient = section(_config()), section(_config(train={"dense": {"patience": 5}}))
+    assert default["dense"] == {"epochs": 10, "lr": 1e-3, "weight_decay": 0.0}  # the key runs were made with
+    assert patient["dense"] == {**default["dense"], "patience": 5}

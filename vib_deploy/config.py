@@ -67,9 +67,12 @@ class DataConfig(_Strict):
 
 
 class DenseTrainConfig(_Strict):
-    epochs: int = Field(10, ge=1)
+    epochs: int = Field(10, ge=1)  # with patience: the cap
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
+    # stop after this many epochs without a better validation accuracy (lr halved after patience // 3 of them);
+    # None: run every epoch on the cosine schedule
+    patience: int | None = Field(None, ge=1)
 
 
 class VIBTrainConfig(_Strict):

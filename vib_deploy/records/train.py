@@ -27,7 +27,10 @@ class TrainDenseRecord(JsonRecord):
     images_per_second: float | None = None
     preprocessing: dict[str, Any] | None = None  # None: made before it was recorded (plain [0, 1] scaling)
     epoch_seconds: list[float] | None = None
+    stopped_early: bool | None = None  # train.dense.patience ran out before train.dense.epochs (None: no patience)
     record_version: int = RECORD_VERSION
+
+    OMIT_NONE = frozenset({"stopped_early"})
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ KEYED_WHEN_SET = {
     "bench": {"precisions": None},
     "prune": {"round_to": 1},
     "vib": {"kl_weighting": "paper", "weight_decay": 0.0, "schedule": "cosine"},
+    "dense": {"patience": None},
 }
 
 
@@ -81,7 +82,7 @@ STAGES: tuple[Stage, ...] = (
     Stage(
         "train-dense",
         (),
-        lambda c: {**_train_common(c), "dense": c.train.dense.model_dump()},
+        lambda c: {**_train_common(c), "dense": keyed_section("dense", c.train.dense)},
         _lazy(_TRAIN, "train_dense"),
         help="Train the dense net (best validation epoch kept).",
         uses_data=True,

@@ -44,7 +44,15 @@ def train_dense(ctx: Context) -> list[str]:
     torch.manual_seed(ctx.config.train.seed)
     dense = source.dense()
     t0 = time.time()
-    spec = _spec(ctx, "train-dense", epochs=cfg.epochs, lr=cfg.lr, weight_decay=cfg.weight_decay, select_best=True)
+    spec = _spec(
+        ctx,
+        "train-dense",
+        epochs=cfg.epochs,
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        select_best=True,
+        patience=cfg.patience,
+    )
     result = train(dense, spec, data, ctx.run, ctx.progress)
     seconds = time.time() - t0
     dense = dense.cpu()
@@ -63,6 +71,7 @@ def train_dense(ctx: Context) -> list[str]:
             images_per_second=result.images_per_second,
             preprocessing=data.preprocessing(ctx.config.data.pad),
             epoch_seconds=result.epoch_seconds,
+            stopped_early=result.stopped_early if cfg.patience is not None else None,
         ).write(ctx.out(TrainDenseRecord.FILE))
         return ["dense.pt", TrainDenseRecord.FILE]
 
