@@ -181,7 +181,9 @@ def bench(
 
     --backend/--precision/--batch/--set set the run's bench.backends/precisions/batch_sizes/... (kept in its config.yaml).
     """
-    if backend != "triton":
+    from vib_deploy.backends import needs_server
+
+    if backend is None or not needs_server(backend):  # a served backend (triton) is timed through a local server
         from vib_deploy.options import bench_overrides
         from vib_deploy.pipeline import run_single
 
@@ -427,7 +429,8 @@ def gpu_bench(
     out: Path | None = typer.Option(None, "--out", help="JSON result (default <run_dir>/gpu-bench.json)."),
 ) -> None:
     """Dense vs pruned on GPU engines (CUDA events, parity, NVML memory); prints the markdown table."""
-    from vib_deploy.gpu_bench import bench_gpu, markdown, parse_cases
+    from vib_deploy.gpu_bench import bench_gpu, parse_cases
+    from vib_deploy.gpu_table import markdown
 
     result = bench_gpu(
         run_dir,
