@@ -57,8 +57,6 @@ _MEMORY_PROBE = """
 import json, sys
 import numpy as np
 from vib_deploy.backends import get_backend
-from vib_deploy.machine import machine_info as machine_info  # the bench stage records it beside the figures
-from vib_deploy.timing import alternate, latency_stats, speedup
 
 def status_kib(field):
     for line in open("/proc/self/status"):
