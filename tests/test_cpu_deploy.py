@@ -70,7 +70,7 @@ def test_ir_from_another_openvino_version_is_one_clear_error(tmp_path):
     _, xml = _ir(tmp_path)
     side = tmp_path / "m.xml.json"
     side.write_text(json.dumps({**json.loads(side.read_text()), "openvino_version": "2024.0.0-1-old"}))
-    with pytest.raises(UserError, match=r"made with OpenVINO 2024.0.0-1-old but this is OpenVINO 20"):
+    with pytest.raises(UserError, match=r"made for OpenVINO 2024.0.0-1-old, this is OpenVINO 20"):
         OpenVinoRunner(xml).activate()
     side.unlink()
     with pytest.raises(UserError, match="no sidecar m.xml.json"):

@@ -115,12 +115,12 @@ def test_aotinductor_sidecar_checks(tmp_path):
         "batch_max": 8,
     }
     sidecar_path(package).write_text(json.dumps(meta))
-    with pytest.raises(UserError, match="compiled with torch 2.0.0, this is torch"):
+    with pytest.raises(UserError, match="compiled for torch 2.0.0, this is torch .*; recompile it"):
         AOTInductorRunner(package, device="cpu").activate()
     sidecar_path(package).write_text(
         json.dumps({**meta, "torch_version": torch.__version__, "device": "cuda", "compute_capability": "9.0"})
     )
-    with pytest.raises(UserError, match=r"compiled for cuda \(compute capability 9.0\), this runs on cpu"):
+    with pytest.raises(UserError, match=r"compiled for device cuda, this is device cpu; recompile it"):
         AOTInductorRunner(package, device="cpu").activate()
 
 

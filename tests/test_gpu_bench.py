@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from vib_deploy.gpu_bench import NvmlSampler, gpu_facts, markdown, speedup_rows, time_alternating
+from vib_deploy.gpu_memory import NvmlSampler, gpu_facts
+from vib_deploy.gpu_table import markdown, speedup_rows
+from vib_deploy.timing import alternate, clock_for
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (torch sees none)")
 
@@ -25,10 +27,17 @@ class Sleeper:
         time.sleep(self.ms / 1e3)
 
 
+def _timed(runners, inputs, device, **kw):
+    """What gpu_bench does: each runner's `infer_tensor` on its input, on the clock its device and runner ask for."""
+    calls = {name: (lambda r=r, x=inputs[name]: r.infer_tensor(x)) for name, r in runners.items()}
+    clocks = {name: clock_for(device, host_clock=False) for name in runners}
+    return {name: [ns / 1e6 for ns in s] for name, s in alternate(calls, clocks=clocks, **kw).items()}
+
+
 def test_time_alternating_flips_order_and_measures_host_time():
     order: list[str] = []
     runners = {"dense": Sleeper("dense", 4, order), "pruned": Sleeper("pruned", 1, order)}
-    samples = time_alternating(runners, {"dense": None, "pruned": None}, rounds=2, iters=3, warmup=1, device="cpu")
+    samples = _timed(runners, {"dense": None, "pruned": None}, "cpu", rounds=2, iters=3, warmup=1)
     assert order == ["dense", "pruned"] + ["dense"] * 3 + ["pruned"] * 3 + ["pruned"] * 3 + ["dense"] * 3
     assert len(samples["dense"]) == len(samples["pruned"]) == 6
     assert min(samples["dense"]) >= 4 and min(samples["pruned"]) >= 1
@@ -93,7 +102,7 @@ def test_speedup_rows_and_table():
 
 
 def test_launch_overhead_table():
-    from vib_deploy.gpu_bench import launch_overhead
+    from vib_deploy.gpu_table import launch_overhead
 
     records = [
         _rec("torch-cuda", 1, "dense", 1.0),
@@ -134,7 +143,7 @@ def test_cuda_event_timing_sanity():
     inputs = {"small": torch.randn(1024, 1024, device="cuda"), "big": torch.randn(2048, 2048, device="cuda")}
     torch.cuda.synchronize()
     t0 = time.perf_counter()
-    samples = time_alternating({"small": small, "big": big}, inputs, rounds=4, iters=10, warmup=3, device="cuda")
+    samples = _timed({"small": small, "big": big}, inputs, "cuda", rounds=4, iters=10, warmup=3)
     wall_ms = (time.perf_counter() - t0) * 1e3
     assert np.median(samples["big"]) > 2 * np.median(samples["small"])
     assert sum(samples["big"]) + sum(samples["small"]) <= wall_ms

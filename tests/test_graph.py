@@ -183,7 +183,7 @@ def test_unknown_ignore_name_and_wrong_input_shape_are_user_errors():
 
 def test_zoo_nets_plan_and_self_check():
     from vib_deploy.factory import build_net
-    from vib_deploy.sources import MODULE_ZOO
+    from vib_deploy.zoo_names import MODULE_ZOO
 
     for name, ref in MODULE_ZOO.items():
         kwargs = {"width": 0.125} if name == "vgg16" else {}

@@ -1,7 +1,7 @@
 """Latency, throughput and memory of dense vs pruned models, measured in one process.
 
-Dense and pruned, on every backend and precision, are timed in alternating rounds (the order flips each
-round) so that machine noise hits all alike; each call is timed with perf_counter_ns after warm-up. Memory is the peak-RSS growth
+Dense and pruned, on every backend and precision, are timed by the timing core (`vib_deploy.timing`: alternating
+rounds, perf_counter_ns per call after warm-up, throughput at p50). Memory is the peak-RSS growth
 of a fresh process that loads the model and runs the batch (one subprocess per variant), so models
 never share an allocator's high-water mark. The benchmark only talks to `backends.base.Runner`.
 """
@@ -9,11 +9,10 @@ never share an allocator's high-water mark. The benchmark only talks to `backend
 from __future__ import annotations
 
 import json
-import resource
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,9 @@ import numpy as np
 
 from vib_deploy.backends import get_backend
 from vib_deploy.deployed import reduce_input
+from vib_deploy.machine import machine_info as machine_info  # the bench stage records it beside the figures
 from vib_deploy.memory import refuse_oversized_input
+from vib_deploy.timing import alternate, latency_stats, speedup
 
 
 @dataclass(frozen=True)
@@ -51,43 +52,6 @@ def make_input(variant: Variant, images: np.ndarray, batch: int) -> np.ndarray:
     reps = -(-batch // len(images))
     x = reduce_input(np.concatenate([images] * reps)[:batch], variant.input_indices)
     return np.ascontiguousarray(x, dtype=np.float32)
-
-
-def percentiles(samples_ns: list[int]) -> dict[str, float]:
-    ms = np.asarray(samples_ns, dtype=np.float64) / 1e6
-    return {
-        "p50_ms": float(np.percentile(ms, 50)),
-        "p90_ms": float(np.percentile(ms, 90)),
-        "p99_ms": float(np.percentile(ms, 99)),
-        "mean_ms": float(ms.mean()),
-    }
-
-
-def time_alternating(
-    runners: dict[Any, Any],
-    inputs: dict[Any, np.ndarray],
-    rounds: int,
-    iters: int,
-    warmup: int,
-    progress: Any = None,
-    task: Any = None,
-) -> dict[Any, list[int]]:
-    """Per-call latencies (ns) of each runner, in rounds whose order alternates."""
-    names = list(runners)
-    for name in names:
-        for _ in range(warmup):
-            runners[name].infer(inputs[name])
-    samples: dict[str, list[int]] = {name: [] for name in names}
-    for r in range(rounds):
-        for name in names if r % 2 == 0 else names[::-1]:
-            runner, x = runners[name], inputs[name]
-            for _ in range(iters):
-                t0 = time.perf_counter_ns()
-                runner.infer(x)
-                samples[name].append(time.perf_counter_ns() - t0)
-        if progress is not None:
-            progress.advance(task)
-    return samples
 
 
 _MEMORY_PROBE = """
@@ -167,9 +131,12 @@ def run_bench(
         inputs = {k: make_input(by_key[k[1]], images, batch) for k in runners}
         if progress is not None:
             progress.update(task, description=f"bench batch {batch}")
-        samples = time_alternating(runners, inputs, rounds, iters, warmup, progress, task)
+        calls = {k: partial(runner.infer, inputs[k]) for k, runner in runners.items()}
+        after_round = partial(progress.advance, task) if progress is not None else None
+        samples = alternate(calls, rounds, iters, warmup, after_round=after_round)
         for (backend, key), runner in runners.items():
-            v, path, stats = by_key[key], paths[backend, key], percentiles(samples[backend, key])
+            v, path = by_key[key], paths[backend, key]
+            stats = latency_stats(samples[backend, key], batch)
             mem = peak_memory(backend, path, inputs[backend, key].shape, threads) if memory else None
             records.append(
                 {
@@ -182,53 +149,13 @@ def run_bench(
                     "error": v.error_on(backend),
                     "bytes": path.stat().st_size,
                     **stats,
-                    "throughput": batch / (stats["mean_ms"] / 1e3),
                     "peak_memory_bytes": mem,
                     "threads": threads,
-                    "calls": len(samples[backend, key]),
                 }
             )
     for runner in runners.values():
         runner.deactivate()
     return records
-
-
-def time_concurrent(runners: list[Any], x: np.ndarray, requests: int, warmup: int = 5) -> dict[str, Any]:
-    """Latency and throughput with `len(runners)` clients sending `requests` calls each at the same time.
-
-    Each runner (one per concurrent client, already active) runs in its own thread; latencies are per call,
-    throughput is images per second over the wall time of all calls together.
-    """
-    import threading
-
-    for runner in runners:
-        for _ in range(warmup):
-            runner.infer(x)
-    samples: list[list[int]] = [[] for _ in runners]
-    start = threading.Barrier(len(runners) + 1)
-
-    def client(i: int) -> None:
-        start.wait()
-        for _ in range(requests):
-            t0 = time.perf_counter_ns()
-            runners[i].infer(x)
-            samples[i].append(time.perf_counter_ns() - t0)
-
-    threads = [threading.Thread(target=client, args=(i,)) for i in range(len(runners))]
-    for t in threads:
-        t.start()
-    start.wait()
-    t0 = time.perf_counter()
-    for t in threads:
-        t.join()
-    wall = time.perf_counter() - t0
-    flat = [s for per in samples for s in per]
-    return {
-        **percentiles(flat),
-        "throughput": len(flat) * len(x) / wall,
-        "calls": len(flat),
-        "concurrency": len(runners),
-    }
 
 
 def speedups(records: list[dict[str, Any]], baseline: str = "dense") -> list[dict[str, Any]]:
@@ -248,31 +175,10 @@ def speedups(records: list[dict[str, Any]], baseline: str = "dense") -> list[dic
                     "batch": batch,
                     "variant": variant,
                     "precision": precision,
-                    "speedup": base["p50_ms"] / rec["p50_ms"],
+                    "speedup": speedup(base["p50_ms"], rec["p50_ms"]),
                 }
             )
     return out
-
-
-def machine_info() -> dict[str, Any]:
-    """What the numbers were measured on."""
-    import os
-    import platform
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "python": platform.python_version(),
-        "max_rss_self_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-    }
 
 
 def profile_onnx(path: Path, x: np.ndarray, runs: int = 200, threads: int = 1) -> list[dict[str, Any]]:

@@ -145,7 +145,9 @@ def bench(
 
     --backend/--precision/--batch/--set set the run's bench.backends/precisions/batch_sizes/... (kept in its config.yaml).
     """
-    if backend != "triton":
+    from vib_deploy.backends import needs_server
+
+    if backend is None or not needs_server(backend):  # a served backend (triton) is timed through a local server
         from vib_deploy.options import bench_overrides
         from vib_deploy.pipeline import run_single
 

@@ -112,7 +112,8 @@ def gpu_bench(
     out: Path | None = typer.Option(None, "--out", help="JSON result (default <run_dir>/gpu-bench.json)."),
 ) -> None:
     """Dense vs pruned on GPU engines (CUDA events, parity, NVML memory); prints the markdown table."""
-    from vib_deploy.gpu_bench import bench_gpu, markdown, parse_cases
+    from vib_deploy.gpu_bench import bench_gpu, parse_cases
+    from vib_deploy.gpu_table import markdown
 
     result = bench_gpu(
         run_dir,

@@ -4,13 +4,40 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from vib_deploy.errors import UserError, first_line
+from vib_deploy.zoo_names import SEQUENTIAL_ZOO, ZOO_NAMES
+
+
+def _zoo_model(name: str) -> str:
+    """A name from the zoo's registry (vib_deploy/zoo_names.py)."""
+    if name not in ZOO_NAMES:
+        raise PydanticCustomError(
+            "unknown_name", "unknown model; the zoo has {allowed}", {"allowed": ", ".join(ZOO_NAMES)}
+        )
+    return name
+
+
+def _bench_backend(name: str) -> str:
+    """A backend the registry lets the bench stage time (vib_deploy/backends: `bench_stage`)."""
+    from vib_deploy.backends import BACKENDS, bench_stage_backends
+
+    allowed = bench_stage_backends()
+    if name not in allowed:
+        why = "the bench stage does not run this backend" if name in BACKENDS else "unknown backend"
+        raise PydanticCustomError(
+            "unknown_name", "{why}; bench.backends takes {allowed}", {"why": why, "allowed": ", ".join(allowed)}
+        )
+    return name
+
+
+ZooName = Annotated[str, AfterValidator(_zoo_model)]
+BenchBackend = Annotated[str, AfterValidator(_bench_backend)]
 
 
 # pyright: reportCallIssue=false
@@ -22,7 +49,7 @@ class _Strict(BaseModel):
 
 class ModelConfig(_Strict):
     # exactly one of: a zoo model (see vib_deploy/zoo), or a factory returning an nn.Module
-    name: Literal["lenet300", "lenet5", "resnet20", "resnet56", "mobilenet", "vgg16"] | None = None
+    name: ZooName | None = None  # a zoo net: vib_deploy/zoo_names.py
     factory: str | None = Field(None, min_length=3)  # "path/to/my_net.py:build" or "package.module:build"
     kwargs: dict[str, Any] = {}  # keyword arguments for the factory (or zoo function)
     input_shape: list[int] | None = None  # (C, H, W) of one sample; default: the data's (1, 28 + 2 pad, ...)
@@ -34,7 +61,7 @@ class ModelConfig(_Strict):
             raise PydanticCustomError("model_source_missing", "a zoo model name or a factory")
         if self.name is not None and self.factory is not None:
             raise ValueError("give exactly one of model.name (a zoo model) and model.factory (your own nn.Module)")
-        if self.name in ("lenet300", "lenet5") and (self.kwargs or self.input_shape or self.ignore):
+        if self.name in SEQUENTIAL_ZOO and (self.kwargs or self.input_shape or self.ignore):
             raise ValueError(f"model {self.name} takes no kwargs, input_shape or ignore")
         if self.input_shape is not None and (len(self.input_shape) != 3 or min(self.input_shape) < 1):
             raise ValueError(
@@ -133,7 +160,7 @@ class ExportConfig(_Strict):
 
 
 class BenchConfig(_Strict):
-    backends: list[Literal["onnxruntime", "torch", "openvino"]] = ["onnxruntime", "torch"]
+    backends: list[BenchBackend] = ["onnxruntime", "torch"]  # the registry's `bench_stage` backends
     # fp32 and/or int8 (the quantize stage's QDQ models); default: fp32, plus int8 when quantize.enabled
     precisions: list[Literal["fp32", "int8"]] | None = None
     batch_sizes: list[int] = [1, 64]
@@ -186,7 +213,7 @@ class PipelineConfig(_Strict):
 
     @model_validator(mode="after")
     def _flops_weighting_on_sequential(self) -> PipelineConfig:
-        if self.train.vib.kl_weighting == "flops" and self.model.name not in ("lenet300", "lenet5"):
+        if self.train.vib.kl_weighting == "flops" and self.model.name not in SEQUENTIAL_ZOO:
             raise ValueError(
                 "train.vib.kl_weighting: flops supports the zoo LeNets (model.name lenet300 or lenet5) only"
             )

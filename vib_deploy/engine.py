@@ -18,7 +18,8 @@ from typing import Any
 
 from vib_deploy.backends.tensorrt import EngineSidecar, current_gpu, unavailable
 from vib_deploy.errors import UserError
-from vib_deploy.runs import RunDir, atomic_write_bytes, atomic_write_json, sha256_file
+from vib_deploy.runs import RunDir, atomic_write_bytes, sha256_file
+from vib_deploy.sidecar import sidecar_path, write_sidecar
 
 PRECISIONS = ("fp32", "fp16")
 
@@ -115,7 +116,7 @@ def build_engine(
         device_memory_bytes=int(engine.device_memory_size_v2),
     )
     atomic_write_bytes(plan_path, plan_bytes)
-    atomic_write_json(plan_path.with_name(plan_path.name + ".json"), asdict(sidecar))
+    write_sidecar(plan_path, asdict(sidecar))
     return sidecar
 
 
@@ -153,7 +154,7 @@ def build_run_engines(
                 workspace_mb << 20,
                 run.file("timing.cache"),
             )
-            names += [plan.name, plan.name + ".json"]
+            names += [plan.name, sidecar_path(plan).name]
             echo(
                 f"{plan}: {sidecar.precision}, built in {sidecar.build_seconds:.1f} s, "
                 f"device memory {sidecar.device_memory_bytes:,} bytes"

@@ -23,12 +23,13 @@ def environment() -> list[str]:
         lines.append(f"onnxruntime {onnxruntime.__version__}: {', '.join(onnxruntime.get_available_providers())}")
     else:
         lines.append("onnxruntime: not installed")
-    from vib_deploy.backends.openvino import OpenVinoRunner, cpu_info, openvino_version
+    from vib_deploy.backends.openvino import OpenVinoRunner, openvino_version
+    from vib_deploy.machine import cpu_facts
 
-    cpu, missing = cpu_info(), OpenVinoRunner.unavailable()
+    cpu, missing = cpu_facts(), OpenVinoRunner.unavailable()
     lines.append(
-        f"openvino: {openvino_version() if not missing else 'not available: ' + missing}; CPU {cpu['cpu']} "
-        f"({' '.join(cpu['isa']) or 'no ISA flags read'})"
+        f"openvino: {openvino_version() if not missing else 'not available: ' + missing}; CPU {cpu.model} "
+        f"({' '.join(cpu.isa) or 'no ISA flags read'})"
     )
     from vib_deploy.backends.tensorrt import tensorrt_version, unavailable
 
@@ -37,10 +38,10 @@ def environment() -> list[str]:
         f"tensorrt: {tensorrt_version() or 'not installed'}; engines "
         f"{'can be built' if not problem else 'not available: ' + problem}"
     )
-    from vib_deploy.backends import BACKENDS
-    from vib_deploy.gpu_bench import gpu_facts
+    from vib_deploy.backends import device_backends
+    from vib_deploy.gpu_memory import gpu_facts
 
     lines.append(f"NVIDIA driver: {gpu_facts('cpu')['driver']}")
-    for name in ("torch-cuda", "torch-cuda-graphs", "aotinductor", "onnxruntime-cuda", "onnxruntime-tensorrt"):
-        lines.append(f"{name} on cuda: {getattr(BACKENDS[name], 'unavailable_on')('cuda') or 'available'}")  # noqa: B009
+    for name, cls in device_backends().items():
+        lines.append(f"{name} on cuda: {cls.unavailable_on('cuda') or 'available'}")
     return lines

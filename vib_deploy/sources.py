@@ -31,17 +31,10 @@ from vib_deploy.prune.result import PruneResult
 from vib_deploy.prune.sequential import prune_sequential
 from vib_deploy.vib import gates
 from vib_deploy.zoo import architecture, gated_model, load_dense_into_gated, strip_gates
+from vib_deploy.zoo_names import MODULE_ZOO, SEQUENTIAL_ZOO
 
 MNIST_SHAPE = (1, 28, 28)
 
-# zoo nets that are plain modules (gates found by the dependency graph), by factory reference
-MODULE_ZOO = {
-    "resnet20": "vib_deploy.zoo.resnet:resnet20",
-    "resnet56": "vib_deploy.zoo.resnet:resnet56",
-    "mobilenet": "vib_deploy.zoo.mobilenet:mobilenet_small",
-    "vgg16": "vib_deploy.zoo.vgg:vgg16",
-}
-SEQUENTIAL_ZOO = ("lenet300", "lenet5")
 MIN_SIDE = {"vgg16": 32}  # five 2x2 max-pools: 28x28 inputs run out of pixels
 
 

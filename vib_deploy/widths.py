@@ -145,13 +145,14 @@ def measured_timer(
     `cache` maps "a-b-c" width vectors to milliseconds; new timings are added to it.
     """
     import tempfile
+    from functools import partial
     from pathlib import Path
 
     import numpy as np
 
     from vib_deploy.backends import get_backend
-    from vib_deploy.bench import percentiles, time_alternating
     from vib_deploy.export import export_onnx
+    from vib_deploy.timing import alternate, percentiles
 
     cls = get_backend(backend)
     if cls.artifact_suffix != ".onnx":
@@ -172,7 +173,8 @@ def measured_timer(
                     path = Path(tmp) / f"{'-'.join(map(str, c))}.onnx"
                     export_onnx(prune(model), path, input_shape, opset=18)
                     runners["-".join(map(str, c))] = cls(path, threads).activate()
-                samples = time_alternating(runners, {k: x for k in runners}, rounds=6, iters=10, warmup=5)
+                calls = {k: partial(runner.infer, x) for k, runner in runners.items()}
+                samples = alternate(calls, rounds=6, iters=10, warmup=5)
                 for key, runner in runners.items():
                     cache[key] = percentiles(samples[key])["p50_ms"]
                     runner.deactivate()

@@ -10,19 +10,16 @@ installed, this is the compiled engine; it also runs on CPU (the C++ kernels are
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from vib_deploy.backends.torch_cuda import DTYPES, TorchCudaRunner
+from vib_deploy.backends.base import DTYPES
+from vib_deploy.backends.torch_cuda import TorchCudaRunner
 from vib_deploy.errors import UserError
+from vib_deploy.sidecar import check_sidecar, read_sidecar, sidecar_path, write_sidecar
 
-
-def sidecar_path(package: Path) -> Path:
-    return Path(str(package) + ".json")
+RECOMPILE = "recompile it with vib_deploy.backends.aotinductor.compile_package"
 
 
 def _device_facts(device: str) -> dict[str, Any]:
@@ -47,7 +44,7 @@ def compile_package(
     import torch
 
     from vib_deploy.modelfile import load_model
-    from vib_deploy.runs import atomic_write_json, sha256_file
+    from vib_deploy.runs import sha256_file
 
     dtype = getattr(torch, DTYPES[precision])
     model = load_model(model_path).eval().to(device, dtype)
@@ -72,31 +69,31 @@ def compile_package(
         "source": Path(model_path).name,
         "source_sha256": sha256_file(Path(model_path)),
     }
-    atomic_write_json(sidecar_path(package), sidecar)
+    write_sidecar(package, sidecar)
     return sidecar
 
 
-def check_sidecar(package: Path, device: str) -> dict[str, Any]:
+def check_package(package: Path, device: str) -> dict[str, Any]:
     """The package's sidecar, checked against this torch and device; a mismatch is a UserError saying what to do."""
     import torch
 
-    path = sidecar_path(package)
-    if not path.is_file():
-        raise UserError(
-            f"{package}: no sidecar {path.name}; compile it with vib_deploy.backends.aotinductor.compile_package"
-        )
-    meta = json.loads(path.read_text())
     here = _device_facts(device)
-    if meta["torch_version"] != torch.__version__:
-        raise UserError(
-            f"{package} was compiled with torch {meta['torch_version']}, this is torch {torch.__version__}; recompile it"
-        )
-    if meta["device"] != here["device"] or meta["compute_capability"] != here["compute_capability"]:
-        raise UserError(
-            f"{package} was compiled for {meta['device']} (compute capability {meta['compute_capability']}), "
-            f"this runs on {here['device']} (compute capability {here['compute_capability']}); recompile it"
-        )
-    return meta
+    expected = [
+        ("torch_version", "torch", torch.__version__),
+        ("device", "device", here["device"]),
+        ("compute_capability", "compute capability", here["compute_capability"]),
+    ]
+    return check_sidecar(package, expected, "compiled", RECOMPILE)
+
+
+def package_is_current(package: Path, source: Path, max_batch: int) -> bool:
+    """Whether `package` exists with a sidecar naming `source`'s sha256 and a batch range up to `max_batch`."""
+    from vib_deploy.runs import sha256_file
+
+    if not (package.is_file() and sidecar_path(package).is_file()):
+        return False
+    meta = read_sidecar(package, RECOMPILE)
+    return meta.get("source_sha256") == sha256_file(source) and meta.get("batch_max", 0) >= max_batch
 
 
 class AOTInductorRunner(TorchCudaRunner):
@@ -121,7 +118,7 @@ class AOTInductorRunner(TorchCudaRunner):
         import torch
 
         self.torch = torch
-        self.meta = check_sidecar(self.path, self._device)
+        self.meta = check_package(self.path, self._device)
         if self.meta["precision"] != self.precision:
             raise UserError(
                 f"{self.path} is a {self.meta['precision']} package, the runner was asked for {self.precision}"
@@ -143,6 +140,3 @@ class AOTInductorRunner(TorchCudaRunner):
 
     def weight_bytes(self) -> int:
         return int(self.meta.get("weight_bytes", 0))
-
-    def infer_impl(self, x: np.ndarray) -> np.ndarray:
-        return self.infer_tensor(self.prepare(x)).float().cpu().numpy()

@@ -13,6 +13,7 @@ from vib_deploy.errors import UserError, first_line
 class OnnxRuntimeRunner(Runner):
     name = "onnxruntime"
     artifact_suffix = ".onnx"
+    bench_stage = True
 
     @classmethod
     def unavailable(cls) -> str | None:

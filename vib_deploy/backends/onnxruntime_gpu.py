@@ -13,26 +13,17 @@ from typing import Any
 
 import numpy as np
 
-from vib_deploy.backends.base import Runner
-from vib_deploy.backends.torch_cuda import cuda_problem
+from vib_deploy.backends.base import DeviceRunner, cuda_problem
 from vib_deploy.errors import UserError
 
 
-class OnnxRuntimeCudaRunner(Runner):
+class OnnxRuntimeCudaRunner(DeviceRunner):
     name = "onnxruntime-cuda"
     artifact_suffix = ".onnx"
-    provider = "CUDAExecutionProvider"
+    devices = ("cuda",)
+    precisions = ("fp32",)  # the fp32 ONNX model only
     host_clock = True  # the session runs on its own stream: timed on the host clock after a device sync
-
-    def __init__(self, path: Any, threads: int = 1, device: str = "cuda", precision: str = "fp32"):
-        super().__init__(path, threads)
-        if precision != "fp32":
-            raise ValueError(f"{self.name} runs the fp32 ONNX model only, got precision {precision!r}")
-        self._device, self.precision = device, precision
-
-    @classmethod
-    def unavailable(cls) -> str | None:
-        return cls.unavailable_on("cuda")
+    provider = "CUDAExecutionProvider"
 
     @classmethod
     def unavailable_on(cls, device: str) -> str | None:
@@ -49,10 +40,6 @@ class OnnxRuntimeCudaRunner(Runner):
             )
         return cuda_problem()
 
-    @property
-    def device(self) -> str:
-        return self._device
-
     def _providers(self) -> list[Any]:
         return [(self.provider, {"device_id": self.device_index})]
 
@@ -60,7 +47,7 @@ class OnnxRuntimeCudaRunner(Runner):
         import onnxruntime as ort
         import torch
 
-        self.torch = torch
+        self.torch, self.dtype = torch, torch.float32
         self.device_index = torch.device(self._device).index or 0
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -71,10 +58,6 @@ class OnnxRuntimeCudaRunner(Runner):
             )
         self.input_name = self.session.get_inputs()[0].name
         self.output_name = self.session.get_outputs()[0].name
-        self.channels_last = False
-
-    def prepare(self, x: np.ndarray) -> Any:
-        return self.torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(self._device)
 
     def infer_tensor(self, x: Any) -> Any:
         binding = self.session.io_binding()

@@ -3,12 +3,11 @@
 `save_ir` turns an ONNX file into IR (`.xml` + `.bin`, fp32 weights: no fp16 compression) with a JSON
 sidecar `<name>.xml.json` (OpenVINO version, CPU model and ISA flags, precision, input shapes, the ONNX
 file's sha256) -- the CPU counterpart of a TensorRT plan and its sidecar. Loading IR whose sidecar names
-another OpenVINO version is one clear error (`check_sidecar`). `openvino` is imported here only.
+another OpenVINO version is one clear error (`check_ir`). `openvino` is imported here only.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -16,42 +15,12 @@ import numpy as np
 
 from vib_deploy.backends.base import Runner
 from vib_deploy.errors import UserError
+from vib_deploy.machine import cpu_info
+from vib_deploy.sidecar import check_sidecar
+from vib_deploy.sidecar import sidecar_path as sidecar_path  # where cpu_deploy writes the IR's sidecar
 
 INSTALL_HINT = "pip install openvino (2025.0 or later; wheels for Python 3.10-3.13)"
-# x86 ISA extensions the CPU plugin picks kernels by (from /proc/cpuinfo's flags)
-_ISA_FLAGS = (
-    "sse4_2",
-    "avx",
-    "avx2",
-    "fma",
-    "avx512f",
-    "avx512bw",
-    "avx512vl",
-    "avx512_vnni",
-    "avx_vnni",
-    "avx512_bf16",
-    "amx_tile",
-    "amx_int8",
-    "amx_bf16",
-)
-
-
-def sidecar_path(xml: Path) -> Path:
-    return Path(str(xml) + ".json")
-
-
-def cpu_info() -> dict[str, Any]:
-    """The CPU's model name and the ISA flags OpenVINO's CPU kernels care about."""
-    name, flags = "unknown", set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and name == "unknown":
-                name = line.split(":", 1)[1].strip()
-            elif line.startswith("flags") and not flags:
-                flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return {"cpu": name, "isa": [f for f in _ISA_FLAGS if f in flags]}
+REMAKE = "remake it with `vib-deploy openvino RUN`"
 
 
 def compile_properties(threads: int) -> dict[str, str]:
@@ -106,28 +75,17 @@ def save_ir(onnx_path: Path, xml_path: Path, write: Any) -> dict[str, Any]:
     }
 
 
-def check_sidecar(xml_path: Path) -> dict[str, Any]:
+def check_ir(xml_path: Path) -> dict[str, Any]:
     """The IR's sidecar, after checking it names this OpenVINO version (else one UserError)."""
-    side = sidecar_path(xml_path)
-    if not side.is_file():
-        raise UserError(f"{xml_path}: no sidecar {side.name}; make the IR with `vib-deploy openvino RUN`")
-    try:
-        record = json.loads(side.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"{side} is corrupt or not JSON ({e})") from e
-    built, here = record.get("openvino_version"), openvino_version()
-    if built != here:
-        raise UserError(
-            f"{xml_path} was made with OpenVINO {built} but this is OpenVINO {here}; "
-            "remake it with `vib-deploy openvino RUN` (or install that version)"
-        )
-    return record
+    fix = REMAKE + " (or install that version)"
+    return check_sidecar(xml_path, [("openvino_version", "OpenVINO", openvino_version())], "made", fix, REMAKE)
 
 
 class OpenVinoRunner(Runner):
     """Runs an ONNX file (converted in memory) or IR (`.xml`, sidecar checked) on OpenVINO's CPU plugin."""
 
     name = "openvino"
+    bench_stage = True
     artifact_suffix = ".onnx"  # the bench times the same ONNX file as ONNX Runtime; `.xml` IR loads too
 
     @classmethod
@@ -142,7 +100,7 @@ class OpenVinoRunner(Runner):
         import openvino as ov
 
         if self.path.suffix == ".xml":
-            check_sidecar(self.path)
+            check_ir(self.path)
         core = ov.Core()
         try:
             model = core.read_model(str(self.path))

@@ -1,6 +1,6 @@
 """TensorRT backend: runs a plan built by `vib_deploy.engine` with execute_async_v3 on a CUDA stream.
 
-This module owns what a plan must match to be run here (`EngineSidecar`, `check_sidecar`) and whether
+This module owns what a plan must match to be run here (`EngineSidecar`, `check_plan`) and whether
 TensorRT can run at all (`unavailable`); `import tensorrt` happens inside functions only.
 
 Device buffers and the stream come from torch (no extra CUDA bindings needed). The engine's sidecar
@@ -11,7 +11,6 @@ is one clear error, never a crash inside TensorRT.
 from __future__ import annotations
 
 import importlib.util
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import numpy as np
 
 from vib_deploy.backends.base import Runner
 from vib_deploy.errors import UserError
+from vib_deploy.sidecar import check_sidecar
 
 
 def tensorrt_version() -> str | None:
@@ -67,29 +67,20 @@ def current_gpu() -> tuple[str, str]:
     return torch.cuda.get_device_name(0), f"{major}.{minor}"
 
 
-def check_sidecar(plan: Path) -> EngineSidecar:
+def check_plan(plan: Path) -> EngineSidecar:
     """Read `<plan>.json` and check it matches the running GPU and TensorRT: one clear error if not."""
     import tensorrt as trt
 
-    path = plan.with_name(plan.name + ".json")
-    if not path.exists():
-        raise UserError(f"{plan}: its sidecar {path.name} is missing; rebuild with `vib-deploy build-engine`")
-    sidecar = EngineSidecar(**json.loads(path.read_text()))
     gpu, cc = current_gpu()
-    if sidecar.tensorrt_version != trt.__version__:
-        raise UserError(
-            f"{plan} was built with TensorRT {sidecar.tensorrt_version}, this is {trt.__version__}; rebuild it here"
-        )
-    if sidecar.compute_capability != cc:
-        raise UserError(
-            f"{plan} was built for {sidecar.gpu_name} (CC {sidecar.compute_capability}), this is {gpu} (CC {cc}); rebuild it here"
-        )
-    return sidecar
+    expected = [("tensorrt_version", "TensorRT", trt.__version__), ("compute_capability", "compute capability", cc)]
+    missing = "rebuild with `vib-deploy build-engine`"
+    return EngineSidecar(**check_sidecar(plan, expected, "built", f"rebuild it here (this GPU: {gpu})", missing))
 
 
 class TensorRTRunner(Runner):
     name = "tensorrt"
     artifact_suffix = ".plan"
+    devices = ("cuda",)
 
     @classmethod
     def unavailable(cls) -> str | None:
@@ -103,7 +94,7 @@ class TensorRTRunner(Runner):
         import tensorrt as trt
         import torch
 
-        check_sidecar(self.path)
+        check_plan(self.path)
         self.torch = torch
         self.logger = trt.Logger(trt.Logger.WARNING)
         self.engine = trt.Runtime(self.logger).deserialize_cuda_engine(self.path.read_bytes())

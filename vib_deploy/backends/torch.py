@@ -10,6 +10,7 @@ from vib_deploy.backends.base import Runner
 class TorchRunner(Runner):
     name = "torch"
     artifact_suffix = ".pt"
+    bench_stage = True
 
     def activate_impl(self) -> None:
         import torch

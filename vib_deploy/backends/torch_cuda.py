@@ -1,56 +1,22 @@
 """PyTorch on a GPU: eager (`torch-cuda`) and CUDA graphs (`torch-cuda-graphs`, one captured graph per batch size).
 
 Both load a model saved by vib-deploy (`load_model`), move it to the device in the asked precision (fp32, bf16 or
-fp16 weights and activations) and, for conv nets, to channels_last. Besides the numpy `infer`, they offer
-`prepare` (a batch as a device tensor in the model's dtype and layout) and `infer_tensor` (device in, device out)
-so the GPU benchmark times the model, not host<->device copies.
+fp16 weights and activations) and, for conv nets, to channels_last; `prepare` / `infer_tensor` (the
+`DeviceRunner` protocol) keep batches on the device so the GPU benchmark times the model, not host<->device copies.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-
-from vib_deploy.backends.base import Runner
-
-DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+from vib_deploy.backends.base import DTYPES, DeviceRunner, cuda_problem
 
 
-def cuda_problem() -> str | None:
-    """None when torch sees a CUDA device, else why not."""
-    import torch
-
-    if torch.cuda.is_available():
-        return None
-    build = f"CUDA {torch.version.cuda} build" if torch.version.cuda else "CPU-only build"
-    return f"no CUDA device (torch {torch.__version__}, {build})"
-
-
-class TorchCudaRunner(Runner):
+class TorchCudaRunner(DeviceRunner):
     """Eager PyTorch on `device` (cuda, cuda:N; cpu only as the dry run's stand-in)."""
 
     name = "torch-cuda"
     artifact_suffix = ".pt"
-
-    def __init__(self, path: Any, threads: int = 1, device: str = "cuda", precision: str = "fp32"):
-        super().__init__(path, threads)
-        if precision not in DTYPES:
-            raise ValueError(f"precision must be one of {', '.join(DTYPES)}, got {precision!r}")
-        self._device, self.precision = device, precision
-
-    @classmethod
-    def unavailable(cls) -> str | None:
-        return cls.unavailable_on("cuda")
-
-    @classmethod
-    def unavailable_on(cls, device: str) -> str | None:
-        """None when the runner can run on `device` here, else why not."""
-        return cuda_problem() if device.startswith("cuda") else None
-
-    @property
-    def device(self) -> str:
-        return self._device
 
     def activate_impl(self) -> None:
         import torch
@@ -68,17 +34,9 @@ class TorchCudaRunner(Runner):
             model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self.model = model
 
-    def prepare(self, x: np.ndarray) -> Any:
-        """`x` as a tensor on the device, in the model's dtype and memory layout."""
-        t = self.torch.from_numpy(np.ascontiguousarray(x)).to(self._device, self.dtype)
-        return t.contiguous(memory_format=self.torch.channels_last) if self.channels_last and t.dim() == 4 else t
-
     def infer_tensor(self, x: Any) -> Any:
         with self.torch.inference_mode():
             return self.model(x)
-
-    def infer_impl(self, x: np.ndarray) -> np.ndarray:
-        return self.infer_tensor(self.prepare(x)).float().cpu().numpy()
 
     def weight_bytes(self) -> int:
         """Bytes of the parameters and buffers as held on the device."""
@@ -97,6 +55,7 @@ class TorchCudaGraphsRunner(TorchCudaRunner):
     """
 
     name = "torch-cuda-graphs"
+    devices = ("cuda",)
 
     @classmethod
     def unavailable_on(cls, device: str) -> str | None:

@@ -17,6 +17,7 @@ from vib_deploy.backends.base import Runner
 class TritonRunner(Runner):
     name = "triton"
     artifact_suffix = ".onnx"  # what the served model was made from
+    needs_server = True
 
     def __init__(
         self,

@@ -63,7 +63,7 @@ def _round(ctx: Context, source: Any, vib_model: torch.nn.Module, data: Any) -> 
     round_to = ctx.config.prune.round_to
     if round_to != "auto":
         return round_widths(vib_model, round_to)
-    from vib_deploy.backends.openvino import cpu_info
+    from vib_deploy.machine import cpu_info
     from vib_deploy.runs import sha256_file
 
     backend, threads = ctx.config.bench.backends[0], ctx.config.bench.threads

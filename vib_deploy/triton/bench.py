@@ -1,25 +1,29 @@
 """`vib-deploy bench RUN_DIR --backend triton`: dense vs pruned through a local Triton server.
 
 The run is packaged into a temporary model repository, served by `triton.server.TritonServer`, and timed with
-1, 4, 16… concurrent clients (`bench.time_concurrent`, one `TritonRunner` per client) at each batch size,
-beside the run's own in-process ONNX Runtime figures, so the cost of serving is visible. Figures, not tests.
+1, 4, 16… concurrent clients (`timing.concurrent`, one `TritonRunner` per client) at each batch size,
+beside the run's own in-process ONNX Runtime figures, so the cost of serving is visible. Throughput is the timing
+core's: clients x batch / p50. Figures, not tests.
 """
 
 from __future__ import annotations
 
 import tempfile
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from vib_deploy.backends.triton import TritonRunner
-from vib_deploy.bench import Variant, machine_info, make_input, time_concurrent
+from vib_deploy.bench import Variant, make_input
 from vib_deploy.data import splits_of
 from vib_deploy.errors import UserError
+from vib_deploy.machine import machine_info
 from vib_deploy.memory import refuse_oversized_input
 from vib_deploy.pipeline import read_run_config
 from vib_deploy.records import BenchFile
 from vib_deploy.runs import RunDir, atomic_write_json
+from vib_deploy.timing import concurrent, latency_stats
 from vib_deploy.triton.repository import package
 from vib_deploy.triton.server import TritonServer
 
@@ -33,15 +37,7 @@ def bench_triton(
     echo: Callable[[str], None] = print,
 ) -> list[dict[str, Any]]:
     """Records {variant, batch, concurrency, p50_ms, p99_ms, throughput, in_process_p50_ms}; also written to bench-triton.json."""
-    if protocol not in ("grpc", "http"):
-        raise UserError(f"--protocol must be grpc or http, got {protocol!r}")
-    if requests < 1:
-        raise UserError(f"--requests must be at least 1, got {requests}")
-    if any(c < 1 for c in concurrency) or any(b < 1 for b in batch_sizes):
-        raise UserError("--concurrency and --batch-sizes take positive integers")
-    problem = TritonRunner.unavailable()
-    if problem:
-        raise UserError(f"backend triton is not available: {problem}")
+    _check_options(concurrency, batch_sizes, requests, protocol)
     run_dir = Path(run_dir)
     config = read_run_config(run_dir)
     run = RunDir(run_dir)
@@ -68,17 +64,8 @@ def bench_triton(
                 for batch in batch_sizes:
                     x = make_input(Variant(variant, {}), images, batch)
                     for clients in concurrency:
-                        runners = [
-                            TritonRunner(
-                                run.file(f"{variant}.onnx"), url=url, model=model.name, protocol=protocol
-                            ).activate()
-                            for _ in range(clients)
-                        ]
-                        try:
-                            stats = time_concurrent(runners, x, requests)
-                        finally:
-                            for r in runners:
-                                r.deactivate()
+                        model_file = run.file(f"{variant}.onnx")
+                        stats = _time_clients(model_file, url, model.name, protocol, x, clients, requests)
                         records.append(
                             {
                                 "backend": "triton",
@@ -101,6 +88,32 @@ def bench_triton(
         )
         run.add_artifacts("bench-triton", ["bench-triton.json"])
     return records
+
+
+def _check_options(concurrency: tuple[int, ...], batch_sizes: tuple[int, ...], requests: int, protocol: str) -> None:
+    """One UserError for a bad option or a missing client library, before any server starts."""
+    if protocol not in ("grpc", "http"):
+        raise UserError(f"--protocol must be grpc or http, got {protocol!r}")
+    if requests < 1:
+        raise UserError(f"--requests must be at least 1, got {requests}")
+    if any(c < 1 for c in concurrency) or any(b < 1 for b in batch_sizes):
+        raise UserError("--concurrency and --batch-sizes take positive integers")
+    problem = TritonRunner.unavailable()
+    if problem:
+        raise UserError(f"backend triton is not available: {problem}")
+
+
+def _time_clients(
+    path: Path, url: str, model: str, protocol: str, x: Any, clients: int, requests: int
+) -> dict[str, Any]:
+    """`clients` TritonRunners sending `requests` calls of `x` each at once: the timing core's stats of all calls."""
+    runners = [TritonRunner(path, url=url, model=model, protocol=protocol).activate() for _ in range(clients)]
+    try:
+        samples = concurrent([partial(r.infer, x) for r in runners], requests)
+    finally:
+        for r in runners:
+            r.deactivate()
+    return {**latency_stats(samples, len(x), clients), "concurrency": clients}
 
 
 def print_table(records: list[dict[str, Any]]) -> None:
