@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from vib_deploy.records import RunSummary
+from vib_deploy.timing import speedup
 
 
 def full_records(summary: RunSummary) -> list[dict[str, Any]]:
@@ -30,7 +31,7 @@ def full_records(summary: RunSummary) -> list[dict[str, Any]]:
     base = {(r["backend"], r["batch"]): r["p50_ms"] for r in out if (r["variant"], r["precision"]) == ("dense", "fp32")}
     for r in out:
         b = base.get((r["backend"], r["batch"]))
-        r["speedup"] = b / r["p50_ms"] if b is not None else None
+        r["speedup"] = speedup(b, r["p50_ms"]) if b is not None else None
         ideal = 1.0 if r["variant"] == "dense" else summary.ideal_speedup  # a dense net's FLOPs do not change
         r["measured_over_ideal"] = r["speedup"] / ideal if r["speedup"] is not None else None
     return out
@@ -50,7 +51,12 @@ def headlines(summary: RunSummary) -> list[dict[str, Any]]:
         if dense and pruned:
             best_d, best_p = (min(rs, key=lambda r: r["p50_ms"]) for rs in (dense, pruned))
             out.append(
-                {"batch": batch, "dense": best_d, "pruned": best_p, "speedup": best_d["p50_ms"] / best_p["p50_ms"]}
+                {
+                    "batch": batch,
+                    "dense": best_d,
+                    "pruned": best_p,
+                    "speedup": speedup(best_d["p50_ms"], best_p["p50_ms"]),
+                }
             )
     return out
 

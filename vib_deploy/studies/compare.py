@@ -30,6 +30,7 @@ from vib_deploy.studies.common import (
 )
 from vib_deploy.studies.peer_run import per_image_correct, run_peer
 from vib_deploy.studies.peers import METHODS, check_methods
+from vib_deploy.timing import speedup
 
 
 def compare(
@@ -114,7 +115,7 @@ def _p50(r: dict[str, Any], backend: str, batch: int, variant: str = "pruned") -
 
 def _speedup(r: dict[str, Any], backend: str, batch: int) -> float | None:
     dense, pruned = _p50(r, backend, batch, "dense"), _p50(r, backend, batch)
-    return dense / pruned if dense and pruned else None
+    return speedup(dense, pruned) if dense and pruned else None
 
 
 def summary(group: list[dict[str, Any]], backend: str = "onnxruntime") -> dict[str, str]:
