@@ -205,3 +205,29 @@ def enabled_stages(run_dir: Path) -> list[str]:
 
     config = read_run_config(run_dir)
     return [s.name for s in STAGES if s.enabled(config)]
+
+
+# The slowest test files (seconds on 2 idle cores, 2026-12-04, `pytest --durations`), started first: with
+# `--dist loadfile --no-loadscope-reorder` (make test) a worker then ends on small files, not on a minute-long
+# one while the other idles. A file missing here runs after these, in collection order.
+SLOW_FIRST = [
+    "test_resume.py",  # ~75: a SIGKILL at nine points
+    "test_gpu_day.py",  # ~65: the GPU-day dry run, three tiny pipelines
+    "test_sources.py",  # ~60
+    "test_compare.py",  # ~45
+    "test_distributed.py",  # ~45: torchrun
+    "test_failed_runs.py",  # ~45
+    "test_cpu_deploy.py",  # ~45: the LeNet-5 every-stage run
+    "test_userdata.py",  # ~40
+    "test_triton.py",  # ~40: local servers
+    "test_cli.py",  # ~35
+    "test_bad_inputs.py",  # ~35
+    "test_tracking.py",  # ~26
+    "test_sweep.py",  # ~26
+    "test_finetune.py",  # ~20
+]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(SLOW_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: a file's tests keep their order
