@@ -15,93 +15,51 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 LENET300 = "pipelines/mnist-lenet300.yaml"
+
+
+def sets(*assignments: str) -> list[str]:
+    """`--set a --set b ...` for the CLI."""
+    return [arg for a in assignments for arg in ("--set", a)]
+
+
+TINY_DATA = ("data.train_limit=700", "data.val_size=200", "data.test_limit=300")
+TINY_BENCH = ("bench.rounds=2", "bench.iters_per_round=3", "bench.warmup=1")
 # the tiny LeNet-300-100 run of `lenet300_run` (test_cli, test_bad_inputs, test_triton) and of torchrun's twin
-TINY = [
-    "--set",
-    "data.train_limit=700",
-    "--set",
-    "data.val_size=200",
-    "--set",
-    "data.test_limit=300",
-    "--set",
+TINY = sets(
+    *TINY_DATA,
     "train.dense.epochs=2",
-    "--set",
     "train.vib.epochs=2",
-    "--set",
     "train.vib.kl_factor=1e-3",
-    "--set",
-    "bench.rounds=2",
-    "--set",
-    "bench.iters_per_round=3",
-    "--set",
-    "bench.warmup=1",
-    "--set",
+    *TINY_BENCH,
     "bench.batch_sizes=[1,8]",
-    "--set",
     "bench.memory=false",  # ~10 s a bench stage; tests/test_bench.py measures memory
-    "--set",
-    "train.finetune.epochs=0",
-]  # finetune: tests/test_finetune.py
+    "train.finetune.epochs=0",  # finetune: tests/test_finetune.py
+)
 # the one LeNet-5 run through every stage (conftest.lenet5_run): OpenVINO, INT8, both CPU engines
-LENET5_EVERY_STAGE = [
-    "--set",
-    "data.train_limit=700",
-    "--set",
-    "data.val_size=200",
-    "--set",
-    "data.test_limit=300",
-    "--set",
+LENET5_EVERY_STAGE = sets(
+    *TINY_DATA,
     "train.dense.epochs=1",
-    "--set",
     "train.vib.epochs=2",
-    "--set",
     "train.vib.kl_factor=1e-4",
-    "--set",
     "train.finetune.epochs=0",
-    "--set",
-    "bench.rounds=2",
-    "--set",
-    "bench.iters_per_round=3",
-    "--set",
-    "bench.warmup=1",
-    "--set",
+    *TINY_BENCH,
     "bench.batch_sizes=[1,8]",
-    "--set",
     "bench.backends=[onnxruntime,openvino]",
-    "--set",
     "bench.memory=false",
-    "--set",
     "quantize.enabled=true",
-]
+)
 # the study commands' tiny points (test_sweep, test_compare)
-STUDY_TINY = [
-    "--set",
-    "data.train_limit=700",
-    "--set",
-    "data.val_size=200",
-    "--set",
-    "data.test_limit=300",
-    "--set",
+STUDY_TINY = sets(
+    *TINY_DATA,
     "train.dense.epochs=1",
-    "--set",
     "train.vib.epochs=3",
-    "--set",
     "train.batch_size=50",
-    "--set",
     "train.vib.gate_lr=0.1",
-    "--set",
-    "bench.rounds=2",
-    "--set",
-    "bench.iters_per_round=3",
-    "--set",
-    "bench.warmup=1",
-    "--set",
+    *TINY_BENCH,
     "bench.memory=false",
-    "--set",
     "bench.backends=[onnxruntime]",
-    "--set",
     "train.finetune.epochs=0",
-]
+)
 # the progress lines stage commands print on stderr, and the line a changed config prints before anything reruns
 STATUS = re.compile(
     r"^\[(run|cached|off)\] [a-z-]+$|^\S+: .* from the (finished run|last run there); .*(rerun|reruns)$"

@@ -7,7 +7,7 @@ variants (files made before it hold the variants alone and read as version 0).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from vib_deploy.records.base import RECORD_VERSION, DictOf, JsonRecord, check_version
 
@@ -53,6 +53,7 @@ class OpenvinoModel(JsonRecord):
 class _Variants(JsonRecord):
     """A variant -> entry file with `record_version` beside the variants."""
 
+    ENTRY: ClassVar[type[JsonRecord]]  # the record of one variant
     variants: dict[str, Any]
     record_version: int = RECORD_VERSION
 
@@ -62,12 +63,8 @@ class _Variants(JsonRecord):
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Any:
         check_version(data, cls.FILE)
-        entries = DictOf(cls._entry()).decode({k: v for k, v in data.items() if k != "record_version"})
+        entries = DictOf(cls.ENTRY).decode({k: v for k, v in data.items() if k != "record_version"})
         return cls(entries, data.get("record_version", 0))
-
-    @classmethod
-    def _entry(cls) -> Any:
-        raise NotImplementedError
 
 
 @dataclass(frozen=True)
@@ -75,11 +72,8 @@ class ExportRecord(_Variants):
     """export.json: every exported ONNX model by variant (dense, pruned, [pruned_reduced])."""
 
     FILE = "export.json"
+    ENTRY = ExportedModel
     variants: dict[str, ExportedModel]
-
-    @classmethod
-    def _entry(cls) -> Any:
-        return ExportedModel
 
 
 @dataclass(frozen=True)
@@ -87,11 +81,8 @@ class OpenvinoRecord(_Variants):
     """openvino.json: every OpenVINO IR by variant."""
 
     FILE = "openvino.json"
+    ENTRY = OpenvinoModel
     variants: dict[str, OpenvinoModel]
-
-    @classmethod
-    def _entry(cls) -> Any:
-        return OpenvinoModel
 
 
 @dataclass(frozen=True)

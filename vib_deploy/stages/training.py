@@ -34,6 +34,11 @@ def _spec(ctx: Context, stage: str, **kw: Any) -> Any:
     )
 
 
+def _best_epoch_spec(ctx: Context, stage: str, cfg: Any, **kw: Any) -> Any:
+    """A plain net trained for `cfg.epochs` (Adam lr, weight decay), keeping the best validation epoch."""
+    return _spec(ctx, stage, epochs=cfg.epochs, lr=cfg.lr, weight_decay=cfg.weight_decay, select_best=True, **kw)
+
+
 def train_dense(ctx: Context) -> list[str]:
     """Ordinary training of the dense net; keeps the epoch with the best validation accuracy."""
     from vib_deploy.train import train
@@ -44,15 +49,7 @@ def train_dense(ctx: Context) -> list[str]:
     torch.manual_seed(ctx.config.train.seed)
     dense = source.dense()
     t0 = time.time()
-    spec = _spec(
-        ctx,
-        "train-dense",
-        epochs=cfg.epochs,
-        lr=cfg.lr,
-        weight_decay=cfg.weight_decay,
-        select_best=True,
-        patience=cfg.patience,
-    )
+    spec = _best_epoch_spec(ctx, "train-dense", cfg, patience=cfg.patience)
     result = train(dense, spec, data, ctx.run, ctx.progress)
     seconds = time.time() - t0
     dense = dense.cpu()
@@ -149,15 +146,7 @@ def finetune(ctx: Context) -> list[str]:
     model = load_model(ctx.run.verified("pruned.pt"))
     torch.manual_seed(ctx.config.train.seed)
     t0 = time.time()
-    spec = _spec(
-        ctx,
-        "finetune",
-        epochs=cfg.epochs,
-        lr=cfg.lr,
-        weight_decay=cfg.weight_decay,
-        select_best=True,
-        keep_start=True,
-    )
+    spec = _best_epoch_spec(ctx, "finetune", cfg, keep_start=True)
     result = train(model, spec, data, ctx.run, ctx.progress)
     seconds = time.time() - t0
     model = model.cpu().eval()

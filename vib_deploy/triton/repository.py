@@ -47,9 +47,9 @@ from vib_deploy.runs import (
     atomic_write_json,
     atomic_write_text,
     fsync_dir,
-    read_json_file,
     sha256_file,
 )
+from vib_deploy.sidecar import read_sidecar
 from vib_deploy.triton.modelconfig import (
     IR_FILE,
     LABELS,
@@ -183,8 +183,8 @@ def _trt_target(
 ) -> tuple[str, dict[str, Path], str, ShipOptions, dict[str, Any]]:
     """A TensorRT engine's model: KIND_GPU, batch sizes capped by its optimization profile's largest batch."""
     plan = run.verified(f"{variant}.plan")
-    sidecar_path = run.verified(f"{variant}.plan.json")
-    sidecar = json.loads(sidecar_path.read_text())
+    sidecar_path = run.verified(f"{variant}.plan.json")  # listed and unaltered
+    sidecar = read_sidecar(plan, f"rebuild it with `vib-deploy build-engine {run.path}`")
     max_batch = int(sidecar["profile"][input_name][2][0])
     trt_options = dataclasses.replace(
         options,
@@ -219,13 +219,14 @@ def _cpu_targets(
             )
         )
     if view.ran("openvino"):
-        sidecar = run.verified("pruned.xml.json")
+        ir = run.verified("pruned.xml")
         sources = {
-            IR_FILE: run.verified("pruned.xml"),
+            IR_FILE: ir,
             "model.bin": run.verified("pruned.bin"),
-            IR_FILE + ".json": sidecar,
+            IR_FILE + ".json": run.verified("pruned.xml.json"),
         }
-        targets.append((f"{base}-pruned-{OPENVINO}", sources, OPENVINO, options, {"openvino": read_json_file(sidecar)}))
+        made = read_sidecar(ir, f"rerun `vib-deploy openvino {run.path}`")
+        targets.append((f"{base}-pruned-{OPENVINO}", sources, OPENVINO, options, {"openvino": made}))
     return targets
 
 
