@@ -25,7 +25,6 @@ from typing import Any
 
 from vib_deploy.errors import UserError
 from vib_deploy.files import (  # noqa: F401 (re-exported: the run directory's writers)
-    _disk_full_message,
     atomic_write,
     atomic_write_bytes,
     atomic_write_json,
