@@ -113,6 +113,9 @@ class VIBTrainConfig(_Strict):
     schedule: Literal["cosine", "step"] = "cosine"  # step: lr x 0.5 every 30 epochs (the official code)
     # per-unit KL weight: the paper's (0.5 * kl_mult * map_size) or the FLOPs a unit costs now (vib_deploy/klweight.py)
     kl_weighting: Literal["paper", "flops"] = "paper"
+    # also record each epoch's TEST error, kept widths and FLOPs of the deterministic (pruned-equivalent) net: the
+    # paper's protocol (best test epoch), reported beside ours and labelled; it never chooses anything
+    paper_protocol: bool = False
 
     @model_validator(mode="after")
     def _finetune_within_epochs(self) -> VIBTrainConfig:

@@ -24,6 +24,7 @@ import contextlib
 import datetime
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -64,6 +65,9 @@ class TrainSpec:
     # with select_best: stop after this many epochs without a better validation accuracy (`epochs` is the cap);
     # the lr halves after patience // 3 such epochs (ReduceLROnPlateau) instead of following `schedule`
     patience: int | None = None
+    # called with the model after each epoch's validation; what it returns joins that epoch's history entry
+    # (train.vib.paper_protocol's test error and FLOPs: recorded, never used to choose)
+    epoch_extra: Callable[[nn.Module], dict[str, Any]] | None = None
 
 
 @dataclass
@@ -363,6 +367,8 @@ def _end_epoch(
     if isinstance(loop.sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
         loop.sched.step(val_acc)
     record = {"epoch": epoch + 1, "val_acc": val_acc, **means, "units_alive": units_alive(model)}
+    if spec.epoch_extra is not None:
+        record.update(spec.epoch_extra(model))
     result.history.append(record)
     if spec.select_best and val_acc > loop.best:
         loop.best = val_acc

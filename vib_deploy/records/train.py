@@ -51,8 +51,11 @@ class TrainVibRecord(JsonRecord):
     mask_sha256_per_rank: list[str] | None = None
     kl_weighting: str = "paper"
     kl_unit_weights: list[Any] | None = None  # kl_weighting flops: each unit's weight at the final widths
+    # train.vib.paper_protocol: the best TEST epoch's {epoch, architecture, test_error, flops} (the paper's
+    # protocol; every epoch's figures are in `history`); reported beside ours, labelled, never used to choose
+    paper_protocol: dict[str, Any] | None = None
     record_version: int = RECORD_VERSION
-    OMIT_NONE = frozenset({"kl_unit_weights"})
+    OMIT_NONE = frozenset({"kl_unit_weights", "paper_protocol"})
 
 
 @dataclass(frozen=True)

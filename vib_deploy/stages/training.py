@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from vib_deploy import distributed
+from vib_deploy.errors import UserError
 from vib_deploy.modelfile import load_model
 from vib_deploy.records import FinetuneRecord, PruneRecord, TrainDenseRecord, TrainVibRecord
 from vib_deploy.sources import model_source
@@ -23,6 +24,33 @@ def error_of(model: torch.nn.Module, x: Any, y: Any) -> float:
     from vib_deploy.evaluate import accuracy
 
     return 1.0 - accuracy(model, x, y, torch.device("cpu"))
+
+
+def paper_protocol_epoch(source: Any, data: Any) -> Any:
+    """train.vib.paper_protocol: after each VIB epoch, the TEST error of the deterministic net (eval mode, which the
+    pruned net equals), its kept widths and its FLOPs (of the net pruned from a copy). Recorded only: nothing reads
+    these to choose; the paper reports the best of them (see `paper_protocol_point`)."""
+    from vib_deploy.evaluate import accuracy
+    from vib_deploy.layers import count_flops
+
+    def extra(model: torch.nn.Module) -> dict[str, Any]:
+        test_error = 1.0 - accuracy(model, data.x_test, data.y_test)
+        try:
+            pruned = source.prune(model)[0].model.float()
+        except UserError:  # a whole layer gated off: no net to deploy at this epoch
+            return {"paper_protocol": {"test_error": test_error, "flops": None}}
+        return {"paper_protocol": {"test_error": test_error, "flops": count_flops(pruned, tuple(source.input_shape))}}
+
+    return extra
+
+
+def paper_protocol_point(history: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The paper's figure: the epoch with the lowest test error (the first of equals) and its kept widths and FLOPs."""
+    epochs = [h for h in history if h.get("paper_protocol", {}).get("flops") is not None]
+    if not epochs:
+        return None
+    best = min(epochs, key=lambda h: h["paper_protocol"]["test_error"])
+    return {"epoch": best["epoch"], "architecture": best["units_alive"], **best["paper_protocol"]}
 
 
 def _spec(ctx: Context, stage: str, **kw: Any) -> Any:
@@ -104,6 +132,7 @@ def train_vib(ctx: Context) -> list[str]:
         weight_decay=cfg.weight_decay,
         gate_weight_decay=cfg.weight_decay,
         schedule=cfg.schedule,
+        epoch_extra=paper_protocol_epoch(source, data) if cfg.paper_protocol else None,
     )
     result = train(gated, spec, data, ctx.run, ctx.progress)
     seconds = time.time() - t0
@@ -126,6 +155,7 @@ def train_vib(ctx: Context) -> list[str]:
             mask_sha256_per_rank=masks,
             kl_weighting=cfg.kl_weighting,
             kl_unit_weights=weighting.weights() if weighting else None,  # at the final widths
+            paper_protocol=paper_protocol_point(result.history) if cfg.paper_protocol else None,
         ).write(ctx.out(TrainVibRecord.FILE))
         return ["vib.pt", TrainVibRecord.FILE]
 
