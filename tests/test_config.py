@@ -58,3 +58,23 @@ def test_bad_override_and_missing_file(tmp_path):
         load_config(PIPELINES / "mnist-lenet300.yaml", ["train.vib.nope=1"])
     with pytest.raises(UserError, match="not found"):
         load_config(tmp_path / "missing.yaml")
+
+
+def test_deploy_target_parses_and_must_be_benched():
+    from vib_deploy.config import Target
+    from vib_deploy.errors import UserError
+
+    pipeline = PIPELINES / "fashion-resnet20-cpu.yaml"  # openvino + onnxruntime, int8 on, batches 1 and 64
+    assert load_config(pipeline).target() is None  # auto
+    assert load_config(pipeline, ["deploy.target=openvino-int8@1"]).target() == Target("openvino", "int8", 1)
+    assert load_config(pipeline, ["deploy.target=onnxruntime-fp32"]).target() == Target("onnxruntime", "fp32", 64)
+    for target, message in [
+        ("openvino-int8@32", "batch 32 is not in bench.batch_sizes"),
+        ("torch-fp32", "engine 'torch' is not in bench.backends"),
+        ("openvino-fp16", "key 'deploy.target'"),
+        ("fastest", "key 'deploy.target'"),
+    ]:
+        with pytest.raises(UserError, match=f"^{pipeline}: .*{message}"):
+            load_config(pipeline, [f"deploy.target={target}"])
+    with pytest.raises(UserError, match="int8 needs quantize.enabled: true"):
+        load_config(pipeline, ["deploy.target=openvino-int8", "quantize.enabled=false"])

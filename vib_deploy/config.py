@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -194,6 +195,32 @@ class QuantizeConfig(_Strict):
     per_channel: bool = True  # per-output-channel weight scales
 
 
+@dataclass(frozen=True)
+class Target:
+    """A deployment target: engine (a bench backend), precision and batch size, written `openvino-int8@64`."""
+
+    engine: str
+    precision: str  # fp32 | int8
+    batch: int
+
+    def __str__(self) -> str:
+        return f"{self.engine}-{self.precision}@{self.batch}"
+
+
+TARGET_PATTERN = r"auto|[a-z][a-z0-9_]*-(fp32|int8)(@[1-9][0-9]*)?"
+
+
+class DeployConfig(_Strict):
+    """Which deployment the pipeline chooses for the user (the report's "chosen"; `package` ships it as `<run>`)."""
+
+    # auto: the fastest pruned deployment over every benched engine and precision within the error budget, at the
+    # largest bench batch size; <engine>-<precision>[@batch]: that one (batch: the largest bench batch size)
+    target: str = Field("auto", pattern=rf"^({TARGET_PATTERN})$")
+    max_error_increase: float = Field(
+        0.005, ge=0, le=1
+    )  # over the dense fp32 net's validation error (0.005: 0.5 point)
+
+
 class MlflowConfig(_Strict):
     uri: str = Field(min_length=1)  # tracking URI: sqlite:///mlflow.db (a local file, no server), http://..., file:...
     experiment: str = Field(min_length=1)
@@ -213,6 +240,32 @@ class PipelineConfig(_Strict):
     bench: BenchConfig = BenchConfig()
     quantize: QuantizeConfig = QuantizeConfig()
     track: TrackConfig = TrackConfig()  # experiment tracking; keys no stage (changing it reruns nothing)
+    deploy: DeployConfig = DeployConfig()
+
+    def target(self) -> Target | None:
+        """deploy.target as a Target (None: auto); its engine, precision and batch are checked against bench."""
+        if self.deploy.target == "auto":
+            return None
+        name, _, batch = self.deploy.target.partition("@")
+        engine, precision = name.rsplit("-", 1)
+        return Target(engine, precision, int(batch) if batch else max(self.bench.batch_sizes))
+
+    @model_validator(mode="after")
+    def _target_benched(self) -> PipelineConfig:
+        t = self.target()
+        if t is None:
+            return self
+        if t.engine not in self.bench.backends:
+            raise ValueError(f"deploy.target {t}: engine {t.engine!r} is not in bench.backends {self.bench.backends}")
+        precisions = self.bench.precisions or (["fp32", "int8"] if self.quantize.enabled else ["fp32"])
+        if t.precision not in precisions:
+            raise ValueError(
+                f"deploy.target {t}: precision {t.precision} is not benched (bench.precisions {precisions}"
+                + ("; int8 needs quantize.enabled: true)" if t.precision == "int8" else ")")
+            )
+        if t.batch not in self.bench.batch_sizes:
+            raise ValueError(f"deploy.target {t}: batch {t.batch} is not in bench.batch_sizes {self.bench.batch_sizes}")
+        return self
 
     @model_validator(mode="after")
     def _flops_weighting_on_sequential(self) -> PipelineConfig:
@@ -225,6 +278,8 @@ class PipelineConfig(_Strict):
 
 def _describe(err: ValidationError, source: str) -> str:
     first = err.errors()[0]
+    if not first["loc"]:  # a check across sections (a model_validator): its message names the keys
+        return f"{source}: {first['msg'].removeprefix('Value error, ')}"
     key = ".".join(str(p) for p in first["loc"]) if first["loc"] else "(top level)"
     kind = first["type"]
     if kind == "extra_forbidden":  # repr: a key with a quote or newline in it still reads as one line
