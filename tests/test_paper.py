@@ -56,3 +56,19 @@ def test_goal_lines_judge_error_and_flops_or_the_reduction_factor():
     (far,) = _goal_lines("lenet5", [{"error": 0.008, "flops": 262_900, "dense_flops": 4_586_000}])  # 17.4x < 25x
     assert "**missed** (FLOPs +43.3%)" in far
     assert _goal_lines("resnet20", l5) == []
+
+
+def test_paper_protocol_rows_are_labelled_and_only_for_runs_that_recorded_them():
+    from vib_deploy.studies.paper import PAPER_PROTOCOL, _paper_protocol_rows
+
+    point = {"epoch": 212, "architecture": [97, 70, 31], "test_error": 0.0158, "flops": 19_000}
+    runs = [
+        {"seed": 0, "vib_epochs": 300, "paper_protocol": point},
+        {"seed": 1, "vib_epochs": 300, "paper_protocol": {**point, "test_error": 0.0162, "flops": 18_000}},
+        {"seed": 2, "vib_epochs": 300, "paper_protocol": None},  # made without it: no row, not in the mean
+    ]
+    rows = _paper_protocol_rows("lenet300", runs)
+    assert len(rows) == 3 and all(f"| {PAPER_PROTOCOL}" in row for row in rows)
+    assert "| 97-70-31 | 1.58 % | 19.0 |" in rows[0] and "epoch 212" in rows[0]
+    assert "1.60 ± 0.03 % | 18.5 ± 0.7 |" in rows[2] and "| 0,1 |" in rows[2]
+    assert _paper_protocol_rows("lenet300", runs[2:]) == []

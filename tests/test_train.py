@@ -129,3 +129,46 @@ def test_patience_never_reached_runs_to_the_cap(tmp_path, monkeypatch):
     spec = _spec(stage="train-dense", epochs=4, gate_lr=None, kl_factor=None, select_best=True, patience=2)
     result = train(strip_gates(gated_model("lenet300")), spec, _data(), None)
     assert len(result.history) == 4 and not result.stopped_early and result.best_epoch == 3
+
+
+def test_paper_protocol_records_test_figures_and_changes_nothing_trained(tmp_path):
+    """train.vib.paper_protocol's per-epoch test error, widths and FLOPs are recorded only: the weights, gates and
+    validation history of a run with it equal a run without it; the reported point is the best test epoch."""
+    from vib_deploy.layers import count_flops
+    from vib_deploy.sources import SequentialSource
+    from vib_deploy.stages.training import paper_protocol_epoch, paper_protocol_point
+
+    data = _data()
+    data.x_test, data.y_test = data.x_val, data.y_val
+    runs = {}
+    for on in (False, True):
+        torch.manual_seed(0)
+        model = gated_model("lenet300")
+        extra = paper_protocol_epoch(SequentialSource("lenet300"), data) if on else None
+        result = train(model, _spec(epochs=2, epoch_extra=extra), data, None)
+        runs[on] = (model, result.history)
+    (off_model, off_hist), (on_model, on_hist) = runs[False], runs[True]
+    assert all(torch.equal(v, on_model.state_dict()[k]) for k, v in off_model.state_dict().items())
+    assert [{k: v for k, v in h.items() if k != "paper_protocol"} for h in on_hist] == off_hist
+    assert all("paper_protocol" not in h for h in off_hist)  # off unless asked
+    assert on_hist[-1] == {**off_hist[-1], **paper_protocol_epoch(SequentialSource("lenet300"), data)(on_model)}
+    # with units gated off: the FLOPs of the net pruned from it, and the deterministic net's test error
+    from vib_deploy.vib import gates
+
+    with torch.no_grad():
+        gates(on_model)[1].mu[:200] = 0.0  # 200 of h1's 300 units off
+    figures = paper_protocol_epoch(SequentialSource("lenet300"), data)(on_model)["paper_protocol"]
+    pruned = SequentialSource("lenet300").prune(on_model)[0].model.float()
+    dense_flops = count_flops(strip_gates(gated_model("lenet300")), (1, 28, 28))
+    assert figures["flops"] == count_flops(pruned, (1, 28, 28)) < dense_flops
+    predicted = pruned(torch.as_tensor(data.x_test)).argmax(1).numpy()
+    assert figures["test_error"] == pytest.approx(1 - float((predicted == data.y_test).mean()))
+    # the paper's figure: lowest test error, the first of equal ones, with that epoch's widths
+    history = [
+        {"epoch": 1, "units_alive": [9, 9], "paper_protocol": {"test_error": 0.3, "flops": 90}},
+        {"epoch": 2, "units_alive": [5, 4], "paper_protocol": {"test_error": 0.2, "flops": 40}},
+        {"epoch": 3, "units_alive": [4, 4], "paper_protocol": {"test_error": 0.2, "flops": 30}},
+        {"epoch": 4, "units_alive": [0, 4], "paper_protocol": {"test_error": 0.1, "flops": None}},  # no net to deploy
+    ]
+    assert paper_protocol_point(history) == {"epoch": 2, "architecture": [5, 4], "test_error": 0.2, "flops": 40}
+    assert paper_protocol_point(off_hist) is None
