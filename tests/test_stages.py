@@ -104,3 +104,12 @@ def test_a_key_added_later_is_keyed_only_when_set():
     default, patient = section(_config()), section(_config(train={"dense": {"patience": 5}}))
     assert default["dense"] == {"epochs": 10, "lr": 1e-3, "weight_decay": 0.0}  # the key runs were made with
     assert patient["dense"] == {**default["dense"], "patience": 5}
+
+
+def test_round_to_auto_keys_on_a_named_target_and_not_otherwise():
+    section = get_stage("prune").section
+    auto = {"prune": {"round_to": "auto"}, "bench": {"backends": ["onnxruntime", "openvino"]}}
+    assert section(_config(**auto))["auto"] == {"backend": "onnxruntime", "threads": 1}  # as runs were made
+    named = section(_config(**auto, deploy={"target": "openvino-fp32@64"}))
+    assert named["auto"] == {"target": "openvino-fp32@64", "threads": 1}
+    assert "auto" not in section(_config(deploy={"target": "openvino-fp32@64"}, bench={"backends": ["openvino"]}))

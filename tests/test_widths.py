@@ -91,3 +91,62 @@ def test_auto_keeps_the_vib_width_on_a_tie():
     vib = [int(g.keep_mask().sum()) for g in gates(model)]
     records = auto_widths(model, lambda cs: [1.0 + 0.01 * (sum(c) % 2) for c in cs], "fake")  # all within 3 %
     assert [r["kept"] for r in records] == vib == [int(g.keep_mask().sum()) for g in gates(model)]
+
+
+def test_auto_on_a_residual_net_keeps_each_group_at_one_width_and_stays_exact():
+    """On ResNet-20 each gate is a channel group (a residual stream spans several blocks): auto picks one width
+    per group, every conv of the group keeps it, and the rounded net prunes exactly against its VIB net."""
+    from vib_deploy.factory import build_net
+    from vib_deploy.gated import GatedNet
+    from vib_deploy.graph import plan_groups
+    from vib_deploy.prune.groups import prune_groups
+    from vib_deploy.sources import MODULE_ZOO
+    from vib_deploy.widths import auto_widths
+
+    shape = (1, 32, 32)
+    torch.manual_seed(0)
+    net = build_net(MODULE_ZOO["resnet20"], {})
+    gated = GatedNet(net, plan_groups(net, shape).gated).eval()
+    with torch.no_grad():
+        for g in gates(gated):
+            g.mu.copy_(torch.randn(g.units).abs() + 0.5)
+            g.logD.copy_(torch.randn(g.units) * 3 - 2.5)
+    vib = [int(g.keep_mask().sum()) for g in gates(gated)]
+
+    def table(candidates):  # an engine with 8-channel blocks: a width costs its blocks, a partial one much more
+        return [sum(-(-w // 8) + (10.0 if w % 8 else 0.0) for w in c) for c in candidates]
+
+    records = auto_widths(gated, table, "fake")
+    kept = [r["kept"] for r in records]
+    assert all(k % 8 == 0 or k == g.units for k, g in zip(kept, gates(gated))) and kept != vib
+    assert all(v <= k for v, k in zip(vib, kept))
+    result, _ = prune_groups(gated, shape)
+    assert [len(k) for k in result.kept_per_gate] == kept
+    convs = {n: m for n, m in result.model.named_modules() if isinstance(m, torch.nn.Conv2d)}
+    for group, width in zip(gated.groups, kept):  # every conv whose outputs the group gates keeps its width
+        outs = {convs[p].out_channels for p, _ in group.points if p in convs}
+        assert outs <= {width}, (group, outs, width)
+    exact = check_exact(result, gated, torch.rand(32, *shape), tolerance=1e-5)
+    assert exact["argmax_agreement"] == 1.0
+
+
+def test_auto_times_int8_candidates_quantized_as_the_quantize_stage_does(monkeypatch):
+    import numpy as np
+
+    import vib_deploy.cpu_deploy as cpu_deploy
+    from vib_deploy.widths import measured_timer
+
+    model = _sparse("lenet5")
+    vib = [int(g.keep_mask().sum()) for g in gates(model)]
+    quantized = []
+    real = cpu_deploy.quantize_onnx
+    monkeypatch.setattr(cpu_deploy, "quantize_onnx", lambda *a, **k: (quantized.append(a[0]), real(*a, **k)))
+    images = np.random.default_rng(0).random((16, 1, 28, 28), dtype=np.float32)
+    cache: dict[str, float] = {}
+    prune = lambda m: prune_sequential(m, (1, 28, 28)).model.float()  # noqa: E731
+    timer = measured_timer(model, prune, (1, 28, 28), "onnxruntime", images, 1, cache, batch=4, calibration=images)
+    wider = [vib[0] + 1, *vib[1:]]
+    times = timer([vib, wider])
+    assert len(quantized) == 2 and all(t > 0 for t in times)  # each candidate quantized, then timed
+    assert set(cache) == {"-".join(map(str, vib)), "-".join(map(str, wider))}
+    assert timer([wider]) == [cache["-".join(map(str, wider))]] and len(quantized) == 2  # cached: not quantized again

@@ -8,7 +8,8 @@ The input-pixel gate (one before any Linear/Conv) is never rounded: pixels are n
 
 `auto`: per layer (first to last, each with the widths already chosen before it and the VIB counts after
 it), every width from the VIB count up to the next multiple of 16 is pruned, exported and timed on the
-target backend (all candidates alternating in the same rounds); the fastest wins, a width within
+target (`deploy.target`: engine, precision and batch; INT8 candidates quantized as the quantize stage does;
+without a named target: the first of bench.backends, fp32, batch 64), all candidates alternating in the same rounds; the fastest wins, a width within
 `TIE` of the fastest with fewer units wins over it. Timings are cached per (backend, CPU, VIB model)
 in the run directory (`widths-sweep.json`), so a rerun measures only what is new.
 """
@@ -139,10 +140,13 @@ def measured_timer(
     threads: int,
     cache: dict[str, float],
     batch: int = 64,
+    calibration: Any = None,
 ) -> Callable[[list[list[int]]], list[float]]:
     """A `time_widths` that prunes, exports and times each candidate on `backend` (p50 ms at `batch`), alternating.
 
-    `cache` maps "a-b-c" width vectors to milliseconds; new timings are added to it.
+    With `calibration` (training images), each candidate is timed as INT8: quantized exactly as the quantize stage
+    does (`cpu_deploy.quantize_onnx`, QDQ, per-channel weights). `cache` maps "a-b-c" width vectors to
+    milliseconds; new timings are added to it.
     """
     import tempfile
     from functools import partial
@@ -172,6 +176,10 @@ def measured_timer(
                     apply_widths(model, c)
                     path = Path(tmp) / f"{'-'.join(map(str, c))}.onnx"
                     export_onnx(prune(model), path, input_shape, opset=18)
+                    if calibration is not None:
+                        from vib_deploy.cpu_deploy import quantize_onnx
+
+                        quantize_onnx(path, path, calibration, per_channel=True)
                     runners["-".join(map(str, c))] = cls(path, threads).activate()
                 calls = {k: partial(runner.infer, x) for k, runner in runners.items()}
                 samples = alternate(calls, rounds=6, iters=10, warmup=5)

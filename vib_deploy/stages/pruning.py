@@ -57,7 +57,9 @@ def prune(ctx: Context) -> list[str]:
 
 
 def _round(ctx: Context, source: Any, vib_model: torch.nn.Module, data: Any) -> list[dict[str, Any]]:
-    """prune.round_to: a fixed multiple, or `auto` (measured per layer on bench.backends[0], sweep cached)."""
+    """prune.round_to: a fixed multiple, or `auto` (measured per layer on deploy.target, else on bench.backends[0];
+    sweep cached)."""
+    from vib_deploy.cpu_deploy import calibration_images
     from vib_deploy.widths import auto_widths, measured_timer, round_widths
 
     round_to = ctx.config.prune.round_to
@@ -66,11 +68,14 @@ def _round(ctx: Context, source: Any, vib_model: torch.nn.Module, data: Any) -> 
     from vib_deploy.machine import cpu_info
     from vib_deploy.runs import sha256_file
 
-    backend, threads = ctx.config.bench.backends[0], ctx.config.bench.threads
+    target = ctx.config.target()  # None: the first bench backend, fp32, batch 64 (as before deploy.target existed)
+    backend, threads = target.engine if target else ctx.config.bench.backends[0], ctx.config.bench.threads
+    batch, int8 = (target.batch, target.precision == "int8") if target else (64, False)
     key = {
         "backend": backend,
         "threads": threads,
-        "batch": 64,
+        "batch": batch,
+        **({"precision": "int8"} if int8 else {}),
         **cpu_info(),
         "vib_sha256": sha256_file(ctx.run.verified("vib.pt")),
     }
@@ -89,7 +94,9 @@ def _round(ctx: Context, source: Any, vib_model: torch.nn.Module, data: Any) -> 
         data.x_train[:64],
         threads,
         cache,
+        batch,
+        calibration_images(data, ctx.config.quantize.calibration_images) if int8 else None,
     )
-    widths = auto_widths(vib_model, timer, backend)
+    widths = auto_widths(vib_model, timer, str(target) if target else backend)
     WidthsSweep(key, cache).write(ctx.out(WidthsSweep.FILE))
     return widths
