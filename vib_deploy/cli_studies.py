@@ -72,20 +72,19 @@ def compare(
 
 def paper(
     pipelines: str = typer.Option(
-        "pipelines/mnist-lenet300.yaml,pipelines/mnist-lenet5.yaml",
+        "",
         "--pipelines",
-        help="Pipeline files, comma-separated.",
+        help="Pipeline files, comma-separated (default: the paper pipelines, pipelines/paper-*.yaml).",
     ),
     seeds: str = SEEDS,
     set_: list[str] | None = typer.Option(None, "--set", help="Override a key for every run."),
     out: Path = typer.Option(Path("docs/paper-reproduction.md"), "--out", help="The table (a .json beside it)."),
 ) -> None:
     """The paper's LeNet-300-100 / LeNet-5 figures beside ours (runs reused where current): docs/paper-reproduction.md."""
+    from vib_deploy.studies.paper import DEFAULT_PIPELINES
     from vib_deploy.studies.paper import paper as run_paper
 
-    files = [Path(p.strip()) for p in pipelines.split(",") if p.strip()]
-    if not files:
-        raise UserError("--pipelines needs at least one pipeline file")
+    files = [Path(p.strip()) for p in pipelines.split(",") if p.strip()] or list(DEFAULT_PIPELINES)
     with _progress() as progress:
         records = run_paper(files, _seeds(seeds), set_ or [], out, progress=progress, echo=_echo)
     for r in records:
