@@ -172,3 +172,40 @@ def test_paper_protocol_records_test_figures_and_changes_nothing_trained(tmp_pat
     ]
     assert paper_protocol_point(history) == {"epoch": 2, "architecture": [5, 4], "test_error": 0.2, "flops": 40}
     assert paper_protocol_point(off_hist) is None
+
+
+def test_ema_is_the_net_validated_and_kept_and_resumes_exactly(tmp_path):
+    """train.vib.ema: every epoch validates the average; the model ends holding it; a resumed run ends equal."""
+    from vib_deploy.ema import WeightEMA
+
+    torch.manual_seed(0)
+    model = gated_model("lenet300")
+    plain = gated_model("lenet300")
+    plain.load_state_dict(model.state_dict())
+    spec = _spec(epochs=2, ema=0.9)
+    result = train(model, spec, _data(), RunDir(tmp_path / "a"))
+    torch.manual_seed(0)
+    train(plain, _spec(epochs=2), _data(), None)
+    assert not all(torch.equal(v, plain.state_dict()[k]) for k, v in model.state_dict().items())  # not the weights
+    from vib_deploy.evaluate import accuracy
+
+    assert result.history[-1]["val_acc"] == accuracy(model, _data().x_val, _data().y_val)  # the kept net validated
+    # by hand: the average of the weights after every step
+    net = torch.nn.Linear(2, 1)
+    ema = WeightEMA(net, 0.5)
+    before = net.weight.detach().clone()
+    with torch.no_grad():
+        net.weight.add_(2.0)
+    ema.update(net)
+    assert torch.allclose(ema.state["weight"], before + 1.0)
+    with ema.applied(net):
+        assert torch.allclose(net.weight, before + 1.0)
+    assert torch.allclose(net.weight, before + 2.0)
+    # resume: interrupted in epoch 2, then resumed in a new call, ends where the uninterrupted run ended
+    run = RunDir(tmp_path / "b")
+    torch.manual_seed(0)
+    with pytest.raises(UserError, match="interrupted at epoch 2"):
+        train(gated_model("lenet300"), spec, _data(), run, InterruptAfter(5 + 2))
+    resumed = gated_model("lenet300")
+    train(resumed, spec, _data(), run)
+    assert all(torch.equal(v, resumed.state_dict()[k]) for k, v in model.state_dict().items())

@@ -117,6 +117,9 @@ class VIBTrainConfig(_Strict):
     # also record each epoch's TEST error, kept widths and FLOPs of the deterministic (pruned-equivalent) net: the
     # paper's protocol (best test epoch), reported beside ours and labelled; it never chooses anything
     paper_protocol: bool = False
+    # decay of an exponential moving average of the weights and gates, updated every step; the average is what is
+    # validated, kept, pruned, exported and reported (vib_deploy/ema.py); None: off
+    ema: float | None = Field(None, gt=0, lt=1)
 
     @model_validator(mode="after")
     def _finetune_within_epochs(self) -> VIBTrainConfig:

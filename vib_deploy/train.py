@@ -34,6 +34,7 @@ from torch import nn
 from vib_deploy import distributed
 from vib_deploy.accel import amp_context, on_device
 from vib_deploy.checkpoint import checkpoint_state, load_checkpoint, restore_rng, save_checkpoint
+from vib_deploy.ema import WeightEMA, maybe_applied
 from vib_deploy.errors import UserError
 from vib_deploy.evaluate import _sharded_accuracy, accuracy, mask_digest, units_alive
 from vib_deploy.runs import RunDir
@@ -65,9 +66,8 @@ class TrainSpec:
     # with select_best: stop after this many epochs without a better validation accuracy (`epochs` is the cap);
     # the lr halves after patience // 3 such epochs (ReduceLROnPlateau) instead of following `schedule`
     patience: int | None = None
-    # called with the model after each epoch's validation; what it returns joins that epoch's history entry
-    # (train.vib.paper_protocol's test error and FLOPs: recorded, never used to choose)
-    epoch_extra: Callable[[nn.Module], dict[str, Any]] | None = None
+    epoch_extra: Callable[[nn.Module], dict[str, Any]] | None = None  # joins each epoch's history (paper_protocol)
+    ema: float | None = None  # decay of a weight average (ema.py) that is validated and ends in the model
 
 
 @dataclass
@@ -77,9 +77,7 @@ class TrainResult:
     start_val_acc: float | None = None  # validation accuracy of the starting weights (keep_start)
     resumed_from: int = 0  # epochs done before this process started
     images_per_second: float | None = None  # training images over the wall time of the epochs run here
-    epoch_seconds: list[float] = field(
-        default_factory=list
-    )  # wall time of each epoch run here (steps, validation, checkpoint)
+    epoch_seconds: list[float] = field(default_factory=list)  # wall time of each epoch run here
     stopped_early: bool = False  # `patience` epochs passed without a better validation accuracy
 
 
@@ -155,6 +153,7 @@ class _Loop:
     scaler: Any = None  # fp16's GradScaler
     channels_last: bool = False  # a conv net on CUDA: NHWC inputs and weights
     epoch_started: float = 0.0
+    ema: WeightEMA | None = None  # spec.ema's weight average
 
 
 def train(model: nn.Module, spec: TrainSpec, data: Any, run: RunDir | None, progress: Any = None) -> TrainResult:
@@ -186,6 +185,7 @@ def train(model: nn.Module, spec: TrainSpec, data: Any, run: RunDir | None, prog
     loop.channels_last = device.type == "cuda" and any(isinstance(m, nn.Conv2d) for m in model.modules())
     if loop.channels_last:  # NHWC: what cuDNN's tensor-core convolutions run on without transposes
         model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    loop.ema = WeightEMA(model, spec.ema) if spec.ema is not None else None
     if run is not None:
         _resume(model, spec, run, loop, result, progress)
     if loop.start == 0 and spec.select_best and spec.keep_start:  # epoch 0: kept unless an epoch beats it on validation
@@ -227,6 +227,8 @@ def train(model: nn.Module, spec: TrainSpec, data: Any, run: RunDir | None, prog
         model.to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]
     if len(result.history) > loop.start:
         result.images_per_second = (len(result.history) - loop.start) * n / (time.perf_counter() - t0)
+    if loop.ema is not None:  # the average is the net that was validated: it is the one kept
+        model.load_state_dict(loop.ema.state)
     if spec.select_best and loop.best_state is not None:
         model.load_state_dict(loop.best_state)
         result.best_epoch = max(range(len(result.history)), key=lambda i: result.history[i]["val_acc"]) + 1
@@ -255,6 +257,8 @@ def _resume(model: nn.Module, spec: TrainSpec, run: RunDir, loop: _Loop, result:
         result.history = list(ckpt["history"])
         result.resumed_from = loop.start
         result.start_val_acc = ckpt.get("start_val_acc")
+        if loop.ema is not None:
+            loop.ema.state = ckpt["ema"]
         if progress is not None and loop.start < spec.epochs:  # a resume must not look like a restart
             saved = datetime.datetime.fromtimestamp(run.file(ckpt_name).stat().st_mtime).strftime("%H:%M:%S")
             progress.console.print(
@@ -336,6 +340,8 @@ def _train_epoch(
             loop.scaler.scale(loss).backward()
             loop.scaler.step(loop.opt)
             loop.scaler.update()
+        if loop.ema is not None:
+            loop.ema.update(model)
         sums["loss"] += loss_v
         sums["ce"] += ce_v
         sums["kl"] += kl_v
@@ -359,20 +365,21 @@ def _end_epoch(
 ) -> None:
     """Validate, keep the best weights, checkpoint (rank 0 writes), and log the epoch's line."""
     epoch = loop.epoch
-    if distributed.world_size() > 1:
-        val_acc = _sharded_accuracy(model, data.x_val, data.y_val, spec.device)
-        distributed.same_on_all_ranks("gate masks", mask_digest(model))
-    else:
-        val_acc = accuracy(model, data.x_val, data.y_val, spec.device)
+    with maybe_applied(loop.ema, model):  # with train.vib.ema the average is what is validated and kept
+        if distributed.world_size() > 1:
+            val_acc = _sharded_accuracy(model, data.x_val, data.y_val, spec.device)
+            distributed.same_on_all_ranks("gate masks", mask_digest(model))
+        else:
+            val_acc = accuracy(model, data.x_val, data.y_val, spec.device)
+        record = {"epoch": epoch + 1, "val_acc": val_acc, **means, "units_alive": units_alive(model)}
+        if spec.epoch_extra is not None:
+            record.update(spec.epoch_extra(model))
+        if spec.select_best and val_acc > loop.best:
+            loop.best = val_acc
+            loop.best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     if isinstance(loop.sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
         loop.sched.step(val_acc)
-    record = {"epoch": epoch + 1, "val_acc": val_acc, **means, "units_alive": units_alive(model)}
-    if spec.epoch_extra is not None:
-        record.update(spec.epoch_extra(model))
     result.history.append(record)
-    if spec.select_best and val_acc > loop.best:
-        loop.best = val_acc
-        loop.best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     if run is not None:
         state = checkpoint_state(
             model, loop.opt, loop.sched, loop.gen, epoch + 1, loop.best, loop.best_state, result.history, spec.key
@@ -380,6 +387,8 @@ def _end_epoch(
         if loop.scaler is not None:
             state["scaler"] = loop.scaler.state_dict()
         state["start_val_acc"] = result.start_val_acc
+        if loop.ema is not None:
+            state["ema"] = loop.ema.state
         distributed.on_main(lambda: save_checkpoint(run, spec.stage, f"{spec.stage}.ckpt", state))
     result.epoch_seconds.append(time.perf_counter() - loop.epoch_started)
     if progress is not None:

@@ -26,7 +26,7 @@ KEYED_WHEN_SET = {
     "train": {"amp": "off"},
     "bench": {"precisions": None},
     "prune": {"round_to": 1},
-    "vib": {"kl_weighting": "paper", "weight_decay": 0.0, "schedule": "cosine", "paper_protocol": False},
+    "vib": {"kl_weighting": "paper", "weight_decay": 0.0, "schedule": "cosine", "paper_protocol": False, "ema": None},
     "dense": {"patience": None},
 }
 

@@ -133,6 +133,7 @@ def train_vib(ctx: Context) -> list[str]:
         gate_weight_decay=cfg.weight_decay,
         schedule=cfg.schedule,
         epoch_extra=paper_protocol_epoch(source, data) if cfg.paper_protocol else None,
+        ema=cfg.ema,
     )
     result = train(gated, spec, data, ctx.run, ctx.progress)
     seconds = time.time() - t0
