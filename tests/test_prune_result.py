@@ -34,8 +34,15 @@ def pruned_resnet():
 
 def test_exact_prune_passes_and_says_what_was_checked(pruned_resnet):
     gated, result, x = pruned_resnet
-    info = check_exact(result, gated, x, tolerance=1e-5)
+    y = torch.arange(len(x)) % 10
+    info = check_exact(result, gated, x, tolerance=1e-5, y=y)
     assert info["samples"] == 600 and info["float64_samples"] == FLOAT64_SAMPLES
+    # the error it reports is the float32 pruned net's, as evaluate would give it
+    import copy
+
+    from vib_deploy.evaluate import predict
+
+    assert info["error"] == float((predict(copy.deepcopy(result.model).float(), x).argmax(1) != y).float().mean())
     assert info["max_abs_diff_float64"] <= 1e-9 * info["logit_scale"]
     assert info["argmax_agreement"] == 1.0
 

@@ -42,8 +42,11 @@ def float64_sample(n: int, size: int = FLOAT64_SAMPLES) -> torch.Tensor:
 
 
 @torch.no_grad()
-def check_exact(result: PruneResult, vib_model: nn.Module, x: torch.Tensor, tolerance: float) -> dict[str, Any]:
-    """Compare the pruned (and reduced-input) model with the VIB model; raise if beyond bounds.
+def check_exact(
+    result: PruneResult, vib_model: nn.Module, x: torch.Tensor, tolerance: float, y: Any = None
+) -> dict[str, Any]:
+    """Compare the pruned (and reduced-input) model with the VIB model; raise if beyond bounds. With labels `y`,
+    also the float32 pruned model's top-1 `error` on `x` (from the logits the check computed anyway).
 
     float32 (as deployed) on every image of `x`: max |Δlogit| <= tolerance x scale and the argmax agreement.
     float64 (the algebra) on `float64_sample(len(x))`: max |Δlogit| <= MATH_TOLERANCE x scale. Pruning is exact
@@ -77,6 +80,8 @@ def check_exact(result: PruneResult, vib_model: nn.Module, x: torch.Tensor, tole
             (vib64_logits - logits(model64, x_in[sample].double(), batch=100)).abs().max()
         )
         out[f"{prefix}argmax_agreement"] = float((pruned32.argmax(1) == vib32_logits.argmax(1)).float().mean())
+        if y is not None and not prefix:
+            out["error"] = float((pruned32.argmax(1) != torch.as_tensor(y)).float().mean())
         if not out[f"{prefix}max_abs_diff_float64"] <= MATH_TOLERANCE * scale:  # also catches NaN
             raise UserError(
                 f"pruned {prefix}model is not exact in float64: max |Δlogit| {out[f'{prefix}max_abs_diff_float64']:.3g} "

@@ -15,7 +15,6 @@ from vib_deploy.modelfile import load_model
 from vib_deploy.records import Cost, ExactCheck, PruneRecord, WidthsSweep
 from vib_deploy.sources import model_source
 from vib_deploy.stages.base import Context
-from vib_deploy.stages.training import error_of
 
 
 def prune(ctx: Context) -> list[str]:
@@ -28,7 +27,7 @@ def prune(ctx: Context) -> list[str]:
     data = ctx.splits()
     widths = _round(ctx, source, vib_model, data)  # the VIB net with looser per-gate thresholds (round_to 1: unchanged)
     result, info = source.prune(vib_model)
-    exact = check_exact(result, vib_model, torch.as_tensor(data.x_test), ctx.config.prune.tolerance)
+    exact = check_exact(result, vib_model, torch.as_tensor(data.x_test), ctx.config.prune.tolerance, data.y_test)
     outputs = ["pruned.pt"]
     pruned = result.model.float()
     extra = {"kept_pixels": result.kept_pixels}
@@ -42,7 +41,7 @@ def prune(ctx: Context) -> list[str]:
         architecture=[len(k) for k in result.kept_per_gate],
         dense_architecture=source.architecture(vib_model),
         kept_pixels=result.kept_pixels,
-        test_error=error_of(pruned, data.x_test, data.y_test),
+        test_error=exact.pop("error"),  # the float32 pruned net's, from the logits the check computed
         samples=exact.pop("samples"),
         dense=Cost(count_flops(dense, shape), count_params(dense)),
         pruned=Cost(count_flops(pruned, shape), count_params(pruned)),
