@@ -144,6 +144,7 @@ def test_int8_models_are_qdq_per_channel_and_keep_accuracy(cpu_run):
         for engine in ("onnxruntime", "openvino"):
             assert q["error"][engine] == onnx_error(engine, path, data.x_test, data.y_test)
             assert abs(q["error"][engine] - q["fp32_error"]) <= 0.03  # 9 of 300 images, on a 1-epoch net
+            assert q["val_error"][engine] == onnx_error(engine, path, data.x_val, data.y_val)  # what the choice reads
 
 
 @pytest.mark.e2e
@@ -196,6 +197,9 @@ def test_bench_over_precision_and_the_deploy_matrix(cpu_run, tmp_path):
     assert "## Deploy matrix" in report and report.count("best pruned") >= 1 and "- batch 8:" in report
     assert "| openvino | int8 | pruned |" in report and (run_dir / "plots/speedup.png").stat().st_size > 0
     assert "b8 best dense → pruned" in proc.stdout and "ms: " in proc.stdout  # the headline in the final table
+    choice = m["choice"]  # every INT8 deployment had a validation error to be judged by
+    assert choice["batch"] == 8 and choice["notes"] == [] and "## Chosen deployment" in report
+    assert "chosen (deploy.target" in proc.stdout and "error budget (validation)" in report
     # the bench command over engines, precisions and batches; the run's config keeps what was asked
     copy = tmp_path / "run"
     shutil.copytree(run_dir, copy)
