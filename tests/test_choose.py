@@ -110,6 +110,7 @@ def test_nothing_within_the_budget_is_said_plainly():
     rows = dict(choice_rows(c))
     assert rows["chosen (deploy.target auto, b64)"].startswith("none: no pruned deployment within the error budget")
     assert "chosen speedup" not in rows
+    assert rows["error budget (validation)"] == "1.00% (dense fp32) + 0.50 pt = 1.50%"
     assert "no pruned deployment within the error budget" in choice_markdown(c)
 
 
@@ -159,8 +160,7 @@ def test_headline_json(tmp_path):
     within = _summary(MATRIX, int8_val=INT8_VAL)
     over = _summary(MATRIX, pruned_val=0.03, int8_val=ALL_OVER)  # no pruned deployment within 0.5 pt
     runs = [_run_dir(tmp_path, "a", within), _run_dir(tmp_path, "b", over)]
-    out = tmp_path / "docs" / "real-width.json"
-    out.parent.mkdir()
+    out = tmp_path / "docs" / "real-width.json"  # its folder is made
     proc = run_cli("headline", *map(str, runs), "--out", str(out))
     assert proc.returncode == 0, proc.stderr
     data = json.loads(out.read_text())
@@ -183,3 +183,5 @@ def test_headline_json(tmp_path):
 def test_headline_of_a_folder_that_is_no_run_is_one_line(tmp_path):
     assert_user_error(run_cli("headline", str(tmp_path), "--out", str(tmp_path / "h.json")), "is not a vib-deploy run")
     assert not (tmp_path / "h.json").exists()
+    run = _run_dir(tmp_path, "a", _summary(MATRIX))
+    assert_user_error(run_cli("headline", str(run), "--out", str(tmp_path)), f"--out {tmp_path} is a folder")

@@ -150,7 +150,7 @@ def choice_rows(c: DeploymentChoice) -> list[tuple[str, str]]:
     rows.append(
         (
             "error budget (validation)",
-            f"≤ {c.dense_val_error:.2%} dense fp32 + {c.max_error_increase * 100:.2f} pt = {c.budget:.2%}",
+            f"{c.dense_val_error:.2%} (dense fp32) + {c.max_error_increase * 100:.2f} pt = {c.budget:.2%}",
         )
     )
     return rows
@@ -212,6 +212,8 @@ def write_headlines(run_dirs: list[Path], out: Path) -> list[dict[str, Any]]:
     """`headline_records` of the runs, written to `out` atomically."""
     if not run_dirs:
         raise UserError("name at least one run directory")
+    if Path(out).is_dir():
+        raise UserError(f"--out {out} is a folder; name the JSON file to write")
     records = headline_records(run_dirs)
     atomic_write_json(out, records)
     return records
