@@ -40,7 +40,15 @@ def exported(draw: Draw) -> r.ExportedModel:
 
 def quantize(draw: Draw) -> r.QuantizeRecord:
     models = {
-        n: r.QuantizedModel(f"{n}_int8.onnx", draw(INT), draw(INT), {"onnxruntime": draw(FLOAT)}, draw(FLOAT), 300)
+        n: r.QuantizedModel(
+            f"{n}_int8.onnx",
+            draw(INT),
+            draw(INT),
+            {"onnxruntime": draw(FLOAT)},
+            draw(FLOAT),
+            300,
+            draw(st.none() | st.just({"onnxruntime": 0.02})),
+        )  # fmt: skip
         for n in ("dense", "pruned")
     }
     cal = {"split": "train", "images": 200, "method": "minmax"}
@@ -57,6 +65,20 @@ def prune(draw: Draw) -> r.PruneRecord:
     return r.PruneRecord(
         draw(WIDTHS), [784, 300, 100], draw(st.none() | WIDTHS), draw(FLOAT), draw(INT),
         r.Cost(draw(INT), draw(INT)), r.Cost(draw(INT), draw(INT)), kept_indices=[[1, 2]], exact=exact,
+        val_error=draw(MAYBE_FLOAT),
+    )  # fmt: skip
+
+
+def deployment(draw: Draw, variant: str) -> s.Deployment:
+    engine, precision = draw(st.sampled_from([("onnxruntime", "fp32"), ("openvino", "int8")]))
+    return s.Deployment(engine, precision, variant, 64, draw(FLOAT), draw(FLOAT), draw(MAYBE_FLOAT), draw(WIDTHS))
+
+
+def choice(draw: Draw) -> s.DeploymentChoice:
+    chosen = draw(st.none() | st.just(deployment(draw, "pruned")))
+    return s.DeploymentChoice(
+        "auto", 64, 0.005, 0.02, 0.025, chosen, deployment(draw, "dense"), draw(MAYBE_FLOAT), draw(FLOAT),
+        draw(MAYBE_FLOAT), None if chosen else "no pruned deployment within the error budget", ["a note"],
     )  # fmt: skip
 
 
@@ -69,7 +91,9 @@ def summary(draw: Draw, bench: list[r.BenchRecord] | None = None) -> r.RunSummar
         test_samples=draw(INT),
         dense=s.DenseSummary(draw(FLOAT), draw(FLOAT), arch, draw(INT), draw(INT), draw(INT), 3, None, draw(FLOAT)),
         vib=s.VibSummary(draw(FLOAT), draw(FLOAT), 2, 1e-5, draw(FLOAT)),
-        pruned=s.PrunedSummary(draw(FLOAT), arch, draw(INT), draw(INT), draw(INT), draw(st.none() | INT)),
+        pruned=s.PrunedSummary(
+            draw(FLOAT), arch, draw(INT), draw(INT), draw(INT), draw(st.none() | INT), val_error=draw(MAYBE_FLOAT)
+        ),
         finetuned=draw(st.none() | st.just(s.FinetunedSummary(0.01, 0.02, None, 2, 1, 1e-3, 0.0, 3.0))),
         deployed="pruned.pt",
         prune=s.ExactSummary(max_abs_diff=draw(FLOAT), tolerance=1e-5),
@@ -82,6 +106,7 @@ def summary(draw: Draw, bench: list[r.BenchRecord] | None = None) -> r.RunSummar
         preprocessing={"scale": "1/255", "pad": 0, "mean": [0.0], "std": [1.0], "classes": ["0", "1"]},
         openvino=draw(st.none() | st.just(openvino(draw))),
         quantize=draw(st.none() | st.just(quantize(draw))),
+        choice=draw(st.none() | st.just(choice(draw))),
     )
 
 

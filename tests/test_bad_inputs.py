@@ -58,6 +58,13 @@ def test_bad_pipeline_file(path, tmp_path):
         pytest.param("model=lenet5", ["key 'model'"], id="string-for-a-section"),
         pytest.param("model.name=alexnet", ["key 'model.name'", "alexnet"], id="unknown-model"),
         pytest.param("export.opset=16", ["key 'export.opset'"], id="opset-out-of-range"),
+        pytest.param(
+            "deploy.target=tensorrt-fp32",
+            ["deploy.target tensorrt-fp32@", "engine 'tensorrt' is not in bench.backends"],
+            id="target-engine-not-benched",
+        ),
+        pytest.param("deploy.target=fastest", ["key 'deploy.target'", "fastest"], id="target-unknown"),
+        pytest.param("deploy.max_error_increase=-0.1", ["key 'deploy.max_error_increase'"], id="negative-budget"),
     ],
 )
 def test_bad_set(assignment, fragments, tmp_path):

@@ -144,6 +144,7 @@ def test_int8_models_are_qdq_per_channel_and_keep_accuracy(cpu_run):
         for engine in ("onnxruntime", "openvino"):
             assert q["error"][engine] == onnx_error(engine, path, data.x_test, data.y_test)
             assert abs(q["error"][engine] - q["fp32_error"]) <= 0.03  # 9 of 300 images, on a 1-epoch net
+            assert q["val_error"][engine] == onnx_error(engine, path, data.x_val, data.y_val)  # what the choice reads
 
 
 @pytest.mark.e2e
@@ -196,6 +197,9 @@ def test_bench_over_precision_and_the_deploy_matrix(cpu_run, tmp_path):
     assert "## Deploy matrix" in report and report.count("best pruned") >= 1 and "- batch 8:" in report
     assert "| openvino | int8 | pruned |" in report and (run_dir / "plots/speedup.png").stat().st_size > 0
     assert "b8 best dense → pruned" in proc.stdout and "ms: " in proc.stdout  # the headline in the final table
+    choice = m["choice"]  # every INT8 deployment had a validation error to be judged by
+    assert choice["batch"] == 8 and choice["notes"] == [] and "## Chosen deployment" in report
+    assert "chosen (deploy.target" in proc.stdout and "error budget (validation)" in report
     # the bench command over engines, precisions and batches; the run's config keeps what was asked
     copy = tmp_path / "run"
     shutil.copytree(run_dir, copy)
@@ -252,7 +256,9 @@ def test_package_ships_int8_and_openvino_and_serve_runs_int8(cpu_run, tmp_path):
     repo = tmp_path / "models"
     proc = run_cli("package", str(run_dir), "--repo", str(repo), "--name", "l5")
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert sorted(p.name for p in repo.iterdir()) == ["l5-dense", "l5-pruned", "l5-pruned-int8", "l5-pruned-openvino"]
+    chosen = ["l5"] if json.loads((run_dir / "metrics.json").read_text())["choice"]["chosen"] else []
+    models = ["l5-dense", "l5-pruned", "l5-pruned-int8", "l5-pruned-openvino"]
+    assert sorted(p.name for p in repo.iterdir()) == chosen + models
     ov_dir = repo / "l5-pruned-openvino"
     assert sorted(p.name for p in (ov_dir / "1").iterdir()) == [
         "manifest.json",
@@ -335,3 +341,45 @@ def test_prune_round_to_auto_measures_on_the_first_backend_and_caches(cpu_run, t
     assert [w["sweep_ms"] for w in json.loads((copy / "prune.json").read_text())["widths"]] == [
         w["sweep_ms"] for w in info["widths"]
     ]
+
+
+@pytest.mark.e2e
+def test_a_chosen_openvino_deployment_ships_its_ir_and_serves_its_onnx_twin(cpu_run, tmp_path):
+    """deploy.target names OpenVINO fp32: only the report reruns; `package` ships it as `<run>` for Triton's OpenVINO
+    backend (the IR) with the ONNX twin that the local server (no OpenVINO backend) serves."""
+    pytest.importorskip("tritonclient.grpc", reason="tritonclient is not installed: pip install 'vib-deploy[ship]'")
+    from vib_deploy.runs import sha256_file
+
+    copy = tmp_path / "run"
+    shutil.copytree(cpu_run[0], copy)
+    target = ["--set", "deploy.target=openvino-fp32@1", "--set", "deploy.max_error_increase=1"]
+    proc = run_cli("run", "pipelines/mnist-lenet5.yaml", "--run-dir", str(copy), *TINY, *target)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "[run] report" in proc.stderr and "[run] bench" not in proc.stderr  # deploy.* keys the report only
+    choice = json.loads((copy / "metrics.json").read_text())["choice"]
+    assert choice["target"] == "openvino-fp32@1" and choice["batch"] == 1
+    assert (choice["chosen"]["engine"], choice["chosen"]["precision"]) == ("openvino", "fp32")
+    assert "chosen (deploy.target openvino-fp32@1, b1)" in (copy / "report.md").read_text()
+    repo = tmp_path / "models"
+    assert run_cli("package", str(copy), "--repo", str(repo), "--name", "l5").returncode == 0
+    vdir = repo / "l5" / "1"
+    assert sorted(p.name for p in vdir.iterdir()) == [
+        "manifest.json",
+        "model.bin",
+        "model.onnx",
+        "model.xml",
+        "model.xml.json",
+    ]
+    assert sha256_file(vdir / "model.xml") == sha256_file(copy / "pruned.xml")
+    assert sha256_file(vdir / "model.onnx") == sha256_file(copy / "pruned.onnx")
+    assert 'backend: "openvino"' in (repo / "l5" / "config.pbtxt").read_text()
+    assert 'default_model_filename: "model.xml"' in (repo / "l5" / "config.pbtxt").read_text()
+    manifest = json.loads((vdir / "manifest.json").read_text())
+    assert manifest["chosen"] == choice and manifest["served_locally"].startswith("model.onnx through onnxruntime")
+    assert run_cli("verify", str(repo)).returncode == 0
+    from vib_deploy.triton.server import TritonServer, unavailable
+
+    if unavailable():
+        pytest.skip(f"a local Triton cannot start here: {unavailable()}")
+    with TritonServer(repo) as server:
+        assert "l5" in server.models and "l5-pruned-openvino" not in server.models  # the twin; an IR alone: not here

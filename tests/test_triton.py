@@ -3,6 +3,7 @@ writes, `verify`) and a real tritonserver round trip over HTTP and gRPC with rea
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -21,11 +22,12 @@ pytest.importorskip("tritonclient.grpc", reason="tritonclient is not installed: 
 from google.protobuf import text_format  # noqa: E402  (after the importorskip: tritonclient brings this protobuf)
 from tritonclient.grpc import model_config_pb2  # noqa: E402
 
-from vib_deploy.runs import sha256_file  # noqa: E402
+from vib_deploy.runs import RunDir, sha256_file  # noqa: E402
 from vib_deploy.triton import repository as ship  # noqa: E402
 
 TEST_LIMIT = 300
 MODELS = ("tiny-dense", "tiny-pruned")
+CHOSEN = "tiny"  # the deployment chosen for the user (conftest.TINY's budget takes any pruned net): fp32 pruned.onnx
 
 pytestmark = pytest.mark.e2e
 
@@ -61,7 +63,7 @@ def _copy(repo: Path, tmp_path: Path) -> Path:
 # -- the repository ----------------------------------------------------------------------------
 def test_layout_config_and_manifest(repo, tiny_run):
     metrics = json.loads((tiny_run / "metrics.json").read_text())
-    assert sorted(p.name for p in repo.iterdir()) == list(MODELS)
+    assert sorted(p.name for p in repo.iterdir()) == [CHOSEN, *MODELS]
     for name, variant in zip(MODELS, ("dense", "pruned")):
         model_dir = repo / name
         assert sorted(p.name for p in model_dir.iterdir()) == ["1", "config.pbtxt", "labels.txt"]  # no temp dir left
@@ -98,13 +100,103 @@ def test_layout_config_and_manifest(repo, tiny_run):
             (b, n) for b in ("onnxruntime", "torch") for n in (1, 8)
         }  # the run's bench (conftest.TINY), this variant
     proc = run_cli("verify", str(repo))
-    assert proc.returncode == 0 and "ok: 2 model versions" in proc.stdout, proc.stderr
+    assert proc.returncode == 0 and "ok: 3 model versions" in proc.stdout, proc.stderr
+
+
+def test_the_run_name_is_the_chosen_deployment(repo, tiny_run):
+    metrics = json.loads((tiny_run / "metrics.json").read_text())
+    chosen = metrics["choice"]["chosen"]
+    assert chosen["variant"] == "pruned" and chosen["precision"] == "fp32" and chosen["batch"] == 8
+    assert chosen["val_error"] == metrics["pruned"]["val_error"]  # the prune stage's, on the validation split
+    fastest = min(
+        (r for r in metrics["bench"] if r["batch"] == 8 and r["variant"] == "pruned"), key=lambda r: r["p50_ms"]
+    )
+    assert (chosen["engine"], chosen["p50_ms"]) == (fastest["backend"], fastest["p50_ms"])
+    vdir = repo / CHOSEN / "1"
+    assert sorted(p.name for p in vdir.iterdir()) == ["manifest.json", "model.onnx"]
+    assert sha256_file(vdir / "model.onnx") == sha256_file(tiny_run / "pruned.onnx")
+    config = text_format.Parse((repo / CHOSEN / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+    assert config.name == CHOSEN and config.platform == "onnxruntime_onnx"
+    manifest = json.loads((vdir / "manifest.json").read_text())
+    assert manifest["chosen"] == metrics["choice"] and manifest["variant"] == "pruned"
+    if chosen["engine"] == "torch":  # no Triton layout for torch here: its ONNX twin, and the record says so
+        assert manifest["shipped_as"].startswith("onnxruntime: torch has no Triton layout here")
+    else:
+        assert "shipped_as" not in manifest
+
+
+def _fake_run(tmp_path: Path) -> RunDir:
+    """A run directory holding the pruned net's deployable files (stand-in bytes; nothing loads them here)."""
+    run = RunDir(tmp_path / "run")
+    run.path.mkdir()
+    files = ["pruned.onnx", "pruned_int8.onnx", "pruned.xml", "pruned.bin"]
+    for name in files:
+        (run.path / name).write_bytes(name.encode())
+    (run.path / "pruned.xml.json").write_text(json.dumps({"openvino": "2025.0", "cpu": "x"}))
+    run.add_artifacts("stand-in", [*files, "pruned.xml.json"])
+    return run
+
+
+@pytest.mark.parametrize(
+    "engine,precision,files,platform,from_file",
+    [
+        ("onnxruntime", "fp32", ["model.onnx"], "onnxruntime_onnx", {"model.onnx": "pruned.onnx"}),
+        ("onnxruntime", "int8", ["model.onnx"], "onnxruntime_onnx", {"model.onnx": "pruned_int8.onnx"}),
+        (
+            "openvino",
+            "fp32",
+            ["model.bin", "model.onnx", "model.xml", "model.xml.json"],
+            "openvino",
+            {"model.xml": "pruned.xml", "model.onnx": "pruned.onnx"},
+        ),
+        ("openvino", "int8", ["model.onnx"], "openvino", {"model.onnx": "pruned_int8.onnx"}),
+        ("torch", "fp32", ["model.onnx"], "onnxruntime_onnx", {"model.onnx": "pruned.onnx"}),
+    ],
+)
+def test_the_chosen_deployment_ships_in_its_engines_layout(tmp_path, engine, precision, files, platform, from_file):
+    from vib_deploy.records.summary import Deployment, DeploymentChoice
+    from vib_deploy.triton.chosen import chosen_target
+    from vib_deploy.triton.modelconfig import ShipOptions
+
+    run = _fake_run(tmp_path)
+    d = Deployment(engine, precision, "pruned", 64, 0.1, 0.02, 0.021, [4, 9])
+    choice = DeploymentChoice(f"{engine}-{precision}@64", 64, 0.005, 0.018, 0.023, d, None, None, 10.0, None)
+    ((name, sources, got_platform, _, record),) = chosen_target(run, "net", choice, ShipOptions())
+    assert name == "net" and sorted(sources) == files and got_platform == platform
+    assert {k: sources[k].name for k in from_file} == from_file
+    assert record["chosen"]["chosen"]["engine"] == engine and record["precision"] == precision
+    assert ("served_locally" in record) == (engine == "openvino")  # the local server runs model.onnx instead
+    assert ("shipped_as" in record) == (engine == "torch")
+    nothing = dataclasses.replace(choice, chosen=None, why_none="no pruned deployment within the error budget")
+    assert chosen_target(run, "net", nothing, ShipOptions()) == []  # package ships `<run>-<variant>` only
+
+
+def test_an_openvino_model_with_an_onnx_twin_is_served_through_it(repo, tmp_path):
+    """The local tritonserver has no OpenVINO backend: a chosen OpenVINO deployment is served from its model.onnx."""
+    from vib_deploy.triton.modelconfig import MODEL_FILE, OPENVINO, ShipOptions, graph_io, render_config
+    from vib_deploy.triton.server import pytriton_root, serving_copy
+
+    if pytriton_root() is None:
+        pytest.skip("nvidia-pytriton is not installed")
+    copy = _copy(repo, tmp_path)
+    inputs, outputs = graph_io(copy / CHOSEN / "1" / MODEL_FILE)
+    (copy / CHOSEN / "config.pbtxt").write_text(
+        render_config(CHOSEN, inputs, outputs, ShipOptions(), OPENVINO, MODEL_FILE)
+    )
+    ir_only = copy / "tiny-pruned-openvino"  # an IR without a twin stays unserved
+    shutil.copytree(copy / CHOSEN, ir_only)
+    (ir_only / "1" / MODEL_FILE).unlink()
+    names = serving_copy(copy, tmp_path / "serving")
+    assert CHOSEN in names and "tiny-pruned-openvino" not in names
+    served = ship.parse_config((tmp_path / "serving/models" / CHOSEN / "config.pbtxt").read_text(), "copy")
+    assert (served.backend, served.platform, served.default_model_filename) == ("python", "", "")
+    assert (tmp_path / "serving/models" / CHOSEN / "1" / MODEL_FILE).is_file()
 
 
 def test_versions_increase_and_can_be_set(repo, tiny_run, tmp_path):
     copy = _copy(repo, tmp_path)
     proc = run_cli("package", str(tiny_run), "--repo", str(copy), "--name", "tiny")
-    assert proc.returncode == 0 and proc.stdout.count("version 1 unchanged") == 2, proc.stdout + proc.stderr
+    assert proc.returncode == 0 and proc.stdout.count("version 1 unchanged") == 3, proc.stdout + proc.stderr
     proc = run_cli(
         "package",
         str(tiny_run),
@@ -122,7 +214,7 @@ def test_versions_increase_and_can_be_set(repo, tiny_run, tmp_path):
         "2",
     )
     assert proc.returncode == 0, proc.stderr
-    for name in MODELS:
+    for name in (CHOSEN, *MODELS):
         assert ship.versions(copy / name) == [1, 7]
         assert not [p for p in (copy / name).iterdir() if p.name.startswith(".")]
         config = text_format.Parse((copy / name / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
@@ -136,7 +228,7 @@ def test_versions_increase_and_can_be_set(repo, tiny_run, tmp_path):
     assert ship.versions(copy / MODELS[0]) == [1, 7, 8]
     assert not [p for p in (copy / MODELS[0]).iterdir() if p.name.startswith(".")]
     proc = run_cli("verify", str(copy))
-    assert proc.returncode == 0 and "ok: 6 model versions" in proc.stdout, proc.stderr
+    assert proc.returncode == 0 and "ok: 9 model versions" in proc.stdout, proc.stderr
 
 
 def test_a_failed_write_leaves_no_partial_version(repo, tiny_run, tmp_path, monkeypatch):
@@ -244,7 +336,7 @@ def test_round_trip_equals_onnxruntime_and_metrics(server, repo, tiny_run, test_
     metrics = json.loads((tiny_run / "metrics.json").read_text())
     x, y = test_images
     try:
-        for name, variant in zip(MODELS, ("dense", "pruned")):
+        for name, variant in zip((*MODELS, CHOSEN), ("dense", "pruned", "pruned")):
             assert client.is_model_ready(name)
             got = []
             for i in range(0, len(x), 64):  # batches of 64, the last one smaller
@@ -438,7 +530,7 @@ def test_an_engine_ships_as_a_tensorrt_model(tiny_run, tmp_path):
     repo = tmp_path / "models"
     proc = run_cli("package", str(run), "--repo", str(repo), "--name", "tiny")
     assert proc.returncode == 0, proc.stderr
-    assert sorted(p.name for p in repo.iterdir()) == ["tiny-dense", "tiny-dense_trt", "tiny-pruned"]
+    assert sorted(p.name for p in repo.iterdir()) == ["tiny", "tiny-dense", "tiny-dense_trt", "tiny-pruned"]
     vdir = repo / "tiny-dense_trt" / "1"
     assert sorted(p.name for p in vdir.iterdir()) == ["manifest.json", "model.plan", "model.plan.json"]
     config = text_format.Parse((repo / "tiny-dense_trt" / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())

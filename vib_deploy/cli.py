@@ -203,7 +203,9 @@ def package(
         None, "--version", help="Version number (default: one above the newest); an existing one is replaced."
     ),
     name: str | None = typer.Option(
-        None, "--name", help="Model name prefix (default: the run's name); models are <name>-dense and <name>-pruned."
+        None,
+        "--name",
+        help="Model name (default: the run's name): the chosen deployment is <name>; <name>-dense, <name>-pruned, ...",
     ),
     max_batch_size: int = typer.Option(256, "--max-batch-size", help="config.pbtxt max_batch_size."),
     preferred_batch_sizes: str = typer.Option(
@@ -213,7 +215,8 @@ def package(
     instances: int = typer.Option(1, "--instances", help="instance_group count."),
     kind: str = typer.Option("KIND_CPU", "--kind", help="instance_group kind: KIND_CPU or KIND_GPU."),
 ) -> None:
-    """Add the run's dense and pruned ONNX models to a Triton model repository (config validated, versioned, manifest)."""
+    """Add the chosen deployment (as the run's name) and the dense and pruned models to a Triton model repository
+    (config validated, versioned, manifest)."""
     from vib_deploy.triton.repository import ShipOptions
     from vib_deploy.triton.repository import package as ship
 
@@ -225,6 +228,19 @@ def package(
             typer.echo(f"{model.path}: {model.name} version {model.version} ({', '.join(sorted(model.files))})")
         else:
             typer.echo(f"{model.path}: {model.name} version {model.version} unchanged (same model.onnx and config)")
+
+
+@app.command()
+def headline(
+    run_dirs: list[Path] = typer.Argument(..., help="Finished run directories."),
+    out: Path = typer.Option(..., "--out", help="The JSON file to write, e.g. docs/real-width.json."),
+) -> None:
+    """Per run and bench batch: the fastest dense and pruned deployments within the run's error budget (chosen on
+    validation), with their test errors, as JSON."""
+    from vib_deploy.choose import write_headlines
+
+    records = write_headlines(run_dirs, out)
+    typer.echo(f"{out}: {len(records)} headline(s) from {len(run_dirs)} run(s)")
 
 
 @app.command()

@@ -6,7 +6,8 @@ openvino: each exported ONNX model -> `<variant>.xml` + `<variant>.bin` (fp32 IR
 quantize: `dense.onnx`, `pruned.onnx` -> `<variant>_int8.onnx` with ONNX Runtime's `quantize_static` (QDQ,
     int8 weights -- per channel by default -- and uint8 activations), calibrated on `quantize.calibration_images`
     images of the *training* split only. Each INT8 model's test error is measured on the full test set on every
-    engine that runs it (ONNX Runtime, and OpenVINO, which executes QDQ as int8), next to its fp32 error.
+    engine that runs it (ONNX Runtime, and OpenVINO, which executes QDQ as int8), next to its fp32 error, and its
+    validation error likewise (what the deployment choice compares with `deploy.max_error_increase`).
 """
 
 from __future__ import annotations
@@ -121,7 +122,8 @@ def onnx_error(backend: str, path: Path, x: np.ndarray, y: np.ndarray, batch: in
 
 
 def quantize(ctx: Context) -> list[str]:
-    """INT8 (QDQ) dense and pruned models, calibrated on training images; their test error on each engine."""
+    """INT8 (QDQ) dense and pruned models, calibrated on training images; their test and validation error on each
+    engine."""
     from vib_deploy.backends import BACKENDS
 
     cfg = ctx.config.quantize
@@ -134,8 +136,9 @@ def quantize(ctx: Context) -> list[str]:
         src, dst = ctx.run.verified(f"{variant}.onnx"), ctx.out(int8_name(variant))
         quantize_onnx(src, dst, images, cfg.per_channel)
         errors = {e: onnx_error(e, dst, data.x_test, data.y_test) for e in engines}
+        val_errors = {e: onnx_error(e, dst, data.x_val, data.y_val) for e in engines}  # the choice's budget check
         models[variant] = QuantizedModel(
-            dst.name, dst.stat().st_size, src.stat().st_size, errors, fp32_error[variant], len(data.y_test)
+            dst.name, dst.stat().st_size, src.stat().st_size, errors, fp32_error[variant], len(data.y_test), val_errors
         )
     QuantizeRecord(
         calibration={"split": "train", "images": len(images), "method": "minmax"},

@@ -70,14 +70,14 @@ def headline_text(h: dict[str, Any], ideal: float) -> str:
     )
 
 
-_SHORT = {"onnxruntime": "ORT", "openvino": "OV"}
+ENGINE_SHORT = {"onnxruntime": "ORT", "openvino": "OV"}
 
 
 def headline_short(h: dict[str, Any], ideal: float) -> str:
     """The headline in one console cell: engines abbreviated (ORT, OV), 3 decimals."""
 
     def name(r: dict[str, Any]) -> str:
-        return f"{_SHORT.get(r['backend'], r['backend'])} {r['precision']} {r['variant']}"
+        return f"{ENGINE_SHORT.get(r['backend'], r['backend'])} {r['precision']} {r['variant']}"
 
     d, p = h["dense"], h["pruned"]
     error = f"; {d['error']:.2%} → {p['error']:.2%}" if d["error"] is not None and p["error"] is not None else ""

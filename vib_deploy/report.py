@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
 from vib_deploy import __version__
+from vib_deploy.choose import choice_markdown, choice_rows, choose
 from vib_deploy.data import CLASS_NAMES
 from vib_deploy.deploy_matrix import headline_short, headlines, plot_speedup_vs_ideal, render_matrix
 from vib_deploy.deployed import deployed_file, finetuned
@@ -57,7 +58,7 @@ def _pruned(p: PruneRecord) -> PrunedSummary:
     cost = p.pruned
     return PrunedSummary(
         p.test_error, p.architecture, cost.flops, cost.params, cost.params * BYTES_PER_PARAM, p.scales_left,
-        p.round_to, widths,
+        p.round_to, widths, p.val_error,
     )  # fmt: skip
 
 
@@ -77,7 +78,7 @@ def build_summary(run: RunDir, config: Any) -> RunSummary:
     view = run.view()
     models = export.variants.values()
     exact = {f.name: getattr(pruned.exact, f.name, None) for f in fields(ExactSummary)}
-    return RunSummary(
+    summary = RunSummary(
         model=config.model.name or config.model.factory,
         dataset=config.data.dataset,
         version=__version__,
@@ -103,6 +104,7 @@ def build_summary(run: RunDir, config: Any) -> RunSummary:
         openvino=OpenvinoRecord.read(run) if view.ran("openvino") else None,
         quantize=QuantizeRecord.read(run) if view.ran("quantize") else None,
     )
+    return replace(summary, choice=choose(summary, config.target(), config.deploy.max_error_increase))
 
 
 def arch_string(s: RunSummary) -> str:
@@ -134,7 +136,7 @@ def summary_rows(s: RunSummary) -> list[tuple[str, str]]:
     ]
     for h in headlines(s):
         rows.append((f"b{h['batch']} best dense → pruned", headline_short(h, s.ideal_speedup)))
-    return rows
+    return rows + (choice_rows(s.choice) if s.choice is not None else [])
 
 
 def print_summary(summary: RunSummary) -> None:
@@ -271,6 +273,7 @@ Peak memory is the peak-RSS growth of a fresh process that loads the model and r
 {bench_rows}
 
 {render_matrix(summary)}
+{choice_markdown(summary.choice) if summary.choice is not None else ""}
 ![units](plots/units.png)
 ![latency](plots/latency.png)
 ![speedup](plots/speedup.png)

@@ -87,7 +87,8 @@ class OpenvinoRecord(_Variants):
 
 @dataclass(frozen=True)
 class QuantizedModel(JsonRecord):
-    """One INT8 model of quantize.json: its file, size, and test error per engine next to its fp32 net's."""
+    """One INT8 model of quantize.json: its file, size, and test error per engine next to its fp32 net's; its
+    validation error per engine (what `choose` compares with the error budget; None: a file made before it was)."""
 
     file: str
     bytes: int
@@ -95,6 +96,8 @@ class QuantizedModel(JsonRecord):
     error: dict[str, float]  # engine -> test error
     fp32_error: float
     test_samples: int
+    val_error: dict[str, float] | None = None  # engine -> validation error
+    OMIT_NONE = frozenset({"val_error"})
 
 
 @dataclass(frozen=True)

@@ -87,6 +87,7 @@ class PruneRecord(JsonRecord):
     peer: PeerInfo | None = None
     round_to: int | str | None = None  # prune.round_to when not 1 (hardware-aware widths), with each layer's choice
     widths: list[dict[str, Any]] | None = None
+    val_error: float | None = None  # the pruned net's validation error (None: a file made before it was recorded)
     record_version: int = RECORD_VERSION
 
     def to_json(self) -> dict[str, Any]:
@@ -119,6 +120,8 @@ class PruneRecord(JsonRecord):
             out["scales_left"] = self.scales_left
         if self.round_to is not None:
             out.update({"round_to": self.round_to, "widths": self.widths})
+        if self.val_error is not None:
+            out["val_error"] = self.val_error
         return out
 
     @classmethod
@@ -140,6 +143,7 @@ class PruneRecord(JsonRecord):
             peer=PeerInfo(**{k: d[k] for k in _PEER if k in d}) if "method" in d else None,
             round_to=d.get("round_to"),
             widths=d.get("widths"),
+            val_error=d.get("val_error"),
             record_version=d.get("record_version", 0),
         )
 

@@ -1,12 +1,12 @@
 """metrics.json: `RunSummary`, the one summary of a finished run (built by `report.build_summary`).
 
-The report, the deploy matrix, Triton packaging, experiment tracking, the GPU day and the studies read a run's
-figures from it. Its keys are the metrics.json contract that tools outside vib-deploy read too.
+The report, the deploy matrix, the deployment choice, Triton packaging, experiment tracking, the GPU day and the
+studies read a run's figures from it. Its keys are the metrics.json contract that tools outside vib-deploy read too.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from vib_deploy.records.base import RECORD_VERSION, DictOf, JsonRecord, ListOf
@@ -46,7 +46,8 @@ class PrunedSummary(JsonRecord):
     scales_left: int | None
     round_to: int | str | None = None  # set when prune.round_to is not 1, with each layer's chosen width
     widths: list[dict[str, Any]] | None = None
-    OMIT_NONE = frozenset({"round_to", "widths"})
+    val_error: float | None = None  # None: a prune.json made before it was recorded
+    OMIT_NONE = frozenset({"round_to", "widths", "val_error"})
 
 
 @dataclass(frozen=True)
@@ -94,6 +95,43 @@ class Histories(JsonRecord):
 
 
 @dataclass(frozen=True)
+class Deployment(JsonRecord):
+    """One benched deployment: a variant on an engine at a precision and batch, its p50 and its errors."""
+
+    engine: str
+    precision: str  # fp32 | int8
+    variant: str  # dense | pruned
+    batch: int
+    p50_ms: float
+    val_error: float  # what the choice compared with the budget
+    error: float | None  # test error: reported, never used to choose
+    widths: list[int]
+
+
+@dataclass(frozen=True)
+class DeploymentChoice(JsonRecord):
+    """The deployment chosen for the user (`vib_deploy.choose`) and the best dense one, at one batch size.
+
+    `chosen` is None when no pruned deployment is within the budget (`why_none` says why); `budget` is the
+    validation error ceiling, the dense fp32 net's validation error plus `max_error_increase`.
+    """
+
+    target: str  # deploy.target: auto or <engine>-<precision>@<batch>
+    batch: int
+    max_error_increase: float
+    dense_val_error: float
+    budget: float
+    chosen: Deployment | None
+    best_dense: Deployment | None
+    speedup: float | None  # best dense p50 / chosen p50
+    ideal_speedup: float
+    measured_over_ideal: float | None
+    why_none: str | None = None
+    notes: list[str] = field(default_factory=list)  # deployments left out for want of a validation error
+    NESTED = {"chosen": Deployment, "best_dense": Deployment}
+
+
+@dataclass(frozen=True)
 class RunSummary(JsonRecord):
     """metrics.json: errors, sizes and costs per model, the checks, every measurement and the machine."""
 
@@ -117,8 +155,9 @@ class RunSummary(JsonRecord):
     preprocessing: dict[str, Any]  # how a client prepares an image
     openvino: OpenvinoRecord | None = None  # openvino.json, where that stage ran
     quantize: QuantizeRecord | None = None
+    choice: DeploymentChoice | None = None  # None: a metrics.json made before the choice was recorded
     record_version: int = RECORD_VERSION
-    OMIT_NONE = frozenset({"openvino", "quantize"})
+    OMIT_NONE = frozenset({"openvino", "quantize", "choice"})
     NESTED = {
         "dense": DenseSummary,
         "vib": VibSummary,
@@ -131,6 +170,7 @@ class RunSummary(JsonRecord):
         "history": Histories,
         "openvino": OpenvinoRecord,
         "quantize": QuantizeRecord,
+        "choice": DeploymentChoice,
     }
 
     @property

@@ -51,6 +51,7 @@ def prune(ctx: Context) -> list[str]:
         pruning=info.get("pruning"),
         exact=ExactCheck(**exact),
         **({"round_to": round_to, "widths": widths} if round_to != 1 else {}),
+        val_error=error_of(pruned, data.x_val, data.y_val),  # what deploy.max_error_increase is checked on
     ).write(ctx.out(PruneRecord.FILE))
     return outputs + [PruneRecord.FILE] + ([WidthsSweep.FILE] if round_to == "auto" else [])
 

@@ -28,6 +28,7 @@ KEYED_WHEN_SET = {
     "prune": {"round_to": 1},
     "vib": {"kl_weighting": "paper", "weight_decay": 0.0, "schedule": "cosine", "paper_protocol": False, "ema": None},
     "dense": {"patience": None},
+    "deploy": {"target": "auto", "max_error_increase": 0.005},
 }
 
 
@@ -58,6 +59,12 @@ def _prune_section(c: PipelineConfig) -> dict[str, Any]:
     where = {"target": str(target)} if target else {"backend": c.bench.backends[0]}
     auto = {"auto": {**where, "threads": c.bench.threads}} if c.prune.round_to == "auto" else {}
     return {"prune": keyed_section("prune", c.prune), "data": keyed_section("data", c.data), **auto}
+
+
+def _report_section(c: PipelineConfig) -> dict[str, Any]:
+    """The deployment choice's settings, keyed only where they differ from the defaults."""
+    deploy = keyed_section("deploy", c.deploy)
+    return {"deploy": deploy} if deploy else {}
 
 
 def _export_section(c: PipelineConfig) -> dict[str, Any]:
@@ -143,7 +150,8 @@ STAGES: tuple[Stage, ...] = (
         ("train-dense", "prune", "finetune", "export"),
         lambda c: {"quantize": c.quantize.model_dump(), "data": keyed_section("data", c.data)},
         _lazy("vib_deploy.cpu_deploy", "quantize"),
-        help="INT8 (QDQ ONNX) of the dense and pruned models, calibrated on training images; test error per engine.",
+        help="INT8 (QDQ ONNX) of the dense and pruned models, calibrated on training images; test and validation "
+        "error per engine.",
         uses_data=True,
         enabled=lambda c: c.quantize.enabled,
     ),
@@ -160,9 +168,10 @@ STAGES: tuple[Stage, ...] = (
     Stage(
         "report",
         ("train-dense", "train-vib", "prune", "finetune", "export", "bench"),
-        lambda c: {},
+        _report_section,
         _lazy("vib_deploy.stages.reporting", "report"),
-        help="Write metrics.json, report.md and plots, and print the final table.",
+        help="Write metrics.json (with the deployment chosen by deploy.target), report.md and plots, and print the "
+        "final table.",
         after=("openvino", "quantize"),
     ),
 )

@@ -24,7 +24,7 @@ from vib_deploy.pipeline import read_run_config
 from vib_deploy.records import BenchFile
 from vib_deploy.runs import RunDir, atomic_write_json
 from vib_deploy.timing import concurrent, latency_stats
-from vib_deploy.triton.repository import package
+from vib_deploy.triton.repository import VARIANTS, package
 from vib_deploy.triton.server import TritonServer
 
 
@@ -52,7 +52,8 @@ def bench_triton(
     }
     records = []
     with tempfile.TemporaryDirectory(prefix="vib-deploy-bench-") as tmp:
-        shipped = {m.name.rsplit("-", 1)[1]: m for m in package(run_dir, Path(tmp) / "models", name="bench")}
+        models = package(run_dir, Path(tmp) / "models", name="bench")  # also the chosen one and other deployments
+        shipped = {v: m for v in VARIANTS for m in models if m.name == f"bench-{v}"}  # dense and pruned are timed
         with TritonServer(Path(tmp) / "models") as server:
             echo(
                 f"tritonserver ready in {server.start_seconds:.1f} s ({protocol}); timing {len(shipped)} models × "

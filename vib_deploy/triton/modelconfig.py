@@ -13,6 +13,9 @@ OPENVINO, IR_FILE = (
     "openvino",
     "model.xml",
 )  # Triton's OpenVINO backend; IR weights in model.bin, sidecar model.xml.json
+MODEL_FILE = (
+    "model.onnx"  # an ONNX model's file in a version folder (onnxruntime, or the OpenVINO backend reading ONNX)
+)
 LABELS = "labels.txt"
 
 # ONNX TensorProto element types -> Triton data types
@@ -101,13 +104,14 @@ def render_config(
     outputs: list[TensorSpec],
     options: ShipOptions,
     platform: str = "onnxruntime_onnx",
+    model_file: str = IR_FILE,
 ) -> str:
     """config.pbtxt text for an ONNX model (or a plan, or OpenVINO IR: platform "openvino" names Triton's
-    OpenVINO *backend*, run with one thread, one stream, latency hint as bench measured it); the first
-    output carries the labels file."""
+    OpenVINO *backend*, run with one thread, one stream, latency hint as bench measured it, on `model_file`:
+    the IR, or an ONNX model it reads itself); the first output carries the labels file."""
     # long function: the config.pbtxt template, read top to bottom as the file it writes
     if platform == OPENVINO:
-        engine = [f'backend: "{OPENVINO}"', f'default_model_filename: "{IR_FILE}"']
+        engine = [f'backend: "{OPENVINO}"', f'default_model_filename: "{model_file}"']
         engine_params = [
             f'parameters {{ key: "{k}" value: {{ string_value: "{v}" }} }}'
             for k, v in (("INFERENCE_NUM_THREADS", "1"), ("NUM_STREAMS", "1"), ("PERFORMANCE_HINT", "LATENCY"))

@@ -2,6 +2,9 @@
 
 Layout (Triton's own, so it can be copied straight into a server's `--model-repository`):
 
+    models/<run>/...                     the deployment chosen for the user (metrics.json `choice`: the fastest
+                                         pruned one within the error budget, or deploy.target's), in its engine's
+                                         layout (triton/chosen.py); absent when none is within the budget
     models/<run>-dense/config.pbtxt      platform onnxruntime_onnx, generated from the ONNX graph
     models/<run>-dense/labels.txt        class names, one per output index (label_filename)
     models/<run>-dense/<version>/model.onnx
@@ -13,7 +16,7 @@ Layout (Triton's own, so it can be copied straight into a server's `--model-repo
     models/<run>-pruned-openvino/<version>/model.xml + model.bin (+ model.xml.json: OpenVINO version, CPU)
                                          backend openvino (Triton's OpenVINO backend): where the openvino stage ran
 
-Dense and pruned ship as two models so a server can serve both and a client can compare them; the
+Dense and pruned ship as two models (besides the chosen one) so a server can serve both and a client can compare them; the
 pruned model with a reduced input (`pruned_reduced.onnx`) is not shipped: it takes kept pixels, not images.
 
 Every config is parsed with Triton's schema (`tritonclient.grpc.model_config_pb2`) before it is written.
@@ -36,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from vib_deploy import __version__
+from vib_deploy.choose import choice_of
 from vib_deploy.data import CLASS_NAMES
 from vib_deploy.deployed import Deployable, deployables
 from vib_deploy.errors import UserError
@@ -50,9 +54,11 @@ from vib_deploy.runs import (
     sha256_file,
 )
 from vib_deploy.sidecar import read_sidecar
+from vib_deploy.triton.chosen import ShipTarget, chosen_target
 from vib_deploy.triton.modelconfig import (
     IR_FILE,
     LABELS,
+    MODEL_FILE,
     OPENVINO,
     ShipOptions,
     TensorSpec,
@@ -63,7 +69,6 @@ from vib_deploy.triton.modelconfig import (
 )
 
 VARIANTS = ("dense", "pruned")
-MODEL_FILE = "model.onnx"
 PLAN_FILE = "model.plan"  # TensorRT engine; its sidecar (TensorRT version, GPU) is model.plan.json beside it
 VERSION_MANIFEST = "manifest.json"
 CONFIG = "config.pbtxt"
@@ -119,24 +124,18 @@ def _figures(summary: RunSummary, deployed: Deployable) -> dict[str, Any]:
 def package(
     run_dir: Path, repo: Path, version: int | None = None, name: str | None = None, options: ShipOptions = ShipOptions()
 ) -> list[ShippedModel]:
-    """Add the run's dense and pruned ONNX models to the Triton repository `repo` as `<name>-dense`, `<name>-pruned`.
+    """Add the run's dense and pruned ONNX models to the Triton repository `repo` as `<name>-dense`, `<name>-pruned`
+    (and their other deployments as `<name>-<variant>...`), and the chosen deployment as `<name>`.
 
     The version is one above the newest existing one (1 in an empty repository) unless `version` is given;
     an existing version of that number is replaced. Returns what was written, one entry per model.
     """
     run_dir, repo = Path(run_dir), Path(repo)
-    if not run_dir.is_dir():
-        raise UserError(f"run directory {run_dir} not found")
-    if version is not None and version < 1:
-        raise UserError(f"--version must be a positive integer, got {version}")
-    if repo.exists() and not repo.is_dir():
-        raise UserError(f"--repo {repo} exists and is not a folder")
-    if (repo / "manifest.json").exists():
-        raise UserError(f"--repo {repo} is a run directory, not a model repository")
-    options.check()
+    _check_request(run_dir, repo, version, options)
     run = RunDir(run_dir)
     summary = RunSummary.read(run)
-    deployed = {d.name: d for d in deployables(run, read_run_config(run_dir))}
+    config = read_run_config(run_dir)
+    deployed = {d.name: d for d in deployables(run, config)}
     base = name or _run_name(run_dir)
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", base):
         raise UserError(f"model name {base!r} may only use letters, digits, '_', '.', '-'")
@@ -157,17 +156,18 @@ def package(
             },
             "metrics": _figures(summary, deployed[variant]),
         }
-        targets = [(f"{base}-{variant}", {MODEL_FILE: onnx_path}, "onnxruntime_onnx", options, {})]
+        targets: list[ShipTarget] = [(f"{base}-{variant}", {MODEL_FILE: onnx_path}, "onnxruntime_onnx", options, {})]
         if run.file(f"{variant}.plan").exists():  # an engine from `vib-deploy build-engine`: ship it as <model>_trt
             targets.append(_trt_target(run, f"{base}-{variant}_trt", variant, inputs[0].name, options))
         if variant == "pruned":
-            targets += _cpu_targets(run, base, options)
+            targets += _cpu_targets(run, base, options) + chosen_target(run, base, choice_of(summary, config), options)
         for model_name, sources, platform, opts, extra in targets:
+            model_file = IR_FILE if IR_FILE in sources else MODEL_FILE  # what an OpenVINO backend loads
             shipped.append(
                 _ship_model(
                     repo / model_name,
                     sources,
-                    render_config(model_name, inputs, outputs, opts, platform),
+                    render_config(model_name, inputs, outputs, opts, platform, model_file),
                     inputs,
                     outputs,
                     labels,
@@ -178,9 +178,20 @@ def package(
     return shipped
 
 
-def _trt_target(
-    run: RunDir, model_name: str, variant: str, input_name: str, options: ShipOptions
-) -> tuple[str, dict[str, Path], str, ShipOptions, dict[str, Any]]:
+def _check_request(run_dir: Path, repo: Path, version: int | None, options: ShipOptions) -> None:
+    """Refuse a missing run, a bad version, a repository that is a file or a run directory, bad options: one line."""
+    if not run_dir.is_dir():
+        raise UserError(f"run directory {run_dir} not found")
+    if version is not None and version < 1:
+        raise UserError(f"--version must be a positive integer, got {version}")
+    if repo.exists() and not repo.is_dir():
+        raise UserError(f"--repo {repo} exists and is not a folder")
+    if (repo / "manifest.json").exists():
+        raise UserError(f"--repo {repo} is a run directory, not a model repository")
+    options.check()
+
+
+def _trt_target(run: RunDir, model_name: str, variant: str, input_name: str, options: ShipOptions) -> ShipTarget:
     """A TensorRT engine's model: KIND_GPU, batch sizes capped by its optimization profile's largest batch."""
     plan = run.verified(f"{variant}.plan")
     sidecar_path = run.verified(f"{variant}.plan.json")  # listed and unaltered
@@ -197,12 +208,10 @@ def _trt_target(
     return model_name, sources, "tensorrt_plan", trt_options, {"engine": engine}
 
 
-def _cpu_targets(
-    run: RunDir, base: str, options: ShipOptions
-) -> list[tuple[str, dict[str, Path], str, ShipOptions, dict[str, Any]]]:
+def _cpu_targets(run: RunDir, base: str, options: ShipOptions) -> list[ShipTarget]:
     """The pruned model's CPU deployments, where their stages ran: INT8 ONNX and OpenVINO IR."""
     view = run.view()
-    targets: list[tuple[str, dict[str, Path], str, ShipOptions, dict[str, Any]]] = []
+    targets: list[ShipTarget] = []
     if view.ran("quantize"):
         quant = QuantizeRecord.read(run)
         targets.append(

@@ -4,7 +4,8 @@ The `nvidia-pytriton` wheel bundles `tritonserver` (2.51) with its Python backen
 backend (that comes with NVIDIA's container). So the server here runs a *serving copy* of the
 repository in a temp folder: each model's config.pbtxt is rewritten from `platform: "onnxruntime_onnx"`
 to `backend: "python"` (everything else — inputs, outputs, batching, warm-up, labels — unchanged) and
-a generated `model.py` runs the same model.onnx with onnxruntime. The repository itself is never touched.
+a generated `model.py` runs the same model.onnx with onnxruntime; an OpenVINO-backend model with a model.onnx
+(the chosen deployment's, triton/chosen.py) is served the same way. The repository itself is never touched.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from vib_deploy.errors import UserError
+from vib_deploy.triton.modelconfig import OPENVINO
 from vib_deploy.triton.repository import CONFIG, MODEL_FILE, is_model_repository, parse_config, versions
 
 # The Python-backend model that stands in for the onnxruntime backend: same ONNX file, same tensors.
@@ -121,10 +123,11 @@ def serving_copy(repo: Path, dest: Path) -> list[str]:
         if not config_path.is_file():
             continue
         config = parse_config(config_path.read_text(), str(config_path))
-        if config.platform != "onnxruntime_onnx":
-            continue  # e.g. tensorrt_plan models: no stand-in for those here
-        config.platform = ""
-        config.backend = "python"
+        numbers = versions(model_dir)
+        twin = config.backend == OPENVINO and all((model_dir / str(n) / MODEL_FILE).is_file() for n in numbers)
+        if config.platform != "onnxruntime_onnx" and not twin:
+            continue  # e.g. tensorrt_plan models, an IR without its ONNX twin: no stand-in for those here
+        config.platform, config.backend, config.default_model_filename = "", "python", ""  # python runs model.py
         from google.protobuf import text_format
 
         text = text_format.MessageToString(config)
@@ -135,7 +138,7 @@ def serving_copy(repo: Path, dest: Path) -> list[str]:
         for f in model_dir.iterdir():
             if f.is_file() and f.name != CONFIG:
                 shutil.copy2(f, target / f.name)
-        for number in versions(model_dir):
+        for number in numbers:
             (target / str(number)).mkdir()
             shutil.copy2(model_dir / str(number) / MODEL_FILE, target / str(number) / MODEL_FILE)
             (target / str(number) / "model.py").write_text(MODEL_PY)
@@ -375,7 +378,7 @@ def serve_repository(
             p.name for p in repo.iterdir() if (p / "config.pbtxt").is_file() and p.name not in server.models
         )
         if skipped:
-            note(f"not served here (only onnxruntime_onnx models have a stand-in): {', '.join(skipped)}")
+            note(f"not served here (only ONNX models have a stand-in): {', '.join(skipped)}")
         bound = server.bound()  # read back from the kernel, not assumed
         print(
             f"ready in {server.start_seconds:.1f} s: {', '.join(server.models)}; "

@@ -1,0 +1,50 @@
+"""The chosen deployment (`vib_deploy.choose`) as a Triton model named after the run, in the layout its engine needs.
+
+    onnxruntime fp32 | int8   platform onnxruntime_onnx, model.onnx = pruned.onnx | pruned_int8.onnx (QDQ)
+    openvino fp32             backend openvino on the IR (model.xml + model.bin + sidecar), and model.onnx, its
+                              ONNX twin: `vib-deploy serve`'s tritonserver has no OpenVINO backend and serves that
+    openvino int8             backend openvino reading the QDQ ONNX itself (default_model_filename model.onnx), as
+                              the bench ran it; `vib-deploy serve` runs the same file through onnxruntime
+    any other engine (torch)  its ONNX twin on onnxruntime_onnx: no Triton layout for it here
+
+The version's manifest carries the choice (`chosen`) and says how a local server runs it (`served_locally`) or
+what was shipped instead (`shipped_as`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from vib_deploy.cpu_deploy import int8_name
+from vib_deploy.records.summary import DeploymentChoice
+from vib_deploy.runs import RunDir
+from vib_deploy.sidecar import read_sidecar
+from vib_deploy.triton.modelconfig import IR_FILE, MODEL_FILE, OPENVINO, ShipOptions
+
+ShipTarget = tuple[str, dict[str, Path], str, ShipOptions, dict[str, Any]]  # name, files, platform, options, record
+LOCAL = "model.onnx through onnxruntime: the local tritonserver (`vib-deploy serve`) has no OpenVINO backend"
+
+
+def chosen_target(run: RunDir, name: str, choice: DeploymentChoice, options: ShipOptions) -> list[ShipTarget]:
+    """The chosen deployment as the model `name` (none when nothing pruned is within the error budget)."""
+    d = choice.chosen
+    if d is None:
+        return []
+    onnx = run.verified(int8_name("pruned") if d.precision == "int8" else "pruned.onnx")
+    record: dict[str, Any] = {"chosen": choice.to_json(), "precision": d.precision}
+    if d.engine == "onnxruntime":
+        return [(name, {MODEL_FILE: onnx}, "onnxruntime_onnx", options, record)]
+    if d.engine == OPENVINO:
+        sources = {MODEL_FILE: onnx}
+        if d.precision == "fp32":
+            ir = run.verified("pruned.xml")
+            sources |= {
+                IR_FILE: ir,
+                "model.bin": run.verified("pruned.bin"),
+                IR_FILE + ".json": run.verified("pruned.xml.json"),
+            }
+            record["openvino"] = read_sidecar(ir, f"rerun `vib-deploy openvino {run.path}`")
+        return [(name, sources, OPENVINO, options, {**record, "served_locally": LOCAL})]
+    shipped = f"onnxruntime: {d.engine} has no Triton layout here; model.onnx is the same net (export checks parity)"
+    return [(name, {MODEL_FILE: onnx}, "onnxruntime_onnx", options, {**record, "shipped_as": shipped})]
