@@ -58,6 +58,11 @@ def test_bad_pipeline_file(path, tmp_path):
         pytest.param("model=lenet5", ["key 'model'"], id="string-for-a-section"),
         pytest.param("model.name=alexnet", ["key 'model.name'", "alexnet"], id="unknown-model"),
         pytest.param("export.opset=16", ["key 'export.opset'"], id="opset-out-of-range"),
+        pytest.param(
+            "train.vib.kl_weighting=latency",
+            ["train.vib.kl_weighting: latency needs a named deploy.target", "not auto"],
+            id="latency-weighting-on-auto-target",
+        ),
     ],
 )
 def test_bad_set(assignment, fragments, tmp_path):
@@ -72,6 +77,11 @@ def test_bad_set(assignment, fragments, tmp_path):
         pytest.param(["run", "pipelines"], ["pipeline file pipelines not found"], id="pipeline-is-a-folder"),
         pytest.param(
             ["run", "pipelines/mnist-lenet300.yml"], ["pipelines/mnist-lenet300.yml not found"], id="pipeline-typo"
+        ),
+        pytest.param(
+            ["latency-table", "pipelines/mnist-lenet5.yaml"],
+            ["kl_weighting: latency needs a named deploy.target"],
+            id="latency-table-on-auto-target",
         ),
     ],
 )
