@@ -336,17 +336,20 @@ def onnx_measure(engine: str, precision: str, batch: int, threads: int, per_chan
         from vib_deploy.timing import alternate, percentiles
 
         rng = np.random.default_rng(0)
-        runners, calls = [], {}
+        runners, calls, inputs = [], {}, {}  # one input batch per input shape, shared by its pairs
         with tempfile.TemporaryDirectory() as tmp:
             for n_in, n_out in pairs:
                 path = Path(tmp) / f"{n_in}x{n_out}.onnx"
                 layer_onnx(shape, n_in, n_out, path)
                 dims = input_dims(shape, n_in, n_out)
+                if dims not in inputs:
+                    inputs[dims] = rng.random((batch, *dims), dtype=np.float32)
+                x = inputs[dims]
                 if precision == "int8":
-                    quantize_onnx(path, path, rng.random((8, *dims), dtype=np.float32), per_channel)
+                    quantize_onnx(path, path, x[:8], per_channel)
                 runner = cls(path, threads).activate()
                 runners.append(runner)
-                calls[(n_in, n_out)] = partial(runner.infer, rng.random((batch, *dims), dtype=np.float32))
+                calls[(n_in, n_out)] = partial(runner.infer, x)
             samples = alternate(calls, ROUNDS, ITERS, WARMUP)
             for runner in runners:
                 runner.deactivate()
