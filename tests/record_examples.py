@@ -122,6 +122,7 @@ EXAMPLES: dict[type, Callable[[Draw], Any]] = {
         [{"units": 300, "kept": 20}],
         d(WIDTHS),
         kl_unit_weights=d(st.none() | st.just([1.0, 2.0])),
+        latency_table=d(st.none() | st.just({"key": {"engine": "onnxruntime"}, "sha256": "ab", "entries": 4})),
     ),  # fmt: skip
     r.PruneRecord: prune,
     r.WidthsSweep: lambda d: r.WidthsSweep({"backend": "onnxruntime"}, {"0:16": d(FLOAT)}),

@@ -65,6 +65,11 @@ def test_bad_pipeline_file(path, tmp_path):
         ),
         pytest.param("deploy.target=fastest", ["key 'deploy.target'", "fastest"], id="target-unknown"),
         pytest.param("deploy.max_error_increase=-0.1", ["key 'deploy.max_error_increase'"], id="negative-budget"),
+        pytest.param(
+            "train.vib.kl_weighting=latency",
+            ["train.vib.kl_weighting: latency needs a named deploy.target", "not auto"],
+            id="latency-weighting-on-auto-target",
+        ),
     ],
 )
 def test_bad_set(assignment, fragments, tmp_path):
@@ -79,6 +84,11 @@ def test_bad_set(assignment, fragments, tmp_path):
         pytest.param(["run", "pipelines"], ["pipeline file pipelines not found"], id="pipeline-is-a-folder"),
         pytest.param(
             ["run", "pipelines/mnist-lenet300.yml"], ["pipelines/mnist-lenet300.yml not found"], id="pipeline-typo"
+        ),
+        pytest.param(
+            ["latency-table", "pipelines/mnist-lenet5.yaml"],
+            ["kl_weighting: latency needs a named deploy.target"],
+            id="latency-table-on-auto-target",
         ),
     ],
 )

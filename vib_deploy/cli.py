@@ -183,6 +183,22 @@ def inspect(
     print_inspection(inspect_model(model, _int_list(input_shape, "--input-shape"), ignore or [], kwarg or []))
 
 
+@app.command("latency-table")
+def latency_table(
+    pipeline: Path = typer.Argument(..., help="Pipeline file with a named deploy.target, e.g. onnxruntime-fp32@64."),
+    set_: list[str] | None = typer.Option(None, "--set", help="Override a key: --set deploy.target=openvino-fp32@1"),
+) -> None:
+    """Time (or read from the user cache) the per-layer latency tables `train.vib.kl_weighting: latency` uses on
+    the pipeline's deploy.target, and show them with the KL weights they give the dense net."""
+    from vib_deploy.config import load_config
+    from vib_deploy.latency_report import latency_report, print_latency_report
+
+    config = load_config(pipeline, set_ or [])
+    with _progress() as progress:
+        report = latency_report(config, progress)
+    print_latency_report(report)
+
+
 @app.command()
 def verify(
     run_dir: Path = typer.Argument(

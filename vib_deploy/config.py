@@ -112,8 +112,9 @@ class VIBTrainConfig(_Strict):
     finetune_epochs: int = Field(0, ge=0)  # of `epochs`, the last N train weights only, gates frozen (no noise, no KL)
     weight_decay: float = Field(0.0, ge=0)  # Adam's L2 on weights AND gates (the official code: 5e-5 on both)
     schedule: Literal["cosine", "step"] = "cosine"  # step: lr x 0.5 every 30 epochs (the official code)
-    # per-unit KL weight: the paper's (0.5 * kl_mult * map_size) or the FLOPs a unit costs now (vib_deploy/klweight.py)
-    kl_weighting: Literal["paper", "flops"] = "paper"
+    # per-unit KL weight: the paper's (0.5 * kl_mult * map_size), or what a unit costs now (vib_deploy/klweight.py):
+    # its FLOPs, or its latency on deploy.target (a named one) from a lookup table timed there (vib_deploy/latency.py)
+    kl_weighting: Literal["paper", "flops", "latency"] = "paper"
     # also record each epoch's TEST error, kept widths and FLOPs of the deterministic (pruned-equivalent) net: the
     # paper's protocol (best test epoch), reported beside ours and labelled; it never chooses anything
     paper_protocol: bool = False
@@ -271,10 +272,21 @@ class PipelineConfig(_Strict):
         return self
 
     @model_validator(mode="after")
-    def _flops_weighting_on_sequential(self) -> PipelineConfig:
-        if self.train.vib.kl_weighting == "flops" and self.model.name not in SEQUENTIAL_ZOO:
+    def _latency_weighting_on_a_target(self) -> PipelineConfig:
+        from vib_deploy.backends import BACKENDS
+
+        if self.train.vib.kl_weighting != "latency":
+            return self
+        t = self.target()
+        if t is None:
             raise ValueError(
-                "train.vib.kl_weighting: flops supports the zoo LeNets (model.name lenet300 or lenet5) only"
+                "train.vib.kl_weighting: latency needs a named deploy.target (<engine>-<precision>@<batch>, "
+                "e.g. onnxruntime-fp32@64), not auto"
+            )
+        if BACKENDS[t.engine].artifact_suffix != ".onnx":
+            raise ValueError(
+                f"train.vib.kl_weighting: latency times ONNX layers; deploy.target {t} names {t.engine}, "
+                "which runs no ONNX model (use onnxruntime or openvino)"
             )
         return self
 

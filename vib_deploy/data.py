@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from vib_deploy.errors import UserError
+from vib_deploy.files import user_cache
 from vib_deploy.runs import atomic_write_bytes, sha256_file
 from vib_deploy.userdata import Arrays, load_arrays, load_folder
 
@@ -104,8 +105,7 @@ def read_idx(path: Path) -> np.ndarray:
 
 
 def cache_dir(dataset: str) -> Path:
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "vib-deploy" / "data" / dataset
+    return user_cache("data", dataset)
 
 
 def _find_split(folder: Path, stem: str) -> Path | None:

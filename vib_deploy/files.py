@@ -18,6 +18,12 @@ _UMASK = os.umask(0)  # read once: the permissions a plain open() would give
 os.umask(_UMASK)
 
 
+def user_cache(*parts: str) -> Path:
+    """A folder of the user cache: `$XDG_CACHE_HOME/vib-deploy/<parts>` (default `~/.cache/vib-deploy/...`)."""
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base.joinpath("vib-deploy", *parts)
+
+
 def sha256_file(path: Path) -> str:
     """Hex sha256 of a file's bytes."""
     digest = hashlib.sha256()

@@ -34,7 +34,7 @@ import torch_pruning as tp
 from torch import nn
 
 from vib_deploy.errors import UserError, first_line
-from vib_deploy.layers import count_flops
+from vib_deploy.layers import count_flops, flops_per_channel
 from vib_deploy.tracing import channel_moves, trace
 
 PRUNABLE_TYPES = (nn.Conv1d, nn.Conv2d, nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d)
@@ -56,6 +56,9 @@ class GateGroup:
     map_size: int  # H*W of the root's output (1 for a Linear)
     flops_per_channel: int  # FLOPs (2 x MACs) that removing one channel of this group saves
     grouped_inputs: tuple[tuple[str, tuple[int, ...]], ...] = ()  # (grouped conv, its input position of each channel)
+    # (Conv/Linear, True: its outputs | False: its inputs, its features per group channel): every weighted side the
+    # group's channels are (klweight.py costs a unit from these; () in files saved before it was recorded)
+    sides: tuple[tuple[str, bool, int], ...] = ()
 
     @property
     def units(self) -> int:
@@ -77,6 +80,7 @@ class GateGroup:
             d["map_size"],
             d["flops_per_channel"],
             pairs("grouped_inputs"),
+            tuple((name, bool(is_out), int(f)) for name, is_out, f in d.get("sides", ())),
         )
 
 
@@ -153,19 +157,6 @@ def _record_shape(module: nn.Module, inputs: Any, output: Any, shapes: dict[str,
         shapes[name] = tuple(output.shape[1:])
 
 
-def _flops_per_channel(module: object, is_out: bool, out_shape: tuple[int, ...]) -> int:
-    """MACs x 2 that one of this module's output (is_out) or input channels costs."""
-    spatial = math.prod(out_shape[1:]) if len(out_shape) > 1 else 1
-    if isinstance(module, nn.Linear):
-        return 2 * (module.in_features if is_out else module.out_features)
-    if isinstance(module, (nn.Conv1d, nn.Conv2d)):
-        k = math.prod(module.kernel_size)
-        per_out = k * module.in_channels // module.groups
-        per_in = k * module.out_channels // module.groups
-        return 2 * spatial * (per_out if is_out else per_in)
-    return 0
-
-
 def plan_groups(net: nn.Module, input_shape: Sequence[int], ignore: Sequence[str] = ()) -> GroupPlan:
     """Find the prunable groups of `net` and where their gates go; see the module docstring.
 
@@ -232,6 +223,7 @@ def plan_groups(net: nn.Module, input_shape: Sequence[int], ignore: Sequence[str
             "reason": "",
             "flops": 0,
             "grouped": [],
+            "sides": [],
         }  # grouped: (conv, side, {group channel: position})
         for (module, handler, idxs, root_idxs), item in zip(items, group.items):
             is_out = graph.is_out_channel_pruning_fn(handler)
@@ -252,7 +244,10 @@ def plan_groups(net: nn.Module, input_shape: Sequence[int], ignore: Sequence[str
                 c["reason"] = c["reason"] or f"{name} is in model.ignore"
             if is_grouped_conv(module):
                 c["grouped"].append((name, "out" if is_out else "in", dict(zip(root_idxs, idxs))))
-            c["flops"] += _flops_per_channel(module, is_out, shapes.get(name, ()))
+            per_channel = max(1, len(idxs) // c["channels"])  # features per group channel (Linear after Flatten: H*W)
+            c["flops"] += flops_per_channel(module, is_out, shapes.get(name, ())) * per_channel
+            if isinstance(module, WEIGHTED):
+                c["sides"].append((name, is_out, per_channel))
             if is_out and isinstance(module, PRUNABLE_TYPES) and not _feeds_own_bn(graph, module, items):
                 if isinstance(module, BATCHNORMS) and not module.affine:
                     c["reason"] = c["reason"] or f"BatchNorm {name} has affine=False: no scale to fold a gate into"
@@ -287,6 +282,7 @@ def plan_groups(net: nn.Module, input_shape: Sequence[int], ignore: Sequence[str
                 math.prod(out_shape[1:]) if len(out_shape) > 1 else 1,
                 c["flops"],
                 grouped_inputs,
+                tuple(c["sides"]),
             )
         )
     return GroupPlan(gated, fixed, count_flops(net, tuple(input_shape)), int(output.shape[1]))

@@ -7,6 +7,7 @@ it imports nothing of vib-deploy beyond errors and the VIB gate.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -132,6 +133,20 @@ def count_flops(model: nn.Module, input_shape: tuple[int, ...]) -> int:
         for h in handles:
             h.remove()
     return 2 * macs
+
+
+def flops_per_channel(module: object, is_out: bool, out_shape: tuple[int, ...]) -> int:
+    """FLOPs (2 x MACs) that one output (is_out) or input channel of a Conv1d/2d or Linear costs at its widths now;
+    `out_shape`: its output per sample, (C, *spatial). A Linear's input channel is one input feature."""
+    spatial = math.prod(out_shape[1:]) if len(out_shape) > 1 else 1
+    if isinstance(module, nn.Linear):
+        return 2 * (module.in_features if is_out else module.out_features)
+    if isinstance(module, (nn.Conv1d, nn.Conv2d)):
+        k = math.prod(module.kernel_size)
+        per_out = k * module.in_channels // module.groups
+        per_in = k * module.out_channels // module.groups
+        return 2 * spatial * (per_out if is_out else per_in)
+    return 0
 
 
 def count_params(model: nn.Module) -> int:

@@ -1,7 +1,7 @@
 """What a measurement was made on: the CPU's model, core count and ISA flags, read from /proc/cpuinfo once.
 
 One home for these facts: the bench's `machine` record, OpenVINO's IR sidecar, the `prune.round_to: auto` sweep
-cache key and `vib-deploy env` all read them here.
+cache key, the latency tables' key (latency.py) and `vib-deploy env` all read them here.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The one timing core: alternating rounds over named calls, one clock, one percentile, throughput and speedup.
 
-Every benchmark (bench, gpu-bench, the `prune.round_to: auto` width sweep, the Triton bench) measures with these
-and reports what they define:
+Every benchmark (bench, gpu-bench, the `prune.round_to: auto` width sweep, the Triton bench, the latency tables of
+`train.vib.kl_weighting: latency`) measures with these and reports what they define:
 
 - sample: one call's latency in integer nanoseconds. The host clock is `time.perf_counter_ns` around the call
   (after a device sync on both sides when the call runs on a CUDA device); a runner whose `host_clock` is False

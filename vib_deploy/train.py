@@ -61,7 +61,7 @@ class TrainSpec:
     finetune_epochs: int = 0  # VIB only: last N epochs with gates frozen at their inference value z = mu * mask
     l1: float = 0.0  # network slimming (studies/peers.py): + l1 * sum |mu| of the gates
     amp: str = "off"  # off | bf16 | fp16: autocast of forward + loss (fp16 with a GradScaler); off is the fp32 path
-    kl_weighting: Any = None  # VIB only: a klweight.FlopsWeighting of the model (None: the paper's weights)
+    kl_weighting: Any = None  # VIB only: a klweight.CostWeighting of the model (None: the paper's weights)
     keep_start: bool = False  # with select_best: the weights it starts from are a candidate too (epoch 0)
     # with select_best: stop after this many epochs without a better validation accuracy (`epochs` is the cap);
     # the lr halves after patience // 3 such epochs (ReduceLROnPlateau) instead of following `schedule`

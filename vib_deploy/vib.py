@@ -78,7 +78,7 @@ def gates(model: nn.Module) -> list[VIBGate]:
 
 def total_kl(model: nn.Module, weighting: Any = None) -> torch.Tensor:
     """Sum of the KL terms of all gates (per sample, independent of batch size); `weighting` (a
-    `klweight.FlopsWeighting` of this model) replaces the paper's per-unit weights with its own."""
+    `klweight.CostWeighting` of this model: FLOPs or latency) replaces the paper's per-unit weights with its own."""
     if weighting is not None:
         return weighting.total_kl()
     return torch.stack([g.kl() for g in gates(model)]).sum()

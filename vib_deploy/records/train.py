@@ -50,12 +50,14 @@ class TrainVibRecord(JsonRecord):
     epoch_seconds: list[float] | None = None
     mask_sha256_per_rank: list[str] | None = None
     kl_weighting: str = "paper"
-    kl_unit_weights: list[Any] | None = None  # kl_weighting flops: each unit's weight at the final widths
+    kl_unit_weights: list[Any] | None = None  # kl_weighting flops / latency: each unit's weight at the final widths
+    # kl_weighting latency: the lookup table used, {key: its cache key, sha256: of the entries used, entries, timed}
+    latency_table: dict[str, Any] | None = None
     # train.vib.paper_protocol: the best TEST epoch's {epoch, architecture, test_error, flops} (the paper's
     # protocol; every epoch's figures are in `history`); reported beside ours, labelled, never used to choose
     paper_protocol: dict[str, Any] | None = None
     record_version: int = RECORD_VERSION
-    OMIT_NONE = frozenset({"kl_unit_weights", "paper_protocol"})
+    OMIT_NONE = frozenset({"kl_unit_weights", "latency_table", "paper_protocol"})
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from vib_deploy.modelfile import load_model
 from vib_deploy.records import Cost, ExactCheck, PruneRecord, WidthsSweep
 from vib_deploy.sources import model_source
 from vib_deploy.stages.base import Context
+from vib_deploy.stages.training import error_of
 
 
 def prune(ctx: Context) -> list[str]:

@@ -54,6 +54,20 @@ def _train_common(c: PipelineConfig) -> dict[str, Any]:
     }
 
 
+def _train_vib_section(c: PipelineConfig) -> dict[str, Any]:
+    """kl_weighting latency: keyed also on the latency table's key (target, threads, engine version, CPU), so
+    weights timed elsewhere or for another target retrain."""
+    section = {**_train_common(c), "vib": keyed_section("vib", c.train.vib)}
+    target = c.target()
+    if c.train.vib.kl_weighting == "latency" and target is not None:
+        from vib_deploy.latency import table_key
+
+        section["latency_table"] = table_key(
+            target.engine, target.precision, target.batch, c.bench.threads, c.quantize.per_channel
+        )
+    return section
+
+
 def _prune_section(c: PipelineConfig) -> dict[str, Any]:
     target = c.target()  # a named deploy.target is what auto times on (keyed only when named)
     where = {"target": str(target)} if target else {"backend": c.bench.backends[0]}
@@ -100,7 +114,7 @@ STAGES: tuple[Stage, ...] = (
     Stage(
         "train-vib",
         ("train-dense",),
-        lambda c: {**_train_common(c), "vib": keyed_section("vib", c.train.vib)},
+        _train_vib_section,
         _lazy(_TRAIN, "train_vib"),
         help="Add VIB gates to the dense net and train with the VIB loss.",
         uses_data=True,

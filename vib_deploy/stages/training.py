@@ -115,10 +115,10 @@ def train_vib(ctx: Context) -> list[str]:
     torch.manual_seed(ctx.config.train.seed)
     gated = source.gated(dense, cfg.threshold)
     weighting = None
-    if cfg.kl_weighting == "flops":
-        from vib_deploy.klweight import FlopsWeighting
+    if cfg.kl_weighting != "paper":
+        from vib_deploy.klweight import weighting_for
 
-        weighting = FlopsWeighting(gated, source.input_shape)
+        weighting = weighting_for(ctx.config, gated, source.input_shape, ctx.progress)  # latency: tables timed first
     t0 = time.time()
     spec = _spec(
         ctx,
@@ -156,6 +156,7 @@ def train_vib(ctx: Context) -> list[str]:
             mask_sha256_per_rank=masks,
             kl_weighting=cfg.kl_weighting,
             kl_unit_weights=weighting.weights() if weighting else None,  # at the final widths
+            latency_table=weighting.identity() if weighting else None,
             paper_protocol=paper_protocol_point(result.history) if cfg.paper_protocol else None,
         ).write(ctx.out(TrainVibRecord.FILE))
         return ["vib.pt", TrainVibRecord.FILE]

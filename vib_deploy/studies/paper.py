@@ -84,7 +84,11 @@ def our_settings(config: Any) -> dict[str, tuple[str, bool | None]]:
         "train_images": (f"all but the last {config.data.val_size:,} training images (validation)", False),
         "after_pruning": (tuned, not t.finetune.epochs),
         "kl_weighting": (
-            "the paper's" if v.kl_weighting == "paper" else "FLOPs per unit at the current widths",
+            {
+                "paper": "the paper's",
+                "flops": "FLOPs per unit at the current widths",
+                "latency": f"latency per unit on {config.deploy.target} at the current widths",
+            }[v.kl_weighting],
             v.kl_weighting == "paper",
         ),
     }

@@ -65,8 +65,9 @@ def bench_triton(
                 for batch in batch_sizes:
                     x = make_input(Variant(variant, {}), images, batch)
                     for clients in concurrency:
-                        model_file = run.file(f"{variant}.onnx")
-                        stats = _time_clients(model_file, url, model.name, protocol, x, clients, requests)
+                        stats = _time_clients(
+                            run.file(f"{variant}.onnx"), url, model.name, protocol, x, clients, requests
+                        )
                         records.append(
                             {
                                 "backend": "triton",
@@ -77,6 +78,12 @@ def bench_triton(
                                 "in_process_p50_ms": in_process.get((variant, batch)),
                             }
                         )
+    _write(run, records, bound)
+    return records
+
+
+def _write(run: RunDir, records: list[dict[str, Any]], bound: Any) -> None:
+    """bench-triton.json, an artifact of the run (its manifest says so)."""
     with run.locked():
         atomic_write_json(
             run.file("bench-triton.json"),
@@ -88,7 +95,6 @@ def bench_triton(
             },
         )
         run.add_artifacts("bench-triton", ["bench-triton.json"])
-    return records
 
 
 def _check_options(concurrency: tuple[int, ...], batch_sizes: tuple[int, ...], requests: int, protocol: str) -> None:
