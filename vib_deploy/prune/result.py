@@ -81,7 +81,7 @@ def check_exact(
         )
         out[f"{prefix}argmax_agreement"] = float((pruned32.argmax(1) == vib32_logits.argmax(1)).float().mean())
         if y is not None and not prefix:
-            out["error"] = float((pruned32.argmax(1) != torch.as_tensor(y)).float().mean())
+            out["error"] = int((pruned32.argmax(1) != torch.as_tensor(y)).sum()) / len(x)  # exact, as error_of
         if not out[f"{prefix}max_abs_diff_float64"] <= MATH_TOLERANCE * scale:  # also catches NaN
             raise UserError(
                 f"pruned {prefix}model is not exact in float64: max |Δlogit| {out[f'{prefix}max_abs_diff_float64']:.3g} "
