@@ -135,8 +135,9 @@ def test_paper_protocol_records_test_figures_and_changes_nothing_trained(tmp_pat
     """train.vib.paper_protocol's per-epoch test error, widths and FLOPs are recorded only: the weights, gates and
     validation history of a run with it equal a run without it; the reported point is the best test epoch."""
     from vib_deploy.layers import count_flops
+    from vib_deploy.records import TrainVibRecord
     from vib_deploy.sources import SequentialSource
-    from vib_deploy.stages.training import paper_protocol_epoch, paper_protocol_point
+    from vib_deploy.stages.training import paper_protocol_epoch
 
     data = _data()
     data.x_test, data.y_test = data.x_val, data.y_val
@@ -163,15 +164,26 @@ def test_paper_protocol_records_test_figures_and_changes_nothing_trained(tmp_pat
     assert figures["flops"] == count_flops(pruned, (1, 28, 28)) < dense_flops
     predicted = pruned(torch.as_tensor(data.x_test)).argmax(1).numpy()
     assert figures["test_error"] == pytest.approx(1 - float((predicted == data.y_test).mean()))
-    # the paper's figure: lowest test error, the first of equal ones, with that epoch's widths
+
+    # the paper's figure: lowest test error (the first of equal ones) among the epochs at or under the last epoch's
+    # FLOPs, with that epoch's widths; an earlier, wider net does not count however good its error
+    def point(history):
+        return TrainVibRecord(history, 1.0, 0.1, 0.1, [], [4, 4]).paper_protocol
+
     history = [
-        {"epoch": 1, "units_alive": [9, 9], "paper_protocol": {"test_error": 0.3, "flops": 90}},
-        {"epoch": 2, "units_alive": [5, 4], "paper_protocol": {"test_error": 0.2, "flops": 40}},
+        {"epoch": 1, "units_alive": [9, 9], "paper_protocol": {"test_error": 0.1, "flops": 90}},
+        {"epoch": 2, "units_alive": [5, 4], "paper_protocol": {"test_error": 0.15, "flops": 40}},
         {"epoch": 3, "units_alive": [4, 4], "paper_protocol": {"test_error": 0.2, "flops": 30}},
-        {"epoch": 4, "units_alive": [0, 4], "paper_protocol": {"test_error": 0.1, "flops": None}},  # no net to deploy
+        {"epoch": 4, "units_alive": [3, 5], "paper_protocol": {"test_error": 0.2, "flops": 28}},
+        {"epoch": 5, "units_alive": [4, 4], "paper_protocol": {"test_error": 0.25, "flops": 30}},
     ]
-    assert paper_protocol_point(history) == {"epoch": 2, "architecture": [5, 4], "test_error": 0.2, "flops": 40}
-    assert paper_protocol_point(off_hist) is None
+    assert point(history) == {"epoch": 3, "architecture": [4, 4], "test_error": 0.2, "flops": 30}
+    gone = {"epoch": 6, "units_alive": [0, 4], "paper_protocol": {"test_error": 0.9, "flops": None}}
+    assert point([*history, gone]) is None  # the run ends with no net to deploy
+    assert point(off_hist) is None
+    # a record written before the point was derived: its stored key is ignored, the history decides
+    stored = TrainVibRecord(history, 1.0, 0.1, 0.1, [], [4, 4]).to_json() | {"paper_protocol": {"epoch": 1}}
+    assert TrainVibRecord.from_json(stored).paper_protocol == point(history)
 
 
 def test_ema_is_the_net_validated_and_kept_and_resumes_exactly(tmp_path):

@@ -53,11 +53,26 @@ class TrainVibRecord(JsonRecord):
     kl_unit_weights: list[Any] | None = None  # kl_weighting flops / latency: each unit's weight at the final widths
     # kl_weighting latency: the lookup table used, {key: its cache key, sha256: of the entries used, entries, timed}
     latency_table: dict[str, Any] | None = None
-    # train.vib.paper_protocol: the best TEST epoch's {epoch, architecture, test_error, flops} (the paper's
-    # protocol; every epoch's figures are in `history`); reported beside ours, labelled, never used to choose
-    paper_protocol: dict[str, Any] | None = None
     record_version: int = RECORD_VERSION
-    OMIT_NONE = frozenset({"kl_unit_weights", "latency_table", "paper_protocol"})
+    # files made before the paper-protocol point was derived from `history` carry a stored `paper_protocol` key: it
+    # is ignored on reading (it could pick an epoch with more FLOPs than the run ends with)
+    OMIT_NONE = frozenset({"kl_unit_weights", "latency_table"})
+
+    @property
+    def paper_protocol(self) -> dict[str, Any] | None:
+        """train.vib.paper_protocol: the paper's figure, {epoch, architecture, test_error, flops} of the epoch with
+        the lowest TEST error (the first of equals) among those whose net has at most the FLOPs of the last epoch's
+        (the net this run prunes): an earlier, wider net is not the compressed net the figure stands for. None when
+        the run did not record it. Reported beside ours, labelled, never used to choose."""
+        epochs = [h for h in self.history if (h.get("paper_protocol") or {}).get("flops") is not None]
+        if not epochs or epochs[-1] is not self.history[-1]:
+            return None  # off, or the last epoch has no net to deploy
+        final = epochs[-1]["paper_protocol"]["flops"]
+        best = min(
+            (h for h in epochs if h["paper_protocol"]["flops"] <= final),
+            key=lambda h: h["paper_protocol"]["test_error"],
+        )
+        return {"epoch": best["epoch"], "architecture": best["units_alive"], **best["paper_protocol"]}
 
 
 @dataclass(frozen=True)

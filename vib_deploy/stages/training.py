@@ -29,7 +29,7 @@ def error_of(model: torch.nn.Module, x: Any, y: Any) -> float:
 def paper_protocol_epoch(source: Any, data: Any) -> Any:
     """train.vib.paper_protocol: after each VIB epoch, the TEST error of the deterministic net (eval mode, which the
     pruned net equals), its kept widths and its FLOPs (of the net pruned from a copy). Recorded only: nothing reads
-    these to choose; the paper reports the best of them (see `paper_protocol_point`)."""
+    these to choose; the paper reports the best of them (`TrainVibRecord.paper_protocol`)."""
     from vib_deploy.evaluate import accuracy
     from vib_deploy.layers import count_flops
 
@@ -42,15 +42,6 @@ def paper_protocol_epoch(source: Any, data: Any) -> Any:
         return {"paper_protocol": {"test_error": test_error, "flops": count_flops(pruned, tuple(source.input_shape))}}
 
     return extra
-
-
-def paper_protocol_point(history: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The paper's figure: the epoch with the lowest test error (the first of equals) and its kept widths and FLOPs."""
-    epochs = [h for h in history if h.get("paper_protocol", {}).get("flops") is not None]
-    if not epochs:
-        return None
-    best = min(epochs, key=lambda h: h["paper_protocol"]["test_error"])
-    return {"epoch": best["epoch"], "architecture": best["units_alive"], **best["paper_protocol"]}
 
 
 def _spec(ctx: Context, stage: str, **kw: Any) -> Any:
@@ -157,7 +148,6 @@ def train_vib(ctx: Context) -> list[str]:
             kl_weighting=cfg.kl_weighting,
             kl_unit_weights=weighting.weights() if weighting else None,  # at the final widths
             latency_table=weighting.identity() if weighting else None,
-            paper_protocol=paper_protocol_point(result.history) if cfg.paper_protocol else None,
         ).write(ctx.out(TrainVibRecord.FILE))
         return ["vib.pt", TrainVibRecord.FILE]
 
