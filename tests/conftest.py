@@ -36,7 +36,8 @@ TINY = sets(
     "train.finetune.epochs=0",  # finetune: tests/test_finetune.py
     "deploy.max_error_increase=1",  # any pruned net is within the budget: package ships the chosen one as `<run>`
 )
-# the one LeNet-5 run through every stage (conftest.lenet5_run): OpenVINO, INT8, both CPU engines
+# the one LeNet-5 run through every stage (conftest.lenet5_run): OpenVINO, INT8 (QDQ, and NNCF on OpenVINO), both
+# CPU engines
 LENET5_EVERY_STAGE = sets(
     *TINY_DATA,
     "train.dense.epochs=1",
@@ -48,6 +49,7 @@ LENET5_EVERY_STAGE = sets(
     "bench.backends=[onnxruntime,openvino]",
     "bench.memory=false",
     "quantize.enabled=true",
+    "quantize.openvino=nncf",  # OpenVINO's INT8 by NNCF with accuracy control (tests/test_nncf_int8.py)
 )
 # the study commands' tiny points (test_sweep, test_compare)
 STUDY_TINY = sets(

@@ -38,6 +38,14 @@ def exported(draw: Draw) -> r.ExportedModel:
     )  # fmt: skip
 
 
+def nncf_model(draw: Draw, variant: str) -> r.NncfModel:
+    ops = ["node_Conv_1", "node_add_2", "node_linear/WithoutBiases"]
+    return r.NncfModel(
+        f"{variant}_int8.xml", draw(INT), draw(FLOAT), draw(FLOAT), draw(FLOAT), draw(FLOAT), 0.005, ops,
+        draw(st.sampled_from([[], ops[1:]])), {"openvino_version": "2026.4", "quantizer": "nncf 3.4.0"},
+    )  # fmt: skip
+
+
 def quantize(draw: Draw) -> r.QuantizeRecord:
     models = {
         n: r.QuantizedModel(
@@ -48,6 +56,7 @@ def quantize(draw: Draw) -> r.QuantizeRecord:
             draw(FLOAT),
             300,
             draw(st.none() | st.just({"onnxruntime": 0.02})),
+            draw(st.none() | st.just(nncf_model(draw, n))),
         )  # fmt: skip
         for n in ("dense", "pruned")
     }

@@ -50,3 +50,22 @@ def test_real_run_on_both_backends(tmp_path):
         assert 0 < r["p50_ms"] <= r["p90_ms"] <= r["p99_ms"] and r["calls"] == 6
         assert r["throughput"] == pytest.approx(r["batch"] / (r["p50_ms"] / 1e3))  # the timing core's definition
         assert r["peak_memory_bytes"] > 0  # the model's own load + inference peak, not 0
+
+
+def test_an_engines_own_file_is_timed_before_the_shared_onnx(tmp_path):
+    """OpenVINO's INT8 from NNCF: the variant names OpenVINO's own IR, which it times (bytes: .xml + .bin), while
+    ONNX Runtime times the ONNX file."""
+    from vib_deploy.backends.openvino import save_ir, sidecar_path
+    from vib_deploy.export import export_onnx
+    from vib_deploy.runs import atomic_write, atomic_write_json
+
+    torch.manual_seed(0)
+    net = strip_gates(gated_model("lenet300")).eval()
+    onnx, xml = tmp_path / "d.onnx", tmp_path / "d.xml"
+    export_onnx(net, onnx, (1, 28, 28), 18)
+    atomic_write_json(sidecar_path(xml), save_ir(onnx, xml, lambda name, fn: atomic_write(tmp_path / name, fn)))
+    v = Variant("dense", {".onnx": onnx, "openvino": xml}, precision="int8")
+    images = np.random.default_rng(0).random((4, 1, 28, 28), dtype=np.float32)
+    recs = run_bench([v], images, ["onnxruntime", "openvino"], [1], 1, rounds=1, iters=2, warmup=0, memory=False)
+    ir_bytes = xml.stat().st_size + xml.with_suffix(".bin").stat().st_size
+    assert {r["backend"]: r["bytes"] for r in recs} == {"onnxruntime": onnx.stat().st_size, "openvino": ir_bytes}

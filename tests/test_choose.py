@@ -83,6 +83,48 @@ def test_a_faster_deployment_over_the_budget_is_not_chosen():
     assert loose.best_dense is not None and loose.best_dense.p50_ms == 2.0
 
 
+def test_openvino_int8_by_nncf_is_judged_by_its_own_validation_error_and_named_so():
+    """quantize.openvino: nncf: OpenVINO's INT8 is NNCF's IR, with its own errors; ONNX Runtime keeps the QDQ file's."""
+    from vib_deploy.deploy_matrix import full_records, label, render_matrix
+    from vib_deploy.records import NncfModel
+
+    over = {**INT8_VAL, "pruned": {"onnxruntime": 0.040, "openvino": 0.030}}  # the QDQ file on OV: over the budget
+    s = _summary(MATRIX, int8_val=over)
+    assert choose(s, Target("openvino", "int8", 64), 0.005).chosen is None
+    made = NncfModel("pruned_int8.xml", 9, 0.012, 0.013, 0.012, 0.015, 0.003, ["a", "b", "c"], ["c"], {})
+    quant = s.quantize
+    assert quant is not None
+    pruned = dataclasses.replace(quant.variants["pruned"], openvino=made)
+    s = dataclasses.replace(s, quantize=dataclasses.replace(quant, variants={**quant.variants, "pruned": pruned}))
+    c = choose(s, None, 0.005)
+    assert c.chosen is not None and (c.chosen.engine, c.chosen.precision, c.chosen.val_error) == (
+        "openvino",
+        "int8",
+        0.013,
+    )
+    assert c.chosen.method == "NNCF, 1 op kept fp32" and c.best_dense is not None and c.best_dense.method is None
+    assert dict(choice_rows(c))["chosen (deploy.target auto, b64)"].startswith(
+        "OV int8 (NNCF, 1 op kept fp32) pruned 0.800 ms"
+    )
+    assert {
+        (r["backend"], r["method"]) for r in full_records(s) if r["precision"] == "int8" and r["variant"] == "pruned"
+    } == {
+        ("onnxruntime", None),
+        ("openvino", "NNCF, 1 op kept fp32"),
+    }
+    b1 = choose(s, Target("openvino", "int8", 64), 0.005)
+    assert b1.chosen is not None and b1.chosen.p50_ms == 0.8  # the named target is now within the budget
+    ov = next(
+        r for r in full_records(s) if (r["backend"], r["precision"], r["variant"]) == ("openvino", "int8", "pruned")
+    )
+    assert label(ov) == "openvino int8 (NNCF, 1 op kept fp32) pruned"  # the report's headlines and matrix
+    matrix = render_matrix(s)
+    assert (
+        "OpenVINO INT8: NNCF with accuracy control" in matrix
+        and "| pruned | 1.20% | 1.50% | 0.30 pt | 1.30% |" in matrix
+    )
+
+
 def test_the_budget_is_on_validation_not_test():
     # OV int8 pruned has a test error (1.3%) within 0.5 pt of dense, but its validation error (2.0%) is not
     c = choose(_summary(MATRIX, int8_val={**INT8_VAL, "pruned": {"onnxruntime": 0.04, "openvino": 0.020}}), None, 0.005)

@@ -148,6 +148,37 @@ def test_int8_models_are_qdq_per_channel_and_keep_accuracy(cpu_run):
 
 
 @pytest.mark.e2e
+def test_openvino_int8_by_nncf_is_within_the_error_budget_on_validation(cpu_run):
+    from vib_deploy.config import load_config
+    from vib_deploy.cpu_deploy import onnx_error
+    from vib_deploy.data import splits_of
+
+    run_dir, _ = cpu_run
+    quant = json.loads((run_dir / "quantize.json").read_text())
+    manifest = json.loads((run_dir / "manifest.json").read_text())["artifacts"]
+    dense_val = json.loads((run_dir / "train-dense.json").read_text())["val_error"]
+    data = splits_of(load_config(run_dir / "config.yaml").data)
+    for variant in ("dense", "pruned"):
+        m = quant[variant]["openvino"]
+        xml = run_dir / f"{variant}_int8.xml"
+        assert m["file"] == xml.name and m["bytes"] == xml.stat().st_size + xml.with_suffix(".bin").stat().st_size
+        for name in (xml.name, f"{variant}_int8.bin", f"{variant}_int8.xml.json"):
+            assert manifest[name]["stage"] == "quantize"
+        assert m["sidecar"]["precision"] == "int8" and m["sidecar"]["source"] == f"{variant}.xml"
+        # every figure recomputed here on OpenVINO from the shipped IR
+        assert m["error"] == onnx_error("openvino", xml, data.x_test, data.y_test)
+        assert m["val_error"] == onnx_error("openvino", xml, data.x_val, data.y_val)
+        assert m["fp32_val_error"] == onnx_error("openvino", run_dir / f"{variant}.xml", data.x_val, data.y_val)
+        assert m["budget"] == pytest.approx(dense_val + 0.005) and m["max_drop"] == max(
+            0.0, m["budget"] - m["fp32_val_error"]
+        )
+        if m["fp32_val_error"] <= m["budget"]:  # the budget is reachable (all in fp32 at worst): NNCF holds it
+            assert m["val_error"] <= m["budget"] + 1e-9
+        assert set(m["kept_fp32"]) <= set(m["quantized"]) and m["quantized"]
+        assert abs(m["error"] - quant[variant]["fp32_error"]) <= 0.03  # test set: 9 of 300 images
+
+
+@pytest.mark.e2e
 def test_calibration_reads_only_training_images(cpu_run, tmp_path, monkeypatch):
     """The quantize stage run in-process: every image its calibration reader serves is a training image."""
     from vib_deploy import cpu_deploy
@@ -167,6 +198,16 @@ def test_calibration_reads_only_training_images(cpu_run, tmp_path, monkeypatch):
         return feed
 
     monkeypatch.setattr(cpu_deploy._Batches, "get_next", spy)
+    from vib_deploy import nncf_int8
+
+    nncf_seen: list[tuple[np.ndarray, np.ndarray]] = []  # NNCF's calibration and validation images
+    real_nncf = nncf_int8.quantize_ir
+
+    def spy_nncf(src, calibration, x_val, *rest):
+        nncf_seen.append((calibration, x_val))
+        return real_nncf(src, calibration, x_val, *rest)
+
+    monkeypatch.setattr(nncf_int8, "quantize_ir", spy_nncf)
     ctx = Context(RunDir(run_dir), load_config(run_dir / "config.yaml"))
     cpu_deploy.quantize(ctx)
     data = ctx.splits()
@@ -175,6 +216,10 @@ def test_calibration_reads_only_training_images(cpu_run, tmp_path, monkeypatch):
     assert len(served) >= 2 * 300  # each of the two models calibrated on 300 images
     assert all(key(a) in train for a in served)
     assert not any(key(a) in held_out for a in served)
+    assert len(nncf_seen) == 2  # dense and pruned
+    for calibration, x_val in nncf_seen:
+        assert len(calibration) == 300 and all(key(a) in train and key(a) not in held_out for a in calibration)
+        assert x_val is data.x_val  # NNCF's accuracy control sees the validation split, never the test set
 
 
 @pytest.mark.e2e
@@ -192,10 +237,15 @@ def test_bench_over_precision_and_the_deploy_matrix(cpu_run, tmp_path):
     quant = m["quantize"]
     for r in m["bench"]:
         want = quant[r["variant"]]["error"][r["backend"]] if r["precision"] == "int8" else m[r["variant"]]["error"]
+        if (r["backend"], r["precision"]) == ("openvino", "int8"):  # OpenVINO times NNCF's IR, with its error
+            ir = run_dir / f"{r['variant']}_int8.xml"
+            want = quant[r["variant"]]["openvino"]["error"]
+            assert r["bytes"] == ir.stat().st_size + ir.with_suffix(".bin").stat().st_size
         assert r["error"] == want and r["widths"] == m[r["variant"]]["architecture"] and r["bytes"] > 0
     report = (run_dir / "report.md").read_text()
     assert "## Deploy matrix" in report and report.count("best pruned") >= 1 and "- batch 8:" in report
     assert "| openvino | int8 | pruned |" in report and (run_dir / "plots/speedup.png").stat().st_size > 0
+    assert "OpenVINO INT8: NNCF with accuracy control" in report and "| pruned |" in report.split("OpenVINO INT8:")[1]
     assert "b8 best dense → pruned" in proc.stdout and "ms: " in proc.stdout  # the headline in the final table
     choice = m["choice"]  # every INT8 deployment had a validation error to be judged by
     assert choice["batch"] == 8 and choice["notes"] == [] and "## Chosen deployment" in report
@@ -345,8 +395,9 @@ def test_prune_round_to_auto_measures_on_the_first_backend_and_caches(cpu_run, t
 
 @pytest.mark.e2e
 def test_a_chosen_openvino_deployment_ships_its_ir_and_serves_its_onnx_twin(cpu_run, tmp_path):
-    """deploy.target names OpenVINO fp32: only the report reruns; `package` ships it as `<run>` for Triton's OpenVINO
-    backend (the IR) with the ONNX twin that the local server (no OpenVINO backend) serves."""
+    """deploy.target names OpenVINO fp32: only the report reruns (and, the budget changed, NNCF's quantize, which
+    holds it, and the bench after it); `package` ships it as `<run>` for Triton's OpenVINO backend (the IR) with the
+    ONNX twin that the local server (no OpenVINO backend) serves."""
     pytest.importorskip("tritonclient.grpc", reason="tritonclient is not installed: pip install 'vib-deploy[ship]'")
     from vib_deploy.runs import sha256_file
 
@@ -355,7 +406,8 @@ def test_a_chosen_openvino_deployment_ships_its_ir_and_serves_its_onnx_twin(cpu_
     target = ["--set", "deploy.target=openvino-fp32@1", "--set", "deploy.max_error_increase=1"]
     proc = run_cli("run", "pipelines/mnist-lenet5.yaml", "--run-dir", str(copy), *TINY, *target)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "[run] report" in proc.stderr and "[run] bench" not in proc.stderr  # deploy.* keys the report only
+    ran = [line.removeprefix("[run] ") for line in proc.stderr.splitlines() if line.startswith("[run] ")]
+    assert ran == ["quantize", "bench", "report"]  # deploy.target keys the report; the budget NNCF's quantize too
     choice = json.loads((copy / "metrics.json").read_text())["choice"]
     assert choice["target"] == "openvino-fp32@1" and choice["batch"] == 1
     assert (choice["chosen"]["engine"], choice["chosen"]["precision"]) == ("openvino", "fp32")

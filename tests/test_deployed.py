@@ -48,3 +48,36 @@ def test_the_reduced_input_is_the_kept_pixels_of_each_image():
     x = np.arange(2 * 1 * 4 * 4, dtype=np.float32).reshape(2, 1, 4, 4)
     assert reduce_input(x, [0, 5, 15]).tolist() == [[0, 5, 15], [16, 21, 31]]
     assert reduce_input(x, None) is x
+
+
+def _quantized(nncf: bool):
+    from vib_deploy.records import NncfModel, QuantizedModel
+
+    made = NncfModel("pruned_int8.xml", 9, 0.021, 0.022, 0.02, 0.025, 0.005, ["a", "b"], ["b"], {}) if nncf else None
+    errors, val = {"onnxruntime": 0.03, "openvino": 0.031}, {"onnxruntime": 0.025, "openvino": 0.026}
+    return QuantizedModel("pruned_int8.onnx", 1, 4, errors, 0.02, 300, val, made)
+
+
+def test_openvino_int8_is_the_nncf_ir_where_made_and_the_qdq_file_elsewhere():
+    from vib_deploy.deployed import Int8Deployment, int8_deployment
+
+    qdq = Int8Deployment("pruned_int8.onnx", 0.031, 0.026, None)
+    assert int8_deployment(_quantized(False), "openvino") == qdq
+    assert int8_deployment(_quantized(True), "openvino") == Int8Deployment(
+        "pruned_int8.xml", 0.021, 0.022, "NNCF, 1 op kept fp32"
+    )
+    for nncf in (False, True):  # ONNX Runtime keeps the QDQ file and its own figures
+        assert int8_deployment(_quantized(nncf), "onnxruntime") == Int8Deployment("pruned_int8.onnx", 0.03, 0.025, None)
+
+
+@pytest.mark.parametrize("nncf", [False, True], ids=["qdq", "nncf"])
+def test_the_bench_times_the_nncf_ir_on_openvino(tmp_path, nncf):
+    from pathlib import Path
+
+    from vib_deploy.stages.deploy import int8_variant
+
+    run = type("Run", (), {"verified": staticmethod(lambda name: Path("/run") / name)})()
+    v = int8_variant(run, "pruned", _quantized(nncf), [4, 9])
+    own = {"openvino": Path("/run/pruned_int8.xml")} if nncf else {}
+    assert v.artifacts == {".onnx": Path("/run/pruned_int8.onnx"), **own} and v.precision == "int8"
+    assert v.error == {"onnxruntime": 0.03, "openvino": 0.021 if nncf else 0.031} and v.widths == [4, 9]

@@ -14,7 +14,15 @@ from hypothesis import strategies as st
 from record_examples import EXAMPLES
 
 from vib_deploy.errors import UserError
-from vib_deploy.records import RECORD_VERSION, RECORDS, STAGE_FILES, BenchFile, PruneRecord
+from vib_deploy.records import (
+    RECORD_VERSION,
+    RECORDS,
+    STAGE_FILES,
+    BenchFile,
+    NncfModel,
+    PruneRecord,
+    QuantizeRecord,
+)
 from vib_deploy.runs import RunDir
 
 PACKAGE = Path(__file__).resolve().parents[1] / "vib_deploy"
@@ -141,6 +149,51 @@ def test_bench_file_round_trip_and_keys():
     assert bench.p50_by_key() == {"onnxruntime/b1/dense": 0.2, "onnxruntime/b1/pruned/int8": 0.1}  # fp32 keys as before
     assert bench.records[0].precision is None and bench.records[1].precision == "int8"
     assert bench.records[1].extra == {"widths": [4, 9]}
+
+
+def _int8(variant: str, error: float, val_error: float) -> dict:
+    return {
+        "bytes": 198672,
+        "error": {"onnxruntime": error, "openvino": error},
+        "file": f"{variant}_int8.onnx",
+        "fp32_bytes": 476322,
+        "fp32_error": 0.1112,
+        "test_samples": 10000,
+        "val_error": {"onnxruntime": val_error, "openvino": val_error},
+    }
+
+
+# quantize.json of a run made by main before NNCF (runs/r20cpu, its figures rounded)
+OLD_QUANTIZE = {
+    "activations": "uint8",
+    "calibration": {"images": 300, "method": "minmax", "split": "train"},
+    "dense": _int8("dense", 0.1111, 0.0925),
+    "engines": ["onnxruntime", "openvino"],
+    "format": "QDQ",
+    "pruned": _int8("pruned", 0.1118, 0.099),
+    "record_version": 1,
+    "weights": "int8 per channel",
+}
+
+
+def test_an_old_quantize_json_reads_back_whole_without_an_nncf_model():
+    record = QuantizeRecord.from_json(json.loads(json.dumps(OLD_QUANTIZE)))
+    assert [q.openvino for q in record.variants.values()] == [None, None]
+    assert json.loads(json.dumps(record.to_json())) == OLD_QUANTIZE  # no key added, none lost
+
+
+def test_an_nncf_model_round_trips_in_quantize_json(tmp_path):
+    ops = ["node_Conv_1/WithoutBiases", "node_add_3", "node_linear/WithoutBiases"]
+    made = NncfModel("pruned_int8.xml", 9, 0.112, 0.097, 0.094, 0.099, 0.005, ops, ops[1:], {"quantizer": "nncf 3.4.0"})
+    record = QuantizeRecord.from_json(
+        {**OLD_QUANTIZE, "pruned": {**_int8("pruned", 0.1, 0.1), "openvino": made.to_json()}}
+    )
+    assert record.variants["pruned"].openvino == made and record.variants["dense"].openvino is None
+    assert made.method == "NNCF, 2 ops kept fp32" and NncfModel(**{**made.__dict__, "kept_fp32": ops[:1]}).method == (
+        "NNCF, 1 op kept fp32"
+    )
+    record.write(tmp_path / QuantizeRecord.FILE)
+    assert QuantizeRecord.from_json(json.loads((tmp_path / QuantizeRecord.FILE).read_text())) == record
 
 
 def test_every_record_has_an_example():

@@ -113,3 +113,24 @@ def test_round_to_auto_keys_on_a_named_target_and_not_otherwise():
     named = section(_config(**auto, deploy={"target": "openvino-fp32@64"}))
     assert named["auto"] == {"target": "openvino-fp32@64", "threads": 1}
     assert "auto" not in section(_config(deploy={"target": "openvino-fp32@64"}, bench={"backends": ["openvino"]}))
+
+
+def test_quantize_openvino_is_keyed_only_when_set_to_nncf_with_its_budget_and_the_ir():
+    """Left unset (qdq) the quantize key and inputs are those runs were made with; nncf keys the budget NNCF holds
+    (deploy.max_error_increase) and reads the openvino stage's IR."""
+    stage = get_stage("quantize")
+    on = {"quantize": {"enabled": True}, "bench": {"backends": ["onnxruntime", "openvino"]}}
+    default = _config(**on)
+    assert stage.section(default) == {
+        "quantize": {"enabled": True, "calibration_images": 300, "per_channel": True},  # the key runs were made with
+        "data": stage.section(default)["data"],
+    }
+    assert stage.needs_when(default) == () and "openvino" not in stage.needs
+    nncf = _config(**{**on, "quantize": {"enabled": True, "openvino": "nncf"}}, deploy={"max_error_increase": 0.01})
+    assert stage.section(nncf)["quantize"]["openvino"] == "nncf" and stage.section(nncf)["max_error_increase"] == 0.01
+    assert stage.needs_when(nncf) == ("openvino",)
+
+
+def test_nncf_without_openvino_in_the_bench_is_refused():
+    with pytest.raises(UserError, match="quantize.openvino: nncf quantizes the OpenVINO IR; bench.backends"):
+        _config(quantize={"enabled": True, "openvino": "nncf"}, bench={"backends": ["onnxruntime"]})

@@ -171,6 +171,36 @@ def test_the_chosen_deployment_ships_in_its_engines_layout(tmp_path, engine, pre
     assert chosen_target(run, "net", nothing, ShipOptions()) == []  # package ships `<run>-<variant>` only
 
 
+def test_a_chosen_openvino_int8_by_nncf_ships_its_ir_with_the_qdq_twin(tmp_path):
+    """quantize.openvino: nncf: OpenVINO's INT8 is NNCF's IR (pruned_int8.xml), shipped for Triton's OpenVINO backend;
+    the QDQ ONNX is the twin the local server runs."""
+    from vib_deploy.records import NncfModel, QuantizedModel, QuantizeRecord
+    from vib_deploy.records.summary import Deployment, DeploymentChoice
+    from vib_deploy.triton.chosen import chosen_target
+    from vib_deploy.triton.modelconfig import ShipOptions
+
+    run = _fake_run(tmp_path)
+    files = ["pruned_int8.xml", "pruned_int8.bin", "pruned_int8.xml.json"]
+    for name in files:
+        (run.path / name).write_text(json.dumps({"openvino_version": "x", "precision": "int8"}))
+    made = NncfModel("pruned_int8.xml", 9, 0.02, 0.021, 0.02, 0.023, 0.003, ["a", "b"], ["b"], {})
+    q = QuantizedModel("pruned_int8.onnx", 1, 4, {"openvino": 0.03}, 0.02, 300, {"openvino": 0.03}, made)
+    QuantizeRecord({}, "QDQ", "int8 per channel", "uint8", ["openvino"], {"pruned": q}).write(
+        run.file(QuantizeRecord.FILE)
+    )
+    run.add_artifacts("quantize", [*files, QuantizeRecord.FILE])
+    d = Deployment("openvino", "int8", "pruned", 64, 0.1, 0.021, 0.02, [4, 9], made.method)
+    choice = DeploymentChoice("auto", 64, 0.005, 0.018, 0.023, d, None, None, 10.0, None)
+    ((_, sources, platform, _, record),) = chosen_target(run, "net", choice, ShipOptions())
+    assert platform == "openvino" and {k: v.name for k, v in sources.items()} == {
+        "model.onnx": "pruned_int8.onnx",
+        "model.xml": "pruned_int8.xml",
+        "model.bin": "pruned_int8.bin",
+        "model.xml.json": "pruned_int8.xml.json",
+    }
+    assert record["openvino"]["precision"] == "int8" and "served_locally" in record
+
+
 def test_an_openvino_model_with_an_onnx_twin_is_served_through_it(repo, tmp_path):
     """The local tritonserver has no OpenVINO backend: a chosen OpenVINO deployment is served from its model.onnx."""
     from vib_deploy.triton.modelconfig import MODEL_FILE, OPENVINO, ShipOptions, graph_io, render_config

@@ -30,7 +30,7 @@ class Variant:
     """One model to time: its artifacts per backend and how to shape its input."""
 
     name: str  # "dense", "pruned" (full image) or "pruned_reduced" (kept pixels only)
-    artifacts: dict[str, Path]  # backend suffix (".onnx", ".pt") -> file
+    artifacts: dict[str, Path]  # backend suffix (".onnx", ".pt") -> file; a backend's name -> its own file, first
     input_indices: list[int] | None = None  # reduced-input models take x.flatten(1)[:, indices]
     precision: str = "fp32"  # or "int8" (a QDQ model from the quantize stage)
     error: dict[str, float] | None = None  # test error per backend that runs it ("*": every backend alike)
@@ -44,6 +44,12 @@ class Variant:
     def error_on(self, backend: str) -> float | None:
         errors = self.error or {}
         return errors.get(backend, errors.get("*"))
+
+
+def artifact_bytes(path: Path) -> int:
+    """The bytes of a model file; OpenVINO IR (`.xml`) with its weights (`.bin`)."""
+    weights = path.with_suffix(".bin") if path.suffix == ".xml" else None
+    return path.stat().st_size + (weights.stat().st_size if weights is not None else 0)
 
 
 def make_input(variant: Variant, images: np.ndarray, batch: int) -> np.ndarray:
@@ -124,8 +130,9 @@ def run_bench(
     for backend in backends:
         cls = get_backend(backend)
         for v in variants:
-            if cls.artifact_suffix in v.artifacts:
-                paths[backend, v.key] = v.artifacts[cls.artifact_suffix]
+            own = backend if backend in v.artifacts else cls.artifact_suffix  # e.g. OpenVINO's INT8: NNCF's IR
+            if own in v.artifacts:
+                paths[backend, v.key] = v.artifacts[own]
                 runners[backend, v.key] = cls(paths[backend, v.key], threads).activate()
     for batch in batch_sizes:
         inputs = {k: make_input(by_key[k[1]], images, batch) for k in runners}
@@ -147,7 +154,7 @@ def run_bench(
                     "precision": v.precision,
                     "widths": v.widths,
                     "error": v.error_on(backend),
-                    "bytes": path.stat().st_size,
+                    "bytes": artifact_bytes(path),
                     **stats,
                     "peak_memory_bytes": mem,
                     "threads": threads,

@@ -9,7 +9,8 @@ net's validation error plus `deploy.max_error_increase`; test errors are reporte
 Validation errors: dense fp32 from train-dense, pruned fp32 from finetune (else prune, else -- runs made before
 prune.json recorded it -- the VIB net's, which the pruned net equals when pruning was exact, no `round_to`); every
 fp32 engine shares its net's figure (ONNX Runtime and OpenVINO agree with torch within the export parity check);
-INT8 from the quantize stage, measured per engine. A deployment without one is left out and named in `notes`.
+INT8 from the quantize stage, measured per engine (`deployed.int8_deployment`: on OpenVINO, NNCF's IR where
+quantize.openvino is nncf). A deployment without one is left out and named in `notes`.
 
     auto                           the fastest eligible pruned deployment at the largest bench batch size
     <engine>-<precision>[@batch]   that engine and precision for the pruned side, at its batch, when eligible
@@ -25,6 +26,7 @@ from typing import Any
 
 from vib_deploy.config import Target
 from vib_deploy.deploy_matrix import ENGINE_SHORT, full_records
+from vib_deploy.deployed import ROUNDING, int8_deployment
 from vib_deploy.errors import UserError
 from vib_deploy.records import RunSummary
 from vib_deploy.records.summary import Deployment, DeploymentChoice
@@ -32,7 +34,6 @@ from vib_deploy.runs import RunDir, atomic_write_json
 from vib_deploy.timing import speedup
 
 CANDIDATE_VARIANTS = ("dense", "pruned")
-ROUNDING = 1e-9  # errors are counts / images: dense + increase can miss an equal error by a float rounding
 
 
 def pruned_val_error(s: RunSummary) -> float | None:
@@ -48,7 +49,7 @@ def val_error(s: RunSummary, variant: str, engine: str, precision: str) -> float
     """Validation error of one deployment; None where the run did not record it."""
     if precision == "int8":
         q = s.quantize.variants.get(variant) if s.quantize is not None else None
-        return (q.val_error or {}).get(engine) if q is not None else None
+        return int8_deployment(q, engine).val_error if q is not None else None
     return s.dense.val_error if variant == "dense" else pruned_val_error(s)
 
 
@@ -65,7 +66,11 @@ def candidates(s: RunSummary, batch: int) -> tuple[list[Deployment], list[str]]:
             missing.setdefault(stage, []).append(f"{r['backend']} {r['precision']} {r['variant']}")
             continue
         widths = list(r["widths"] or [])
-        out.append(Deployment(r["backend"], r["precision"], r["variant"], batch, r["p50_ms"], val, r["error"], widths))
+        out.append(
+            Deployment(
+                r["backend"], r["precision"], r["variant"], batch, r["p50_ms"], val, r["error"], widths, r["method"]
+            )
+        )
     notes = [
         f"not considered, no validation error recorded (the {stage} stage of this run predates it; rerun it with "
         f"--force): {', '.join(names)}"
@@ -128,7 +133,9 @@ def choice_of(s: RunSummary, config: Any) -> DeploymentChoice:
 
 
 def label(d: Deployment) -> str:
-    return f"{ENGINE_SHORT.get(d.engine, d.engine)} {d.precision} {d.variant}"
+    """`OV int8 (NNCF, 2 ops kept fp32) pruned`: engine, precision, how the INT8 model was made (not QDQ), variant."""
+    method = f" ({d.method})" if d.method else ""
+    return f"{ENGINE_SHORT.get(d.engine, d.engine)} {d.precision}{method} {d.variant}"
 
 
 def _figures(d: Deployment) -> str:

@@ -197,6 +197,9 @@ class QuantizeConfig(_Strict):
     enabled: bool = False  # the quantize stage: static INT8 (QDQ ONNX) of the dense and pruned models
     calibration_images: int = Field(300, ge=1)  # training images only (never validation or test)
     per_channel: bool = True  # per-output-channel weight scales
+    # OpenVINO's INT8 (needs openvino in bench.backends): qdq = OpenVINO runs the ONNX Runtime QDQ model; nncf = NNCF's
+    # quantize_with_accuracy_control of the fp32 IR, within deploy.max_error_increase on validation (pip install nncf)
+    openvino: Literal["qdq", "nncf"] = "qdq"
 
 
 @dataclass(frozen=True)
@@ -269,6 +272,15 @@ class PipelineConfig(_Strict):
             )
         if t.batch not in self.bench.batch_sizes:
             raise ValueError(f"deploy.target {t}: batch {t.batch} is not in bench.batch_sizes {self.bench.batch_sizes}")
+        return self
+
+    @model_validator(mode="after")
+    def _nncf_on_openvino(self) -> PipelineConfig:
+        q = self.quantize
+        if q.enabled and q.openvino == "nncf" and "openvino" not in self.bench.backends:
+            raise ValueError(
+                f"quantize.openvino: nncf quantizes the OpenVINO IR; bench.backends {self.bench.backends} has no openvino"
+            )
         return self
 
     @model_validator(mode="after")

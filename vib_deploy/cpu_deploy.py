@@ -8,6 +8,9 @@ quantize: `dense.onnx`, `pruned.onnx` -> `<variant>_int8.onnx` with ONNX Runtime
     images of the *training* split only. Each INT8 model's test error is measured on the full test set on every
     engine that runs it (ONNX Runtime, and OpenVINO, which executes QDQ as int8), next to its fp32 error, and its
     validation error likewise (what the deployment choice compares with `deploy.max_error_increase`).
+    quantize.openvino: nncf also makes OpenVINO's own INT8, `<variant>_int8.xml` + `.bin` + `.xml.json`: NNCF's
+    accuracy control on the openvino stage's fp32 IR (`nncf_int8`), its validation error held within the choice's
+    error budget (the dense fp32 net's + `deploy.max_error_increase`); OpenVINO's INT8 in bench, choice and package.
 """
 
 from __future__ import annotations
@@ -17,9 +20,16 @@ from typing import Any, cast
 
 import numpy as np
 
-from vib_deploy.deployed import deployables
+from vib_deploy.deployed import ROUNDING, deployables
 from vib_deploy.errors import UserError
-from vib_deploy.records import OpenvinoModel, OpenvinoRecord, QuantizedModel, QuantizeRecord
+from vib_deploy.records import (
+    NncfModel,
+    OpenvinoModel,
+    OpenvinoRecord,
+    QuantizedModel,
+    QuantizeRecord,
+    TrainDenseRecord,
+)
 from vib_deploy.runs import atomic_write, atomic_write_json
 from vib_deploy.stages.base import Context
 
@@ -109,7 +119,7 @@ def quantize_onnx(src: Path, dst: Path, images: np.ndarray, per_channel: bool) -
 
 
 def onnx_error(backend: str, path: Path, x: np.ndarray, y: np.ndarray, batch: int = 1000) -> float:
-    """Top-1 error of an ONNX model on `backend` over all of (x, y)."""
+    """Top-1 error of an ONNX model (or OpenVINO IR on openvino) on `backend` over all of (x, y)."""
     from vib_deploy.backends import get_backend
 
     runner = get_backend(backend)(path, threads=2).activate()
@@ -137,8 +147,16 @@ def quantize(ctx: Context) -> list[str]:
         quantize_onnx(src, dst, images, cfg.per_channel)
         errors = {e: onnx_error(e, dst, data.x_test, data.y_test) for e in engines}
         val_errors = {e: onnx_error(e, dst, data.x_val, data.y_val) for e in engines}  # the choice's budget check
+        nncf = nncf_ir(ctx, variant, images) if cfg.openvino == "nncf" else None
         models[variant] = QuantizedModel(
-            dst.name, dst.stat().st_size, src.stat().st_size, errors, fp32_error[variant], len(data.y_test), val_errors
+            dst.name,
+            dst.stat().st_size,
+            src.stat().st_size,
+            errors,
+            fp32_error[variant],
+            len(data.y_test),
+            val_errors,
+            nncf,
         )
     QuantizeRecord(
         calibration={"split": "train", "images": len(images), "method": "minmax"},
@@ -148,4 +166,42 @@ def quantize(ctx: Context) -> list[str]:
         engines=engines,
         variants=models,
     ).write(ctx.out(QuantizeRecord.FILE))
-    return [m.file for m in models.values()] + [QuantizeRecord.FILE]
+    nncf_files = [f for m in models.values() if m.openvino for f in ir_files(m.openvino.file)]
+    return [m.file for m in models.values()] + nncf_files + [QuantizeRecord.FILE]
+
+
+def ir_files(xml: str) -> list[str]:
+    """An IR's files, weights first: `.bin`, `.xml`, the `.xml.json` sidecar."""
+    from vib_deploy.sidecar import sidecar_path
+
+    return [str(Path(xml).with_suffix(".bin")), xml, str(sidecar_path(Path(xml)))]
+
+
+def nncf_ir(ctx: Context, variant: str, images: np.ndarray) -> NncfModel:
+    """NNCF's INT8 IR of the variant's fp32 IR, its validation error within the choice's error budget (the dense fp32
+    net's + deploy.max_error_increase): NNCF's `max_drop` is what the budget leaves over the fp32 IR's own error."""
+    from vib_deploy.backends.openvino import sidecar_path
+    from vib_deploy.bench import artifact_bytes
+    from vib_deploy.nncf_int8 import quantize_ir
+
+    data = ctx.splits()
+    src, dst = ctx.run.verified(f"{variant}.xml"), ctx.out(f"{variant}_int8.xml")
+    budget = TrainDenseRecord.read(ctx.run).val_error + ctx.config.deploy.max_error_increase  # the choice's
+    fp32_val_error = onnx_error("openvino", src, data.x_val, data.y_val)
+    max_drop = max(0.0, budget - fp32_val_error)  # what the budget leaves this net (none: as accurate as fp32)
+    made = quantize_ir(
+        src, images, data.x_val, data.y_val, max_drop + ROUNDING, dst, lambda name, fn: atomic_write(ctx.out(name), fn)
+    )
+    atomic_write_json(sidecar_path(dst), made.sidecar)
+    return NncfModel(
+        file=dst.name,
+        bytes=artifact_bytes(dst),
+        error=onnx_error("openvino", dst, data.x_test, data.y_test),
+        val_error=onnx_error("openvino", dst, data.x_val, data.y_val),
+        fp32_val_error=fp32_val_error,
+        budget=budget,
+        max_drop=max_drop,
+        quantized=made.quantized,
+        kept_fp32=made.kept_fp32,
+        sidecar=made.sidecar,
+    )

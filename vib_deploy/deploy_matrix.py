@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from vib_deploy.deployed import int8_deployment
 from vib_deploy.records import RunSummary
 from vib_deploy.timing import speedup
 
@@ -28,6 +29,10 @@ def full_records(summary: RunSummary) -> list[dict[str, Any]]:
         }
         for r in summary.bench
     ]
+    quant = summary.quantize.variants if summary.quantize is not None else {}
+    for r in out:  # the INT8 deployment's make where it is not the QDQ file (OpenVINO: NNCF)
+        q = quant.get(r["variant"]) if r["precision"] == "int8" else None
+        r["method"] = int8_deployment(q, r["backend"]).method if q is not None else None
     base = {(r["backend"], r["batch"]): r["p50_ms"] for r in out if (r["variant"], r["precision"]) == ("dense", "fp32")}
     for r in out:
         b = base.get((r["backend"], r["batch"]))
@@ -37,8 +42,10 @@ def full_records(summary: RunSummary) -> list[dict[str, Any]]:
     return out
 
 
-def label(r: dict[str, Any]) -> str:
-    return f"{r['backend']} {r['precision']} {r['variant']}"
+def label(r: dict[str, Any], engine: str | None = None) -> str:
+    """`openvino int8 (NNCF, 2 ops kept fp32) pruned`: engine (or `engine` as given), precision, make, variant."""
+    method = f" ({r['method']})" if r.get("method") else ""
+    return f"{engine or r['backend']} {r['precision']}{method} {r['variant']}"
 
 
 def headlines(summary: RunSummary) -> list[dict[str, Any]]:
@@ -77,7 +84,7 @@ def headline_short(h: dict[str, Any], ideal: float) -> str:
     """The headline in one console cell: engines abbreviated (ORT, OV), 3 decimals."""
 
     def name(r: dict[str, Any]) -> str:
-        return f"{ENGINE_SHORT.get(r['backend'], r['backend'])} {r['precision']} {r['variant']}"
+        return label(r, ENGINE_SHORT.get(r["backend"], r["backend"]))
 
     d, p = h["dense"], h["pruned"]
     error = f"; {d['error']:.2%} → {p['error']:.2%}" if d["error"] is not None and p["error"] is not None else ""
@@ -142,7 +149,31 @@ def render_matrix(summary: RunSummary) -> str:
             q = quant.variants[variant]
             per_engine = ", ".join(f"{e} {v:.2%}" for e, v in q.error.items())
             lines.append(f"| {variant} | {q.fp32_error:.2%} | {per_engine} | {q.fp32_bytes:,} | {q.bytes:,} |")
+        lines += nncf_lines(quant)
     return "\n".join(lines) + "\n"
+
+
+def nncf_lines(quant: Any) -> list[str]:
+    """The INT8 section's NNCF table (quantize.openvino: nncf): OpenVINO's INT8 deployment per variant."""
+    made = {v: q.openvino for v, q in quant.variants.items() if q.openvino is not None}
+    if not made:
+        return []
+    lines = [
+        "",
+        "OpenVINO INT8: NNCF with accuracy control on the fp32 IR, its validation error held within the error "
+        "budget (`max_drop`: what the budget leaves over the fp32 IR's error); the bench times and the choice judges "
+        "this IR on OpenVINO, the QDQ file on ONNX Runtime.",
+        "",
+        "| model | fp32 val error | budget | max drop | int8 val error | int8 test error | ops kept fp32 | int8 bytes |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for variant, m in made.items():
+        kept = f"{len(m.kept_fp32)} of {len(m.quantized)}" + (f": {', '.join(m.kept_fp32)}" if m.kept_fp32 else "")
+        lines.append(
+            f"| {variant} | {m.fp32_val_error:.2%} | {m.budget:.2%} | {m.max_drop * 100:.2f} pt | {m.val_error:.2%} | "
+            f"{m.error:.2%} | {kept} | {m.bytes:,} |"
+        )
+    return lines
 
 
 def plot_speedup_vs_ideal(ax: Any, summary: RunSummary) -> None:

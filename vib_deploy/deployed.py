@@ -6,6 +6,9 @@ and shipped for each variant, and how its input is shaped.
                      the full image (the net gathers its kept pixels in-graph)
     pruned_reduced   (input-gated nets) the same net without its gather: it takes the kept pixels only
 
+and, for INT8 (`int8_deployment`), the quantize stage's QDQ ONNX on every engine, except on OpenVINO where
+quantize.openvino is nncf: there NNCF's IR (`<variant>_int8.xml`) is the deployment.
+
 Export, openvino, quantize, bench, profile, gpu-bench and Triton packaging all start here; the exactness check
 stays in prune (pruned vs VIB).
 """
@@ -17,10 +20,11 @@ from typing import Any
 
 import numpy as np
 
-from vib_deploy.records import FinetuneRecord, PruneRecord, TrainDenseRecord
+from vib_deploy.records import FinetuneRecord, PruneRecord, QuantizedModel, TrainDenseRecord
 from vib_deploy.runs import RunDir
 
 VARIANTS = ("dense", "pruned", "pruned_reduced")
+ROUNDING = 1e-9  # errors are counts / images: dense + increase can miss an equal error by a float rounding
 
 
 def finetuned(config: Any) -> bool:
@@ -80,3 +84,21 @@ def deployables(run: RunDir, config: Any) -> list[Deployable]:
 
 def deployable(run: RunDir, config: Any, name: str) -> Deployable:
     return next(d for d in deployables(run, config) if d.name == name)
+
+
+@dataclass(frozen=True)
+class Int8Deployment:
+    """The INT8 model one engine deploys for a variant, and its errors on that engine."""
+
+    file: str
+    error: float | None  # test error (None: the engine did not run it)
+    val_error: float | None  # validation error (None: a quantize.json made before it was recorded)
+    method: str | None  # how tables name it ("NNCF, 2 ops kept fp32"); None: the QDQ file
+
+
+def int8_deployment(q: QuantizedModel, engine: str) -> Int8Deployment:
+    """On OpenVINO, NNCF's IR where the quantize stage made one; else (and on every other engine) the QDQ file."""
+    nncf = q.openvino if engine == "openvino" else None
+    if nncf is not None:
+        return Int8Deployment(nncf.file, nncf.error, nncf.val_error, nncf.method)
+    return Int8Deployment(q.file, q.error.get(engine), (q.val_error or {}).get(engine), None)

@@ -33,7 +33,7 @@ def _input_hashes(ctx: Context, stage: Stage) -> dict[str, str]:
     manifest = ctx.run.view()
     hashes: dict[str, str] = {}
     needed = []
-    for need in stage.needs:
+    for need in (*stage.needs, *stage.needs_when(ctx.config)):
         if not enabled(need, ctx.config):  # a stage that is off (finetune) is no input: the keys of runs without it
             continue
         entry = manifest.stages.get(need)

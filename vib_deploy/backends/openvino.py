@@ -44,8 +44,6 @@ def save_ir(onnx_path: Path, xml_path: Path, write: Any) -> dict[str, Any]:
 
     `write(name, fn)` writes one artifact atomically (`fn(tmp_path)`), so the caller lists it in its manifest.
     """
-    import tempfile
-
     import openvino as ov
 
     from vib_deploy.runs import sha256_file
@@ -56,7 +54,22 @@ def save_ir(onnx_path: Path, xml_path: Path, write: Any) -> dict[str, Any]:
         raise UserError(
             f"{onnx_path}: OpenVINO cannot read it ({type(e).__name__}: {str(e).strip().splitlines()[0][:200]})"
         ) from e
-    shapes = {p.get_any_name(): str(p.get_partial_shape()) for p in model.inputs}
+    write_ir(model, xml_path, write)
+    return {
+        **ir_facts(model, "fp32"),
+        "onnx": onnx_path.name,
+        "onnx_sha256": sha256_file(onnx_path),
+        "bin_sha256": sha256_file(xml_path.with_suffix(".bin")),
+    }
+
+
+def write_ir(model: Any, xml_path: Path, write: Any) -> None:
+    """An in-memory `ov.Model` as IR at `xml_path` (+ `.bin`, weights as they are: no fp16 compression), each file
+    written by `write(name, fn)` (see `save_ir`)."""
+    import tempfile
+
+    import openvino as ov
+
     with tempfile.TemporaryDirectory(dir=xml_path.parent) as tmp:
         staged = Path(tmp) / "model.xml"
         ov.save_model(model, str(staged), compress_to_fp16=False)
@@ -64,15 +77,12 @@ def save_ir(onnx_path: Path, xml_path: Path, write: Any) -> dict[str, Any]:
         write(xml_path.with_suffix(".bin").name, lambda out: out.write_bytes(staged.with_suffix(".bin").read_bytes()))
         # the .xml names its weights file by offsets only (not by name), so renaming the pair is safe
         write(xml_path.name, lambda out: out.write_bytes(staged.read_bytes()))
-    return {
-        "openvino_version": ov.get_version(),
-        **cpu_info(),
-        "precision": "fp32",
-        "input_shapes": shapes,
-        "onnx": onnx_path.name,
-        "onnx_sha256": sha256_file(onnx_path),
-        "bin_sha256": sha256_file(xml_path.with_suffix(".bin")),
-    }
+
+
+def ir_facts(model: Any, precision: str) -> dict[str, Any]:
+    """What an IR's sidecar says of every IR: OpenVINO version, CPU model and ISA flags, precision, input shapes."""
+    shapes = {p.get_any_name(): str(p.get_partial_shape()) for p in model.inputs}
+    return {"openvino_version": openvino_version(), **cpu_info(), "precision": precision, "input_shapes": shapes}
 
 
 def check_ir(xml_path: Path) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from vib_deploy.records.bench import BenchFile, BenchRecord, Speedup
 from vib_deploy.records.deploy import (
     ExportedModel,
     ExportRecord,
+    NncfModel,
     OpenvinoModel,
     OpenvinoRecord,
     Parity,
@@ -58,6 +59,7 @@ __all__ = [
     "ExportedModel",
     "FinetuneRecord",
     "JsonRecord",
+    "NncfModel",
     "OpenvinoModel",
     "OpenvinoRecord",
     "Parity",

@@ -1,4 +1,4 @@
-"""The deployment stages' records: export.json, openvino.json and quantize.json.
+"""The deployment stages' records: export.json, openvino.json and quantize.json (with NNCF's OpenVINO INT8).
 
 export.json and openvino.json map each exported variant to its check; `record_version` sits beside the
 variants (files made before it hold the variants alone and read as version 0).
@@ -86,18 +86,46 @@ class OpenvinoRecord(_Variants):
 
 
 @dataclass(frozen=True)
+class NncfModel(JsonRecord):
+    """OpenVINO's INT8 model by NNCF with accuracy control (quantize.openvino: nncf): its IR, its errors on OpenVINO,
+    the validation drop it was held to (what the error budget leaves over the fp32 IR) and the operations it kept in
+    fp32."""
+
+    file: str  # <variant>_int8.xml (+ .bin, + .xml.json sidecar)
+    bytes: int  # .xml + .bin
+    error: float  # test error on OpenVINO
+    val_error: float  # validation error on OpenVINO
+    fp32_val_error: float  # the fp32 IR's validation error on OpenVINO, what max_drop is measured from
+    budget: float  # the choice's validation error ceiling: the dense fp32 net's + deploy.max_error_increase
+    max_drop: float  # NNCF's max_drop (absolute top-1 on validation): budget - fp32_val_error, at least 0
+    quantized: list[str]  # operations plain NNCF quantization runs in int8
+    kept_fp32: list[str]  # of those, the ones accuracy control kept in fp32
+    sidecar: dict[str, Any]
+
+    @property
+    def method(self) -> str:
+        """How the deployment is named in tables: NNCF and the operations it kept in fp32."""
+        n = len(self.kept_fp32)
+        return f"NNCF, {n} op{'' if n == 1 else 's'} kept fp32"
+
+
+@dataclass(frozen=True)
 class QuantizedModel(JsonRecord):
-    """One INT8 model of quantize.json: its file, size, and test error per engine next to its fp32 net's; its
-    validation error per engine (what `choose` compares with the error budget; None: a file made before it was)."""
+    """One INT8 model of quantize.json: its QDQ file, size, and test error per engine next to its fp32 net's; its
+    validation error per engine (what `choose` compares with the error budget; None: a file made before it was).
+    `openvino`: the IR NNCF made where quantize.openvino is nncf, OpenVINO's INT8 deployment in place of the QDQ file
+    (`deployed.int8_deployment`); None: OpenVINO runs the QDQ file (and files made before NNCF was used)."""
 
     file: str
     bytes: int
     fp32_bytes: int
-    error: dict[str, float]  # engine -> test error
+    error: dict[str, float]  # engine -> test error of the QDQ file
     fp32_error: float
     test_samples: int
-    val_error: dict[str, float] | None = None  # engine -> validation error
-    OMIT_NONE = frozenset({"val_error"})
+    val_error: dict[str, float] | None = None  # engine -> validation error of the QDQ file
+    openvino: NncfModel | None = None
+    OMIT_NONE = frozenset({"val_error", "openvino"})
+    NESTED = {"openvino": NncfModel}
 
 
 @dataclass(frozen=True)

@@ -106,6 +106,8 @@ class Deployment(JsonRecord):
     val_error: float  # what the choice compared with the budget
     error: float | None  # test error: reported, never used to choose
     widths: list[int]
+    method: str | None = None  # how the INT8 model was made where it is not the QDQ file ("NNCF, 2 ops kept fp32")
+    OMIT_NONE = frozenset({"method"})
 
 
 @dataclass(frozen=True)

@@ -57,6 +57,8 @@ class Stage:
     uses_data: bool = field(default=False, kw_only=True)  # the dataset's files are inputs too
     all_ranks: bool = field(default=False, kw_only=True)  # under torchrun every rank runs it (training)
     after: tuple[str, ...] = field(default=(), kw_only=True)  # read when they have run (keyed only then)
+    # stages it needs only under some settings (keyed only then, so runs without the setting keep their keys)
+    needs_when: Callable[[PipelineConfig], tuple[str, ...]] = field(default=lambda c: (), kw_only=True)
     enabled: Callable[[PipelineConfig], bool] = field(default=_always, kw_only=True)  # `run` skips one turned off
     refused_when_off: str = field(default="", kw_only=True)  # off, running it alone is refused with this reason
     command: bool = field(default=True, kw_only=True)  # `vib-deploy <name> RUN_DIR` (False: a command of its own)

@@ -8,10 +8,18 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from vib_deploy.deployed import deployables
+from vib_deploy.deployed import deployables, int8_deployment
 from vib_deploy.errors import UserError
 from vib_deploy.modelfile import load_model
-from vib_deploy.records import BenchFile, BenchRecord, ExportedModel, ExportRecord, QuantizeRecord, Speedup
+from vib_deploy.records import (
+    BenchFile,
+    BenchRecord,
+    ExportedModel,
+    ExportRecord,
+    QuantizedModel,
+    QuantizeRecord,
+    Speedup,
+)
 from vib_deploy.stages.base import Context
 
 
@@ -76,7 +84,7 @@ def bench(ctx: Context) -> list[str]:
 def bench_variants(ctx: Context) -> list[Any]:
     """What the bench times: dense, pruned (and pruned_reduced) in fp32; their INT8 models when int8 is asked for."""
     from vib_deploy.bench import Variant
-    from vib_deploy.cpu_deploy import QUANTIZED, int8_name
+    from vib_deploy.cpu_deploy import QUANTIZED
 
     run = ctx.run
     deployed = deployables(run, ctx.config)
@@ -100,8 +108,16 @@ def bench_variants(ctx: Context) -> list[Any]:
             )
         quant = QuantizeRecord.read(run).variants
         widths = {d.name: d.widths for d in deployed}
-        variants += [
-            Variant(n, {".onnx": run.verified(int8_name(n))}, None, "int8", quant[n].error, widths[n])
-            for n in QUANTIZED
-        ]
+        variants += [int8_variant(run, n, quant[n], widths[n]) for n in QUANTIZED]
     return [v for v in variants if v.precision in precisions]
+
+
+def int8_variant(run: Any, name: str, q: QuantizedModel, widths: list[int]) -> Any:
+    """A variant's INT8 models to time: the QDQ ONNX, and on OpenVINO NNCF's IR where the quantize stage made one."""
+    from vib_deploy.bench import Variant
+    from vib_deploy.cpu_deploy import int8_name
+
+    ov = int8_deployment(q, "openvino")
+    own = {"openvino": run.verified(ov.file)} if ov.method else {}  # an engine's own file before the ONNX one
+    errors = {engine: e for engine in q.error if (e := int8_deployment(q, engine).error) is not None}
+    return Variant(name, {".onnx": run.verified(int8_name(name)), **own}, None, "int8", errors, widths)

@@ -29,6 +29,7 @@ KEYED_WHEN_SET = {
     "vib": {"kl_weighting": "paper", "weight_decay": 0.0, "schedule": "cosine", "paper_protocol": False, "ema": None},
     "dense": {"patience": None},
     "deploy": {"target": "auto", "max_error_increase": 0.005},
+    "quantize": {"openvino": "qdq"},
 }
 
 
@@ -79,6 +80,16 @@ def _report_section(c: PipelineConfig) -> dict[str, Any]:
     """The deployment choice's settings, keyed only where they differ from the defaults."""
     deploy = keyed_section("deploy", c.deploy)
     return {"deploy": deploy} if deploy else {}
+
+
+def _nncf(c: PipelineConfig) -> bool:
+    return c.quantize.openvino == "nncf"
+
+
+def _quantize_section(c: PipelineConfig) -> dict[str, Any]:
+    """quantize.openvino: nncf also keys on the error budget NNCF holds (deploy.max_error_increase)."""
+    nncf = {"max_error_increase": c.deploy.max_error_increase} if _nncf(c) else {}
+    return {"quantize": keyed_section("quantize", c.quantize), "data": keyed_section("data", c.data), **nncf}
 
 
 def _export_section(c: PipelineConfig) -> dict[str, Any]:
@@ -162,12 +173,13 @@ STAGES: tuple[Stage, ...] = (
     Stage(
         "quantize",
         ("train-dense", "prune", "finetune", "export"),
-        lambda c: {"quantize": c.quantize.model_dump(), "data": keyed_section("data", c.data)},
+        _quantize_section,
         _lazy("vib_deploy.cpu_deploy", "quantize"),
         help="INT8 (QDQ ONNX) of the dense and pruned models, calibrated on training images; test and validation "
-        "error per engine.",
+        "error per engine (quantize.openvino: nncf, OpenVINO's INT8 by NNCF within the error budget).",
         uses_data=True,
         enabled=lambda c: c.quantize.enabled,
+        needs_when=lambda c: ("openvino",) if _nncf(c) else (),  # NNCF quantizes the fp32 IR
     ),
     Stage(
         "bench",
