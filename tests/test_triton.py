@@ -520,12 +520,19 @@ def test_bench_through_triton(tiny_run, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     records = json.loads((copy / "bench-triton.json").read_text())["records"]
     assert {(r["variant"], r["batch"], r["concurrency"]) for r in records} == {
-        (v, b, c) for v in ("dense", "pruned") for b in (1, 8) for c in (1, 3)
+        (v, b, c) for v in ("dense", "pruned", "chosen") for b in (1, 8) for c in (1, 3)
     }
+    choice = json.loads((copy / "metrics.json").read_text())["choice"]  # the tiny run's budget lets one be chosen
     for r in records:
         assert r["calls"] == 5 * r["concurrency"] and 0 < r["p50_ms"] <= r["p99_ms"] and r["throughput"] > 0
-        assert r["in_process_p50_ms"] > 0  # the run's own onnxruntime figure at the same batch, beside it
+        if r["variant"] != "chosen":
+            assert r["in_process_p50_ms"] > 0  # the run's own onnxruntime figure at the same batch, beside it
+        elif r["batch"] == choice["batch"]:  # the chosen one's own engine, where the choice was made
+            assert (r["in_process_p50_ms"], r["in_process_speedup"]) == (choice["chosen"]["p50_ms"], choice["speedup"])
+        else:
+            assert r["in_process_p50_ms"] is None
     assert "through Triton" in proc.stdout
+    assert proc.stdout.count("served speedup, batch ") == 4  # dense / chosen per batch and client count
     bound = json.loads((copy / "bench-triton.json").read_text())["bound"]  # read back while it served
     assert bound == {"http": ["127.0.0.1"], "grpc": ["127.0.0.1"]}
     assert run_cli("verify", str(copy)).returncode == 0  # bench-triton.json is listed in the run's manifest
