@@ -72,7 +72,8 @@ def bench_triton(
             bound = server.bound()  # read back from the kernel: loopback only
             for variant, model in shipped.items():
                 for batch in batch_sizes:
-                    x = make_input(Variant(chosen.variant if variant == "chosen" else variant, {}), images, batch)
+                    inputs = chosen.variant if variant == "chosen" and chosen is not None else variant
+                    x = make_input(Variant(inputs, {}), images, batch)
                     for clients in concurrency:
                         stats = _time_clients(files[variant], url, model.name, protocol, x, clients, requests)
                         records.append(
