@@ -54,3 +54,26 @@ def test_export_failure_is_user_error(tmp_path):
     with pytest.raises(UserError, match="ONNX export of m.onnx failed"):
         export_onnx(Bad(), tmp_path / "m.onnx", (3,), opset=18)
     assert not (tmp_path / "m.onnx").exists() and not list(tmp_path.iterdir())
+
+
+def test_exports_share_one_torchlib_registry_and_write_the_same_bytes(tmp_path, monkeypatch):
+    from torch.onnx._internal.exporter import _registration
+
+    import vib_deploy.export as export
+
+    built = []
+    original = _registration.ONNXRegistry.__dict__["from_torchlib"].__func__
+
+    def counting(cls, opset_version=18):
+        built.append(opset_version)
+        return original(cls, opset_version=opset_version)
+
+    monkeypatch.setattr(_registration.ONNXRegistry, "from_torchlib", classmethod(counting))
+    monkeypatch.setattr(export, "_REGISTRIES", {})
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    for name in ("a.onnx", "b.onnx"):
+        export_onnx(model, tmp_path / name, (1, 4, 4), opset=18)
+    assert built == [18]  # the second export reused the first one's registry
+    assert _registration.ONNXRegistry.__dict__["from_torchlib"].__func__ is counting  # torch's own is back after
+    assert (tmp_path / "a.onnx").read_bytes() == (tmp_path / "b.onnx").read_bytes()

@@ -25,7 +25,7 @@ def test_budget_guard_stops_and_skips(tmp_path):
         reports: list[int] = []
         run_steps(
             steps,
-            budget=6,
+            budget=3,
             log=log,
             env=dict(os.environ),
             started=t0,

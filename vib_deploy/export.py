@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,7 @@ def export_onnx(
         logging.getLogger("torch.onnx").setLevel(logging.ERROR)
         out = io.StringIO()
         try:
-            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out), _one_torchlib_registry():
                 program = torch.onnx.export(
                     model,
                     (example,),
@@ -57,6 +58,38 @@ def export_onnx(
             raise UserError(f"ONNX checker rejected {path.name}: {_first_line(e)}") from e
 
     atomic_write(path, write)
+
+
+_REGISTRIES: dict[int, Any] = {}
+
+
+@contextlib.contextmanager
+def _one_torchlib_registry() -> Iterator[None]:
+    """torch.onnx.export (dynamo) builds its ATen -> ONNX registry from torchlib on every call (~0.3-0.6 s here,
+    three exports a run); an export without a custom_translation_table only reads it, so inside this block one
+    registry per opset serves every export of the process. Where torch's layout differs, nothing is changed."""
+    try:
+        from torch.onnx._internal.exporter import _constants, _registration
+    except ImportError:
+        yield
+        return
+    cls = _registration.ONNXRegistry
+    original = cls.__dict__.get("from_torchlib")
+    if not isinstance(original, classmethod):
+        yield
+        return
+    build = original.__func__
+
+    def shared(registry_cls: Any, opset_version: int = _constants.TORCHLIB_OPSET) -> Any:
+        if opset_version not in _REGISTRIES:
+            _REGISTRIES[opset_version] = build(registry_cls, opset_version=opset_version)
+        return _REGISTRIES[opset_version]
+
+    cls.from_torchlib = classmethod(shared)  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        cls.from_torchlib = original  # type: ignore[method-assign]
 
 
 def _first_line(e: BaseException) -> str:
