@@ -78,7 +78,9 @@ def test_accuracy_control_holds_the_budget_that_plain_int8_breaks(made):
     tmp, result, (x_val, y_val), (x_test, y_test), log = made
     assert _error(tmp / "m.xml", x_val, y_val) == 0.0  # the fp32 IR: every label is its own top-1
     plain = float(re.search(r"Metric of quantized model: ([0-9.]+)", "\n".join(log)).group(1))  # type: ignore[union-attr]
-    assert 1 - plain > 0.2  # fully quantized, the outlier costs more than 20 points on validation
+    # the premise of this test: fully quantized, the planted outlier costs more than 20 points on validation (if
+    # NNCF stops degrading this net, the budget assertions below would prove nothing, so this fails instead)
+    assert 1 - plain > 0.2, f"plain INT8 kept {plain:.1%} validation accuracy: the test net no longer breaks INT8"
     assert _error(tmp / "m_int8.xml", x_val, y_val) <= MAX_DROP  # the budget, measured on our own OpenVINO runner
     assert _error(tmp / "m_int8.xml", x_test, y_test) <= 0.03  # held-out test images: 9 of 300 at most
 
