@@ -14,6 +14,14 @@ from types import SimpleNamespace
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+
+# xdist workers share the cores: each worker, and every process it starts (the CLI runs inherit the environment),
+# gets its share of intra-op threads, so two trainings never fight over one core (a 2-thread torch training beside a
+# busy core runs ~5x slower on a 2-core machine). Set before torch is imported; a value the caller set is kept.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    _share = max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(_var, str(_share))
 LENET300 = "pipelines/mnist-lenet300.yaml"
 
 

@@ -133,6 +133,8 @@ def test_lenet5_through_every_stage(lenet5_run):
         (["run", "pipelines/mnist-lenet300.yaml", "--set", "train.vib.kl_factr=1"], "unknown key 'train.vib.kl_factr'"),
         (["run", "pipelines/mnist-lenet300.yaml", "--set", "train.dense.epochs=zero"], "key 'train.dense.epochs'"),
         (["run", "pipelines/mnist-lenet300.yaml", "--force", "nosuchstage"], "not a stage"),
+        (["run", "pipelines/mnist-lenet300.yaml", "--until", "deploy"], "--until 'deploy': not a stage"),
+        (["run", "pipelines/mnist-lenet300.yaml", "--force", "bench", "--until", "export"], "comes after --until"),
         (["prune", "/nonexistent/run"], "run directory /nonexistent/run not found"),
         (["data", "fetch", "cifar"], "unknown dataset 'cifar'"),
     ],

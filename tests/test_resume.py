@@ -2,9 +2,10 @@
 
 One uninterrupted reference run, then one run directory that is killed again and again at points drawn
 from a fixed-seed random (at start-up, mid-epoch in both training stages, while a checkpoint is being
-written, right after a checkpoint lands, during export) and finally rerun to completion. The final dense
-and VIB weights must equal the reference bit for bit, every artifact must verify against manifest.json,
-and no temp file or lock may be left behind. One thread everywhere so CPU kernels are deterministic.
+written, right after a checkpoint lands, during export) and finally rerun to completion (both runs stop after
+export, the last kill point). The final dense and VIB weights must equal the reference bit for bit, every
+artifact must verify against manifest.json, and no temp file or lock may be left behind. One thread everywhere
+so CPU kernels are deterministic.
 """
 
 from __future__ import annotations
@@ -45,8 +46,10 @@ ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 POLL_S = 0.0005
 
 
-def _command(run_dir: Path) -> list[str]:
+def _command(run_dir: Path, until: str | None = "export") -> list[str]:
+    """The run the kills hit; it stops after export (the last kill point): bench and report resume nothing."""
     args = [sys.executable, "-m", "vib_deploy", "run", "pipelines/mnist-lenet300.yaml", "--run-dir", str(run_dir)]
+    args += ["--until", until] if until else []
     for s in SETTINGS:
         args += ["--set", s]
     return args
@@ -205,7 +208,7 @@ def test_changed_vib_setting_reruns_from_train_vib(reference, tmp_path):
     run_dir = tmp_path / "copy"
     shutil.copytree(reference, run_dir)
     dense, dense_ckpt = (run_dir / "dense.pt").read_bytes(), (run_dir / "train-dense.ckpt").read_bytes()
-    proc = run_cli(*_command(run_dir)[3:], "--set", "train.vib.kl_factor=2e-5", env=ENV)
+    proc = run_cli(*_command(run_dir, until=None)[3:], "--set", "train.vib.kl_factor=2e-5", env=ENV)
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = proc.stderr.splitlines()
     assert [line.split()[1] for line in lines if line.startswith("[cached]")] == ["train-dense"]

@@ -189,8 +189,9 @@ def test_user_model_through_the_whole_pipeline(tmp_path, mnist_root):
     copy = tmp_path / "branchy_copy.py"
     copy.write_text((ROOT / BRANCHY.split(":")[0]).read_text() + "\n# changed\n")
     pipeline.write_text(pipeline.read_text().replace(str(ROOT / BRANCHY.split(":")[0]), str(copy)))
-    again = run_cli("run", str(pipeline), "--run-dir", str(run_dir), *TINY)
+    again = run_cli("run", str(pipeline), "--run-dir", str(run_dir), *TINY, "--until", "train-dense")
     assert again.returncode == 0 and "[run] train-dense" in again.stderr
+    assert "stopped after train-dense" in again.stdout and "train-vib" not in again.stderr  # --until stops there
 
 
 def test_a_model_that_cannot_be_pruned_exactly_fails_before_training(tmp_path, mnist_root):

@@ -53,6 +53,9 @@ def run(
     set_: list[str] | None = typer.Option(None, "--set", help="Override a key: --set train.vib.kl_factor=2e-5"),
     force: str | None = typer.Option(None, "--force", help="Rerun from this stage on, even if cached."),
     run_dir: Path | None = typer.Option(None, "--run-dir", help="Run directory (default runs/<name>)."),
+    until: str | None = typer.Option(
+        None, "--until", help="Stop after this stage (e.g. train and export here, bench on the target later)."
+    ),
 ) -> None:
     """Run every stage of a pipeline; stages whose inputs and config are unchanged are skipped."""
     from vib_deploy.config import load_config
@@ -60,8 +63,14 @@ def run(
 
     config = load_config(pipeline, set_ or [])
     with _progress() as progress:
-        run = run_pipeline(config, run_dir, force, progress, _echo)
-    _summary(run.path)
+        run = run_pipeline(config, run_dir, force, progress, _echo, until=until)
+    if until is None or until == "report":
+        _summary(run.path)
+    else:
+        from vib_deploy.distributed import is_main
+
+        if is_main():
+            typer.echo(f"stopped after {until}: {run.path} (the same command without --until runs the rest)")
 
 
 @app.command()

@@ -202,12 +202,16 @@ def run_pipeline(
     echo: Callable[[str], None] = print,
     until: str | None = None,
 ) -> RunDir:
-    """Run every stage in order (skipping current ones); `force` reruns from that stage on.
+    """Run every stage in order (skipping current ones); `force` reruns from that stage on; `until` stops after
+    that stage.
 
     Nothing in the run directory changes until the data and model have been checked and a stage commits.
     """
-    if force is not None and force not in STAGE_NAMES:
-        raise UserError(f"--force {force!r}: not a stage; stages are {', '.join(STAGE_NAMES)}")
+    for option, name in (("--force", force), ("--until", until)):
+        if name is not None and name not in STAGE_NAMES:
+            raise UserError(f"{option} {name!r}: not a stage; stages are {', '.join(STAGE_NAMES)}")
+    if force is not None and until is not None and STAGE_NAMES.index(force) > STAGE_NAMES.index(until):
+        raise UserError(f"--force {force} comes after --until {until}: nothing would be forced")
     from vib_deploy import distributed
 
     if force is not None:
