@@ -59,13 +59,14 @@ LENET5_EVERY_STAGE = sets(
     "quantize.enabled=true",
     "quantize.openvino=nncf",  # OpenVINO's INT8 by NNCF with accuracy control (tests/test_nncf_int8.py)
 )
-# the study commands' tiny points (test_sweep, test_compare)
+# the study commands' tiny points (the session's studies workspace: test_compare, test_sweep)
 STUDY_TINY = sets(
     *TINY_DATA,
     "train.dense.epochs=1",
     "train.vib.epochs=3",
     "train.batch_size=50",
     "train.vib.gate_lr=0.1",
+    "train.vib.kl_factor=1e-3",
     *TINY_BENCH,
     "bench.memory=false",
     "bench.backends=[onnxruntime]",
@@ -88,26 +89,37 @@ def mnist_root() -> Path:
         pytest.skip(f"real MNIST is not available ({e}); `make test` fetches it first")
 
 
-def shared_run(tmp_path_factory, name: str, *args: str) -> tuple[Path, subprocess.CompletedProcess]:
-    """`vib-deploy run ARGS --run-dir <shared>/<name>`, made once for the whole session and every xdist worker.
+def _made_once(
+    tmp_path_factory, name: str, args: list[str], workspace: bool
+) -> tuple[Path, subprocess.CompletedProcess]:
+    """`vib-deploy ARGS`, run once for the whole session and every xdist worker into <shared>/<name>: as its run
+    directory (`--run-dir`), or as its working directory (`workspace`: the study commands' runs/ and docs/).
 
-    The first worker to ask builds it under a file lock; the others wait, then read the same directory and the
-    same captured output. Tests that change the run work on a copy.
+    The first worker to ask makes it under a file lock; the others wait, then read the same directory and the
+    same captured output. Tests that change it work on a copy.
     """
     from filelock import FileLock
 
     base = tmp_path_factory.getbasetemp()
     shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # the workers' common parent
-    run_dir, output = shared / "shared-runs" / name, shared / "shared-runs" / f"{name}.json"
-    run_dir.parent.mkdir(exist_ok=True)
+    target, output = shared / "shared-runs" / name, shared / "shared-runs" / f"{name}.json"
+    target.parent.mkdir(exist_ok=True)
+    argv = args if workspace else [*args, "--run-dir", str(target)]
     with FileLock(str(output) + ".lock"):
         if not output.exists():
-            proc = run_cli(*args, "--run-dir", str(run_dir))
+            if workspace:
+                target.mkdir(exist_ok=True)
+            proc = run_cli(*argv, cwd=target if workspace else None)
             output.write_text(json.dumps([proc.returncode, proc.stdout, proc.stderr]))
         code, out, err = json.loads(output.read_text())
-    proc = subprocess.CompletedProcess([*args, "--run-dir", str(run_dir)], code, out, err)
+    proc = subprocess.CompletedProcess(argv, code, out, err)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return run_dir, proc
+    return target, proc
+
+
+def shared_run(tmp_path_factory, name: str, *args: str) -> tuple[Path, subprocess.CompletedProcess]:
+    """`vib-deploy run ARGS --run-dir <shared>/<name>`, made once for the whole session (see `_made_once`)."""
+    return _made_once(tmp_path_factory, name, list(args), workspace=False)
 
 
 @pytest.fixture(scope="session")
@@ -120,6 +132,14 @@ def lenet300_run(tmp_path_factory, mnist_root) -> tuple[Path, subprocess.Complet
 def lenet5_run(tmp_path_factory, mnist_root) -> tuple[Path, subprocess.CompletedProcess]:
     """The session's one LeNet-5 run through every stage (OpenVINO, INT8, every bench backend): test_cli, test_cpu_deploy."""
     return shared_run(tmp_path_factory, "l5", "run", "pipelines/mnist-lenet5.yaml", *LENET5_EVERY_STAGE)
+
+
+@pytest.fixture(scope="session")
+def studies_workspace(tmp_path_factory, mnist_root) -> tuple[Path, subprocess.CompletedProcess]:
+    """The session's one studies workspace: `vib-deploy compare` (VIB and three peers at matched FLOPs, seeds 0
+    and 1, STUDY_TINY) run in it once. test_compare reads it (and runs `paper` on it); test_sweep sweeps a copy."""
+    args = ["compare", str(ROOT / LENET300), "--methods", "vib,l1,slimming,random", "--match-flops", "--seeds", "0,1"]
+    return _made_once(tmp_path_factory, "studies", [*args, "--docs", "docs", *STUDY_TINY], workspace=True)
 
 
 def assert_user_error(proc: subprocess.CompletedProcess, *fragments: str) -> str:

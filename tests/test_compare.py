@@ -10,31 +10,15 @@ from vib_deploy.studies.common import override_tag
 
 PIPELINE = str(ROOT / LENET300)
 TINY = STUDY_TINY
-TAG = override_tag([*TINY[1::2], "train.vib.kl_factor=1e-3"])
+TAG = override_tag(TINY[1::2])
 
 pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
-def compared(tmp_path_factory, mnist_root):
-    cwd = tmp_path_factory.mktemp("compare")
-    proc = run_cli(
-        "compare",
-        PIPELINE,
-        "--methods",
-        "vib,l1,slimming,random",
-        "--match-flops",
-        "--seeds",
-        "0,1",
-        "--docs",
-        str(cwd / "docs"),
-        *TINY,
-        "--set",
-        "train.vib.kl_factor=1e-3",
-        cwd=cwd,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return cwd, proc
+def compared(studies_workspace):
+    """The session's studies workspace (conftest): one compare run, VIB + l1, slimming, random, seeds 0 and 1."""
+    return studies_workspace
 
 
 def test_records_have_the_required_keys_and_matched_flops(compared):
@@ -98,8 +82,6 @@ def test_paper_table_reuses_the_runs(compared):
         "--out",
         str(out),
         *TINY,
-        "--set",
-        "train.vib.kl_factor=1e-3",
         cwd=cwd,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -3,6 +3,7 @@ points (same dense.pt), every point a normal run directory, sweep.json + frontie
 
 import hashlib
 import json
+import shutil
 
 import pytest
 from conftest import LENET300, ROOT, STUDY_TINY, run_cli
@@ -11,7 +12,7 @@ from vib_deploy.studies.common import override_tag
 
 TINY = STUDY_TINY
 PIPELINE = str(ROOT / LENET300)
-TAG = override_tag(TINY[1::2])  # run directories made with --set overrides carry their digest
+TAG = override_tag(TINY[1::2])  # run directories made with --set overrides carry their digest (compare's too)
 
 pytestmark = pytest.mark.e2e
 
@@ -20,14 +21,18 @@ def sha(path):
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def test_sweep_reuses_one_dense_stage_and_plots_the_frontier(tmp_path, mnist_root):
+def test_sweep_reuses_one_dense_stage_and_plots_the_frontier(tmp_path, studies_workspace):
+    """On a copy of the session's studies workspace (conftest: compare's runs, same settings): the sweep reuses its
+    seed-0 dense stage for every point and its kl 1e-3 point whole; only the new point trains."""
+    shutil.copytree(studies_workspace[0] / "runs", tmp_path / "runs")
     proc = run_cli("sweep", PIPELINE, "--kl-factor", "2e-4,1e-3", "--out", str(tmp_path / "sw"), *TINY, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     runs = tmp_path / "runs"
     dense = runs / f"mnist-lenet300{TAG}-dense-s0"
     points = [runs / f"mnist-lenet300{TAG}-kl0.0002-s0", runs / f"mnist-lenet300{TAG}-kl0.001-s0"]
-    assert sorted(p.name for p in runs.iterdir()) == sorted(p.name for p in [dense, *points])
-    assert proc.stderr.count("[run] train-dense") == 1  # trained once, in the dense run
+    assert {dense, *points} <= set(runs.iterdir())
+    assert "[run] train-dense" not in proc.stderr  # the workspace's dense stage, trained once by compare
+    assert proc.stderr.count("[run] train-vib") == 1  # the new point; the kl 1e-3 point is compare's, cached
     for point in points:
         assert sha(point / "dense.pt") == sha(dense / "dense.pt")
         assert (point / "metrics.json").is_file() and (point / "report.md").is_file()

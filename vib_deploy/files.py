@@ -110,19 +110,20 @@ def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
-def plain_name(name: object, listed_in: Path, base: Path) -> str:
+def plain_name(name: object, listed_in: Path, base: Path, resolved_base: Path | None = None) -> str:
     """`name` as `listed_in` lists it, refused unless it names a file inside `base`.
 
     A relative path (`model.onnx`, `plots/latency.png`) with no `.`/`..` part, no backslash and no NUL, that
     does not leave `base` through a symlink. Checked before anything is opened (resolving a link reads the
     link, not its target), so a hostile manifest cannot make vib-deploy read or hash a file elsewhere.
+    `resolved_base`: `base.resolve()`, for a caller checking many names.
     """
     bad = not isinstance(name, str) or any(c in name for c in ("\\", "\0")) or os.path.isabs(name)
     if not bad:
         parts = str(name).split("/")
         bad = any(p in ("", ".", "..") for p in parts)
     if not bad:
-        bad = not (base / str(name)).resolve().is_relative_to(base.resolve())
+        bad = not (base / str(name)).resolve().is_relative_to(resolved_base or base.resolve())
     if bad:
         raise UserError(
             f"{listed_in} lists {name!r}, which is not a plain file name inside {base}; the manifest was edited "

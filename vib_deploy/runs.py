@@ -102,8 +102,9 @@ class RunDir:
         listed = [*data["artifacts"], *(journal.get("artifacts", {}) if isinstance(journal, dict) else {})]
         for stage in data["stages"].values():
             listed += stage.get("outputs", []) if isinstance(stage, dict) else []
+        root = self.path.resolve()
         for name in listed:  # before any of them is opened
-            plain_name(name, path, self.path)
+            plain_name(name, path, self.path, root)
         for name, entry in data["artifacts"].items():
             if not isinstance(entry, dict) or not {"sha256", "stage", "bytes"} <= entry.keys():
                 raise UserError(
