@@ -1,6 +1,6 @@
 """Training under torchrun (DDP, gloo on CPU): the steps of one process, one writer, exact resume per rank.
 
-Two processes are spawned once for the module (torch.multiprocessing, env as torchrun sets it) and run
+Two processes are spawned once for the module (torch.multiprocessing, env as torchrun sets it, the group joined through a file store) and run
 the scenarios below; the tests compare what they wrote with single-process runs. A last test runs the
 whole pipeline under `python -m torch.distributed.run --nproc-per-node 2`.
 """
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -100,32 +99,29 @@ def _resume_with_noise(out: Path) -> None:
     )
 
 
-def _worker(rank: int, port: int, out: Path) -> None:
-    os.environ.update(
-        ONE_THREAD,
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-        WORLD_SIZE=str(WORLD),
-        RANK=str(rank),
-        LOCAL_RANK=str(rank),
-    )
+def _worker(rank: int, out: Path) -> None:
+    import torch.distributed as dist
+
+    os.environ.update(ONE_THREAD, WORLD_SIZE=str(WORLD), RANK=str(rank), LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
-    with distributed.process_group():
-        assert distributed.world_size() == WORLD and distributed.rank() == rank
-        _steps_without_noise(out)
-        _resume_with_noise(out)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    # joined through a file store, not a TCP port picked here and bound later (another xdist worker's servers can
+    # take a free port in between); the real env:// join is test_pipeline_under_torchrun_two_ranks's
+    store = dist.FileStore(str(out / "store"), WORLD)
+    dist.init_process_group("gloo", store=store, rank=rank, world_size=WORLD, timeout=distributed.WAIT_TIMEOUT)
+    try:
+        with distributed.process_group():  # already joined: the code under test sees torchrun's group
+            assert distributed.world_size() == WORLD and distributed.rank() == rank
+            _steps_without_noise(out)
+            _resume_with_noise(out)
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
 
 
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("ddp2")
-    torch.multiprocessing.spawn(_worker, args=(_free_port(), out), nprocs=WORLD, join=True)
+    torch.multiprocessing.spawn(_worker, args=(out,), nprocs=WORLD, join=True)
     return out
 
 
