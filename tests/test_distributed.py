@@ -1,8 +1,8 @@
 """Training under torchrun (DDP, gloo on CPU): the steps of one process, one writer, exact resume per rank.
 
-Two processes are spawned once for the module (torch.multiprocessing, env as torchrun sets it, the group joined through a file store) and run
-the scenarios below; the tests compare what they wrote with single-process runs. A last test runs the
-whole pipeline under `python -m torch.distributed.run --nproc-per-node 2`.
+Two processes are spawned once for the module (torch.multiprocessing, env as torchrun sets it, the group joined
+through a file store) and run the scenarios below; the tests compare what they wrote with single-process runs. A
+last test runs the whole pipeline under `python -m torch.distributed.run --nproc-per-node 2`.
 """
 
 from __future__ import annotations
