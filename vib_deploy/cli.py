@@ -17,6 +17,7 @@ from vib_deploy.cli_common import echo as _echo
 from vib_deploy.cli_common import progress as _progress
 from vib_deploy.errors import UserError
 from vib_deploy.options import int_list as _int_list
+from vib_deploy.stages.registry import STAGE_NAMES
 from vib_deploy.stages.registry import commands as _stage_commands
 
 app = typer.Typer(
@@ -64,7 +65,7 @@ def run(
     config = load_config(pipeline, set_ or [])
     with _progress() as progress:
         run = run_pipeline(config, run_dir, force, progress, _echo, until=until)
-    if until is None or until == "report":
+    if until in (None, STAGE_NAMES[-1]):  # the last stage wrote the summary
         _summary(run.path)
     else:
         from vib_deploy.distributed import is_main
