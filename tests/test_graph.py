@@ -11,8 +11,8 @@ import copy
 import pytest
 import torch
 from conftest import ROOT
-from hypothesis import HealthCheck, given, settings
-from netgen import INPUT_SHAPE, random_nets
+from hypothesis import HealthCheck, example, given, settings
+from netgen import INPUT_SHAPE, BlockSpec, RandomNet, random_nets
 from torch import nn
 
 from vib_deploy.errors import UserError
@@ -34,8 +34,20 @@ def _rel_diff(a: nn.Module, b: nn.Module, x: torch.Tensor) -> float:
         return float((b(x) - ref).abs().max() / max(1.0, float(ref.abs().max())))
 
 
+def _dense_dense_grouped(dense_out: int) -> RandomNet:
+    """Two DenseNet blocks into a grouped conv: hypothesis found both pruning bugs here (2026-12-05).
+
+    12 -> 4 channels, groups 2, ties input p to p + 6 across the two blocks' layers; dense_out 6 chains the
+    stem's gate to three layers' gates (they must merge into one), dense_out 8 left Torch-Pruning's concat
+    offsets stale (it sizes them from the grouped conv's in_channels, cut only at the end)."""
+    specs = (BlockSpec("dense", 4, dense_out), BlockSpec("dense", dense_out, 12), BlockSpec("grouped", 12, 4, 2))
+    return RandomNet(4, specs, 2, seed=0)
+
+
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(net=random_nets())
+@example(net=_dense_dense_grouped(6))
+@example(net=_dense_dense_grouped(8))
 def test_random_nets_prune_exactly(net):
     dense_flops, dense_params = count_flops(net, INPUT_SHAPE), count_params(net)
     # only the head stays: a Linear head is the output layer; a conv head's channels are the output

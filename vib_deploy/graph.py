@@ -340,24 +340,36 @@ def _tie_grouped_convs(net: nn.Module, candidates: list[dict[str, Any]]) -> None
                 node = (gi, channel)
                 other = first_of_class.setdefault(p % period, node)
                 parent[find(node)] = find(other)
-    gate_of_root: dict[tuple[int, int], int] = {}  # union-find root -> gate index
-    unit_of_root: dict[tuple[int, int], int] = {}
-    units_per_gate: list[int] = []
-    gate_of_group: dict[int, int] = {}
-    for gi, c in enumerate(candidates):  # groups linked through any channel share the first one's gate
+    # groups linked through any channel, directly or through a chain of groups, share one gate
+    component: dict[int, int] = {}
+
+    def find_group(gi: int) -> int:
+        while component.setdefault(gi, gi) != gi:
+            component[gi] = component[component[gi]]
+            gi = component[gi]
+        return gi
+
+    group_of_root: dict[tuple[int, int], int] = {}
+    for gi, c in enumerate(candidates):
         if c["reason"]:
             continue
-        linked = {gate_of_root[find((gi, ch))] for ch in range(c["channels"]) if find((gi, ch)) in gate_of_root}
-        gate = min(linked) if linked else len(units_per_gate)
+        for ch in range(c["channels"]):
+            other = group_of_root.setdefault(find((gi, ch)), gi)
+            component[find_group(gi)] = find_group(other)
+    gate_of_component: dict[int, int] = {}  # numbered in group order: the first group of a component names it
+    unit_of_root: dict[tuple[int, int], int] = {}
+    units_per_gate: list[int] = []
+    for gi, c in enumerate(candidates):
+        if c["reason"]:
+            continue
+        gate = gate_of_component.setdefault(find_group(gi), len(units_per_gate))
         if gate == len(units_per_gate):
             units_per_gate.append(0)
-        gate_of_group[gi] = gate
         units = []
         for ch in range(c["channels"]):
             r = find((gi, ch))
             if r not in unit_of_root:
                 unit_of_root[r] = units_per_gate[gate]
-                gate_of_root[r] = gate
                 units_per_gate[gate] += 1
             units.append(unit_of_root[r])
         c["gate"], c["unit_of_channel"] = gate, units

@@ -58,26 +58,36 @@ def apply_pruning(net: nn.Module, record: Sequence[dict[str, Any]], input_shape:
         )  # plan_groups only roots prunable types
         group = graph.get_pruning_group(root, pruner.prune_out_channels, idxs=list(step["dead"]))
         # a grouped conv's inputs are cut after all groups (an interim state with unequal conv groups has no
-        # valid weight); Torch-Pruning's Group has no public way to drop one dependency
-        group._group = [
-            item
-            for item in group._group
-            if not (is_grouped_conv(item.dep.target.module) and not graph.is_out_channel_pruning_fn(item.dep.handler))
-        ]
+        # valid weight); Torch-Pruning's Group has no public way to drop one dependency. Its in_channels still
+        # shrinks now: Torch-Pruning sizes the concats upstream of it from it when it maps the next group.
+        items = []
+        for item in group._group:
+            module = item.dep.target.module
+            if is_grouped_conv(module) and not graph.is_out_channel_pruning_fn(item.dep.handler):
+                module.in_channels -= len(set(item.idxs))
+            else:
+                items.append(item)
+        group._group = items
         group.prune()
     return net
 
 
 def _prune_grouped_inputs(conv: nn.Module, dead: Sequence[int]) -> None:
-    """Remove input positions `dead` of a grouped conv: the same relative positions in every conv group."""
+    """Remove input positions `dead` of a grouped conv: the same relative positions in every conv group.
+
+    `dead` are positions of the unpruned input, whose size the weight still holds; `apply_pruning` has already
+    lowered in_channels by the count the groups cut, which must come out the same."""
     assert isinstance(conv, (nn.Conv1d, nn.Conv2d))
-    per_group = conv.in_channels // conv.groups
+    per_group = conv.weight.shape[1]  # (out, in / groups, k, k)
     relative = sorted({p % per_group for p in dead})
     if sorted(dead) != sorted(k * per_group + r for k in range(conv.groups) for r in relative):
         raise AssertionError(f"dead inputs of {conv} are not the same in every conv group: {sorted(dead)}")
     keep = [r for r in range(per_group) if r not in set(relative)]
-    conv.weight = nn.Parameter(conv.weight.data[:, keep].clone())  # (out, in / groups, k, k)
-    conv.in_channels = len(keep) * conv.groups
+    if conv.in_channels != len(keep) * conv.groups:
+        raise AssertionError(
+            f"{conv}: the groups cut {per_group * conv.groups - conv.in_channels} inputs, the record {len(dead)}"
+        )
+    conv.weight = nn.Parameter(conv.weight.data[:, keep].clone())
 
 
 def prune_groups(gated: GatedNet, input_shape: Sequence[int]) -> tuple[PruneResult, list[dict[str, Any]]]:
