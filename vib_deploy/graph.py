@@ -304,7 +304,7 @@ def _tie_grouped_convs(net: nn.Module, candidates: list[dict[str, Any]]) -> None
     get one gate unit (union-find over (group, channel)); groups linked that way share one gate. A side of a
     grouped conv that a fixed group touches, or that no group covers entirely, fixes every group on it.
     """
-    # long function: three passes (freeze, union-find, number the gates) over the same `sides` and `parent` maps
+    # long function: four passes (freeze, tie channels, tie groups, number the gates) over the same maps
     sides: dict[tuple[str, str], list[tuple[int, dict[int, int]]]] = {}
     for gi, c in enumerate(candidates):
         for conv, side, pos in c["grouped"]:
@@ -321,14 +321,7 @@ def _tie_grouped_convs(net: nn.Module, candidates: list[dict[str, Any]]) -> None
                 if frozen and not candidates[gi]["reason"]:
                     candidates[gi]["reason"] = f"tied through grouped conv {conv} to channels that stay"
                     changed = True
-    parent: dict[tuple[int, int], tuple[int, int]] = {}
-
-    def find(node: tuple[int, int]) -> tuple[int, int]:
-        while parent.setdefault(node, node) != node:
-            parent[node] = parent[parent[node]]
-            node = parent[node]
-        return node
-
+    parent: dict[tuple[int, int], tuple[int, int]] = {}  # union-find over (group, channel)
     for (conv, side), deps in sides.items():
         module = _conv(net, conv)
         period = (module.in_channels if side == "in" else module.out_channels) // module.groups
@@ -339,40 +332,41 @@ def _tie_grouped_convs(net: nn.Module, candidates: list[dict[str, Any]]) -> None
             for channel, p in pos.items():
                 node = (gi, channel)
                 other = first_of_class.setdefault(p % period, node)
-                parent[find(node)] = find(other)
+                parent[_root(parent, node)] = _root(parent, other)
     # groups linked through any channel, directly or through a chain of groups, share one gate
-    component: dict[int, int] = {}
-
-    def find_group(gi: int) -> int:
-        while component.setdefault(gi, gi) != gi:
-            component[gi] = component[component[gi]]
-            gi = component[gi]
-        return gi
-
+    component: dict[int, int] = {}  # union-find over groups
     group_of_root: dict[tuple[int, int], int] = {}
     for gi, c in enumerate(candidates):
         if c["reason"]:
             continue
         for ch in range(c["channels"]):
-            other = group_of_root.setdefault(find((gi, ch)), gi)
-            component[find_group(gi)] = find_group(other)
+            other = group_of_root.setdefault(_root(parent, (gi, ch)), gi)
+            component[_root(component, gi)] = _root(component, other)
     gate_of_component: dict[int, int] = {}  # numbered in group order: the first group of a component names it
     unit_of_root: dict[tuple[int, int], int] = {}
     units_per_gate: list[int] = []
     for gi, c in enumerate(candidates):
         if c["reason"]:
             continue
-        gate = gate_of_component.setdefault(find_group(gi), len(units_per_gate))
+        gate = gate_of_component.setdefault(_root(component, gi), len(units_per_gate))
         if gate == len(units_per_gate):
             units_per_gate.append(0)
         units = []
         for ch in range(c["channels"]):
-            r = find((gi, ch))
+            r = _root(parent, (gi, ch))
             if r not in unit_of_root:
                 unit_of_root[r] = units_per_gate[gate]
                 units_per_gate[gate] += 1
             units.append(unit_of_root[r])
         c["gate"], c["unit_of_channel"] = gate, units
+
+
+def _root(parent: dict[Any, Any], node: Any) -> Any:
+    """Union-find: the representative of `node` in `parent` (a new node is its own), halving the path."""
+    while parent.setdefault(node, node) != node:
+        parent[node] = parent[parent[node]]
+        node = parent[node]
+    return node
 
 
 def _conv(net: nn.Module, name: str) -> nn.Conv1d | nn.Conv2d:
