@@ -79,7 +79,18 @@ def test_a_stage_that_is_off_is_skipped_and_says_so(ran, tmp_path):
     assert [name for name, _ in ran] == [s.name for s in STAGES if s.enabled(_config())]
 
 
-def test_peer_runs_run_their_prune_then_the_registry_peer_stages(monkeypatch, tmp_path):
+@pytest.mark.parametrize(
+    "tree, expected",
+    [
+        ({}, ["export", "bench"]),
+        # a pipeline that quantizes benches INT8, so its peers make their INT8 models too (the bench refused without)
+        (
+            {"quantize": {"enabled": True, "openvino": "nncf"}, "bench": {"backends": ["onnxruntime", "openvino"]}},
+            ["export", "openvino", "quantize", "bench"],
+        ),
+    ],
+)
+def test_peer_runs_run_their_prune_then_the_registry_peer_stages_that_are_on(monkeypatch, tmp_path, tree, expected):
     from vib_deploy.studies import peer_run
 
     fake_prune = SimpleNamespace(
@@ -93,9 +104,10 @@ def test_peer_runs_run_their_prune_then_the_registry_peer_stages(monkeypatch, tm
     monkeypatch.setattr(peer_run, "run_stage", lambda ctx, s, **kw: ran.append((s.name, s.needs)))
     vib = SimpleNamespace(path=tmp_path / "vib", verified=lambda name: Path(name), view=lambda: Manifest({}, {}))
     monkeypatch.setattr(Manifest, "sha256", lambda self, name: "0" * 64)
-    peer_run.run_peer(_config(), vib, "l1")  # type: ignore[arg-type]
-    assert ran == [("prune", ("train-dense",))] + [(s.name, s.needs) for s in peer_stages()]
-    assert [s.name for s in peer_stages()] == ["export", "bench"]
+    peer_run.run_peer(_config(**tree), vib, "l1")  # type: ignore[arg-type]
+    assert ran[0] == ("prune", ("train-dense",))
+    assert [name for name, _ in ran[1:]] == expected
+    assert [s.name for s in peer_stages()] == ["export", "openvino", "quantize", "bench"]
 
 
 def test_a_key_added_later_is_keyed_only_when_set():

@@ -169,6 +169,7 @@ STAGES: tuple[Stage, ...] = (
         help="OpenVINO IR (.xml + .bin + sidecar) of every ONNX model; parity with torch on the test set.",
         uses_data=True,
         enabled=lambda c: "openvino" in c.bench.backends,
+        peer=True,
     ),
     Stage(
         "quantize",
@@ -180,6 +181,7 @@ STAGES: tuple[Stage, ...] = (
         uses_data=True,
         enabled=lambda c: c.quantize.enabled,
         needs_when=lambda c: ("openvino",) if _nncf(c) else (),  # NNCF quantizes the fp32 IR
+        peer=True,
     ),
     Stage(
         "bench",
@@ -235,5 +237,5 @@ def commands() -> list[Stage]:
 
 
 def peer_stages() -> list[Stage]:
-    """The pipeline's stages a peer run (studies/compare) runs unchanged after its own prune."""
+    """The pipeline's stages a peer run (studies/compare) runs unchanged after its own prune, where the config has them on."""
     return [s for s in STAGES if s.peer]

@@ -42,7 +42,7 @@ def run_peer(config: PipelineConfig, vib_run: RunDir, method: str, progress: Any
     copy_stage(vib_run, run, "train-dense")
     # its own prune (on the dense stage alone, keyed on the spec), then the pipeline's peer stages unchanged
     peer = replace(get_stage("prune"), needs=("train-dense",), section=spec.section, run=lambda c: peer_prune(c, spec))
-    stages = [peer, *peer_stages()]
+    stages = [peer, *(s for s in peer_stages() if s.enabled(config))]
     with run.locked():
         write_config(run, config)
         ctx = Context(run, config, progress)
