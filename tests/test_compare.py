@@ -2,6 +2,7 @@
 paper table on the same run directories (all cached)."""
 
 import json
+import re
 
 import pytest
 from conftest import LENET300, ROOT, STUDY_TINY, run_cli
@@ -66,6 +67,13 @@ def test_tables_and_plot(compared):
     verdict_lines = [line for line in md.splitlines() if line.startswith("- vs ")]
     assert "McNemar's exact test" in md and all(", p = " in line for line in verdict_lines)
     assert all(any(w in line for w in ("**VIB better**", "**VIB worse**", "**tie**")) for line in verdict_lines)
+    # every latency section says when and on what machine its runs were benched (from their bench.json)
+    benched = [line for line in md.splitlines() if line.startswith("Benched ")]
+    assert len(benched) == 1 and re.fullmatch(
+        r"Benched \d{4}-\d\d-\d\d \d\d:\d\d( – \d{4}-\d\d-\d\d \d\d:\d\d)? UTC on .+, \d+ cores "
+        r"\(each run's bench.json; 8 of 8 runs\)\.",
+        benched[0],
+    ), benched
     assert (cwd / "docs" / "img" / f"comparison-mnist-lenet300{TAG}.png").read_bytes()[:4] == b"\x89PNG"
     assert "tables:" in proc.stdout
 
@@ -137,6 +145,7 @@ def test_records_of_other_overrides_are_kept_beside_each_other(tmp_path):
     md = (tmp_path / "comparison.md").read_text()
     assert "## mnist-lenet300 (" in md and f"## mnist-lenet300{override_tag(['train.vib.epochs=3'])} (" in md
     assert "--set train.vib.epochs=3" in md
+    assert "Benched " not in md  # records without bench facts claim no date or machine
 
 
 def test_dense_drift_flags_peer_runs_whose_dense_p50_moved_over_20_percent():

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import statistics
 from collections.abc import Callable, Sequence
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +89,7 @@ def run_record(run: RunDir, method: str) -> dict[str, Any]:
     prune = PruneRecord.read(run)
     tuned = FinetuneRecord.read(run) if finetuned(config) else None  # the deployed net's error
     vib = TrainVibRecord.read(run) if method == "vib" else None
+    bench = BenchFile.read(run)
     return {
         "model": config.model.name,
         "pipeline": config.name,
@@ -110,7 +112,18 @@ def run_record(run: RunDir, method: str) -> dict[str, Any]:
         "bytes": prune.pruned.params * 4,
         "dense_flops": prune.dense.flops,
         "dense_params": prune.dense.params,
-        "p50_ms": BenchFile.read(run).p50_by_key(),
+        "p50_ms": bench.p50_by_key(),
+        "benched": _benched(run, bench),
+    }
+
+
+def _benched(run: RunDir, bench: BenchFile) -> dict[str, Any]:
+    """When (bench.json's write time, UTC) and on what CPU the run's latencies were measured."""
+    written = datetime.fromtimestamp((run.path / BenchFile.FILE).stat().st_mtime, timezone.utc)
+    return {
+        "utc": written.strftime("%Y-%m-%d %H:%M"),
+        "cpu": bench.machine.get("cpu"),
+        "cores": bench.machine.get("cores"),
     }
 
 

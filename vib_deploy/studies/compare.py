@@ -217,6 +217,7 @@ def render(records: list[dict[str, Any]], plots: dict[str, str]) -> str:
             f"{first['dense_flops'] / 1e3:,.1f} KFLOPs, {first['test_samples']:,} test images)",
             "",
             f"Command: `{_command(group)}`",
+            *_benched_line(group),
             "",
             "| method | seeds | error (mean ± std) | kept | KFLOPs | params | bytes | ORT p50 b1 ms | ORT p50 b64 ms "
             "| speedup b1 | speedup b64 | measured/ideal b1 | measured/ideal b64 |",
@@ -315,6 +316,21 @@ def _gpu_note() -> str:
             "provider, torch eager on CPU); no GPU figure is in these tables."
         )
     return "GPU backends: not measured (no GPU on the machine that generated this file); every latency here is CPU."
+
+
+def _benched_line(group: list[dict[str, Any]]) -> list[str]:
+    """When and where the section's latencies were measured, from the runs' bench.json (records older than the field
+    say nothing)."""
+    benched = [r["benched"] for r in group if r.get("benched")]
+    if not benched:
+        return []
+    times = sorted(b["utc"] for b in benched)
+    machines = sorted({f"{b['cpu']}, {b['cores']} cores" for b in benched})
+    span = times[0] if times[0] == times[-1] else f"{times[0]} – {times[-1]}"
+    return [
+        "",
+        f"Benched {span} UTC on {' / '.join(machines)} (each run's bench.json; {len(benched)} of {len(group)} runs).",
+    ]
 
 
 def _command(group: list[dict[str, Any]]) -> str:

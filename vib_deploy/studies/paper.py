@@ -316,6 +316,8 @@ def render(
         "- Training budget: epochs as in the table; the dense net trains until validation stops improving",
         "  (`train.dense.patience`) and the VIB stage starts from it; schedules and the rest as in the settings above.",
         "- One knob: `kl_factor` trades FLOPs for error; `vib-deploy sweep` shows the frontier around this point.",
+        "- Peers at these points (the same dense nets and budget, McNemar per peer): `vib-deploy compare",
+        "  pipelines/paper-lenet300.yaml ...` and `... paper-lenet5.yaml ...` write them to [comparison.md](comparison.md).",
         "",
     ]
     return "\n".join(lines)
