@@ -208,7 +208,18 @@ def test_headline_json(tmp_path):
     data = json.loads(out.read_text())
     assert [(h["run"], h["batch"]) for h in data] == [("a", 1), ("a", 64), ("b", 1), ("b", 64)]
     first = data[1]
-    assert set(first) == {"run", "model", "batch", "ideal_speedup", "dense_fp32_error", "best_dense", "best_pruned"}
+    assert set(first) == {
+        "run",
+        "run_dir",
+        "seed",
+        "model",
+        "batch",
+        "ideal_speedup",
+        "dense_fp32_error",
+        "best_dense",
+        "best_pruned",
+    }
+    assert [h["run_dir"] for h in data] == [str(runs[0])] * 2 + [str(runs[1])] * 2 and first["seed"] == 0
     assert first["model"] == "lenet5" and first["ideal_speedup"] == 10.0 and first["dense_fp32_error"] == DENSE_VAL
     assert first["best_dense"] == {"engine": "openvino", "precision": "int8", "p50_ms": 2.5, "error": 0.011}
     assert first["best_pruned"] == {

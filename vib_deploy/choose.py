@@ -204,6 +204,8 @@ def headline_records(run_dirs: list[Path]) -> list[dict[str, Any]]:
             out.append(
                 {
                     "run": config.name,
+                    "run_dir": str(run_dir),  # the name is the pipeline's: seeds and points share it
+                    "seed": config.train.seed,
                     "model": s.model,
                     "batch": batch,
                     "ideal_speedup": s.ideal_speedup,
