@@ -166,3 +166,22 @@ def test_dense_drift_flags_peer_runs_whose_dense_p50_moved_over_20_percent():
     assert set(drift) == {("l1", 0), ("random", 0)}
     assert list(drift[("l1", 0)]) == [64] and drift[("l1", 0)][64] == pytest.approx(-0.21)
     assert list(drift[("random", 0)]) == [1] and drift[("random", 0)][1] == pytest.approx(0.25)
+
+
+def test_the_command_line_names_one_call_per_seed_set():
+    """Peers run on fewer seeds than others are labelled by the call that made them, not folded into one command."""
+    from vib_deploy.studies.compare import _command
+
+    def rec(method, seed):
+        return {"method": method, "seed": seed, "pipeline_file": "p.yaml", "overrides": []}
+
+    group = [rec("vib", s) for s in (0, 1, 2, 3)] + [rec("random", s) for s in (0, 1, 2)]
+    group += [rec(m, s) for m in ("l1", "scratch") for s in (0, 2)]
+    assert _command(group) == (
+        "vib-deploy compare p.yaml --methods vib,l1,scratch --match-flops --seeds 0,2` and "
+        "`vib-deploy compare p.yaml --methods vib,random --match-flops --seeds 0,1,2` and "
+        "`vib-deploy compare p.yaml --methods vib --match-flops --seeds 3"
+    )
+    assert (
+        _command([rec("vib", 0), rec("l1", 0)]) == "vib-deploy compare p.yaml --methods vib,l1 --match-flops --seeds 0"
+    )

@@ -334,13 +334,22 @@ def _benched_line(group: list[dict[str, Any]]) -> list[str]:
 
 
 def _command(group: list[dict[str, Any]]) -> str:
-    """The compare call that makes these records (methods and seeds as recorded)."""
-    methods = sorted({r["method"] for r in group}, key=_method_order)
-    seeds = sorted({r["seed"] for r in group})
+    """The compare calls that make these records: one per set of seeds the peers ran on (VIB runs with each)."""
+    seeds: dict[str, set[int]] = {}
+    for r in group:
+        seeds.setdefault(r["method"], set()).add(r["seed"])
+    calls: dict[tuple[int, ...], list[str]] = {}
+    for method in sorted(set(seeds) - {"vib"}, key=_method_order):
+        calls.setdefault(tuple(sorted(seeds[method])), []).append(method)
+    alone = seeds.get("vib", set()) - {s for m in seeds if m != "vib" for s in seeds[m]}  # VIB seeds without peers
+    if alone:
+        calls[tuple(sorted(alone))] = []
     sets = "".join(f" --set {o}" for o in group[0].get("overrides", []))
-    return (
-        f"vib-deploy compare {group[0].get('pipeline_file', 'PIPELINE')} --methods {','.join(methods)} --match-flops "
-        f"--seeds {','.join(map(str, seeds))}{sets}"
+    pipeline = group[0].get("pipeline_file", "PIPELINE")
+    return "` and `".join(
+        f"vib-deploy compare {pipeline} --methods {','.join(dict.fromkeys(['vib', *methods]))} --match-flops "
+        f"--seeds {','.join(map(str, s))}{sets}"
+        for s, methods in calls.items()
     )
 
 
