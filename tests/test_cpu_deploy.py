@@ -435,3 +435,44 @@ def test_a_chosen_openvino_deployment_ships_its_ir_and_serves_its_onnx_twin(cpu_
         pytest.skip(f"a local Triton cannot start here: {unavailable()}")
     with TritonServer(repo) as server:
         assert "l5" in server.models and "l5-pruned-openvino" not in server.models  # the twin; an IR alone: not here
+
+
+def test_openvino_runs_the_kept_pixels_as_a_gather_on_axis_1(tmp_path):
+    # PixelSelect exports GatherElements (fast on ONNX Runtime); OpenVINO's Gather on axis 1 is the fast form there,
+    # so the runner and the IR lower it: same outputs, no GatherElements left
+    import onnx
+
+    from vib_deploy.backends.openvino import OpenVinoRunner, lower_row_gathers, save_ir
+    from vib_deploy.export import export_onnx
+    from vib_deploy.layers import PixelSelect
+    from vib_deploy.runs import atomic_write
+
+    torch.manual_seed(0)
+    kept = torch.tensor([3, 7, 100, 101, 783])
+    model = torch.nn.Sequential(torch.nn.Flatten(), PixelSelect(kept), torch.nn.Linear(5, 4)).eval()
+    path = tmp_path / "m.onnx"
+    export_onnx(model, path, (1, 28, 28), opset=18)
+    ops = lambda m: {op.get_type_name() for op in m.get_ordered_ops()}  # noqa: E731
+    read = ov.Core().read_model(str(path))
+    assert "GatherElements" in ops(read)
+    assert lower_row_gathers(read) == 1
+    assert "GatherElements" not in ops(read) and "Gather" in ops(read)
+    save_ir(path, tmp_path / "m.xml", lambda name, fn: atomic_write(tmp_path / name, fn))
+    assert "GatherElements" not in ops(ov.Core().read_model(str(tmp_path / "m.xml")))
+    x = np.random.default_rng(0).random((3, 1, 28, 28), dtype=np.float32)
+    with torch.no_grad():
+        want = model(torch.from_numpy(x)).numpy()
+    runner = OpenVinoRunner(path)
+    runner.activate()
+    assert np.abs(runner.infer(x) - want).max() <= 1e-6
+    # GatherElements whose indices vary by row is not a Gather: left as it is
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("GatherElements", ["x", "i"], ["y"], axis=1)],
+        "g",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2, 4])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2, 2])],
+        [onnx.numpy_helper.from_array(np.array([[0, 1], [2, 3]], dtype=np.int64), "i")],
+    )
+    onnx.save(onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 18)]), tmp_path / "rows.onnx")
+    varied = ov.Core().read_model(str(tmp_path / "rows.onnx"))
+    assert lower_row_gathers(varied) == 0 and "GatherElements" in ops(varied)

@@ -36,8 +36,8 @@ class PixelSelect(nn.Module):
 
     Written as `torch.gather` (ONNX GatherElements with the indices broadcast over the batch), not as
     `index_select` (ONNX Gather on axis 1): ONNX Runtime runs a Gather on axis 1 one float-sized copy at a time (46
-    of a pruned LeNet-300's 63 us at batch 64), GatherElements 2-3x faster. OpenVINO is the other way round; the
-    figures and the trade are in docs/cpu.md ("The kept-pixel Gather")."""
+    of a pruned LeNet-300's 63 us at batch 64), GatherElements 2-3x faster. OpenVINO is the other way round, so its
+    runner lowers this back to a Gather (backends/openvino.py); figures in docs/cpu.md ("The kept-pixel Gather")."""
 
     indices: torch.Tensor  # a buffer (kept,), int64
 
