@@ -10,8 +10,12 @@ import subprocess
 import sys
 from pathlib import Path
 from types import SimpleNamespace
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -185,6 +189,20 @@ class InterruptAfter:
         self.steps -= 1
         if self.steps == 0:
             raise KeyboardInterrupt
+
+
+def kept_pixel_net(directory: Path) -> tuple[torch.nn.Module, Path]:
+    """A tiny input-gated MLP (5 of 784 pixels kept by PixelSelect) and its ONNX export in `directory`."""
+    import torch
+
+    from vib_deploy.export import export_onnx
+    from vib_deploy.layers import PixelSelect
+
+    torch.manual_seed(0)
+    kept = torch.tensor([3, 7, 100, 101, 783])
+    model = torch.nn.Sequential(torch.nn.Flatten(), PixelSelect(kept), torch.nn.Linear(5, 4)).eval()
+    export_onnx(model, directory / "m.onnx", (1, 28, 28), opset=18)
+    return model, directory / "m.onnx"
 
 
 def enabled_stages(run_dir: Path) -> list[str]:

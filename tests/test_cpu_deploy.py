@@ -441,17 +441,12 @@ def test_openvino_runs_the_kept_pixels_as_a_gather_on_axis_1(tmp_path):
     # PixelSelect exports GatherElements (fast on ONNX Runtime); OpenVINO's Gather on axis 1 is the fast form there,
     # so the runner and the IR lower it: same outputs, no GatherElements left
     import onnx
+    from conftest import kept_pixel_net
 
     from vib_deploy.backends.openvino import OpenVinoRunner, lower_row_gathers, save_ir
-    from vib_deploy.export import export_onnx
-    from vib_deploy.layers import PixelSelect
     from vib_deploy.runs import atomic_write
 
-    torch.manual_seed(0)
-    kept = torch.tensor([3, 7, 100, 101, 783])
-    model = torch.nn.Sequential(torch.nn.Flatten(), PixelSelect(kept), torch.nn.Linear(5, 4)).eval()
-    path = tmp_path / "m.onnx"
-    export_onnx(model, path, (1, 28, 28), opset=18)
+    model, path = kept_pixel_net(tmp_path)
     ops = lambda m: {op.get_type_name() for op in m.get_ordered_ops()}  # noqa: E731
     read = ov.Core().read_model(str(path))
     assert "GatherElements" in ops(read)

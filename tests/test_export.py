@@ -38,21 +38,16 @@ def test_kept_pixels_export_as_gather_elements(tmp_path):
     # ONNX Runtime copies a Gather on axis 1 one float at a time (docs/cpu.md, "The kept-pixel Gather"): the pixel
     # selection must export as GatherElements, with a dynamic batch, and select exactly the kept pixels
     import onnx
+    from conftest import kept_pixel_net
 
-    from vib_deploy.layers import PixelSelect
-
-    torch.manual_seed(0)
-    kept = torch.tensor([3, 7, 100, 101, 783])
-    model = torch.nn.Sequential(torch.nn.Flatten(), PixelSelect(kept), torch.nn.Linear(5, 4)).eval()
-    path = tmp_path / "m.onnx"
-    export_onnx(model, path, (1, 28, 28), opset=18)
+    model, path = kept_pixel_net(tmp_path)
     ops = [n.op_type for n in onnx.load(str(path)).graph.node]
     assert "GatherElements" in ops and "Gather" not in ops, ops
     for batch in (1, 3):
         x = np.random.default_rng(batch).random((batch, 1, 28, 28), dtype=np.float32)
         assert parity(path, model, x, tolerance=1e-6, min_agreement=1.0)["max_abs_diff"] <= 1e-6
     x = torch.rand(2, 1, 28, 28)
-    assert torch.equal(model[1](x.flatten(1)), x.flatten(1)[:, kept])
+    assert torch.equal(model[1](x.flatten(1)), x.flatten(1)[:, [3, 7, 100, 101, 783]])
 
 
 def test_parity_failure_is_reported(tmp_path):
