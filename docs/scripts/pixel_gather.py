@@ -83,7 +83,7 @@ def main(run: Path) -> None:
         for form, model in {**forms, "reduced": reduced}.items():
             t = torch.from_numpy(xr if form == "reduced" else x)
             calls["torch", form] = lambda m=model, t=t: torch.inference_mode()(m)(t)
-        samples = alternate(calls, rounds=20, iters=50, warmup=20)
+        samples = alternate(calls, rounds=20, iters=50, warmup=200)
         for engine in ("onnxruntime", "openvino", "torch"):
             p50 = {form: percentiles(samples[engine, form])["p50_ms"] for form in ("axis1", "elements", "reduced")}
             print(f"| {batch} | {engine} | {p50['axis1']:.4f} | {p50['elements']:.4f} | {p50['reduced']:.4f} |")
