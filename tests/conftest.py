@@ -84,7 +84,7 @@ STATUS = re.compile(
 
 @pytest.fixture(scope="session")
 def mnist_root() -> Path:
-    from vib_deploy.data import resolve_root
+    from vib_deploy.data.datasets import resolve_root
     from vib_deploy.errors import UserError
 
     try:
@@ -195,8 +195,8 @@ def kept_pixel_net(directory: Path) -> tuple[torch.nn.Module, Path]:
     """A tiny input-gated MLP (5 of 784 pixels kept by PixelSelect) and its ONNX export in `directory`."""
     import torch
 
-    from vib_deploy.export import export_onnx
-    from vib_deploy.layers import PixelSelect
+    from vib_deploy.deploy.export import export_onnx
+    from vib_deploy.model.layers import PixelSelect
 
     torch.manual_seed(0)
     kept = torch.tensor([3, 7, 100, 101, 783])

@@ -21,7 +21,7 @@ def write_digit_folder(
 ) -> Path:
     from PIL import Image
 
-    from vib_deploy.data import SPLIT_FILES, _find_split, read_idx, resolve_root
+    from vib_deploy.data.datasets import SPLIT_FILES, _find_split, read_idx, resolve_root
 
     mnist = resolve_root("mnist", None)
     tint = np.array([1.0, 0.6, 0.3])  # colour images: the digit in orange on black

@@ -160,8 +160,8 @@ def test_config_refuses_a_backend_the_bench_stage_cannot_run(backend):
 
 
 def test_config_refuses_an_unknown_model_naming_the_zoo():
+    from vib_deploy.model.zoo_names import MODULE_ZOO, SEQUENTIAL_ZOO, ZOO_NAMES
     from vib_deploy.zoo import ZOO
-    from vib_deploy.zoo_names import MODULE_ZOO, SEQUENTIAL_ZOO, ZOO_NAMES
 
     with pytest.raises(UserError, match=r"key 'model.name': unknown model; the zoo has lenet300, lenet5, resnet20, "):
         parse_config({"name": "x", "model": {"name": "alexnet"}}, "p.yaml")

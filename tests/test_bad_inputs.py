@@ -234,7 +234,7 @@ DATA_CASES = [
 
 def test_synthetic_dataset_is_valid(tmp_path):
     """The control: the dataset the cases below break loads cleanly, so each error comes from its break."""
-    from vib_deploy.data import load_splits
+    from vib_deploy.data.datasets import load_splits
 
     splits = load_splits("mnist", str(_dataset(tmp_path / "d")), 5, None, None)
     assert splits.x_train.shape == (25, 1, 28, 28) and splits.x_test.shape == (10, 1, 28, 28)
@@ -286,7 +286,7 @@ def tiny_run(lenet300_run) -> Path:
 
 def _relist(d: Path, name: str) -> None:
     """Make the manifest agree with the file again: the bytes are now what vib-deploy 'wrote'."""
-    from vib_deploy.runs import RunDir
+    from vib_deploy.runs.directory import RunDir
 
     stage = json.loads((d / "manifest.json").read_text())["artifacts"][name]["stage"]
     RunDir(d).add_artifacts(stage, [name])

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from vib_deploy.bench import Variant, make_input, run_bench, speedups
-from vib_deploy.modelfile import save_model
+from vib_deploy.measure.bench import Variant, make_input, run_bench, speedups
+from vib_deploy.model.modelfile import save_model
 from vib_deploy.zoo import gated_model, strip_gates
 
 
@@ -28,7 +28,7 @@ def test_reduced_input_layout():
 
 
 def test_real_run_on_both_backends(tmp_path):
-    from vib_deploy.export import export_onnx
+    from vib_deploy.deploy.export import export_onnx
 
     torch.manual_seed(0)
     dense = strip_gates(gated_model("lenet300")).eval()
@@ -56,8 +56,8 @@ def test_an_engines_own_file_is_timed_before_the_shared_onnx(tmp_path):
     """OpenVINO's INT8 from NNCF: the variant names OpenVINO's own IR, which it times (bytes: .xml + .bin), while
     ONNX Runtime times the ONNX file."""
     from vib_deploy.backends.openvino import save_ir, sidecar_path
-    from vib_deploy.export import export_onnx
-    from vib_deploy.runs import atomic_write, atomic_write_json
+    from vib_deploy.deploy.export import export_onnx
+    from vib_deploy.runs.directory import atomic_write, atomic_write_json
 
     torch.manual_seed(0)
     net = strip_gates(gated_model("lenet300")).eval()

@@ -10,10 +10,10 @@ import pytest
 from conftest import LENET300, ROOT, assert_user_error, run_cli
 from record_examples import summary_of
 
-from vib_deploy.choose import choice_markdown, choice_rows, choose
 from vib_deploy.config import Target, config_to_yaml, load_config
+from vib_deploy.deploy.choose import choice_markdown, choice_rows, choose
 from vib_deploy.records import QuantizedModel, QuantizeRecord, RunSummary
-from vib_deploy.runs import RunDir
+from vib_deploy.runs.directory import RunDir
 from vib_deploy.stages.registry import get_stage
 
 DENSE_VAL = 0.010  # the dense fp32 net's validation error: the budget is 1.00% + 0.50 pt
@@ -85,7 +85,7 @@ def test_a_faster_deployment_over_the_budget_is_not_chosen():
 
 def test_openvino_int8_by_nncf_is_judged_by_its_own_validation_error_and_named_so():
     """quantize.openvino: nncf: OpenVINO's INT8 is NNCF's IR, with its own errors; ONNX Runtime keeps the QDQ file's."""
-    from vib_deploy.deploy_matrix import full_records, label, render_matrix
+    from vib_deploy.deploy.deploy_matrix import full_records, label, render_matrix
     from vib_deploy.records import NncfModel
 
     over = {**INT8_VAL, "pruned": {"onnxruntime": 0.040, "openvino": 0.030}}  # the QDQ file on OV: over the budget

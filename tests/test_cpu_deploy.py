@@ -29,8 +29,8 @@ def _net() -> torch.nn.Module:
 
 def _ir(tmp_path: Path) -> tuple[torch.nn.Module, Path]:
     from vib_deploy.backends.openvino import save_ir, sidecar_path
-    from vib_deploy.export import export_onnx
-    from vib_deploy.runs import atomic_write, atomic_write_json
+    from vib_deploy.deploy.export import export_onnx
+    from vib_deploy.runs.directory import atomic_write, atomic_write_json
 
     model = _net()
     export_onnx(model, tmp_path / "m.onnx", (1, 28, 28), opset=18)
@@ -56,7 +56,7 @@ def test_openvino_runner_matches_torch_from_onnx_and_ir(tmp_path):
     side = json.loads((tmp_path / "m.xml.json").read_text())
     assert side["openvino_version"] == ov.get_version() and side["precision"] == "fp32"
     assert side["input_shapes"] == {"input": "[?,1,28,28]"} and isinstance(side["isa"], list) and side["cpu"]
-    from vib_deploy.runs import sha256_file
+    from vib_deploy.runs.directory import sha256_file
 
     assert side["onnx_sha256"] == sha256_file(tmp_path / "m.onnx") and side["bin_sha256"] == sha256_file(
         tmp_path / "m.bin"
@@ -80,7 +80,7 @@ def test_ir_from_another_openvino_version_is_one_clear_error(tmp_path):
 def test_calibration_set_is_training_images(tmp_path):
     from types import SimpleNamespace
 
-    from vib_deploy.cpu_deploy import calibration_images
+    from vib_deploy.deploy.cpu_deploy import calibration_images
     from vib_deploy.errors import UserError
 
     splits = SimpleNamespace(x_train=np.arange(50, dtype=np.float32).reshape(50, 1, 1, 1), x_val=None, x_test=None)
@@ -99,8 +99,8 @@ def cpu_run(lenet5_run):
 def test_ir_artifacts_and_parity_on_the_test_set(cpu_run):
     from vib_deploy.backends.openvino import OpenVinoRunner
     from vib_deploy.config import load_config
-    from vib_deploy.data import splits_of
-    from vib_deploy.modelfile import load_model
+    from vib_deploy.data.datasets import splits_of
+    from vib_deploy.model.modelfile import load_model
     from vib_deploy.records import RECORD_VERSION
 
     run_dir, proc = cpu_run
@@ -125,8 +125,8 @@ def test_int8_models_are_qdq_per_channel_and_keep_accuracy(cpu_run):
     import onnx
 
     from vib_deploy.config import load_config
-    from vib_deploy.cpu_deploy import onnx_error
-    from vib_deploy.data import splits_of
+    from vib_deploy.data.datasets import splits_of
+    from vib_deploy.deploy.cpu_deploy import onnx_error
 
     run_dir, _ = cpu_run
     quant = json.loads((run_dir / "quantize.json").read_text())
@@ -150,8 +150,8 @@ def test_int8_models_are_qdq_per_channel_and_keep_accuracy(cpu_run):
 @pytest.mark.e2e
 def test_openvino_int8_by_nncf_is_within_the_error_budget_on_validation(cpu_run):
     from vib_deploy.config import load_config
-    from vib_deploy.cpu_deploy import onnx_error
-    from vib_deploy.data import splits_of
+    from vib_deploy.data.datasets import splits_of
+    from vib_deploy.deploy.cpu_deploy import onnx_error
 
     run_dir, _ = cpu_run
     quant = json.loads((run_dir / "quantize.json").read_text())
@@ -181,9 +181,9 @@ def test_openvino_int8_by_nncf_is_within_the_error_budget_on_validation(cpu_run)
 @pytest.mark.e2e
 def test_calibration_reads_only_training_images(cpu_run, tmp_path, monkeypatch):
     """The quantize stage run in-process: every image its calibration reader serves is a training image."""
-    from vib_deploy import cpu_deploy
     from vib_deploy.config import load_config
-    from vib_deploy.runs import RunDir
+    from vib_deploy.deploy import cpu_deploy
+    from vib_deploy.runs.directory import RunDir
     from vib_deploy.stages import Context
 
     run_dir = tmp_path / "run"
@@ -198,7 +198,7 @@ def test_calibration_reads_only_training_images(cpu_run, tmp_path, monkeypatch):
         return feed
 
     monkeypatch.setattr(cpu_deploy._Batches, "get_next", spy)
-    from vib_deploy import nncf_int8
+    from vib_deploy.deploy import nncf_int8
 
     nncf_seen: list[tuple[np.ndarray, np.ndarray]] = []  # NNCF's calibration and validation images
     real_nncf = nncf_int8.quantize_ir
@@ -298,8 +298,8 @@ def test_package_ships_int8_and_openvino_and_serve_runs_int8(cpu_run, tmp_path):
     from tritonclient.grpc import model_config_pb2
 
     from vib_deploy.config import load_config
-    from vib_deploy.data import splits_of
-    from vib_deploy.runs import sha256_file
+    from vib_deploy.data.datasets import splits_of
+    from vib_deploy.runs.directory import sha256_file
     from vib_deploy.triton.server import TritonServer, unavailable
 
     run_dir = cpu_run[0]
@@ -399,7 +399,7 @@ def test_a_chosen_openvino_deployment_ships_its_ir_and_serves_its_onnx_twin(cpu_
     holds it, and the bench after it); `package` ships it as `<run>` for Triton's OpenVINO backend (the IR) with the
     ONNX twin that the local server (no OpenVINO backend) serves."""
     pytest.importorskip("tritonclient.grpc", reason="tritonclient is not installed: pip install 'vib-deploy[ship]'")
-    from vib_deploy.runs import sha256_file
+    from vib_deploy.runs.directory import sha256_file
 
     copy = tmp_path / "run"
     shutil.copytree(cpu_run[0], copy)
@@ -444,7 +444,7 @@ def test_openvino_runs_the_kept_pixels_as_a_gather_on_axis_1(tmp_path):
     from conftest import kept_pixel_net
 
     from vib_deploy.backends.openvino import OpenVinoRunner, lower_row_gathers, save_ir
-    from vib_deploy.runs import atomic_write
+    from vib_deploy.runs.directory import atomic_write
 
     model, path = kept_pixel_net(tmp_path)
     ops = lambda m: {op.get_type_name() for op in m.get_ordered_ops()}  # noqa: E731

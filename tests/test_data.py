@@ -5,7 +5,7 @@ import gzip
 import numpy as np
 import pytest
 
-from vib_deploy.data import SPLIT_FILES, load_splits, read_idx, resolve_root
+from vib_deploy.data.datasets import SPLIT_FILES, load_splits, read_idx, resolve_root
 from vib_deploy.errors import UserError
 
 

@@ -3,7 +3,7 @@
 import pytest
 from record_examples import summary_of
 
-from vib_deploy.deploy_matrix import full_records, headline_short, headline_text, headlines, render_matrix
+from vib_deploy.deploy.deploy_matrix import full_records, headline_short, headline_text, headlines, render_matrix
 
 
 def _metrics(records):

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from vib_deploy.config import parse_config
-from vib_deploy.deployed import deployables, reduce_input
+from vib_deploy.deploy.deployed import deployables, reduce_input
 from vib_deploy.records import Cost, FinetuneRecord, PruneRecord, TrainDenseRecord
-from vib_deploy.runs import RunDir
+from vib_deploy.runs.directory import RunDir
 
 
 def _run(tmp_path, kept_pixels, tuned: bool) -> RunDir:
@@ -59,7 +59,7 @@ def _quantized(nncf: bool):
 
 
 def test_openvino_int8_is_the_nncf_ir_where_made_and_the_qdq_file_elsewhere():
-    from vib_deploy.deployed import Int8Deployment, int8_deployment
+    from vib_deploy.deploy.deployed import Int8Deployment, int8_deployment
 
     qdq = Int8Deployment("pruned_int8.onnx", 0.031, 0.026, None)
     assert int8_deployment(_quantized(False), "openvino") == qdq

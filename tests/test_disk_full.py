@@ -7,7 +7,7 @@ import pytest
 from conftest import run_cli
 
 from vib_deploy.errors import UserError
-from vib_deploy.runs import atomic_write
+from vib_deploy.runs.directory import atomic_write
 
 
 def test_enospc_names_file_and_size(tmp_path, monkeypatch):

@@ -19,11 +19,11 @@ import pytest
 import torch
 from conftest import ROOT, TINY, InterruptAfter, run_cli
 
-from vib_deploy import distributed
 from vib_deploy.errors import UserError
-from vib_deploy.runs import RunDir
-from vib_deploy.train import TrainSpec, train
-from vib_deploy.vib import gates
+from vib_deploy.model.vib import gates
+from vib_deploy.runs.directory import RunDir
+from vib_deploy.training import distributed
+from vib_deploy.training.loop import TrainSpec, train
 from vib_deploy.zoo import gated_model
 
 WORLD = 2

@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import run_cli
 
-from vib_deploy.engine import unavailable
+from vib_deploy.deploy.engine import unavailable
 
 TRT_PROBLEM = unavailable()
 needs_trt = pytest.mark.skipif(
@@ -27,8 +27,8 @@ def test_build_engine_says_not_available(tmp_path):
 def test_engine_matches_onnxruntime(tmp_path):
     from vib_deploy.backends.onnxruntime import OnnxRuntimeRunner
     from vib_deploy.backends.tensorrt import TensorRTRunner
-    from vib_deploy.engine import build_engine
-    from vib_deploy.export import export_onnx
+    from vib_deploy.deploy.engine import build_engine
+    from vib_deploy.deploy.export import export_onnx
     from vib_deploy.zoo import gated_model, strip_gates
 
     torch.manual_seed(0)
@@ -48,9 +48,9 @@ def test_engine_matches_onnxruntime(tmp_path):
 @needs_trt
 def test_mismatched_sidecar_is_clear_error(tmp_path):
     from vib_deploy.backends.tensorrt import TensorRTRunner
-    from vib_deploy.engine import build_engine
+    from vib_deploy.deploy.engine import build_engine
+    from vib_deploy.deploy.export import export_onnx
     from vib_deploy.errors import UserError
-    from vib_deploy.export import export_onnx
     from vib_deploy.zoo import gated_model, strip_gates
 
     model = strip_gates(gated_model("lenet300")).eval()

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import torch
 
+from vib_deploy.deploy.export import export_onnx, onnx_summary, parity
 from vib_deploy.errors import UserError
-from vib_deploy.export import export_onnx, onnx_summary, parity
+from vib_deploy.model.vib import gates
 from vib_deploy.prune.sequential import prune_sequential
-from vib_deploy.vib import gates
 from vib_deploy.zoo import gated_model, strip_gates
 
 
@@ -75,7 +75,7 @@ def test_export_failure_is_user_error(tmp_path):
 def test_exports_share_one_torchlib_registry_and_write_the_same_bytes(tmp_path, monkeypatch):
     from torch.onnx._internal.exporter import _registration
 
-    import vib_deploy.export as export
+    import vib_deploy.deploy.export as export
 
     built = []
     original = _registration.ONNXRegistry.__dict__["from_torchlib"].__func__

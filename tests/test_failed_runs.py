@@ -21,9 +21,9 @@ import pytest
 from conftest import LENET300 as PIPELINE
 from conftest import ROOT, TINY, enabled_stages, run_cli
 
-from vib_deploy import runs
 from vib_deploy.errors import UserError
-from vib_deploy.runs import RunDir, atomic_write_bytes
+from vib_deploy.runs import directory as runs
+from vib_deploy.runs.directory import RunDir, atomic_write_bytes
 
 SETTINGS = [a for a in TINY if a != "--set"]  # the shared tiny run's settings (conftest.lenet300_run)
 

@@ -16,14 +16,14 @@ from conftest import ROOT, InterruptAfter
 from vib_deploy import __version__
 from vib_deploy.config import load_config
 from vib_deploy.errors import UserError
-from vib_deploy.layers import PixelSelect
-from vib_deploy.modelfile import load_model
+from vib_deploy.model.layers import PixelSelect
+from vib_deploy.model.modelfile import load_model
 from vib_deploy.pipeline import _input_hashes, run_pipeline
 from vib_deploy.records import ExportRecord
-from vib_deploy.runs import RunDir, stage_key
+from vib_deploy.runs.directory import RunDir, stage_key
 from vib_deploy.stages import Context, get_stage
 from vib_deploy.stages.registry import enabled
-from vib_deploy.train import TrainSpec, train
+from vib_deploy.training.loop import TrainSpec, train
 
 TINY = [
     "data.train_limit=700",
@@ -220,7 +220,7 @@ def test_keep_start_keeps_the_starting_weights_unless_an_epoch_beats_them(tmp_pa
 
 @pytest.mark.e2e
 def test_ship_says_the_shipped_pruned_model_is_the_finetuned_one(on_run, tmp_path):
-    from vib_deploy.runs import sha256_file
+    from vib_deploy.runs.directory import sha256_file
     from vib_deploy.triton.repository import package
 
     run_dir, _ = on_run

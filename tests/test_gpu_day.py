@@ -10,7 +10,7 @@ import pytest
 import torch
 from conftest import ROOT, run_cli
 
-from vib_deploy.gpu_day import GPU_TEST_FILES, Step, plan, run_steps
+from vib_deploy.measure.gpu_day import GPU_TEST_FILES, Step, plan, run_steps
 
 
 def test_budget_guard_stops_and_skips(tmp_path):
@@ -76,7 +76,7 @@ def test_gpu_day_without_gpu_is_one_line_exit_2(tmp_path):
 @pytest.mark.e2e
 def test_dry_run(tmp_path, mnist_root):
     """The whole script on CPU with tiny data (~40-60 s on 2 cores): every step ok, tables and JSON written."""
-    from vib_deploy.data import resolve_root
+    from vib_deploy.data.datasets import resolve_root
     from vib_deploy.errors import UserError
 
     try:

@@ -1,4 +1,4 @@
-"""Gates on Torch-Pruning groups for any nn.Module, and exact structural pruning (vib_deploy/graph.py).
+"""Gates on Torch-Pruning groups for any nn.Module, and exact structural pruning (vib_deploy/model/graph.py).
 
 Property test: random nets of residual, depthwise, concat and grouped-conv blocks (tests/netgen.py),
 random gates of both signs with about half of every group's channels off -> pruned net equal to the
@@ -16,9 +16,9 @@ from netgen import INPUT_SHAPE, BlockSpec, RandomNet, random_nets
 from torch import nn
 
 from vib_deploy.errors import UserError
-from vib_deploy.gated import GatedNet
-from vib_deploy.graph import plan_groups
-from vib_deploy.layers import count_flops, count_params
+from vib_deploy.model.gated import GatedNet
+from vib_deploy.model.graph import plan_groups
+from vib_deploy.model.layers import count_flops, count_params
 from vib_deploy.prune.groups import _random_gates, apply_pruning, check_prunable, prune_groups
 
 
@@ -194,8 +194,8 @@ def test_unknown_ignore_name_and_wrong_input_shape_are_user_errors():
 
 
 def test_zoo_nets_plan_and_self_check():
-    from vib_deploy.factory import build_net
-    from vib_deploy.zoo_names import MODULE_ZOO
+    from vib_deploy.model.factory import build_net
+    from vib_deploy.model.zoo_names import MODULE_ZOO
 
     for name, ref in MODULE_ZOO.items():
         kwargs = {"width": 0.125} if name == "vgg16" else {}
@@ -206,7 +206,7 @@ def test_zoo_nets_plan_and_self_check():
 
 
 def test_gate_noise_is_drawn_once_per_group_and_hooks_come_off(monkeypatch):
-    from vib_deploy.vib import VIBGate
+    from vib_deploy.model.vib import VIBGate
 
     gated = GatedNet(Residual(), plan_groups(Residual(), (1, 8, 8)).gated).train()
     draws = []
@@ -248,7 +248,7 @@ def _prune_and_replay(net: nn.Module, ignore=(), seed: int = 0):
 
 
 def test_fully_convolutional_classifier_fixes_the_channels_that_reach_the_output():
-    from vib_deploy.sources import inspect_model
+    from vib_deploy.model.sources import inspect_model
 
     info = inspect_model(f"{ROOT}/tests/archnets.py:squeezenet", ARCH_SHAPE, [], [])
     status = {r["group (root)"]: r["status"] for r in info["rows"]}
@@ -260,7 +260,7 @@ def test_fully_convolutional_classifier_fixes_the_channels_that_reach_the_output
 
 
 def test_dense_concat_gates_each_growth_layer_once_and_slices_every_consumer():
-    from vib_deploy.sources import inspect_model
+    from vib_deploy.model.sources import inspect_model
 
     info = inspect_model(f"{ROOT}/tests/archnets.py:densenet", ARCH_SHAPE, [], [])
     assert [r["group (root)"] for r in info["rows"] if r["status"] != "gated"] == ["classifier"]

@@ -71,7 +71,7 @@ def test_the_cycle_finder_finds_a_cycle():
 
 def test_the_import_graph_sees_function_local_imports():
     graph = import_graph()
-    assert "vib_deploy.graph" in graph["vib_deploy.modelfile"]  # imported inside functions only
+    assert "vib_deploy.model.graph" in graph["vib_deploy.model.modelfile"]  # imported inside functions only
     assert "vib_deploy.studies.peers" in graph["vib_deploy.studies.compare"]
 
 
@@ -81,7 +81,7 @@ def test_no_import_cycle():
 
 
 def test_layers_is_a_leaf():
-    assert import_graph()["vib_deploy.layers"] <= {"vib_deploy.errors", "vib_deploy.vib"}
+    assert import_graph()["vib_deploy.model.layers"] <= {"vib_deploy.errors", "vib_deploy.model.vib"}
 
 
 def test_no_module_over_400_lines():

@@ -13,19 +13,19 @@ from torch import nn
 
 from vib_deploy.config import parse_config
 from vib_deploy.errors import UserError
-from vib_deploy.factory import build_net
-from vib_deploy.gated import GatedNet
-from vib_deploy.graph import plan_groups
-from vib_deploy.klweight import FlopsWeighting, LatencyWeighting
-from vib_deploy.latency import build_tables, table_key
-from vib_deploy.layers import count_flops
+from vib_deploy.measure.latency import build_tables, table_key
+from vib_deploy.model.factory import build_net
+from vib_deploy.model.gated import GatedNet
+from vib_deploy.model.graph import plan_groups
+from vib_deploy.model.layers import count_flops
+from vib_deploy.model.vib import VIBGate, total_kl
+from vib_deploy.model.zoo_names import MODULE_ZOO
 from vib_deploy.prune.groups import prune_groups
-from vib_deploy.runs import RunDir
+from vib_deploy.runs.directory import RunDir
 from vib_deploy.stages.registry import get_stage, keyed_section
-from vib_deploy.train import TrainSpec, train
-from vib_deploy.vib import VIBGate, total_kl
+from vib_deploy.training.klweight import FlopsWeighting, LatencyWeighting
+from vib_deploy.training.loop import TrainSpec, train
 from vib_deploy.zoo import gated_model
-from vib_deploy.zoo_names import MODULE_ZOO
 
 
 def _three_layer() -> nn.Sequential:

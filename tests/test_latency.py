@@ -1,4 +1,4 @@
-"""Latency lookup tables (vib_deploy/latency.py): the grid, the smoothing, the cache and the real single-layer timing."""
+"""Latency lookup tables (vib_deploy/measure/latency.py): the grid, the smoothing, the cache and the real single-layer timing."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import math
 import numpy as np
 import pytest
 
-from vib_deploy import timing
 from vib_deploy.errors import UserError
-from vib_deploy.latency import (
+from vib_deploy.measure import timing
+from vib_deploy.measure.latency import (
     LayerShape,
     LayerTable,
     TableRequest,

@@ -3,7 +3,7 @@
 import pytest
 
 from vib_deploy.errors import UserError
-from vib_deploy.memory import available_bytes, refuse_oversized_input
+from vib_deploy.measure.memory import available_bytes, refuse_oversized_input
 
 
 def test_available_bytes_is_a_plausible_figure():

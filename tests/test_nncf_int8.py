@@ -1,4 +1,4 @@
-"""NNCF's OpenVINO INT8 with accuracy control (vib_deploy/nncf_int8.py) on a small real net and real MNIST: the
+"""NNCF's OpenVINO INT8 with accuracy control (vib_deploy/deploy/nncf_int8.py) on a small real net and real MNIST: the
 budget held on validation, the operations kept in fp32 read from the graphs as NNCF itself reports them."""
 
 from __future__ import annotations
@@ -34,12 +34,12 @@ def made(tmp_path_factory, mnist_root):
     """The net's fp32 IR quantized by `quantize_ir` (NNCF's log captured), with the real images it saw."""
     from nncf.common.logging import nncf_logger
 
-    from vib_deploy import nncf_int8
     from vib_deploy.backends.openvino import save_ir, sidecar_path
     from vib_deploy.config import parse_config
-    from vib_deploy.data import splits_of
-    from vib_deploy.export import export_onnx
-    from vib_deploy.runs import atomic_write, atomic_write_json
+    from vib_deploy.data.datasets import splits_of
+    from vib_deploy.deploy import nncf_int8
+    from vib_deploy.deploy.export import export_onnx
+    from vib_deploy.runs.directory import atomic_write, atomic_write_json
 
     tmp = tmp_path_factory.mktemp("nncf")
     net = _outlier_net()
@@ -69,7 +69,7 @@ def made(tmp_path_factory, mnist_root):
 
 
 def _error(xml: Path, x: np.ndarray, y: np.ndarray) -> float:
-    from vib_deploy.cpu_deploy import onnx_error
+    from vib_deploy.deploy.cpu_deploy import onnx_error
 
     return onnx_error("openvino", xml, x, y)
 
@@ -96,7 +96,7 @@ def test_the_ops_kept_in_fp32_are_those_nncf_reports(made):
 
 def test_the_int8_ir_runs_int8_and_has_its_sidecar(made):
     from vib_deploy.backends.openvino import OpenVinoRunner
-    from vib_deploy.runs import sha256_file
+    from vib_deploy.runs.directory import sha256_file
 
     tmp, result, (x_val, _), _, _ = made
     xml = (tmp / "m_int8.xml").read_text()
@@ -108,8 +108,8 @@ def test_the_int8_ir_runs_int8_and_has_its_sidecar(made):
 
 
 def test_missing_nncf_is_one_line_with_the_install_hint(monkeypatch):
+    from vib_deploy.deploy.nncf_int8 import _nncf
     from vib_deploy.errors import UserError
-    from vib_deploy.nncf_int8 import _nncf
 
     monkeypatch.setitem(sys.modules, "nncf", None)  # `import nncf` raises ImportError
     with pytest.raises(UserError, match=r"quantize.openvino: nncf needs NNCF: pip install 'vib-deploy\[nncf\]'"):

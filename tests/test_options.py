@@ -1,9 +1,9 @@
-"""Comma-separated CLI options (vib_deploy/options.py): one parser, the option named in every error."""
+"""Comma-separated CLI options (vib_deploy/cli/options.py): one parser, the option named in every error."""
 
 import pytest
 
+from vib_deploy.cli.options import floats, int_list, seeds
 from vib_deploy.errors import UserError
-from vib_deploy.options import floats, int_list, seeds
 
 
 def test_values_parse_and_blanks_are_skipped():

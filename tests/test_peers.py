@@ -6,7 +6,8 @@ import torch
 from torch import nn
 
 from vib_deploy.errors import UserError
-from vib_deploy.layers import ChannelScale, count_flops
+from vib_deploy.model.layers import ChannelScale, count_flops
+from vib_deploy.model.vib import gates
 from vib_deploy.studies.peers import (
     FLOPS_TOLERANCE,
     METHODS,
@@ -18,7 +19,6 @@ from vib_deploy.studies.peers import (
     prune_to_widths,
     with_widths,
 )
-from vib_deploy.vib import gates
 
 SHAPE = (1, 28, 28)
 
@@ -119,7 +119,7 @@ def test_slimming_prunes_the_smallest_scales_and_folds_them_exactly():
 def test_slimming_sparsity_training_shrinks_scales(mnist_root):
     from types import SimpleNamespace
 
-    from vib_deploy.data import load_splits
+    from vib_deploy.data.datasets import load_splits
 
     s = load_splits("mnist", None, 200, 700, 100)
     data = SimpleNamespace(x_train=s.x_train, y_train=s.y_train, x_val=s.x_val, y_val=s.y_val)
@@ -176,8 +176,8 @@ def test_activation_pixel_criterion_weighs_column_norms_by_the_pixels_mean_value
 def test_peer_fine_tune_keeps_the_best_validation_epoch(mnist_root):
     from types import SimpleNamespace
 
-    from vib_deploy.data import load_splits
-    from vib_deploy.evaluate import accuracy
+    from vib_deploy.data.datasets import load_splits
+    from vib_deploy.training.evaluate import accuracy
 
     s = load_splits("mnist", None, 200, 700, 100)
     data = SimpleNamespace(x_train=s.x_train, y_train=s.y_train, x_val=s.x_val, y_val=s.y_val)
@@ -272,7 +272,7 @@ def test_peer_keys_name_the_kept_epoch_and_are_otherwise_the_old_ones():
 
 
 def test_scratch_net_is_vibs_architecture_and_pixels_reinitialised():
-    from vib_deploy.layers import ChannelScale, PixelSelect, describe
+    from vib_deploy.model.layers import ChannelScale, PixelSelect, describe
     from vib_deploy.studies.peers import scratch_net
 
     torch.manual_seed(0)

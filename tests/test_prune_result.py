@@ -5,12 +5,12 @@ import torch
 from torch import nn
 
 from vib_deploy.errors import UserError
-from vib_deploy.factory import build_net
-from vib_deploy.gated import GatedNet
-from vib_deploy.graph import plan_groups
+from vib_deploy.model.factory import build_net
+from vib_deploy.model.gated import GatedNet
+from vib_deploy.model.graph import plan_groups
+from vib_deploy.model.sources import MODULE_ZOO
 from vib_deploy.prune.groups import _random_gates, prune_groups
 from vib_deploy.prune.result import FLOAT64_SAMPLES, check_exact, float64_sample
-from vib_deploy.sources import MODULE_ZOO
 
 SHAPE = (1, 32, 32)
 
@@ -40,7 +40,7 @@ def test_exact_prune_passes_and_says_what_was_checked(pruned_resnet):
     # the error it reports is the float32 pruned net's, as evaluate would give it
     import copy
 
-    from vib_deploy.evaluate import predict
+    from vib_deploy.training.evaluate import predict
 
     assert info["error"] == int((predict(copy.deepcopy(result.model).float(), x).argmax(1) != y).sum()) / len(x)
     assert info["max_abs_diff_float64"] <= 1e-9 * info["logit_scale"]

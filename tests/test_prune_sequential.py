@@ -5,10 +5,10 @@ import torch
 from torch import nn
 
 from vib_deploy.errors import UserError
-from vib_deploy.layers import ChannelScale, PixelSelect, count_flops
+from vib_deploy.model.layers import ChannelScale, PixelSelect, count_flops
+from vib_deploy.model.vib import VIBGate, gates
 from vib_deploy.prune.result import check_exact
 from vib_deploy.prune.sequential import prune_sequential
-from vib_deploy.vib import VIBGate, gates
 from vib_deploy.zoo import gated_model
 
 SHAPE = (1, 28, 28)

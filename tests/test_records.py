@@ -23,7 +23,7 @@ from vib_deploy.records import (
     PruneRecord,
     QuantizeRecord,
 )
-from vib_deploy.runs import RunDir
+from vib_deploy.runs.directory import RunDir
 
 PACKAGE = Path(__file__).resolve().parents[1] / "vib_deploy"
 
@@ -246,11 +246,11 @@ def test_only_records_read_stage_files():
 @pytest.mark.parametrize(
     "planted",
     [
-        'from vib_deploy.runs import RunDir\nerror = RunDir(d).read_json("train-dense.json")["test_error"]',
+        'from vib_deploy.runs.directory import RunDir\nerror = RunDir(d).read_json("train-dense.json")["test_error"]',
         'import json\nerror = json.loads((run_dir / "prune.json").read_text())["test_error"]',
         'stages = run.manifest()["stages"]',
         'history = run.read_json(f"{stage}.json")["history"]',
-        'from vib_deploy.runs import read_json_file\nm = read_json_file(path / "metrics.json")',
+        'from vib_deploy.runs.directory import read_json_file\nm = read_json_file(path / "metrics.json")',
     ],
 )
 def test_a_planted_read_is_caught(planted, tmp_path):
@@ -282,7 +282,7 @@ def test_every_record_of_a_run_made_by_main_reads_back_whole(run_dir):
 @pytest.mark.parametrize("run_dir", MAIN_RUNS, ids=lambda p: p.name)
 def test_the_summary_of_a_run_made_by_main_is_its_metrics_json(run_dir, tmp_path):
     from vib_deploy.config import load_config
-    from vib_deploy.report import build_summary
+    from vib_deploy.report.summary import build_summary
 
     run = RunDir(tmp_path)
     for path in run_dir.glob("*.json"):

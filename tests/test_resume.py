@@ -25,7 +25,7 @@ import torch
 from conftest import ROOT, run_cli
 
 from vib_deploy.errors import UserError
-from vib_deploy.runs import RunDir, sha256_file
+from vib_deploy.runs.directory import RunDir, sha256_file
 
 SETTINGS = [
     "data.train_limit=3000",
@@ -252,7 +252,7 @@ def test_checkpoint_write_killed_in_either_window_leaves_a_file_that_verifies(tm
         raise _Killed
 
     if window == "before-rename":
-        monkeypatch.setattr("vib_deploy.runs.os.replace", replace)  # dies just before the checkpoint's rename
+        monkeypatch.setattr("vib_deploy.runs.directory.os.replace", replace)  # dies just before the checkpoint's rename
     else:
         monkeypatch.setattr(RunDir, "add_artifacts", add_artifacts)  # dies just after it
     with pytest.raises(_Killed):

@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from vib_deploy.errors import UserError
-from vib_deploy.runs import RunDir, atomic_write, atomic_write_text, stage_key
+from vib_deploy.runs.directory import RunDir, atomic_write, atomic_write_text, stage_key
 
 
 def test_atomic_write_leaves_old_file_on_failure(tmp_path):

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from vib_deploy.errors import UserError
-from vib_deploy.machine import ISA_FLAGS, cpu_info, machine_info, parse_cpuinfo
-from vib_deploy.sidecar import check_sidecar, read_sidecar, sidecar_path, write_sidecar
+from vib_deploy.measure.machine import ISA_FLAGS, cpu_info, machine_info, parse_cpuinfo
+from vib_deploy.runs.sidecar import check_sidecar, read_sidecar, sidecar_path, write_sidecar
 
 PACKAGE = Path(__file__).resolve().parents[1] / "vib_deploy"
 
@@ -40,7 +40,7 @@ def test_missing_or_corrupt_sidecar_says_how_to_remake_it(tmp_path):
 
 
 def test_no_sidecar_is_read_or_written_by_hand_in_the_backends():
-    """The backends and engine go through vib_deploy.sidecar (no json.loads / `.json` path of their own)."""
+    """The backends and engine go through vib_deploy.runs.sidecar (no json.loads / `.json` path of their own)."""
     found = []
     for path in [*(PACKAGE / "backends").glob("*.py"), PACKAGE / "engine.py"]:
         text = path.read_text()

@@ -12,7 +12,7 @@ from vib_deploy import pipeline
 from vib_deploy.cli import app
 from vib_deploy.config import parse_config
 from vib_deploy.errors import UserError
-from vib_deploy.runs import Manifest
+from vib_deploy.runs.directory import Manifest
 from vib_deploy.stages import STAGE_NAMES, STAGES, get_stage
 from vib_deploy.stages.registry import commands, peer_stages, stages_until
 

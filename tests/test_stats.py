@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from vib_deploy.stats import Paired, mcnemar_chi2, mcnemar_exact, paired, pooled
+from vib_deploy.report.stats import Paired, mcnemar_chi2, mcnemar_exact, paired, pooled
 
 
 def test_wikipedia_example_exact_and_chi2():

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from vib_deploy.timing import (
+from vib_deploy.measure.timing import (
     HostClock,
     alternate,
     clock_for,

@@ -1,4 +1,4 @@
-"""Channel moves (vib_deploy/tracing.py): a channel shuffle is named with its module and refused unless that
+"""Channel moves (vib_deploy/model/tracing.py): a channel shuffle is named with its module and refused unless that
 module is under model.ignore; then it is traced as one opaque node, the channels through it stay, and the
 rest prunes exactly (the pruning record replays through the same opaque tracing)."""
 
@@ -10,9 +10,9 @@ from test_graph import ARCH_SHAPE, _arch, _prune_and_replay
 from torch import nn
 
 from vib_deploy.errors import UserError
-from vib_deploy.graph import plan_groups
+from vib_deploy.model.graph import plan_groups
+from vib_deploy.model.tracing import channel_moves, dependency_graph
 from vib_deploy.prune.groups import check_prunable
-from vib_deploy.tracing import channel_moves, dependency_graph
 
 
 def test_a_channel_shuffle_in_a_forward_is_refused_naming_the_view_the_module_and_the_ignore_entry():

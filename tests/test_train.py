@@ -8,8 +8,8 @@ import torch
 from conftest import InterruptAfter
 
 from vib_deploy.errors import UserError
-from vib_deploy.runs import RunDir
-from vib_deploy.train import TrainSpec, train
+from vib_deploy.runs.directory import RunDir
+from vib_deploy.training.loop import TrainSpec, train
 from vib_deploy.zoo import gated_model, strip_gates
 
 
@@ -100,7 +100,7 @@ def _scripted_validation(monkeypatch, accuracies):
     """Validation returns `accuracies` in turn and keeps a copy of the weights it saw each time."""
     import copy
 
-    import vib_deploy.train as train_module
+    import vib_deploy.training.loop as train_module
 
     seen = []
 
@@ -134,9 +134,9 @@ def test_patience_never_reached_runs_to_the_cap(tmp_path, monkeypatch):
 def test_paper_protocol_records_test_figures_and_changes_nothing_trained(tmp_path):
     """train.vib.paper_protocol's per-epoch test error, widths and FLOPs are recorded only: the weights, gates and
     validation history of a run with it equal a run without it; the reported point is the best test epoch."""
-    from vib_deploy.layers import count_flops
+    from vib_deploy.model.layers import count_flops
+    from vib_deploy.model.sources import SequentialSource
     from vib_deploy.records import TrainVibRecord
-    from vib_deploy.sources import SequentialSource
     from vib_deploy.stages.training import paper_protocol_epoch
 
     data = _data()
@@ -154,7 +154,7 @@ def test_paper_protocol_records_test_figures_and_changes_nothing_trained(tmp_pat
     assert all("paper_protocol" not in h for h in off_hist)  # off unless asked
     assert on_hist[-1] == {**off_hist[-1], **paper_protocol_epoch(SequentialSource("lenet300"), data)(on_model)}
     # with units gated off: the FLOPs of the net pruned from it, and the deterministic net's test error
-    from vib_deploy.vib import gates
+    from vib_deploy.model.vib import gates
 
     with torch.no_grad():
         gates(on_model)[1].mu[:200] = 0.0  # 200 of h1's 300 units off
@@ -188,7 +188,7 @@ def test_paper_protocol_records_test_figures_and_changes_nothing_trained(tmp_pat
 
 def test_ema_is_the_net_validated_and_kept_and_resumes_exactly(tmp_path):
     """train.vib.ema: every epoch validates the average; the model ends holding it; a resumed run ends equal."""
-    from vib_deploy.ema import WeightEMA
+    from vib_deploy.training.ema import WeightEMA
 
     torch.manual_seed(0)
     model = gated_model("lenet300")
@@ -199,7 +199,7 @@ def test_ema_is_the_net_validated_and_kept_and_resumes_exactly(tmp_path):
     torch.manual_seed(0)
     train(plain, _spec(epochs=2), _data(), None)
     assert not all(torch.equal(v, plain.state_dict()[k]) for k, v in model.state_dict().items())  # not the weights
-    from vib_deploy.evaluate import accuracy
+    from vib_deploy.training.evaluate import accuracy
 
     assert result.history[-1]["val_acc"] == accuracy(model, _data().x_val, _data().y_val)  # the kept net validated
     # by hand: the average of the weights after every step

@@ -10,8 +10,8 @@ from torch import nn
 
 from vib_deploy.config import parse_config
 from vib_deploy.errors import UserError
-from vib_deploy.runs import RunDir
-from vib_deploy.train import TrainSpec, resolve_device, train
+from vib_deploy.runs.directory import RunDir
+from vib_deploy.training.loop import TrainSpec, resolve_device, train
 from vib_deploy.zoo import gated_model, strip_gates
 
 

@@ -22,7 +22,7 @@ pytest.importorskip("tritonclient.grpc", reason="tritonclient is not installed: 
 from google.protobuf import text_format  # noqa: E402  (after the importorskip: tritonclient brings this protobuf)
 from tritonclient.grpc import model_config_pb2  # noqa: E402
 
-from vib_deploy.runs import RunDir, sha256_file  # noqa: E402
+from vib_deploy.runs.directory import RunDir, sha256_file  # noqa: E402
 from vib_deploy.triton import repository as ship  # noqa: E402
 
 TEST_LIMIT = 300
@@ -48,7 +48,7 @@ def repo(tiny_run, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def test_images(tiny_run):
-    from vib_deploy.data import load_splits
+    from vib_deploy.data.datasets import load_splits
 
     splits = load_splits("mnist", None, 200, 700, TEST_LIMIT)
     return np.ascontiguousarray(splits.x_test, dtype=np.float32), splits.y_test
@@ -543,7 +543,7 @@ def test_bench_through_triton(tiny_run, tmp_path):
 def test_an_engine_ships_as_a_tensorrt_model(tiny_run, tmp_path):
     """Where build-engine made a plan, it ships as <model>_trt (platform tensorrt_plan, KIND_GPU, the sidecar beside it).
     No TensorRT here: the plan is stand-in bytes (nothing loads it), the sidecar has build-engine's fields."""
-    from vib_deploy.runs import RunDir, atomic_write_json
+    from vib_deploy.runs.directory import RunDir, atomic_write_json
 
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)

@@ -12,8 +12,8 @@ from conftest import run_cli
 from folderdata import WORDS, write_digit_folder
 from PIL import Image
 
-from vib_deploy import userdata
-from vib_deploy.data import load_splits
+from vib_deploy.data import userdata
+from vib_deploy.data.datasets import load_splits
 from vib_deploy.errors import UserError
 
 
@@ -227,7 +227,7 @@ def test_rgb_folder_through_every_stage(tmp_path, mnist_root, monkeypatch):
 
 @pytest.mark.e2e
 def test_arrays_through_every_stage(tmp_path, mnist_root):
-    from vib_deploy.data import load_splits as load
+    from vib_deploy.data.datasets import load_splits as load
 
     mnist = load("mnist", None, 1, 600, 200)
     np.savez(

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from vib_deploy.vib import VIBGate, total_kl, vib_loss
+from vib_deploy.model.vib import VIBGate, total_kl, vib_loss
 
 
 def _gate(mu, logd, **kw):

@@ -4,11 +4,11 @@ input-pixel gate is not rounded, and the rounded net prunes exactly against its 
 import pytest
 import torch
 
+from vib_deploy.deploy.widths import round_up, round_widths
 from vib_deploy.errors import UserError
+from vib_deploy.model.vib import gates
 from vib_deploy.prune.result import check_exact
 from vib_deploy.prune.sequential import prune_sequential
-from vib_deploy.vib import gates
-from vib_deploy.widths import round_up, round_widths
 from vib_deploy.zoo import gated_model
 
 
@@ -58,7 +58,7 @@ def test_round_to_one_changes_nothing_and_bad_values_are_refused():
 
 
 def test_auto_picks_the_fastest_width_on_a_known_latency_table():
-    from vib_deploy.widths import auto_widths, round_up
+    from vib_deploy.deploy.widths import auto_widths, round_up
 
     model = _sparse("lenet5", seed=1)
     vib = [int(g.keep_mask().sum()) for g in gates(model)]
@@ -85,7 +85,7 @@ def test_auto_picks_the_fastest_width_on_a_known_latency_table():
 
 
 def test_auto_keeps_the_vib_width_on_a_tie():
-    from vib_deploy.widths import auto_widths
+    from vib_deploy.deploy.widths import auto_widths
 
     model = _sparse("lenet5", seed=2)
     vib = [int(g.keep_mask().sum()) for g in gates(model)]
@@ -96,12 +96,12 @@ def test_auto_keeps_the_vib_width_on_a_tie():
 def test_auto_on_a_residual_net_keeps_each_group_at_one_width_and_stays_exact():
     """On ResNet-20 each gate is a channel group (a residual stream spans several blocks): auto picks one width
     per group, every conv of the group keeps it, and the rounded net prunes exactly against its VIB net."""
-    from vib_deploy.factory import build_net
-    from vib_deploy.gated import GatedNet
-    from vib_deploy.graph import plan_groups
+    from vib_deploy.deploy.widths import auto_widths
+    from vib_deploy.model.factory import build_net
+    from vib_deploy.model.gated import GatedNet
+    from vib_deploy.model.graph import plan_groups
+    from vib_deploy.model.sources import MODULE_ZOO
     from vib_deploy.prune.groups import prune_groups
-    from vib_deploy.sources import MODULE_ZOO
-    from vib_deploy.widths import auto_widths
 
     shape = (1, 32, 32)
     torch.manual_seed(0)
@@ -133,8 +133,8 @@ def test_auto_on_a_residual_net_keeps_each_group_at_one_width_and_stays_exact():
 def test_auto_times_int8_candidates_quantized_as_the_quantize_stage_does(monkeypatch):
     import numpy as np
 
-    import vib_deploy.cpu_deploy as cpu_deploy
-    from vib_deploy.widths import measured_timer
+    import vib_deploy.deploy.cpu_deploy as cpu_deploy
+    from vib_deploy.deploy.widths import measured_timer
 
     model = _sparse("lenet5")
     vib = [int(g.keep_mask().sum()) for g in gates(model)]

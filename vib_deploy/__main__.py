@@ -1,3 +1,3 @@
-from vib_deploy.cli import main
+from vib_deploy.cli.app import main
 
 main()

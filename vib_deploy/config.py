@@ -12,11 +12,11 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 from pydantic_core import PydanticCustomError
 
 from vib_deploy.errors import UserError, first_line
-from vib_deploy.zoo_names import SEQUENTIAL_ZOO, ZOO_NAMES
+from vib_deploy.model.zoo_names import SEQUENTIAL_ZOO, ZOO_NAMES
 
 
 def _zoo_model(name: str) -> str:
-    """A name from the zoo's registry (vib_deploy/zoo_names.py)."""
+    """A name from the zoo's registry (vib_deploy/model/zoo_names.py)."""
     if name not in ZOO_NAMES:
         raise PydanticCustomError(
             "unknown_name", "unknown model; the zoo has {allowed}", {"allowed": ", ".join(ZOO_NAMES)}
@@ -50,7 +50,7 @@ class _Strict(BaseModel):
 
 class ModelConfig(_Strict):
     # exactly one of: a zoo model (see vib_deploy/zoo), or a factory returning an nn.Module
-    name: ZooName | None = None  # a zoo net: vib_deploy/zoo_names.py
+    name: ZooName | None = None  # a zoo net: vib_deploy/model/zoo_names.py
     factory: str | None = Field(None, min_length=3)  # "path/to/my_net.py:build" or "package.module:build"
     kwargs: dict[str, Any] = {}  # keyword arguments for the factory (or zoo function)
     input_shape: list[int] | None = None  # (C, H, W) of one sample; default: the data's (1, 28 + 2 pad, ...)
@@ -112,14 +112,14 @@ class VIBTrainConfig(_Strict):
     finetune_epochs: int = Field(0, ge=0)  # of `epochs`, the last N train weights only, gates frozen (no noise, no KL)
     weight_decay: float = Field(0.0, ge=0)  # Adam's L2 on weights AND gates (the official code: 5e-5 on both)
     schedule: Literal["cosine", "step"] = "cosine"  # step: lr x 0.5 every 30 epochs (the official code)
-    # per-unit KL weight: the paper's (0.5 * kl_mult * map_size), or what a unit costs now (vib_deploy/klweight.py):
-    # its FLOPs, or its latency on deploy.target (a named one) from a lookup table timed there (vib_deploy/latency.py)
+    # per-unit KL weight: the paper's (0.5 * kl_mult * map_size), or what a unit costs now (vib_deploy/training/klweight.py):
+    # its FLOPs, or its latency on deploy.target (a named one) from a lookup table timed there (vib_deploy/measure/latency.py)
     kl_weighting: Literal["paper", "flops", "latency"] = "paper"
     # also record each epoch's TEST error, kept widths and FLOPs of the deterministic (pruned-equivalent) net: the
     # paper's protocol (best test epoch), reported beside ours and labelled; it never chooses anything
     paper_protocol: bool = False
     # decay of an exponential moving average of the weights and gates, updated every step; the average is what is
-    # validated, kept, pruned, exported and reported (vib_deploy/ema.py); None: off
+    # validated, kept, pruned, exported and reported (vib_deploy/training/ema.py); None: off
     ema: float | None = Field(None, gt=0, lt=1)
 
     @model_validator(mode="after")
@@ -157,7 +157,7 @@ class TrainConfig(_Strict):
 class PruneConfig(_Strict):
     tolerance: float = Field(1e-5, gt=0)  # max |Δlogit| pruned vs VIB (inference mode), enforced
     # kept units per layer rounded up to a multiple (1: the VIB's own counts); auto: the fastest width per layer,
-    # measured on the first of bench.backends (see vib_deploy/widths.py)
+    # measured on the first of bench.backends (see vib_deploy/deploy/widths.py)
     round_to: Literal[1, 4, 8, 16, "auto"] = 1
 
 

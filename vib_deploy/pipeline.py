@@ -18,7 +18,7 @@ from typing import Any
 from vib_deploy import __version__
 from vib_deploy.config import PipelineConfig, apply_override, config_to_yaml, load_config, parse_config
 from vib_deploy.errors import UserError
-from vib_deploy.runs import RunDir, atomic_write_text, stage_key
+from vib_deploy.runs.directory import RunDir, atomic_write_text, stage_key
 from vib_deploy.stages.base import Context, Stage
 from vib_deploy.stages.registry import STAGE_NAMES, check_enabled, enabled, get_stage, stages_until
 
@@ -59,7 +59,7 @@ def run_stage(
     `fresh` also drops the stage's training checkpoint, so training starts over instead of resuming.
     Under torchrun rank 0 decides and records; every rank learns the decision and its errors.
     """
-    from vib_deploy import distributed
+    from vib_deploy.training import distributed
 
     started = distributed.on_main(lambda: _start_stage(ctx, stage, force, echo, fresh))
     if started is None:
@@ -109,7 +109,7 @@ def _check_model(ctx: Context) -> None:
     """Build the model, check it against the data and prune a copy exactly (the self-check), before any training."""
     import torch
 
-    from vib_deploy.sources import model_source
+    from vib_deploy.model.sources import model_source
 
     source = model_source(ctx.config)
     images = tuple(ctx.splits().x_train.shape[1:])
@@ -163,7 +163,7 @@ def _preflight(ctx: Context, stages: list[Stage], force: str | None, echo: Calla
 @contextlib.contextmanager
 def _locked(run: RunDir) -> Iterator[None]:
     """Join torchrun's process group (if any) and hold the run lock; under torchrun rank 0 holds it."""
-    from vib_deploy import distributed
+    from vib_deploy.training import distributed
 
     with distributed.process_group(), contextlib.ExitStack() as stack:
         distributed.on_main(lambda: stack.enter_context(run.locked()))
@@ -212,7 +212,7 @@ def run_pipeline(
             raise UserError(f"{option} {name!r}: not a stage; stages are {', '.join(STAGE_NAMES)}")
     if force is not None and until is not None and STAGE_NAMES.index(force) > STAGE_NAMES.index(until):
         raise UserError(f"--force {force} comes after --until {until}: nothing would be forced")
-    from vib_deploy import distributed
+    from vib_deploy.training import distributed
 
     if force is not None:
         check_enabled(force, config)
@@ -237,12 +237,12 @@ def run_pipeline(
 @contextlib.contextmanager
 def _tracked(config: PipelineConfig, run: RunDir) -> Iterator[Callable[[str], None]]:
     """A callable that logs a finished stage to the experiment tracker (a no-op when tracking is off)."""
-    from vib_deploy import distributed
+    from vib_deploy.training import distributed
 
     if config.track.mlflow is None or not distributed.is_main():
         yield lambda stage: None
         return
-    from vib_deploy.tracking import MlflowTracker
+    from vib_deploy.report.tracking import MlflowTracker
 
     with MlflowTracker(config, run) as tracker:
         yield tracker.log_stage
@@ -286,7 +286,7 @@ def verify_run(run_dir: Path) -> list[str]:
 
 def init_run(config_path: Path, overrides: list[str], run_dir: Path | None) -> RunDir:
     """Create a run directory with its resolved config (for running stages one at a time)."""
-    from vib_deploy import distributed
+    from vib_deploy.training import distributed
 
     config = load_config(config_path, overrides)
     run = open_run(config, run_dir)

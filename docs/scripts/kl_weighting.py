@@ -11,12 +11,12 @@ Timings of different runs come from different bench calls, so only the ratio wit
 import sys
 from pathlib import Path
 
-from vib_deploy.choose import candidates
 from vib_deploy.config import Target
+from vib_deploy.deploy.choose import candidates
 from vib_deploy.pipeline import read_run_config
-from vib_deploy.plots import pyplot, save_png
 from vib_deploy.records import RunSummary
-from vib_deploy.runs import RunDir
+from vib_deploy.report.plots import pyplot, save_png
+from vib_deploy.runs.directory import RunDir
 
 name, _, batch = sys.argv[1].partition("@")
 target = Target(*name.rsplit("-", 1), int(batch or 64))

@@ -2,7 +2,7 @@
 
 A pruned LeNet-300 takes the full image and keeps its pixels with a Gather. Written as `x.index_select(1, kept)`
 (ONNX Gather on axis 1, the form exported before 2026-12-06), ONNX Runtime copies one float at a time; written as
-`torch.gather(x, 1, kept.expand(B, -1))` (ONNX GatherElements, vib_deploy.layers.PixelSelect now) it does not. This
+`torch.gather(x, 1, kept.expand(B, -1))` (ONNX GatherElements, vib_deploy.model.layers.PixelSelect now) it does not. This
 script exports both forms of a run's pruned net, checks each against the torch model on 512 real test images
 (max |Δlogit| <= 1e-5, same argmax), and times them alternating in one process (the project's timing core, 1 thread):
 ONNX Runtime and OpenVINO on the ONNX files, eager torch on the module, beside the kept-pixel-only net
@@ -19,12 +19,12 @@ import numpy as np
 import torch
 
 from vib_deploy.backends import BACKENDS
-from vib_deploy.data import splits_of
-from vib_deploy.export import export_onnx
-from vib_deploy.layers import PixelSelect
+from vib_deploy.data.datasets import splits_of
+from vib_deploy.deploy.export import export_onnx
+from vib_deploy.measure.timing import alternate, percentiles
+from vib_deploy.model.layers import PixelSelect
 from vib_deploy.nets import load_model
 from vib_deploy.pipeline import read_run_config
-from vib_deploy.timing import alternate, percentiles
 
 
 class Axis1(torch.nn.Module):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from vib_deploy.pipeline import read_run_config
 from vib_deploy.records import FinetuneRecord, PruneRecord, TrainVibRecord
-from vib_deploy.runs import RunDir
+from vib_deploy.runs.directory import RunDir
 
 print("| run | settings | kept | FLOPs | × fewer | val: pruned → fine-tuned | test: pruned → fine-tuned |")
 print("|---|---|---|---|---|---|---|")

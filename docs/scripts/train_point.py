@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from vib_deploy.pipeline import run_pipeline
-from vib_deploy.runs import RunDir
+from vib_deploy.runs.directory import RunDir
 from vib_deploy.studies.common import copy_stage, ensure_dense, point_config
 
 pipeline, seed, kl, label = Path(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]), sys.argv[4]

@@ -17,7 +17,7 @@ from typing import Any
 from vib_deploy.backends.base import DTYPES
 from vib_deploy.backends.torch_cuda import TorchCudaRunner
 from vib_deploy.errors import UserError
-from vib_deploy.sidecar import check_sidecar, read_sidecar, sidecar_path, write_sidecar
+from vib_deploy.runs.sidecar import check_sidecar, read_sidecar, sidecar_path, write_sidecar
 
 RECOMPILE = "recompile it with vib_deploy.backends.aotinductor.compile_package"
 
@@ -43,8 +43,8 @@ def compile_package(
     """Compile the model saved at `model_path` into `package` (.pt2) for batches 1..max_batch; returns the sidecar."""
     import torch
 
-    from vib_deploy.modelfile import load_model
-    from vib_deploy.runs import sha256_file
+    from vib_deploy.model.modelfile import load_model
+    from vib_deploy.runs.directory import sha256_file
 
     dtype = getattr(torch, DTYPES[precision])
     model = load_model(model_path).eval().to(device, dtype)
@@ -88,7 +88,7 @@ def check_package(package: Path, device: str) -> dict[str, Any]:
 
 def package_is_current(package: Path, source: Path, max_batch: int) -> bool:
     """Whether `package` exists with a sidecar naming `source`'s sha256 and a batch range up to `max_batch`."""
-    from vib_deploy.runs import sha256_file
+    from vib_deploy.runs.directory import sha256_file
 
     if not (package.is_file() and sidecar_path(package).is_file()):
         return False

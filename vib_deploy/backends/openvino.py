@@ -15,9 +15,9 @@ import numpy as np
 
 from vib_deploy.backends.base import Runner
 from vib_deploy.errors import UserError
-from vib_deploy.machine import cpu_info
-from vib_deploy.sidecar import check_sidecar
-from vib_deploy.sidecar import sidecar_path as sidecar_path  # where cpu_deploy writes the IR's sidecar
+from vib_deploy.measure.machine import cpu_info
+from vib_deploy.runs.sidecar import check_sidecar
+from vib_deploy.runs.sidecar import sidecar_path as sidecar_path  # where cpu_deploy writes the IR's sidecar
 
 INSTALL_HINT = "pip install openvino (2025.0 or later; wheels for Python 3.10-3.13)"
 REMAKE = "remake it with `vib-deploy openvino RUN`"
@@ -46,7 +46,7 @@ def save_ir(onnx_path: Path, xml_path: Path, write: Any) -> dict[str, Any]:
     """
     import openvino as ov
 
-    from vib_deploy.runs import sha256_file
+    from vib_deploy.runs.directory import sha256_file
 
     try:
         model = ov.Core().read_model(str(onnx_path))

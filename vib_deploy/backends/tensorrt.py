@@ -1,4 +1,4 @@
-"""TensorRT backend: runs a plan built by `vib_deploy.engine` with execute_async_v3 on a CUDA stream.
+"""TensorRT backend: runs a plan built by `vib_deploy.deploy.engine` with execute_async_v3 on a CUDA stream.
 
 This module owns what a plan must match to be run here (`EngineSidecar`, `check_plan`) and whether
 TensorRT can run at all (`unavailable`); `import tensorrt` happens inside functions only.
@@ -18,7 +18,7 @@ import numpy as np
 
 from vib_deploy.backends.base import Runner
 from vib_deploy.errors import UserError
-from vib_deploy.sidecar import check_sidecar
+from vib_deploy.runs.sidecar import check_sidecar
 
 
 def tensorrt_version() -> str | None:

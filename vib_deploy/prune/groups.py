@@ -17,11 +17,11 @@ import torch
 from torch import nn
 
 from vib_deploy.errors import UserError
-from vib_deploy.gated import GatedNet, point_scale
-from vib_deploy.graph import BATCHNORMS, WEIGHTED, GateGroup, GroupPlan, is_grouped_conv
+from vib_deploy.model.gated import GatedNet, point_scale
+from vib_deploy.model.graph import BATCHNORMS, WEIGHTED, GateGroup, GroupPlan, is_grouped_conv
+from vib_deploy.model.tracing import dependency_graph
+from vib_deploy.model.vib import VIBGate
 from vib_deploy.prune.result import PruneResult
-from vib_deploy.tracing import dependency_graph
-from vib_deploy.vib import VIBGate
 
 
 def _scale_outputs(module: nn.Module, z: torch.Tensor) -> None:

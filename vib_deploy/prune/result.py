@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from vib_deploy.errors import UserError
-from vib_deploy.evaluate import logits
+from vib_deploy.training.evaluate import logits
 
 
 @dataclass(frozen=True)

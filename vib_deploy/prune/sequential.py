@@ -24,9 +24,9 @@ import torch_pruning as tp
 from torch import nn
 
 from vib_deploy.errors import UserError
-from vib_deploy.layers import ChannelScale, PixelSelect
+from vib_deploy.model.layers import ChannelScale, PixelSelect
+from vib_deploy.model.vib import VIBGate
 from vib_deploy.prune.result import PruneResult
-from vib_deploy.vib import VIBGate
 
 
 class _ScalePruner(tp.pruner.BasePruningFunc):

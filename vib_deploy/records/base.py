@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 from vib_deploy.errors import UserError
-from vib_deploy.runs import RunDir, atomic_write_json
+from vib_deploy.runs.directory import RunDir, atomic_write_json
 
 RECORD_VERSION = 1
 R = TypeVar("R", bound="JsonRecord")

@@ -112,7 +112,7 @@ class Deployment(JsonRecord):
 
 @dataclass(frozen=True)
 class DeploymentChoice(JsonRecord):
-    """The deployment chosen for the user (`vib_deploy.choose`) and the best dense one, at one batch size.
+    """The deployment chosen for the user (`vib_deploy.deploy.choose`) and the best dense one, at one batch size.
 
     `chosen` is None when no pruned deployment is within the budget (`why_none` says why); `budget` is the
     validation error ceiling, the dense fp32 net's validation error plus `max_error_increase`.

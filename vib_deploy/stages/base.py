@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from vib_deploy.config import PipelineConfig
-from vib_deploy.runs import RunDir
+from vib_deploy.runs.directory import RunDir
 
 
 @dataclass
@@ -35,7 +35,7 @@ class Context:
     def splits(self) -> Any:
         """The dataset's splits (`data.Splits`), loaded on first use."""
         if self._splits is None:
-            from vib_deploy.data import splits_of
+            from vib_deploy.data.datasets import splits_of
 
             self._splits = splits_of(self.config.data)
         return self._splits

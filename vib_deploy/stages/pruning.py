@@ -10,10 +10,10 @@ from typing import Any
 
 import torch
 
-from vib_deploy.layers import count_flops, count_params
-from vib_deploy.modelfile import load_model
+from vib_deploy.model.layers import count_flops, count_params
+from vib_deploy.model.modelfile import load_model
+from vib_deploy.model.sources import model_source
 from vib_deploy.records import Cost, ExactCheck, PruneRecord, WidthsSweep
-from vib_deploy.sources import model_source
 from vib_deploy.stages.base import Context
 from vib_deploy.stages.training import error_of
 
@@ -60,14 +60,14 @@ def prune(ctx: Context) -> list[str]:
 def _round(ctx: Context, source: Any, vib_model: torch.nn.Module, data: Any) -> list[dict[str, Any]]:
     """prune.round_to: a fixed multiple, or `auto` (measured per layer on deploy.target, else on bench.backends[0];
     sweep cached)."""
-    from vib_deploy.cpu_deploy import calibration_images
-    from vib_deploy.widths import auto_widths, measured_timer, round_widths
+    from vib_deploy.deploy.cpu_deploy import calibration_images
+    from vib_deploy.deploy.widths import auto_widths, measured_timer, round_widths
 
     round_to = ctx.config.prune.round_to
     if round_to != "auto":
         return round_widths(vib_model, round_to)
-    from vib_deploy.machine import cpu_info
-    from vib_deploy.runs import sha256_file
+    from vib_deploy.measure.machine import cpu_info
+    from vib_deploy.runs.directory import sha256_file
 
     target = ctx.config.target()  # None: the first bench backend, fp32, batch 64 (as before deploy.target existed)
     backend, threads = target.engine if target else ctx.config.bench.backends[0], ctx.config.bench.threads

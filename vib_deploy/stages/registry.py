@@ -40,7 +40,7 @@ def keyed_section(name: str, section: Any) -> dict[str, Any]:
 
 
 def _train_common(c: PipelineConfig) -> dict[str, Any]:
-    from vib_deploy.factory import factory_digest
+    from vib_deploy.model.factory import factory_digest
 
     t = c.train
     factory = {"factory_sha256": factory_digest(c.model.factory)} if c.model.factory else {}  # a changed file retrains
@@ -61,7 +61,7 @@ def _train_vib_section(c: PipelineConfig) -> dict[str, Any]:
     section = {**_train_common(c), "vib": keyed_section("vib", c.train.vib)}
     target = c.target()
     if c.train.vib.kl_weighting == "latency" and target is not None:
-        from vib_deploy.latency import table_key
+        from vib_deploy.measure.latency import table_key
 
         section["latency_table"] = table_key(
             target.engine, target.precision, target.batch, c.bench.threads, c.quantize.per_channel
@@ -165,7 +165,7 @@ STAGES: tuple[Stage, ...] = (
         "openvino",
         ("prune", "finetune", "export"),
         _export_section,
-        _lazy("vib_deploy.cpu_deploy", "openvino_ir"),
+        _lazy("vib_deploy.deploy.cpu_deploy", "openvino_ir"),
         help="OpenVINO IR (.xml + .bin + sidecar) of every ONNX model; parity with torch on the test set.",
         uses_data=True,
         enabled=lambda c: "openvino" in c.bench.backends,
@@ -175,7 +175,7 @@ STAGES: tuple[Stage, ...] = (
         "quantize",
         ("train-dense", "prune", "finetune", "export"),
         _quantize_section,
-        _lazy("vib_deploy.cpu_deploy", "quantize"),
+        _lazy("vib_deploy.deploy.cpu_deploy", "quantize"),
         help="INT8 (QDQ ONNX) of the dense and pruned models, calibrated on training images; test and validation "
         "error per engine (quantize.openvino: nncf, OpenVINO's INT8 by NNCF within the error budget).",
         uses_data=True,

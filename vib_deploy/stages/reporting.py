@@ -7,6 +7,6 @@ from vib_deploy.stages.base import Context
 
 def report(ctx: Context) -> list[str]:
     """metrics.json, report.md and plots."""
-    from vib_deploy.report import write_report
+    from vib_deploy.report.summary import write_report
 
     return write_report(ctx.run, ctx.config, ctx.out)

@@ -11,17 +11,17 @@ from typing import Any
 
 import torch
 
-from vib_deploy import distributed
 from vib_deploy.errors import UserError
-from vib_deploy.modelfile import load_model
+from vib_deploy.model.modelfile import load_model
+from vib_deploy.model.sources import model_source
 from vib_deploy.records import FinetuneRecord, PruneRecord, TrainDenseRecord, TrainVibRecord
-from vib_deploy.sources import model_source
 from vib_deploy.stages.base import Context
+from vib_deploy.training import distributed
 
 
 def error_of(model: torch.nn.Module, x: Any, y: Any) -> float:
     """Top-1 error of `model` on (x, y), on the CPU."""
-    from vib_deploy.evaluate import accuracy
+    from vib_deploy.training.evaluate import accuracy
 
     return 1.0 - accuracy(model, x, y, torch.device("cpu"))
 
@@ -30,8 +30,8 @@ def paper_protocol_epoch(source: Any, data: Any) -> Any:
     """train.vib.paper_protocol: after each VIB epoch, the TEST error of the deterministic net (eval mode, which the
     pruned net equals), its kept widths and its FLOPs (of the net pruned from a copy). Recorded only: nothing reads
     these to choose; the paper reports the best of them (`TrainVibRecord.paper_protocol`)."""
-    from vib_deploy.evaluate import accuracy
-    from vib_deploy.layers import count_flops
+    from vib_deploy.model.layers import count_flops
+    from vib_deploy.training.evaluate import accuracy
 
     def extra(model: torch.nn.Module) -> dict[str, Any]:
         test_error = 1.0 - accuracy(model, data.x_test, data.y_test)
@@ -45,7 +45,7 @@ def paper_protocol_epoch(source: Any, data: Any) -> Any:
 
 
 def _spec(ctx: Context, stage: str, **kw: Any) -> Any:
-    from vib_deploy.train import TrainSpec, resolve_device
+    from vib_deploy.training.loop import TrainSpec, resolve_device
 
     t = ctx.config.train
     return TrainSpec(
@@ -60,7 +60,7 @@ def _best_epoch_spec(ctx: Context, stage: str, cfg: Any, **kw: Any) -> Any:
 
 def train_dense(ctx: Context) -> list[str]:
     """Ordinary training of the dense net; keeps the epoch with the best validation accuracy."""
-    from vib_deploy.train import train
+    from vib_deploy.training.loop import train
 
     cfg = ctx.config.train.dense
     data = ctx.splits()
@@ -96,8 +96,8 @@ def train_dense(ctx: Context) -> list[str]:
 
 def train_vib(ctx: Context) -> list[str]:
     """VIB training from the dense weights; keeps the last epoch (no test-set or best-epoch selection)."""
-    from vib_deploy.evaluate import gate_summary, mask_digest
-    from vib_deploy.train import train
+    from vib_deploy.training.evaluate import gate_summary, mask_digest
+    from vib_deploy.training.loop import train
 
     cfg = ctx.config.train.vib
     data = ctx.splits()
@@ -107,7 +107,7 @@ def train_vib(ctx: Context) -> list[str]:
     gated = source.gated(dense, cfg.threshold)
     weighting = None
     if cfg.kl_weighting != "paper":
-        from vib_deploy.klweight import weighting_for
+        from vib_deploy.training.klweight import weighting_for
 
         weighting = weighting_for(ctx.config, gated, source.input_shape, ctx.progress)  # latency: tables timed first
     t0 = time.time()
@@ -159,7 +159,7 @@ def finetune(ctx: Context) -> list[str]:
     kept, the pruned weights themselves (epoch 0) included. Kept pixels (PixelSelect indices) are buffers and
     never change; the reduced-input net is this net without its PixelSelect."""
     from vib_deploy.prune.sequential import reduced_input
-    from vib_deploy.train import train
+    from vib_deploy.training.loop import train
 
     cfg = ctx.config.train.finetune
     data = ctx.splits()

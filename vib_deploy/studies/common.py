@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from vib_deploy.config import PipelineConfig, load_config
-from vib_deploy.deployed import deployable, finetuned
+from vib_deploy.deploy.deployed import deployable, finetuned
 from vib_deploy.errors import UserError
 from vib_deploy.pipeline import read_run_config, run_pipeline
 from vib_deploy.records import BenchFile, FinetuneRecord, PruneRecord, TrainVibRecord
-from vib_deploy.runs import RunDir, atomic_write_bytes
+from vib_deploy.runs.directory import RunDir, atomic_write_bytes
 
 Echo = Callable[[str], None]
 RUNS = Path("runs")

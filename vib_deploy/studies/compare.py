@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from vib_deploy.errors import UserError
-from vib_deploy.plots import pyplot, save_png
-from vib_deploy.runs import atomic_write_json, atomic_write_text
-from vib_deploy.stats import paired
+from vib_deploy.measure.timing import speedup
+from vib_deploy.report.plots import pyplot, save_png
+from vib_deploy.report.stats import paired
+from vib_deploy.runs.directory import atomic_write_json, atomic_write_text
 from vib_deploy.studies.common import (
     RUNS,
     Echo,
@@ -30,7 +31,6 @@ from vib_deploy.studies.common import (
 )
 from vib_deploy.studies.peer_run import per_image_correct, run_peer
 from vib_deploy.studies.peers import METHODS, check_methods
-from vib_deploy.timing import speedup
 
 
 def compare(
@@ -163,7 +163,7 @@ def dense_drift(group: list[dict[str, Any]], backend: str = "onnxruntime") -> di
 def verdicts(records: list[dict[str, Any]]) -> list[str]:
     """VIB better / worse / tie against each peer by McNemar's exact test on per-image correctness (discordant
     images pooled over the seed pairs, two-sided, alpha 0.05); a tie is never a win. One line per peer."""
-    from vib_deploy.stats import ALPHA, Paired, pooled
+    from vib_deploy.report.stats import ALPHA, Paired, pooled
 
     lines = [
         f"Verdicts: McNemar's exact test (two-sided, α = {ALPHA:g}) on per-image correctness of VIB's and the peer's "

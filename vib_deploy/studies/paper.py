@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from vib_deploy.records import RunSummary, TrainVibRecord
-from vib_deploy.runs import RunDir, atomic_write_json, atomic_write_text
+from vib_deploy.runs.directory import RunDir, atomic_write_json, atomic_write_text
 from vib_deploy.studies.common import RUNS, Echo, mean_std, override_tag, point_config, run_point, run_record
 
 # the paper's budget: a dense net trained to convergence, the official VIB schedule, paper_protocol on

@@ -7,11 +7,11 @@ from pathlib import Path
 from typing import Any
 
 from vib_deploy.config import FinetuneConfig, PipelineConfig
-from vib_deploy.deployed import deployable
-from vib_deploy.modelfile import load_model
+from vib_deploy.deploy.deployed import deployable
+from vib_deploy.model.modelfile import load_model
 from vib_deploy.pipeline import read_run_config, run_stage, write_config
 from vib_deploy.records import PruneRecord
-from vib_deploy.runs import RunDir
+from vib_deploy.runs.directory import RunDir
 from vib_deploy.stages.base import Context
 from vib_deploy.stages.registry import get_stage, peer_stages
 from vib_deploy.studies.common import Echo, copy_stage
@@ -55,8 +55,8 @@ def per_image_correct(run: RunDir) -> Any:
     """Whether the run's deployed model (fine-tuned when its finetune stage is on, else pruned) gets each test image right."""
     import torch
 
-    from vib_deploy.data import splits_of
-    from vib_deploy.evaluate import predict
+    from vib_deploy.data.datasets import splits_of
+    from vib_deploy.training.evaluate import predict
 
     config = read_run_config(run.path)
     data = splits_of(config.data)

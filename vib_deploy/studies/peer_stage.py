@@ -15,12 +15,11 @@ import torch
 from torch import nn
 
 from vib_deploy.errors import UserError
-from vib_deploy.evaluate import accuracy
-from vib_deploy.layers import count_flops, count_params
-from vib_deploy.modelfile import load_model, save_model
+from vib_deploy.model.layers import count_flops, count_params
+from vib_deploy.model.modelfile import load_model, save_model
 from vib_deploy.prune.sequential import reduced_input
 from vib_deploy.records import Cost, PeerInfo, PruneRecord
-from vib_deploy.runs import RunDir
+from vib_deploy.runs.directory import RunDir
 from vib_deploy.stages.base import Context
 from vib_deploy.stages.registry import keyed_section
 from vib_deploy.studies.peers import (
@@ -37,6 +36,7 @@ from vib_deploy.studies.peers import (
     prune_to_widths,
     scratch_net,
 )
+from vib_deploy.training.evaluate import accuracy
 
 
 def mean_abs_input(x_train: Any) -> torch.Tensor:

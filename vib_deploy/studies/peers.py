@@ -44,10 +44,10 @@ import torch
 from torch import nn
 
 from vib_deploy.errors import UserError
-from vib_deploy.layers import PixelSelect, build, count_flops, describe, prunable_layers
+from vib_deploy.model.layers import PixelSelect, build, count_flops, describe, prunable_layers
+from vib_deploy.model.vib import VIBGate, gates
 from vib_deploy.prune.sequential import prune_sequential
-from vib_deploy.train import TrainSpec, train
-from vib_deploy.vib import VIBGate, gates
+from vib_deploy.training.loop import TrainSpec, train
 
 FLOPS_TOLERANCE = 0.02  # |peer FLOPs / VIB FLOPs - 1|
 SLIMMING_L1 = 1e-4  # Liu et al.'s sparsity weight (their 1e-4 default)

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from vib_deploy.config import load_config
-from vib_deploy.plots import pyplot, save_png
-from vib_deploy.runs import atomic_write_json, atomic_write_text
+from vib_deploy.report.plots import pyplot, save_png
+from vib_deploy.runs.directory import atomic_write_json, atomic_write_text
 from vib_deploy.studies.common import RUNS, Echo, mean_std, override_tag, point_config, run_point, run_record
 
 

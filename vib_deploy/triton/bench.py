@@ -16,15 +16,15 @@ from pathlib import Path
 from typing import Any
 
 from vib_deploy.backends.triton import TritonRunner
-from vib_deploy.bench import Variant, make_input
-from vib_deploy.data import splits_of
+from vib_deploy.data.datasets import splits_of
 from vib_deploy.errors import UserError
-from vib_deploy.machine import machine_info
-from vib_deploy.memory import refuse_oversized_input
+from vib_deploy.measure.bench import Variant, make_input
+from vib_deploy.measure.machine import machine_info
+from vib_deploy.measure.memory import refuse_oversized_input
+from vib_deploy.measure.timing import concurrent, latency_stats, speedup
 from vib_deploy.pipeline import read_run_config
 from vib_deploy.records import BenchFile, RunSummary
-from vib_deploy.runs import RunDir, atomic_write_json
-from vib_deploy.timing import concurrent, latency_stats, speedup
+from vib_deploy.runs.directory import RunDir, atomic_write_json
 from vib_deploy.triton.modelconfig import MODEL_FILE
 from vib_deploy.triton.repository import VARIANTS, package
 from vib_deploy.triton.server import TritonServer
@@ -94,7 +94,7 @@ def bench_triton(
 def _chosen_fields(choice: Any, batch: int) -> dict[str, Any]:
     """The chosen deployment's row: what it is, its in-process p50 on its own engine and its speedup over the best
     dense deployment where the choice was made (its batch). Served, it is the ONNX file the local server runs."""
-    from vib_deploy.choose import label
+    from vib_deploy.deploy.choose import label
 
     here = batch == choice.batch
     return {

@@ -1,4 +1,4 @@
-"""The chosen deployment (`vib_deploy.choose`) as a Triton model named after the run, in the layout its engine needs.
+"""The chosen deployment (`vib_deploy.deploy.choose`) as a Triton model named after the run, in the layout its engine needs.
 
     onnxruntime fp32 | int8   platform onnxruntime_onnx, model.onnx = pruned.onnx | pruned_int8.onnx (QDQ)
     openvino fp32             backend openvino on the IR (model.xml + model.bin + sidecar), and model.onnx, its
@@ -17,10 +17,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from vib_deploy.cpu_deploy import int8_name
+from vib_deploy.deploy.cpu_deploy import int8_name
 from vib_deploy.records.summary import DeploymentChoice
-from vib_deploy.runs import RunDir
-from vib_deploy.sidecar import read_sidecar, sidecar_path
+from vib_deploy.runs.directory import RunDir
+from vib_deploy.runs.sidecar import read_sidecar, sidecar_path
 from vib_deploy.triton.modelconfig import IR_FILE, MODEL_FILE, OPENVINO, ShipOptions
 
 ShipTarget = tuple[str, dict[str, Path], str, ShipOptions, dict[str, Any]]  # name, files, platform, options, record
@@ -54,7 +54,7 @@ def chosen_target(run: RunDir, name: str, choice: DeploymentChoice, options: Shi
 
 def _nncf_ir(run: RunDir) -> str | None:
     """The pruned net's OpenVINO INT8 IR where NNCF made it (quantize.openvino: nncf), else None (the QDQ ONNX)."""
-    from vib_deploy.deployed import int8_deployment
+    from vib_deploy.deploy.deployed import int8_deployment
     from vib_deploy.records import QuantizeRecord
 
     quant = QuantizeRecord.read_if_made(run)

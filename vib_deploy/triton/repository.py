@@ -39,13 +39,13 @@ from pathlib import Path
 from typing import Any
 
 from vib_deploy import __version__
-from vib_deploy.choose import choice_of
-from vib_deploy.data import CLASS_NAMES
-from vib_deploy.deployed import Deployable, deployables
+from vib_deploy.data.datasets import CLASS_NAMES
+from vib_deploy.deploy.choose import choice_of
+from vib_deploy.deploy.deployed import Deployable, deployables
 from vib_deploy.errors import UserError
 from vib_deploy.pipeline import read_run_config
 from vib_deploy.records import QuantizeRecord, RunSummary
-from vib_deploy.runs import (
+from vib_deploy.runs.directory import (
     RunDir,
     atomic_write_bytes,
     atomic_write_json,
@@ -53,7 +53,7 @@ from vib_deploy.runs import (
     fsync_dir,
     sha256_file,
 )
-from vib_deploy.sidecar import read_sidecar
+from vib_deploy.runs.sidecar import read_sidecar
 from vib_deploy.triton.chosen import ShipTarget, chosen_target
 from vib_deploy.triton.modelconfig import (
     IR_FILE,

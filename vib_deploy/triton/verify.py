@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from vib_deploy.errors import UserError
-from vib_deploy.runs import plain_name, read_json_file, sha256_file
+from vib_deploy.runs.directory import plain_name, read_json_file, sha256_file
 from vib_deploy.triton.repository import (
     CONFIG,
     MODEL_FILE,

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from torch import nn
 
 from vib_deploy.errors import UserError
-from vib_deploy.vib import VIBGate
+from vib_deploy.model.vib import VIBGate
 from vib_deploy.zoo.lenet import lenet5, lenet300
 
 ZOO: dict[str, Callable[[], nn.Sequential]] = {"lenet300": lenet300, "lenet5": lenet5}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from vib_deploy.vib import VIBGate
+from vib_deploy.model.vib import VIBGate
 
 
 def lenet300() -> nn.Sequential:

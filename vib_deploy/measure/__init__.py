@@ -1,0 +1,1 @@
+"""Measurement: the timing core, benches (CPU and GPU), latency tables, memory, machine facts, per-node profiles."""

@@ -1,0 +1,1 @@
+"""Run directories: atomic files, the sha256 manifest, stage cache keys, the run lock, sidecars and verify."""

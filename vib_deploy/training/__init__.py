@@ -1,0 +1,1 @@
+"""Training: the one loop (dense, VIB, fine-tune), checkpoints, torchrun, accelerators, KL weighting, EMA, evaluation."""
