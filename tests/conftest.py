@@ -207,7 +207,7 @@ def kept_pixel_net(directory: Path) -> tuple[torch.nn.Module, Path]:
 
 def enabled_stages(run_dir: Path) -> list[str]:
     """The stages the run directory's config turns on, in order, from the stage registry."""
-    from vib_deploy.pipeline import read_run_config
+    from vib_deploy.config import read_run_config
     from vib_deploy.stages.registry import STAGES
 
     config = read_run_config(run_dir)

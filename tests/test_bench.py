@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from vib_deploy.measure.bench import Variant, make_input, run_bench, speedups
-from vib_deploy.model.modelfile import save_model
+from vib_deploy.bench.inprocess import Variant, make_input, run_bench, speedups
+from vib_deploy.nets import save_model
 from vib_deploy.zoo import gated_model, strip_gates
 
 

@@ -100,7 +100,7 @@ def test_ir_artifacts_and_parity_on_the_test_set(cpu_run):
     from vib_deploy.backends.openvino import OpenVinoRunner
     from vib_deploy.config import load_config
     from vib_deploy.data.datasets import splits_of
-    from vib_deploy.model.modelfile import load_model
+    from vib_deploy.nets import load_model
     from vib_deploy.records import RECORD_VERSION
 
     run_dir, proc = cpu_run
@@ -208,8 +208,10 @@ def test_calibration_reads_only_training_images(cpu_run, tmp_path, monkeypatch):
         return real_nncf(src, calibration, x_val, *rest)
 
     monkeypatch.setattr(nncf_int8, "quantize_ir", spy_nncf)
+    from vib_deploy.stages import cpu_deploy as cpu_stages
+
     ctx = Context(RunDir(run_dir), load_config(run_dir / "config.yaml"))
-    cpu_deploy.quantize(ctx)
+    cpu_stages.quantize(ctx)
     data = ctx.splits()
     key = lambda a: np.ascontiguousarray(a, dtype=np.float32).tobytes()  # noqa: E731
     train, held_out = {key(a) for a in data.x_train}, {key(a) for a in np.concatenate([data.x_val, data.x_test])}

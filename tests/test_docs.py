@@ -14,7 +14,7 @@ from types import ModuleType
 import pytest
 import typer
 
-from vib_deploy.cli import app
+from vib_deploy.cli.app import app
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"

@@ -17,7 +17,7 @@ from vib_deploy import __version__
 from vib_deploy.config import load_config
 from vib_deploy.errors import UserError
 from vib_deploy.model.layers import PixelSelect
-from vib_deploy.model.modelfile import load_model
+from vib_deploy.nets import load_model
 from vib_deploy.pipeline import _input_hashes, run_pipeline
 from vib_deploy.records import ExportRecord
 from vib_deploy.runs.directory import RunDir, stage_key

@@ -11,7 +11,7 @@ from vib_deploy.backends import BACKENDS, get_backend
 from vib_deploy.backends.aotinductor import AOTInductorRunner, compile_package, sidecar_path
 from vib_deploy.backends.torch_cuda import TorchCudaGraphsRunner, TorchCudaRunner
 from vib_deploy.errors import UserError
-from vib_deploy.model.modelfile import save_model
+from vib_deploy.nets import save_model
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (torch sees none)")
 

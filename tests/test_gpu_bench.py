@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from vib_deploy.measure.gpu_memory import NvmlSampler, gpu_facts
-from vib_deploy.measure.gpu_table import markdown, speedup_rows
+from vib_deploy.bench.gpu_memory import NvmlSampler, gpu_facts
+from vib_deploy.bench.gpu_table import markdown, speedup_rows
 from vib_deploy.measure.timing import alternate, clock_for
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (torch sees none)")
@@ -102,7 +102,7 @@ def test_speedup_rows_and_table():
 
 
 def test_launch_overhead_table():
-    from vib_deploy.measure.gpu_table import launch_overhead
+    from vib_deploy.bench.gpu_table import launch_overhead
 
     records = [
         _rec("torch-cuda", 1, "dense", 1.0),
@@ -171,7 +171,7 @@ def tiny_run(tmp_path, mnist_root):
     from torch import nn
 
     from vib_deploy.config import parse_config
-    from vib_deploy.model.modelfile import save_model
+    from vib_deploy.nets import save_model
     from vib_deploy.pipeline import write_config
     from vib_deploy.records import Cost, PruneRecord, TrainDenseRecord
     from vib_deploy.runs.directory import RunDir
@@ -200,7 +200,7 @@ def tiny_run(tmp_path, mnist_root):
 
 def test_bench_on_cpu_keeps_going_past_a_failing_engine(tiny_run, monkeypatch):
     from vib_deploy.backends.torch_cuda import TorchCudaRunner
-    from vib_deploy.measure.gpu_bench import Case, bench_gpu
+    from vib_deploy.bench.gpu import Case, bench_gpu
 
     real = TorchCudaRunner.activate_impl
 

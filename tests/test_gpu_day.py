@@ -10,7 +10,7 @@ import pytest
 import torch
 from conftest import ROOT, run_cli
 
-from vib_deploy.measure.gpu_day import GPU_TEST_FILES, Step, plan, run_steps
+from vib_deploy.bench.gpu_day import GPU_TEST_FILES, Step, plan, run_steps
 
 
 def test_budget_guard_stops_and_skips(tmp_path):

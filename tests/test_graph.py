@@ -248,7 +248,7 @@ def _prune_and_replay(net: nn.Module, ignore=(), seed: int = 0):
 
 
 def test_fully_convolutional_classifier_fixes_the_channels_that_reach_the_output():
-    from vib_deploy.model.sources import inspect_model
+    from vib_deploy.stages.sources import inspect_model
 
     info = inspect_model(f"{ROOT}/tests/archnets.py:squeezenet", ARCH_SHAPE, [], [])
     status = {r["group (root)"]: r["status"] for r in info["rows"]}
@@ -260,7 +260,7 @@ def test_fully_convolutional_classifier_fixes_the_channels_that_reach_the_output
 
 
 def test_dense_concat_gates_each_growth_layer_once_and_slices_every_consumer():
-    from vib_deploy.model.sources import inspect_model
+    from vib_deploy.stages.sources import inspect_model
 
     info = inspect_model(f"{ROOT}/tests/archnets.py:densenet", ARCH_SHAPE, [], [])
     assert [r["group (root)"] for r in info["rows"] if r["status"] != "gated"] == ["classifier"]

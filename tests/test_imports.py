@@ -1,10 +1,13 @@
-"""The package's shape: no import cycle among vib_deploy's modules (function-local imports included), no module over
-400 lines, no function over 60 lines without a `# long function: <why>` comment."""
+"""The package's shape: the packages' floors (imports point down only), no import cycle among vib_deploy's modules
+(function-local imports included), no module over 400 lines, no function over 60 lines without a
+`# long function: <why>` comment."""
 
 from __future__ import annotations
 
 import ast
 from pathlib import Path
+
+import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "vib_deploy"
 MAX_LINES = 400
@@ -71,13 +74,81 @@ def test_the_cycle_finder_finds_a_cycle():
 
 def test_the_import_graph_sees_function_local_imports():
     graph = import_graph()
-    assert "vib_deploy.model.graph" in graph["vib_deploy.model.modelfile"]  # imported inside functions only
+    assert "vib_deploy.model.graph" in graph["vib_deploy.nets"]  # imported inside functions only
     assert "vib_deploy.studies.peers" in graph["vib_deploy.studies.compare"]
 
 
 def test_no_import_cycle():
     cycle = find_cycle(import_graph())
     assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
+
+
+# The floors, lowest first: a module imports from its own package or a package on a lower floor, never a higher one
+# (docs/architecture.md draws them). A top-level module (config, nets, pipeline, errors) is a package of its own.
+FLOORS = [
+    ("errors",),  # the one user-facing error type
+    ("runs", "records"),  # files written whole, the run directory, the typed records of each stage
+    ("measure",),  # the measuring core: one clock, machine facts, free memory, latency tables' maths
+    ("data",),  # IDX datasets, image folders and arrays
+    ("model", "zoo"),  # layers, VIB gates, the dependency graph, gated nets; the zoo's nets
+    ("training",),  # the loop, checkpoints, torchrun, KL weighting, evaluation
+    ("prune",),  # structural pruning, exact (checked against the trained net)
+    ("nets",),  # model files: save and load_model (replays a pruning record)
+    ("backends",),  # runners: torch, ONNX Runtime, OpenVINO, TensorRT, AOTInductor, Triton client
+    ("config",),  # pipeline files (validates zoo and backend names)
+    ("deploy",),  # export, engines, INT8, widths, what is deployed, the matrix, the choice
+    ("bench",),  # benches of deployments, latency tables timed, profiles, the GPU day
+    ("report",),  # metrics.json, report.md, plots, statistics, tracking
+    ("triton",),  # model repositories, the local server, served benches
+    ("stages",),  # the stage registry and each stage's glue (Context)
+    ("pipeline",),  # run: the stages in order
+    ("studies",),  # sweep, compare, paper
+    ("cli", "__main__"),  # the typer app
+]
+
+
+def floor_of(module: str) -> int:
+    """A vib_deploy module's floor (the package `vib_deploy` itself: the top, it only holds the version)."""
+    parts = module.split(".")
+    package = parts[1] if len(parts) > 1 else "__init__"
+    for i, packages in enumerate(FLOORS):
+        if package in packages:
+            return i
+    return len(FLOORS) if package == "__init__" else -1
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    """`a -> b` for every import of a module on a higher floor than the importer's (and modules with no floor)."""
+    found = [f"{m} has no floor in FLOORS" for m in graph if floor_of(m) < 0]
+    for module, targets in sorted(graph.items()):
+        for target in sorted(targets):
+            if target != "vib_deploy" and floor_of(target) > floor_of(module):
+                found.append(f"{module} -> {target}")
+    return found
+
+
+def test_imports_point_down_the_floors():
+    found = upward_imports(import_graph())
+    assert not found, "imports against the floors (tests/test_imports.py FLOORS):\n" + "\n".join(found)
+
+
+@pytest.mark.parametrize(
+    ("importer", "imported"),
+    [
+        ("vib_deploy.deploy.choose", "vib_deploy.pipeline"),  # a step never imports the pipeline
+        ("vib_deploy.deploy.cpu_deploy", "vib_deploy.stages.base"),  # nor a stage's Context
+        ("vib_deploy.report.summary", "vib_deploy.cli.app"),
+        ("vib_deploy.runs.directory", "vib_deploy.triton.repository"),
+    ],
+)
+def test_a_planted_upward_import_fails_with_both_names(importer, imported):
+    graph = {**import_graph()}
+    graph[importer] = graph[importer] | {imported}
+    assert f"{importer} -> {imported}" in upward_imports(graph)
+
+
+def test_a_new_package_needs_a_floor():
+    assert "vib_deploy.newroom.x has no floor in FLOORS" in upward_imports({"vib_deploy.newroom.x": set()})
 
 
 def test_layers_is_a_leaf():

@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 
+from vib_deploy.bench.layer_timing import input_dims, layer_onnx, onnx_measure
 from vib_deploy.errors import UserError
 from vib_deploy.measure import timing
 from vib_deploy.measure.latency import (
@@ -16,10 +17,7 @@ from vib_deploy.measure.latency import (
     TableRequest,
     axis_grid,
     build_tables,
-    input_dims,
-    layer_onnx,
     monotone,
-    onnx_measure,
     table_key,
 )
 

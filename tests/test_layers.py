@@ -9,7 +9,7 @@ from torch import nn
 
 from vib_deploy.errors import UserError
 from vib_deploy.model.layers import PixelSelect, count_flops, count_params, describe
-from vib_deploy.model.modelfile import load_model, save_model
+from vib_deploy.nets import load_model, save_model
 from vib_deploy.zoo import gated_model, strip_gates
 
 

@@ -8,9 +8,9 @@ from vib_deploy.errors import UserError
 from vib_deploy.model.factory import build_net
 from vib_deploy.model.gated import GatedNet
 from vib_deploy.model.graph import plan_groups
-from vib_deploy.model.sources import MODULE_ZOO
 from vib_deploy.prune.groups import _random_gates, prune_groups
 from vib_deploy.prune.result import FLOAT64_SAMPLES, check_exact, float64_sample
+from vib_deploy.stages.sources import MODULE_ZOO
 
 SHAPE = (1, 32, 32)
 

@@ -42,7 +42,7 @@ def test_missing_or_corrupt_sidecar_says_how_to_remake_it(tmp_path):
 def test_no_sidecar_is_read_or_written_by_hand_in_the_backends():
     """The backends and engine go through vib_deploy.runs.sidecar (no json.loads / `.json` path of their own)."""
     found = []
-    for path in [*(PACKAGE / "backends").glob("*.py"), PACKAGE / "engine.py"]:
+    for path in [*(PACKAGE / "backends").glob("*.py"), PACKAGE / "deploy" / "engine.py"]:
         text = path.read_text()
         if "json.loads" in text or 'name + ".json"' in text or '+ ".json")' in text:
             found.append(path.name)

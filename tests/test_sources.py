@@ -1,4 +1,4 @@
-"""Model sources (vib_deploy/model/sources.py): loading a user's factory, clear errors, saved module models, and a
+"""Model sources (vib_deploy/stages/sources.py): loading a user's factory, clear errors, saved module models, and a
 user model with a residual add, a depthwise conv, a concat and a grouped conv through the whole pipeline."""
 
 import json
@@ -10,8 +10,8 @@ from conftest import ROOT, assert_user_error, run_cli
 
 from vib_deploy.errors import UserError
 from vib_deploy.model.factory import build_net, resolve_factory
-from vib_deploy.model.modelfile import load_model
-from vib_deploy.model.sources import ModuleSource
+from vib_deploy.nets import load_model
+from vib_deploy.stages.sources import ModuleSource
 
 BRANCHY = "tests/user_models/branchy.py:build"
 
@@ -87,7 +87,7 @@ def test_inspect_keeps_group_names_whole_at_80_columns(width):
 
     from rich.console import Console
 
-    from vib_deploy.model.sources import inspect_model, print_inspection
+    from vib_deploy.stages.sources import inspect_model, print_inspection
 
     info = inspect_model(f"{ROOT}/tests/archnets.py:densenet", (1, 16, 16), [], [])
     console = Console(width=width, file=io.StringIO(), record=True)
@@ -229,7 +229,7 @@ def test_input_shape_must_match_the_data(tmp_path, mnist_root):
 
 
 def test_model_output_must_be_class_logits(tmp_path):
-    from vib_deploy.model.sources import ModuleSource
+    from vib_deploy.stages.sources import ModuleSource
 
     source = ModuleSource(BRANCHY, {"num_classes": 7}, (1, 28, 28))
     with pytest.raises(UserError, match="gives 7 logits but the data has 10 classes"):

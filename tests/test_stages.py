@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 
 from vib_deploy import pipeline
-from vib_deploy.cli import app
+from vib_deploy.cli.app import app
 from vib_deploy.config import parse_config
 from vib_deploy.errors import UserError
 from vib_deploy.runs.directory import Manifest

@@ -135,8 +135,8 @@ def test_paper_protocol_records_test_figures_and_changes_nothing_trained(tmp_pat
     """train.vib.paper_protocol's per-epoch test error, widths and FLOPs are recorded only: the weights, gates and
     validation history of a run with it equal a run without it; the reported point is the best test epoch."""
     from vib_deploy.model.layers import count_flops
-    from vib_deploy.model.sources import SequentialSource
     from vib_deploy.records import TrainVibRecord
+    from vib_deploy.stages.sources import SequentialSource
     from vib_deploy.stages.training import paper_protocol_epoch
 
     data = _data()

@@ -100,8 +100,8 @@ def test_auto_on_a_residual_net_keeps_each_group_at_one_width_and_stays_exact():
     from vib_deploy.model.factory import build_net
     from vib_deploy.model.gated import GatedNet
     from vib_deploy.model.graph import plan_groups
-    from vib_deploy.model.sources import MODULE_ZOO
     from vib_deploy.prune.groups import prune_groups
+    from vib_deploy.stages.sources import MODULE_ZOO
 
     shape = (1, 32, 32)
     torch.manual_seed(0)

@@ -14,6 +14,8 @@ from pydantic_core import PydanticCustomError
 from vib_deploy.errors import UserError, first_line
 from vib_deploy.model.zoo_names import SEQUENTIAL_ZOO, ZOO_NAMES
 
+CONFIG_FILE = "config.yaml"  # a run directory's resolved config
+
 
 def _zoo_model(name: str) -> str:
     """A name from the zoo's registry (vib_deploy/model/zoo_names.py)."""
@@ -353,6 +355,19 @@ def parse_config(tree: Any, source: str) -> PipelineConfig:
         return PipelineConfig.model_validate(tree)
     except ValidationError as e:
         raise UserError(_describe(e, source)) from e
+
+
+def read_run_config(run_dir: Path) -> PipelineConfig:
+    """The resolved config a run directory was made with."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise UserError(f"run directory {run_dir} not found")
+    path = run_dir / CONFIG_FILE
+    if not path.exists():
+        raise UserError(
+            f"{run_dir} is not a vib-deploy run directory (no {CONFIG_FILE}); start one with `vib-deploy run PIPELINE.yaml`"
+        )
+    return load_config(path)
 
 
 def load_config(path: Path, overrides: list[str] | None = None) -> PipelineConfig:

@@ -16,13 +16,19 @@ from pathlib import Path
 from typing import Any
 
 from vib_deploy import __version__
-from vib_deploy.config import PipelineConfig, apply_override, config_to_yaml, load_config, parse_config
+from vib_deploy.config import (
+    CONFIG_FILE,
+    PipelineConfig,
+    apply_override,
+    config_to_yaml,
+    load_config,
+    parse_config,
+    read_run_config,
+)
 from vib_deploy.errors import UserError
 from vib_deploy.runs.directory import RunDir, atomic_write_text, stage_key
 from vib_deploy.stages.base import Context, Stage
 from vib_deploy.stages.registry import STAGE_NAMES, check_enabled, enabled, get_stage, stages_until
-
-CONFIG_FILE = "config.yaml"
 
 
 def _data_hashes(ctx: Context) -> dict[str, str]:
@@ -109,7 +115,7 @@ def _check_model(ctx: Context) -> None:
     """Build the model, check it against the data and prune a copy exactly (the self-check), before any training."""
     import torch
 
-    from vib_deploy.model.sources import model_source
+    from vib_deploy.stages.sources import model_source
 
     source = model_source(ctx.config)
     images = tuple(ctx.splits().x_train.shape[1:])
@@ -179,19 +185,6 @@ def write_config(run: RunDir, config: PipelineConfig) -> None:
     text = config_to_yaml(config)
     if not path.exists() or path.read_text() != text:
         atomic_write_text(path, text)
-
-
-def read_run_config(run_dir: Path) -> PipelineConfig:
-    """The resolved config a run directory was made with."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise UserError(f"run directory {run_dir} not found")
-    path = run_dir / CONFIG_FILE
-    if not path.exists():
-        raise UserError(
-            f"{run_dir} is not a vib-deploy run directory (no {CONFIG_FILE}); start one with `vib-deploy run PIPELINE.yaml`"
-        )
-    return load_config(path)
 
 
 def run_pipeline(

@@ -11,9 +11,8 @@ Timings of different runs come from different bench calls, so only the ratio wit
 import sys
 from pathlib import Path
 
-from vib_deploy.config import Target
+from vib_deploy.config import Target, read_run_config
 from vib_deploy.deploy.choose import candidates
-from vib_deploy.pipeline import read_run_config
 from vib_deploy.records import RunSummary
 from vib_deploy.report.plots import pyplot, save_png
 from vib_deploy.runs.directory import RunDir

@@ -19,12 +19,12 @@ import numpy as np
 import torch
 
 from vib_deploy.backends import BACKENDS
+from vib_deploy.config import read_run_config
 from vib_deploy.data.datasets import splits_of
 from vib_deploy.deploy.export import export_onnx
 from vib_deploy.measure.timing import alternate, percentiles
 from vib_deploy.model.layers import PixelSelect
 from vib_deploy.nets import load_model
-from vib_deploy.pipeline import read_run_config
 
 
 class Axis1(torch.nn.Module):

@@ -7,7 +7,7 @@ records: kept widths, FLOPs, validation and test error of the pruned and of the 
 import sys
 from pathlib import Path
 
-from vib_deploy.pipeline import read_run_config
+from vib_deploy.config import read_run_config
 from vib_deploy.records import FinetuneRecord, PruneRecord, TrainVibRecord
 from vib_deploy.runs.directory import RunDir
 

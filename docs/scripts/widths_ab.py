@@ -7,9 +7,9 @@ Usage: python docs/scripts/widths_ab.py RUN_VIB RUN_AUTO   (RUN_AUTO: a copy of 
 import sys
 from pathlib import Path
 
+from vib_deploy.bench.inprocess import Variant, run_bench
 from vib_deploy.config import load_config
 from vib_deploy.data.datasets import splits_of
-from vib_deploy.measure.bench import Variant, run_bench
 
 a, b = Path(sys.argv[1]), Path(sys.argv[2])
 images = splits_of(load_config(a / "config.yaml").data).x_test[:512]

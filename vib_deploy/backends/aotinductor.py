@@ -43,7 +43,7 @@ def compile_package(
     """Compile the model saved at `model_path` into `package` (.pt2) for batches 1..max_batch; returns the sidecar."""
     import torch
 
-    from vib_deploy.model.modelfile import load_model
+    from vib_deploy.nets import load_model
     from vib_deploy.runs.directory import sha256_file
 
     dtype = getattr(torch, DTYPES[precision])

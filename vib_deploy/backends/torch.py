@@ -15,7 +15,7 @@ class TorchRunner(Runner):
     def activate_impl(self) -> None:
         import torch
 
-        from vib_deploy.model.modelfile import load_model
+        from vib_deploy.nets import load_model
 
         torch.set_num_threads(self.threads)
         self.torch = torch

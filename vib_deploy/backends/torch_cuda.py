@@ -21,7 +21,7 @@ class TorchCudaRunner(DeviceRunner):
     def activate_impl(self) -> None:
         import torch
 
-        from vib_deploy.model.modelfile import load_model
+        from vib_deploy.nets import load_model
 
         self.torch = torch
         self.dtype = getattr(torch, DTYPES[self.precision])

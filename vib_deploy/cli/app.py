@@ -188,7 +188,7 @@ def inspect(
     kwarg: list[str] | None = typer.Option(None, "--kwarg", help="A factory argument, key=value (repeatable)."),
 ) -> None:
     """Show the prunable channel groups of a model, where their gates go, FLOPs per group, and what stays fixed."""
-    from vib_deploy.model.sources import inspect_model, print_inspection
+    from vib_deploy.stages.sources import inspect_model, print_inspection
 
     print_inspection(inspect_model(model, _int_list(input_shape, "--input-shape"), ignore or [], kwarg or []))
 
@@ -200,8 +200,8 @@ def latency_table(
 ) -> None:
     """Time (or read from the user cache) the per-layer latency tables `train.vib.kl_weighting: latency` uses on
     the pipeline's deploy.target, and show them with the KL weights they give the dense net."""
+    from vib_deploy.cli.latency_table import latency_report, print_latency_report
     from vib_deploy.config import load_config
-    from vib_deploy.measure.latency_report import latency_report, print_latency_report
 
     config = load_config(pipeline, set_ or [])
     with _progress() as progress:
@@ -216,7 +216,7 @@ def verify(
     ),
 ) -> None:
     """Check a run directory's artifacts and stage records, or a model repository's versions, against their manifests."""
-    from vib_deploy.runs.verify import verify_path
+    from vib_deploy.cli.verify import verify_path
 
     typer.echo(verify_path(run_dir))
 
@@ -292,7 +292,7 @@ def profile(
     threads: int = typer.Option(1, "--threads", help="ONNX Runtime intra-op threads."),
 ) -> None:
     """Where the latency goes: ONNX Runtime's per-node profile of the dense and pruned ONNX models."""
-    from vib_deploy.measure.profile import print_profile, profile_run
+    from vib_deploy.bench.profile import print_profile, profile_run
 
     print_profile(profile_run(run_dir, batch, runs, threads), batch)
 
@@ -326,7 +326,7 @@ def data_fetch(
 @app.command()
 def env() -> None:
     """What this machine offers: torch, CUDA, ONNX Runtime providers, TensorRT, the GPU engines."""
-    from vib_deploy.measure.envinfo import environment
+    from vib_deploy.bench.envinfo import environment
 
     for line in environment():
         typer.echo(line)

@@ -95,7 +95,7 @@ def paper(
     typer.echo(f"table: {out}")
 
 
-# -- GPU day (vib_deploy/measure/gpu_bench.py, gpu_day.py) --------------------------------------------------
+# -- GPU day (vib_deploy/bench/gpu.py, gpu_day.py) --------------------------------------------------
 def gpu_bench(
     run_dir: Path = RUN_DIR,
     device: str = typer.Option("cuda", "--device", help="cuda, cuda:N (cpu: the dry run's stand-in)."),
@@ -111,8 +111,8 @@ def gpu_bench(
     out: Path | None = typer.Option(None, "--out", help="JSON result (default <run_dir>/gpu-bench.json)."),
 ) -> None:
     """Dense vs pruned on GPU engines (CUDA events, parity, NVML memory); prints the markdown table."""
-    from vib_deploy.measure.gpu_bench import bench_gpu, parse_cases
-    from vib_deploy.measure.gpu_table import markdown
+    from vib_deploy.bench.gpu import bench_gpu, parse_cases
+    from vib_deploy.bench.gpu_table import markdown
 
     result = bench_gpu(
         run_dir,
@@ -140,7 +140,7 @@ def gpu_day(
     runs: Path = typer.Option(Path("runs/gpu-day"), "--runs", help="Folder for the day's run directories."),
 ) -> None:
     """Every GPU measurement in one call (see scripts/gpu-day.sh): tests, CUDA training, GPU engines, tables in --out."""
-    from vib_deploy.measure.gpu_day import gpu_day as run_day
+    from vib_deploy.bench.gpu_day import gpu_day as run_day
 
     run_day(
         out,

@@ -193,7 +193,7 @@ def headline_records(run_dirs: list[Path]) -> list[dict[str, Any]]:
     """Per run and benched batch: the fastest dense and pruned deployments within the run's error budget (chosen on
     validation, any engine and precision), with TEST errors as fractions (the reported figures); best_pruned is None
     where no pruned deployment is within the budget."""
-    from vib_deploy.pipeline import read_run_config
+    from vib_deploy.config import read_run_config
 
     out = []
     for run_dir in run_dirs:

@@ -1,4 +1,5 @@
-"""CPU deployment stages: OpenVINO IR (`openvino`) and static INT8 quantization (`quantize`).
+"""CPU deployment: what the `openvino` and `quantize` stages (stages/cpu_deploy.py) are made of -- calibration images,
+static INT8 (QDQ) with ONNX Runtime, the error of an ONNX model or IR on an engine. The stages:
 
 openvino: each exported ONNX model -> `<variant>.xml` + `<variant>.bin` (fp32 IR) + `<variant>.xml.json` (sidecar:
     OpenVINO version, CPU and ISA flags, precision, input shapes, ONNX sha256), then the IR vs torch on the full
@@ -20,18 +21,8 @@ from typing import Any, cast
 
 import numpy as np
 
-from vib_deploy.deploy.deployed import ROUNDING, deployables
 from vib_deploy.errors import UserError
-from vib_deploy.records import (
-    NncfModel,
-    OpenvinoModel,
-    OpenvinoRecord,
-    QuantizedModel,
-    QuantizeRecord,
-    TrainDenseRecord,
-)
-from vib_deploy.runs.directory import atomic_write, atomic_write_json
-from vib_deploy.stages.base import Context
+from vib_deploy.runs.directory import atomic_write
 
 QUANTIZED = ("dense", "pruned")  # pruned_reduced takes kept pixels: the same net as pruned, not quantized twice
 
@@ -40,29 +31,15 @@ def int8_name(variant: str) -> str:
     return f"{variant}_int8.onnx"
 
 
-def openvino_ir(ctx: Context) -> list[str]:
-    """OpenVINO IR of every exported model, with its sidecar, checked against torch on the full test set."""
-    from vib_deploy.backends import get_backend
-    from vib_deploy.backends.openvino import save_ir, sidecar_path
-    from vib_deploy.deploy.export import parity
-    from vib_deploy.model.modelfile import load_model
+def write_ir(onnx: Path, xml: Path, write: Any) -> dict[str, Any]:
+    """The fp32 OpenVINO IR of an ONNX model (`.xml` + `.bin`, through `write(name, fn)`) and its sidecar beside it."""
+    from vib_deploy.backends.openvino import save_ir
+    from vib_deploy.runs.directory import atomic_write_json
+    from vib_deploy.runs.sidecar import sidecar_path
 
-    get_backend("openvino")  # missing openvino: one line with the install hint
-    cfg = ctx.config.export
-    models: dict[str, OpenvinoModel] = {}
-    outputs: list[str] = []
-    x_test = ctx.splits().x_test
-    for d in deployables(ctx.run, ctx.config):  # every model the export stage wrote
-        xml = ctx.out(f"{d.name}.xml")
-        sidecar = save_ir(ctx.run.verified(d.onnx), xml, lambda name, fn: atomic_write(ctx.out(name), fn))
-        atomic_write_json(sidecar_path(xml), sidecar)
-        model = load_model(ctx.run.verified(d.model_file))  # what the .onnx was made from
-        x = np.ascontiguousarray(d.inputs(x_test), dtype=np.float32)
-        check = parity(xml, model, x, cfg.tolerance, cfg.min_argmax_agreement, backend="openvino")
-        models[d.name] = OpenvinoModel.from_json({**check, "sidecar": sidecar})
-        outputs += [xml.with_suffix(".bin").name, xml.name, sidecar_path(xml).name]
-    OpenvinoRecord(models).write(ctx.out(OpenvinoRecord.FILE))
-    return outputs + [OpenvinoRecord.FILE]
+    sidecar = save_ir(onnx, xml, write)
+    atomic_write_json(sidecar_path(xml), sidecar)
+    return sidecar
 
 
 def calibration_images(splits: Any, n: int) -> np.ndarray:
@@ -131,77 +108,8 @@ def onnx_error(backend: str, path: Path, x: np.ndarray, y: np.ndarray, batch: in
     return wrong / len(x)
 
 
-def quantize(ctx: Context) -> list[str]:
-    """INT8 (QDQ) dense and pruned models, calibrated on training images; their test and validation error on each
-    engine."""
-    from vib_deploy.backends import BACKENDS
-
-    cfg = ctx.config.quantize
-    data = ctx.splits()
-    images = calibration_images(data, cfg.calibration_images)
-    fp32_error = {d.name: d.error for d in deployables(ctx.run, ctx.config)}
-    engines = [b for b in ("onnxruntime", "openvino") if BACKENDS[b].unavailable() is None]
-    models: dict[str, QuantizedModel] = {}
-    for variant in QUANTIZED:
-        src, dst = ctx.run.verified(f"{variant}.onnx"), ctx.out(int8_name(variant))
-        quantize_onnx(src, dst, images, cfg.per_channel)
-        errors = {e: onnx_error(e, dst, data.x_test, data.y_test) for e in engines}
-        val_errors = {e: onnx_error(e, dst, data.x_val, data.y_val) for e in engines}  # the choice's budget check
-        nncf = nncf_ir(ctx, variant, images) if cfg.openvino == "nncf" else None
-        models[variant] = QuantizedModel(
-            dst.name,
-            dst.stat().st_size,
-            src.stat().st_size,
-            errors,
-            fp32_error[variant],
-            len(data.y_test),
-            val_errors,
-            nncf,
-        )
-    QuantizeRecord(
-        calibration={"split": "train", "images": len(images), "method": "minmax"},
-        format="QDQ",
-        weights="int8 per channel" if cfg.per_channel else "int8 per tensor",
-        activations="uint8",
-        engines=engines,
-        variants=models,
-    ).write(ctx.out(QuantizeRecord.FILE))
-    nncf_files = [f for m in models.values() if m.openvino for f in ir_files(m.openvino.file)]
-    return [m.file for m in models.values()] + nncf_files + [QuantizeRecord.FILE]
-
-
 def ir_files(xml: str) -> list[str]:
     """An IR's files, weights first: `.bin`, `.xml`, the `.xml.json` sidecar."""
     from vib_deploy.runs.sidecar import sidecar_path
 
     return [str(Path(xml).with_suffix(".bin")), xml, str(sidecar_path(Path(xml)))]
-
-
-def nncf_ir(ctx: Context, variant: str, images: np.ndarray) -> NncfModel:
-    """NNCF's INT8 IR of the variant's fp32 IR, its validation error within the choice's error budget (the dense fp32
-    net's + deploy.max_error_increase): NNCF's `max_drop` is what the budget leaves over the fp32 IR's own error."""
-    from vib_deploy.backends.openvino import sidecar_path
-    from vib_deploy.deploy.nncf_int8 import quantize_ir
-    from vib_deploy.measure.bench import artifact_bytes
-
-    data = ctx.splits()
-    src, dst = ctx.run.verified(f"{variant}.xml"), ctx.out(f"{variant}_int8.xml")
-    budget = TrainDenseRecord.read(ctx.run).val_error + ctx.config.deploy.max_error_increase  # the choice's
-    fp32_val_error = onnx_error("openvino", src, data.x_val, data.y_val)
-    max_drop = max(0.0, budget - fp32_val_error)  # what the budget leaves this net (none: as accurate as fp32)
-    made = quantize_ir(
-        src, images, data.x_val, data.y_val, max_drop + ROUNDING, dst, lambda name, fn: atomic_write(ctx.out(name), fn)
-    )
-    atomic_write_json(sidecar_path(dst), made.sidecar)
-    return NncfModel(
-        file=dst.name,
-        bytes=artifact_bytes(dst),
-        error=onnx_error("openvino", dst, data.x_test, data.y_test),
-        val_error=onnx_error("openvino", dst, data.x_val, data.y_val),
-        fp32_val_error=fp32_val_error,
-        budget=budget,
-        max_drop=max_drop,
-        quantized=made.quantized,
-        kept_fp32=made.kept_fp32,
-        sidecar=made.sidecar,
-    )

@@ -1,1 +1,2 @@
-"""Measurement: the timing core, benches (CPU and GPU), latency tables, memory, machine facts, per-node profiles."""
+"""The measuring core: one clock and percentile (timing), machine facts (CPU model and ISA), free memory, and the
+latency lookup tables' maths and cache."""

@@ -1,6 +1,6 @@
 """A model factory reference: `path/to/file.py:function` or `package.module:function`, imported and called.
 
-Used where a pipeline's net is built (sources.py), where a module model file is rebuilt (modelfile.py),
+Used where a pipeline's net is built (sources.py), where a module model file is rebuilt (nets.py),
 and in the train stages' cache key (a changed model file retrains: `factory_digest`).
 """
 

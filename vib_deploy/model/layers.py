@@ -1,6 +1,6 @@
 """Layers as data: vib-deploy's extra layers, an `nn.Sequential` <-> a JSON-able list of layer specs, FLOPs/params.
 
-A Sequential model file (see modelfile.py) stores `{"layers": spec, "state_dict": ...}`, so it loads with
+A Sequential model file (see nets.py) stores `{"layers": spec, "state_dict": ...}`, so it loads with
 `torch.load(weights_only=True)` in a fresh process, without the code or config that made it. A leaf module:
 it imports nothing of vib-deploy beyond errors and the VIB gate.
 """

@@ -33,6 +33,23 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def artifact_bytes(path: Path) -> int:
+    """The bytes of a model file; OpenVINO IR (`.xml`) with its weights (`.bin`)."""
+    weights = path.with_suffix(".bin") if path.suffix == ".xml" else None
+    return path.stat().st_size + (weights.stat().st_size if weights is not None else 0)
+
+
+def to_bytes(obj: Any) -> bytes:
+    """torch.save into memory, so a writer knows the size before it touches the disk."""
+    import io
+
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
+
+
 def _disk_full_message(path: Path, size: int | None, written: int) -> str:
     free = shutil.disk_usage(path.parent).free
     need = f"{size:,} bytes needed" if size is not None else f"more than the {written:,} bytes written needed"

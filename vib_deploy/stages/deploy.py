@@ -10,7 +10,7 @@ from typing import Any
 
 from vib_deploy.deploy.deployed import deployables, int8_deployment
 from vib_deploy.errors import UserError
-from vib_deploy.model.modelfile import load_model
+from vib_deploy.nets import load_model
 from vib_deploy.records import (
     BenchFile,
     BenchRecord,
@@ -51,7 +51,7 @@ def export(ctx: Context) -> list[str]:
 
 def bench(ctx: Context) -> list[str]:
     """Dense vs pruned (fp32, and int8 where asked) latency/throughput/memory per backend, alternating rounds."""
-    from vib_deploy.measure.bench import machine_info, run_bench, speedups
+    from vib_deploy.bench.inprocess import machine_info, run_bench, speedups
     from vib_deploy.measure.memory import refuse_oversized_input
 
     cfg = ctx.config.bench
@@ -83,8 +83,8 @@ def bench(ctx: Context) -> list[str]:
 
 def bench_variants(ctx: Context) -> list[Any]:
     """What the bench times: dense, pruned (and pruned_reduced) in fp32; their INT8 models when int8 is asked for."""
+    from vib_deploy.bench.inprocess import Variant
     from vib_deploy.deploy.cpu_deploy import QUANTIZED
-    from vib_deploy.measure.bench import Variant
 
     run = ctx.run
     deployed = deployables(run, ctx.config)
@@ -114,8 +114,8 @@ def bench_variants(ctx: Context) -> list[Any]:
 
 def int8_variant(run: Any, name: str, q: QuantizedModel, widths: list[int]) -> Any:
     """A variant's INT8 models to time: the QDQ ONNX, and on OpenVINO NNCF's IR where the quantize stage made one."""
+    from vib_deploy.bench.inprocess import Variant
     from vib_deploy.deploy.cpu_deploy import int8_name
-    from vib_deploy.measure.bench import Variant
 
     ov = int8_deployment(q, "openvino")
     own = {"openvino": run.verified(ov.file)} if ov.method else {}  # an engine's own file before the ONNX one

@@ -11,10 +11,10 @@ from typing import Any
 import torch
 
 from vib_deploy.model.layers import count_flops, count_params
-from vib_deploy.model.modelfile import load_model
-from vib_deploy.model.sources import model_source
+from vib_deploy.nets import load_model
 from vib_deploy.records import Cost, ExactCheck, PruneRecord, WidthsSweep
 from vib_deploy.stages.base import Context
+from vib_deploy.stages.sources import model_source
 from vib_deploy.stages.training import error_of
 
 

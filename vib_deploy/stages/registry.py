@@ -165,7 +165,7 @@ STAGES: tuple[Stage, ...] = (
         "openvino",
         ("prune", "finetune", "export"),
         _export_section,
-        _lazy("vib_deploy.deploy.cpu_deploy", "openvino_ir"),
+        _lazy("vib_deploy.stages.cpu_deploy", "openvino_ir"),
         help="OpenVINO IR (.xml + .bin + sidecar) of every ONNX model; parity with torch on the test set.",
         uses_data=True,
         enabled=lambda c: "openvino" in c.bench.backends,
@@ -175,7 +175,7 @@ STAGES: tuple[Stage, ...] = (
         "quantize",
         ("train-dense", "prune", "finetune", "export"),
         _quantize_section,
-        _lazy("vib_deploy.deploy.cpu_deploy", "quantize"),
+        _lazy("vib_deploy.stages.cpu_deploy", "quantize"),
         help="INT8 (QDQ ONNX) of the dense and pruned models, calibrated on training images; test and validation "
         "error per engine (quantize.openvino: nncf, OpenVINO's INT8 by NNCF within the error budget).",
         uses_data=True,

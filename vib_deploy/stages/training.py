@@ -12,10 +12,10 @@ from typing import Any
 import torch
 
 from vib_deploy.errors import UserError
-from vib_deploy.model.modelfile import load_model
-from vib_deploy.model.sources import model_source
+from vib_deploy.nets import load_model
 from vib_deploy.records import FinetuneRecord, PruneRecord, TrainDenseRecord, TrainVibRecord
 from vib_deploy.stages.base import Context
+from vib_deploy.stages.sources import model_source
 from vib_deploy.training import distributed
 
 
@@ -105,11 +105,7 @@ def train_vib(ctx: Context) -> list[str]:
     dense = load_model(ctx.run.verified("dense.pt"))  # before seeding: the gates' init draws come first after it
     torch.manual_seed(ctx.config.train.seed)
     gated = source.gated(dense, cfg.threshold)
-    weighting = None
-    if cfg.kl_weighting != "paper":
-        from vib_deploy.training.klweight import weighting_for
-
-        weighting = weighting_for(ctx.config, gated, source.input_shape, ctx.progress)  # latency: tables timed first
+    weighting = _weighting(ctx, gated, source.input_shape)
     t0 = time.time()
     spec = _spec(
         ctx,
@@ -200,3 +196,18 @@ def finetune(ctx: Context) -> list[str]:
         return outputs + [FinetuneRecord.FILE]
 
     return distributed.on_main(write)
+
+
+def _weighting(ctx: Context, gated: Any, input_shape: tuple[int, ...]) -> Any:
+    """train.vib.kl_weighting for the gated net (None: the paper's); latency: the target's tables timed first."""
+    kind = ctx.config.train.vib.kl_weighting
+    if kind == "paper":
+        return None
+    from vib_deploy.training.klweight import weighting_for
+
+    tables_for = None
+    if kind == "latency":
+        from vib_deploy.bench.layer_timing import target_tables
+
+        tables_for = target_tables(ctx.config, ctx.progress)  # timed (or read from cache) first
+    return weighting_for(ctx.config, gated, input_shape, tables_for)

@@ -13,10 +13,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from vib_deploy.config import PipelineConfig, load_config
+from vib_deploy.config import PipelineConfig, load_config, read_run_config
 from vib_deploy.deploy.deployed import deployable, finetuned
 from vib_deploy.errors import UserError
-from vib_deploy.pipeline import read_run_config, run_pipeline
+from vib_deploy.pipeline import run_pipeline
 from vib_deploy.records import BenchFile, FinetuneRecord, PruneRecord, TrainVibRecord
 from vib_deploy.runs.directory import RunDir, atomic_write_bytes
 

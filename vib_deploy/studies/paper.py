@@ -302,7 +302,7 @@ def render(
                 "LeNet-5 table (searched 2026-12-05), and figures from memory are not quoted; compare by hand"
             )
         lines.append("")
-    from vib_deploy.pipeline import read_run_config
+    from vib_deploy.config import read_run_config
 
     lines += deviations({r["pipeline"]: read_run_config(Path(r["run_dir"])) for r in records})
     lines += [

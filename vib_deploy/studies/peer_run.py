@@ -6,10 +6,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from vib_deploy.config import FinetuneConfig, PipelineConfig
+from vib_deploy.config import FinetuneConfig, PipelineConfig, read_run_config
 from vib_deploy.deploy.deployed import deployable
-from vib_deploy.model.modelfile import load_model
-from vib_deploy.pipeline import read_run_config, run_stage, write_config
+from vib_deploy.nets import load_model
+from vib_deploy.pipeline import run_stage, write_config
 from vib_deploy.records import PruneRecord
 from vib_deploy.runs.directory import RunDir
 from vib_deploy.stages.base import Context

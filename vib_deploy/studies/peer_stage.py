@@ -16,7 +16,7 @@ from torch import nn
 
 from vib_deploy.errors import UserError
 from vib_deploy.model.layers import count_flops, count_params
-from vib_deploy.model.modelfile import load_model, save_model
+from vib_deploy.nets import load_model, save_model
 from vib_deploy.prune.sequential import reduced_input
 from vib_deploy.records import Cost, PeerInfo, PruneRecord
 from vib_deploy.runs.directory import RunDir

@@ -12,8 +12,8 @@ from typing import Any
 import torch
 
 from vib_deploy.errors import UserError, first_line
-from vib_deploy.model.modelfile import to_bytes
 from vib_deploy.runs.directory import RunDir
+from vib_deploy.runs.files import to_bytes
 from vib_deploy.training import distributed
 
 

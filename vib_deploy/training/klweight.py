@@ -318,30 +318,16 @@ class LatencyWeighting(CostWeighting):
         return self.tables.identity()
 
 
-def target_tables(config: Any, progress: Any = None) -> Callable[[list[Any]], Any]:
-    """`tables_for` on the pipeline's deploy.target (threads: bench.threads; int8: quantize.per_channel), built on
-    rank 0 only under torchrun (every rank gets rank 0's tables, so all weigh the KL alike)."""
-    from vib_deploy.measure.latency import build_tables, onnx_measure, table_key
-    from vib_deploy.training import distributed
-
-    target = config.target()
-    if target is None:
-        raise UserError("train.vib.kl_weighting: latency needs a named deploy.target (<engine>-<precision>@<batch>)")
-    threads, per_channel = config.bench.threads, config.quantize.per_channel
-    key = table_key(target.engine, target.precision, target.batch, threads, per_channel)
-
-    def tables_for(requests: list[Any]) -> Any:
-        measure = onnx_measure(target.engine, target.precision, target.batch, threads, per_channel)
-        return distributed.on_main(lambda: build_tables(requests, key, measure, progress))
-
-    return tables_for
-
-
-def weighting_for(config: Any, model: nn.Module, input_shape: tuple[int, ...], progress: Any = None) -> Any:
-    """The pipeline's `train.vib.kl_weighting` for `model` (None: the paper's weights)."""
+def weighting_for(
+    config: Any, model: nn.Module, input_shape: tuple[int, ...], tables_for: Callable[[list[Any]], Any] | None = None
+) -> Any:
+    """The pipeline's `train.vib.kl_weighting` for `model` (None: the paper's weights); `latency` needs `tables_for`
+    (bench/layer_timing.py `target_tables`: the tables timed on deploy.target)."""
     kind = config.train.vib.kl_weighting
     if kind == "flops":
         return FlopsWeighting(model, input_shape)
     if kind == "latency":
-        return LatencyWeighting(model, input_shape, target_tables(config, progress))
+        if tables_for is None:
+            raise ValueError("kl_weighting latency needs the target's tables (bench.layer_timing.target_tables)")
+        return LatencyWeighting(model, input_shape, tables_for)
     return None

@@ -16,13 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from vib_deploy.backends.triton import TritonRunner
+from vib_deploy.bench.inprocess import Variant, make_input
+from vib_deploy.config import read_run_config
 from vib_deploy.data.datasets import splits_of
 from vib_deploy.errors import UserError
-from vib_deploy.measure.bench import Variant, make_input
 from vib_deploy.measure.machine import machine_info
 from vib_deploy.measure.memory import refuse_oversized_input
 from vib_deploy.measure.timing import concurrent, latency_stats, speedup
-from vib_deploy.pipeline import read_run_config
 from vib_deploy.records import BenchFile, RunSummary
 from vib_deploy.runs.directory import RunDir, atomic_write_json
 from vib_deploy.triton.modelconfig import MODEL_FILE

@@ -39,11 +39,11 @@ from pathlib import Path
 from typing import Any
 
 from vib_deploy import __version__
+from vib_deploy.config import read_run_config
 from vib_deploy.data.datasets import CLASS_NAMES
 from vib_deploy.deploy.choose import choice_of
 from vib_deploy.deploy.deployed import Deployable, deployables
 from vib_deploy.errors import UserError
-from vib_deploy.pipeline import read_run_config
 from vib_deploy.records import QuantizeRecord, RunSummary
 from vib_deploy.runs.directory import (
     RunDir,

@@ -19,11 +19,11 @@ from typing import Any
 import numpy as np
 
 from vib_deploy.backends.base import DeviceRunner
+from vib_deploy.bench.gpu_memory import device_memory, gpu_facts
+from vib_deploy.bench.gpu_table import speedup_rows
+from vib_deploy.bench.inprocess import Variant, make_input
 from vib_deploy.deploy.deployed import deployables
 from vib_deploy.errors import UserError
-from vib_deploy.measure.bench import Variant, make_input
-from vib_deploy.measure.gpu_memory import device_memory, gpu_facts
-from vib_deploy.measure.gpu_table import speedup_rows
 from vib_deploy.measure.timing import alternate, clock_for, latency_stats, speedup
 from vib_deploy.records import PruneRecord
 
@@ -155,9 +155,9 @@ class _Setup:
 def _setup(run_dir: Path, device: str, batch_sizes: tuple[int, ...], timing: tuple[int, int, int], echo: Any) -> _Setup:
     import torch
 
+    from vib_deploy.config import read_run_config
     from vib_deploy.data.datasets import splits_of
-    from vib_deploy.model.modelfile import load_model
-    from vib_deploy.pipeline import read_run_config
+    from vib_deploy.nets import load_model
     from vib_deploy.runs.directory import RunDir
 
     config = read_run_config(run_dir)

@@ -11,8 +11,9 @@ def latency_report(config: Any, progress: Any = None) -> dict[str, Any]:
     layer its grids, dense latency and slopes; per gate its ms per unit and KL weight against the paper's."""
     import torch
 
-    from vib_deploy.model.sources import model_source
-    from vib_deploy.training.klweight import LatencyWeighting, target_tables
+    from vib_deploy.bench.layer_timing import target_tables
+    from vib_deploy.stages.sources import model_source
+    from vib_deploy.training.klweight import LatencyWeighting
 
     tables_for = target_tables(config, progress)  # first: a pipeline without a named target fails at once
     source = model_source(config)

@@ -39,7 +39,7 @@ def environment() -> list[str]:
         f"{'can be built' if not problem else 'not available: ' + problem}"
     )
     from vib_deploy.backends import device_backends
-    from vib_deploy.measure.gpu_memory import gpu_facts
+    from vib_deploy.bench.gpu_memory import gpu_facts
 
     lines.append(f"NVIDIA driver: {gpu_facts('cpu')['driver']}")
     for name, cls in device_backends().items():

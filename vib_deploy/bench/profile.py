@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from vib_deploy.bench.inprocess import Variant, make_input, profile_onnx
+from vib_deploy.config import read_run_config
 from vib_deploy.data.datasets import splits_of
 from vib_deploy.deploy.deployed import deployables
-from vib_deploy.measure.bench import Variant, make_input, profile_onnx
-from vib_deploy.pipeline import read_run_config
 from vib_deploy.runs.directory import RunDir
 
 

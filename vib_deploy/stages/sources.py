@@ -7,7 +7,7 @@ Two kinds, one interface (`ModelSource`) for the stages:
   user's `path/to/file.py:function` / `package.module:function` — gated on Torch-Pruning's groups
   and pruned by `prune.groups.prune_groups`.
 
-Each kind saves in its own format; `modelfile.load_model` loads either.
+Each kind saves in its own format; `nets.load_model` loads either.
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ from vib_deploy.model.factory import build_net
 from vib_deploy.model.gated import GatedNet
 from vib_deploy.model.graph import GroupPlan, plan_groups
 from vib_deploy.model.layers import count_params
-from vib_deploy.model.modelfile import save_model, save_module_model
 from vib_deploy.model.vib import gates
 from vib_deploy.model.zoo_names import MODULE_ZOO, SEQUENTIAL_ZOO
+from vib_deploy.nets import save_model, save_module_model
 from vib_deploy.prune.groups import check_prunable, prune_groups
 from vib_deploy.prune.result import PruneResult
 from vib_deploy.prune.sequential import prune_sequential

@@ -252,7 +252,7 @@ def report(
     steps: list[Step], out: Path, facts: dict[str, Any], dry_run: bool, command: str, started_utc: str, total: float
 ) -> None:
     """$OUT/gpu-day.md and $OUT/gpu-day.json."""
-    from vib_deploy.measure.gpu_table import markdown
+    from vib_deploy.bench.gpu_table import markdown
     from vib_deploy.runs.directory import atomic_write_json, atomic_write_text
 
     benches = {s.name: json.loads(s.bench_json.read_text()) for s in steps if s.bench_json and s.bench_json.is_file()}
@@ -317,7 +317,7 @@ def gpu_day(
     """Run the day's steps under the budget (`elapsed_before`: seconds the shell script already spent installing)."""
     import torch
 
-    from vib_deploy.measure.gpu_memory import gpu_facts
+    from vib_deploy.bench.gpu_memory import gpu_facts
 
     if not dry_run and not torch.cuda.is_available():
         raise UserError(f"gpu-day needs a CUDA GPU (torch {torch.__version__} sees none); on a CPU use --dry-run")

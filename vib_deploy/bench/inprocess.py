@@ -23,6 +23,7 @@ from vib_deploy.deploy.deployed import reduce_input
 from vib_deploy.measure.machine import machine_info as machine_info  # the bench stage records it beside the figures
 from vib_deploy.measure.memory import refuse_oversized_input
 from vib_deploy.measure.timing import alternate, latency_stats, speedup
+from vib_deploy.runs.files import artifact_bytes
 
 
 @dataclass(frozen=True)
@@ -44,12 +45,6 @@ class Variant:
     def error_on(self, backend: str) -> float | None:
         errors = self.error or {}
         return errors.get(backend, errors.get("*"))
-
-
-def artifact_bytes(path: Path) -> int:
-    """The bytes of a model file; OpenVINO IR (`.xml`) with its weights (`.bin`)."""
-    weights = path.with_suffix(".bin") if path.suffix == ".xml" else None
-    return path.stat().st_size + (weights.stat().st_size if weights is not None else 0)
 
 
 def make_input(variant: Variant, images: np.ndarray, batch: int) -> np.ndarray:
