@@ -44,8 +44,8 @@ TINY = sets(
     "train.vib.kl_factor=1e-3",
     *TINY_BENCH,
     "bench.batch_sizes=[1,8]",
-    "bench.memory=false",  # ~10 s a bench stage; tests/test_bench.py measures memory
-    "train.finetune.epochs=0",  # finetune: tests/test_finetune.py
+    "bench.memory=false",  # ~10 s a bench stage; tests/bench/test_bench.py measures memory
+    "train.finetune.epochs=0",  # finetune: tests/training/test_finetune.py
     "deploy.max_error_increase=1",  # any pruned net is within the budget: package ships the chosen one as `<run>`
 )
 # the one LeNet-5 run through every stage (conftest.lenet5_run): OpenVINO, INT8 (QDQ, and NNCF on OpenVINO), both
@@ -61,7 +61,7 @@ LENET5_EVERY_STAGE = sets(
     "bench.backends=[onnxruntime,openvino]",
     "bench.memory=false",
     "quantize.enabled=true",
-    "quantize.openvino=nncf",  # OpenVINO's INT8 by NNCF with accuracy control (tests/test_nncf_int8.py)
+    "quantize.openvino=nncf",  # OpenVINO's INT8 by NNCF with accuracy control (tests/deploy/test_nncf_int8.py)
 )
 # the study commands' tiny points (the session's studies workspace: test_compare, test_sweep)
 STUDY_TINY = sets(

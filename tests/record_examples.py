@@ -1,5 +1,5 @@
-"""An instance of every stage record, its numbers drawn by hypothesis (tests/test_records.py round-trips them all;
-tests/test_deploy_matrix.py builds summaries from them)."""
+"""An instance of every stage record, its numbers drawn by hypothesis (tests/records/test_records.py round-trips them all;
+tests/deploy/test_deploy_matrix.py builds summaries from them)."""
 
 from __future__ import annotations
 

@@ -4,7 +4,7 @@ Each runner class says where it runs and how it is used (`devices`, `bench_stage
 see `base.py`), so callers filter the registry instead of naming backends: the bench stage takes the
 `bench_stage` ones, gpu-bench the `DeviceRunner`s, `vib-deploy bench --backend triton` the `needs_server` one.
 Adding an engine: a module here with a `Runner` (or `DeviceRunner`) subclass, its class facts set, and its class in
-`BACKENDS`; tests/test_backends.py checks it keeps the protocol, and config accepts it once `bench_stage` is set.
+`BACKENDS`; tests/backends/test_backends.py checks it keeps the protocol, and config accepts it once `bench_stage` is set.
 """
 
 from __future__ import annotations

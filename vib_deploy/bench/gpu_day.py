@@ -65,7 +65,11 @@ DRY_CASES = "torch-cuda:fp32,torch-cuda:bf16,torch-cuda-graphs:fp32,onnxruntime-
 
 # the files holding GPU-marked tests (named, not collected from tests/: a module needing a package the GPU machine
 # lacks, such as tritonclient, must not stop the run at collection)
-GPU_TEST_FILES = ["tests/test_train_amp.py", "tests/test_gpu_backends.py", "tests/test_gpu_bench.py"]
+GPU_TEST_FILES = [
+    "tests/training/test_train_amp.py",
+    "tests/backends/test_gpu_backends.py",
+    "tests/bench/test_gpu_bench.py",
+]
 
 
 @dataclass

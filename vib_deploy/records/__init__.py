@@ -31,7 +31,7 @@ from vib_deploy.records.prune import MNIST_INPUT, Cost, ExactCheck, PeerInfo, Pr
 from vib_deploy.records.summary import RunSummary
 from vib_deploy.records.train import FinetuneRecord, TrainDenseRecord, TrainVibRecord
 
-# Every stage file's record; tests/test_records.py round-trips each and forbids reading their files elsewhere
+# Every stage file's record; tests/records/test_records.py round-trips each and forbids reading their files elsewhere
 RECORDS = (
     TrainDenseRecord,
     TrainVibRecord,

@@ -19,7 +19,7 @@ from vib_deploy.measure.timing import (
     throughput,
 )
 
-PACKAGE = Path(__file__).resolve().parents[1] / "vib_deploy"
+PACKAGE = Path(__file__).resolve().parents[2] / "vib_deploy"
 
 
 class StepClock:

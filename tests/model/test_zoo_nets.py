@@ -18,7 +18,7 @@ from vib_deploy.zoo.mobilenet import mobilenet_small
 from vib_deploy.zoo.resnet import resnet20, resnet56
 from vib_deploy.zoo.vgg import vgg16
 
-HERE = Path(__file__).resolve().parent
+HERE = Path(__file__).resolve().parents[1]  # tests/
 sys.path.insert(0, str(HERE))
 from netgen import INPUT_SHAPE, random_nets  # noqa: E402
 

@@ -11,7 +11,7 @@ from vib_deploy.errors import UserError
 from vib_deploy.measure.machine import ISA_FLAGS, cpu_info, machine_info, parse_cpuinfo
 from vib_deploy.runs.sidecar import check_sidecar, read_sidecar, sidecar_path, write_sidecar
 
-PACKAGE = Path(__file__).resolve().parents[1] / "vib_deploy"
+PACKAGE = Path(__file__).resolve().parents[2] / "vib_deploy"
 
 
 def test_sidecar_round_trip_and_checks(tmp_path):

@@ -14,7 +14,7 @@ from vib_deploy.backends.triton import TritonRunner
 from vib_deploy.config import parse_config
 from vib_deploy.errors import UserError
 
-PACKAGE = Path(__file__).resolve().parents[1] / "vib_deploy"
+PACKAGE = Path(__file__).resolve().parents[2] / "vib_deploy"
 PROTOCOL = (
     "unavailable",
     "unavailable_on",

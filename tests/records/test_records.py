@@ -25,7 +25,7 @@ from vib_deploy.records import (
 )
 from vib_deploy.runs.directory import RunDir
 
-PACKAGE = Path(__file__).resolve().parents[1] / "vib_deploy"
+PACKAGE = Path(__file__).resolve().parents[2] / "vib_deploy"
 
 # prune.json as the stage wrote it before records.py (a LeNet-300-100 run: input gate, Sequential model)
 OLD_VIB_PRUNE = {
@@ -260,7 +260,9 @@ def test_a_planted_read_is_caught(planted, tmp_path):
 
 
 # -- the records of run directories made before this version (the code of main when records/ was written) ----------
-MAIN_RUNS = sorted((Path(__file__).parent / "fixtures").glob("main-run-*"))  # a LeNet-5 run, finetune off and on
+MAIN_RUNS = sorted(
+    (Path(__file__).resolve().parents[1] / "fixtures").glob("main-run-*")
+)  # a LeNet-5 run, finetune off and on
 
 
 def _unversioned(x):
@@ -294,5 +296,5 @@ def test_the_summary_of_a_run_made_by_main_is_its_metrics_json(run_dir, tmp_path
     new = summary.to_json()
     assert (
         new.pop("choice")["target"] == "auto"
-    )  # the one key added since: the deployment chosen (tests/test_choose.py)
+    )  # the one key added since: the deployment chosen (tests/deploy/test_choose.py)
     assert _unversioned(new) == {**_unversioned(old), "version": summary.version}
