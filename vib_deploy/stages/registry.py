@@ -21,7 +21,7 @@ from vib_deploy.stages.base import Context, Stage
 
 # Keys added to a section after runs were made: keyed only when set, so existing runs stay cached.
 KEYED_WHEN_SET = {
-    "model": {"factory": None, "kwargs": {}, "input_shape": None, "ignore": []},
+    "model": {"factory": None, "kwargs": {}, "input_shape": None, "ignore": [], "depth_gates": False},
     "data": {"pad": 0, "channels": None, "size": None, "normalize": False},
     "train": {"amp": "off"},
     "bench": {"precisions": None},
