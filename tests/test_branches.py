@@ -234,3 +234,38 @@ def test_torchvision_nets_prune_exactly_with_depth_gates(arch: str) -> None:
         reference = gated(x)
         assert float((result.model(x) - reference).abs().max()) <= 1e-9 * max(1.0, float(reference.abs().max()))
     assert len([s for s in record if "branch" in s]) == expected // 2
+
+
+def test_cache_keys_without_depth_gates_unchanged() -> None:
+    """The ResNet-20 CPU pipeline as it was before model.depth_gates: its stage keys as computed at daecf03."""
+    from vib_deploy.config import parse_config
+    from vib_deploy.runs.directory import stage_key
+    from vib_deploy.stages.registry import get_stage
+
+    raw = {
+        "name": "fashion-resnet20-cpu",
+        "model": {"name": "resnet20"},
+        "data": {"dataset": "fashion-mnist", "pad": 2, "train_limit": 12000, "val_size": 2000},
+        "train": {
+            "seed": 0,
+            "batch_size": 128,
+            "device": "cpu",
+            "dense": {"epochs": 20, "patience": 4, "lr": 2.0e-3, "weight_decay": 1.0e-4},
+            "vib": {"epochs": 15, "lr": 1.0e-3, "gate_lr": 3.0e-3, "kl_factor": 4.0e-4, "kl_weighting": "flops"},
+            "finetune": {"epochs": 10, "lr": 3.0e-4},
+        },
+        "prune": {"tolerance": 1.0e-5},
+        "export": {"opset": 18, "tolerance": 1.0e-4},
+        "bench": {"backends": ["onnxruntime", "openvino"], "batch_sizes": [1, 64], "threads": 1, "rounds": 10},
+        "quantize": {"enabled": True, "calibration_images": 300, "per_channel": True, "openvino": "nncf"},
+    }
+    raw["bench"]["iters_per_round"] = 10
+    keys = {s: stage_key(get_stage(s).section(parse_config(raw, "t")), {}, "0") for s in ("train-dense", "train-vib")}
+    assert keys == {
+        "train-dense": "2d1f426d27fd75542e8dc84611f7cc6d1154e9d21874613080b124a11c7e0741",
+        "train-vib": "10c10cf18853f2f4190feeb0e588c52641d0d3f60d6d10fe704f5ddb205b9cb0",
+    }
+    off = parse_config({**raw, "model": {"name": "resnet20", "depth_gates": False}}, "t")
+    on = parse_config({**raw, "model": {"name": "resnet20", "depth_gates": True}}, "t")
+    assert stage_key(get_stage("train-dense").section(off), {}, "0") == keys["train-dense"]
+    assert stage_key(get_stage("train-dense").section(on), {}, "0") != keys["train-dense"]
