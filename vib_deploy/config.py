@@ -159,7 +159,7 @@ class PruneConfig(_Strict):
     tolerance: float = Field(1e-5, gt=0)  # max |Δlogit| pruned vs VIB (inference mode), enforced
     # kept units per layer rounded up to a multiple (1: the VIB's own counts); auto: the fastest width per layer,
     # measured on the first of bench.backends (see vib_deploy/deploy/widths.py)
-    round_to: Literal[1, 4, 8, 16, "auto"] = 1
+    round_to: Literal[1, 4, 8, 16, "auto", "block"] = 1
 
 
 class ExportConfig(_Strict):
