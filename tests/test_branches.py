@@ -269,3 +269,27 @@ def test_cache_keys_without_depth_gates_unchanged() -> None:
     on = parse_config({**raw, "model": {"name": "resnet20", "depth_gates": True}}, "t")
     assert stage_key(get_stage("train-dense").section(off), {}, "0") == keys["train-dense"]
     assert stage_key(get_stage("train-dense").section(on), {}, "0") != keys["train-dense"]
+
+
+def test_conv_count_of_a_depth_pruned_onnx_model(tmp_path) -> None:
+    """The deploy matrix's convs: the exported pruned net runs fewer Conv nodes (a removed branch exports none)."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from vib_deploy.deploy.export import export_onnx
+    from vib_deploy.report.summary import conv_count
+
+    net = _randomise(_nets()["projection"])
+    gated = _gated(copy.deepcopy(net))
+    with torch.no_grad():
+        gated.branch_gates[0].logD.fill_(20.0)
+    result, _ = prune_groups(gated, SHAPE)
+    pruned = result.model.float()
+    for name, model in (("dense", net), ("pruned", pruned)):
+        export_onnx(model, tmp_path / f"{name}.onnx", SHAPE, 18)
+    assert conv_count(tmp_path / "dense.onnx") == 6 and conv_count(tmp_path / "pruned.onnx") == 4
+    x = torch.randn(3, *SHAPE)  # another batch than the export's: the constant follows the batch
+    session = ort.InferenceSession(str(tmp_path / "pruned.onnx"), providers=["CPUExecutionProvider"])
+    (out,) = session.run(None, {"input": x.numpy()})
+    with torch.no_grad():
+        assert np.abs(out - pruned(x).numpy()).max() <= 1e-5

@@ -40,7 +40,7 @@ def measured_block(key: dict[str, Any], measure: Callable[[Any, list[tuple[int, 
     from vib_deploy.measure.latency import LayerShape, _digest
     from vib_deploy.runs.files import atomic_write_json, read_json_file, user_cache
 
-    path = user_cache("latency", f"block-{key['engine']}-{key['precision']}-{_digest(key)[:16]}.json")
+    path = user_cache("latency", f"block-{key['engine']}-{key['precision']}-{_digest(key)[:16]}").with_suffix(".json")
     if path.is_file():
         data = read_json_file(path, "delete it: the next run times the block again")
         if isinstance(data, dict) and data.get("key") == key:
