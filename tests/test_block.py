@@ -82,3 +82,13 @@ def test_round_to_block_of_16_keeps_multiples_of_16_or_0() -> None:
     x = torch.randn(2, *SHAPE, dtype=torch.float64)
     with torch.no_grad():
         assert float((result.model(x) - gated(x)).abs().max()) <= 1e-12
+
+
+def test_a_branch_costs_its_layers_latency_at_the_current_widths() -> None:
+    """kl_weighting latency: a branch gate's unit costs its layers' table values (interpolated, monotone rows)."""
+    from vib_deploy.measure.latency import LayerTable
+
+    table = LayerTable((8, 16), (8, 16), ((1.0, 2.0), (3.0, 4.0)))
+    assert table.value(8, 8) == 1.0 and table.value(16, 16) == 4.0
+    assert table.value(12, 12) == 2.5  # bilinear between the grid's corners
+    assert table.value(4, 32) == 2.0  # constant outside the grid
