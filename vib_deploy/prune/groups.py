@@ -113,7 +113,7 @@ def prune_groups(gated: GatedNet, input_shape: Sequence[int]) -> tuple[PruneResu
                 _scale_outputs(net.get_submodule(point), point_scale(z, index)[0])
         for b, z in zip(work.branches, work.branch_scales(like)):
             _scale_outputs(net.get_submodule(b.output), z[0])
-    dead = [not bool(unit_masks[g.gate][list(g.unit_of_channel)].any()) for g in work.groups]
+    died = [not bool(unit_masks[g.gate][list(g.unit_of_channel)].any()) for g in work.groups]  # whole groups
     for g in (
         work.groups
     ):  # a layer whose channels (of this group) all died keeps one, an exact zero: the net keeps its shape
@@ -133,9 +133,9 @@ def prune_groups(gated: GatedNet, input_shape: Sequence[int]) -> tuple[PruneResu
     record += [{"grouped_conv": conv, "dead_inputs": sorted(dead)} for conv, dead in dead_inputs.items() if dead]
     apply_pruning(net, record, input_shape)
     # depth gates: every branch is a candidate; without them, the branches found now, candidates where cut inside
-    branches = work.branches if work.branches else (plan_branches(net, input_shape) if any(dead) else [])
+    branches = work.branches if work.branches else (plan_branches(net, input_shape) if any(died) else [])
     keep = work.branch_keep() if work.branches else [True] * len(branches)
-    candidates = [(b, not k) for b, k in zip(branches, keep) if not k or interior_dead(b, work.groups, dead)]
+    candidates = [(b, not k) for b, k in zip(branches, keep) if not k or interior_dead(b, work.groups, died)]
     steps = remove_branches(net, candidates, input_shape)
     record += steps
     gone = {m for step in steps for m in step["modules"]}
