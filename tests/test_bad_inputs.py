@@ -18,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import LENET300, ROOT, TINY, assert_user_error, run_cli
+
+from tests.conftest import LENET300, ROOT, TINY, assert_user_error, run_cli
 
 CORPUS = Path(__file__).resolve().parent / "corpus" / "configs"
 PIPELINE = LENET300

@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import ROOT, run_cli
 from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
+from tests.conftest import ROOT, run_cli
 from vib_deploy.config import PipelineConfig, config_to_yaml, load_config, parse_config
 from vib_deploy.errors import UserError
 

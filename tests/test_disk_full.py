@@ -4,8 +4,8 @@ import errno
 import subprocess
 
 import pytest
-from conftest import run_cli
 
+from tests.conftest import run_cli
 from vib_deploy.errors import UserError
 from vib_deploy.runs.directory import atomic_write
 

@@ -18,9 +18,9 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import LENET300 as PIPELINE
-from conftest import ROOT, TINY, enabled_stages, run_cli
 
+from tests.conftest import LENET300 as PIPELINE
+from tests.conftest import ROOT, TINY, enabled_stages, run_cli
 from vib_deploy.errors import UserError
 from vib_deploy.runs import directory as runs
 from vib_deploy.runs.directory import RunDir, atomic_write_bytes

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, run_cli
 
+from tests.conftest import ROOT, run_cli
 from vib_deploy.errors import UserError
 from vib_deploy.runs.directory import RunDir, sha256_file
 

@@ -7,7 +7,8 @@ import sys
 import time
 
 import pytest
-from conftest import ROOT
+
+from tests.conftest import ROOT
 
 # ~1 s per dense epoch: the signal lands mid-training even on a loaded machine
 ARGS = [

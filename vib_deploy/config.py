@@ -57,6 +57,7 @@ class ModelConfig(_Strict):
     kwargs: dict[str, Any] = {}  # keyword arguments for the factory (or zoo function)
     input_shape: list[int] | None = None  # (C, H, W) of one sample; default: the data's (1, 28 + 2 pad, ...)
     ignore: list[str] = []  # module names whose output channels are never pruned (the output layer never is)
+    depth_gates: bool = False  # also one VIB gate per residual branch: a branch it switches off goes whole
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelConfig:
@@ -64,8 +65,8 @@ class ModelConfig(_Strict):
             raise PydanticCustomError("model_source_missing", "a zoo model name or a factory")
         if self.name is not None and self.factory is not None:
             raise ValueError("give exactly one of model.name (a zoo model) and model.factory (your own nn.Module)")
-        if self.name in SEQUENTIAL_ZOO and (self.kwargs or self.input_shape or self.ignore):
-            raise ValueError(f"model {self.name} takes no kwargs, input_shape or ignore")
+        if self.name in SEQUENTIAL_ZOO and (self.kwargs or self.input_shape or self.ignore or self.depth_gates):
+            raise ValueError(f"model {self.name} takes no kwargs, input_shape, ignore or depth_gates")
         if self.input_shape is not None and (len(self.input_shape) != 3 or min(self.input_shape) < 1):
             raise ValueError(
                 f"input_shape must be [channels, height, width] of positive integers, got {self.input_shape}"
@@ -160,7 +161,7 @@ class PruneConfig(_Strict):
     tolerance: float = Field(1e-5, gt=0)  # max |Δlogit| pruned vs VIB (inference mode), enforced
     # kept units per layer rounded up to a multiple (1: the VIB's own counts); auto: the fastest width per layer,
     # measured on the first of bench.backends (see vib_deploy/deploy/widths.py)
-    round_to: Literal[1, 4, 8, 16, "auto"] = 1
+    round_to: Literal[1, 4, 8, 16, "auto", "block"] = 1
 
 
 class ExportConfig(_Strict):

@@ -90,6 +90,7 @@ def save_module_model(
         "input_shape": list(input_shape),
         "pruning": pruning or [],
         "gates": [g.to_json() for g in gated.groups] if gated else None,
+        **({"branches": [b.to_json() for b in gated.branches]} if gated and gated.branches else {}),
         "threshold": float(cast(VIBGate, gated.gates[0]).threshold) if gated and len(gated.gates) else 0.0,
     }
     payload = {
@@ -102,6 +103,7 @@ def save_module_model(
 
 def load_module_model(spec: dict[str, Any], state_dict: dict[str, torch.Tensor], path: Path) -> nn.Module:
     """Rebuild a saved module model: factory -> replay pruning -> gates -> weights."""
+    from vib_deploy.model.branches import Branch
     from vib_deploy.model.gated import GatedNet  # torch_pruning: loaded for module-format files only
     from vib_deploy.model.graph import GateGroup
     from vib_deploy.prune.groups import apply_pruning
@@ -114,7 +116,8 @@ def load_module_model(spec: dict[str, Any], state_dict: dict[str, torch.Tensor],
     apply_pruning(net, spec["pruning"], spec["input_shape"])
     model: nn.Module = net
     if spec["gates"] is not None:
-        model = GatedNet(net, [GateGroup.from_json(g) for g in spec["gates"]], spec["threshold"])
+        branches = [Branch.from_json(b) for b in spec.get("branches", [])]
+        model = GatedNet(net, [GateGroup.from_json(g) for g in spec["gates"]], spec["threshold"], branches)
     try:
         model.load_state_dict(state_dict)
     except RuntimeError as e:

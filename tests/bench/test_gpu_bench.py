@@ -116,7 +116,7 @@ def test_launch_overhead_table():
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only answer")
 def test_gpu_bench_device_cuda_on_cpu_is_one_line_exit_2(tmp_path):
-    from conftest import run_cli
+    from tests.conftest import run_cli
 
     proc = run_cli("gpu-bench", str(tmp_path), "--device", "cuda")
     assert proc.returncode == 2

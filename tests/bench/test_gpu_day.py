@@ -8,8 +8,8 @@ import time
 
 import pytest
 import torch
-from conftest import ROOT, run_cli
 
+from tests.conftest import ROOT, run_cli
 from vib_deploy.bench.gpu_day import GPU_TEST_FILES, Step, plan, run_steps
 
 

@@ -5,7 +5,8 @@ import json
 import shutil
 
 import pytest
-from conftest import TINY, enabled_stages, run_cli
+
+from tests.conftest import TINY, enabled_stages, run_cli
 
 pytestmark = pytest.mark.e2e
 

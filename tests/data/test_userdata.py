@@ -8,10 +8,10 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import run_cli
-from folderdata import WORDS, write_digit_folder
 from PIL import Image
 
+from tests.conftest import run_cli
+from tests.folderdata import WORDS, write_digit_folder
 from vib_deploy.data import userdata
 from vib_deploy.data.datasets import load_splits
 from vib_deploy.errors import UserError

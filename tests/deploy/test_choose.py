@@ -7,9 +7,9 @@ import dataclasses
 import json
 
 import pytest
-from conftest import LENET300, ROOT, assert_user_error, run_cli
-from record_examples import summary_of
 
+from tests.conftest import LENET300, ROOT, assert_user_error, run_cli
+from tests.record_examples import summary_of
 from vib_deploy.config import Target, config_to_yaml, load_config
 from vib_deploy.deploy.choose import choice_markdown, choice_rows, choose
 from vib_deploy.records import QuantizedModel, QuantizeRecord, RunSummary

@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import LENET5_EVERY_STAGE, ROOT, run_cli
+
+from tests.conftest import LENET5_EVERY_STAGE, ROOT, run_cli
 
 ov = pytest.importorskip("openvino", reason="the openvino wheel is a dependency: `make setup` installs it")
 
@@ -443,8 +444,8 @@ def test_openvino_runs_the_kept_pixels_as_a_gather_on_axis_1(tmp_path):
     # PixelSelect exports GatherElements (fast on ONNX Runtime); OpenVINO's Gather on axis 1 is the fast form there,
     # so the runner and the IR lower it: same outputs, no GatherElements left
     import onnx
-    from conftest import kept_pixel_net
 
+    from tests.conftest import kept_pixel_net
     from vib_deploy.backends.openvino import OpenVinoRunner, lower_row_gathers, save_ir
     from vib_deploy.runs.directory import atomic_write
 

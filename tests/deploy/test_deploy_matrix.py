@@ -1,8 +1,8 @@
 """The deploy matrix and the honest headline: best dense vs best pruned across engines and precisions."""
 
 import pytest
-from record_examples import summary_of
 
+from tests.record_examples import summary_of
 from vib_deploy.deploy.deploy_matrix import full_records, headline_short, headline_text, headlines, render_matrix
 
 
@@ -64,6 +64,16 @@ def test_old_bench_records_read_as_fp32_with_the_runs_figures():
     assert [r["precision"] for r in rows] == ["fp32"] * 3
     assert rows[2]["widths"] == [4, 9, 60] and rows[2]["error"] == 0.012 and rows[0]["error"] == 0.01
     text = render_matrix(_metrics(records))
-    assert "| onnxruntime | fp32 | pruned_reduced | 4-9-60 | 64 | 0.8000 |" in text
+    assert "| onnxruntime | fp32 | pruned_reduced | 4-9-60 | — | 64 | 0.8000 |" in text  # convs: not recorded then
     assert "onnxruntime fp32 dense 4.0000 ms → onnxruntime fp32 pruned_reduced 0.8000 ms: 5.00×" in text
     assert "INT8" not in text  # no quantize stage in this run
+
+
+def test_each_deployment_gives_its_convolution_count():
+    from dataclasses import replace
+
+    metrics = _metrics([_rec("openvino", "dense", 4.0, "fp32"), _rec("openvino", "pruned", 1.0, "int8")])
+    metrics = replace(metrics, dense=replace(metrics.dense, convs=21), pruned=replace(metrics.pruned, convs=13))
+    text = render_matrix(metrics)
+    assert "| openvino | fp32 | dense | 20-50-500 | 21 | 64 |" in text
+    assert "| openvino | int8 | pruned | 4-9-60 | 13 | 64 |" in text

@@ -6,8 +6,8 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import run_cli
 
+from tests.conftest import run_cli
 from vib_deploy.deploy.engine import unavailable
 
 TRT_PROBLEM = unavailable()

@@ -38,7 +38,8 @@ def test_kept_pixels_export_as_gather_elements(tmp_path):
     # ONNX Runtime copies a Gather on axis 1 one float at a time (docs/cpu.md, "The kept-pixel Gather"): the pixel
     # selection must export as GatherElements, with a dynamic batch, and select exactly the kept pixels
     import onnx
-    from conftest import kept_pixel_net
+
+    from tests.conftest import kept_pixel_net
 
     model, path = kept_pixel_net(tmp_path)
     ops = [n.op_type for n in onnx.load(str(path)).graph.node]

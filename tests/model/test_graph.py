@@ -10,11 +10,11 @@ import copy
 
 import pytest
 import torch
-from conftest import ROOT
 from hypothesis import HealthCheck, example, given, settings
-from netgen import INPUT_SHAPE, BlockSpec, RandomNet, random_nets
 from torch import nn
 
+from tests.conftest import ROOT
+from tests.netgen import INPUT_SHAPE, BlockSpec, RandomNet, random_nets
 from vib_deploy.errors import UserError
 from vib_deploy.model.gated import GatedNet
 from vib_deploy.model.graph import plan_groups
@@ -228,7 +228,7 @@ ARCH_SHAPE = (1, 16, 16)
 
 
 def _arch(name: str) -> nn.Module:
-    import archnets
+    from tests import archnets
 
     return getattr(archnets, name)()
 

@@ -6,9 +6,9 @@ import copy
 
 import pytest
 import torch
-from test_graph import ARCH_SHAPE, _arch, _prune_and_replay
 from torch import nn
 
+from tests.model.test_graph import ARCH_SHAPE, _arch, _prune_and_replay
 from vib_deploy.errors import UserError
 from vib_deploy.model.graph import plan_groups
 from vib_deploy.model.tracing import channel_moves, dependency_graph

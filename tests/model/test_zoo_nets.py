@@ -5,7 +5,6 @@ Torch-Pruning's DependencyGraph traces every one of them."""
 from __future__ import annotations
 
 import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,13 +13,12 @@ import torch_pruning as tp
 from hypothesis import given, settings
 from torch import nn
 
+from tests.netgen import INPUT_SHAPE, random_nets
 from vib_deploy.zoo.mobilenet import mobilenet_small
 from vib_deploy.zoo.resnet import resnet20, resnet56
 from vib_deploy.zoo.vgg import vgg16
 
 HERE = Path(__file__).resolve().parents[1]  # tests/
-sys.path.insert(0, str(HERE))
-from netgen import INPUT_SHAPE, random_nets  # noqa: E402
 
 FACTORIES = {
     "resnet20": resnet20,
@@ -148,7 +146,7 @@ def test_netgen_is_deterministic_given_the_draw():
     from hypothesis import find
 
     net = find(random_nets(), lambda n: len(n.specs) >= 2)
-    from netgen import RandomNet
+    from tests.netgen import RandomNet
 
     twin = RandomNet(net.stem[0].out_channels, net.specs, net.num_classes, net.seed, net.conv_head)
     for a, b in zip(net.state_dict().values(), twin.state_dict().values()):

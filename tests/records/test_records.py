@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from record_examples import EXAMPLES
 
+from tests.record_examples import EXAMPLES
 from vib_deploy.errors import UserError
 from vib_deploy.records import (
     RECORD_VERSION,

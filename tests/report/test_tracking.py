@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import ROOT, run_cli
+
+from tests.conftest import ROOT, run_cli
 
 mlflow = pytest.importorskip("mlflow", reason="MLflow is the optional extra `track` (make setup installs it with dev)")
 

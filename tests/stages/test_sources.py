@@ -6,8 +6,8 @@ import textwrap
 
 import pytest
 import torch
-from conftest import ROOT, assert_user_error, run_cli
 
+from tests.conftest import ROOT, assert_user_error, run_cli
 from vib_deploy.errors import UserError
 from vib_deploy.model.factory import build_net, resolve_factory
 from vib_deploy.nets import load_model

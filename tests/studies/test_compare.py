@@ -5,8 +5,8 @@ import json
 import re
 
 import pytest
-from conftest import LENET300, ROOT, STUDY_TINY, run_cli
 
+from tests.conftest import LENET300, ROOT, STUDY_TINY, run_cli
 from vib_deploy.studies.common import override_tag
 
 PIPELINE = str(ROOT / LENET300)

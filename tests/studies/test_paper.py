@@ -1,7 +1,6 @@
 """The paper table's list of settings that differ from the official VIBNet code, read from the config."""
 
-from conftest import ROOT
-
+from tests.conftest import ROOT
 from vib_deploy.config import load_config
 from vib_deploy.studies.paper import OFFICIAL, deviations
 

@@ -207,8 +207,7 @@ def test_a_non_sequential_net_is_a_clear_error():
 
 # -- scratch and same-width peers, budgets ----------------------------------------------------------
 def _config(*sets):
-    from conftest import ROOT
-
+    from tests.conftest import ROOT
     from vib_deploy.config import load_config
 
     return load_config(ROOT / "pipelines/mnist-lenet300.yaml", ["train.dense.epochs=10", "train.vib.epochs=100", *sets])

@@ -6,8 +6,8 @@ import json
 import shutil
 
 import pytest
-from conftest import LENET300, ROOT, STUDY_TINY, run_cli
 
+from tests.conftest import LENET300, ROOT, STUDY_TINY, run_cli
 from vib_deploy.studies.common import override_tag
 
 TINY = STUDY_TINY

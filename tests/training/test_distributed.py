@@ -17,8 +17,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, TINY, InterruptAfter, run_cli
 
+from tests.conftest import ROOT, TINY, InterruptAfter, run_cli
 from vib_deploy.errors import UserError
 from vib_deploy.model.vib import gates
 from vib_deploy.runs.directory import RunDir

@@ -11,8 +11,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, InterruptAfter
 
+from tests.conftest import ROOT, InterruptAfter
 from vib_deploy import __version__
 from vib_deploy.config import load_config
 from vib_deploy.errors import UserError
@@ -274,7 +274,7 @@ def test_peer_of_a_finetuned_vib_run_gets_its_epochs_and_runs_without_the_stage(
 
 
 def test_the_finetune_command_of_a_run_with_it_off_is_exit_2(tmp_path):
-    from conftest import run_cli
+    from tests.conftest import run_cli
 
     off = ("--set", "train.finetune.epochs=0")  # the LeNet pipelines fine-tune by default
     assert run_cli("init", "pipelines/mnist-lenet300.yaml", "--run-dir", str(tmp_path / "r"), *off).returncode == 0

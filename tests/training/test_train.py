@@ -5,8 +5,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from conftest import InterruptAfter
 
+from tests.conftest import InterruptAfter
 from vib_deploy.errors import UserError
 from vib_deploy.runs.directory import RunDir
 from vib_deploy.training.loop import TrainSpec, train

@@ -5,9 +5,9 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from conftest import run_cli
 from torch import nn
 
+from tests.conftest import run_cli
 from vib_deploy.config import parse_config
 from vib_deploy.errors import UserError
 from vib_deploy.runs.directory import RunDir

@@ -289,12 +289,15 @@ def profile(
     run_dir: Path = RUN_DIR,
     batch: int = typer.Option(64, "--batch", help="Batch size."),
     runs: int = typer.Option(200, "--runs", help="Profiled runs per model."),
-    threads: int = typer.Option(1, "--threads", help="ONNX Runtime intra-op threads."),
+    threads: int = typer.Option(1, "--threads", help="Intra-op threads."),
+    backend: str = typer.Option("onnxruntime", "--backend", help="onnxruntime or openvino (its INT8 models too)."),
+    top: int | None = typer.Option(None, "--top", help="Slowest nodes listed per model (default: all)."),
 ) -> None:
-    """Where the latency goes: ONNX Runtime's per-node profile of the dense and pruned ONNX models."""
+    """Where the latency goes: the engine's own per-node profile of the dense and pruned models (OpenVINO: grouped
+    by resolution too)."""
     from vib_deploy.bench.profile import print_profile, profile_run
 
-    print_profile(profile_run(run_dir, batch, runs, threads), batch)
+    print_profile(profile_run(run_dir, batch, runs, threads, backend), batch, top)
 
 
 @app.command("build-engine")

@@ -124,14 +124,15 @@ def render_matrix(summary: RunSummary) -> str:
         "set, measured on the engine that ran the model (int8) or once in torch (fp32: every engine agrees "
         "within the parity tolerance).",
         "",
-        "| backend | precision | variant | widths | batch | p50 ms | p99 ms | samples/s | peak memory bytes | "
+        "| backend | precision | variant | widths | convs | batch | p50 ms | p99 ms | samples/s | peak memory bytes | "
         "test error | bytes | speedup | measured/ideal |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    convs = {"dense": summary.dense.convs, "pruned": summary.pruned.convs}  # the ONNX model's Conv nodes
     for r in sorted(full_records(summary), key=lambda r: (r["batch"], r["backend"], r["precision"], r["variant"])):
         lines.append(
             f"| {r['backend']} | {r['precision']} | {r['variant']} | {'-'.join(map(str, r['widths'] or []))} | "
-            f"{r['batch']} | {r['p50_ms']:.4f} | {r['p99_ms']:.4f} | {r['throughput']:,.0f} | "
+            f"{_cell(convs.get(r['variant'], convs['pruned']), ',')} | {r['batch']} | {r['p50_ms']:.4f} | {r['p99_ms']:.4f} | {r['throughput']:,.0f} | "
             f"{_cell(r['peak_memory_bytes'], ',')} | {_cell(r['error'], '.2%')} | {_cell(r['bytes'], ',')} | "
             f"{_cell(r['speedup'], '.2f')} | {_cell(r['measured_over_ideal'], '.2f')} |"
         )

@@ -63,15 +63,26 @@ def keep_smallest(gate: VIBGate, count: int) -> None:
         )
 
 
-def round_widths(model: nn.Module, multiple: int) -> list[dict[str, Any]]:
-    """Loosen each gate's threshold so its kept count is rounded up to `multiple`; returns one record per gate."""
-    if multiple not in ROUND_TO:
+def round_widths(model: nn.Module, multiple: int, block: bool = False) -> list[dict[str, Any]]:
+    """Loosen each gate's threshold so its kept count is rounded up to `multiple`; returns one record per gate.
+
+    `block` (prune.round_to: block, `multiple` the target's measured channel block): a gate that kept nothing stays
+    at 0 where its channels all lie inside a residual branch (the branch then goes whole, prune/branches.py), else
+    rounds up to one block (the prune stage would keep one channel); branch gates (one unit each) are not rounded."""
+    if not block and multiple not in ROUND_TO:
         raise UserError(f"prune.round_to must be one of {', '.join(map(str, ROUND_TO))}, got {multiple!r}")
-    fixed = input_gates(model)
+    fixed, interior, branch_gates = input_gates(model), *_branch_gates(model)
     records = []
     for i, gate in enumerate(gates(model)):
         vib = int(gate.keep_mask().sum())
-        target = vib if id(gate) in fixed else round_up(vib, multiple, gate.units)
+        target = round_up(vib, multiple, gate.units)
+        why = f"multiple of {multiple}" + (" (the target's channel block)" if block else "")
+        if id(gate) in fixed or id(gate) in branch_gates:
+            target, why = vib, "input pixels: not rounded" if id(gate) in fixed else "branch gate: not rounded"
+        elif block and vib == 0 and id(gate) not in interior:
+            target = min(multiple, gate.units)
+        elif block and vib == 0:
+            why = "0: inside a residual branch, which goes whole"
         if target != vib:
             keep_smallest(gate, target)
         records.append(
@@ -81,10 +92,24 @@ def round_widths(model: nn.Module, multiple: int) -> list[dict[str, Any]]:
                 "vib": vib,
                 "kept": target,
                 "threshold": float(gate.threshold),
-                "why": "input pixels: not rounded" if id(gate) in fixed else f"multiple of {multiple}",
+                "why": why,
             }
         )
     return records
+
+
+def _branch_gates(model: nn.Module) -> tuple[set[int], set[int]]:
+    """Ids of a GatedNet's channel gates whose groups all lie inside one residual branch, and of its branch gates."""
+    from vib_deploy.model.gated import GatedNet
+
+    if not isinstance(model, GatedNet):
+        return set(), set()
+    insides = [set(b.modules) for b in model.branches]  # (without depth gates: none, so 0 rounds up to a block)
+    per_gate: dict[int, list[bool]] = {}
+    for g in model.groups:
+        per_gate.setdefault(g.gate, []).append(any(set(g.members) <= inside for inside in insides))
+    interior = {id(model.gates[k]) for k, inside in per_gate.items() if all(inside)}
+    return interior, {id(b) for b in model.branch_gates}
 
 
 def kept_counts(model: nn.Module) -> list[int]:

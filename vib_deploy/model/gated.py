@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from vib_deploy.errors import UserError
+from vib_deploy.model.branches import Branch
 from vib_deploy.model.graph import GateGroup
 from vib_deploy.model.vib import VIBGate
 
@@ -33,16 +34,20 @@ def _multiply_output(module: nn.Module, inputs: Any, output: torch.Tensor, z: to
 
 
 class GatedNet(nn.Module):
-    """A user's net with one VIBGate per group, multiplying the outputs of the group's gate points.
+    """A user's net with one VIBGate per group, multiplying the outputs of the group's gate points, and (depth
+    gates) one scalar VIBGate per residual branch (branches.py), multiplying the output of the branch's last module.
 
     Hooks are attached for the length of one forward only, so the net stays a plain module
-    (deep-copyable, state_dict = net.* + gates.*) and every point of a group sees the same z.
+    (deep-copyable, state_dict = net.* + gates.* [+ branch_gates.*]) and every point of a group sees the same z.
     """
 
-    def __init__(self, net: nn.Module, groups: Sequence[GateGroup], threshold: float = 0.0):
+    def __init__(
+        self, net: nn.Module, groups: Sequence[GateGroup], threshold: float = 0.0, branches: Sequence[Branch] = ()
+    ):
         super().__init__()
         self.net = net
         self.groups = list(groups)
+        self.branches = list(branches)
         gates: dict[int, list[GateGroup]] = {}
         for g in self.groups:
             gates.setdefault(g.gate, []).append(g)
@@ -58,6 +63,12 @@ class GatedNet(nn.Module):
             self.gates.append(
                 VIBGate(units, kl_mult=channels / units / math.sqrt(size), map_size=size, threshold=threshold)
             )
+        # a branch gate: one unit standing for the branch's output channels on its S x S map, weighted as the
+        # paper weights that many conv units there (klweight.py weights it by the branch's cost instead)
+        self.branch_gates = nn.ModuleList(
+            VIBGate(1, kl_mult=b.channels / math.sqrt(b.map_size), map_size=b.map_size, threshold=threshold)
+            for b in self.branches
+        )
 
     def channel_scales(self, like: torch.Tensor) -> list[torch.Tensor]:
         """Per group, z over its channels: (B|1, channels), drawn once per gate."""
@@ -70,11 +81,25 @@ class GatedNet(nn.Module):
             for g, z in zip(self.groups, self.channel_scales(x))
             for point, index in g.points
         ]
+        handles += [
+            self.net.get_submodule(b.output).register_forward_hook(partial(_multiply_output, z=z))
+            for b, z in zip(self.branches, self.branch_scales(x))
+        ]
         try:
             return self.net(x)
         finally:
             for h in handles:
                 h.remove()
+
+    def branch_scales(self, like: torch.Tensor) -> list[torch.Tensor]:
+        """Per branch, its z over the branch's output channels: (B|1, channels)."""
+        return [
+            cast(VIBGate, gate).sample(like).expand(-1, b.channels) for b, gate in zip(self.branches, self.branch_gates)
+        ]
+
+    def branch_keep(self) -> list[bool]:
+        """Per branch, whether its gate keeps it at inference."""
+        return [bool(cast(VIBGate, gate).keep_mask()[0]) for gate in self.branch_gates]
 
     def unit_masks(self) -> list[torch.Tensor]:
         """Per gate, the units kept at inference."""

@@ -17,10 +17,12 @@ import torch
 from torch import nn
 
 from vib_deploy.errors import UserError
+from vib_deploy.model.branches import Branch, plan_branches
 from vib_deploy.model.gated import GatedNet, point_scale
 from vib_deploy.model.graph import BATCHNORMS, WEIGHTED, GateGroup, GroupPlan, is_grouped_conv
 from vib_deploy.model.tracing import dependency_graph
 from vib_deploy.model.vib import VIBGate
+from vib_deploy.prune.branches import interior_dead, remove_branches, replay
 from vib_deploy.prune.result import PruneResult
 
 
@@ -48,6 +50,9 @@ def apply_pruning(net: nn.Module, record: Sequence[dict[str, Any]], input_shape:
         return net
     graph = dependency_graph(net, input_shape, next(net.parameters()).dtype)
     for step in record:
+        if "branch" in step:  # after every channel step (prune_groups records them last)
+            replay(net, step)
+            continue
         if "grouped_conv" in step:
             _prune_grouped_inputs(net.get_submodule(step["grouped_conv"]), step["dead_inputs"])
             continue
@@ -91,18 +96,24 @@ def _prune_grouped_inputs(conv: nn.Module, dead: Sequence[int]) -> None:
 
 
 def prune_groups(gated: GatedNet, input_shape: Sequence[int]) -> tuple[PruneResult, list[dict[str, Any]]]:
-    """Fold each group's inference z into its gate points, then remove the dead channels, in float64.
+    """Fold each group's and branch's inference z into its gate points, remove the dead channels, then the residual
+    branches whose gate is off or whose interior died (prune/branches.py), in float64.
 
-    Returns the pruned plain net (float64, eval) with the kept channels per group, and the pruning record
-    that `apply_pruning` replays on a fresh net to rebuild its shapes.
+    Returns the pruned plain net (float64, eval) with the kept channels per group (none for a removed branch's
+    interior groups), and the pruning record that `apply_pruning` replays on a fresh net to rebuild its shapes.
     """
+    # long function: fold, choose the kept channels, cut them, then remove branches: one sequence on one copy
     work = copy.deepcopy(gated).cpu().double().eval()
     net = work.net
     unit_masks = [m.clone() for m in work.unit_masks()]
+    like = torch.zeros(1, dtype=torch.float64)
     with torch.no_grad():
-        for g, z in zip(work.groups, work.channel_scales(torch.zeros(1, dtype=torch.float64))):
+        for g, z in zip(work.groups, work.channel_scales(like)):
             for point, index in g.points:
                 _scale_outputs(net.get_submodule(point), point_scale(z, index)[0])
+        for b, z in zip(work.branches, work.branch_scales(like)):
+            _scale_outputs(net.get_submodule(b.output), z[0])
+    died = [not bool(unit_masks[g.gate][list(g.unit_of_channel)].any()) for g in work.groups]  # whole groups
     for g in (
         work.groups
     ):  # a layer whose channels (of this group) all died keeps one, an exact zero: the net keeps its shape
@@ -121,7 +132,14 @@ def prune_groups(gated: GatedNet, input_shape: Sequence[int]) -> tuple[PruneResu
             dead_inputs.setdefault(conv, []).extend(positions[c] for c in range(g.channels) if not m[c])
     record += [{"grouped_conv": conv, "dead_inputs": sorted(dead)} for conv, dead in dead_inputs.items() if dead]
     apply_pruning(net, record, input_shape)
-    kept = [torch.nonzero(m).flatten().tolist() for m in masks]
+    # depth gates: every branch is a candidate; without them, the branches found now, candidates where cut inside
+    branches = work.branches if work.branches else (plan_branches(net, input_shape) if any(died) else [])
+    keep = work.branch_keep() if work.branches else [True] * len(branches)
+    candidates = [(b, not k) for b, k in zip(branches, keep) if not k or interior_dead(b, work.groups, died)]
+    steps = remove_branches(net, candidates, input_shape)
+    record += steps
+    gone = {m for step in steps for m in step["modules"]}
+    kept = [[] if set(g.members) <= gone else torch.nonzero(m).flatten().tolist() for g, m in zip(work.groups, masks)]
     return PruneResult(net.eval(), None, None, kept, 0), record
 
 
@@ -136,9 +154,14 @@ def _random_gates(gated: GatedNet, generator: torch.Generator) -> None:
             off = torch.rand(gate.units, generator=generator) < 0.5
             off[int(torch.randint(gate.units, (1,), generator=generator))] = False
             gate.logD.copy_(torch.where(off, 20.0, -20.0))
+        for gate in (cast(VIBGate, g) for g in gated.branch_gates):  # about half the branches off
+            gate.mu.copy_(torch.rand(1, generator=generator) + 0.5)
+            gate.logD.copy_(torch.where(torch.rand(1, generator=generator) < 0.5, 20.0, -20.0))
 
 
-def check_prunable(net: nn.Module, plan: GroupPlan, input_shape: Sequence[int], seed: int = 0) -> float:
+def check_prunable(
+    net: nn.Module, plan: GroupPlan, input_shape: Sequence[int], seed: int = 0, branches: Sequence[Branch] = ()
+) -> float:
     """Prune a copy of `net` with random gates (half the channels of every group off) and compare in float64.
 
     Returns max |Δ| / scale. Raises UserError naming the first group that cannot be removed exactly (an op
@@ -146,15 +169,17 @@ def check_prunable(net: nn.Module, plan: GroupPlan, input_shape: Sequence[int], 
     so such a model fails before any training.
     """
     with torch.random.fork_rng():  # the gates' own init must not shift the caller's random stream
-        return _check_prunable(net, plan, input_shape, seed)
+        return _check_prunable(net, plan, input_shape, seed, branches)
 
 
-def _check_prunable(net: nn.Module, plan: GroupPlan, input_shape: Sequence[int], seed: int) -> float:
+def _check_prunable(
+    net: nn.Module, plan: GroupPlan, input_shape: Sequence[int], seed: int, branches: Sequence[Branch]
+) -> float:
     generator = torch.Generator().manual_seed(seed)
     x = torch.randn((8,) + tuple(input_shape), generator=generator, dtype=torch.float64)
 
-    def error_of(groups: Sequence[GateGroup]) -> float:
-        gated = GatedNet(copy.deepcopy(net), groups).double().eval()
+    def error_of(groups: Sequence[GateGroup], branches: Sequence[Branch] = ()) -> float:
+        gated = GatedNet(copy.deepcopy(net), groups, branches=branches).double().eval()
         _random_gates(gated, generator)
         try:
             result, _ = prune_groups(gated, input_shape)
@@ -166,9 +191,15 @@ def _check_prunable(net: nn.Module, plan: GroupPlan, input_shape: Sequence[int],
         except Exception:  # a group Torch-Pruning cannot cut consistently
             return math.inf
 
-    worst = error_of(plan.gated)
+    worst = error_of(plan.gated, branches)
     if worst <= SELF_CHECK_TOLERANCE:
         return worst
+    for branch in branches:
+        if not error_of([], [branch]) <= SELF_CHECK_TOLERANCE:
+            raise UserError(
+                f"the residual branch ending in {branch.output} ({', '.join(branch.modules[:6])}) cannot be removed "
+                "exactly; set model.depth_gates: false, or list one of its layers under model.ignore"
+            )
     for group in plan.gated:  # name the culprit (with the groups that share its gate)
         tied = [replace(g, gate=0) for g in plan.gated if g.gate == group.gate]
         if not error_of(tied) <= SELF_CHECK_TOLERANCE:

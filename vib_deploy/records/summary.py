@@ -25,6 +25,8 @@ class DenseSummary(JsonRecord):
     epochs: int
     best_epoch: int | None
     seconds: float
+    convs: int | None = None  # Conv nodes of the exported ONNX model (None: a metrics.json made before it)
+    OMIT_NONE = frozenset({"convs"})
 
 
 @dataclass(frozen=True)
@@ -47,7 +49,8 @@ class PrunedSummary(JsonRecord):
     round_to: int | str | None = None  # set when prune.round_to is not 1, with each layer's chosen width
     widths: list[dict[str, Any]] | None = None
     val_error: float | None = None  # None: a prune.json made before it was recorded
-    OMIT_NONE = frozenset({"round_to", "widths", "val_error"})
+    convs: int | None = None  # Conv nodes of the exported ONNX model (None: a metrics.json made before it)
+    OMIT_NONE = frozenset({"round_to", "widths", "val_error", "convs"})
 
 
 @dataclass(frozen=True)

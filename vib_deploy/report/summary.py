@@ -62,6 +62,14 @@ def _pruned(p: PruneRecord) -> PrunedSummary:
     )  # fmt: skip
 
 
+def conv_count(path: Path) -> int:
+    """Conv nodes of an ONNX model (float or quantized): what a depth-pruned deployment runs fewer of."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    return sum(n.op_type in ("Conv", "ConvInteger", "QLinearConv") for n in graph.node)
+
+
 def _finetuned(t: FinetuneRecord | None) -> FinetunedSummary | None:
     if t is None:
         return None
@@ -78,14 +86,15 @@ def build_summary(run: RunDir, config: Any) -> RunSummary:
     view = run.view()
     models = export.variants.values()
     exact = {f.name: getattr(pruned.exact, f.name, None) for f in fields(ExactSummary)}
+    convs = {v: conv_count(run.verified(f"{v}.onnx")) if view.has(f"{v}.onnx") else None for v in ("dense", "pruned")}
     summary = RunSummary(
         model=config.model.name or config.model.factory,
         dataset=config.data.dataset,
         version=__version__,
         test_samples=dense.test_samples,
-        dense=_dense(dense, pruned),
+        dense=replace(_dense(dense, pruned), convs=convs["dense"]),
         vib=VibSummary(vib.test_error, vib.val_error, len(vib.history), config.train.vib.kl_factor, vib.seconds),
-        pruned=_pruned(pruned),
+        pruned=replace(_pruned(pruned), convs=convs["pruned"]),
         finetuned=_finetuned(tuned),
         deployed=deployed_file(config, "pruned"),
         prune=ExactSummary(**exact),

@@ -64,6 +64,8 @@ def _round(ctx: Context, source: Any, vib_model: torch.nn.Module, data: Any) -> 
     from vib_deploy.deploy.widths import auto_widths, measured_timer, round_widths
 
     round_to = ctx.config.prune.round_to
+    if round_to == "block":
+        return round_widths(vib_model, target_block(ctx.config), block=True)
     if round_to != "auto":
         return round_widths(vib_model, round_to)
     from vib_deploy.measure.machine import cpu_info
@@ -101,3 +103,26 @@ def _round(ctx: Context, source: Any, vib_model: torch.nn.Module, data: Any) -> 
     widths = auto_widths(vib_model, timer, str(target) if target else backend)
     WidthsSweep(key, cache).write(ctx.out(WidthsSweep.FILE))
     return widths
+
+
+def target_block(config: Any) -> int:
+    """prune.round_to: block: the channel block of deploy.target (else bench.backends[0], fp32, batch 64), timed once
+    per target identity and cached (deploy/block.py)."""
+    from vib_deploy.bench.layer_timing import onnx_measure
+    from vib_deploy.deploy.block import measured_block
+    from vib_deploy.measure.latency import table_key
+
+    target = config.target()
+    engine, precision, batch = (
+        (target.engine, target.precision, target.batch)
+        if target
+        else (
+            config.bench.backends[0],
+            "fp32",
+            64,
+        )
+    )
+    threads, per_channel = config.bench.threads, config.quantize.per_channel
+    key = table_key(engine, precision, batch, threads, per_channel)
+    found = measured_block(key, onnx_measure(engine, precision, batch, threads, per_channel))
+    return int(found["block"])  # prune.json's widths say it: "multiple of <block> (the target's channel block)"

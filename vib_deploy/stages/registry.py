@@ -21,7 +21,7 @@ from vib_deploy.stages.base import Context, Stage
 
 # Keys added to a section after runs were made: keyed only when set, so existing runs stay cached.
 KEYED_WHEN_SET = {
-    "model": {"factory": None, "kwargs": {}, "input_shape": None, "ignore": []},
+    "model": {"factory": None, "kwargs": {}, "input_shape": None, "ignore": [], "depth_gates": False},
     "data": {"pad": 0, "channels": None, "size": None, "normalize": False},
     "train": {"amp": "off"},
     "bench": {"precisions": None},
@@ -72,7 +72,7 @@ def _train_vib_section(c: PipelineConfig) -> dict[str, Any]:
 def _prune_section(c: PipelineConfig) -> dict[str, Any]:
     target = c.target()  # a named deploy.target is what auto times on (keyed only when named)
     where = {"target": str(target)} if target else {"backend": c.bench.backends[0]}
-    auto = {"auto": {**where, "threads": c.bench.threads}} if c.prune.round_to == "auto" else {}
+    auto = {"auto": {**where, "threads": c.bench.threads}} if c.prune.round_to in ("auto", "block") else {}
     return {"prune": keyed_section("prune", c.prune), "data": keyed_section("data", c.data), **auto}
 
 

@@ -21,6 +21,7 @@ from torch import nn
 
 from vib_deploy.config import load_config
 from vib_deploy.errors import UserError
+from vib_deploy.model.branches import Branch, plan_branches
 from vib_deploy.model.factory import build_net
 from vib_deploy.model.gated import GatedNet
 from vib_deploy.model.graph import GroupPlan, plan_groups
@@ -76,17 +77,29 @@ class SequentialSource:
 class ModuleSource:
     """Any nn.Module from a factory, gated on its Torch-Pruning groups."""
 
-    def __init__(self, factory: str, kwargs: dict[str, Any], input_shape: Sequence[int], ignore: Sequence[str] = ()):
+    def __init__(
+        self,
+        factory: str,
+        kwargs: dict[str, Any],
+        input_shape: Sequence[int],
+        ignore: Sequence[str] = (),
+        depth_gates: bool = False,
+    ):
         self.factory = factory
         self.kwargs = dict(kwargs)
         self.input_shape = tuple(input_shape)
         self.ignore = list(ignore)
+        self.depth_gates = depth_gates
 
     def dense(self) -> nn.Module:
         return build_net(self.factory, self.kwargs)
 
     def plan(self, net: nn.Module | None = None) -> GroupPlan:
         return plan_groups(net if net is not None else self.dense(), self.input_shape, self.ignore)
+
+    def branches(self, net: nn.Module) -> list[Branch]:
+        """The residual branches that get a depth gate (none unless model.depth_gates)."""
+        return plan_branches(net, self.input_shape, self.ignore) if self.depth_gates else []
 
     def check(self, dense: nn.Module, classes: int = 10) -> None:
         """Fail now, before any training, if the model does not fit the data or cannot be pruned exactly."""
@@ -96,7 +109,7 @@ class ModuleSource:
                 f"model.factory {self.factory!r}: the model gives {plan.classes} logits but the data has "
                 f"{classes} classes (pass num_classes through model.kwargs?)"
             )
-        check_prunable(dense, plan, self.input_shape)
+        check_prunable(dense, plan, self.input_shape, branches=self.branches(dense))
 
     def gated(self, dense: nn.Module, threshold: float) -> nn.Module:
         plan = self.plan(dense)
@@ -105,7 +118,7 @@ class ModuleSource:
                 f"model.factory {self.factory!r}: no prunable channel group found "
                 f"({'; '.join(f'{f.root}: {f.reason}' for f in plan.fixed) or 'no Conv/Linear layers'})"
             )
-        return GatedNet(dense, plan.gated, threshold)
+        return GatedNet(dense, plan.gated, threshold, self.branches(dense))
 
     def architecture(self, gated: nn.Module) -> list[int]:
         assert isinstance(gated, GatedNet)
@@ -162,7 +175,7 @@ def model_source(config: Any) -> SequentialSource | ModuleSource:
             **({"num_classes": classes} if classes != 10 else {}),
             **kwargs,
         }
-    return ModuleSource(factory, kwargs, shape, m.ignore)
+    return ModuleSource(factory, kwargs, shape, m.ignore, m.depth_gates)
 
 
 def inspect_model(
@@ -189,13 +202,23 @@ def inspect_model(
     ref = MODULE_ZOO.get(model, model)
     net = build_net(ref, parsed)
     plan = plan_groups(net, input_shape, ignore)
-    error = check_prunable(net, plan, input_shape)
+    branches = plan_branches(net, input_shape, ignore)
+    error = check_prunable(net, plan, input_shape, branches=branches)
     return {
         "model": ref,
         "input_shape": list(input_shape),
         "flops": plan.flops,
         "params": count_params(net),
         "rows": describe_plan(plan),
+        "branches": [
+            {
+                "output": b.output,
+                "layers": len(b.modules),
+                "shortcut": ", ".join(b.shortcut) or "identity",
+                "flops": b.flops,
+            }
+            for b in branches
+        ],
         "self_check": error,
     }
 
@@ -307,7 +330,19 @@ def print_inspection(info: dict[str, Any], console: Any = None) -> None:
     for row in info["rows"]:
         if row["status"].startswith("fixed"):
             console.print(f"  {row['group (root)']}: {row['status']}", overflow="fold")
-    console.print(f"exact-pruning self-check (random gates, float64): max |Δ| = {info['self_check']:.2g} x scale, ok")
+    branches = info.get("branches", [])
+    console.print(
+        f"residual branches (model.depth_gates: true gates each; a branch switched off goes whole): {len(branches)}"
+    )
+    for b in branches:
+        share = 100.0 * b["flops"] / max(info["flops"], 1)
+        console.print(
+            f"  {b['output']}: {b['layers']} layers, {b['flops'] / 1e6:,.3f} MFLOPs ({share:.1f}%), shortcut {b['shortcut']}",
+            overflow="fold",
+        )
+    console.print(
+        f"exact-pruning self-check (random gates and branch gates, float64): max |Δ| = {info['self_check']:.2g} x scale, ok"
+    )
     console.print(
         "gate: groups tied through a grouped conv share one; pts: layers whose outputs it multiplies; "
         "%FLOPs: share of the dense net's FLOPs that the group's channels touch (groups overlap)"

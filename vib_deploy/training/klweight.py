@@ -20,6 +20,8 @@ and one unit of column g costs, at the CURRENT widths (units alive now: they cha
 
 A gate's per-unit cost is that of the channels one of its units stands for: sum over its columns of
 (channels / units) * c_g (one column of as many channels as units, but where a grouped conv ties groups).
+A branch gate (model.depth_gates: one unit, a whole residual branch) costs what its layers cost at the current
+widths: sum of C_L over the branch's Conv/Linear layers (flops: FLOPs; latency: the tables' latency at those widths).
 
 The paper's per-unit weight of gate l is w_l = 0.5 * kl_mult * map_size. Here it is lambda * c_l, lambda fixed
 once on the dense net so that sum_l N_l * lambda * c_l(dense) = sum_l N_l * w_l (N_l: all units), i.e. the total
@@ -30,7 +32,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import torch
 from torch import nn
@@ -67,12 +69,21 @@ class Cost(Protocol):
         """(cost of one input feature, cost of one output channel) of `layer` at these widths."""
         ...
 
+    def total(self, layer: Layer, n_in: int, n_out: int) -> float:
+        """What `layer` costs at these widths (a branch gate's unit costs its layers' totals)."""
+        ...
+
 
 class FlopsCost:
     """FLOPs: bilinear in the two widths (see the module docstring)."""
 
     def slopes(self, layer: Layer, n_in: int, n_out: int) -> tuple[float, float]:
         return layer.flops_in * n_out / layer.outputs, layer.flops_out * n_in / layer.inputs
+
+    def total(self, layer: Layer, n_in: int, n_out: int) -> float:
+        if layer.shape.kind == "dwconv":  # its FLOPs follow its one width
+            return float(layer.flops_out * n_out)
+        return layer.flops_out * n_out * n_in / layer.inputs
 
 
 @dataclass(frozen=True)
@@ -85,6 +96,7 @@ class NetLayers:
     dense: list[int]  # per column, its channels
     layers: list[Layer]
     alive: Callable[[], list[int]]  # per column, its channels alive now
+    branches: tuple[tuple[VIBGate, tuple[str, ...]], ...] = ()  # depth gates: (gate, its Conv/Linear layers)
 
 
 class CostWeighting:
@@ -94,7 +106,7 @@ class CostWeighting:
 
     def __init__(self, net: NetLayers, cost: Cost):
         self.net, self.cost = net, cost
-        self.gates = net.gates
+        self.gates = net.gates + [gate for gate, _ in net.branches]
         paper = sum(g.units * 0.5 * g.kl_mult * g.map_size for g in self.gates)
         total = sum(g.units * c for g, c in zip(self.gates, self.unit_costs(net.dense)))
         if not total > 0:
@@ -112,9 +124,13 @@ class CostWeighting:
                 per_column[c] += f * d_in
             for c, f in layer.outs:
                 per_column[c] += f * d_out
-        per_gate = [0.0] * len(self.gates)
+        per_gate = [0.0] * len(self.net.gates)
         for c, cost in enumerate(per_column):
             per_gate[self.net.gate_of[c]] += self.net.share[c] * cost
+        by_name = {layer.name: layer for layer in self.net.layers}
+        for _, names in self.net.branches:
+            layers = [by_name[n] for n in names if n in by_name]
+            per_gate.append(sum(self.cost.total(layer, *layer.widths(self.net.dense, widths)) for layer in layers))
         return per_gate
 
     def alive(self) -> list[int]:
@@ -170,6 +186,7 @@ def net_layers(model: nn.Module, input_shape: tuple[int, ...]) -> NetLayers:
             [g.channels for g in groups],
             _module_layers(model, input_shape),
             lambda: [int(m.sum()) for m in model.keep_masks()],
+            tuple((cast(VIBGate, gate), b.modules) for b, gate in zip(model.branches, model.branch_gates)),
         )
     raise UserError(
         f"train.vib.kl_weighting: cost weighting needs a zoo LeNet (a gated Sequential) or a GatedNet, "
@@ -231,6 +248,7 @@ def _module_layers(gated: Any, input_shape: tuple[int, ...]) -> list[Layer]:
             sides.setdefault((name, is_out), []).append((c, f))
     if not sides:
         raise UserError("train.vib.kl_weighting: the model file records no layer sides per group; retrain its VIB")
+    in_branches = {name for b in gated.branches for name in b.modules}
     return [
         _layer(
             name,
@@ -240,7 +258,7 @@ def _module_layers(gated: Any, input_shape: tuple[int, ...]) -> list[Layer]:
             tuple(sides.get((name, True), ())),
         )
         for name, io in _io_shapes(gated.net, input_shape).items()
-        if (name, False) in sides or (name, True) in sides
+        if (name, False) in sides or (name, True) in sides or name in in_branches
     ]
 
 
@@ -282,6 +300,9 @@ class LatencyCost:
 
     def slopes(self, layer: Layer, n_in: int, n_out: int) -> tuple[float, float]:
         return self.tables.layers[layer.name].slopes(n_in, n_out)
+
+    def total(self, layer: Layer, n_in: int, n_out: int) -> float:
+        return self.tables.layers[layer.name].value(n_in, n_out)
 
 
 def table_requests(layers: list[Layer]) -> list[Any]:
