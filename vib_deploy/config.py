@@ -103,6 +103,19 @@ class DenseTrainConfig(_Strict):
     patience: int | None = Field(None, ge=1)
 
 
+class CostTargetConfig(_Strict):
+    """train.vib.target, exactly one key: kl_factor is then only the start of a multiplier (training/target.py)."""
+
+    flops: float | None = Field(None, gt=0, lt=1)  # the deterministic pruned net's FLOPs / the dense net's
+    speedup: float | None = Field(None, gt=1)  # dense / pruned latency on deploy.target, from the latency tables
+
+    @model_validator(mode="after")
+    def _one(self) -> CostTargetConfig:
+        if (self.flops is None) == (self.speedup is None):
+            raise ValueError("target takes one of flops (of the dense net's) or speedup (on deploy.target)")
+        return self
+
+
 class VIBTrainConfig(_Strict):
     epochs: int = Field(30, ge=1)
     lr: float = Field(1e-3, gt=0)  # weights
@@ -121,11 +134,16 @@ class VIBTrainConfig(_Strict):
     # decay of an exponential moving average of the weights and gates, updated every step; the average is what is
     # validated, kept, pruned, exported and reported (vib_deploy/training/ema.py); None: off
     ema: float | None = Field(None, gt=0, lt=1)
+    # a cost to land on instead of a KL factor: {flops: 0.25} or {speedup: 3} (on deploy.target); kl_factor starts the
+    # multiplier that dual ascent then moves each step (vib_deploy/training/target.py); None: kl_factor is fixed
+    target: CostTargetConfig | None = None
 
     @model_validator(mode="after")
     def _finetune_within_epochs(self) -> VIBTrainConfig:
         if self.finetune_epochs >= self.epochs:
             raise ValueError(f"finetune_epochs ({self.finetune_epochs}) must be less than epochs ({self.epochs})")
+        if self.target is not None and self.kl_factor <= 0:
+            raise ValueError("train.vib.target needs kl_factor > 0: the multiplier's start")
         return self
 
 
@@ -287,17 +305,18 @@ class PipelineConfig(_Strict):
     def _latency_weighting_on_a_target(self) -> PipelineConfig:
         from vib_deploy.backends import BACKENDS
 
-        if self.train.vib.kl_weighting != "latency":
+        vib = self.train.vib
+        key = "train.vib.target: speedup" if vib.target and vib.target.speedup else "train.vib.kl_weighting: latency"
+        if not (vib.target and vib.target.speedup) and vib.kl_weighting != "latency":
             return self
         t = self.target()
         if t is None:
             raise ValueError(
-                "train.vib.kl_weighting: latency needs a named deploy.target (<engine>-<precision>@<batch>, "
-                "e.g. onnxruntime-fp32@64), not auto"
+                f"{key} needs a named deploy.target (<engine>-<precision>@<batch>, e.g. onnxruntime-fp32@64), not auto"
             )
         if BACKENDS[t.engine].artifact_suffix != ".onnx":
             raise ValueError(
-                f"train.vib.kl_weighting: latency times ONNX layers; deploy.target {t} names {t.engine}, "
+                f"{key} times ONNX layers; deploy.target {t} names {t.engine}, "
                 "which runs no ONNX model (use onnxruntime or openvino)"
             )
         return self

@@ -141,6 +141,11 @@ class LayerTable:
         per_in = [_slope(self.in_grid, column, n_in) for column in self._columns]
         return _interp(self.out_grid, per_in, n_out), _interp(self.in_grid, per_out, n_in)
 
+    def latency(self, n_in: float, n_out: float) -> float:
+        """ms at these widths: the monotone rows interpolated along the output width, then across the input width
+        (held at the grid's ends: a width below the smallest timed one costs what that one does)."""
+        return _interp(self.in_grid, [_interp(self.out_grid, row, n_out) for row in self._rows], n_in)
+
 
 def engine_version(engine: str) -> str:
     """The installed version of an ONNX engine's package (read from its metadata: nothing is imported)."""

@@ -44,6 +44,22 @@ def paper_protocol_epoch(source: Any, data: Any) -> Any:
     return extra
 
 
+def _joined(paper: Any, multiplier: Any) -> Any:
+    """One `epoch_extra` of the paper protocol's and the target multiplier's (None: neither)."""
+    extras = [f for f in (paper, multiplier.epoch_record if multiplier else None) if f is not None]
+    return (lambda model: {k: v for f in extras for k, v in f(model).items()}) if extras else None
+
+
+def _target_reached(multiplier: Any, config: Any) -> dict[str, Any]:
+    """train-vib.json's `target`: what was asked, what the deterministic net reached, and lambda at the end."""
+    on = {"on": str(config.target())} if multiplier.kind == "speedup" else {}
+    return {
+        "kind": multiplier.kind, "value": multiplier.value, **on, "reached": multiplier.reached(),
+        "cost": multiplier.cost(), "target_cost": multiplier.target, "kl_multiplier": multiplier.factor,
+        "kl_factor_start": multiplier.start,
+    }  # fmt: skip
+
+
 def _spec(ctx: Context, stage: str, **kw: Any) -> Any:
     from vib_deploy.training.loop import TrainSpec, resolve_device
 
@@ -110,6 +126,12 @@ def train_vib(ctx: Context) -> list[str]:
         from vib_deploy.training.klweight import weighting_for
 
         weighting = weighting_for(ctx.config, gated, source.input_shape, ctx.progress)  # latency: tables timed first
+    multiplier = None
+    if cfg.target is not None:
+        from vib_deploy.training.target import multiplier_for
+
+        steps = -(-len(data.y_train) // ctx.config.train.batch_size)
+        multiplier = multiplier_for(ctx.config, gated, source.input_shape, steps, ctx.progress)
     t0 = time.time()
     spec = _spec(
         ctx,
@@ -118,12 +140,13 @@ def train_vib(ctx: Context) -> list[str]:
         lr=cfg.lr,
         gate_lr=cfg.gate_lr,
         kl_factor=cfg.kl_factor,
+        kl_multiplier=multiplier,
         finetune_epochs=cfg.finetune_epochs,
         kl_weighting=weighting,
         weight_decay=cfg.weight_decay,
         gate_weight_decay=cfg.weight_decay,
         schedule=cfg.schedule,
-        epoch_extra=paper_protocol_epoch(source, data) if cfg.paper_protocol else None,
+        epoch_extra=_joined(paper_protocol_epoch(source, data) if cfg.paper_protocol else None, multiplier),
         ema=cfg.ema,
     )
     result = train(gated, spec, data, ctx.run, ctx.progress)
@@ -148,6 +171,7 @@ def train_vib(ctx: Context) -> list[str]:
             kl_weighting=cfg.kl_weighting,
             kl_unit_weights=weighting.weights() if weighting else None,  # at the final widths
             latency_table=weighting.identity() if weighting else None,
+            target=_target_reached(multiplier, ctx.config) if multiplier else None,
         ).write(ctx.out(TrainVibRecord.FILE))
         return ["vib.pt", TrainVibRecord.FILE]
 
