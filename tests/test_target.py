@@ -8,7 +8,7 @@ from typing import cast
 
 import pytest
 import torch
-from conftest import LENET300, run_cli, sets
+from conftest import LENET300, ROOT, run_cli, sets
 
 from vib_deploy.config import load_config
 from vib_deploy.model.factory import build_net
@@ -22,6 +22,8 @@ from vib_deploy.prune.groups import prune_groups
 from vib_deploy.stages.registry import get_stage
 from vib_deploy.training.klweight import net_layers
 from vib_deploy.training.target import RAMP, RANGE, KLMultiplier, NetCost, dual_step, layer_flops
+
+PIPELINE = ROOT / LENET300
 
 
 def test_dual_ascent_moves_the_multiplier_the_right_way():
@@ -75,7 +77,7 @@ def _kill_sequential(model: torch.nn.Module, seed: int) -> None:
 @pytest.mark.parametrize("name", ["lenet300", "lenet5"])
 def test_flops_cost_is_count_flops_of_the_pruned_net(name):
     """The cost the multiplier reads is exactly the FLOPs the prune stage's net will have (LeNets)."""
-    config = load_config(LENET300, [f"model.name={name}"])
+    config = load_config(PIPELINE, [f"model.name={name}"])
     source = model_source(config)
     shape = tuple(source.input_shape)
     torch.manual_seed(0)
@@ -107,8 +109,8 @@ def test_flops_cost_of_a_module_net_is_count_flops_of_its_pruned_net():
 
 def test_target_is_keyed_only_when_set():
     """Configs without train.vib.target keep every stage's cache key; with one only train-vib's section changes."""
-    plain = load_config(LENET300)
-    with_target = load_config(LENET300, ["train.vib.target.flops=0.25"])
+    plain = load_config(PIPELINE)
+    with_target = load_config(PIPELINE, ["train.vib.target.flops=0.25"])
     vib = get_stage("train-vib")
     assert "target" not in vib.section(plain)["vib"]
     assert vib.section(with_target)["vib"]["target"] == {"flops": 0.25, "speedup": None}
@@ -129,7 +131,7 @@ def test_bad_targets_are_refused_naming_the_key(sets_, fragment):
     from vib_deploy.errors import UserError
 
     with pytest.raises(UserError, match=fragment):
-        load_config(LENET300, sets_)
+        load_config(PIPELINE, sets_)
 
 
 # the tiny run that lands: 2,000 images (20 steps an epoch), gate_lr 0.05 so the gates move in 40 epochs about as far
