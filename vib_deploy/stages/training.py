@@ -44,6 +44,22 @@ def paper_protocol_epoch(source: Any, data: Any) -> Any:
     return extra
 
 
+def _kl_terms(ctx: Context, gated: torch.nn.Module, input_shape: Any, images: int) -> tuple[Any, Any]:
+    """train.vib's KL weighting (None: the paper's) and its target's multiplier (None: kl_factor fixed); latency
+    tables are timed (or read from the cache) first."""
+    cfg, weighting, multiplier = ctx.config.train.vib, None, None
+    if cfg.kl_weighting != "paper":
+        from vib_deploy.training.klweight import weighting_for
+
+        weighting = weighting_for(ctx.config, gated, input_shape, ctx.progress)
+    if cfg.target is not None:
+        from vib_deploy.training.target import multiplier_for
+
+        steps = -(-images // ctx.config.train.batch_size)
+        multiplier = multiplier_for(ctx.config, gated, input_shape, steps, ctx.progress)
+    return weighting, multiplier
+
+
 def _joined(paper: Any, multiplier: Any) -> Any:
     """One `epoch_extra` of the paper protocol's and the target multiplier's (None: neither)."""
     extras = [f for f in (paper, multiplier.epoch_record if multiplier else None) if f is not None]
@@ -121,17 +137,7 @@ def train_vib(ctx: Context) -> list[str]:
     dense = load_model(ctx.run.verified("dense.pt"))  # before seeding: the gates' init draws come first after it
     torch.manual_seed(ctx.config.train.seed)
     gated = source.gated(dense, cfg.threshold)
-    weighting = None
-    if cfg.kl_weighting != "paper":
-        from vib_deploy.training.klweight import weighting_for
-
-        weighting = weighting_for(ctx.config, gated, source.input_shape, ctx.progress)  # latency: tables timed first
-    multiplier = None
-    if cfg.target is not None:
-        from vib_deploy.training.target import multiplier_for
-
-        steps = -(-len(data.y_train) // ctx.config.train.batch_size)
-        multiplier = multiplier_for(ctx.config, gated, source.input_shape, steps, ctx.progress)
+    weighting, multiplier = _kl_terms(ctx, gated, source.input_shape, len(data.y_train))
     t0 = time.time()
     spec = _spec(
         ctx,
