@@ -163,3 +163,35 @@ def test_a_flops_target_on_a_tiny_lenet300_lands_within_10_percent(tmp_path, mni
     assert history[0]["kl_multiplier"] != history[-1]["kl_multiplier"]  # the multiplier moved
     prune = json.loads((run / "prune.json").read_text())  # the pruned net has the FLOPs the multiplier read
     assert prune["pruned"]["flops"] / prune["dense"]["flops"] == pytest.approx(target["reached"], rel=1e-9)
+
+
+def test_a_layer_table_interpolates_its_latency():
+    from vib_deploy.measure.latency import LayerTable
+
+    table = LayerTable((2, 4), (3, 6), ((1.0, 2.0), (3.0, 5.0)))
+    assert table.latency(2, 3) == 1.0 and table.latency(4, 6) == 5.0
+    assert table.latency(3, 4.5) == pytest.approx(((1.0 + 2.0) / 2 + (3.0 + 5.0) / 2) / 2)
+    assert table.latency(1, 1) == 1.0  # held below the grid
+
+
+def test_a_speedup_target_reads_the_tables_at_the_kept_widths(tmp_path, monkeypatch):
+    """Tables whose latency is proportional to a layer's FLOPs predict the FLOPs fraction (within their grid), and
+    the multiplier reports its inverse as the speedup reached."""
+    from vib_deploy.measure.latency import build_tables, table_key
+    from vib_deploy.training.klweight import table_requests
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    source = model_source(load_config(PIPELINE))
+    torch.manual_seed(0)
+    model = source.gated(source.dense(), 0.0)
+    net = net_layers(model, (1, 28, 28))
+    key = table_key("onnxruntime", "fp32", 64, 1, True)
+    tables = build_tables(table_requests(net.layers), key, lambda shape, pairs: [2e-6 * i * o for i, o in pairs])
+    latency = NetCost(net, lambda layer, n_in, n_out: tables.layers[layer.name].latency(n_in, n_out))
+    flops = NetCost(net, layer_flops)
+    with torch.no_grad():
+        for gate, keep in zip(gates(model), (470, 180, 60)):  # within every layer's grid
+            gate.mu[keep:] = 1e-6
+    assert latency.fraction() == pytest.approx(flops.fraction(), rel=1e-9) and latency.fraction() < 0.5
+    m = KLMultiplier(latency.fraction, 1 / 3, 1e-3, rate=0.1, steps=10, kind="speedup", value=3)
+    assert m.reached() == pytest.approx(1 / flops.fraction(), rel=1e-9)
