@@ -195,3 +195,37 @@ def test_a_speedup_target_reads_the_tables_at_the_kept_widths(tmp_path, monkeypa
     assert latency.fraction() == pytest.approx(flops.fraction(), rel=1e-9) and latency.fraction() < 0.5
     m = KLMultiplier(latency.fraction, 1 / 3, 1e-3, rate=0.1, steps=10, kind="speedup", value=3)
     assert m.reached() == pytest.approx(1 / flops.fraction(), rel=1e-9)
+
+
+def _records(target: dict, pruned_flops: int, round_to=None):
+    from vib_deploy.records import Cost, PruneRecord, TrainVibRecord
+
+    vib = TrainVibRecord([], 1.0, 0.1, 0.1, [], [1], target=target)
+    prune = PruneRecord([1], [784, 300, 100], None, 0.1, 10, Cost(1000, 1), Cost(pruned_flops, 1), round_to=round_to)
+    return vib, prune
+
+
+FLOPS_TARGET = {"kind": "flops", "value": 0.25, "target_cost": 0.25, "kl_multiplier": 1e-4, "kl_factor_start": 8e-4}
+
+
+@pytest.mark.parametrize(
+    "cost, pruned, why",
+    [
+        (0.24, 240, None),
+        (0.10, 100, "pruned past the target"),
+        (0.40, 400, "still cost more than the target"),
+        (0.25, 300, "round_to"),
+    ],
+)
+def test_the_report_says_target_vs_reached_and_why_not(cost, pruned, why):
+    from vib_deploy.report.target import target_outcome, target_row
+
+    vib, prune = _records(
+        {**FLOPS_TARGET, "cost": cost, "reached": cost}, pruned, round_to=8 if why == "round_to" else None
+    )
+    out = target_outcome(vib, prune, [], None)
+    assert out is not None and out["reached"] == pruned / 1000  # the pruned net's FLOPs, round_to included
+    assert out["within"] == (why is None)
+    assert (out["why_not"] is None) if why is None else why in out["why_not"]
+    name, text = target_row(out)
+    assert name == "cost target (FLOPs of dense)" and f"→ reached {pruned / 10:.1f}%" in text
