@@ -135,7 +135,7 @@ def test_bad_targets_are_refused_naming_the_key(sets_, fragment):
 
 
 # the tiny run that lands: 2,000 images (20 steps an epoch), gate_lr 0.05 so the gates move in 40 epochs about as far
-# (in units of gate_lr steps: 40 * 20 * 0.05 = 40) as the default pipeline's in its 100 epochs (55)
+# (in units of gate_lr steps: 40 * 20 * 0.05 = 40) as the default pipeline's in its 100 epochs (100 * 500 * 1e-3 = 50)
 TINY_TARGET = sets(
     "data.train_limit=2000",
     "data.val_size=500",
