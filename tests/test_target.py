@@ -229,3 +229,45 @@ def test_the_report_says_target_vs_reached_and_why_not(cost, pruned, why):
     assert (out["why_not"] is None) if why is None else why in out["why_not"]
     name, text = target_row(out)
     assert name == "cost target (FLOPs of dense)" and f"→ reached {pruned / 10:.1f}%" in text
+
+
+def _target_training(run_dir, progress=None):
+    """3 epochs of 2 steps of LeNet-300 with a FLOPs target on random images, checkpointed in `run_dir`."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from vib_deploy.runs.directory import RunDir
+    from vib_deploy.training.loop import TrainSpec, train
+    from vib_deploy.zoo import gated_model
+
+    torch.manual_seed(0)
+    model = gated_model("lenet300")
+    net = net_layers(model, (1, 28, 28))
+    m = KLMultiplier(NetCost(net, layer_flops).fraction, 0.25, 1e-3, rate=0.5, steps=6, kind="flops", value=0.25)
+    rng = np.random.default_rng(0)
+    x, y = rng.random((120, 1, 28, 28), dtype=np.float32), rng.integers(0, 10, 120).astype(np.int64)
+    data = SimpleNamespace(x_train=x[:100], y_train=y[:100], x_val=x[100:], y_val=y[100:])
+    spec = TrainSpec(
+        "train-vib", "k", 3, 1e-3, 50, 0, torch.device("cpu"), gate_lr=0.5, kl_factor=1e-3,
+        kl_multiplier=m, epoch_extra=m.epoch_record,
+    )  # fmt: skip
+    result = train(model, spec, data, RunDir(run_dir), progress)
+    return model, m, result
+
+
+def test_an_interrupted_target_run_resumes_its_multiplier_exactly(tmp_path):
+    from conftest import InterruptAfter
+
+    from vib_deploy.errors import UserError
+
+    whole_model, whole, result = _target_training(tmp_path / "whole")
+    assert len({h["kl_multiplier"] for h in result.history}) == 3  # it moved every epoch
+    with pytest.raises(UserError, match="interrupted"):
+        _target_training(tmp_path / "cut", InterruptAfter(4))  # in epoch 2: epoch 1 is checkpointed
+    model, resumed, again = _target_training(tmp_path / "cut")
+    assert again.resumed_from == 1
+    assert resumed.factor == whole.factor and resumed.done == whole.done == 6
+    assert [h["kl_multiplier"] for h in again.history] == [h["kl_multiplier"] for h in result.history]
+    for a, b in zip(model.state_dict().values(), whole_model.state_dict().values()):
+        assert torch.equal(a, b)
