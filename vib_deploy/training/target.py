@@ -51,9 +51,7 @@ from vib_deploy.training.klweight import Layer, NetLayers, net_layers, table_req
 
 ETA = 1.0  # per step, log lambda moves by ETA * gate_lr * log(cost / target now)
 RAMP = 0.5  # the target now falls from 1 to the target over this fraction of the steps with gates trained
-RANGE = math.log(
-    1e4
-)  # log lambda stays within kl_factor / 1e4 .. kl_factor * 1e4  # I stays within kl_factor / 1e4 .. kl_factor * 1e4
+RANGE = math.log(1e4)  # log lambda stays within kl_factor / 1e4 .. kl_factor * 1e4
 
 
 def dual_step(log_lambda: float, cost: float, target: float, rate: float, start: float) -> float:
