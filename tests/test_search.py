@@ -73,3 +73,18 @@ def test_package_ships_the_chosen_candidate(searched):
     chosen = work / json.loads((folder / "search.json").read_text())["chosen"]
     shipped = json.loads((work / "models" / "mnist-lenet300" / "1" / "manifest.json").read_text())
     assert shipped["source"]["metrics_sha256"] == sha(chosen / "metrics.json")  # the chosen candidate's run
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        ([], "one of --targets"),
+        (["--targets", "2", "--flops", "0.5"], "one of --targets"),
+        (["--targets", "2,3"], "needs a named deploy.target"),  # the default pipeline's deploy.target is auto
+    ],
+)
+def test_a_bad_search_is_one_line(tmp_path, args, fragment):
+    from conftest import assert_user_error
+
+    assert_user_error(run_cli("search", str(ROOT / LENET300), *args, cwd=tmp_path), fragment)
+    assert not (tmp_path / "runs").exists()
