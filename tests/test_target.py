@@ -271,3 +271,26 @@ def test_an_interrupted_target_run_resumes_its_multiplier_exactly(tmp_path):
     assert [h["kl_multiplier"] for h in again.history] == [h["kl_multiplier"] for h in result.history]
     for a, b in zip(model.state_dict().values(), whole_model.state_dict().values()):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("name, sets_", [("lenet5", []), ("resnet20", ["data.pad=2"])])
+def test_multiplier_for_a_zoo_and_a_module_net(name, sets_):
+    """The pipeline's multiplier on a gated Sequential and on a GatedNet: cost 1 on the dense net, then the pruned
+    net's FLOPs fraction (count_flops of what the prune stage cuts)."""
+    from vib_deploy.training.target import multiplier_for
+
+    config = load_config(PIPELINE, [f"model.name={name}", *sets_, "train.vib.target.flops=0.5"])
+    source = model_source(config)
+    shape = tuple(source.input_shape)
+    torch.manual_seed(0)
+    dense = source.dense()
+    model = source.gated(dense, 0.0)
+    m = multiplier_for(config, model, shape, steps_per_epoch=10)
+    assert m is not None and (m.kind, m.target, m.value) == ("flops", 0.5, 0.5) and m.cost() == pytest.approx(1.0)
+    assert m.factor == pytest.approx(config.train.vib.kl_factor)
+    with torch.no_grad():
+        for gate in gates(model):
+            gate.mu[gate.units // 2 :] = 1e-6
+    pruned = source.prune(model)[0].model.float()
+    assert m.cost() == pytest.approx(count_flops(pruned, shape) / count_flops(dense, shape), rel=1e-9)
+    assert multiplier_for(load_config(PIPELINE), model, shape, steps_per_epoch=10) is None
