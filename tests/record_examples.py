@@ -132,6 +132,7 @@ EXAMPLES: dict[type, Callable[[Draw], Any]] = {
         d(WIDTHS),
         kl_unit_weights=d(st.none() | st.just([1.0, 2.0])),
         latency_table=d(st.none() | st.just({"key": {"engine": "onnxruntime"}, "sha256": "ab", "entries": 4})),
+        target=d(st.none() | st.just({"kind": "flops", "value": 0.25, "reached": 0.24, "kl_multiplier": 1e-4})),
     ),  # fmt: skip
     r.PruneRecord: prune,
     r.WidthsSweep: lambda d: r.WidthsSweep({"backend": "onnxruntime"}, {"0:16": d(FLOAT)}),

@@ -89,6 +89,6 @@ def test_a_branch_costs_its_layers_latency_at_the_current_widths() -> None:
     from vib_deploy.measure.latency import LayerTable
 
     table = LayerTable((8, 16), (8, 16), ((1.0, 2.0), (3.0, 4.0)))
-    assert table.value(8, 8) == 1.0 and table.value(16, 16) == 4.0
-    assert table.value(12, 12) == 2.5  # bilinear between the grid's corners
-    assert table.value(4, 32) == 2.0  # constant outside the grid
+    assert table.latency(8, 8) == 1.0 and table.latency(16, 16) == 4.0
+    assert table.latency(12, 12) == 2.5  # bilinear between the grid's corners
+    assert table.latency(4, 32) == 2.0  # constant outside the grid

@@ -337,6 +337,7 @@ def env() -> None:
 
 # -- studies and the GPU day (cli_studies.py) --
 app.command()(cli_studies.sweep)
+app.command()(cli_studies.search)
 app.command()(cli_studies.compare)
 app.command()(cli_studies.paper)
 app.command("gpu-bench")(cli_studies.gpu_bench)

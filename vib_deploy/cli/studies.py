@@ -40,6 +40,35 @@ def sweep(
         )
 
 
+def search(
+    pipeline: Path = typer.Argument(..., help="Pipeline file."),
+    targets: str | None = typer.Option(
+        None, "--targets", help="Speedups on deploy.target, comma-separated, e.g. 2,3,4."
+    ),
+    flops: str | None = typer.Option(None, "--flops", help="FLOPs fractions of the dense net, e.g. 0.5,0.25,0.1."),
+    set_: list[str] | None = typer.Option(None, "--set", help="Override a key for every candidate."),
+    out: Path | None = typer.Option(
+        None, "--out", help="Folder for search.json, search.md and search.png (default runs/<name>-search-<kind>)."
+    ),
+) -> None:
+    """One candidate per cost target (train.vib.target) from one dense stage; the fastest within the error budget
+    (validation) is chosen, and `vib-deploy package <out>` ships it."""
+    from vib_deploy.studies.search import search as run_search
+
+    if (targets is None) == (flops is None):
+        raise UserError("search takes one of --targets (speedups on deploy.target) or --flops (fractions)")
+    kind, text = ("speedup", targets) if targets is not None else ("flops", flops)
+    values = _floats(text or "", "--targets" if kind == "speedup" else "--flops")
+    with _progress() as progress:
+        record = run_search(pipeline, kind, values, set_ or [], out, progress=progress, echo=_echo)
+    for r in record.candidates:
+        mark = "  <- chosen" if r["run_dir"] == record.chosen else ""
+        speed = "–" if r["speedup"] is None else f"{r['speedup']:.2f}x"
+        error = "–" if r["val_error"] is None else f"{100 * r['val_error']:.2f} %"
+        typer.echo(f"{kind} {r['value']:g}: measured {speed}, val error {error} ({r['run_dir']}){mark}")
+    typer.echo(record.why_none or f"chosen: {record.chosen}")
+
+
 def compare(
     pipeline: Path = typer.Argument(..., help="Pipeline file."),
     methods: str = typer.Option(

@@ -141,8 +141,9 @@ class LayerTable:
         per_in = [_slope(self.in_grid, column, n_in) for column in self._columns]
         return _interp(self.out_grid, per_in, n_out), _interp(self.in_grid, per_out, n_in)
 
-    def value(self, n_in: float, n_out: float) -> float:
-        """ms at these widths: the monotone rows interpolated over the output width, then over the input width."""
+    def latency(self, n_in: float, n_out: float) -> float:
+        """ms at these widths: the monotone rows interpolated along the output width, then across the input width
+        (held at the grid's ends: a width below the smallest timed one costs what that one does)."""
         return _interp(self.in_grid, [_interp(self.out_grid, row, n_out) for row in self._rows], n_in)
 
 

@@ -36,6 +36,8 @@ class VibSummary(JsonRecord):
     epochs: int
     kl_factor: float
     seconds: float
+    target: dict[str, Any] | None = None  # train.vib.target: asked, reached, within ±10 % or why not (report/target.py)
+    OMIT_NONE = frozenset({"target"})
 
 
 @dataclass(frozen=True)

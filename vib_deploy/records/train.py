@@ -53,10 +53,14 @@ class TrainVibRecord(JsonRecord):
     kl_unit_weights: list[Any] | None = None  # kl_weighting flops / latency: each unit's weight at the final widths
     # kl_weighting latency: the lookup table used, {key: its cache key, sha256: of the entries used, entries, timed}
     latency_table: dict[str, Any] | None = None
+    # train.vib.target: {kind: flops | speedup, value, on (speedup: deploy.target), reached (FLOPs fraction or predicted
+    # speedup of the last epoch's deterministic net), cost, target_cost, kl_multiplier (at the end), kl_factor_start};
+    # each epoch's history entry has its kl_multiplier and cost (a fraction of the dense net's)
+    target: dict[str, Any] | None = None
     record_version: int = RECORD_VERSION
     # files made before the paper-protocol point was derived from `history` carry a stored `paper_protocol` key: it
     # is ignored on reading (it could pick an epoch with more FLOPs than the run ends with)
-    OMIT_NONE = frozenset({"kl_unit_weights", "latency_table"})
+    OMIT_NONE = frozenset({"kl_unit_weights", "latency_table", "target"})
 
     @property
     def paper_protocol(self) -> dict[str, Any] | None:

@@ -33,6 +33,7 @@ from vib_deploy.records.summary import (
     VibSummary,
 )
 from vib_deploy.report.plots import pyplot, save_png
+from vib_deploy.report.target import target_outcome, target_row
 from vib_deploy.runs.directory import RunDir, atomic_write_text
 
 BYTES_PER_PARAM = 4  # fp32
@@ -93,7 +94,14 @@ def build_summary(run: RunDir, config: Any) -> RunSummary:
         version=__version__,
         test_samples=dense.test_samples,
         dense=replace(_dense(dense, pruned), convs=convs["dense"]),
-        vib=VibSummary(vib.test_error, vib.val_error, len(vib.history), config.train.vib.kl_factor, vib.seconds),
+        vib=VibSummary(
+            vib.test_error,
+            vib.val_error,
+            len(vib.history),
+            config.train.vib.kl_factor,
+            vib.seconds,
+            target_outcome(vib, pruned, list(bench.speedup), config.target()),
+        ),  # fmt: skip
         pruned=replace(_pruned(pruned), convs=convs["pruned"]),
         finetuned=_finetuned(tuned),
         deployed=deployed_file(config, "pruned"),
@@ -143,6 +151,8 @@ def summary_rows(s: RunSummary) -> list[tuple[str, str]]:
         ),
         ("ONNX parity (max |Δ|, argmax)", f"{s.export.max_abs_diff:.2e}, {s.export.argmax_agreement:.2%}"),
     ]
+    if v.target is not None:
+        rows.append(target_row(v.target))
     for h in headlines(s):
         rows.append((f"b{h['batch']} best dense → pruned", headline_short(h, s.ideal_speedup)))
     return rows + (choice_rows(s.choice) if s.choice is not None else [])
@@ -256,7 +266,7 @@ def render_markdown(summary: RunSummary, config: Any) -> str:
     m, pre, d, v = summary.machine, summary.preprocessing, summary.dense, summary.vib
     return f"""# vib-deploy report: {config.name}
 
-Model `{summary.model}` on `{summary.dataset}`, kl_factor {v.kl_factor:g},
+Model `{summary.model}` on `{summary.dataset}`, kl_factor {v.kl_factor:g}{" (the start of train.vib.target's multiplier)" if v.target else ""},
 dense {d.epochs} epochs (best validation epoch {d.best_epoch}), VIB {v.epochs} epochs (last epoch kept).{tuned}
 
 | | |

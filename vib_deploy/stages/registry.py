@@ -26,7 +26,14 @@ KEYED_WHEN_SET = {
     "train": {"amp": "off"},
     "bench": {"precisions": None},
     "prune": {"round_to": 1},
-    "vib": {"kl_weighting": "paper", "weight_decay": 0.0, "schedule": "cosine", "paper_protocol": False, "ema": None},
+    "vib": {
+        "kl_weighting": "paper",
+        "weight_decay": 0.0,
+        "schedule": "cosine",
+        "paper_protocol": False,
+        "ema": None,
+        "target": None,
+    },
     "dense": {"patience": None},
     "deploy": {"target": "auto", "max_error_increase": 0.005},
     "quantize": {"openvino": "qdq"},
@@ -56,11 +63,11 @@ def _train_common(c: PipelineConfig) -> dict[str, Any]:
 
 
 def _train_vib_section(c: PipelineConfig) -> dict[str, Any]:
-    """kl_weighting latency: keyed also on the latency table's key (target, threads, engine version, CPU), so
-    weights timed elsewhere or for another target retrain."""
+    """kl_weighting latency or a speedup target: keyed also on the latency table's key (target, threads, engine
+    version, CPU), so weights or costs timed elsewhere or for another target retrain."""
     section = {**_train_common(c), "vib": keyed_section("vib", c.train.vib)}
-    target = c.target()
-    if c.train.vib.kl_weighting == "latency" and target is not None:
+    target, vib = c.target(), c.train.vib
+    if (vib.kl_weighting == "latency" or (vib.target and vib.target.speedup)) and target is not None:
         from vib_deploy.measure.latency import table_key
 
         section["latency_table"] = table_key(

@@ -44,6 +44,42 @@ def paper_protocol_epoch(source: Any, data: Any) -> Any:
     return extra
 
 
+def _kl_terms(ctx: Context, gated: torch.nn.Module, input_shape: Any, images: int) -> tuple[Any, Any]:
+    """train.vib's KL weighting (None: the paper's) and its target's multiplier (None: kl_factor fixed); the latency
+    tables either reads are timed on deploy.target (or read from the cache) first."""
+    cfg, weighting, multiplier, tables_for = ctx.config.train.vib, None, None, None
+    if cfg.kl_weighting == "latency" or (cfg.target is not None and cfg.target.speedup is not None):
+        from vib_deploy.bench.layer_timing import target_tables
+
+        tables_for = target_tables(ctx.config, ctx.progress)
+    if cfg.kl_weighting != "paper":
+        from vib_deploy.training.klweight import weighting_for
+
+        weighting = weighting_for(ctx.config, gated, input_shape, tables_for)
+    if cfg.target is not None:
+        from vib_deploy.training.target import multiplier_for
+
+        steps = -(-images // ctx.config.train.batch_size)
+        multiplier = multiplier_for(ctx.config, gated, input_shape, steps, tables_for)
+    return weighting, multiplier
+
+
+def _joined(paper: Any, multiplier: Any) -> Any:
+    """One `epoch_extra` of the paper protocol's and the target multiplier's (None: neither)."""
+    extras = [f for f in (paper, multiplier.epoch_record if multiplier else None) if f is not None]
+    return (lambda model: {k: v for f in extras for k, v in f(model).items()}) if extras else None
+
+
+def _target_reached(multiplier: Any, config: Any) -> dict[str, Any]:
+    """train-vib.json's `target`: what was asked, what the deterministic net reached, and lambda at the end."""
+    on = {"on": str(config.target())} if multiplier.kind == "speedup" else {}
+    return {
+        "kind": multiplier.kind, "value": multiplier.value, **on, "reached": multiplier.reached(),
+        "cost": multiplier.cost(), "target_cost": multiplier.target, "kl_multiplier": multiplier.factor,
+        "kl_factor_start": multiplier.start,
+    }  # fmt: skip
+
+
 def _spec(ctx: Context, stage: str, **kw: Any) -> Any:
     from vib_deploy.training.loop import TrainSpec, resolve_device
 
@@ -105,7 +141,7 @@ def train_vib(ctx: Context) -> list[str]:
     dense = load_model(ctx.run.verified("dense.pt"))  # before seeding: the gates' init draws come first after it
     torch.manual_seed(ctx.config.train.seed)
     gated = source.gated(dense, cfg.threshold)
-    weighting = _weighting(ctx, gated, source.input_shape)
+    weighting, multiplier = _kl_terms(ctx, gated, source.input_shape, len(data.y_train))
     t0 = time.time()
     spec = _spec(
         ctx,
@@ -114,12 +150,13 @@ def train_vib(ctx: Context) -> list[str]:
         lr=cfg.lr,
         gate_lr=cfg.gate_lr,
         kl_factor=cfg.kl_factor,
+        kl_multiplier=multiplier,
         finetune_epochs=cfg.finetune_epochs,
         kl_weighting=weighting,
         weight_decay=cfg.weight_decay,
         gate_weight_decay=cfg.weight_decay,
         schedule=cfg.schedule,
-        epoch_extra=paper_protocol_epoch(source, data) if cfg.paper_protocol else None,
+        epoch_extra=_joined(paper_protocol_epoch(source, data) if cfg.paper_protocol else None, multiplier),
         ema=cfg.ema,
     )
     result = train(gated, spec, data, ctx.run, ctx.progress)
@@ -144,6 +181,7 @@ def train_vib(ctx: Context) -> list[str]:
             kl_weighting=cfg.kl_weighting,
             kl_unit_weights=weighting.weights() if weighting else None,  # at the final widths
             latency_table=weighting.identity() if weighting else None,
+            target=_target_reached(multiplier, ctx.config) if multiplier else None,
         ).write(ctx.out(TrainVibRecord.FILE))
         return ["vib.pt", TrainVibRecord.FILE]
 
@@ -196,18 +234,3 @@ def finetune(ctx: Context) -> list[str]:
         return outputs + [FinetuneRecord.FILE]
 
     return distributed.on_main(write)
-
-
-def _weighting(ctx: Context, gated: Any, input_shape: tuple[int, ...]) -> Any:
-    """train.vib.kl_weighting for the gated net (None: the paper's); latency: the target's tables timed first."""
-    kind = ctx.config.train.vib.kl_weighting
-    if kind == "paper":
-        return None
-    from vib_deploy.training.klweight import weighting_for
-
-    tables_for = None
-    if kind == "latency":
-        from vib_deploy.bench.layer_timing import target_tables
-
-        tables_for = target_tables(ctx.config, ctx.progress)  # timed (or read from cache) first
-    return weighting_for(ctx.config, gated, input_shape, tables_for)

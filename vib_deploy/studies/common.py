@@ -73,14 +73,21 @@ def ensure_dense(config: PipelineConfig, runs: Path, progress: Any, echo: Echo, 
 
 
 def run_point(
-    config: PipelineConfig, runs: Path = RUNS, progress: Any = None, echo: Echo = print, tag: str = ""
+    config: PipelineConfig,
+    runs: Path = RUNS,
+    progress: Any = None,
+    echo: Echo = print,
+    tag: str = "",
+    directory: Path | None = None,
+    until: str | None = None,
 ) -> RunDir:
-    """One VIB point through every stage, reusing the seed's dense stage."""
+    """One VIB point through every stage (or `until` one), reusing the seed's dense stage; in `directory` (default
+    `point_dir`: named by kl_factor)."""
     dense = ensure_dense(config, runs, progress, echo, tag)
-    target = RunDir(point_dir(config, runs, tag))
+    target = RunDir(directory or point_dir(config, runs, tag))
     if copy_stage(dense, target, "train-dense"):
         echo(f"[reuse] train-dense from {dense.path}")
-    return run_pipeline(config, target.path, None, progress, echo)
+    return run_pipeline(config, target.path, None, progress, echo, until=until)
 
 
 def run_record(run: RunDir, method: str) -> dict[str, Any]:

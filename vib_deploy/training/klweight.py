@@ -302,7 +302,7 @@ class LatencyCost:
         return self.tables.layers[layer.name].slopes(n_in, n_out)
 
     def total(self, layer: Layer, n_in: int, n_out: int) -> float:
-        return self.tables.layers[layer.name].value(n_in, n_out)
+        return self.tables.layers[layer.name].latency(n_in, n_out)
 
 
 def table_requests(layers: list[Layer]) -> list[Any]:

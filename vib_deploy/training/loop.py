@@ -57,6 +57,7 @@ class TrainSpec:
     schedule: str = "cosine"  # cosine (to 0 over `epochs`) | step (lr x 0.5 every 30 epochs, the official VIBNet code)
     gate_lr: float | None = None  # VIB only: Adam group of the gates
     kl_factor: float | None = None  # VIB only
+    kl_multiplier: Any = None  # VIB with train.vib.target: a target.KLMultiplier, in kl_factor's place
     select_best: bool = False  # keep the epoch with the best validation accuracy (dense)
     finetune_epochs: int = 0  # VIB only: last N epochs with gates frozen at their inference value z = mu * mask
     l1: float = 0.0  # network slimming (studies/peers.py): + l1 * sum |mu| of the gates
@@ -191,7 +192,6 @@ def train(model: nn.Module, spec: TrainSpec, data: Any, run: RunDir | None, prog
     if loop.start == 0 and spec.select_best and spec.keep_start:  # epoch 0: kept unless an epoch beats it on validation
         loop.best = result.start_val_acc = accuracy(model, data.x_val, data.y_val, device)
         loop.best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-
     x_train, y_train = on_device(data.x_train, data.y_train, device)
     n = len(x_train)
     steps = math.ceil(n / spec.batch_size)
@@ -232,10 +232,8 @@ def train(model: nn.Module, spec: TrainSpec, data: Any, run: RunDir | None, prog
     if spec.select_best and loop.best_state is not None:
         model.load_state_dict(loop.best_state)
         result.best_epoch = max(range(len(result.history)), key=lambda i: result.history[i]["val_acc"]) + 1
-        if (
-            result.start_val_acc is not None
-            and result.start_val_acc >= result.history[result.best_epoch - 1]["val_acc"]
-        ):
+        start = result.start_val_acc
+        if start is not None and start >= result.history[result.best_epoch - 1]["val_acc"]:
             result.best_epoch = 0  # no epoch beat the starting weights
     else:
         result.best_epoch = len(result.history)
@@ -257,6 +255,8 @@ def _resume(model: nn.Module, spec: TrainSpec, run: RunDir, loop: _Loop, result:
         result.history = list(ckpt["history"])
         result.resumed_from = loop.start
         result.start_val_acc = ckpt.get("start_val_acc")
+        if spec.kl_multiplier is not None and result.history:
+            spec.kl_multiplier.resume(result.history[-1])
         if loop.ema is not None:
             loop.ema.state = ckpt["ema"]
         if progress is not None and loop.start < spec.epochs:  # a resume must not look like a restart
@@ -284,15 +284,13 @@ def _train_epoch(
     model.train()
     finetune = epoch >= spec.epochs - spec.finetune_epochs
     if spec.finetune_epochs:  # (without fine-tuning epochs the gates stay as they are: slimming freezes logD)
-        for gate in gates(model):
-            # fine-tuning: the architecture is fixed, weights adapt to the deterministic gates
+        for gate in gates(model):  # fine-tuning: the architecture is fixed, weights adapt to the deterministic gates
             gate.train(not finetune)
             gate.requires_grad_(not finetune)
     if world > 1 and loop.net_finetune != finetune:
         loop.net = model  # drops the old DDP and its gradient hooks first
         loop.net, loop.net_finetune = _replicated(model, device), finetune  # DDP syncs what needs gradients now
-    net = loop.net
-    assert net is not None
+    assert (net := loop.net) is not None
     perm = torch.randperm(len(x_train), generator=loop.gen)
     loop.epoch_started = time.perf_counter()
     sums = {"loss": 0.0, "ce": 0.0, "kl": 0.0}
@@ -310,7 +308,8 @@ def _train_epoch(
         with loop.autocast():
             logits = net(xb)
             if spec.kl_factor is not None and not finetune:
-                loss, ce, kl = vib_loss(logits, yb, model, spec.kl_factor, spec.kl_weighting)
+                factor = spec.kl_factor if spec.kl_multiplier is None else spec.kl_multiplier.factor
+                loss, ce, kl = vib_loss(logits, yb, model, factor, spec.kl_weighting)
             else:
                 loss = ce = nn.functional.cross_entropy(logits, yb)
                 kl = total_kl(model, spec.kl_weighting).detach() if spec.kl_factor is not None else torch.zeros(())
@@ -342,9 +341,10 @@ def _train_epoch(
             loop.scaler.update()
         if loop.ema is not None:
             loop.ema.update(model)
-        sums["loss"] += loss_v
-        sums["ce"] += ce_v
-        sums["kl"] += kl_v
+        if spec.kl_multiplier is not None and not finetune:
+            spec.kl_multiplier.step()  # dual ascent on the cost of the net as it stands after this step
+        for name, value in zip(sums, (loss_v, ce_v, kl_v)):
+            sums[name] += value
         if progress is not None:
             progress.advance(task)
     if not isinstance(loop.sched, torch.optim.lr_scheduler.ReduceLROnPlateau):

@@ -45,6 +45,7 @@ from vib_deploy.deploy.choose import choice_of
 from vib_deploy.deploy.deployed import Deployable, deployables
 from vib_deploy.errors import UserError
 from vib_deploy.records import QuantizeRecord, RunSummary
+from vib_deploy.records.search import SearchRecord, chosen_run, is_search
 from vib_deploy.runs.directory import (
     RunDir,
     atomic_write_bytes,
@@ -131,6 +132,8 @@ def package(
     an existing version of that number is replaced. Returns what was written, one entry per model.
     """
     run_dir, repo = Path(run_dir), Path(repo)
+    if is_search(run_dir):  # a `vib-deploy search` folder: its chosen candidate, named after the pipeline
+        name, run_dir = name or SearchRecord.read_folder(run_dir).name, chosen_run(run_dir)
     _check_request(run_dir, repo, version, options)
     run = RunDir(run_dir)
     summary = RunSummary.read(run)

@@ -1,20 +1,15 @@
-"""Pipeline files (`pipelines/*.yaml`): pydantic models, safe YAML loading and `--set a.b=c` overrides."""
+"""The pipeline file's schema: pydantic models of every section (`extra=forbid`: a typo is an error naming the key)."""
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from vib_deploy.errors import UserError, first_line
 from vib_deploy.model.zoo_names import SEQUENTIAL_ZOO, ZOO_NAMES
-
-CONFIG_FILE = "config.yaml"  # a run directory's resolved config
 
 
 def _zoo_model(name: str) -> str:
@@ -106,6 +101,19 @@ class DenseTrainConfig(_Strict):
     patience: int | None = Field(None, ge=1)
 
 
+class CostTargetConfig(_Strict):
+    """train.vib.target, exactly one key: kl_factor is then only the start of a multiplier (training/target.py)."""
+
+    flops: float | None = Field(None, gt=0, lt=1)  # the deterministic pruned net's FLOPs / the dense net's
+    speedup: float | None = Field(None, gt=1)  # dense / pruned latency on deploy.target, from the latency tables
+
+    @model_validator(mode="after")
+    def _one(self) -> CostTargetConfig:
+        if (self.flops is None) == (self.speedup is None):
+            raise ValueError("target takes one of flops (of the dense net's) or speedup (on deploy.target)")
+        return self
+
+
 class VIBTrainConfig(_Strict):
     epochs: int = Field(30, ge=1)
     lr: float = Field(1e-3, gt=0)  # weights
@@ -124,11 +132,16 @@ class VIBTrainConfig(_Strict):
     # decay of an exponential moving average of the weights and gates, updated every step; the average is what is
     # validated, kept, pruned, exported and reported (vib_deploy/training/ema.py); None: off
     ema: float | None = Field(None, gt=0, lt=1)
+    # a cost to land on instead of a KL factor: {flops: 0.25} or {speedup: 3} (on deploy.target); kl_factor starts the
+    # multiplier that dual ascent then moves each step (vib_deploy/training/target.py); None: kl_factor is fixed
+    target: CostTargetConfig | None = None
 
     @model_validator(mode="after")
     def _finetune_within_epochs(self) -> VIBTrainConfig:
         if self.finetune_epochs >= self.epochs:
             raise ValueError(f"finetune_epochs ({self.finetune_epochs}) must be less than epochs ({self.epochs})")
+        if self.target is not None and self.kl_factor <= 0:
+            raise ValueError("train.vib.target needs kl_factor > 0: the multiplier's start")
         return self
 
 
@@ -290,106 +303,18 @@ class PipelineConfig(_Strict):
     def _latency_weighting_on_a_target(self) -> PipelineConfig:
         from vib_deploy.backends import BACKENDS
 
-        if self.train.vib.kl_weighting != "latency":
+        vib = self.train.vib
+        key = "train.vib.target: speedup" if vib.target and vib.target.speedup else "train.vib.kl_weighting: latency"
+        if not (vib.target and vib.target.speedup) and vib.kl_weighting != "latency":
             return self
         t = self.target()
         if t is None:
             raise ValueError(
-                "train.vib.kl_weighting: latency needs a named deploy.target (<engine>-<precision>@<batch>, "
-                "e.g. onnxruntime-fp32@64), not auto"
+                f"{key} needs a named deploy.target (<engine>-<precision>@<batch>, e.g. onnxruntime-fp32@64), not auto"
             )
         if BACKENDS[t.engine].artifact_suffix != ".onnx":
             raise ValueError(
-                f"train.vib.kl_weighting: latency times ONNX layers; deploy.target {t} names {t.engine}, "
+                f"{key} times ONNX layers; deploy.target {t} names {t.engine}, "
                 "which runs no ONNX model (use onnxruntime or openvino)"
             )
         return self
-
-
-def _describe(err: ValidationError, source: str) -> str:
-    first = err.errors()[0]
-    if not first["loc"]:  # a check across sections (a model_validator): its message names the keys
-        return f"{source}: {first['msg'].removeprefix('Value error, ')}"
-    key = ".".join(str(p) for p in first["loc"]) if first["loc"] else "(top level)"
-    kind = first["type"]
-    if kind == "extra_forbidden":  # repr: a key with a quote or newline in it still reads as one line
-        return f"{source}: unknown key {key!r}"
-    if kind == "missing":
-        return f"{source}: missing key {key!r}"
-    if kind == "model_source_missing":  # neither model.name nor model.factory
-        return f"{source}: missing key '{key}.name' (a zoo model; or {key}.factory: 'path/to/net.py:build')"
-    return f"{source}: key {key!r}: {first['msg']} (got {first.get('input')!r})"
-
-
-def apply_override(tree: dict[str, Any], assignment: str) -> None:
-    """Apply one `a.b.c=value` override in place; the value is parsed as YAML (so 2e-5, true, [1,64] work)."""
-    if "=" not in assignment:
-        raise UserError(f"--set {assignment!r}: expected key.path=value")
-    dotted, raw = assignment.split("=", 1)
-    parts = dotted.strip().split(".")
-    if not all(parts):
-        raise UserError(f"--set {assignment!r}: empty key in {dotted!r}")
-    node = tree
-    for part in parts[:-1]:
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            raise UserError(f"--set {assignment!r}: '{part}' is not a section")
-        node = child
-    try:
-        value = yaml.safe_load(raw)
-    except yaml.YAMLError:
-        value = raw
-    if isinstance(value, str):
-        # YAML 1.1 reads "2e-5" (no dot) as a string; take the number people mean
-        try:
-            value = float(value)
-        except ValueError:
-            pass
-    node[parts[-1]] = value
-
-
-def parse_config(tree: Any, source: str) -> PipelineConfig:
-    """Validate a raw mapping; every problem becomes one UserError line naming the key."""
-    if not isinstance(tree, dict):
-        raise UserError(f"{source}: expected a mapping at the top level, got {type(tree).__name__}")
-    try:
-        return PipelineConfig.model_validate(tree)
-    except ValidationError as e:
-        raise UserError(_describe(e, source)) from e
-
-
-def read_run_config(run_dir: Path) -> PipelineConfig:
-    """The resolved config a run directory was made with."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise UserError(f"run directory {run_dir} not found")
-    path = run_dir / CONFIG_FILE
-    if not path.exists():
-        raise UserError(
-            f"{run_dir} is not a vib-deploy run directory (no {CONFIG_FILE}); start one with `vib-deploy run PIPELINE.yaml`"
-        )
-    return load_config(path)
-
-
-def load_config(path: Path, overrides: list[str] | None = None) -> PipelineConfig:
-    """Read a pipeline file with safe YAML loading, apply `--set` overrides and validate."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"pipeline file {path} not found")
-    try:
-        tree = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise UserError(f"{path}: not valid YAML ({first_line(e)})") from e
-    except UnicodeDecodeError as e:
-        raise UserError(f"{path}: not a text file ({e})") from e
-    if tree is None:
-        raise UserError(f"{path}: the file is empty")
-    if isinstance(tree, dict):
-        for assignment in overrides or []:
-            apply_override(tree, assignment)
-    return parse_config(tree, str(path))
-
-
-def config_to_yaml(config: PipelineConfig) -> str:
-    """The resolved config as YAML (what a run directory keeps as config.yaml)."""
-    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
