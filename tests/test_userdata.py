@@ -256,3 +256,44 @@ def test_arrays_through_every_stage(tmp_path, mnist_root):
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["preprocessing"]["classes"] == [str(i) for i in range(10)] and metrics["test_samples"] == 200
     assert metrics["pruned"]["error"] < 0.5
+
+
+def _png_header_only(path, width, height):
+    """A PNG that declares width x height grey pixels and holds a few rows: Pillow reads the size from its header."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    rows = zlib.compress(b"\0" * (width + 1) * 4)
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", rows) + chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize("side", [30_000, 12_000], ids=["bomb-error", "bomb-warning"])  # > 2x and > 1x Pillow's limit
+def test_a_decompression_bomb_is_refused_naming_the_file_and_the_limit(tmp_path, side):
+    root = _folder(tmp_path / "d")
+    _png_header_only(root / "train" / "dog" / "bomb.png", side, side)
+    with pytest.raises(UserError, match=r"bomb.png: refused, more than Pillow's limit of [\d,]+ pixels"):
+        load_folder(root)
+
+
+@pytest.mark.parametrize("name", ["cat\nfish", "cat\rfish", "tab\tbed", "bell\x07", " padded"])
+def test_a_class_name_that_is_not_one_label_line_is_refused(tmp_path, name):
+    root = _folder(tmp_path / "d")
+    for split in ("train", "test"):
+        shutil.copytree(root / split / "cat", root / split / name)
+    with pytest.raises(UserError, match="a class folder name must be one line of printable text") as e:
+        load_folder(root)
+    assert repr(name) in str(e.value) and "\n" not in str(e.value)
+
+
+def test_the_decode_cache_holds_no_pickles(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    root = _folder(tmp_path / "d")
+    load_folder(root)
+    (cached,) = (tmp_path / "cache").rglob("*.npz")
+    np.savez(cached, x_train=np.array([{"a": 1}], dtype=object))  # an object array: a pickle inside
+    with pytest.raises(UserError, match="the decode cache is corrupt or altered .*allow_pickle.*; delete it"):
+        load_folder(root)

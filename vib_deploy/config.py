@@ -11,8 +11,9 @@ import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from vib_deploy.errors import UserError, first_line
+from vib_deploy.errors import UserError
 from vib_deploy.model.zoo_names import SEQUENTIAL_ZOO, ZOO_NAMES
+from vib_deploy.yamlfile import load_yaml
 
 
 def _zoo_model(name: str) -> str:
@@ -367,11 +368,10 @@ def load_config(path: Path, overrides: list[str] | None = None) -> PipelineConfi
     if not path.is_file():
         raise UserError(f"pipeline file {path} not found")
     try:
-        tree = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise UserError(f"{path}: not valid YAML ({first_line(e)})") from e
+        text = path.read_text()
     except UnicodeDecodeError as e:
         raise UserError(f"{path}: not a text file ({e})") from e
+    tree = load_yaml(text, str(path))  # deep nesting and alias bombs are refused too
     if tree is None:
         raise UserError(f"{path}: the file is empty")
     if isinstance(tree, dict):

@@ -59,6 +59,11 @@ def _listing(root: Path) -> dict[str, list[tuple[str, Path]]]:
             raise UserError(f"data.root {root}: {split}/ has no class folders (expected {split}/<class>/<image files>)")
         items = []
         for c in classes:
+            if not c.name.isprintable() or c.name != c.name.strip():  # newline, tab, other control characters
+                raise UserError(
+                    f"{c.parent}/{c.name!r}: a class folder name must be one line of printable text (it becomes a line "
+                    "of labels.txt); rename the folder"
+                )
             images = sorted(p for p in c.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
             if not images:
                 raise UserError(f"{c}: a class folder with no images ({', '.join(IMAGE_SUFFIXES)})")
@@ -68,10 +73,22 @@ def _listing(root: Path) -> dict[str, list[tuple[str, Path]]]:
 
 
 def _decode(path: Path, channels: int | None, size: tuple[int, int] | None) -> np.ndarray:
+    import warnings
+
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as img:
+        with warnings.catch_warnings():  # an image over Pillow's pixel limit is refused, not decoded with a warning
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(path)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise UserError(
+            f"{path}: refused, more than Pillow's limit of {Image.MAX_IMAGE_PIXELS:,} pixels (a decompression bomb?)"
+        ) from e
+    except (UnidentifiedImageError, OSError, ValueError) as e:
+        raise UserError(f"{path}: not a readable image ({first_line(e)})") from e
+    try:
+        with img:
             mode = {1: "L", 3: "RGB"}.get(channels or 0) or ("L" if img.mode in ("1", "L", "I;16", "I", "F") else "RGB")
             img = img.convert(mode)
             if size is not None and img.size != (size[1], size[0]):
@@ -129,8 +146,13 @@ def load_folder(root: Path, channels: int | None, size: tuple[int, int] | None, 
                 np.savez(f, **decoded)
 
         atomic_write(path, write)
-    with np.load(path) as z:
-        split = {k: z[k] for k in z.files}
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            split = {k: z[k] for k in z.files}
+    except (OSError, ValueError) as e:  # not an .npz, or object arrays (pickles): never what this module wrote
+        raise UserError(f"{path}: the decode cache is corrupt or altered ({first_line(e)}); delete it") from e
+    if not {"x_train", "y_train", "x_test", "y_test"} <= split.keys():
+        raise UserError(f"{path}: the decode cache is corrupt or altered (arrays {sorted(split)}); delete it")
 
     def pair(name: str) -> tuple[np.ndarray, np.ndarray]:
         return split[f"x_{name}"].astype(np.float32) / 255.0, split[f"y_{name}"]
