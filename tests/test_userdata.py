@@ -297,3 +297,46 @@ def test_the_decode_cache_holds_no_pickles(tmp_path, monkeypatch):
     np.savez(cached, x_train=np.array([{"a": 1}], dtype=object))  # an object array: a pickle inside
     with pytest.raises(UserError, match="the decode cache is corrupt or altered .*allow_pickle.*; delete it"):
         load_folder(root)
+
+
+def _npz_with_header(path, header_shape, data: bytes, dtype="|u1"):
+    """An .npz whose x.npy declares `header_shape` of `dtype` and holds `data`; y is fine."""
+    import io
+    import zipfile
+
+    header = {"descr": dtype, "fortran_order": False, "shape": tuple(header_shape)}
+    x = io.BytesIO()
+    np.lib.format.write_array_header_1_0(x, header)
+    y = io.BytesIO()
+    np.save(y, np.zeros(4, np.int64))
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("x.npy", x.getvalue() + data)
+        z.writestr("y.npy", y.getvalue())
+
+
+@pytest.mark.parametrize(
+    "make,fragment",
+    [
+        pytest.param(
+            lambda p: _npz_with_header(p, (10**6, 1000, 1000), b"\0" * 64),
+            "train.npz: array x declares shape [1000000, 1000, 1000] (1,000,000,000,000 bytes) but holds 64",
+            id="huge-declared-shape",
+        ),
+        pytest.param(
+            lambda p: np.savez(p, x=np.array([{"rm": "-rf"}] * 4, dtype=object), y=np.zeros(4, int)),
+            "train.npz: array x holds Python objects (a pickle)",
+            id="object-array",
+        ),
+        pytest.param(
+            lambda p: np.save(open(p, "wb"), np.zeros((4, 8, 8), np.uint8)),  # a .npy named .npz
+            "train.npz: not a readable .npz file",
+            id="npy-not-npz",
+        ),
+    ],
+)
+def test_hostile_arrays_are_refused_before_loading(tmp_path, make, fragment):
+    make(tmp_path / "train.npz")
+    np.savez(tmp_path / "test.npz", x=np.zeros((2, 8, 8), np.uint8), y=np.zeros(2, int))
+    with pytest.raises(UserError) as e:
+        load_splits("arrays", str(tmp_path), 1, None, None)
+    assert fragment in str(e.value)

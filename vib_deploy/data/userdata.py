@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -162,8 +163,31 @@ def load_folder(root: Path, channels: int | None, size: tuple[int, int] | None, 
 
 
 # -- arrays -----------------------------------------------------------------------------------------------
+def _check_npz_headers(path: Path) -> None:
+    """Refuse, before any array is allocated, a member that holds Python objects (a pickle) or declares a shape its
+    bytes do not fill (10^12 images in a few KB: numpy would allocate them first)."""
+    from numpy.lib import format as npy
+
+    with zipfile.ZipFile(path) as z:
+        for info in z.infolist():
+            with z.open(info) as f:
+                version = npy.read_magic(f)
+                read_header = npy.read_array_header_1_0 if version == (1, 0) else npy.read_array_header_2_0
+                shape, _, dtype = read_header(f)
+                declared = int(np.prod(shape, dtype=object)) * dtype.itemsize
+                held = info.file_size - f.tell()
+            name = info.filename.removesuffix(".npy")
+            if dtype.hasobject:
+                raise UserError(f"{path}: array {name} holds Python objects (a pickle); give numbers")
+            if declared != held:
+                raise UserError(
+                    f"{path}: array {name} declares shape {list(shape)} ({declared:,} bytes) but holds {held:,}"
+                )
+
+
 def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray, list[str] | None]:
     try:
+        _check_npz_headers(path)
         with np.load(path, allow_pickle=False) as z:
             if "x" not in z.files or "y" not in z.files:
                 raise UserError(
@@ -173,7 +197,7 @@ def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray, list[str] | None]:
             names = [str(c) for c in z["classes"]] if "classes" in z.files else None
     except UserError:
         raise
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
         raise UserError(f"{path}: not a readable .npz file ({first_line(e)})") from e
     if x.ndim == 3:
         x = x[:, None]
