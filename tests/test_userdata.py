@@ -340,3 +340,22 @@ def test_hostile_arrays_are_refused_before_loading(tmp_path, make, fragment):
     with pytest.raises(UserError) as e:
         load_splits("arrays", str(tmp_path), 1, None, None)
     assert fragment in str(e.value)
+
+
+@pytest.mark.parametrize("hostile", ["bomb", "newline"])
+def test_hostile_folders_through_the_cli_are_one_line_and_write_nothing(tmp_path, hostile):
+    from conftest import assert_user_error, run_cli
+
+    root = _folder(tmp_path / "d")
+    if hostile == "bomb":  # 30000 x 30000 grey pixels declared
+        _png_header_only(root / "train" / "dog" / "bomb.png", 30_000, 30_000)
+        fragments = ["bomb.png: refused, more than Pillow's limit of"]
+    else:
+        for split in ("train", "test"):
+            shutil.copytree(root / split / "cat", root / split / "cat\nfish")
+        fragments = ["'cat\\nfish'", "one line of printable text"]
+    run_dir = tmp_path / "run"
+    env = {"XDG_CACHE_HOME": str(tmp_path / "cache")}
+    args = ["run", "pipelines/folder-example.yaml", "--run-dir", str(run_dir), "--set", f"data.root={root}"]
+    assert_user_error(run_cli(*args, "--set", "data.val_size=2", env=env), *fragments)
+    assert not run_dir.exists() and not list((tmp_path / "cache").rglob("*.npz"))  # no run, no decode cache
