@@ -275,3 +275,23 @@ def test_gate_weight_decay_is_the_gates_group_and_keyed_only_when_set(gate_weigh
         assert key == "8f57bd9510313c6b7a146c36d1a641da892374e89b1a1e8f5cf240fe5cbfb29f"
     else:
         assert section["vib"]["gate_weight_decay"] == gate_weight_decay
+
+
+def test_flush_to_zero_reaches_every_intra_op_thread_and_is_undone():
+    from vib_deploy.training.numerics import _openmp_parallel, flush_denormal, flushes_everywhere
+
+    if _openmp_parallel() is None:
+        pytest.skip("no OpenMP runtime found in /proc/self/maps (the epoch-end flush is what covers this platform)")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        torch.ones(1 << 20).mul_(2)  # torch's OpenMP threads exist before the flags are set
+        torch.set_flush_denormal(True)  # the calling thread's flags alone leave the other thread's share subnormal
+        alone = flushes_everywhere()
+        torch.set_flush_denormal(False)
+        with flush_denormal() as everywhere:
+            assert everywhere and flushes_everywhere()
+        assert not alone and not flushes_everywhere()
+    finally:
+        torch.set_flush_denormal(False)
+        torch.set_num_threads(threads)
