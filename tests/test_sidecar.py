@@ -33,7 +33,7 @@ def test_missing_or_corrupt_sidecar_says_how_to_remake_it(tmp_path):
     with pytest.raises(UserError, match=r"m.xml: no sidecar m.xml.json; make it again$"):
         check_sidecar(xml, [], "made", "fix", missing_fix="make it again")
     sidecar_path(xml).write_text("{not json")
-    with pytest.raises(UserError, match="m.xml.json is corrupt or not JSON .*; fix$"):
+    with pytest.raises(UserError, match="m.xml.json is corrupt or altered: not JSON .*; fix$"):
         read_sidecar(xml, "fix")
     sidecar_path(xml).write_text("[1, 2]")
     with pytest.raises(UserError, match="is not a JSON object"):
