@@ -366,6 +366,9 @@ def _write(name: str, data: bytes):
     return lambda d: (d / name).write_bytes(data)
 
 
+DEEP = b"[" * 200_000 + b"]" * 200_000  # a JSON (and YAML) list 200,000 deep
+
+
 def _first_layer_out(payload) -> None:
     linear = next(s for s in payload["layers"] if s["type"] == "linear")
     linear["out"] += 1
@@ -486,6 +489,21 @@ RUN_DIR_CASES = [
         id="config-unknown-model",
     ),
     pytest.param(_write("config.yaml", b"name: [\n"), "report", ["config.yaml: not valid YAML"], id="config-not-yaml"),
+    # nested past Python's recursion limit, or an alias bomb: each still one line
+    pytest.param(_write("manifest.json", DEEP), "verify", ["manifest.json is corrupt or altered"], id="manifest-deep"),
+    pytest.param(
+        _listed("prune.json", lambda old, d: DEEP),
+        "export",
+        ["prune.json is corrupt or altered: JSON nested too deep"],
+        id="record-deep-listed",
+    ),
+    pytest.param(_write("config.yaml", b"name: " + DEEP), "report", ["YAML nested too deep"], id="config-deep"),
+    pytest.param(
+        _write("config.yaml", (CORPUS / "alias-bomb.yaml").read_bytes()),
+        "report",
+        ["over 100,000 values once its aliases are expanded"],
+        id="config-alias-bomb",
+    ),
 ]
 
 

@@ -256,3 +256,106 @@ def test_arrays_through_every_stage(tmp_path, mnist_root):
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["preprocessing"]["classes"] == [str(i) for i in range(10)] and metrics["test_samples"] == 200
     assert metrics["pruned"]["error"] < 0.5
+
+
+def _png_header_only(path, width, height):
+    """A PNG that declares width x height grey pixels and holds a few rows: Pillow reads the size from its header."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    rows = zlib.compress(b"\0" * (width + 1) * 4)
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", rows) + chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize("side", [30_000, 12_000], ids=["bomb-error", "bomb-warning"])  # > 2x and > 1x Pillow's limit
+def test_a_decompression_bomb_is_refused_naming_the_file_and_the_limit(tmp_path, side):
+    root = _folder(tmp_path / "d")
+    _png_header_only(root / "train" / "dog" / "bomb.png", side, side)
+    with pytest.raises(UserError, match=r"bomb.png: refused, more than Pillow's limit of [\d,]+ pixels"):
+        load_folder(root)
+
+
+@pytest.mark.parametrize("name", ["cat\nfish", "cat\rfish", "tab\tbed", "bell\x07", " padded"])
+def test_a_class_name_that_is_not_one_label_line_is_refused(tmp_path, name):
+    root = _folder(tmp_path / "d")
+    for split in ("train", "test"):
+        shutil.copytree(root / split / "cat", root / split / name)
+    with pytest.raises(UserError, match="a class folder name must be one line of printable text") as e:
+        load_folder(root)
+    assert repr(name) in str(e.value) and "\n" not in str(e.value)
+
+
+def test_the_decode_cache_holds_no_pickles(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    root = _folder(tmp_path / "d")
+    load_folder(root)
+    (cached,) = (tmp_path / "cache").rglob("*.npz")
+    np.savez(cached, x_train=np.array([{"a": 1}], dtype=object))  # an object array: a pickle inside
+    with pytest.raises(UserError, match="the decode cache is corrupt or altered .*allow_pickle.*; delete it"):
+        load_folder(root)
+
+
+def _npz_with_header(path, header_shape, data: bytes, dtype="|u1"):
+    """An .npz whose x.npy declares `header_shape` of `dtype` and holds `data`; y is fine."""
+    import io
+    import zipfile
+
+    header = {"descr": dtype, "fortran_order": False, "shape": tuple(header_shape)}
+    x = io.BytesIO()
+    np.lib.format.write_array_header_1_0(x, header)
+    y = io.BytesIO()
+    np.save(y, np.zeros(4, np.int64))
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("x.npy", x.getvalue() + data)
+        z.writestr("y.npy", y.getvalue())
+
+
+@pytest.mark.parametrize(
+    "make,fragment",
+    [
+        pytest.param(
+            lambda p: _npz_with_header(p, (10**6, 1000, 1000), b"\0" * 64),
+            "train.npz: array x declares shape [1000000, 1000, 1000] (1,000,000,000,000 bytes) but holds 64",
+            id="huge-declared-shape",
+        ),
+        pytest.param(
+            lambda p: np.savez(p, x=np.array([{"rm": "-rf"}] * 4, dtype=object), y=np.zeros(4, int)),
+            "train.npz: array x holds Python objects (a pickle)",
+            id="object-array",
+        ),
+        pytest.param(
+            lambda p: np.save(open(p, "wb"), np.zeros((4, 8, 8), np.uint8)),  # a .npy named .npz
+            "train.npz: not a readable .npz file",
+            id="npy-not-npz",
+        ),
+    ],
+)
+def test_hostile_arrays_are_refused_before_loading(tmp_path, make, fragment):
+    make(tmp_path / "train.npz")
+    np.savez(tmp_path / "test.npz", x=np.zeros((2, 8, 8), np.uint8), y=np.zeros(2, int))
+    with pytest.raises(UserError) as e:
+        load_splits("arrays", str(tmp_path), 1, None, None)
+    assert fragment in str(e.value)
+
+
+@pytest.mark.parametrize("hostile", ["bomb", "newline"])
+def test_hostile_folders_through_the_cli_are_one_line_and_write_nothing(tmp_path, hostile):
+    from tests.conftest import assert_user_error, run_cli
+
+    root = _folder(tmp_path / "d")
+    if hostile == "bomb":  # 30000 x 30000 grey pixels declared
+        _png_header_only(root / "train" / "dog" / "bomb.png", 30_000, 30_000)
+        fragments = ["bomb.png: refused, more than Pillow's limit of"]
+    else:
+        for split in ("train", "test"):
+            shutil.copytree(root / split / "cat", root / split / "cat\nfish")
+        fragments = ["'cat\\nfish'", "one line of printable text"]
+    run_dir = tmp_path / "run"
+    env = {"XDG_CACHE_HOME": str(tmp_path / "cache")}
+    args = ["run", "pipelines/folder-example.yaml", "--run-dir", str(run_dir), "--set", f"data.root={root}"]
+    assert_user_error(run_cli(*args, "--set", "data.val_size=2", env=env), *fragments)
+    assert not run_dir.exists() and not list((tmp_path / "cache").rglob("*.npz"))  # no run, no decode cache

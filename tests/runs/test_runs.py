@@ -135,3 +135,24 @@ def test_a_symlink_that_leaves_the_run_directory_is_refused_unread(tmp_path, mon
     with pytest.raises(UserError, match="'model.onnx', which is not a plain file name inside"):
         run.verified("model.onnx")
     assert not any("secret" in p or p.endswith("model.onnx") for p in opened)
+
+
+DEEP = "[" * 200_000 + "]" * 200_000  # parses to a list 200,000 deep: past Python's recursion limit
+
+
+def test_json_nested_too_deep_is_corrupt_not_a_crash(tmp_path):
+    from vib_deploy.runs.sidecar import read_sidecar
+
+    (tmp_path / "manifest.json").write_text(DEEP)
+    with pytest.raises(UserError, match="manifest.json is corrupt or altered: JSON nested too deep"):
+        RunDir(tmp_path).manifest()
+    (tmp_path / "model.xml.json").write_text(DEEP)  # an artifact's sidecar
+    with pytest.raises(UserError, match="model.xml.json is corrupt or altered: JSON nested too deep; remake it"):
+        read_sidecar(tmp_path / "model.xml", "remake it")
+
+
+def test_a_deep_manifest_through_the_cli_is_one_line(tmp_path):
+    from tests.conftest import assert_user_error, run_cli
+
+    (tmp_path / "manifest.json").write_text(DEEP)
+    assert_user_error(run_cli("verify", str(tmp_path)), "manifest.json is corrupt or altered", "nested too deep")

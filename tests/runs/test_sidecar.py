@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -32,7 +33,7 @@ def test_missing_or_corrupt_sidecar_says_how_to_remake_it(tmp_path):
     with pytest.raises(UserError, match=r"m.xml: no sidecar m.xml.json; make it again$"):
         check_sidecar(xml, [], "made", "fix", missing_fix="make it again")
     sidecar_path(xml).write_text("{not json")
-    with pytest.raises(UserError, match="m.xml.json is corrupt or not JSON .*; fix$"):
+    with pytest.raises(UserError, match="m.xml.json is corrupt or altered: not JSON .*; fix$"):
         read_sidecar(xml, "fix")
     sidecar_path(xml).write_text("[1, 2]")
     with pytest.raises(UserError, match="is not a JSON object"):
@@ -54,7 +55,36 @@ def test_cpuinfo_parsing_by_hand():
     assert parse_cpuinfo(text) == ("Some CPU @ 2GHz", {"fpu", "avx2", "fma", "amx_tile"})
     info = cpu_info()
     assert set(info) == {"cpu", "isa"} and info["isa"] == [f for f in ISA_FLAGS if f in info["isa"]]
-    assert set(machine_info()) == {"cpu", "cores", "python", "max_rss_self_bytes"}  # bench.json's machine record
+    assert set(machine_info()) == {"cpu", "vector_isa", "cores", "python", "max_rss_self_bytes"}  # bench.json's machine
+
+
+@pytest.mark.parametrize(
+    "flags,isa",
+    [
+        pytest.param("fpu sse4_2 avx", "no AVX2", id="pre-avx2"),
+        pytest.param("avx avx2 fma", "AVX2", id="epyc-zen2"),
+        pytest.param("avx2 avx512f avx512bw avx512vl avx512_vnni", "AVX2, AVX-512, AVX-512 VNNI", id="cascade-lake"),
+        pytest.param("avx2 avx_vnni", "AVX2, AVX-VNNI", id="alder-lake"),
+        pytest.param(
+            "avx2 avx512f avx512_vnni avx_vnni amx_tile amx_int8 amx_bf16",
+            "AVX2, AVX-512, AVX-512 VNNI, AVX-VNNI, AMX",
+            id="sapphire-rapids",
+        ),
+    ],
+)
+def test_the_vector_isa_is_named_from_the_flags(monkeypatch, flags, isa):
+    from vib_deploy.measure import machine
+
+    text = f"processor : 0\nmodel name : Fake Xeon\nflags : {flags}\n"
+    monkeypatch.setattr(machine, "Path", lambda _: SimpleNamespace(read_text=lambda: text))
+    machine.cpu_facts.cache_clear()
+    try:
+        facts = machine.cpu_facts()
+        assert facts.vector_isa == isa and machine.machine_info()["vector_isa"] == isa
+        assert machine.cpu_label(machine.machine_info()) == f"Fake Xeon ({isa})"
+    finally:
+        machine.cpu_facts.cache_clear()
+    assert machine.cpu_label({"cpu": "Old"}) == "Old (vector ISA not recorded)"  # a bench.json made before the field
 
 
 def test_cpu_facts_are_read_in_one_module():

@@ -35,6 +35,8 @@ def test_every_setting_is_listed_and_read_from_the_config():
     assert "**differs**: 0 on weights and gates" in _row(lines, "weight decay")
     step = deviations({"c": load_config(ROOT / "pipelines/mnist-lenet300.yaml")})  # the pipeline as shipped: official
     assert "same: 5e-05 on weights and gates" in _row(step, "weight decay")
+    gate_decay = load_config(ROOT / "pipelines/mnist-lenet300.yaml", ["train.vib.gate_weight_decay=0"])
+    assert "**differs**: 5e-05 on weights, 0 on gates" in _row(deviations({"d": gate_decay}), "weight decay")
     assert "same: step: lr × 0.5 every 30 epochs" in _row(step, "schedule")
     tuned = _row(lines, "after pruning")
     assert "same: none" in tuned and "**differs**: finetune stage: 20 epochs" in tuned

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import InterruptAfter
+from tests.conftest import LENET300, ROOT, InterruptAfter
 from vib_deploy.errors import UserError
 from vib_deploy.runs.directory import RunDir
 from vib_deploy.training.loop import TrainSpec, train
@@ -221,3 +221,77 @@ def test_ema_is_the_net_validated_and_kept_and_resumes_exactly(tmp_path):
     resumed = gated_model("lenet300")
     train(resumed, spec, _data(), run)
     assert all(torch.equal(v, resumed.state_dict()[k]) for k, v in model.state_dict().items())
+
+
+def test_vib_training_leaves_no_subnormal_floats_and_prunes_exactly(tmp_path):
+    """Past ~1,400 Adam steps the weights of pruned pixels and closed gates' mu shrink into the subnormal range (x86's
+    slow path); flush-to-zero (training/numerics.py) keeps them out of parameters, gradients and optimizer state."""
+    from vib_deploy.prune.result import check_exact
+    from vib_deploy.prune.sequential import prune_sequential
+    from vib_deploy.training.numerics import flushes_everywhere, subnormal_count
+
+    rng = np.random.default_rng(0)
+    x = np.zeros((160, 1, 28, 28), np.float32)
+    x[:, :, 10:18, 10:18] = rng.random((160, 1, 8, 8), dtype=np.float32)  # MNIST-like: a border that is always 0
+    y = x[:, 0, 12, 10:20].argmax(1).astype(np.int64)  # learnable: a few pixels keep their gates open
+    data = SimpleNamespace(x_train=x[:120], y_train=y[:120], x_val=x[120:], y_val=y[120:])
+    torch.manual_seed(0)
+    model = gated_model("lenet300")
+    spec = _spec(epochs=13, batch_size=1, kl_factor=1e-4, weight_decay=5e-5, gate_weight_decay=5e-5)  # 1,560 steps
+    result = train(model, spec, data, RunDir(tmp_path))
+    assert result.flush_denormal is True and len(result.epoch_seconds) == 13
+    assert not flushes_everywhere()  # restored after training
+    ckpt = torch.load(tmp_path / "train-vib.ckpt", weights_only=True)
+    state = [t for s in ckpt["optimizer"]["state"].values() for t in s.values()]
+    tensors = [*model.parameters(), *(p.grad for p in model.parameters()), *state]
+    assert sum(subnormal_count(t) for t in tensors) == 0
+    assert 0 < sum(result.history[-1]["units_alive"]) < 784 + 300 + 100  # gates closed (where subnormals come from)
+    # exactness is unaffected: the float64 check (1e-9 x logit scale) passes on the weights trained with the flags on
+    info = check_exact(prune_sequential(model, (1, 28, 28)), model, torch.from_numpy(x), tolerance=1e-5)
+    assert info["max_abs_diff_float64"] <= 1e-12 and info["argmax_agreement"] == 1.0
+
+
+@pytest.mark.parametrize("gate_weight_decay,groups", [(None, [5e-5, 5e-5]), (0.0, [5e-5, 0.0]), (1e-3, [5e-5, 1e-3])])
+def test_gate_weight_decay_is_the_gates_group_and_keyed_only_when_set(gate_weight_decay, groups):
+    from vib_deploy.config import load_config
+    from vib_deploy.model.vib import gates
+    from vib_deploy.runs.directory import stage_key
+    from vib_deploy.stages import get_stage
+    from vib_deploy.training.loop import _optimizer
+
+    config = load_config(ROOT / LENET300)  # train.vib.weight_decay: 5e-5
+    vib = config.train.vib.model_copy(update={"gate_weight_decay": gate_weight_decay})
+    model = gated_model("lenet300")
+    opt = _optimizer(model, _spec(weight_decay=vib.weight_decay, gate_weight_decay=vib.gate_decay()))
+    assert [g["weight_decay"] for g in opt.param_groups] == groups
+    gate_ids = {id(p) for g in gates(model) for p in g.parameters()}
+    assert {id(p) for p in opt.param_groups[1]["params"]} == gate_ids  # mu and log sigma^2 of every gate
+    section = get_stage("train-vib").section(
+        config.model_copy(update={"train": config.train.model_copy(update={"vib": vib})})
+    )
+    key = stage_key(section, {}, "v")
+    if gate_weight_decay is None:  # the key every run of this pipeline was made with before the setting existed
+        assert "gate_weight_decay" not in section["vib"]
+        assert key == "8f57bd9510313c6b7a146c36d1a641da892374e89b1a1e8f5cf240fe5cbfb29f"
+    else:
+        assert section["vib"]["gate_weight_decay"] == gate_weight_decay
+
+
+def test_flush_to_zero_reaches_every_intra_op_thread_and_is_undone():
+    from vib_deploy.training.numerics import _openmp_parallel, flush_denormal, flushes_everywhere
+
+    if _openmp_parallel() is None:
+        pytest.skip("no OpenMP runtime found in /proc/self/maps (the epoch-end flush is what covers this platform)")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        torch.ones(1 << 20).mul_(2)  # torch's OpenMP threads exist before the flags are set
+        torch.set_flush_denormal(True)  # the calling thread's flags alone leave the other thread's share subnormal
+        alone = flushes_everywhere()
+        torch.set_flush_denormal(False)
+        with flush_denormal() as everywhere:
+            assert everywhere and flushes_everywhere()
+        assert not alone and not flushes_everywhere()
+    finally:
+        torch.set_flush_denormal(False)
+        torch.set_num_threads(threads)

@@ -29,7 +29,7 @@ def environment() -> list[str]:
     cpu, missing = cpu_facts(), OpenVinoRunner.unavailable()
     lines.append(
         f"openvino: {openvino_version() if not missing else 'not available: ' + missing}; CPU {cpu.model} "
-        f"({' '.join(cpu.isa) or 'no ISA flags read'})"
+        f"({cpu.vector_isa}; flags {' '.join(cpu.isa) or 'none read'})"
     )
     from vib_deploy.backends.tensorrt import tensorrt_version, unavailable
 

@@ -73,7 +73,7 @@ def gpu_facts(device: str) -> dict[str, Any]:
             memory_bytes=torch.cuda.get_device_properties(dev).total_memory,
         )
     else:
-        facts["gpu"] = f"none (CPU: {cpu_facts().model})"
+        facts["gpu"] = f"none (CPU: {cpu_facts().model}, {cpu_facts().vector_isa})"
     try:
         import pynvml  # pyright: ignore[reportMissingImports]
 

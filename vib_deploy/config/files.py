@@ -10,7 +10,8 @@ import yaml
 from pydantic import ValidationError
 
 from vib_deploy.config.schema import PipelineConfig
-from vib_deploy.errors import UserError, first_line
+from vib_deploy.config.yamlfile import load_yaml
+from vib_deploy.errors import UserError
 
 CONFIG_FILE = "config.yaml"  # a run directory's resolved config
 
@@ -86,11 +87,10 @@ def load_config(path: Path, overrides: list[str] | None = None) -> PipelineConfi
     if not path.is_file():
         raise UserError(f"pipeline file {path} not found")
     try:
-        tree = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise UserError(f"{path}: not valid YAML ({first_line(e)})") from e
+        text = path.read_text()
     except UnicodeDecodeError as e:
         raise UserError(f"{path}: not a text file ({e})") from e
+    tree = load_yaml(text, str(path))  # deep nesting and alias bombs are refused too
     if tree is None:
         raise UserError(f"{path}: the file is empty")
     if isinstance(tree, dict):

@@ -122,6 +122,8 @@ class VIBTrainConfig(_Strict):
     threshold: float = 0.0  # a unit is kept when logα < threshold
     finetune_epochs: int = Field(0, ge=0)  # of `epochs`, the last N train weights only, gates frozen (no noise, no KL)
     weight_decay: float = Field(0.0, ge=0)  # Adam's L2 on weights AND gates (the official code: 5e-5 on both)
+    # the gates' (mu, log sigma^2) own L2 instead of weight_decay, which then applies to the weights only; None: as above
+    gate_weight_decay: float | None = Field(None, ge=0)
     schedule: Literal["cosine", "step"] = "cosine"  # step: lr x 0.5 every 30 epochs (the official code)
     # per-unit KL weight: the paper's (0.5 * kl_mult * map_size), or what a unit costs now (vib_deploy/training/klweight.py):
     # its FLOPs, or its latency on deploy.target (a named one) from a lookup table timed there (vib_deploy/measure/latency.py)
@@ -135,6 +137,10 @@ class VIBTrainConfig(_Strict):
     # a cost to land on instead of a KL factor: {flops: 0.25} or {speedup: 3} (on deploy.target); kl_factor starts the
     # multiplier that dual ascent then moves each step (vib_deploy/training/target.py); None: kl_factor is fixed
     target: CostTargetConfig | None = None
+
+    def gate_decay(self) -> float:
+        """The weight decay of the gates' Adam group: gate_weight_decay when set, else weight_decay."""
+        return self.weight_decay if self.gate_weight_decay is None else self.gate_weight_decay
 
     @model_validator(mode="after")
     def _finetune_within_epochs(self) -> VIBTrainConfig:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,6 +60,11 @@ def _listing(root: Path) -> dict[str, list[tuple[str, Path]]]:
             raise UserError(f"data.root {root}: {split}/ has no class folders (expected {split}/<class>/<image files>)")
         items = []
         for c in classes:
+            if not c.name.isprintable() or c.name != c.name.strip():  # newline, tab, other control characters
+                raise UserError(
+                    f"{c.parent}/{c.name!r}: a class folder name must be one line of printable text (it becomes a line "
+                    "of labels.txt); rename the folder"
+                )
             images = sorted(p for p in c.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
             if not images:
                 raise UserError(f"{c}: a class folder with no images ({', '.join(IMAGE_SUFFIXES)})")
@@ -68,10 +74,22 @@ def _listing(root: Path) -> dict[str, list[tuple[str, Path]]]:
 
 
 def _decode(path: Path, channels: int | None, size: tuple[int, int] | None) -> np.ndarray:
+    import warnings
+
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as img:
+        with warnings.catch_warnings():  # an image over Pillow's pixel limit is refused, not decoded with a warning
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(path)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise UserError(
+            f"{path}: refused, more than Pillow's limit of {Image.MAX_IMAGE_PIXELS:,} pixels (a decompression bomb?)"
+        ) from e
+    except (UnidentifiedImageError, OSError, ValueError) as e:
+        raise UserError(f"{path}: not a readable image ({first_line(e)})") from e
+    try:
+        with img:
             mode = {1: "L", 3: "RGB"}.get(channels or 0) or ("L" if img.mode in ("1", "L", "I;16", "I", "F") else "RGB")
             img = img.convert(mode)
             if size is not None and img.size != (size[1], size[0]):
@@ -129,8 +147,13 @@ def load_folder(root: Path, channels: int | None, size: tuple[int, int] | None, 
                 np.savez(f, **decoded)
 
         atomic_write(path, write)
-    with np.load(path) as z:
-        split = {k: z[k] for k in z.files}
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            split = {k: z[k] for k in z.files}
+    except (OSError, ValueError) as e:  # not an .npz, or object arrays (pickles): never what this module wrote
+        raise UserError(f"{path}: the decode cache is corrupt or altered ({first_line(e)}); delete it") from e
+    if not {"x_train", "y_train", "x_test", "y_test"} <= split.keys():
+        raise UserError(f"{path}: the decode cache is corrupt or altered (arrays {sorted(split)}); delete it")
 
     def pair(name: str) -> tuple[np.ndarray, np.ndarray]:
         return split[f"x_{name}"].astype(np.float32) / 255.0, split[f"y_{name}"]
@@ -140,8 +163,31 @@ def load_folder(root: Path, channels: int | None, size: tuple[int, int] | None, 
 
 
 # -- arrays -----------------------------------------------------------------------------------------------
+def _check_npz_headers(path: Path) -> None:
+    """Refuse, before any array is allocated, a member that holds Python objects (a pickle) or declares a shape its
+    bytes do not fill (10^12 images in a few KB: numpy would allocate them first)."""
+    from numpy.lib import format as npy
+
+    with zipfile.ZipFile(path) as z:
+        for info in z.infolist():
+            with z.open(info) as f:
+                version = npy.read_magic(f)
+                read_header = npy.read_array_header_1_0 if version == (1, 0) else npy.read_array_header_2_0
+                shape, _, dtype = read_header(f)
+                declared = int(np.prod(shape, dtype=object)) * dtype.itemsize
+                held = info.file_size - f.tell()
+            name = info.filename.removesuffix(".npy")
+            if dtype.hasobject:
+                raise UserError(f"{path}: array {name} holds Python objects (a pickle); give numbers")
+            if declared != held:
+                raise UserError(
+                    f"{path}: array {name} declares shape {list(shape)} ({declared:,} bytes) but holds {held:,}"
+                )
+
+
 def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray, list[str] | None]:
     try:
+        _check_npz_headers(path)
         with np.load(path, allow_pickle=False) as z:
             if "x" not in z.files or "y" not in z.files:
                 raise UserError(
@@ -151,7 +197,7 @@ def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray, list[str] | None]:
             names = [str(c) for c in z["classes"]] if "classes" in z.files else None
     except UserError:
         raise
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
         raise UserError(f"{path}: not a readable .npz file ({first_line(e)})") from e
     if x.ndim == 3:
         x = x[:, None]

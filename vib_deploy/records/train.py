@@ -1,6 +1,7 @@
 """The training stages' records: train-dense.json, train-vib.json and finetune.json.
 
-Files written before records carried `record_version` read as version 0; keys added since then have defaults.
+Files written before records carried `record_version` read as version 0; keys added since then have defaults (and
+are written only when set, so a file made before them reads back whole).
 """
 
 from __future__ import annotations
@@ -28,9 +29,10 @@ class TrainDenseRecord(JsonRecord):
     preprocessing: dict[str, Any] | None = None  # None: made before it was recorded (plain [0, 1] scaling)
     epoch_seconds: list[float] | None = None
     stopped_early: bool | None = None  # train.dense.patience ran out before train.dense.epochs (None: no patience)
+    flush_denormal: bool | None = None  # flush-to-zero on in every CPU thread while training (None: not recorded)
     record_version: int = RECORD_VERSION
 
-    OMIT_NONE = frozenset({"stopped_early"})
+    OMIT_NONE = frozenset({"stopped_early", "flush_denormal"})
 
 
 @dataclass(frozen=True)
@@ -57,10 +59,11 @@ class TrainVibRecord(JsonRecord):
     # speedup of the last epoch's deterministic net), cost, target_cost, kl_multiplier (at the end), kl_factor_start};
     # each epoch's history entry has its kl_multiplier and cost (a fraction of the dense net's)
     target: dict[str, Any] | None = None
+    flush_denormal: bool | None = None  # flush-to-zero on in every CPU thread while training (None: not recorded)
     record_version: int = RECORD_VERSION
     # files made before the paper-protocol point was derived from `history` carry a stored `paper_protocol` key: it
     # is ignored on reading (it could pick an epoch with more FLOPs than the run ends with)
-    OMIT_NONE = frozenset({"kl_unit_weights", "latency_table", "target"})
+    OMIT_NONE = frozenset({"kl_unit_weights", "latency_table", "target", "flush_denormal"})
 
     @property
     def paper_protocol(self) -> dict[str, Any] | None:
@@ -97,4 +100,8 @@ class FinetuneRecord(JsonRecord):
     resumed_from_epoch: int | None = None
     world_size: int = 1
     images_per_second: float | None = None
+    epoch_seconds: list[float] | None = None  # None: made before it was recorded
+    flush_denormal: bool | None = None  # flush-to-zero on in every CPU thread while training (None: not recorded)
     record_version: int = RECORD_VERSION
+
+    OMIT_NONE = frozenset({"epoch_seconds", "flush_denormal"})

@@ -12,6 +12,7 @@ from vib_deploy.data.datasets import CLASS_NAMES
 from vib_deploy.deploy.choose import choice_markdown, choice_rows, choose
 from vib_deploy.deploy.deploy_matrix import headline_short, headlines, plot_speedup_vs_ideal, render_matrix
 from vib_deploy.deploy.deployed import deployed_file, finetuned
+from vib_deploy.measure.machine import cpu_label
 from vib_deploy.records import (
     BenchFile,
     ExportRecord,
@@ -281,7 +282,7 @@ Errors are on the {summary.test_samples:,}-image test set{limited}, measured onc
 The validation split (last {config.data.val_size:,} training images) chose the dense {"and fine-tuned epochs" if f else "epoch"}; the test set chose nothing.
 Published VIB numbers are the best test error seen during training, which this report does not do.
 
-## Latency (measured on {m["cpu"]}, {m["cores"]} cores, {summary.bench[0].threads} thread(s))
+## Latency (measured on {cpu_label(m)}, {m["cores"]} cores, {summary.bench[0].threads} thread(s))
 
 Dense and pruned were timed in alternating rounds in one process. `pruned_reduced` takes only the kept
 input pixels (indices in its ONNX metadata `vib_deploy.kept_pixels`); `pruned` gathers them in-graph.

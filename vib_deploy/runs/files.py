@@ -151,7 +151,15 @@ def plain_name(name: object, listed_in: Path, base: Path, resolved_base: Path | 
 
 def read_json_file(path: Path, hint: str = "") -> Any:
     """Parse a JSON file; undecodable bytes are one UserError naming the file (plus `hint`)."""
+    return parse_json(Path(path).read_bytes(), path, hint)
+
+
+def parse_json(data: str | bytes, path: Path | str, hint: str = "") -> Any:
+    """JSON read from `path`: undecodable bytes, or nesting deeper than Python's parser recurses (a manifest of
+    200,000 nested lists), are one UserError naming the file (plus `hint`)."""
     try:
-        return json.loads(Path(path).read_text())
+        return json.loads(data)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"{path} is corrupt or not JSON ({e}){'; ' + hint if hint else ''}") from e
+        raise UserError(f"{path} is corrupt or altered: not JSON ({e}){'; ' + hint if hint else ''}") from e
+    except RecursionError as e:
+        raise UserError(f"{path} is corrupt or altered: JSON nested too deep{'; ' + hint if hint else ''}") from e

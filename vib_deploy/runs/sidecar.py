@@ -7,12 +7,12 @@ what to do, before the artifact's own library ever loads it.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from vib_deploy.errors import UserError
+from vib_deploy.runs.files import parse_json
 
 
 def sidecar_path(artifact: Path) -> Path:
@@ -34,10 +34,7 @@ def read_sidecar(artifact: Path, fix: str) -> dict[str, Any]:
     path = sidecar_path(artifact)
     if not path.is_file():
         raise UserError(f"{artifact}: no sidecar {path.name}; {fix}")
-    try:
-        record = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"{path} is corrupt or not JSON ({e}); {fix}") from e
+    record = parse_json(path.read_bytes(), path, fix)
     if not isinstance(record, dict):
         raise UserError(f"{path} is not a JSON object; {fix}")
     return record

@@ -33,6 +33,7 @@ KEYED_WHEN_SET = {
         "paper_protocol": False,
         "ema": None,
         "target": None,
+        "gate_weight_decay": None,
     },
     "dense": {"patience": None},
     "deploy": {"target": "auto", "max_error_increase": 0.005},

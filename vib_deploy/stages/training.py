@@ -124,6 +124,7 @@ def train_dense(ctx: Context) -> list[str]:
             preprocessing=data.preprocessing(ctx.config.data.pad),
             epoch_seconds=result.epoch_seconds,
             stopped_early=result.stopped_early if cfg.patience is not None else None,
+            flush_denormal=result.flush_denormal,
         ).write(ctx.out(TrainDenseRecord.FILE))
         return ["dense.pt", TrainDenseRecord.FILE]
 
@@ -154,7 +155,7 @@ def train_vib(ctx: Context) -> list[str]:
         finetune_epochs=cfg.finetune_epochs,
         kl_weighting=weighting,
         weight_decay=cfg.weight_decay,
-        gate_weight_decay=cfg.weight_decay,
+        gate_weight_decay=cfg.gate_decay(),
         schedule=cfg.schedule,
         epoch_extra=_joined(paper_protocol_epoch(source, data) if cfg.paper_protocol else None, multiplier),
         ema=cfg.ema,
@@ -182,6 +183,7 @@ def train_vib(ctx: Context) -> list[str]:
             kl_unit_weights=weighting.weights() if weighting else None,  # at the final widths
             latency_table=weighting.identity() if weighting else None,
             target=_target_reached(multiplier, ctx.config) if multiplier else None,
+            flush_denormal=result.flush_denormal,
         ).write(ctx.out(TrainVibRecord.FILE))
         return ["vib.pt", TrainVibRecord.FILE]
 
@@ -230,6 +232,8 @@ def finetune(ctx: Context) -> list[str]:
             val_error=error_of(model, data.x_val, data.y_val),
             world_size=distributed.world_size(),
             images_per_second=result.images_per_second,
+            epoch_seconds=result.epoch_seconds,
+            flush_denormal=result.flush_denormal,
         ).write(ctx.out(FinetuneRecord.FILE))
         return outputs + [FinetuneRecord.FILE]
 

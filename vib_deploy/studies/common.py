@@ -130,6 +130,7 @@ def _benched(run: RunDir, bench: BenchFile) -> dict[str, Any]:
     return {
         "utc": written.strftime("%Y-%m-%d %H:%M"),
         "cpu": bench.machine.get("cpu"),
+        "vector_isa": bench.machine.get("vector_isa"),
         "cores": bench.machine.get("cores"),
     }
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from vib_deploy.errors import UserError
+from vib_deploy.measure.machine import cpu_label
 from vib_deploy.measure.timing import speedup
 from vib_deploy.report.plots import pyplot, save_png
 from vib_deploy.report.stats import paired
@@ -325,7 +326,7 @@ def _benched_line(group: list[dict[str, Any]]) -> list[str]:
     if not benched:
         return []
     times = sorted(b["utc"] for b in benched)
-    machines = sorted({f"{b['cpu']}, {b['cores']} cores" for b in benched})
+    machines = sorted({f"{cpu_label(b)}, {b['cores']} cores" for b in benched})
     span = times[0] if times[0] == times[-1] else f"{times[0]} – {times[-1]}"
     return [
         "",

@@ -66,7 +66,12 @@ def our_settings(config: Any) -> dict[str, tuple[str, bool | None]]:
         "optimizer": ("Adam", True),
         "lr": (f"{v.lr:g}", v.lr in (1e-3, 1.4e-3)),
         "gate_lr": (f"{v.gate_lr:g}{ratio}", v.gate_lr == v.lr),
-        "weight_decay": (f"{v.weight_decay:g} on weights and gates", v.weight_decay == 5e-5),
+        "weight_decay": (
+            f"{v.weight_decay:g} on weights and gates"
+            if v.gate_weight_decay in (None, v.weight_decay)
+            else f"{v.weight_decay:g} on weights, {v.gate_weight_decay:g} on gates",
+            v.weight_decay == 5e-5 and v.gate_weight_decay in (None, 5e-5),
+        ),
         "schedule": (
             "step: lr × 0.5 every 30 epochs"
             if v.schedule == "step"

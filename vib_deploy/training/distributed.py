@@ -160,3 +160,21 @@ def same_on_all_ranks(name: str, value: Any) -> list[Any]:
     if any(v != values[0] for v in values[1:]):
         raise UserError(f"ranks disagree on {name}: {values}; the replicas diverged (a bug, please report it)")
     return values
+
+
+def replicated(model: Any, device: Any) -> Any:
+    """`model` in DistributedDataParallel: backward averages every gradient (gates' too) over the ranks."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+
+
+def shard_of(idx: Any) -> tuple[Any, float]:
+    """This rank's slice of a global batch, and the weight of its mean CE that makes DDP's average exact.
+
+    Slices differ by at most one image (only in a last, partial batch); weighting each rank's mean by
+    world * slice / batch makes the average over ranks the global batch's mean. Equal slices: weight 1.
+    """
+    world = world_size()
+    shard = idx.tensor_split(world)[rank()]
+    return shard, world * len(shard) / len(idx)

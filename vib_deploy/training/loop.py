@@ -39,6 +39,7 @@ from vib_deploy.training.accel import amp_context, on_device
 from vib_deploy.training.checkpoint import checkpoint_state, load_checkpoint, restore_rng, save_checkpoint
 from vib_deploy.training.ema import WeightEMA, maybe_applied
 from vib_deploy.training.evaluate import _sharded_accuracy, accuracy, mask_digest, units_alive
+from vib_deploy.training.numerics import flush_denormal, flush_subnormals_, training_state
 
 
 @dataclass
@@ -53,7 +54,7 @@ class TrainSpec:
     seed: int
     device: torch.device
     weight_decay: float = 0.0
-    gate_weight_decay: float = 0.0  # VIB only: the official code decays the gates like the weights
+    gate_weight_decay: float = 0.0  # VIB only: the gates' own group (the official code decays them like the weights)
     schedule: str = "cosine"  # cosine (to 0 over `epochs`) | step (lr x 0.5 every 30 epochs, the official VIBNet code)
     gate_lr: float | None = None  # VIB only: Adam group of the gates
     kl_factor: float | None = None  # VIB only
@@ -80,6 +81,7 @@ class TrainResult:
     images_per_second: float | None = None  # training images over the wall time of the epochs run here
     epoch_seconds: list[float] = field(default_factory=list)  # wall time of each epoch run here
     stopped_early: bool = False  # `patience` epochs passed without a better validation accuracy
+    flush_denormal: bool | None = None  # flush-to-zero was on in every CPU thread (numerics.py); None: no epoch ran
 
 
 def epochs_since_best(history: list[dict[str, Any]]) -> int:
@@ -116,24 +118,6 @@ def _optimizer(model: nn.Module, spec: TrainSpec) -> torch.optim.Optimizer:
     if gate_params:
         groups.append({"params": gate_params, "lr": spec.gate_lr or spec.lr, "weight_decay": spec.gate_weight_decay})
     return torch.optim.Adam(groups)
-
-
-def _replicated(model: nn.Module, device: torch.device) -> nn.Module:
-    """`model` in DistributedDataParallel: backward averages every gradient (gates' too) over the ranks."""
-    from torch.nn.parallel import DistributedDataParallel
-
-    return DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
-
-
-def _shard_of(idx: torch.Tensor) -> tuple[torch.Tensor, float]:
-    """This rank's slice of a global batch, and the weight of its mean CE that makes DDP's average exact.
-
-    Slices differ by at most one image (only in a last, partial batch); weighting each rank's mean by
-    world * slice / batch makes the average over ranks the global batch's mean. Equal slices: weight 1.
-    """
-    world = distributed.world_size()
-    shard = torch.tensor_split(idx, world)[distributed.rank()]
-    return shard, world * len(shard) / len(idx)
 
 
 @dataclass
@@ -208,13 +192,16 @@ def train(model: nn.Module, spec: TrainSpec, data: Any, run: RunDir | None, prog
         result.stopped_early = bool(  # a resumed run that had already stopped (killed before its stage committed)
             spec.patience is not None and result.history and epochs_since_best(result.history) >= spec.patience
         )
-        for epoch in range(loop.start, loop.start if result.stopped_early else spec.epochs):
-            loop.epoch = epoch
-            sums = _train_epoch(model, spec, loop, x_train, y_train, steps, run, progress, task)
-            _end_epoch(model, spec, loop, data, {k: v / steps for k, v in sums.items()}, result, run, progress, task)
-            if spec.patience is not None and epochs_since_best(result.history) >= spec.patience:
-                result.stopped_early = True
-                break
+        with flush_denormal() as flushed:  # no subnormal floats: the slow path of x86 cores (numerics.py)
+            for epoch in range(loop.start, loop.start if result.stopped_early else spec.epochs):
+                loop.epoch, result.flush_denormal = epoch, flushed
+                sums = _train_epoch(model, spec, loop, x_train, y_train, steps, run, progress, task)
+                _end_epoch(
+                    model, spec, loop, data, {k: v / steps for k, v in sums.items()}, result, run, progress, task
+                )
+                if spec.patience is not None and epochs_since_best(result.history) >= spec.patience:
+                    result.stopped_early = True
+                    break
     except KeyboardInterrupt:
         where = (
             f"checkpointed in {run.file(f'{spec.stage}.ckpt')}; rerun the same command to resume" if run else "not kept"
@@ -289,8 +276,12 @@ def _train_epoch(
             gate.requires_grad_(not finetune)
     if world > 1 and loop.net_finetune != finetune:
         loop.net = model  # drops the old DDP and its gradient hooks first
-        loop.net, loop.net_finetune = _replicated(model, device), finetune  # DDP syncs what needs gradients now
-    assert (net := loop.net) is not None
+        loop.net, loop.net_finetune = (
+            distributed.replicated(model, device),
+            finetune,
+        )  # DDP syncs what needs gradients now
+    net = loop.net
+    assert net is not None
     perm = torch.randperm(len(x_train), generator=loop.gen)
     loop.epoch_started = time.perf_counter()
     sums = {"loss": 0.0, "ce": 0.0, "kl": 0.0}
@@ -299,7 +290,7 @@ def _train_epoch(
         idx = perm[batch_i * spec.batch_size : (batch_i + 1) * spec.batch_size]
         ce_weight = 1.0
         if world > 1:
-            idx, ce_weight = _shard_of(idx)
+            idx, ce_weight = distributed.shard_of(idx)
         if x_train.device != idx.device:
             idx = idx.to(x_train.device)
         xb, yb = x_train[idx].to(device), y_train[idx].to(device)
@@ -316,7 +307,7 @@ def _train_epoch(
         if spec.l1:  # network slimming's sparsity term on the per-unit scales
             loss = loss + spec.l1 * torch.stack([g.mu.abs().sum() for g in gates(model)]).sum()
         if ce_weight != 1.0:
-            loss = loss + (ce_weight - 1.0) * ce  # this rank's CE weighted as `_shard_of` says; KL once
+            loss = loss + (ce_weight - 1.0) * ce  # this rank's CE weighted as `shard_of` says; KL once
         values = torch.stack([loss.detach(), ce.detach() * ce_weight, kl.detach().to(loss.device)])
         if world > 1:
             values = distributed.all_reduce_sum(values) / world  # the global batch's, so all ranks stop together
@@ -365,6 +356,8 @@ def _end_epoch(
 ) -> None:
     """Validate, keep the best weights, checkpoint (rank 0 writes), and log the epoch's line."""
     epoch = loop.epoch
+    # what a thread without flush-to-zero left (numerics.py): the next epoch, the checkpoint and the model start clean
+    flush_subnormals_(training_state(model, loop.opt, loop.ema.state.values() if loop.ema else ()))
     with maybe_applied(loop.ema, model):  # with train.vib.ema the average is what is validated and kept
         if distributed.world_size() > 1:
             val_acc = _sharded_accuracy(model, data.x_val, data.y_val, spec.device)

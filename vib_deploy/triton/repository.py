@@ -93,13 +93,14 @@ def versions(model_dir: Path) -> list[int]:
 
 
 def _run_name(run_dir: Path) -> str:
-    import yaml
+    from vib_deploy.config.yamlfile import load_yaml
 
     config = run_dir / "config.yaml"
     try:
-        name = (yaml.safe_load(config.read_text()) or {}).get("name") if config.exists() else None
-    except yaml.YAMLError:
-        name = None
+        tree = load_yaml(config.read_text(), str(config)) if config.exists() else None
+    except (UserError, UnicodeDecodeError):
+        tree = None
+    name = tree.get("name") if isinstance(tree, dict) else None
     return str(name or run_dir.resolve().name)
 
 
@@ -279,7 +280,12 @@ def _unchanged(model_dir: Path, sources: dict[str, Path], config_text: str, labe
     vdir = model_dir / str(numbers[-1])
     try:
         files = json.loads((vdir / VERSION_MANIFEST).read_text()).get("files", {})
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+    except (
+        OSError,
+        ValueError,
+        RecursionError,
+        AttributeError,
+    ):  # unreadable, not JSON, nested too deep, not an object
         return False
     return (
         set(files) == set(sources)
