@@ -76,11 +76,25 @@ def run_point(
     config: PipelineConfig, runs: Path = RUNS, progress: Any = None, echo: Echo = print, tag: str = ""
 ) -> RunDir:
     """One VIB point through every stage, reusing the seed's dense stage."""
-    dense = ensure_dense(config, runs, progress, echo, tag)
+    ensure_dense(config, runs, progress, echo, tag)
+    return continue_point(config, runs, progress, echo, tag)
+
+
+def continue_point(
+    config: PipelineConfig,
+    runs: Path = RUNS,
+    progress: Any = None,
+    echo: Echo = print,
+    tag: str = "",
+    until: str | None = None,
+) -> RunDir:
+    """One VIB point from its seed's finished dense run (read, not locked: points of a seed run side by side),
+    through `until` (None: every stage)."""
+    dense = RunDir(dense_dir(config, runs, tag))
     target = RunDir(point_dir(config, runs, tag))
     if copy_stage(dense, target, "train-dense"):
         echo(f"[reuse] train-dense from {dense.path}")
-    return run_pipeline(config, target.path, None, progress, echo)
+    return run_pipeline(config, target.path, None, progress, echo, until=until)
 
 
 def run_record(run: RunDir, method: str) -> dict[str, Any]:
