@@ -10,6 +10,7 @@ import logging
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -22,6 +23,7 @@ from conftest import LENET300, ROOT, STUDY_TINY, run_cli
 from vib_deploy.errors import UserError
 from vib_deploy.runs import lock
 from vib_deploy.runs.directory import RunDir
+from vib_deploy.studies.common import override_tag
 from vib_deploy.studies.executor import ExecutorOptions, Unit, UnitResult, ray_missing, run_units
 
 PIPELINE = str(ROOT / LENET300)
@@ -214,15 +216,15 @@ def test_ray_missing_is_one_line_with_the_install_hint(tmp_path):
 
 
 def test_the_default_executor_is_ray_when_installed(monkeypatch):
-    from vib_deploy.studies import executor
+    from vib_deploy.studies import unit
 
-    monkeypatch.setattr(executor, "ray_missing", lambda: HINT)
+    monkeypatch.setattr(unit, "ray_missing", lambda: HINT)
     assert ExecutorOptions().resolved() == "serial"
     with pytest.raises(UserError, match="--address is an option of the ray executor"):
         ExecutorOptions(address="auto").resolved()
     with pytest.raises(UserError, match="--executor 'dask'"):
         ExecutorOptions("dask").resolved()
-    monkeypatch.setattr(executor, "ray_missing", lambda: None)
+    monkeypatch.setattr(unit, "ray_missing", lambda: None)
     assert ExecutorOptions().resolved() == "ray" and ExecutorOptions("serial").resolved() == "serial"
 
 
@@ -258,3 +260,44 @@ def test_the_holder_keeps_its_heartbeat_fresh(tmp_path, monkeypatch):
         first = json.loads((tmp_path / ".lock").read_text())["heartbeat"]
         time.sleep(0.5)
         assert json.loads((tmp_path / ".lock").read_text())["heartbeat"] > first
+
+
+def _wait_for(predicate, seconds: float = 120.0) -> None:
+    deadline = time.time() + seconds
+    while not predicate():
+        assert time.time() < deadline, "timed out"
+        time.sleep(0.2)
+
+
+def _holder_gone(lock_file: Path) -> bool:
+    """No lock, or one whose process has ended."""
+    holder = lock.read_holder(lock_file)
+    return holder is None or not Path(f"/proc/{holder.pid}").exists()
+
+
+@needs_ray
+def test_ctrl_c_and_kill_9_of_the_driver_lose_nothing(ray_address, tmp_path, mnist_root):
+    """Ctrl-C: exit 130, the running unit cancelled; kill -9 of the driver: Ray ends its units; the rerun resumes,
+    every run verifies and no lock is left. (The driver joins the module's instance: --address.)"""
+    args = [sys.executable, "-m", "vib_deploy", "sweep", PIPELINE, "--kl-factor", "1e-3", "--executor", "ray",
+            "--address", ray_address, *STUDY_TINY, "--set", "train.dense.epochs=30"]  # fmt: skip
+    tag = override_tag([*OVERRIDES, "train.dense.epochs=30"])
+    dense_lock = tmp_path / "runs" / f"mnist-lenet300{tag}-dense-s0" / ".lock"
+    for how in (signal.SIGINT, signal.SIGKILL):
+        driver = subprocess.Popen(
+            args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # a terminal's Ctrl-C, also under `&`
+        )  # fmt: skip
+        _wait_for(lambda d=driver: not _holder_gone(dense_lock) or d.poll() is not None)  # the dense unit runs
+        assert driver.poll() is None, driver.communicate()[1][-3000:]
+        driver.send_signal(how)
+        _, err = driver.communicate(timeout=120)
+        if how == signal.SIGINT:
+            assert driver.returncode == 130 and "Traceback" not in err, err[-3000:]
+        _wait_for(lambda: _holder_gone(dense_lock), 60)  # the unit's worker is gone with its driver
+    proc = run_cli(*args[3:], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for run in (tmp_path / "runs").iterdir():
+        if run.is_dir() and (run / "manifest.json").exists():
+            assert run_cli("verify", str(run)).returncode == 0
+    assert not list((tmp_path / "runs").glob("*/.lock"))

@@ -22,7 +22,7 @@ from dataclasses import replace
 from typing import Any
 
 from vib_deploy.errors import UserError, first_line
-from vib_deploy.studies.executor import Echo, ExecutorOptions, Unit, UnitResult, execute
+from vib_deploy.studies.unit import Echo, ExecutorOptions, Unit, UnitResult, execute
 
 RETRIES = 3  # a unit whose worker or node died runs again (its run directory resumes)
 OBJECT_STORE = 200 * 1024**2  # a private instance: units return small results
