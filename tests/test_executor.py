@@ -301,3 +301,61 @@ def test_ctrl_c_and_kill_9_of_the_driver_lose_nothing(ray_address, tmp_path, mni
         if run.is_dir() and (run / "manifest.json").exists():
             assert run_cli("verify", str(run)).returncode == 0
     assert not list((tmp_path / "runs").glob("*/.lock"))
+
+
+CLUSTER_SCRIPT = """
+import json, os, sys, threading, time
+from functools import partial
+from pathlib import Path
+import ray
+from ray.cluster_utils import Cluster
+from vib_deploy.runs.directory import RunDir
+from vib_deploy.studies.executor import ExecutorOptions, Unit, run_units
+
+work_dir = Path(sys.argv[1])
+
+def unit(name, echo, progress):
+    (work_dir / name).mkdir(exist_ok=True)
+    with RunDir(work_dir / name).locked():
+        with open(work_dir / f"{name}.nodes", "a") as f:
+            f.write(ray.get_runtime_context().get_node_id() + "\\n")
+        time.sleep(8)
+    return ray.get_runtime_context().get_node_id()
+
+cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
+nodes = {n.node_id: n for n in (cluster.add_node(num_cpus=1), cluster.add_node(num_cpus=1))}
+ray.init(address=cluster.address)
+def remove_first_node():
+    path = work_dir / "a.nodes"
+    while not path.exists():
+        time.sleep(0.1)
+    cluster.remove_node(nodes[path.read_text().split()[0]])
+
+threading.Thread(target=remove_first_node, daemon=True).start()
+try:
+    results = run_units([Unit("a", partial(unit, "a")), Unit("b", partial(unit, "b"), after=("a",))], ExecutorOptions("ray"), lambda s: None)
+    print(json.dumps({k: r.value for k, r in results.items()}))
+finally:
+    ray.shutdown()
+    cluster.shutdown()
+"""
+
+
+@needs_ray
+@pytest.mark.skipif(not os.environ.get("VIB_DEPLOY_RAY_CLUSTER"), reason="a 3-raylet cluster: VIB_DEPLOY_RAY_CLUSTER=1")
+def test_a_node_removed_mid_unit_on_a_two_node_cluster(tmp_path):
+    """ray.cluster_utils.Cluster (a head without CPUs, two 1-CPU nodes): the node running unit a is removed mid-unit;
+    a runs again on the other node (taking the lock its lost worker left) and b follows."""
+    script = tmp_path / "cluster.py"
+    script.write_text(CLUSTER_SCRIPT)
+    temp = tempfile.mkdtemp(prefix="vr-", dir="/tmp")
+    env = {**os.environ, "RAY_TMPDIR": temp}
+    proc = subprocess.run(
+        [sys.executable, str(script), str(tmp_path)], capture_output=True, text=True, env=env, timeout=280
+    )
+    shutil.rmtree(temp, ignore_errors=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    values = json.loads(proc.stdout.strip().splitlines()[-1])
+    first, second = (tmp_path / "a.nodes").read_text().split()
+    assert first != second == values["a"]  # retried on the surviving node
+    assert not (tmp_path / "a" / ".lock").exists() and not (tmp_path / "b" / ".lock").exists()
