@@ -169,23 +169,20 @@ def test_a_unit_user_error_exits_2_through_the_cli(ray_address, tmp_path, mnist_
 
 
 @needs_ray
-def test_serial_and_ray_make_the_same_records_and_points_share_one_dense_stage(
-    ray_address, tmp_path, monkeypatch, mnist_root
-):
-    from vib_deploy.studies.sweep import sweep
+def test_serial_and_ray_make_the_same_records_and_points_share_one_dense_stage(ray_address, tmp_path, mnist_root):
+    """The same sweep (two points of one seed, one thread a run) serially and on Ray (the CLI joins the module's
+    instance): the same records; one dense stage for both points, read by them, never locked; all cached again."""
 
-    def run(where: str, kind: str) -> tuple[list[dict], list[str]]:
+    def sweep(where: str, *executor: str) -> tuple[list[dict], list[str]]:
         (tmp_path / where).mkdir(exist_ok=True)
-        monkeypatch.chdir(tmp_path / where)
-        lines: list[str] = []
-        records = sweep(
-            Path(PIPELINE), [1e-3, 2e-3], [0], OVERRIDES, Path("sw"), echo=lines.append,
-            executor=ExecutorOptions(kind, cpus_per_run=1),
-        )  # fmt: skip
-        return records, lines
+        args = ["sweep", PIPELINE, "--kl-factor", "1e-3,2e-3", "--out", "sw", "--cpus-per-run", "1", *executor]
+        proc = run_cli(*args, *STUDY_TINY, cwd=tmp_path / where)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return json.loads((tmp_path / where / "sw" / "sweep.json").read_text()), proc.stderr.splitlines()
 
-    serial, _ = run("serial", "serial")
-    ray_records, lines = run("ray", "ray")
+    serial, serial_lines = sweep("serial", "--executor", "serial")
+    ray_records, lines = sweep("ray", "--executor", "ray", "--address", ray_address)
+    assert serial_lines[0].startswith("executor: serial") and lines[0].startswith("executor: ray (the cluster at")
     timing = ("p50_ms", "benched")
     assert [{k: v for k, v in r.items() if k not in timing} for r in ray_records] == [
         {k: v for k, v in r.items() if k not in timing} for r in serial
@@ -197,7 +194,7 @@ def test_serial_and_ray_make_the_same_records_and_points_share_one_dense_stage(
     for point in runs.glob("*-kl*-s0"):
         assert (point / "dense.pt").read_bytes() == dense.read_bytes()
         assert run_cli("verify", str(point)).returncode == 0
-    again_records, again = run("ray", "ray")
+    again_records, again = sweep("ray", "--executor", "ray", "--address", ray_address)
     assert not any(line.startswith("[run]") for line in again) and "[cached] bench" in again
     assert [r["p50_ms"] for r in again_records] == [r["p50_ms"] for r in ray_records]
 
