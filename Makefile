@@ -11,7 +11,7 @@ $(BIN)/vib-deploy: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "$(TORCH)"
-	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q -e ".[dev,ray]"  # ray: the studies' executor (tests/studies/test_executor.py)
 	# TensorRT's type stubs only (its runtime deps come from NVIDIA's index): pyright checks the TensorRT code
 	$(BIN)/pip install -q --no-deps tensorrt-stubs
 	# a real tritonserver 2.51 + Python backend for `vib-deploy serve` (55 MB wheel); --no-deps: it pins numpy<2,

@@ -26,6 +26,10 @@ if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
     _share = max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
     for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(_var, str(_share))
+# the study commands' default executor is Ray when it is installed (make test installs it): the study tests run their
+# units one after another unless they ask for Ray (tests/studies/test_executor.py), as two xdist workers already
+# share the cores; a Ray instance per study would add start-up and contend with the other worker
+os.environ.setdefault("VIB_DEPLOY_EXECUTOR", "serial")
 LENET300 = "pipelines/mnist-lenet300.yaml"
 
 

@@ -1,5 +1,6 @@
 """Atomic writes, the sha256 manifest, stage keys and the run lock."""
 
+import json
 import os
 import subprocess
 import sys
@@ -80,7 +81,7 @@ def test_lock_names_the_other_process(tmp_path):
         holder.wait()
     # the holder is gone: its lock is stale and is taken over
     with RunDir(tmp_path).locked():
-        assert (tmp_path / ".lock").read_text() == str(os.getpid())
+        assert json.loads((tmp_path / ".lock").read_text())["pid"] == os.getpid()
     assert not (tmp_path / ".lock").exists()
 
 

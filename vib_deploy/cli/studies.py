@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import typer
 
-from vib_deploy.cli.common import RUN_DIR, SEEDS
+from vib_deploy.cli.common import ADDRESS, CPUS_PER_RUN, EXECUTOR, GPUS_PER_RUN, RUN_DIR, RUNS, SEEDS
 from vib_deploy.cli.common import echo as _echo
 from vib_deploy.cli.common import progress as _progress
 from vib_deploy.cli.options import floats as _floats
@@ -22,16 +23,22 @@ def sweep(
     seeds: str = SEEDS,
     set_: list[str] | None = typer.Option(None, "--set", help="Override a key for every point."),
     out: Path | None = typer.Option(
-        None, "--out", help="Folder for sweep.json, frontier.png and frontier.md (default runs/<name>-sweep)."
+        None, "--out", help="Folder for sweep.json, frontier.png and frontier.md (default <runs>/<name>-sweep)."
     ),
+    runs: Path = RUNS,
+    executor: str | None = EXECUTOR,
+    address: str | None = ADDRESS,
+    cpus_per_run: int | None = CPUS_PER_RUN,
+    gpus_per_run: float = GPUS_PER_RUN,
 ) -> None:
     """One pipeline over several kl_factor values (dense stage reused): runs/<name>-kl<K>-s<seed>/ and the frontier plot."""
     from vib_deploy.studies.sweep import frontier_rows
     from vib_deploy.studies.sweep import sweep as run_sweep
 
     kls, seed_list = _floats(kl_factor, "--kl-factor"), _seeds(seeds)
+    run_on = _executor(executor, address, cpus_per_run, gpus_per_run)
     with _progress() as progress:
-        records = run_sweep(pipeline, kls, seed_list, set_ or [], out, progress=progress, echo=_echo)
+        records = run_sweep(pipeline, kls, seed_list, set_ or [], out, runs, progress, _echo, run_on)
     for row in frontier_rows(records):
         (e, es), (f, fs) = row["error"], row["flops"]
         typer.echo(
@@ -82,6 +89,11 @@ def compare(
     seeds: str = SEEDS,
     set_: list[str] | None = typer.Option(None, "--set", help="Override a key for every run."),
     docs: Path = typer.Option(Path("docs"), "--docs", help="Where comparison.md, comparison.json and img/ go."),
+    runs: Path = RUNS,
+    executor: str | None = EXECUTOR,
+    address: str | None = ADDRESS,
+    cpus_per_run: int | None = CPUS_PER_RUN,
+    gpus_per_run: float = GPUS_PER_RUN,
 ) -> None:
     """VIB vs peer pruning methods at matched FLOPs, each exported and benchmarked alike: docs/comparison.{md,json}."""
     from vib_deploy.studies.compare import compare as run_compare
@@ -89,8 +101,9 @@ def compare(
     if not match_flops:
         raise UserError("only --match-flops comparisons are implemented: peers are pruned to the VIB model's FLOPs")
     names = [m.strip() for m in methods.split(",") if m.strip()]
+    run_on = _executor(executor, address, cpus_per_run, gpus_per_run)
     with _progress() as progress:
-        records = run_compare(pipeline, names, _seeds(seeds), set_ or [], docs, progress=progress, echo=_echo)
+        records = run_compare(pipeline, names, _seeds(seeds), set_ or [], docs, runs, progress, _echo, run_on)
     for r in records:
         typer.echo(
             f"{r['method']:>9} seed {r['seed']}: error {100 * r['error']:.2f} %, {r['flops'] / 1e3:.1f} KFLOPs, "
@@ -108,20 +121,35 @@ def paper(
     seeds: str = SEEDS,
     set_: list[str] | None = typer.Option(None, "--set", help="Override a key for every run."),
     out: Path = typer.Option(Path("docs/paper-reproduction.md"), "--out", help="The table (a .json beside it)."),
+    runs: Path = RUNS,
+    executor: str | None = EXECUTOR,
+    address: str | None = ADDRESS,
+    cpus_per_run: int | None = CPUS_PER_RUN,
+    gpus_per_run: float = GPUS_PER_RUN,
 ) -> None:
     """The paper's LeNet-300-100 / LeNet-5 figures beside ours (runs reused where current): docs/paper-reproduction.md."""
     from vib_deploy.studies.paper import DEFAULT_PIPELINES
     from vib_deploy.studies.paper import paper as run_paper
 
     files = [Path(p.strip()) for p in pipelines.split(",") if p.strip()] or list(DEFAULT_PIPELINES)
+    run_on = _executor(executor, address, cpus_per_run, gpus_per_run)
     with _progress() as progress:
-        records = run_paper(files, _seeds(seeds), set_ or [], out, progress=progress, echo=_echo)
+        records = run_paper(files, _seeds(seeds), set_ or [], out, runs, progress, _echo, run_on)
     for r in records:
         typer.echo(
             f"{r['pipeline']} seed {r['seed']}: {'-'.join(map(str, r['architecture']))}, error {100 * r['error']:.2f} %, "
             f"{r['flops'] / 1e3:.1f} KFLOPs, {r['bytes']:,} bytes"
         )
     typer.echo(f"table: {out}")
+
+
+def _executor(kind: str | None, address: str | None, cpus: int | None, gpus: float) -> Any:
+    """The study's executor options, checked (an unknown kind, `ray` without Ray: one line) before anything runs."""
+    from vib_deploy.studies.executor import ExecutorOptions
+
+    options = ExecutorOptions(kind, address, cpus, gpus)
+    options.resolved()
+    return options
 
 
 # -- GPU day (vib_deploy/bench/gpu.py, gpu_day.py) --------------------------------------------------

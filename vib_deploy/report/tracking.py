@@ -19,6 +19,10 @@ from vib_deploy.errors import UserError, first_line
 from vib_deploy.records import RunSummary, TrainDenseRecord, TrainVibRecord
 from vib_deploy.runs.directory import RunDir, atomic_write_json, read_json_file
 
+NOT_INSTALLED = (
+    "track.mlflow is set but MLflow is not installed; `pip install -e .[track]` "
+    "(mlflow-skinny, sqlalchemy, alembic) or remove the track section"
+)
 STATE = "mlflow-run.json"  # {"uri", "experiment", "run_id", "logged": {stage: cache key}}
 
 
@@ -28,6 +32,20 @@ def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix.rstrip("."): tree}
 
 
+def create_experiment(uri: str, experiment: str) -> None:
+    """Create `experiment` at `uri` unless it exists (a study's driver, before its units log to it)."""
+    try:
+        import mlflow
+    except ImportError as e:
+        raise UserError(NOT_INSTALLED) from e
+    try:
+        mlflow.set_tracking_uri(uri)
+        if mlflow.get_experiment_by_name(experiment) is None:
+            mlflow.create_experiment(experiment)
+    except Exception as e:  # MLflow raises its own types for bad URIs and unreachable servers
+        raise UserError(f"track.mlflow: cannot create experiment {experiment} at {uri} ({first_line(e)})") from e
+
+
 class MlflowTracker:
     """Logs a run directory's stages to one MLflow run; a context manager that ends the run FINISHED or FAILED."""
 
@@ -35,10 +53,7 @@ class MlflowTracker:
         try:
             import mlflow
         except ImportError as e:
-            raise UserError(
-                "track.mlflow is set but MLflow is not installed; `pip install -e .[track]` "
-                "(mlflow-skinny, sqlalchemy, alembic) or remove the track section"
-            ) from e
+            raise UserError(NOT_INSTALLED) from e
         self.mlflow, self.config, self.run = mlflow, config, run
         self.settings = config.track.mlflow
         path = run.file(STATE)

@@ -34,6 +34,7 @@ from vib_deploy.runs.files import (  # noqa: F401 (re-exported: the run director
     read_json_file,
     sha256_file,
 )
+from vib_deploy.runs.lock import hold
 
 MANIFEST = "manifest.json"
 STAGING = ".staging"  # uncommitted stage outputs: .staging/<stage>/<name>
@@ -261,56 +262,23 @@ class RunDir:
     # -- lock -----------------------------------------------------------------------------
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
-        """Hold the run directory's lock file; a second writer gets a clear error naming the holder."""
+        """Hold the run directory's lock file (`runs/lock.py`: across hosts, with a heartbeat); a second writer gets a
+        clear error naming the holder."""
         created = not self.path.exists()
         try:
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as e:  # a file in the way, no permission
             raise UserError(f"cannot use {self.path} as a run directory ({e.strerror})") from e
-        lock = self.file(LOCK)
-        while True:
-            try:
-                fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-                break
-            except FileExistsError:
-                holder = _read_pid(lock)
-                if holder is not None and _pid_alive(holder):
-                    raise UserError(
-                        f"{self.path} is in use by another vib-deploy process (pid {holder}); "
-                        f"wait for it or stop it (a stale lock is {lock})"
-                    ) from None
-                lock.unlink(missing_ok=True)  # stale: its process is gone
         try:
-            os.write(fd, str(os.getpid()).encode())
-            os.close(fd)
-            for tmp in self.path.rglob(".*.tmp"):  # left by a killed writer: only the lock holder writes here
-                tmp.unlink(missing_ok=True)
-            manifest = self.manifest()
-            if JOURNAL in manifest:  # a commit a kill interrupted: its files are complete, finish it
-                self._roll_forward(manifest)
-            shutil.rmtree(self.path / STAGING, ignore_errors=True)  # outputs of a stage that never committed
-            yield
+            with hold(self.file(LOCK), self.path):
+                for tmp in self.path.rglob(".*.tmp"):  # left by a killed writer: only the lock holder writes here
+                    tmp.unlink(missing_ok=True)
+                manifest = self.manifest()
+                if JOURNAL in manifest:  # a commit a kill interrupted: its files are complete, finish it
+                    self._roll_forward(manifest)
+                shutil.rmtree(self.path / STAGING, ignore_errors=True)  # outputs of a stage that never committed
+                yield
         finally:
-            lock.unlink(missing_ok=True)
             if created:  # a run that failed before writing anything leaves no empty directory behind
                 with contextlib.suppress(OSError):
                     self.path.rmdir()
-
-
-def _read_pid(path: Path) -> int | None:
-    try:
-        return int(path.read_text().strip())
-    except (OSError, ValueError):
-        return None
-
-
-def _pid_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

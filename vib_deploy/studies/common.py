@@ -83,7 +83,22 @@ def run_point(
 ) -> RunDir:
     """One VIB point through every stage (or `until` one), reusing the seed's dense stage; in `directory` (default
     `point_dir`: named by kl_factor)."""
-    dense = ensure_dense(config, runs, progress, echo, tag)
+    ensure_dense(config, runs, progress, echo, tag)
+    return continue_point(config, runs, progress, echo, tag, until, directory)
+
+
+def continue_point(
+    config: PipelineConfig,
+    runs: Path = RUNS,
+    progress: Any = None,
+    echo: Echo = print,
+    tag: str = "",
+    until: str | None = None,
+    directory: Path | None = None,
+) -> RunDir:
+    """One VIB point from its seed's finished dense run (read, not locked: points of a seed run side by side),
+    through `until` (None: every stage); in `directory` (default `point_dir`: named by kl_factor)."""
+    dense = RunDir(dense_dir(config, runs, tag))
     target = RunDir(directory or point_dir(config, runs, tag))
     if copy_stage(dense, target, "train-dense"):
         echo(f"[reuse] train-dense from {dense.path}")

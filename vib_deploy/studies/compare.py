@@ -1,6 +1,6 @@
 """VIB against peer pruning methods at matched FLOPs, each exported and benchmarked by the same stages.
 
-Per seed: the VIB point `runs/<name>-kl<K>-s<seed>/` (see `sweep.run_point`), then one run directory
+Per seed: the VIB point `runs/<name>-kl<K>-s<seed>/` (see `common.run_point`), then one run directory
 per peer, `runs/<name>-kl<K>-s<seed>-<method>/`, holding a copy of the VIB run's dense stage, a `prune`
 stage of its own (`peer_stage.peer_prune`: prune to the VIB FLOPs, fine-tune) and the pipeline's own
 `export` and `bench` stages, cached like any run. The records of every run go to
@@ -20,18 +20,12 @@ from vib_deploy.measure.machine import cpu_label
 from vib_deploy.measure.timing import speedup
 from vib_deploy.report.plots import pyplot, save_png
 from vib_deploy.report.stats import paired
-from vib_deploy.runs.directory import atomic_write_json, atomic_write_text
-from vib_deploy.studies.common import (
-    RUNS,
-    Echo,
-    mean_std,
-    override_tag,
-    point_config,
-    run_point,
-    run_record,
-)
-from vib_deploy.studies.peer_run import per_image_correct, run_peer
+from vib_deploy.runs.directory import RunDir, atomic_write_json, atomic_write_text
+from vib_deploy.studies.common import RUNS, Echo, mean_std, override_tag, point_config, point_dir, run_record
+from vib_deploy.studies.executor import ExecutorOptions
+from vib_deploy.studies.peer_run import per_image_correct, run_peer  # noqa: F401 (run_peer: tests import it here)
 from vib_deploy.studies.peers import METHODS, check_methods
+from vib_deploy.studies.units import Plan
 
 
 def compare(
@@ -43,31 +37,32 @@ def compare(
     runs: Path = RUNS,
     progress: Any = None,
     echo: Echo = print,
+    executor: ExecutorOptions = ExecutorOptions(),
 ) -> list[dict[str, Any]]:
-    """Run VIB and every peer for every seed; merge the records into docs/comparison.json; write the tables."""
+    """Run VIB and every peer for every seed (on `executor`); merge the records into docs/comparison.json; write the
+    tables."""
     check_methods(list(methods))
     if "vib" not in methods:
         raise UserError("--methods must include vib: the peers are matched to its FLOPs")
+    plan = Plan(runs, override_tag(overrides))
+    configs = [point_config(pipeline, overrides, seed) for seed in seeds]
+    for config in configs:
+        head = f"{config.name} seed {config.train.seed}"
+        plan.point(config, f"{head}: vib (kl_factor {config.train.vib.kl_factor:g})")
+        for method in (m for m in methods if m != "vib"):
+            plan.peer(config, method, f"{head}: {method} at the VIB model's FLOPs")
+    plan.run(executor, echo, progress)
     records = []
-    for seed in seeds:
-        config = point_config(pipeline, overrides, seed)
-        echo(f"== {config.name} seed {seed}: vib (kl_factor {config.train.vib.kl_factor:g})")
-        vib_run = run_point(config, runs, progress, echo, override_tag(overrides))
+    for config in configs:  # the driver assembles the records from the run directories
+        vib_run = RunDir(point_dir(config, runs, plan.tag))
         vib = {**run_record(vib_run, "vib"), "pipeline_file": str(pipeline), "overrides": list(overrides)}
         records.append(vib)
         vib_correct = per_image_correct(vib_run)
-        for method in methods:
-            if method != "vib":
-                echo(f"== {config.name} seed {seed}: {method} at the VIB model's {vib['flops']:,} FLOPs")
-                peer_run = run_peer(config, vib_run, method, progress, echo)
-                records.append(
-                    {
-                        **run_record(peer_run, method),
-                        "pipeline_file": str(pipeline),
-                        "overrides": list(overrides),
-                        "vs_vib": paired(vib_correct, per_image_correct(peer_run)).to_json(),
-                    }
-                )
+        for method in (m for m in methods if m != "vib"):
+            peer_run = RunDir(Path(f"{vib_run.path}-{method}"))
+            extra = {"pipeline_file": str(pipeline), "overrides": list(overrides)}
+            paired_vib = paired(vib_correct, per_image_correct(peer_run)).to_json()
+            records.append({**run_record(peer_run, method), **extra, "vs_vib": paired_vib})
     write_comparison(records, docs)
     return records
 

@@ -1,6 +1,6 @@
 """`vib-deploy paper`: the published VIBNet figures beside ours, written to docs/paper-reproduction.md.
 
-Each (pipeline, seed) is a VIB point of `sweep.run_point` (`runs/<name>-kl<K>-s<seed>/`, cached like
+Each (pipeline, seed) is a VIB point of `common.run_point` (`runs/<name>-kl<K>-s<seed>/`, cached like
 any run, the dense stage shared per seed), so a later `compare` reuses these very runs.
 """
 
@@ -13,7 +13,9 @@ from typing import Any
 
 from vib_deploy.records import RunSummary, TrainVibRecord
 from vib_deploy.runs.directory import RunDir, atomic_write_json, atomic_write_text
-from vib_deploy.studies.common import RUNS, Echo, mean_std, override_tag, point_config, run_point, run_record
+from vib_deploy.studies.common import RUNS, Echo, mean_std, override_tag, point_config, run_record
+from vib_deploy.studies.executor import ExecutorOptions
+from vib_deploy.studies.units import Plan
 
 # the paper's budget: a dense net trained to convergence, the official VIB schedule, paper_protocol on
 DEFAULT_PIPELINES = (Path("pipelines/paper-lenet300.yaml"), Path("pipelines/paper-lenet5.yaml"))
@@ -150,22 +152,21 @@ def paper(
     runs: Path = RUNS,
     progress: Any = None,
     echo: Echo = print,
+    executor: ExecutorOptions = ExecutorOptions(),
 ) -> list[dict[str, Any]]:
-    """Run (or reuse) the VIB point of each pipeline and seed, then write the reproduction table."""
+    """Run (or reuse) the VIB point of each pipeline and seed (on `executor`), then write the reproduction table."""
     t0 = time.time()
-    records = []
+    plan = Plan(runs, override_tag(overrides))
+    points = []
     for pipeline in pipelines:
         for seed in seeds:
             config = point_config(pipeline, overrides, seed)
-            ran: list[str] = []
-
-            def tracking(message: str, ran: list[str] = ran) -> None:
-                if message.startswith("[run] "):
-                    ran.append(message[6:])
-                echo(message)
-
-            echo(f"== {config.name} seed {seed} (kl_factor {config.train.vib.kl_factor:g})")
-            records.append(paper_record(run_point(config, runs, progress, tracking, override_tag(overrides)), ran))
+            points.append(plan.point(config, f"{config.name} seed {seed} (kl_factor {config.train.vib.kl_factor:g})"))
+    results = plan.run(executor, echo, progress)
+    records = []
+    for point in points:  # what ran now: the [run] lines of the point's units (its dense unit's included)
+        ran = [line[6:] for line in plan.lines(results, point) if line.startswith("[run] ")]
+        records.append(paper_record(RunDir(point), ran))
     wall = time.time() - t0
     atomic_write_json(
         out.with_suffix(".json"),

@@ -13,14 +13,22 @@ from vib_deploy.pipeline import run_stage, write_config
 from vib_deploy.records import PruneRecord
 from vib_deploy.runs.directory import RunDir
 from vib_deploy.stages.base import Context
-from vib_deploy.stages.registry import get_stage, peer_stages
+from vib_deploy.stages.registry import STAGE_NAMES, get_stage, peer_stages
 from vib_deploy.studies.common import Echo, copy_stage
 from vib_deploy.studies.peer_stage import PeerSpec, peer_prune
 from vib_deploy.studies.peers import dense_widths
 
 
-def run_peer(config: PipelineConfig, vib_run: RunDir, method: str, progress: Any = None, echo: Echo = print) -> RunDir:
-    """One peer of a finished VIB run: its own run directory, the same dense stage, export and bench."""
+def run_peer(
+    config: PipelineConfig,
+    vib_run: RunDir,
+    method: str,
+    progress: Any = None,
+    echo: Echo = print,
+    until: str | None = None,
+) -> RunDir:
+    """One peer of a finished VIB run: its own run directory, the same dense stage, export and bench (stopping
+    after stage `until`, e.g. before bench; None: every stage)."""
     # a peer fine-tunes in its own prune stage; the pipeline's finetune stage is VIB's (off here, so not an input)
     vib_finetune = config.train.finetune.epochs
     config = config.model_copy(
@@ -42,7 +50,8 @@ def run_peer(config: PipelineConfig, vib_run: RunDir, method: str, progress: Any
     copy_stage(vib_run, run, "train-dense")
     # its own prune (on the dense stage alone, keyed on the spec), then the pipeline's peer stages unchanged
     peer = replace(get_stage("prune"), needs=("train-dense",), section=spec.section, run=lambda c: peer_prune(c, spec))
-    stages = [peer, *(s for s in peer_stages() if s.enabled(config))]
+    last = STAGE_NAMES.index(until) if until else len(STAGE_NAMES)
+    stages = [peer, *(s for s in peer_stages() if s.enabled(config) and STAGE_NAMES.index(s.name) <= last)]
     with run.locked():
         write_config(run, config)
         ctx = Context(run, config, progress)

@@ -16,8 +16,10 @@ from typing import Any
 
 from vib_deploy.config import load_config
 from vib_deploy.report.plots import pyplot, save_png
-from vib_deploy.runs.directory import atomic_write_json, atomic_write_text
-from vib_deploy.studies.common import RUNS, Echo, mean_std, override_tag, point_config, run_point, run_record
+from vib_deploy.runs.directory import RunDir, atomic_write_json, atomic_write_text
+from vib_deploy.studies.common import RUNS, Echo, mean_std, override_tag, point_config, run_record
+from vib_deploy.studies.executor import ExecutorOptions
+from vib_deploy.studies.units import Plan
 
 
 def sweep(
@@ -29,14 +31,17 @@ def sweep(
     runs: Path = RUNS,
     progress: Any = None,
     echo: Echo = print,
+    executor: ExecutorOptions = ExecutorOptions(),
 ) -> list[dict[str, Any]]:
-    """Run every (kl_factor, seed) point; write sweep.json + the frontier PNG; return the records."""
-    records = []
+    """Run every (kl_factor, seed) point (on `executor`); write sweep.json + the frontier PNG; return the records."""
+    plan = Plan(runs, override_tag(overrides))
+    points = []
     for seed in seeds:
         for kl in kl_factors:
             config = point_config(pipeline, overrides, seed, kl)
-            echo(f"== {config.name}: kl_factor {kl:g}, seed {seed}")
-            records.append(run_record(run_point(config, runs, progress, echo, override_tag(overrides)), "vib"))
+            points.append(plan.point(config, f"{config.name}: kl_factor {kl:g}, seed {seed}"))
+    plan.run(executor, echo, progress)
+    records = [run_record(RunDir(point), "vib") for point in points]
     name = load_config(pipeline, list(overrides)).name
     out = out or runs / f"{name}-sweep"
     out.mkdir(parents=True, exist_ok=True)
