@@ -95,14 +95,14 @@ FLOORS = [
     ("prune",),  # structural pruning, exact (checked against the trained net)
     ("nets",),  # model files: save and load_model (replays a pruning record)
     ("backends",),  # runners: torch, ONNX Runtime, OpenVINO, TensorRT, AOTInductor, Triton client
-    ("config",),  # pipeline files (validates zoo and backend names)
+    ("config",),  # pipeline files: the schema (validates zoo and backend names), reading them, safe YAML
     ("deploy",),  # export, engines, INT8, widths, what is deployed, the matrix, the choice
     ("bench",),  # benches of deployments, latency tables timed, profiles, the GPU day
     ("report",),  # metrics.json, report.md, plots, statistics, tracking
     ("triton",),  # model repositories, the local server, served benches
     ("stages",),  # the stage registry and each stage's glue (Context)
     ("pipeline",),  # run: the stages in order
-    ("studies",),  # sweep, compare, paper
+    ("studies",),  # sweep, compare, paper, search; serial or on Ray
     ("cli", "__main__"),  # the typer app
 ]
 

@@ -18,8 +18,8 @@ from functools import partial
 from pathlib import Path
 
 import pytest
-from tests.conftest import LENET300, ROOT, STUDY_TINY, run_cli
 
+from tests.conftest import LENET300, ROOT, STUDY_TINY, run_cli
 from vib_deploy.errors import UserError
 from vib_deploy.runs import lock
 from vib_deploy.runs.directory import RunDir

@@ -57,6 +57,11 @@ def search(
     out: Path | None = typer.Option(
         None, "--out", help="Folder for search.json, search.md and search.png (default runs/<name>-search-<kind>)."
     ),
+    runs: Path = RUNS,
+    executor: str | None = EXECUTOR,
+    address: str | None = ADDRESS,
+    cpus_per_run: int | None = CPUS_PER_RUN,
+    gpus_per_run: float = GPUS_PER_RUN,
 ) -> None:
     """One candidate per cost target (train.vib.target) from one dense stage; the fastest within the error budget
     (validation) is chosen, and `vib-deploy package <out>` ships it."""
@@ -66,8 +71,9 @@ def search(
         raise UserError("search takes one of --targets (speedups on deploy.target) or --flops (fractions)")
     kind, text = ("speedup", targets) if targets is not None else ("flops", flops)
     values = _floats(text or "", "--targets" if kind == "speedup" else "--flops")
+    run_on = _executor(executor, address, cpus_per_run, gpus_per_run)
     with _progress() as progress:
-        record = run_search(pipeline, kind, values, set_ or [], out, progress=progress, echo=_echo)
+        record = run_search(pipeline, kind, values, set_ or [], out, runs, progress, _echo, run_on)
     for r in record.candidates:
         mark = "  <- chosen" if r["run_dir"] == record.chosen else ""
         speed = "–" if r["speedup"] is None else f"{r['speedup']:.2f}x"

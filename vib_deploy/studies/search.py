@@ -4,9 +4,9 @@ run per cost target (`train.vib.target`), all from one dense stage, and the fast
 - Candidates are normal run directories, `runs/<name>[-<tag>]-<kind><value>-s<seed>/`, made by `common.run_point`:
   the seed's dense stage is trained once in `runs/<name>[-<tag>]-dense-s<seed>/` and copied into each (the sweep's
   mechanism), so every candidate starts from the same dense.pt and shares one error budget.
-- First every candidate is trained, pruned and exported (`until` the stage before bench: these may run side by
-  side); then each is benched and reported alone, one after another, with nothing else running: the interval of
-  each is logged in search.json (`bench_utc`).
+- First every candidate is trained, pruned and exported (`until` the stage before bench: side by side on the
+  Ray executor, `studies/units.py`); then each is benched and reported alone, one after another, with nothing else
+  running: the interval of each is logged in search.json (`bench_utc`).
 - The choice: the candidate whose chosen deployment (`deploy.choose`: deploy.target, or the fastest within the
   budget) is the fastest, among those within deploy.max_error_increase by VALIDATION error. Test errors are
   shown, read once per net by the run's own stages; they choose nothing.
@@ -17,7 +17,6 @@ run per cost target (`train.vib.target`), all from one dense stage, and the fast
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -25,16 +24,15 @@ from typing import Any
 
 from vib_deploy.config import PipelineConfig, load_config
 from vib_deploy.errors import UserError
-from vib_deploy.pipeline import run_pipeline
 from vib_deploy.records import RunSummary
 from vib_deploy.records.search import SearchRecord
 from vib_deploy.report.plots import pyplot, save_png
 from vib_deploy.runs.directory import RunDir, atomic_write_text
-from vib_deploy.stages.registry import STAGE_NAMES
-from vib_deploy.studies.common import RUNS, Echo, dense_dir, override_tag, run_point
+from vib_deploy.studies.common import RUNS, Echo, dense_dir, override_tag
+from vib_deploy.studies.executor import ExecutorOptions
+from vib_deploy.studies.units import Plan
 
 KINDS = ("speedup", "flops")
-LAST_BEFORE_BENCH = STAGE_NAMES[STAGE_NAMES.index("bench") - 1]
 
 
 def candidate_config(pipeline: Path, overrides: Sequence[str], kind: str, value: float) -> PipelineConfig:
@@ -59,22 +57,21 @@ def search(
     runs: Path = RUNS,
     progress: Any = None,
     echo: Echo = print,
+    executor: ExecutorOptions = ExecutorOptions(),
 ) -> SearchRecord:
-    """Train every candidate, then bench them one at a time, choose, and write search.json/.md/.png to `out`."""
+    """Train every candidate (on `executor`: side by side on Ray), then bench them one at a time, choose, and write
+    search.json/.md/.png to `out`."""
     if kind not in KINDS or not values:
         raise UserError(f"search needs target values of one kind: {' or '.join(KINDS)}")
     tag = override_tag(overrides)
     configs = [candidate_config(pipeline, overrides, kind, v) for v in values]
     dirs = [candidate_dir(c, kind, v, runs, tag) for c, v in zip(configs, values)]
-    for config, value, directory in zip(configs, values, dirs):  # trainings (independent: may run side by side)
-        echo(f"== {directory.name}: train.vib.target {kind} {value:g}")
-        run_point(config, runs, progress, echo, tag, directory=directory, until=LAST_BEFORE_BENCH)
-    intervals = []
-    for config, directory in zip(configs, dirs):  # benches: one at a time, nothing else running
-        echo(f"== {directory.name}: bench and report")
-        start = time.time()
-        run_pipeline(config, directory, None, progress, echo)
-        intervals.append((start, time.time()))
+    plan = Plan(runs, tag)
+    for config, value, directory in zip(configs, values, dirs):
+        plan.point(config, f"{directory.name}: train.vib.target {kind} {value:g}", directory)
+    results = plan.run(executor, echo, progress)  # trainings may run side by side; benches one at a time, alone
+    benches = [results[f"{d} bench"] for d in dirs]
+    intervals = [(b.started, b.ended) for b in benches]
     rows = [_row(RunDir(d), kind, v, i) for d, v, i in zip(dirs, values, intervals)]
     record = _choose(configs[0], kind, rows, dense_dir(configs[0], runs, tag))
     out = out or runs / f"{configs[0].name}{tag}-search-{kind}"

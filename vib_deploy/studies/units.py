@@ -24,8 +24,10 @@ def dense_work(config: PipelineConfig, runs: Path, tag: str, echo: Echo, progres
     ensure_dense(config, runs, progress, echo, tag)
 
 
-def point_work(config: PipelineConfig, runs: Path, tag: str, until: str | None, echo: Echo, progress: Any) -> None:
-    continue_point(config, runs, progress, echo, tag, until)
+def point_work(
+    config: PipelineConfig, runs: Path, tag: str, directory: Path | None, until: str | None, echo: Echo, progress: Any
+) -> None:
+    continue_point(config, runs, progress, echo, tag, until, directory)
 
 
 def peer_work(
@@ -47,13 +49,14 @@ class Plan:
     benches: list[Unit] = field(default_factory=list)
     configs: list[PipelineConfig] = field(default_factory=list)
 
-    def point(self, config: PipelineConfig, title: str) -> Path:
-        """The VIB point of `config` (its seed's dense unit added once); returns its run directory."""
-        dense, point = dense_dir(config, self.runs, self.tag), point_dir(config, self.runs, self.tag)
+    def point(self, config: PipelineConfig, title: str, directory: Path | None = None) -> Path:
+        """The VIB point of `config` (its seed's dense unit added once) in `directory` (default: named by its
+        kl_factor); returns its run directory."""
+        dense, point = dense_dir(config, self.runs, self.tag), directory or point_dir(config, self.runs, self.tag)
         self.configs.append(config)
         if str(dense) not in {u.name for u in self.units}:
             self.units.append(Unit(str(dense), partial(dense_work, config, self.runs, self.tag), title=f"{dense}"))
-        work = partial(point_work, config, self.runs, self.tag)
+        work = partial(point_work, config, self.runs, self.tag, directory)
         self._candidate(point, work, str(dense), title)
         self.parts[point].insert(0, str(dense))
         return point
