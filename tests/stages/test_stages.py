@@ -36,6 +36,11 @@ def test_every_stage_has_a_cli_command_with_its_help():
         assert stage.help and registered[stage.name].callback.__doc__ == stage.help
 
 
+def test_the_stage_commands_are_listed_in_pipeline_order():
+    names = [c.name or c.callback.__name__ for c in app.registered_commands]  # type: ignore[union-attr]
+    assert [n for n in names if n in STAGE_NAMES] == list(STAGE_NAMES)
+
+
 def test_every_stage_runs_a_function_that_exists():
     import importlib
 

@@ -17,8 +17,7 @@ from vib_deploy.cli.common import echo as _echo
 from vib_deploy.cli.common import progress as _progress
 from vib_deploy.cli.options import int_list as _int_list
 from vib_deploy.errors import UserError
-from vib_deploy.stages.registry import STAGE_NAMES
-from vib_deploy.stages.registry import commands as _stage_commands
+from vib_deploy.stages.registry import STAGE_NAMES, STAGES
 
 app = typer.Typer(
     add_completion=False,
@@ -102,11 +101,6 @@ def _stage_command(name: str, doc: str) -> None:
     app.command(name=name)(command)
 
 
-for _stage in _stage_commands():
-    _stage_command(_stage.name, _stage.help)
-
-
-@app.command()
 def prune(
     run_dir: Path = RUN_DIR,
     round_to: str | None = typer.Option(
@@ -123,7 +117,6 @@ def prune(
         run_single(run_dir, "prune", progress, _echo, [f"prune.round_to={round_to}"] if round_to is not None else None)
 
 
-@app.command()
 def bench(
     run_dir: Path = RUN_DIR,
     backend: str | None = typer.Option(
@@ -176,6 +169,15 @@ def bench(
     )
     print_table(records)
     typer.echo(f"records: {run_dir / 'bench-triton.json'}")
+
+
+# the stage commands in pipeline order (`vib-deploy --help` lists them as they run); prune and bench take options
+_OWN_COMMANDS = {"prune": prune, "bench": bench}
+for _stage in STAGES:
+    if _stage.command:
+        _stage_command(_stage.name, _stage.help)
+    elif _stage.name in _OWN_COMMANDS:
+        app.command(name=_stage.name)(_OWN_COMMANDS[_stage.name])
 
 
 @app.command()
