@@ -13,7 +13,13 @@ def test_every_setting_is_listed_and_read_from_the_config():
     # the settings the LeNet pipelines had before validation chose the official ones
     default = load_config(
         ROOT / "pipelines/mnist-lenet300.yaml",
-        ["train.finetune.epochs=0", "train.vib.gate_lr=1e-2", "train.vib.weight_decay=0", "train.vib.schedule=cosine"],
+        [
+            "train.finetune.epochs=0",
+            "train.vib.gate_lr=1e-2",
+            "train.vib.weight_decay=0",
+            "train.vib.schedule=cosine",
+            "train.vib.epochs=100",
+        ],
     )
     official_like = load_config(
         ROOT / "pipelines/mnist-lenet300.yaml",
