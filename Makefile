@@ -32,8 +32,7 @@ run: data
 test: data typecheck lint docs
 	-$(BIN)/vib-deploy data fetch fashion-mnist
 	# two workers, each test file on one (its module fixtures are built once), the slowest files first
-	# (tests/conftest.py SLOW_FIRST), each worker's processes on its share of the cores: 320 s on 2 idle cores, a
-	# fresh clone of 2026-12-05 17:02 UTC (main before that day: 351 s in the same hour; 510 s before 2026-12-04)
+	# (tests/conftest.py SLOW_FIRST), each worker's processes on its share of the cores (wall times: docs/benchmarks.md)
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder tests
 
 typecheck: setup

@@ -222,6 +222,7 @@ def enabled_stages(run_dir: Path) -> list[str]:
 # `--dist loadfile --no-loadscope-reorder` (make test) a worker then ends on small files, not on a minute-long
 # one while the other idles. A file missing here runs after these, in collection order.
 SLOW_FIRST = [
+    "test_executor.py",  # ~110 (one process, loaded machine): Ray, sweeps through the CLI, kill -9
     "test_resume.py",  # ~75: a SIGKILL at nine points
     "test_gpu_day.py",  # ~65: the GPU-day dry run, three tiny pipelines
     "test_sources.py",  # ~60
@@ -236,6 +237,8 @@ SLOW_FIRST = [
     "test_tracking.py",  # ~26
     "test_sweep.py",  # ~26
     "test_finetune.py",  # ~20
+    "test_target.py",  # a tiny 40-epoch LeNet-300 with a FLOPs target
+    "test_search.py",
 ]
 
 
