@@ -21,7 +21,7 @@ from vib_deploy.prune.groups import prune_groups
 from vib_deploy.stages.registry import get_stage
 from vib_deploy.stages.sources import model_source
 from vib_deploy.training.klweight import net_layers
-from vib_deploy.training.target import RAMP, RANGE, KLMultiplier, NetCost, dual_step, layer_flops
+from vib_deploy.training.target import RAMP, RAMP_TIME, RANGE, KLMultiplier, NetCost, dual_step, layer_flops
 
 PIPELINE = ROOT / LENET300
 
@@ -63,6 +63,25 @@ def test_the_multiplier_ramps_its_target_and_steps_on_the_cost():
     resumed = KLMultiplier(cost, 0.25, 1e-3, rate=0.5, steps=10, kind="flops", value=0.25)
     resumed.resume(m.epoch_record())
     assert resumed.factor == m.factor and resumed.done == m.done
+
+
+def test_the_ramp_lasts_half_the_run_or_fifteen_gate_time_constants_whichever_is_shorter():
+    """A 300-epoch run's ramp is not 150 epochs long: the masks lag by gate time constants (1 / gate_lr steps),
+    and a ramp far slower than that leaves a fast-pruning net ahead of it for long enough to wind lambda down."""
+
+    def ramp_steps(gate_lr: float, steps: int) -> int:
+        m = KLMultiplier(lambda: 1.0, 0.04, 6e-4, rate=gate_lr, steps=steps, kind="flops", value=0.04)
+        for done in range(steps):
+            if m.target_now() == pytest.approx(0.04):
+                return done
+            m.step()
+        return steps
+
+    assert ramp_steps(0.05, 600) == RAMP * 600 == RAMP_TIME / 0.05  # the tiny test's run: both the same, 300
+    assert ramp_steps(0.1, 600) == RAMP_TIME / 0.1  # 150: the gates' time, shorter than half the run
+    assert ramp_steps(0.01, 600) == RAMP * 600  # 300: half the run, shorter than 1,500 steps of gate time
+    m = KLMultiplier(lambda: 1.0, 0.04, 6e-4, rate=1e-3, steps=300 * 550, kind="flops", value=0.04)
+    assert m.ramp == pytest.approx(15_000)  # the paper LeNet-300 pipeline: 27 of 300 epochs, not 150
 
 
 def _kill_sequential(model: torch.nn.Module, seed: int) -> None:
