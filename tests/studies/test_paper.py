@@ -47,6 +47,11 @@ def test_every_setting_is_listed_and_read_from_the_config():
     tuned = _row(lines, "after pruning")
     assert "same: none" in tuned and "**differs**: finetune stage: 20 epochs" in tuned
     assert "best validation epoch" in _row(lines, "selection")
+    assert "**differs**: none: pixels in [0, 1]" in _row(step, "input normalization")
+    normalized = load_config(ROOT / "pipelines/mnist-lenet300.yaml", ["data.normalize=true"])
+    assert "same: per-channel mean/std of the training split" in _row(
+        deviations({"e": normalized}), "input normalization"
+    )
 
 
 def test_goal_lines_judge_error_and_flops_or_the_reduction_factor():

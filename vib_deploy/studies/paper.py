@@ -46,6 +46,7 @@ OFFICIAL = {
     "kl_factor": "1e-5 … 3e-5 (VGG; `--kl-fac`)",
     "selection": "best test accuracy over the epochs (`best_prune_acc.pth`; its validation loader is the test split)",
     "train_images": "the whole training set (no validation split)",
+    "input_normalization": "per-channel mean/std (`transforms.Normalize` in the CIFAR loaders)",
     "after_pruning": "none (no fine-tuning after pruning)",
     "kl_weighting": "kl_mult × map size per unit (the paper's)",
 }
@@ -89,6 +90,12 @@ def our_settings(config: Any) -> dict[str, tuple[str, bool | None]]:
             False,
         ),
         "train_images": (f"all but the last {config.data.val_size:,} training images (validation)", False),
+        "input_normalization": (
+            "per-channel mean/std of the training split (`data.normalize: true`)"
+            if config.data.normalize
+            else "none: pixels in [0, 1] (`data.normalize: false`)",
+            bool(config.data.normalize),
+        ),
         "after_pruning": (tuned, not t.finetune.epochs),
         "kl_weighting": (
             {
