@@ -161,19 +161,142 @@ def assert_user_error(proc: subprocess.CompletedProcess, *fragments: str) -> str
     return lines[0]
 
 
+# the environment variables a process reads when it starts (the interpreter, the dynamic loader, CUDA, the OpenMP
+# runtime): an in-process run cannot honour them, except the thread counts (torch.set_num_threads for the call)
+_PROCESS_ONLY_ENV = re.compile(r"^(PYTHON\w*|LD_\w+|CUDA_\w+|KMP_\w+|GOMP_\w+|OMP_(?!NUM_THREADS$)\w+)$")
+_THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+_TORCH_DEFAULT_SEED = 67280421310721  # a fresh process's torch.initial_seed()
+# the interpreter's default warning filters (no -W): what a fresh process prints on stderr
+_DEFAULT_WARNING_FILTERS = (
+    ("default", DeprecationWarning, "__main__"),
+    ("ignore", DeprecationWarning, None),
+    ("ignore", PendingDeprecationWarning, None),
+    ("ignore", ImportWarning, None),
+    ("ignore", ResourceWarning, None),
+)
+
+
 def run_cli(
-    *args: str, cwd: Path | None = None, env: dict[str, str] | None = None, timeout: int = 600
+    *args: str, cwd: Path | None = None, env: dict[str, str] | None = None, timeout: int = 600, process: bool = False
 ) -> subprocess.CompletedProcess:
-    """Run `python -m vib_deploy ARGS` the way a user runs the console script."""
-    full_env = {**os.environ, **(env or {})}
-    return subprocess.run(
-        [sys.executable, "-m", "vib_deploy", *args],
-        cwd=cwd or ROOT,
-        capture_output=True,
-        text=True,
-        env=full_env,
-        timeout=timeout,
-    )
+    """`vib-deploy ARGS` from `cwd` (default the repository root) with `env` added: its exit code and what it wrote
+    on stdout and stderr.
+
+    By default in this process, through the console script's own entry point (`vib_deploy.cli.app:main`, whose
+    error handler is the edge under test: one `error:` line, exit 2): saves a new interpreter, torch's import and
+    its first-call warm-ups per command. `process=True` spawns `python -m vib_deploy` instead, where the process
+    is the claim (a signal, torchrun, an environment read at start-up such as PYTHONPATH), or where the command
+    changes what cannot be put back (a Ray instance of its own, a fake module on the path). `timeout` holds for a
+    process only.
+    """
+    if process:
+        return subprocess.run(
+            [sys.executable, "-m", "vib_deploy", *args],
+            cwd=cwd or ROOT,
+            capture_output=True,
+            text=True,
+            env={**os.environ, **(env or {})},
+            timeout=timeout,
+        )
+    return _run_in_process(list(args), cwd or ROOT, env or {})
+
+
+def _run_in_process(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
+    """`main()` with sys.argv, cwd, os.environ, torch's threads and RNG, the warning filters, the logging levels and
+    the SIGINT/SIGTERM handlers as a fresh process has them, all put back after; stdout and stderr captured at the
+    file descriptors (what native libraries print lands there too, as in a process's pipes). The text streams on
+    them are left open: a library imported during the call may keep one (a logging handler), and writes through it
+    later go to whatever file descriptor 1 or 2 is then."""
+    import io
+    import logging
+    import signal
+    import tempfile
+    import traceback
+    import warnings
+
+    import torch
+
+    from vib_deploy.cli.app import main
+
+    unsupported = sorted(k for k in env if _PROCESS_ONLY_ENV.match(k))
+    if unsupported:
+        raise ValueError(f"run_cli: {unsupported} take effect at a process's start: pass process=True")
+    threads = {int(env[k]) for k in _THREAD_ENV if k in env}
+    if len(threads) > 1:
+        raise ValueError("run_cli: OMP_NUM_THREADS and MKL_NUM_THREADS differ: pass process=True")
+
+    interpreter_main = sys.modules["__main__"]
+    saved_argv, saved_cwd, saved_environ = sys.argv[:], os.getcwd(), dict(os.environ)
+    saved_package = getattr(interpreter_main, "__package__", None)
+    saved_threads, saved_path = torch.get_num_threads(), sys.path[:]
+    saved_signals = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    saved_levels = {
+        name: logger.level
+        for name, logger in [("", logging.root), *logging.Logger.manager.loggerDict.items()]
+        if isinstance(logger, logging.Logger)
+    }
+    saved_streams = sys.stdout, sys.stderr
+    for stream in saved_streams:
+        stream.flush()
+    saved_fds = os.dup(1), os.dup(2)
+    code = 0
+    with (
+        tempfile.TemporaryFile() as out,
+        tempfile.TemporaryFile() as err,
+        torch.random.fork_rng(devices=[]),
+        warnings.catch_warnings(),
+    ):
+        try:
+            os.dup2(out.fileno(), 1)
+            os.dup2(err.fileno(), 2)
+            # text streams on the descriptors, not a terminal: as a process's pipes (rich prints no colour, no bar)
+            sys.stdout = open(1, "w", encoding="utf-8", errors="replace", buffering=1, closefd=False)  # noqa: SIM115
+            sys.stderr = open(2, "w", encoding="utf-8", errors="backslashreplace", buffering=1, closefd=False)  # noqa: SIM115
+            # `python -m vib_deploy ARGS` as click sees it (the program name in its usage lines)
+            sys.argv = [str(ROOT / "vib_deploy" / "__main__.py"), *args]
+            interpreter_main.__package__ = "vib_deploy"
+            os.environ.update(env)
+            os.chdir(cwd)
+            if threads:
+                torch.set_num_threads(threads.pop())
+            torch.manual_seed(_TORCH_DEFAULT_SEED)
+            warnings.resetwarnings()
+            for action, category, module in reversed(_DEFAULT_WARNING_FILTERS):
+                warnings.filterwarnings(action, category=category, module=module or "")
+            warnings.showwarning = warnings._showwarning_orig  # type: ignore[attr-defined]  # not pytest's recorder
+            try:
+                main()
+            except SystemExit as e:  # as the interpreter maps sys.exit's argument to an exit status
+                code = 0 if e.code is None else e.code if isinstance(e.code, int) else 1
+                if not isinstance(e.code, int | None):
+                    print(e.code, file=sys.stderr)
+            except Exception:  # what an uncaught exception does to a process (--debug re-raises)
+                traceback.print_exc()
+                code = 1
+        finally:
+            for stream in (sys.stdout, sys.stderr):
+                stream.flush()
+            sys.stdout, sys.stderr = saved_streams
+            os.dup2(saved_fds[0], 1)
+            os.dup2(saved_fds[1], 2)
+            for fd in saved_fds:
+                os.close(fd)
+            sys.argv[:] = saved_argv
+            interpreter_main.__package__ = saved_package
+            sys.path[:] = saved_path
+            os.chdir(saved_cwd)
+            os.environ.clear()
+            os.environ.update(saved_environ)
+            torch.set_num_threads(saved_threads)
+            for signum, handler in saved_signals.items():
+                signal.signal(signum, handler)
+            for name, level in saved_levels.items():
+                (logging.getLogger(name) if name else logging.root).setLevel(level)
+        out.seek(0)
+        err.seek(0)
+        # decoded as subprocess.run(text=True) decodes a pipe: universal newlines
+        stdout, stderr = (io.TextIOWrapper(f, encoding="utf-8", errors="replace").read() for f in (out, err))
+    return subprocess.CompletedProcess([sys.executable, "-m", "vib_deploy", *args], code, stdout, stderr)
 
 
 class InterruptAfter:
