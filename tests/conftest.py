@@ -201,6 +201,12 @@ def run_cli(
     return _run_in_process(list(args), cwd or ROOT, env or {})
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    import warnings
+
+    (file or sys.stderr).write(warnings.formatwarning(message, category, filename, lineno, line))
+
+
 def _run_in_process(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
     """`main()` with sys.argv, cwd, os.environ, torch's threads and RNG, the warning filters, the logging levels and
     the SIGINT/SIGTERM handlers as a fresh process has them, all put back after; stdout and stderr captured at the
@@ -263,7 +269,7 @@ def _run_in_process(args: list[str], cwd: Path, env: dict[str, str]) -> subproce
             warnings.resetwarnings()
             for action, category, module in reversed(_DEFAULT_WARNING_FILTERS):
                 warnings.filterwarnings(action, category=category, module=module or "")
-            warnings.showwarning = warnings._showwarning_orig  # type: ignore[attr-defined]  # not pytest's recorder
+            warnings.showwarning = _show_warning  # on stderr, not to pytest's recorder
             try:
                 main()
             except SystemExit as e:  # as the interpreter maps sys.exit's argument to an exit status

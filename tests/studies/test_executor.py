@@ -157,9 +157,10 @@ def test_a_user_error_in_a_unit_is_not_retried(ray_address, tmp_path):
 @needs_ray
 def test_a_unit_user_error_exits_2_through_the_cli(ray_address, tmp_path, mnist_root):
     """The CLI joins the module's instance by --address; the dense unit's bad data.root is one error line, exit 2."""
+    # a process: this one holds the module's Ray connection, which an in-process CLI would use instead of --address
     proc = run_cli(
         "sweep", PIPELINE, "--kl-factor", "1e-3", "--executor", "ray", "--address", ray_address,
-        "--set", f"data.root={tmp_path / 'nowhere'}", *STUDY_TINY, cwd=tmp_path,
+        "--set", f"data.root={tmp_path / 'nowhere'}", *STUDY_TINY, cwd=tmp_path, process=True,
     )  # fmt: skip
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
@@ -176,7 +177,8 @@ def test_serial_and_ray_make_the_same_records_and_points_share_one_dense_stage(r
     def sweep(where: str, *executor: str) -> tuple[list[dict], list[str]]:
         (tmp_path / where).mkdir(exist_ok=True)
         args = ["sweep", PIPELINE, "--kl-factor", "1e-3,2e-3", "--out", "sw", "--cpus-per-run", "1", *executor]
-        proc = run_cli(*args, *STUDY_TINY, cwd=tmp_path / where)
+        # ray: a process, which joins the module's instance by --address (in this one the CLI would use ours)
+        proc = run_cli(*args, *STUDY_TINY, cwd=tmp_path / where, process="ray" in executor)
         assert proc.returncode == 0, proc.stderr[-3000:]
         return json.loads((tmp_path / where / "sw" / "sweep.json").read_text()), proc.stderr.splitlines()
 
@@ -204,9 +206,8 @@ def test_ray_missing_is_one_line_with_the_install_hint(tmp_path):
     fake.mkdir(parents=True)
     (fake / "__init__.py").write_text("raise ImportError(\"No module named 'ray'\")\n")
     path = os.pathsep.join([str(fake.parent), os.environ.get("PYTHONPATH", "")])
-    proc = run_cli(
-        "sweep", PIPELINE, "--kl-factor", "1e-3", "--executor", "ray", cwd=tmp_path, env={"PYTHONPATH": path}
-    )
+    args = ["sweep", PIPELINE, "--kl-factor", "1e-3", "--executor", "ray"]
+    proc = run_cli(*args, cwd=tmp_path, env={"PYTHONPATH": path}, process=True)  # a new interpreter finds the fake
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip() == f"error: --executor ray needs Ray, which is not installed here: {HINT}"
     assert not (tmp_path / "runs").exists()
@@ -292,7 +293,7 @@ def test_ctrl_c_and_kill_9_of_the_driver_lose_nothing(ray_address, tmp_path, mni
         if how == signal.SIGINT:
             assert driver.returncode == 130 and "Traceback" not in err, err[-3000:]
         _wait_for(lambda: _holder_gone(dense_lock), 60)  # the unit's worker is gone with its driver
-    proc = run_cli(*args[3:], cwd=tmp_path)
+    proc = run_cli(*args[3:], cwd=tmp_path, process=True)  # the driver joins the module's instance by --address
     assert proc.returncode == 0, proc.stderr[-3000:]
     for run in (tmp_path / "runs").iterdir():
         if run.is_dir() and (run / "manifest.json").exists():
