@@ -174,16 +174,16 @@ def test_serial_and_ray_make_the_same_records_and_points_share_one_dense_stage(r
     """The same sweep (two points of one seed, one thread a run) serially and on Ray (the CLI joins the module's
     instance): the same records; one dense stage for both points, read by them, never locked; all cached again."""
 
-    def sweep(where: str, *executor: str) -> tuple[list[dict], list[str]]:
+    def sweep(where: str, *executor: str, process: bool = False) -> tuple[list[dict], list[str]]:
         (tmp_path / where).mkdir(exist_ok=True)
         args = ["sweep", PIPELINE, "--kl-factor", "1e-3,2e-3", "--out", "sw", "--cpus-per-run", "1", *executor]
-        # ray: a process, which joins the module's instance by --address (in this one the CLI would use ours)
-        proc = run_cli(*args, *STUDY_TINY, cwd=tmp_path / where, process="ray" in executor)
+        proc = run_cli(*args, *STUDY_TINY, cwd=tmp_path / where, process=process)
         assert proc.returncode == 0, proc.stderr[-3000:]
         return json.loads((tmp_path / where / "sw" / "sweep.json").read_text()), proc.stderr.splitlines()
 
     serial, serial_lines = sweep("serial", "--executor", "serial")
-    ray_records, lines = sweep("ray", "--executor", "ray", "--address", ray_address)
+    # a process that joins the module's instance by --address (in this one the CLI uses this process's connection)
+    ray_records, lines = sweep("ray", "--executor", "ray", "--address", ray_address, process=True)
     assert serial_lines[0].startswith("executor: serial") and lines[0].startswith("executor: ray (the cluster at")
     timing = ("p50_ms", "benched")
     assert [{k: v for k, v in r.items() if k not in timing} for r in ray_records] == [
@@ -196,7 +196,8 @@ def test_serial_and_ray_make_the_same_records_and_points_share_one_dense_stage(r
     for point in runs.glob("*-kl*-s0"):
         assert (point / "dense.pt").read_bytes() == dense.read_bytes()
         assert run_cli("verify", str(point)).returncode == 0
-    again_records, again = sweep("ray", "--executor", "ray", "--address", ray_address)
+    again_records, again = sweep("ray", "--executor", "ray")  # in this process: its connection to the same instance
+    assert again[0].startswith("executor: ray (this process's Ray instance")
     assert not any(line.startswith("[run]") for line in again) and "[cached] bench" in again
     assert [r["p50_ms"] for r in again_records] == [r["p50_ms"] for r in ray_records]
 
