@@ -347,27 +347,28 @@ def enabled_stages(run_dir: Path) -> list[str]:
     return [s.name for s in STAGES if s.enabled(config)]
 
 
-# The slowest test files (seconds on 2 idle cores, 2026-12-04, `pytest --durations`), started first: with
-# `--dist loadfile --no-loadscope-reorder` (make test) a worker then ends on small files, not on a minute-long
-# one while the other idles. A file missing here runs after these, in collection order.
+# The slowest test files, started first: with `--dist loadfile --no-loadscope-reorder` (make test) a worker then ends
+# on small files, not on a minute-long one while the other idles. A file missing here runs after these, in collection
+# order. Seconds: each file alone, one worker, its session runs included, on a 2-core machine that two one-thread
+# trainings kept busy (2026-12-08, `pytest -n 0 --durations`), with the CLI calls in-process (run_cli).
 SLOW_FIRST = [
-    "test_executor.py",  # ~110 (one process, loaded machine): Ray, sweeps through the CLI, kill -9
-    "test_resume.py",  # ~75: a SIGKILL at nine points
-    "test_gpu_day.py",  # ~65: the GPU-day dry run, three tiny pipelines
-    "test_sources.py",  # ~60
-    "test_compare.py",  # ~45
-    "test_distributed.py",  # ~45: torchrun
-    "test_failed_runs.py",  # ~45
-    "test_cpu_deploy.py",  # ~45: the LeNet-5 every-stage run
-    "test_userdata.py",  # ~40
-    "test_triton.py",  # ~40: local servers
-    "test_cli.py",  # ~35
+    "test_executor.py",  # ~145: Ray (a fresh worker per unit), sweeps through the CLI, Ctrl-C and kill -9
+    "test_gpu_day.py",  # ~85: the GPU-day dry run, a process per step, three tiny pipelines
+    "test_resume.py",  # ~75: a SIGKILL at nine points, each a process
+    "test_cpu_deploy.py",  # ~70: the LeNet-5 every-stage run, NNCF, a local Triton
+    "test_distributed.py",  # ~65: torchrun, two pipelines
+    "test_cli.py",  # ~50: the session's LeNet-300 and LeNet-5 runs
+    "test_triton.py",  # ~50: local servers
+    "test_compare.py",  # ~45: the studies workspace (four methods, two seeds)
+    "test_failed_runs.py",  # ~35
+    "test_sources.py",  # ~35
     "test_bad_inputs.py",  # ~35
-    "test_tracking.py",  # ~26
-    "test_sweep.py",  # ~26
+    "test_userdata.py",  # ~25
     "test_finetune.py",  # ~20
-    "test_target.py",  # a tiny 40-epoch LeNet-300 with a FLOPs target
-    "test_search.py",
+    "test_tracking.py",  # ~22: MLflow
+    "test_search.py",  # ~17
+    "test_sweep.py",  # ~12
+    "test_target.py",  # ~11: a tiny 40-epoch LeNet-300 with a FLOPs target
 ]
 
 
