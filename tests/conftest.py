@@ -3,11 +3,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import TYPE_CHECKING
@@ -166,14 +168,6 @@ def assert_user_error(proc: subprocess.CompletedProcess, *fragments: str) -> str
 _PROCESS_ONLY_ENV = re.compile(r"^(PYTHON\w*|LD_\w+|CUDA_\w+|KMP_\w+|GOMP_\w+|OMP_(?!NUM_THREADS$)\w+)$")
 _THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 _TORCH_DEFAULT_SEED = 67280421310721  # a fresh process's torch.initial_seed()
-# the interpreter's default warning filters (no -W): what a fresh process prints on stderr
-_DEFAULT_WARNING_FILTERS = (
-    ("default", DeprecationWarning, "__main__"),
-    ("ignore", DeprecationWarning, None),
-    ("ignore", PendingDeprecationWarning, None),
-    ("ignore", ImportWarning, None),
-    ("ignore", ResourceWarning, None),
-)
 
 
 def run_cli(
@@ -208,19 +202,9 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 
 
 def _run_in_process(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
-    """`main()` with sys.argv, cwd, os.environ, torch's threads and RNG, the warning filters, the logging levels and
-    the SIGINT/SIGTERM handlers as a fresh process has them, all put back after; stdout and stderr captured at the
-    file descriptors (what native libraries print lands there too, as in a process's pipes). The text streams on
-    them are left open: a library imported during the call may keep one (a logging handler), and writes through it
-    later go to whatever file descriptor 1 or 2 is then."""
-    import io
-    import logging
-    import signal
-    import tempfile
+    """`main()` as `python -m vib_deploy ARGS` runs it, its output captured and its exit status taken from SystemExit
+    (an uncaught exception: its traceback on stderr, status 1, as the interpreter does)."""
     import traceback
-    import warnings
-
-    import torch
 
     from vib_deploy.cli.app import main
 
@@ -230,66 +214,92 @@ def _run_in_process(args: list[str], cwd: Path, env: dict[str, str]) -> subproce
     threads = {int(env[k]) for k in _THREAD_ENV if k in env}
     if len(threads) > 1:
         raise ValueError("run_cli: OMP_NUM_THREADS and MKL_NUM_THREADS differ: pass process=True")
+    code = 0
+    with _captured_output() as output, _as_a_fresh_process(args, cwd, env, threads.pop() if threads else None):
+        try:
+            main()
+        except SystemExit as e:  # as the interpreter maps sys.exit's argument to an exit status
+            code = 0 if e.code is None else e.code if isinstance(e.code, int) else 1
+            if not isinstance(e.code, int | None):
+                print(e.code, file=sys.stderr)
+        except Exception:  # what an uncaught exception does to a process (--debug re-raises)
+            traceback.print_exc()
+            code = 1
+    return subprocess.CompletedProcess([sys.executable, "-m", "vib_deploy", *args], code, *output)
 
-    interpreter_main = sys.modules["__main__"]
-    saved_argv, saved_cwd, saved_environ = sys.argv[:], os.getcwd(), dict(os.environ)
-    saved_package = getattr(interpreter_main, "__package__", None)
-    saved_threads, saved_path = torch.get_num_threads(), sys.path[:]
-    saved_signals = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    saved_levels = {
-        name: logger.level
-        for name, logger in [("", logging.root), *logging.Logger.manager.loggerDict.items()]
-        if isinstance(logger, logging.Logger)
-    }
+
+@contextlib.contextmanager
+def _captured_output() -> Iterator[list[str]]:
+    """stdout and stderr captured at file descriptors 1 and 2 (what native libraries print lands there too, as in a
+    process's pipes), as [stdout, stderr] once the block ends. The text streams on them are left open: a library
+    imported in the block may keep one (a logging handler), and writes through it later go to whatever file
+    descriptor 1 or 2 is then."""
+    import io
+    import tempfile
+
+    output: list[str] = []
     saved_streams = sys.stdout, sys.stderr
     for stream in saved_streams:
         stream.flush()
     saved_fds = os.dup(1), os.dup(2)
-    code = 0
-    with (
-        tempfile.TemporaryFile() as out,
-        tempfile.TemporaryFile() as err,
-        torch.random.fork_rng(devices=[]),
-        warnings.catch_warnings(),
-    ):
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         try:
             os.dup2(out.fileno(), 1)
             os.dup2(err.fileno(), 2)
             # text streams on the descriptors, not a terminal: as a process's pipes (rich prints no colour, no bar)
             sys.stdout = open(1, "w", encoding="utf-8", errors="replace", buffering=1, closefd=False)  # noqa: SIM115
             sys.stderr = open(2, "w", encoding="utf-8", errors="backslashreplace", buffering=1, closefd=False)  # noqa: SIM115
-            # `python -m vib_deploy ARGS` as click sees it (the program name in its usage lines)
-            sys.argv = [str(ROOT / "vib_deploy" / "__main__.py"), *args]
-            interpreter_main.__package__ = "vib_deploy"
-            os.environ.update(env)
-            os.chdir(cwd)
-            if threads:
-                torch.set_num_threads(threads.pop())
-            torch.manual_seed(_TORCH_DEFAULT_SEED)
-            warnings.resetwarnings()
-            for action, category, module in reversed(_DEFAULT_WARNING_FILTERS):
-                warnings.filterwarnings(action, category=category, module=module or "")
-            warnings.showwarning = _show_warning  # on stderr, not to pytest's recorder
-            try:
-                main()
-            except SystemExit as e:  # as the interpreter maps sys.exit's argument to an exit status
-                code = 0 if e.code is None else e.code if isinstance(e.code, int) else 1
-                if not isinstance(e.code, int | None):
-                    print(e.code, file=sys.stderr)
-            except Exception:  # what an uncaught exception does to a process (--debug re-raises)
-                traceback.print_exc()
-                code = 1
+            yield output
         finally:
             for stream in (sys.stdout, sys.stderr):
                 stream.flush()
             sys.stdout, sys.stderr = saved_streams
-            os.dup2(saved_fds[0], 1)
-            os.dup2(saved_fds[1], 2)
-            for fd in saved_fds:
-                os.close(fd)
-            sys.argv[:] = saved_argv
+            for fd, saved in zip((1, 2), saved_fds):
+                os.dup2(saved, fd)
+                os.close(saved)
+        for f in (out, err):  # decoded as subprocess.run(text=True) decodes a pipe: universal newlines
+            f.seek(0)
+            output.append(io.TextIOWrapper(f, encoding="utf-8", errors="replace").read())
+
+
+@contextlib.contextmanager
+def _as_a_fresh_process(args: list[str], cwd: Path, env: dict[str, str], threads: int | None) -> Iterator[None]:
+    """sys.argv, `__main__`'s package (click's program name), the working directory, os.environ (plus `env`), torch's
+    threads and random stream, the warning filters as a fresh process has them; all of it, the logging levels and the
+    SIGINT/SIGTERM handlers put back after the block."""
+    import logging
+    import signal
+    import warnings
+
+    import torch
+
+    interpreter_main = sys.modules["__main__"]
+    saved_argv, saved_path, saved_cwd, saved_environ = sys.argv[:], sys.path[:], os.getcwd(), dict(os.environ)
+    saved_package, saved_threads = getattr(interpreter_main, "__package__", None), torch.get_num_threads()
+    saved_signals = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    saved_levels = {
+        name: logger.level
+        for name, logger in [("", logging.root), *logging.Logger.manager.loggerDict.items()]
+        if isinstance(logger, logging.Logger)
+    }
+    with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+        try:
+            sys.argv = [str(ROOT / "vib_deploy" / "__main__.py"), *args]  # with the package: `python -m vib_deploy`
+            interpreter_main.__package__ = "vib_deploy"
+            os.environ.update(env)
+            os.chdir(cwd)
+            if threads is not None:
+                torch.set_num_threads(threads)
+            torch.manual_seed(_TORCH_DEFAULT_SEED)
+            warnings.resetwarnings()  # then the interpreter's own filters (no -W), each added in front of the last
+            for category in (ResourceWarning, ImportWarning, PendingDeprecationWarning, DeprecationWarning):
+                warnings.simplefilter("ignore", category)
+            warnings.filterwarnings("default", category=DeprecationWarning, module="__main__")
+            warnings.showwarning = _show_warning  # on stderr, not to pytest's recorder
+            yield
+        finally:
+            sys.argv[:], sys.path[:] = saved_argv, saved_path
             interpreter_main.__package__ = saved_package
-            sys.path[:] = saved_path
             os.chdir(saved_cwd)
             os.environ.clear()
             os.environ.update(saved_environ)
@@ -298,11 +308,6 @@ def _run_in_process(args: list[str], cwd: Path, env: dict[str, str]) -> subproce
                 signal.signal(signum, handler)
             for name, level in saved_levels.items():
                 (logging.getLogger(name) if name else logging.root).setLevel(level)
-        out.seek(0)
-        err.seek(0)
-        # decoded as subprocess.run(text=True) decodes a pipe: universal newlines
-        stdout, stderr = (io.TextIOWrapper(f, encoding="utf-8", errors="replace").read() for f in (out, err))
-    return subprocess.CompletedProcess([sys.executable, "-m", "vib_deploy", *args], code, stdout, stderr)
 
 
 class InterruptAfter:
