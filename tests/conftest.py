@@ -3,11 +3,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import TYPE_CHECKING
@@ -161,19 +163,151 @@ def assert_user_error(proc: subprocess.CompletedProcess, *fragments: str) -> str
     return lines[0]
 
 
+# the environment variables a process reads when it starts (the interpreter, the dynamic loader, CUDA, the OpenMP
+# runtime): an in-process run cannot honour them, except the thread counts (torch.set_num_threads for the call)
+_PROCESS_ONLY_ENV = re.compile(r"^(PYTHON\w*|LD_\w+|CUDA_\w+|KMP_\w+|GOMP_\w+|OMP_(?!NUM_THREADS$)\w+)$")
+_THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+_TORCH_DEFAULT_SEED = 67280421310721  # a fresh process's torch.initial_seed()
+
+
 def run_cli(
-    *args: str, cwd: Path | None = None, env: dict[str, str] | None = None, timeout: int = 600
+    *args: str, cwd: Path | None = None, env: dict[str, str] | None = None, timeout: int = 600, process: bool = False
 ) -> subprocess.CompletedProcess:
-    """Run `python -m vib_deploy ARGS` the way a user runs the console script."""
-    full_env = {**os.environ, **(env or {})}
-    return subprocess.run(
-        [sys.executable, "-m", "vib_deploy", *args],
-        cwd=cwd or ROOT,
-        capture_output=True,
-        text=True,
-        env=full_env,
-        timeout=timeout,
-    )
+    """`vib-deploy ARGS` from `cwd` (default the repository root) with `env` added: its exit code and what it wrote
+    on stdout and stderr.
+
+    By default in this process, through the console script's own entry point (`vib_deploy.cli.app:main`, whose
+    error handler is the edge under test: one `error:` line, exit 2): saves a new interpreter, torch's import and
+    its first-call warm-ups per command. `process=True` spawns `python -m vib_deploy` instead, where the process
+    is the claim (a signal, torchrun, an environment read at start-up such as PYTHONPATH), or where the command
+    changes what cannot be put back (a Ray instance of its own, a fake module on the path). `timeout` holds for a
+    process only.
+    """
+    if process:
+        return subprocess.run(
+            [sys.executable, "-m", "vib_deploy", *args],
+            cwd=cwd or ROOT,
+            capture_output=True,
+            text=True,
+            env={**os.environ, **(env or {})},
+            timeout=timeout,
+        )
+    return _run_in_process(list(args), cwd or ROOT, env or {})
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    import warnings
+
+    (file or sys.stderr).write(warnings.formatwarning(message, category, filename, lineno, line))
+
+
+def _run_in_process(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
+    """`main()` as `python -m vib_deploy ARGS` runs it, its output captured and its exit status taken from SystemExit
+    (an uncaught exception: its traceback on stderr, status 1, as the interpreter does)."""
+    import traceback
+
+    from vib_deploy.cli.app import main
+
+    unsupported = sorted(k for k in env if _PROCESS_ONLY_ENV.match(k))
+    if unsupported:
+        raise ValueError(f"run_cli: {unsupported} take effect at a process's start: pass process=True")
+    threads = {int(env[k]) for k in _THREAD_ENV if k in env}
+    if len(threads) > 1:
+        raise ValueError("run_cli: OMP_NUM_THREADS and MKL_NUM_THREADS differ: pass process=True")
+    code = 0
+    with _captured_output() as output, _as_a_fresh_process(args, cwd, env, threads.pop() if threads else None):
+        try:
+            main()
+        except SystemExit as e:  # as the interpreter maps sys.exit's argument to an exit status
+            code = 0 if e.code is None else e.code if isinstance(e.code, int) else 1
+            if not isinstance(e.code, int | None):
+                print(e.code, file=sys.stderr)
+        except Exception:  # what an uncaught exception does to a process (--debug re-raises)
+            traceback.print_exc()
+            code = 1
+    return subprocess.CompletedProcess([sys.executable, "-m", "vib_deploy", *args], code, *output)
+
+
+@contextlib.contextmanager
+def _captured_output() -> Iterator[list[str]]:
+    """stdout and stderr captured at file descriptors 1 and 2 (what native libraries print lands there too, as in a
+    process's pipes), as [stdout, stderr] once the block ends. The text streams on them are left open: a library
+    imported in the block may keep one (a logging handler), and writes through it later go to whatever file
+    descriptor 1 or 2 is then."""
+    import io
+    import tempfile
+
+    output: list[str] = []
+    saved_streams = sys.stdout, sys.stderr
+    for stream in saved_streams:
+        stream.flush()
+    saved_fds = os.dup(1), os.dup(2)
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        try:
+            os.dup2(out.fileno(), 1)
+            os.dup2(err.fileno(), 2)
+            # text streams on the descriptors, not a terminal: as a process's pipes (rich prints no colour, no bar)
+            sys.stdout = open(1, "w", encoding="utf-8", errors="replace", buffering=1, closefd=False)  # noqa: SIM115
+            sys.stderr = open(2, "w", encoding="utf-8", errors="backslashreplace", buffering=1, closefd=False)  # noqa: SIM115
+            yield output
+        finally:
+            for stream in (sys.stdout, sys.stderr):
+                stream.flush()
+            sys.stdout, sys.stderr = saved_streams
+            for fd, saved in zip((1, 2), saved_fds):
+                os.dup2(saved, fd)
+                os.close(saved)
+        for f in (out, err):  # decoded as subprocess.run(text=True) decodes a pipe: universal newlines
+            f.seek(0)
+            output.append(io.TextIOWrapper(f, encoding="utf-8", errors="replace").read())
+
+
+@contextlib.contextmanager
+def _as_a_fresh_process(args: list[str], cwd: Path, env: dict[str, str], threads: int | None) -> Iterator[None]:
+    """sys.argv, `__main__`'s package (click's program name), the working directory, os.environ (plus `env`), torch's
+    threads and random stream, the warning filters as a fresh process has them; all of it, the logging levels and the
+    SIGINT/SIGTERM handlers put back after the block."""
+    import logging
+    import signal
+    import warnings
+
+    import torch
+
+    interpreter_main = sys.modules["__main__"]
+    saved_argv, saved_path, saved_cwd, saved_environ = sys.argv[:], sys.path[:], os.getcwd(), dict(os.environ)
+    saved_package, saved_threads = getattr(interpreter_main, "__package__", None), torch.get_num_threads()
+    saved_signals = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    saved_levels = {
+        name: logger.level
+        for name, logger in [("", logging.root), *logging.Logger.manager.loggerDict.items()]
+        if isinstance(logger, logging.Logger)
+    }
+    with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+        try:
+            sys.argv = [str(ROOT / "vib_deploy" / "__main__.py"), *args]  # with the package: `python -m vib_deploy`
+            interpreter_main.__package__ = "vib_deploy"
+            os.environ.update(env)
+            os.chdir(cwd)
+            if threads is not None:
+                torch.set_num_threads(threads)
+            torch.manual_seed(_TORCH_DEFAULT_SEED)
+            warnings.resetwarnings()  # then the interpreter's own filters (no -W), each added in front of the last
+            for category in (ResourceWarning, ImportWarning, PendingDeprecationWarning, DeprecationWarning):
+                warnings.simplefilter("ignore", category)
+            warnings.filterwarnings("default", category=DeprecationWarning, module="__main__")
+            warnings.showwarning = _show_warning  # on stderr, not to pytest's recorder
+            yield
+        finally:
+            sys.argv[:], sys.path[:] = saved_argv, saved_path
+            interpreter_main.__package__ = saved_package
+            os.chdir(saved_cwd)
+            os.environ.clear()
+            os.environ.update(saved_environ)
+            torch.set_num_threads(saved_threads)
+            for signum, handler in saved_signals.items():
+                signal.signal(signum, handler)
+            for name, level in saved_levels.items():
+                (logging.getLogger(name) if name else logging.root).setLevel(level)
 
 
 class InterruptAfter:
@@ -218,27 +352,28 @@ def enabled_stages(run_dir: Path) -> list[str]:
     return [s.name for s in STAGES if s.enabled(config)]
 
 
-# The slowest test files (seconds on 2 idle cores, 2026-12-04, `pytest --durations`), started first: with
-# `--dist loadfile --no-loadscope-reorder` (make test) a worker then ends on small files, not on a minute-long
-# one while the other idles. A file missing here runs after these, in collection order.
+# The slowest test files, started first: with `--dist loadfile --no-loadscope-reorder` (make test) a worker then ends
+# on small files, not on a minute-long one while the other idles. A file missing here runs after these, in collection
+# order. Seconds: each file alone, one worker, its session runs included, on a 2-core machine that two one-thread
+# trainings kept busy (2026-12-08, `pytest -n 0 --durations`), with the CLI calls in-process (run_cli).
 SLOW_FIRST = [
-    "test_executor.py",  # ~110 (one process, loaded machine): Ray, sweeps through the CLI, kill -9
-    "test_resume.py",  # ~75: a SIGKILL at nine points
-    "test_gpu_day.py",  # ~65: the GPU-day dry run, three tiny pipelines
-    "test_sources.py",  # ~60
-    "test_compare.py",  # ~45
-    "test_distributed.py",  # ~45: torchrun
-    "test_failed_runs.py",  # ~45
-    "test_cpu_deploy.py",  # ~45: the LeNet-5 every-stage run
-    "test_userdata.py",  # ~40
-    "test_triton.py",  # ~40: local servers
-    "test_cli.py",  # ~35
+    "test_executor.py",  # ~145: Ray (a fresh worker per unit), sweeps through the CLI, Ctrl-C and kill -9
+    "test_gpu_day.py",  # ~85: the GPU-day dry run, a process per step, three tiny pipelines
+    "test_resume.py",  # ~75: a SIGKILL at nine points, each a process
+    "test_cpu_deploy.py",  # ~70: the LeNet-5 every-stage run, NNCF, a local Triton
+    "test_distributed.py",  # ~65: torchrun, two pipelines
+    "test_cli.py",  # ~50: the session's LeNet-300 and LeNet-5 runs
+    "test_triton.py",  # ~50: local servers
+    "test_compare.py",  # ~45: the studies workspace (four methods, two seeds)
+    "test_failed_runs.py",  # ~35
+    "test_sources.py",  # ~35
     "test_bad_inputs.py",  # ~35
-    "test_tracking.py",  # ~26
-    "test_sweep.py",  # ~26
+    "test_userdata.py",  # ~25
     "test_finetune.py",  # ~20
-    "test_target.py",  # a tiny 40-epoch LeNet-300 with a FLOPs target
-    "test_search.py",
+    "test_tracking.py",  # ~22: MLflow
+    "test_search.py",  # ~17
+    "test_sweep.py",  # ~12
+    "test_target.py",  # ~11: a tiny 40-epoch LeNet-300 with a FLOPs target
 ]
 
 

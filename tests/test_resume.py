@@ -111,7 +111,7 @@ def _weights(run_dir: Path, name: str) -> dict[str, torch.Tensor]:
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, mnist_root) -> Path:
     run_dir = tmp_path_factory.mktemp("resume") / "reference"
-    proc = run_cli(*_command(run_dir)[3:], env=ENV)
+    proc = run_cli(*_command(run_dir)[3:], env=ENV, process=True)  # the bits the killed processes must reproduce
     assert proc.returncode == 0, proc.stderr[-3000:]
     return run_dir
 

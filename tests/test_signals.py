@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, run_cli
 
 # ~1 s per dense epoch: the signal lands mid-training even on a loaded machine
 ARGS = [
@@ -67,7 +67,5 @@ def test_ctrl_c_saves_and_says_how_to_resume(tmp_path, mnist_root):
     assert "train-dense interrupted at epoch" in stderr and "rerun the same command to resume" in stderr
     assert not (run_dir / ".lock").exists()
     assert not [p for p in run_dir.iterdir() if p.name.endswith(".tmp")]
-    verify = subprocess.run(
-        [sys.executable, "-m", "vib_deploy", "verify", str(run_dir)], cwd=ROOT, capture_output=True, text=True
-    )
+    verify = run_cli("verify", str(run_dir))
     assert verify.returncode == 0, verify.stderr

@@ -2,9 +2,12 @@
 artifacts, the metrics.json contract, caching, single stages, integrity errors and exit codes."""
 
 import json
+import os
 import shutil
+import sys
 
 import pytest
+import torch
 
 from tests.conftest import TINY, enabled_stages, run_cli
 
@@ -150,3 +153,26 @@ def test_bad_input_is_one_line_exit_2(args, message, tmp_path):
 def test_debug_shows_traceback():
     proc = run_cli("--debug", "run", "pipelines/nope.yaml")
     assert proc.returncode != 0 and "Traceback" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["run", "pipelines/nope.yaml"],  # a user error: one line, exit 2
+        ["--debug", "run", "pipelines/nope.yaml"],  # --debug: the traceback of an uncaught exception, exit 1
+        ["prune", "--help"],  # click's own exit 0
+        ["prune"],  # click's usage error, exit 2
+    ],
+)
+def test_in_process_run_cli_is_the_process(args, tmp_path):
+    """conftest's in-process `run_cli` (most tests' CLI calls) gives what the real process gives, and puts back
+    what the command may change."""
+    before = (os.getcwd(), dict(os.environ), sys.argv[:], torch.get_num_threads(), torch.initial_seed())
+    here = run_cli(*args, cwd=tmp_path.parent, env={"VIB_DEPLOY_RUN_CLI_PROBE": "1"})
+    assert (os.getcwd(), dict(os.environ), sys.argv[:], torch.get_num_threads(), torch.initial_seed()) == before
+    real = run_cli(*args, cwd=tmp_path.parent, env={"VIB_DEPLOY_RUN_CLI_PROBE": "1"}, process=True)
+    assert here.returncode == real.returncode
+    if "--debug" in args:  # the frames differ (runpy vs pytest), the error does not
+        assert "Traceback" in here.stderr and here.stderr.splitlines()[-1] == real.stderr.splitlines()[-1]
+    else:
+        assert (here.stdout, here.stderr) == (real.stdout, real.stderr)

@@ -196,7 +196,7 @@ FAST = [
 
 @pytest.mark.e2e
 def test_rgb_folder_through_every_stage(tmp_path, mnist_root, monkeypatch):
-    root = write_digit_folder(tmp_path / "digits", n_train=300, n_test=100, classes=4)
+    root = write_digit_folder(tmp_path / "digits", n_train=120, n_test=40, classes=4)  # ResNet-20: few images
     run_dir = tmp_path / "run"
     proc = run_cli(
         "run",
@@ -206,7 +206,7 @@ def test_rgb_folder_through_every_stage(tmp_path, mnist_root, monkeypatch):
         "--set",
         f"data.root={root}",
         "--set",
-        "data.val_size=50",
+        "data.val_size=20",
         *FAST,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -285,7 +285,7 @@ def test_missing_openvino_is_one_line_with_the_install_hint(cpu_run, tmp_path):
     shutil.copytree(cpu_run[0], copy)
     config = (copy / "config.yaml").read_text()
     for args in (["openvino", str(copy)], ["bench", str(copy), "--backend", "openvino"]):
-        proc = run_cli(*args, env={"PYTHONPATH": f"{hide}:{ROOT}"})
+        proc = run_cli(*args, env={"PYTHONPATH": f"{hide}:{ROOT}"}, process=True)  # openvino hidden at start-up
         assert proc.returncode == 2, proc.stderr[-2000:]
         assert (
             "backend openvino is not available: pip install openvino" in proc.stderr and "Traceback" not in proc.stderr

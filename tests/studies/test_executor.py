@@ -157,9 +157,10 @@ def test_a_user_error_in_a_unit_is_not_retried(ray_address, tmp_path):
 @needs_ray
 def test_a_unit_user_error_exits_2_through_the_cli(ray_address, tmp_path, mnist_root):
     """The CLI joins the module's instance by --address; the dense unit's bad data.root is one error line, exit 2."""
+    # a process: this one holds the module's Ray connection, which an in-process CLI would use instead of --address
     proc = run_cli(
         "sweep", PIPELINE, "--kl-factor", "1e-3", "--executor", "ray", "--address", ray_address,
-        "--set", f"data.root={tmp_path / 'nowhere'}", *STUDY_TINY, cwd=tmp_path,
+        "--set", f"data.root={tmp_path / 'nowhere'}", *STUDY_TINY, cwd=tmp_path, process=True,
     )  # fmt: skip
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
@@ -173,15 +174,16 @@ def test_serial_and_ray_make_the_same_records_and_points_share_one_dense_stage(r
     """The same sweep (two points of one seed, one thread a run) serially and on Ray (the CLI joins the module's
     instance): the same records; one dense stage for both points, read by them, never locked; all cached again."""
 
-    def sweep(where: str, *executor: str) -> tuple[list[dict], list[str]]:
+    def sweep(where: str, *executor: str, process: bool = False) -> tuple[list[dict], list[str]]:
         (tmp_path / where).mkdir(exist_ok=True)
         args = ["sweep", PIPELINE, "--kl-factor", "1e-3,2e-3", "--out", "sw", "--cpus-per-run", "1", *executor]
-        proc = run_cli(*args, *STUDY_TINY, cwd=tmp_path / where)
+        proc = run_cli(*args, *STUDY_TINY, cwd=tmp_path / where, process=process)
         assert proc.returncode == 0, proc.stderr[-3000:]
         return json.loads((tmp_path / where / "sw" / "sweep.json").read_text()), proc.stderr.splitlines()
 
     serial, serial_lines = sweep("serial", "--executor", "serial")
-    ray_records, lines = sweep("ray", "--executor", "ray", "--address", ray_address)
+    # a process that joins the module's instance by --address (in this one the CLI uses this process's connection)
+    ray_records, lines = sweep("ray", "--executor", "ray", "--address", ray_address, process=True)
     assert serial_lines[0].startswith("executor: serial") and lines[0].startswith("executor: ray (the cluster at")
     timing = ("p50_ms", "benched")
     assert [{k: v for k, v in r.items() if k not in timing} for r in ray_records] == [
@@ -194,7 +196,8 @@ def test_serial_and_ray_make_the_same_records_and_points_share_one_dense_stage(r
     for point in runs.glob("*-kl*-s0"):
         assert (point / "dense.pt").read_bytes() == dense.read_bytes()
         assert run_cli("verify", str(point)).returncode == 0
-    again_records, again = sweep("ray", "--executor", "ray", "--address", ray_address)
+    again_records, again = sweep("ray", "--executor", "ray")  # in this process: its connection to the same instance
+    assert again[0].startswith("executor: ray (this process's Ray instance")
     assert not any(line.startswith("[run]") for line in again) and "[cached] bench" in again
     assert [r["p50_ms"] for r in again_records] == [r["p50_ms"] for r in ray_records]
 
@@ -204,9 +207,8 @@ def test_ray_missing_is_one_line_with_the_install_hint(tmp_path):
     fake.mkdir(parents=True)
     (fake / "__init__.py").write_text("raise ImportError(\"No module named 'ray'\")\n")
     path = os.pathsep.join([str(fake.parent), os.environ.get("PYTHONPATH", "")])
-    proc = run_cli(
-        "sweep", PIPELINE, "--kl-factor", "1e-3", "--executor", "ray", cwd=tmp_path, env={"PYTHONPATH": path}
-    )
+    args = ["sweep", PIPELINE, "--kl-factor", "1e-3", "--executor", "ray"]
+    proc = run_cli(*args, cwd=tmp_path, env={"PYTHONPATH": path}, process=True)  # a new interpreter finds the fake
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip() == f"error: --executor ray needs Ray, which is not installed here: {HINT}"
     assert not (tmp_path / "runs").exists()
@@ -292,7 +294,7 @@ def test_ctrl_c_and_kill_9_of_the_driver_lose_nothing(ray_address, tmp_path, mni
         if how == signal.SIGINT:
             assert driver.returncode == 130 and "Traceback" not in err, err[-3000:]
         _wait_for(lambda: _holder_gone(dense_lock), 60)  # the unit's worker is gone with its driver
-    proc = run_cli(*args[3:], cwd=tmp_path)
+    proc = run_cli(*args[3:], cwd=tmp_path, process=True)  # the driver joins the module's instance by --address
     assert proc.returncode == 0, proc.stderr[-3000:]
     for run in (tmp_path / "runs").iterdir():
         if run.is_dir() and (run / "manifest.json").exists():

@@ -52,6 +52,7 @@ TINY_DATA = [
     "train.batch_size=32",
     "train.dense.epochs=1",
     "train.vib.epochs=1",
+    "train.finetune.epochs=1",  # the LeNets' finetune stage (20 epochs in their pipelines)
     "train.device=cpu",
 ]
 # AOTInductor last: its compiles (dense and pruned) take longest; the bench writes its JSON after every case
